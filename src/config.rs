@@ -1,0 +1,891 @@
+//! The TOML configuration of INTERFACE.md: every key has a default, unknown keys are refused,
+//! and every error is one line naming the file and the line or field at fault.
+//!
+//! Parsing is two steps: serde reads the raw shape (with `deny_unknown_fields`), then
+//! `validate` turns strings such as `"300/s"` or `"25MB"` into typed values, so the rest of
+//! the engine never sees an unchecked value.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error: one line, naming the file and the line or field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration the engine runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (`<embedded>` for the demo's).
+    pub source: String,
+    pub engine: Engine,
+    pub queue: Queue,
+    pub spool: Spool,
+    pub log: Log,
+    pub dns: Dns,
+    pub smtp: Smtp,
+    pub admin: Admin,
+    pub routes: Vec<Route>,
+    pub providers: BTreeMap<String, Provider>,
+    pub listeners: Vec<Listener>,
+    pub users: Vec<User>,
+    pub dkim: Vec<Dkim>,
+    pub suppression: Suppression,
+    pub unsubscribe: Unsubscribe,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Executors, pinned one per CPU. Default: every online CPU.
+    pub shards: usize,
+    pub data_dir: PathBuf,
+}
+
+/// `[queue]`: the durable queue's knobs (an extension of INTERFACE.md).
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// Size each segment file is preallocated to.
+    pub segment_bytes: u64,
+    /// Longest a queued record waits for its group commit.
+    pub commit_interval: Duration,
+    /// A group commit starts early once this many records wait for it.
+    pub commit_records_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub keep_done: bool,
+    /// Full rescan of `incoming/` (the truth; inotify only wakes the scanner early).
+    pub scan_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub helo_name: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// A domain, or `*.suffix`.
+    pub domain: String,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub mx_suffixes: Vec<String>,
+    pub connection_limit: u32,
+    pub max_message_rate: Option<Rate>,
+    pub max_deliveries_per_connection: u32,
+}
+
+/// A rate such as `300/s`, kept as messages per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub messages: u64,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTls {
+    Starttls,
+    Implicit,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub listen: SocketAddr,
+    pub tls: ListenerTls,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub relay_networks: Vec<String>,
+    pub max_message_size_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    pub allowed_from: Vec<String>,
+    pub daily_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Suppression {
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Unsubscribe {
+    pub url: Option<String>,
+    pub mailto: Option<String>,
+}
+
+// ---- The raw shape, as serde reads it. ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    dkim: Vec<RawDkim>,
+    #[serde(default)]
+    suppression: RawSuppression,
+    #[serde(default)]
+    unsubscribe: RawUnsubscribe,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    shards: Option<usize>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    segment_bytes: Option<String>,
+    commit_interval_ms: Option<u64>,
+    commit_records_max: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: Option<PathBuf>,
+    keep_done: Option<bool>,
+    scan_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    helo_name: Option<String>,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    domain: String,
+    hosts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    #[serde(default)]
+    mx_suffixes: Vec<String>,
+    connection_limit: Option<u32>,
+    max_message_rate: Option<String>,
+    max_deliveries_per_connection: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: String,
+    tls: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    relay_networks: Vec<String>,
+    max_message_size: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: String,
+    #[serde(default)]
+    allowed_from: Vec<String>,
+    daily_limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    key: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSuppression {
+    #[serde(default)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUnsubscribe {
+    url: Option<String>,
+    mailto: Option<String>,
+}
+
+// ---- Defaults, named in one place. ----
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/spate";
+pub const DEFAULT_SPOOL_DIR: &str = "/var/spool/spate";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/spate";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8025";
+pub const DEFAULT_SMTP_PORT: u16 = 25;
+/// 64 MiB: large enough that a million-recipient batch spans a handful of segments, small
+/// enough that a finished segment is freed soon.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest segment that can hold one largest record plus the header.
+pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 4;
+pub const DEFAULT_COMMIT_RECORDS_MAX: usize = 65_536;
+/// A rescan every 250 ms bounds pickup latency even if inotify misses an event.
+pub const DEFAULT_SCAN_INTERVAL_MS: u64 = 250;
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+pub const DEFAULT_MAX_DELIVERIES_PER_CONNECTION: u32 = 100;
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25_000_000;
+/// One executor per CPU is the design; more shards than this is a typo.
+pub const SHARDS_MAX: usize = 256;
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    ConfigError(format!("{source}: line {line}: {message}"))
+                }
+                None => ConfigError(format!("{source}: {message}")),
+            }
+        })?;
+        validate(raw, source)
+    }
+
+    /// The embedded defaults, rooted at `base` (used by `spate demo` and tests).
+    pub fn defaults_under(base: &Path) -> Config {
+        let text = format!(
+            "[engine]\ndata_dir = {:?}\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n",
+            base.join("data"),
+            base.join("spool"),
+            base.join("log")
+        );
+        Config::parse(&text, "<embedded>").expect("embedded configuration is valid")
+    }
+
+    /// What `check-config` prints: the values the engine will run with.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!("configuration: {} (valid)", self.source));
+        line(format!("shards: {}", self.engine.shards));
+        line(format!("data_dir: {}", self.engine.data_dir.display()));
+        line(format!(
+            "queue: segment_bytes={} commit_interval_ms={} commit_records_max={}",
+            self.queue.segment_bytes,
+            self.queue.commit_interval.as_millis(),
+            self.queue.commit_records_max
+        ));
+        line(format!(
+            "spool: {} (keep_done={}, rescan every {} ms)",
+            self.spool.dir.display(),
+            self.spool.keep_done,
+            self.spool.scan_interval.as_millis()
+        ));
+        line(format!("log: {}", self.log.dir.display()));
+        let ns: Vec<String> = self.dns.nameservers.iter().map(|a| a.to_string()).collect();
+        line(format!("dns: nameservers [{}]", ns.join(", ")));
+        line(format!(
+            "smtp: helo_name={} port={}",
+            self.smtp.helo_name, self.smtp.port
+        ));
+        line(format!("admin: {}", self.admin.listen));
+        for r in &self.routes {
+            line(format!("route: {} -> {}", r.domain, r.hosts.join(", ")));
+        }
+        for (name, p) in &self.providers {
+            let rate = p
+                .max_message_rate
+                .map(|r| format!("{}/{}s", r.messages, r.per.as_secs()))
+                .unwrap_or_else(|| "unlimited".into());
+            line(format!(
+                "provider {name}: mx_suffixes [{}] connection_limit={} max_message_rate={rate} max_deliveries_per_connection={}",
+                p.mx_suffixes.join(", "),
+                p.connection_limit,
+                p.max_deliveries_per_connection
+            ));
+        }
+        for l in &self.listeners {
+            line(format!("listener: {} tls={:?}", l.listen, l.tls));
+        }
+        line(format!(
+            "users: {}, dkim signatures: {}, suppression files: {}",
+            self.users.len(),
+            self.dkim.len(),
+            self.suppression.files.len()
+        ));
+        for missing in self.inactive_features() {
+            line(format!("note: {missing}"));
+        }
+        out
+    }
+
+    /// Configured features this build accepts but does not act on yet, so that operators are
+    /// told rather than left to guess.
+    pub fn inactive_features(&self) -> Vec<String> {
+        let mut notes = vec![
+            "delivery (DNS, SMTP, throttles) is not implemented in this build yet: recipients are queued and wait"
+                .to_string(),
+        ];
+        let mut note = |present: bool, what: &str| {
+            if present {
+                notes.push(format!(
+                    "{what} is configured but not implemented in this build yet"
+                ));
+            }
+        };
+        note(
+            !self.listeners.is_empty(),
+            "[[listeners]] (SMTP submission)",
+        );
+        note(!self.users.is_empty(), "[[users]]");
+        note(!self.dkim.is_empty(), "[[dkim]] signing");
+        note(!self.suppression.files.is_empty(), "[suppression]");
+        note(
+            self.unsubscribe.url.is_some() || self.unsubscribe.mailto.is_some(),
+            "[unsubscribe]",
+        );
+        notes
+    }
+}
+
+fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError(format!("{source}: {field}: {msg}"));
+
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = raw.engine.shards.unwrap_or(online);
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(err(
+            "engine.shards",
+            format!("must be between 1 and {SHARDS_MAX}, got {shards}"),
+        ));
+    }
+
+    let segment_bytes = match raw.queue.segment_bytes {
+        Some(s) => parse_size(&s).map_err(|m| err("queue.segment_bytes", m))?,
+        None => DEFAULT_SEGMENT_BYTES,
+    };
+    if !(SEGMENT_BYTES_MIN..=(1 << 32)).contains(&segment_bytes) {
+        return Err(err(
+            "queue.segment_bytes",
+            format!("must be between 1MiB and 4GiB, got {segment_bytes} bytes"),
+        ));
+    }
+    let commit_interval_ms = raw
+        .queue
+        .commit_interval_ms
+        .unwrap_or(DEFAULT_COMMIT_INTERVAL_MS);
+    if commit_interval_ms > 1000 {
+        return Err(err(
+            "queue.commit_interval_ms",
+            format!("must be at most 1000, got {commit_interval_ms}"),
+        ));
+    }
+    let commit_records_max = raw
+        .queue
+        .commit_records_max
+        .unwrap_or(DEFAULT_COMMIT_RECORDS_MAX);
+    if commit_records_max == 0 {
+        return Err(err("queue.commit_records_max", "must be at least 1".into()));
+    }
+
+    let scan_interval_ms = raw
+        .spool
+        .scan_interval_ms
+        .unwrap_or(DEFAULT_SCAN_INTERVAL_MS);
+    if !(10..=60_000).contains(&scan_interval_ms) {
+        return Err(err(
+            "spool.scan_interval_ms",
+            format!("must be between 10 and 60000, got {scan_interval_ms}"),
+        ));
+    }
+
+    let nameservers = match raw.dns.nameservers {
+        Some(list) => list
+            .iter()
+            .map(|s| parse_socket_addr(s, 53))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| err("dns.nameservers", m))?,
+        None => resolv_conf_nameservers(),
+    };
+
+    let helo_name = raw.smtp.helo_name.unwrap_or_else(system_hostname);
+    if helo_name.is_empty() || helo_name.contains(char::is_whitespace) {
+        return Err(err(
+            "smtp.helo_name",
+            format!("must be a host name, got {helo_name:?}"),
+        ));
+    }
+
+    let admin_listen = raw
+        .admin
+        .listen
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+    let admin_listen = admin_listen.parse::<SocketAddr>().map_err(|_| {
+        err(
+            "admin.listen",
+            format!("not an address:port: {admin_listen:?}"),
+        )
+    })?;
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let field = format!("routes[{i}]");
+        if r.domain.is_empty() {
+            return Err(err(&format!("{field}.domain"), "must not be empty".into()));
+        }
+        if r.hosts.is_empty() {
+            return Err(err(
+                &format!("{field}.hosts"),
+                "needs at least one host".into(),
+            ));
+        }
+        routes.push(Route {
+            domain: r.domain.to_ascii_lowercase(),
+            hosts: r.hosts,
+        });
+    }
+
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.providers {
+        let field = format!("providers.{name}");
+        let max_message_rate = match p.max_message_rate {
+            Some(s) => {
+                Some(parse_rate(&s).map_err(|m| err(&format!("{field}.max_message_rate"), m))?)
+            }
+            None => None,
+        };
+        let connection_limit = p.connection_limit.unwrap_or(DEFAULT_CONNECTION_LIMIT);
+        if connection_limit == 0 {
+            return Err(err(
+                &format!("{field}.connection_limit"),
+                "must be at least 1".into(),
+            ));
+        }
+        let max_deliveries_per_connection = p
+            .max_deliveries_per_connection
+            .unwrap_or(DEFAULT_MAX_DELIVERIES_PER_CONNECTION);
+        if max_deliveries_per_connection == 0 {
+            return Err(err(
+                &format!("{field}.max_deliveries_per_connection"),
+                "must be at least 1".into(),
+            ));
+        }
+        providers.insert(
+            name,
+            Provider {
+                mx_suffixes: p
+                    .mx_suffixes
+                    .into_iter()
+                    .map(|s| s.to_ascii_lowercase())
+                    .collect(),
+                connection_limit,
+                max_message_rate,
+                max_deliveries_per_connection,
+            },
+        );
+    }
+
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let field = format!("listeners[{i}]");
+        let listen = l.listen.parse::<SocketAddr>().map_err(|_| {
+            err(
+                &format!("{field}.listen"),
+                format!("not an address:port: {:?}", l.listen),
+            )
+        })?;
+        let tls = match l.tls.as_deref().unwrap_or("starttls") {
+            "starttls" => ListenerTls::Starttls,
+            "implicit" => ListenerTls::Implicit,
+            "none" => ListenerTls::None,
+            other => {
+                return Err(err(
+                    &format!("{field}.tls"),
+                    format!("expected \"starttls\", \"implicit\" or \"none\", got {other:?}"),
+                ))
+            }
+        };
+        if tls == ListenerTls::None && !listen.ip().is_loopback() {
+            return Err(err(
+                &format!("{field}.tls"),
+                "\"none\" is allowed on loopback addresses only".into(),
+            ));
+        }
+        if tls != ListenerTls::None && (l.cert.is_none() || l.key.is_none()) {
+            return Err(err(
+                &format!("{field}.cert"),
+                "cert and key are required unless tls = \"none\"".into(),
+            ));
+        }
+        let max_message_size_bytes = match l.max_message_size {
+            Some(s) => parse_size(&s).map_err(|m| err(&format!("{field}.max_message_size"), m))?,
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+        };
+        listeners.push(Listener {
+            listen,
+            tls,
+            cert: l.cert,
+            key: l.key,
+            relay_networks: l.relay_networks,
+            max_message_size_bytes,
+        });
+    }
+
+    let users = raw
+        .users
+        .into_iter()
+        .map(|u| User {
+            name: u.name,
+            password_hash: u.password_hash,
+            allowed_from: u.allowed_from,
+            daily_limit: u.daily_limit,
+        })
+        .collect();
+    let dkim = raw
+        .dkim
+        .into_iter()
+        .map(|d| Dkim {
+            domain: d.domain.to_ascii_lowercase(),
+            selector: d.selector,
+            key: d.key,
+        })
+        .collect();
+
+    Ok(Config {
+        source: source.to_string(),
+        engine: Engine {
+            shards,
+            data_dir: raw
+                .engine
+                .data_dir
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        },
+        queue: Queue {
+            segment_bytes,
+            commit_interval: Duration::from_millis(commit_interval_ms),
+            commit_records_max,
+        },
+        spool: Spool {
+            dir: raw.spool.dir.unwrap_or_else(|| DEFAULT_SPOOL_DIR.into()),
+            keep_done: raw.spool.keep_done.unwrap_or(false),
+            scan_interval: Duration::from_millis(scan_interval_ms),
+        },
+        log: Log {
+            dir: raw.log.dir.unwrap_or_else(|| DEFAULT_LOG_DIR.into()),
+        },
+        dns: Dns { nameservers },
+        smtp: Smtp {
+            helo_name,
+            port: raw.smtp.port.unwrap_or(DEFAULT_SMTP_PORT),
+        },
+        admin: Admin {
+            listen: admin_listen,
+        },
+        routes,
+        providers,
+        listeners,
+        users,
+        dkim,
+        suppression: Suppression {
+            files: raw.suppression.files,
+        },
+        unsubscribe: Unsubscribe {
+            url: raw.unsubscribe.url,
+            mailto: raw.unsubscribe.mailto,
+        },
+    })
+}
+
+/// Parses `N/s`, `N/min` or `N/h`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("invalid rate {s:?}: expected N/s, N/min or N/h");
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let messages: u64 = n.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" | "sec" => Duration::from_secs(1),
+        "min" | "m" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if messages == 0 {
+        return Err(format!("invalid rate {s:?}: must be at least 1"));
+    }
+    Ok(Rate { messages, per })
+}
+
+/// Parses a size such as `25MB`, `64MiB`, `4096` (bytes), `1GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "kib" => 1 << 10,
+        "mb" | "m" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" | "g" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+fn parse_socket_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| format!("not an IP address or address:port: {s:?}"))
+}
+
+fn resolv_conf_nameservers() -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| parse_socket_addr(rest.trim(), 53).ok())
+        .collect()
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_example_parses() {
+        let text = r#"
+[engine]
+shards = 2
+data_dir = "/var/lib/spate"
+[spool]
+dir = "/var/spool/spate"
+keep_done = false
+[log]
+dir = "/var/log/spate"
+[dns]
+nameservers = ["127.0.0.1:53"]
+[smtp]
+helo_name = "mta1.example.com"
+port = 25
+[admin]
+listen = "127.0.0.1:8025"
+[[routes]]
+domain = "example.test"
+hosts = ["127.0.0.1:2525"]
+[providers.yahoo]
+mx_suffixes = [".yahoodns.net"]
+connection_limit = 20
+max_message_rate = "300/s"
+max_deliveries_per_connection = 100
+[[listeners]]
+listen = "0.0.0.0:587"
+tls = "starttls"
+cert = "/etc/spate/tls/fullchain.pem"
+key = "/etc/spate/tls/key.pem"
+relay_networks = []
+max_message_size = "25MB"
+[[users]]
+name = "billing-app"
+password_hash = "$argon2id$..."
+allowed_from = ["@acme.example"]
+daily_limit = 100000
+[[dkim]]
+domain = "acme.example"
+selector = "s2026"
+key = "/etc/spate/dkim/acme.s2026.pem"
+[suppression]
+files = ["/etc/spate/suppressed.txt"]
+[unsubscribe]
+url = "https://unsub.acme.example/u?r={{ to }}&c={{ campaign }}"
+mailto = "unsubscribe@acme.example"
+"#;
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.engine.shards, 2);
+        let y = &c.providers["yahoo"];
+        assert_eq!(
+            y.max_message_rate,
+            Some(Rate {
+                messages: 300,
+                per: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(y.connection_limit, 20);
+        assert_eq!(c.listeners[0].max_message_size_bytes, 25_000_000);
+        assert_eq!(c.dns.nameservers[0].to_string(), "127.0.0.1:53");
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.engine.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.spool.dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+        assert_eq!(c.log.dir, PathBuf::from(DEFAULT_LOG_DIR));
+        assert_eq!(c.smtp.port, 25);
+        assert_eq!(c.queue.segment_bytes, DEFAULT_SEGMENT_BYTES);
+        assert!(c.engine.shards >= 1);
+        assert!(!c.spool.keep_done);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let e = Config::parse("[engine]\nshards = 1\nshardz = 2\n", "x.toml").unwrap_err();
+        assert!(e.0.starts_with("x.toml: line 3:"), "{e}");
+        assert!(e.0.contains("shardz"), "{e}");
+        assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (
+                "[providers.g]\nmax_message_rate = \"3/x\"\n",
+                "providers.g.max_message_rate",
+            ),
+            ("[engine]\nshards = 0\n", "engine.shards"),
+            ("[queue]\nsegment_bytes = \"1KB\"\n", "queue.segment_bytes"),
+            ("[admin]\nlisten = \"nope\"\n", "admin.listen"),
+            (
+                "[[listeners]]\nlisten = \"0.0.0.0:25\"\ntls = \"none\"\n",
+                "listeners[0].tls",
+            ),
+            ("[dns]\nnameservers = [\"x\"]\n", "dns.nameservers"),
+        ];
+        for (text, field) in cases {
+            let e = Config::parse(text, "c.toml").unwrap_err();
+            assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_line() {
+        let e = Config::parse("[engine]\n\nshards = \"two\"\n", "c.toml").unwrap_err();
+        assert!(e.0.starts_with("c.toml: line 3:"), "{e}");
+    }
+
+    #[test]
+    fn rates_and_sizes() {
+        assert_eq!(parse_rate("20/min").unwrap().per, Duration::from_secs(60));
+        assert_eq!(parse_rate("5/h").unwrap().messages, 5);
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("99999999999999GB").is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! The delivery log of INTERFACE.md: `<log.dir>/deliveries.jsonl`, one JSON object per line.
+//!
+//! Each shard owns one writer. Lines are formatted into a buffer and written with one
+//! `write(2)` of whole lines on an `O_APPEND` descriptor, so lines from different shards never
+//! interleave within a line. `reopen` (on SIGHUP) follows a rename by logrotate.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const LOG_FILE_NAME: &str = "deliveries.jsonl";
+/// Buffered bytes that trigger a write; bounds memory and loss on a crash.
+pub const BUFFER_BYTES_MAX: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Reception,
+    Delivery,
+    TransientFailure,
+    Bounce,
+    Expiration,
+    Rejected,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Reception => "Reception",
+            EventType::Delivery => "Delivery",
+            EventType::TransientFailure => "TransientFailure",
+            EventType::Bounce => "Bounce",
+            EventType::Expiration => "Expiration",
+            EventType::Rejected => "Rejected",
+        }
+    }
+}
+
+/// One event. Fields that do not apply to an event type are left empty and omitted.
+#[derive(Debug, Clone, Default)]
+pub struct LogRecord<'a> {
+    pub ts_unix_ms: u64,
+    pub event: Option<EventType>,
+    pub recipient: &'a str,
+    pub sender: &'a str,
+    pub campaign: &'a str,
+    pub tenant: &'a str,
+    pub domain: &'a str,
+    pub provider: &'a str,
+    pub code: Option<u16>,
+    pub response: &'a str,
+    pub attempt: Option<u32>,
+    pub message_id: &'a str,
+    pub bounce_category: &'a str,
+}
+
+pub struct DeliveryLog {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl DeliveryLog {
+    pub fn open(dir: &Path) -> io::Result<DeliveryLog> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(LOG_FILE_NAME);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(DeliveryLog {
+            path,
+            file,
+            buf: Vec::with_capacity(BUFFER_BYTES_MAX + 4096),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Formats one record; writes the buffer once it is large.
+    pub fn append(&mut self, r: &LogRecord<'_>) -> io::Result<()> {
+        format_record(r, &mut self.buf);
+        if self.buf.len() >= BUFFER_BYTES_MAX {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered lines (to the page cache; the log is not fsync'd, the queue is the
+    /// durable record).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes, then reopens the file by name (after logrotate renamed it).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Drop for DeliveryLog {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Appends one JSON line for `r` to `out`.
+pub fn format_record(r: &LogRecord<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    rfc3339_utc(r.ts_unix_ms, out);
+    out.extend_from_slice(b"\",\"type\":\"");
+    out.extend_from_slice(r.event.map_or("", EventType::as_str).as_bytes());
+    out.push(b'"');
+    field(out, "recipient", r.recipient, true);
+    field(out, "sender", r.sender, true);
+    field(out, "campaign", r.campaign, true);
+    field(out, "tenant", r.tenant, false);
+    field(out, "domain", r.domain, true);
+    field(out, "provider", r.provider, false);
+    if let Some(code) = r.code {
+        out.extend_from_slice(format!(",\"code\":{code}").as_bytes());
+    }
+    field(out, "response", r.response, false);
+    if let Some(a) = r.attempt {
+        out.extend_from_slice(format!(",\"attempt\":{a}").as_bytes());
+    }
+    field(out, "message_id", r.message_id, false);
+    field(out, "bounce_category", r.bounce_category, false);
+    out.extend_from_slice(b"}\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &str, always: bool) {
+    if value.is_empty() && !always {
+        return;
+    }
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    json_string(value, out);
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f | 0x7f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        match escape {
+            Some(e) => out.extend_from_slice(e),
+            None => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-29T15:44:14.123Z`.
+pub fn rfc3339_utc(unix_ms: u64, out: &mut Vec<u8>) {
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_ms % 1000
+    );
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_a_parseable_line() {
+        let mut out = Vec::new();
+        format_record(
+            &LogRecord {
+                ts_unix_ms: 1_795_967_054_123,
+                event: Some(EventType::Rejected),
+                recipient: "a\"b@example.com",
+                sender: "s@acme.example",
+                campaign: "c\r\n\u{1}",
+                domain: "example.com",
+                response: "line 3: bad",
+                ..Default::default()
+            },
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["ts"], "2026-11-29T15:44:14.123Z");
+        assert_eq!(v["type"], "Rejected");
+        assert_eq!(v["recipient"], "a\"b@example.com");
+        assert_eq!(v["campaign"], "c\r\n\u{1}");
+        assert_eq!(v["response"], "line 3: bad");
+        assert!(v.get("provider").is_none());
+    }
+
+    #[test]
+    fn dates_match_known_values() {
+        for (ms, want) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+        ] {
+            let mut out = Vec::new();
+            rfc3339_utc(ms, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+}

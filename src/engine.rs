@@ -1,0 +1,945 @@
+//! The thread-per-core runtime: one glommio executor per shard, pinned to a CPU, each owning
+//! its queue, its delivery-log writer and its intake loop. Shards talk only through two
+//! bounded channel meshes:
+//!
+//! - data: `Append` chunks from the shard that claimed and parsed an input to the recipients'
+//!   home shards. A full channel makes the claiming shard wait (backpressure, never a drop).
+//! - control: `Appended` acknowledgements (sent only after the chunk is fdatasync'd) and
+//!   `Released` notices. Control handlers never wait on anything, so acknowledgements always
+//!   flow and the two meshes cannot deadlock each other.
+//!
+//! Each shard's group commit collects appended chunks for `queue.commit_interval_ms` (or until
+//! `queue.commit_records_max` records wait), runs one `fdatasync` per dirty segment on the
+//! executor's blocking thread, then logs `Reception` events and acknowledges. An input file is
+//! released only when every chunk of it is acknowledged.
+//!
+//! The main thread only handles signals: SIGTERM/SIGINT start a drain (intake stops between
+//! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
+//! and is replayed at the next start), SIGHUP reloads the configuration.
+
+use crate::config::{Config, ConfigError};
+use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
+use crate::intake::{input_kind, Event, Parser, Rejection};
+use crate::preflight::{self, IO_MEMORY_BYTES_PER_SHARD};
+use crate::queue::record::Reader;
+use crate::queue::store::{unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue};
+use crate::spool::{Claimed, IncomingWatch, Spool};
+use futures_lite::future;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::timer::sleep;
+use glommio::{spawn_local, LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Chunks in flight per data channel: with 1 MiB chunks, bounds each channel's memory.
+pub const DATA_CHANNEL_CHUNKS: usize = 16;
+/// Control messages in flight per channel (acknowledgements are tiny).
+pub const CONTROL_CHANNEL_MESSAGES: usize = 1024;
+/// Chunks of one input not yet acknowledged: bounds unsynced intake per claiming shard.
+pub const CHUNKS_IN_FLIGHT_MAX: u64 = 32;
+/// How often an idle intake loop looks at its inotify hint.
+pub const INTAKE_TICK: Duration = Duration::from_millis(10);
+/// How often waits re-check the stop and fatal flags.
+pub const FLAG_POLL: Duration = Duration::from_millis(50);
+pub const LOCK_FILE: &str = "spate.lock";
+pub const META_FILE: &str = "spate.meta";
+
+/// Why the engine could not run or stopped; each maps to an INTERFACE.md exit code.
+#[derive(Debug)]
+pub enum EngineError {
+    Config(ConfigError),
+    /// io_uring, memlock, or another engine holding the data directory.
+    Unavailable(String),
+    /// A storage failure (fsync, ENOSPC, an unreadable queue): intake stopped, nothing lost.
+    Storage(String),
+}
+
+impl EngineError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Config(_) => 78,
+            EngineError::Unavailable(_) => 69,
+            EngineError::Storage(_) => 74,
+        }
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Config(e) => write!(f, "{e}"),
+            EngineError::Unavailable(m) => write!(f, "{m}"),
+            EngineError::Storage(m) => write!(f, "storage failure, intake stopped: {m}"),
+        }
+    }
+}
+
+impl From<ConfigError> for EngineError {
+    fn from(e: ConfigError) -> Self {
+        EngineError::Config(e)
+    }
+}
+
+/// Totals across shards, for progress and the final report.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub queued: AtomicU64,
+    pub rejected: AtomicU64,
+    pub inputs_done: AtomicU64,
+    pub inputs_bad: AtomicU64,
+    pub live_recipients: AtomicU64,
+}
+
+/// State shared by the main thread and every shard: flags and counters only, never touched
+/// per recipient.
+pub struct Shared {
+    config: Mutex<Arc<Config>>,
+    generation: AtomicU64,
+    pub stop: AtomicBool,
+    fatal: Mutex<Option<String>>,
+    has_fatal: AtomicBool,
+    ready: AtomicUsize,
+    intake_running: AtomicUsize,
+    exited: AtomicUsize,
+    pub counters: Counters,
+}
+
+impl Shared {
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.lock().expect("config lock"))
+    }
+
+    /// Records the first fatal error and starts a stop.
+    fn fail(&self, message: String) {
+        let mut f = self.fatal.lock().expect("fatal lock");
+        if f.is_none() {
+            eprintln!("spate: {message}");
+            *f = Some(message);
+        }
+        self.has_fatal.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn failed(&self) -> bool {
+        self.has_fatal.load(Ordering::Relaxed)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+enum DataMsg {
+    Append { claimer: usize, chunk: Chunk },
+}
+
+enum CtlMsg {
+    Appended { batch_id: u64, recipients: u32 },
+    Released { batch_id: u64 },
+}
+
+/// A running engine; `wait` blocks until it stops.
+pub struct Engine {
+    shared: Arc<Shared>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    _lock: File,
+    config_path: Option<PathBuf>,
+}
+
+/// Validates the environment and starts the shards.
+pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, EngineError> {
+    let shards = config.engine.shards;
+    preflight::check(shards).map_err(|e| EngineError::Unavailable(e.0))?;
+    let data_dir = &config.engine.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| EngineError::Storage(format!("{}: cannot create: {e}", data_dir.display())))?;
+    let lock = lock_data_dir(data_dir)?;
+    check_shard_count(&config)?;
+    for dir in [&config.spool.dir, &config.log.dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EngineError::Storage(format!("{}: cannot create: {e}", dir.display())))?;
+    }
+    for note in config.inactive_features() {
+        eprintln!("spate: note: {note}");
+    }
+    let shared = Arc::new(Shared {
+        config: Mutex::new(Arc::new(config)),
+        generation: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        has_fatal: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+        intake_running: AtomicUsize::new(shards),
+        exited: AtomicUsize::new(0),
+        counters: Counters::default(),
+    });
+    let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
+    let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let (shared, data_mesh, ctl_mesh) =
+            (Arc::clone(&shared), data_mesh.clone(), ctl_mesh.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("spate-shard-{id}"))
+            .io_memory(IO_MEMORY_BYTES_PER_SHARD)
+            .spawn(move || async move {
+                let _guard = ExitGuard(Arc::clone(&shared));
+                shard_main(shared, data_mesh, ctl_mesh).await;
+            })
+            .map_err(|e| EngineError::Unavailable(format!("runtime unavailable: {e}")))?;
+        handles.push(handle);
+    }
+    Ok(Engine {
+        shared,
+        handles,
+        _lock: lock,
+        config_path,
+    })
+}
+
+impl Engine {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// True once every shard has recovered its queue and intake is live.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst) == self.handles.len()
+    }
+
+    /// Asks the engine to drain and stop.
+    pub fn request_stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.shared.exited.load(Ordering::SeqCst) == self.handles.len()
+    }
+
+    /// Loads the configuration file again; an invalid one is refused and the old stays.
+    pub fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            eprintln!("spate: reload ignored: the embedded configuration has no file");
+            return;
+        };
+        match Config::load(path) {
+            Ok(new) => {
+                let old = self.shared.config();
+                if new.engine.shards != old.engine.shards
+                    || new.engine.data_dir != old.engine.data_dir
+                    || new.spool.dir != old.spool.dir
+                    || new.log.dir != old.log.dir
+                {
+                    eprintln!("spate: reload: engine.shards, engine.data_dir, spool.dir and log.dir take effect at the next start");
+                }
+                *self.shared.config.lock().expect("config lock") = Arc::new(new);
+                self.shared.generation.fetch_add(1, Ordering::SeqCst);
+                eprintln!("spate: configuration reloaded from {}", path.display());
+            }
+            Err(e) => eprintln!("spate: reload refused, previous configuration stays: {e}"),
+        }
+    }
+
+    /// Blocks until every shard has stopped; the error is the first fatal one.
+    pub fn wait(self) -> Result<(), EngineError> {
+        let mut crashed = None;
+        for (id, h) in self.handles.into_iter().enumerate() {
+            if h.join().is_err() {
+                crashed = Some(id);
+            }
+        }
+        if let Some(message) = self.shared.fatal.lock().expect("fatal lock").take() {
+            return Err(EngineError::Storage(message));
+        }
+        if let Some(id) = crashed {
+            return Err(EngineError::Storage(format!(
+                "shard {id} crashed; the queue is intact and recovers at the next start"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the engine in the foreground until SIGTERM/SIGINT; SIGHUP reloads.
+pub fn run_until_signalled(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<(), EngineError> {
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGTERM, &term),
+        (signal_hook::consts::SIGINT, &term),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(flag))
+            .map_err(|e| EngineError::Unavailable(format!("cannot install signal handler: {e}")))?;
+    }
+    let engine = start(config, config_path)?;
+    let mut announced = false;
+    while !engine.has_exited() {
+        std::thread::sleep(Duration::from_millis(20));
+        if !announced && engine.is_ready() {
+            announced = true;
+            let c = &engine.shared.counters;
+            eprintln!(
+                "spate: running: {} shards, {} recipients queued from before",
+                engine.handles.len(),
+                c.live_recipients.load(Ordering::SeqCst)
+            );
+        }
+        if term.swap(false, Ordering::SeqCst) {
+            eprintln!("spate: stopping: intake stops, queue syncs");
+            engine.request_stop();
+        }
+        if hup.swap(false, Ordering::SeqCst) {
+            engine.reload();
+        }
+    }
+    engine.wait()
+}
+
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::SeqCst);
+        }
+        self.0.exited.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Holds an exclusive lock on the data directory for the engine's lifetime: two engines on
+/// one queue would corrupt it.
+fn lock_data_dir(data_dir: &Path) -> Result<File, EngineError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| EngineError::Storage(format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(EngineError::Unavailable(format!(
+            "{}: another spate engine is running on this data_dir",
+            data_dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// True if an engine holds the lock on `data_dir`.
+pub fn engine_running(data_dir: &Path) -> bool {
+    let Ok(file) = File::open(data_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; a shared lock is released when `file` drops.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// Recipients' home shards depend on the shard count, so a queue written with one count is
+/// refused under another until it drains (an empty queue just adopts the new count).
+fn check_shard_count(config: &Config) -> Result<(), EngineError> {
+    let (data_dir, shards) = (&config.engine.data_dir, config.engine.shards);
+    let meta = data_dir.join(META_FILE);
+    let recorded = std::fs::read_to_string(&meta)
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("shards=")?.parse::<usize>().ok());
+    if let Some(old) = recorded {
+        if old != shards {
+            let summary = crate::summary::read_queue(data_dir)
+                .map_err(|e| EngineError::Storage(e.to_string()))?;
+            let claimed = Spool::open(&config.spool.dir)
+                .and_then(|s| s.leftover_claims())
+                .map_or(0, |c| c.len());
+            if summary.live_recipients() > 0 || claimed > 0 {
+                return Err(EngineError::Config(ConfigError(format!(
+                    "engine.shards: the queue in {} was written by {old} shards and still holds {} recipients; set shards = {old} until it drains",
+                    data_dir.display(),
+                    summary.live_recipients()
+                ))));
+            }
+        }
+    }
+    std::fs::write(&meta, format!("shards={shards}\n"))
+        .map_err(|e| EngineError::Storage(format!("{}: {e}", meta.display())))
+}
+
+/// One shard's state. Lives on its executor only; `RefCell`s are never held across `.await`.
+struct Shard {
+    id: usize,
+    shards: usize,
+    shared: Arc<Shared>,
+    config: RefCell<Arc<Config>>,
+    generation: Cell<u64>,
+    queue: RefCell<ShardQueue>,
+    log: RefCell<DeliveryLog>,
+    spool: Spool,
+    data_tx: Senders<DataMsg>,
+    ctl_tx: Senders<CtlMsg>,
+    /// Chunks appended and waiting for the next group commit.
+    unsynced: RefCell<Vec<(usize, Chunk)>>,
+    unsynced_records: Cell<usize>,
+    sync_kick: LocalSender<()>,
+    /// Set at shutdown: the group commit makes a last pass and ends.
+    closing: Cell<bool>,
+    /// Acknowledgement routes of the inputs this shard is claiming.
+    acks: RefCell<HashMap<u64, LocalSender<u32>>>,
+    last_batch_id: Cell<u64>,
+}
+
+async fn shard_main(
+    shared: Arc<Shared>,
+    data_mesh: MeshBuilder<DataMsg, Full>,
+    ctl_mesh: MeshBuilder<CtlMsg, Full>,
+) {
+    let Ok((data_tx, data_rx)) = data_mesh.join().await else {
+        shared.fail("runtime: data channel mesh failed to form".into());
+        return;
+    };
+    let Ok((ctl_tx, ctl_rx)) = ctl_mesh.join().await else {
+        shared.fail("runtime: control channel mesh failed to form".into());
+        return;
+    };
+    let id = data_tx.peer_id();
+    let shards = data_tx.nr_consumers();
+    let config = shared.config();
+    let (shard, kick_rx) = match open_shard(id, shards, &shared, &config, data_tx, ctl_tx) {
+        Ok((s, kick_rx)) => (Rc::new(s), kick_rx),
+        Err(message) => {
+            shared.fail(message);
+            shared.intake_running.fetch_sub(1, Ordering::SeqCst);
+            shared.ready.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    };
+    let data_rx = Rc::new(data_rx);
+    let ctl_rx = Rc::new(ctl_rx);
+    for peer in (0..shards).filter(|&p| p != id) {
+        spawn_local(data_receiver(Rc::clone(&shard), Rc::clone(&data_rx), peer)).detach();
+        spawn_local(control_receiver(
+            Rc::clone(&shard),
+            Rc::clone(&ctl_rx),
+            peer,
+        ))
+        .detach();
+    }
+    let syncer = spawn_local(group_commit(Rc::clone(&shard), kick_rx));
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    while shared.ready.load(Ordering::SeqCst) < shards {
+        sleep(Duration::from_millis(2)).await;
+    }
+
+    intake_loop(&shard).await;
+    shared.intake_running.fetch_sub(1, Ordering::SeqCst);
+
+    // Every claiming shard has its acknowledgements once intake_running reaches zero, so no
+    // chunk can arrive any more; one last commit covers whatever is left.
+    while shared.intake_running.load(Ordering::SeqCst) > 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
+    shard.closing.set(true);
+    let _ = shard.sync_kick.try_send(());
+    syncer.await;
+    let flushed = shard.log.borrow_mut().flush();
+    if let Err(e) = flushed {
+        shared.fail(format!("delivery log: {e}"));
+    }
+}
+
+type Opened = (Shard, LocalReceiver<()>);
+
+fn open_shard(
+    id: usize,
+    shards: usize,
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    data_tx: Senders<DataMsg>,
+    ctl_tx: Senders<CtlMsg>,
+) -> Result<Opened, String> {
+    let dir = config.engine.data_dir.join(format!("shard-{id}"));
+    let (queue, report) =
+        ShardQueue::open(&dir, id as u32, config.queue.segment_bytes).map_err(|e| e.to_string())?;
+    for w in &report.warnings {
+        eprintln!("spate: shard {id}: recovery: {w}");
+    }
+    if report.torn_bytes_cleared > 0 {
+        eprintln!(
+            "spate: shard {id}: recovery cleared {} bytes of an unfinished write",
+            report.torn_bytes_cleared
+        );
+    }
+    shared
+        .counters
+        .live_recipients
+        .fetch_add(report.live_recipients, Ordering::SeqCst);
+    let log = DeliveryLog::open(&config.log.dir)
+        .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
+    let spool = Spool::open(&config.spool.dir)
+        .map_err(|e| format!("{}: {e}", config.spool.dir.display()))?;
+    let (sync_kick, kick_rx) = local_channel::new_bounded(1);
+    Ok((
+        Shard {
+            id,
+            shards,
+            shared: Arc::clone(shared),
+            config: RefCell::new(Arc::clone(config)),
+            generation: Cell::new(shared.generation.load(Ordering::SeqCst)),
+            queue: RefCell::new(queue),
+            log: RefCell::new(log),
+            spool,
+            data_tx,
+            ctl_tx,
+            unsynced: RefCell::new(Vec::new()),
+            unsynced_records: Cell::new(0),
+            sync_kick,
+            closing: Cell::new(false),
+            acks: RefCell::new(HashMap::new()),
+            last_batch_id: Cell::new(0),
+        },
+        kick_rx,
+    ))
+}
+
+async fn data_receiver(shard: Rc<Shard>, rx: Rc<Receivers<DataMsg>>, peer: usize) {
+    while let Ok(Some(DataMsg::Append { claimer, chunk })) = rx.recv_from(peer).await {
+        shard.append(claimer, chunk);
+    }
+}
+
+async fn control_receiver(shard: Rc<Shard>, rx: Rc<Receivers<CtlMsg>>, peer: usize) {
+    while let Ok(Some(msg)) = rx.recv_from(peer).await {
+        shard.on_control(msg);
+    }
+}
+
+/// Group commit: one fdatasync per dirty segment for everything appended in a window.
+async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
+    while kick.recv().await.is_some() {
+        let config = shard.config.borrow().clone();
+        if shard.unsynced_records.get() < config.queue.commit_records_max {
+            sleep(config.queue.commit_interval).await;
+        }
+        if let Err(message) = shard.commit().await {
+            shard.shared.fail(message);
+            return;
+        }
+        if shard.closing.get() {
+            break;
+        }
+    }
+    // Shutdown: a last commit for anything appended since.
+    if let Err(message) = shard.commit().await {
+        shard.shared.fail(message);
+    }
+}
+
+impl Shard {
+    fn reload_if_changed(&self) {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if generation != self.generation.get() {
+            self.generation.set(generation);
+            *self.config.borrow_mut() = self.shared.config();
+            if let Err(e) = self.log.borrow_mut().reopen() {
+                self.shared
+                    .fail(format!("delivery log: reopen failed: {e}"));
+            }
+        }
+    }
+
+    /// Appends a chunk to this shard's queue and schedules it for the next group commit.
+    fn append(&self, claimer: usize, chunk: Chunk) {
+        if self.shared.failed() {
+            return;
+        }
+        let appended = self.queue.borrow_mut().append_chunk(&chunk);
+        match appended {
+            Ok(ChunkAppend::Appended { recipients, .. }) => {
+                self.unsynced_records
+                    .set(self.unsynced_records.get() + recipients as usize);
+            }
+            Ok(ChunkAppend::AlreadyCommitted) => {}
+            Err(e) => {
+                self.shared.fail(e.to_string());
+                return;
+            }
+        }
+        self.unsynced.borrow_mut().push((claimer, chunk));
+        let _ = self.sync_kick.try_send(());
+    }
+
+    /// Syncs what was appended, then logs receptions and acknowledges to the claimers.
+    async fn commit(&self) -> Result<(), String> {
+        let done = std::mem::take(&mut *self.unsynced.borrow_mut());
+        self.unsynced_records.set(0);
+        let job = self
+            .queue
+            .borrow_mut()
+            .take_sync_job()
+            .map_err(|e| e.to_string())?;
+        if let Some(job) = job {
+            glommio::executor()
+                .spawn_blocking(move || job.fdatasync())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let now = unix_ms();
+        let mut queued = 0u64;
+        {
+            let mut log = self.log.borrow_mut();
+            for (_, chunk) in &done {
+                log_receptions(&mut log, chunk, now).map_err(|e| format!("delivery log: {e}"))?;
+                queued += chunk.len() as u64;
+            }
+            log.flush().map_err(|e| format!("delivery log: {e}"))?;
+        }
+        self.shared
+            .counters
+            .queued
+            .fetch_add(queued, Ordering::Relaxed);
+        self.shared
+            .counters
+            .live_recipients
+            .fetch_add(queued, Ordering::Relaxed);
+        for (claimer, chunk) in done {
+            let recipients = chunk.len() as u32;
+            if claimer == self.id {
+                self.route_ack(chunk.batch_id, recipients);
+            } else {
+                let msg = CtlMsg::Appended {
+                    batch_id: chunk.batch_id,
+                    recipients,
+                };
+                // A closed channel means the claimer is gone (shutdown): it no longer waits.
+                let _ = self.ctl_tx.send_to(claimer, msg).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_control(&self, msg: CtlMsg) {
+        match msg {
+            CtlMsg::Appended {
+                batch_id,
+                recipients,
+            } => self.route_ack(batch_id, recipients),
+            CtlMsg::Released { batch_id } => self.queue.borrow_mut().release_batch(batch_id),
+        }
+    }
+
+    fn route_ack(&self, batch_id: u64, recipients: u32) {
+        if let Some(tx) = self.acks.borrow().get(&batch_id) {
+            let _ = tx.try_send(recipients);
+        }
+    }
+
+    fn next_batch_id(&self) -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let candidate = (nanos & !0xff) | self.id as u64;
+        let id = if candidate > self.last_batch_id.get() {
+            candidate
+        } else {
+            self.last_batch_id.get() + 0x100
+        };
+        self.last_batch_id.set(id);
+        id
+    }
+}
+
+fn log_receptions(log: &mut DeliveryLog, chunk: &Chunk, now: u64) -> std::io::Result<()> {
+    let m: &MessageSpec = &chunk.message;
+    for tail in chunk.recipients() {
+        let rcpt = Reader::new(tail).str16().unwrap_or("");
+        log.append(&LogRecord {
+            ts_unix_ms: now,
+            event: Some(EventType::Reception),
+            recipient: rcpt,
+            sender: &m.sender,
+            campaign: &m.campaign,
+            tenant: &m.tenant,
+            domain: rcpt.rsplit_once('@').map_or("", |(_, d)| d),
+            ..Default::default()
+        })?;
+    }
+    Ok(())
+}
+
+/// Why processing of a claimed input ended early; the input stays claimed and is replayed.
+enum Interrupted {
+    Stopping,
+    Failed,
+}
+
+async fn intake_loop(shard: &Rc<Shard>) {
+    let leftovers = shard.spool.leftover_claims().unwrap_or_else(|e| {
+        shard
+            .shared
+            .fail(format!("{}: {e}", shard.spool.dir.display()));
+        Vec::new()
+    });
+    for c in leftovers
+        .into_iter()
+        .filter(|c| (c.batch_id % shard.shards as u64) as usize == shard.id)
+    {
+        eprintln!(
+            "spate: shard {}: resuming {} after a restart",
+            shard.id, c.name
+        );
+        if process_claim(shard, c).await.is_err() {
+            return;
+        }
+    }
+    let watch = IncomingWatch::new(shard.spool.incoming()).ok();
+    let mut last_scan: Option<Instant> = None;
+    while !shard.shared.stopping() {
+        shard.reload_if_changed();
+        let scan_interval = shard.config.borrow().spool.scan_interval;
+        let hinted = watch.as_ref().is_some_and(IncomingWatch::fired);
+        if hinted || last_scan.is_none_or(|t| t.elapsed() >= scan_interval) {
+            last_scan = Some(Instant::now());
+            let names = match shard.spool.candidates() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("spate: {}: {e}", shard.spool.incoming().display());
+                    Vec::new()
+                }
+            };
+            for name in names {
+                if shard.shared.stopping() {
+                    break;
+                }
+                let batch_id = shard.next_batch_id();
+                match shard.spool.claim(&name, batch_id) {
+                    Ok(Some(c)) => {
+                        if process_claim(shard, c).await.is_err() {
+                            return;
+                        }
+                        // Something arrived meanwhile? Look again without waiting.
+                        last_scan = None;
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("spate: cannot claim {name}: {e}"),
+                }
+            }
+        }
+        sleep(INTAKE_TICK).await;
+    }
+}
+
+/// Reads one claimed input into the queue; releases it once every chunk is acknowledged.
+async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted> {
+    let started = Instant::now();
+    let Some(kind) = input_kind(&c.name) else {
+        refuse(
+            shard,
+            &c,
+            "unknown input type: expected NAME.jsonl or NAME.eml",
+        );
+        return Ok(());
+    };
+    let map = match map_file(&c.path) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            refuse(shard, &c, "empty file");
+            return Ok(());
+        }
+        Err(e) => {
+            refuse(shard, &c, &format!("cannot read: {e}"));
+            return Ok(());
+        }
+    };
+    let mut parser = match Parser::open(&map, kind, c.batch_id, shard.shards, unix_ms()) {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(shard, &c, &e.to_string());
+            return Ok(());
+        }
+    };
+    let message = Arc::clone(parser.message());
+    let (ack_tx, ack_rx) = local_channel::new_unbounded();
+    shard.acks.borrow_mut().insert(c.batch_id, ack_tx);
+    let result = feed_chunks(shard, &mut parser, &message, &ack_rx).await;
+    shard.acks.borrow_mut().remove(&c.batch_id);
+    let (queued, rejected) = result?;
+
+    let keep_done = shard.config.borrow().spool.keep_done;
+    if let Err(e) = shard.spool.release_done(&c, keep_done) {
+        shard
+            .shared
+            .fail(format!("{}: cannot release: {e}", c.path.display()));
+        return Err(Interrupted::Failed);
+    }
+    for peer in (0..shard.shards).filter(|&p| p != shard.id) {
+        let _ = shard
+            .ctl_tx
+            .send_to(
+                peer,
+                CtlMsg::Released {
+                    batch_id: c.batch_id,
+                },
+            )
+            .await;
+    }
+    shard.queue.borrow_mut().release_batch(c.batch_id);
+    shard
+        .shared
+        .counters
+        .inputs_done
+        .fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "spate: {}: {queued} recipients queued, {rejected} rejected, in {} ms",
+        c.name,
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Parses and routes every chunk of an input; returns (queued, rejected) once all chunks are
+/// acknowledged as durable.
+async fn feed_chunks(
+    shard: &Rc<Shard>,
+    parser: &mut Parser<'_>,
+    message: &MessageSpec,
+    acks: &LocalReceiver<u32>,
+) -> Result<(u64, u64), Interrupted> {
+    let (mut sent, mut acked, mut queued, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let mut interrupted = None;
+    while let Some(event) = parser.next_event() {
+        match event {
+            Event::Rejected(r) => {
+                rejected += 1;
+                log_rejection(shard, message, &r);
+            }
+            Event::Chunk { home, chunk } => {
+                while sent - acked >= CHUNKS_IN_FLIGHT_MAX {
+                    queued += u64::from(wait_ack(shard, acks).await?);
+                    acked += 1;
+                }
+                sent += 1;
+                if home == shard.id {
+                    shard.append(shard.id, chunk);
+                } else {
+                    let msg = DataMsg::Append {
+                        claimer: shard.id,
+                        chunk,
+                    };
+                    if shard.data_tx.send_to(home, msg).await.is_err() {
+                        sent -= 1;
+                        interrupted = Some(Interrupted::Stopping);
+                        break;
+                    }
+                }
+            }
+        }
+        if shard.shared.stopping() {
+            interrupted = Some(if shard.shared.failed() {
+                Interrupted::Failed
+            } else {
+                Interrupted::Stopping
+            });
+            break;
+        }
+        glommio::yield_if_needed().await;
+    }
+    shard.rejected_total(rejected);
+    while acked < sent {
+        queued += u64::from(wait_ack(shard, acks).await?);
+        acked += 1;
+    }
+    match interrupted {
+        Some(i) => Err(i),
+        None => Ok((queued, rejected)),
+    }
+}
+
+impl Shard {
+    fn rejected_total(&self, n: u64) {
+        self.shared
+            .counters
+            .rejected
+            .fetch_add(n, Ordering::Relaxed);
+        if let Err(e) = self.log.borrow_mut().flush() {
+            self.shared.fail(format!("delivery log: {e}"));
+        }
+    }
+}
+
+/// Waits for one chunk acknowledgement; gives up only on a fatal error (an unacknowledged
+/// chunk may never be synced then, and the input must stay claimed).
+async fn wait_ack(shard: &Shard, acks: &LocalReceiver<u32>) -> Result<u32, Interrupted> {
+    loop {
+        let got = future::or(async { acks.recv().await }, async {
+            sleep(FLAG_POLL).await;
+            None
+        })
+        .await;
+        if let Some(n) = got {
+            return Ok(n);
+        }
+        if shard.shared.failed() {
+            return Err(Interrupted::Failed);
+        }
+    }
+}
+
+fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
+    let response = format!("line {}: {}", r.line, r.reason);
+    let record = LogRecord {
+        ts_unix_ms: unix_ms(),
+        event: Some(EventType::Rejected),
+        recipient: &r.recipient,
+        sender: &m.sender,
+        campaign: &m.campaign,
+        tenant: &m.tenant,
+        domain: r.recipient.rsplit_once('@').map_or("", |(_, d)| d),
+        response: &response,
+        ..Default::default()
+    };
+    if let Err(e) = shard.log.borrow_mut().append(&record) {
+        shard.shared.fail(format!("delivery log: {e}"));
+    }
+}
+
+fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
+    shard
+        .shared
+        .counters
+        .inputs_bad
+        .fetch_add(1, Ordering::Relaxed);
+    match shard.spool.release_bad(c, reason) {
+        Ok(path) => eprintln!(
+            "spate: {}: refused ({reason}); moved to {}",
+            c.name,
+            path.display()
+        ),
+        Err(e) => eprintln!(
+            "spate: {}: refused ({reason}) but cannot move it to bad/: {e}",
+            c.name
+        ),
+    }
+}
+
+/// Maps an input read-only; `None` for an empty file (which cannot be mapped).
+fn map_file(path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the file is claimed (renamed out of producers' reach), so nothing modifies it
+    // while mapped; a producer that keeps writing after the rename breaks the spool protocol.
+    Ok(Some(unsafe { memmap2::Mmap::map(&file)? }))
+}

@@ -1,0 +1,29 @@
+//! Spate: a high-throughput bulk email sending engine.
+//!
+//! # Layout
+//!
+//! Modules in data-flow order, one line each:
+//!
+//! - [`config`]: the TOML configuration, validated into typed values (exit 78 on errors).
+//! - [`preflight`]: checks io_uring and the memlock limit before any executor starts (exit 69).
+//! - [`spool`]: the spool directory: scanning, race-free claiming, `bad/` and `done/`.
+//! - [`intake`]: parses campaign batches (`.jsonl`) and pickup messages (`.eml`) into chunks.
+//! - [`address`]: envelope address validation and IDNA conversion.
+//! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
+//! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
+//! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
+//! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
+//! - [`summary`]: `spate queue summary`, read from the queue files.
+//! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
+
+pub mod address;
+pub mod config;
+pub mod delivery_log;
+pub mod demo;
+pub mod engine;
+pub mod intake;
+pub mod preflight;
+pub mod queue;
+pub mod spool;
+pub mod summary;
+pub mod template;

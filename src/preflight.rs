@@ -1,0 +1,108 @@
+//! Startup checks for what the thread-per-core runtime needs from the kernel, run before any
+//! executor starts so that a machine that cannot run Spate gets a clear message (exit 69)
+//! instead of a panic deep inside the runtime.
+
+use std::fmt;
+
+/// io_uring memory each executor registers with the kernel (glommio's `io_memory`).
+pub const IO_MEMORY_BYTES_PER_SHARD: usize = 2 << 20;
+/// Locked memory each executor needs: its io_memory plus its rings, with headroom.
+pub const MEMLOCK_BYTES_PER_SHARD: u64 = 4 << 20;
+
+#[derive(Debug)]
+pub struct PreflightError(pub String);
+
+impl fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the checks found (for the startup line).
+#[derive(Debug)]
+pub struct Preflight {
+    pub memlock_bytes: u64,
+    pub raised: bool,
+}
+
+/// Checks io_uring and the memlock limit for `shards` executors; raises the soft limit (and
+/// the hard one, when running as root) if needed.
+pub fn check(shards: usize) -> Result<Preflight, PreflightError> {
+    probe_io_uring()?;
+    let need = MEMLOCK_BYTES_PER_SHARD * shards as u64;
+    ensure_memlock(need)
+}
+
+fn probe_io_uring() -> Result<(), PreflightError> {
+    // SAFETY: io_uring_setup with a zeroed params struct; the returned fd is closed at once.
+    let mut params = [0u32; 30];
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        let hint = match err.raw_os_error() {
+            Some(libc::ENOSYS) => "the kernel has no io_uring (Linux 5.8 or later is needed)",
+            Some(libc::EPERM) => {
+                "io_uring is disabled: set the sysctl kernel.io_uring_disabled=0, or allow io_uring_setup in the container's seccomp profile"
+            }
+            _ => "io_uring is unavailable",
+        };
+        return Err(PreflightError(format!(
+            "runtime unavailable: {hint} ({err})"
+        )));
+    }
+    // SAFETY: closing the descriptor the probe opened.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn ensure_memlock(need: u64) -> Result<Preflight, PreflightError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(PreflightError(format!(
+            "runtime unavailable: cannot read the memlock limit: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let cur = lim.rlim_cur;
+    if cur == libc::RLIM_INFINITY || cur >= need {
+        return Ok(Preflight {
+            memlock_bytes: cur,
+            raised: false,
+        });
+    }
+    let max_ok = lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_max >= need;
+    let wanted = libc::rlimit {
+        rlim_cur: need,
+        rlim_max: if max_ok { lim.rlim_max } else { need },
+    };
+    // SAFETY: setrlimit reads the struct we pass. Raising the hard limit needs root
+    // (CAP_SYS_RESOURCE); otherwise this fails and we say what to change.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &wanted) } == 0 {
+        return Ok(Preflight {
+            memlock_bytes: need,
+            raised: true,
+        });
+    }
+    Err(PreflightError(format!(
+        "runtime unavailable: the locked-memory limit is {} KiB and Spate needs {} KiB for its shards; \
+         raise it with `ulimit -l {}` or LimitMEMLOCK= in the systemd unit, or run with fewer [engine] shards",
+        cur / 1024,
+        need / 1024,
+        need / 1024
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_on_this_machine_and_leaves_enough_memlock() {
+        let p = check(2).unwrap();
+        assert!(p.memlock_bytes >= 2 * MEMLOCK_BYTES_PER_SHARD);
+    }
+}

@@ -1,0 +1,957 @@
+//! One shard's durable queue: its segments, the in-memory index rebuilt from them, and the
+//! append paths. Appends are synchronous memory copies; durability is a separate step
+//! (`take_sync_job` then `SyncJob::fdatasync` on a blocking thread) so the shard can group
+//! many appends into one sync without ever stalling its executor.
+//!
+//! Invariants:
+//! - Records of one intake chunk are written back to back in one segment and become visible
+//!   only with the chunk's commit record; recovery discards an uncommitted tail.
+//! - A chunk `(batch_id, chunk)` is committed at most once per shard: `append_chunk` refuses
+//!   a chunk the shard already holds, which is what makes re-reading an interrupted input file
+//!   after a crash safe.
+//! - Segments are deleted oldest first, and only when none of their recipients is still live
+//!   and no live recipient needs a message record they hold. Deleting oldest first means a
+//!   recipient record never outlives the outcome record (always later) that finalises it.
+
+use super::record::{
+    record_len, seal_record_in_place, CommitPayload, Kind, MessagePayload, OutcomePayload,
+    OutcomeState, Reader, RecipientPayload, RecordRef, SegmentHeader, COMMIT_PAYLOAD_BYTES,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use super::segment::{list_segments, scan_bytes, sync_dir, Segment};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A storage failure. Fatal for intake: the engine stops loudly (exit 74) and loses nothing,
+/// because no input is released before its records are synced.
+#[derive(Debug)]
+pub struct QueueError {
+    pub path: PathBuf,
+    pub op: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} failed: {}",
+            self.path.display(),
+            self.op,
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for QueueError {}
+
+fn io_err<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(io::Error) -> QueueError + 'p {
+    move |source| QueueError {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+/// The message a chunk's recipients belong to, shared by every chunk of one batch.
+#[derive(Debug)]
+pub struct MessageSpec {
+    pub batch_id: u64,
+    pub created_unix_ms: u64,
+    pub flags: u8,
+    pub sender: String,
+    pub campaign: String,
+    pub tenant: String,
+    pub var_names: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl MessageSpec {
+    fn encode(&self, out: &mut Vec<u8>) {
+        MessagePayload {
+            batch_id: self.batch_id,
+            created_unix_ms: self.created_unix_ms,
+            flags: self.flags,
+            sender: &self.sender,
+            campaign: &self.campaign,
+            tenant: &self.tenant,
+            var_names: self.var_names.iter().map(String::as_str).collect(),
+            body: &self.body,
+        }
+        .encode(out)
+    }
+}
+
+/// Recipients of one batch bound for one home shard, pre-encoded by the claiming shard.
+#[derive(Debug)]
+pub struct Chunk {
+    pub batch_id: u64,
+    /// Counts this home shard's chunks of the batch, in file order.
+    pub chunk_no: u32,
+    pub message: Arc<MessageSpec>,
+    /// Recipient payloads without their message sequence number, back to back.
+    pub tails: Vec<u8>,
+    /// End offset of each recipient's tail in `tails`.
+    pub ends: Vec<u32>,
+}
+
+impl Chunk {
+    pub fn recipients(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let tail = &self.tails[start..end as usize];
+            start = end as usize;
+            tail
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// What `append_chunk` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkAppend {
+    /// Written (not yet synced): `recipients` records from `first_seq`.
+    Appended { first_seq: u64, recipients: u32 },
+    /// This shard already committed the chunk before a restart; nothing written.
+    AlreadyCommitted,
+}
+
+/// Recipient state in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryState {
+    /// Not a recipient record (message, commit, outcome) or already final.
+    Vacant = 0,
+    Waiting = 1,
+    Deferred = 2,
+}
+
+/// One sequence number's slot in the index: 24 bytes per queued recipient.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub message_seq: u64,
+    /// Offset of the recipient record in its segment.
+    pub offset: u32,
+    pub domain: u32,
+    /// For deferred recipients: seconds since the Unix epoch before which not to retry.
+    pub due_unix_s: u32,
+    pub state: EntryState,
+    pub attempts: u8,
+}
+
+const VACANT: Entry = Entry {
+    message_seq: 0,
+    offset: 0,
+    domain: 0,
+    due_unix_s: 0,
+    state: EntryState::Vacant,
+    attempts: 0,
+};
+
+#[derive(Debug, Clone)]
+pub struct MessageInfo {
+    pub batch_id: u64,
+    pub created_unix_ms: u64,
+    /// Live recipients that need this message record.
+    pub live: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainCounts {
+    pub queued: u64,
+    pub deferred: u64,
+}
+
+/// The derived state of a shard's queue; rebuilt from the segments at every start.
+#[derive(Default)]
+pub struct Index {
+    first_seq: u64,
+    entries: VecDeque<Entry>,
+    pub messages: HashMap<u64, MessageInfo>,
+    domain_ids: HashMap<Box<str>, u32>,
+    pub domain_names: Vec<Box<str>>,
+    pub domain_counts: Vec<DomainCounts>,
+    /// Committed chunks per batch (for de-duplication after a crash) and its message record.
+    batches: HashMap<u64, BatchState>,
+    live: u64,
+}
+
+#[derive(Default, Debug)]
+struct BatchState {
+    message_seq: Option<u64>,
+    chunks: HashSet<u32>,
+}
+
+impl Index {
+    fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let i = seq.checked_sub(self.first_seq)?;
+        self.entries.get_mut(i as usize)
+    }
+
+    pub fn entry(&self, seq: u64) -> Option<&Entry> {
+        let i = seq.checked_sub(self.first_seq)?;
+        self.entries.get(i as usize)
+    }
+
+    fn place(&mut self, seq: u64, e: Entry) {
+        if self.entries.is_empty() {
+            self.first_seq = seq;
+        }
+        let i = (seq - self.first_seq) as usize;
+        while self.entries.len() < i {
+            self.entries.push_back(VACANT);
+        }
+        assert_eq!(
+            self.entries.len(),
+            i,
+            "index sequence numbers go forward only"
+        );
+        self.entries.push_back(e);
+    }
+
+    fn domain_id(&mut self, domain: &str) -> u32 {
+        if let Some(&id) = self.domain_ids.get(domain) {
+            return id;
+        }
+        let id = self.domain_names.len() as u32;
+        self.domain_ids.insert(domain.into(), id);
+        self.domain_names.push(domain.into());
+        self.domain_counts.push(DomainCounts::default());
+        id
+    }
+
+    fn add_recipient(&mut self, seq: u64, offset: u32, message_seq: u64, recipient: &str) {
+        let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+        let domain = self.domain_id(domain);
+        self.place(
+            seq,
+            Entry {
+                message_seq,
+                offset,
+                domain,
+                due_unix_s: 0,
+                state: EntryState::Waiting,
+                attempts: 0,
+            },
+        );
+        self.domain_counts[domain as usize].queued += 1;
+        if let Some(m) = self.messages.get_mut(&message_seq) {
+            m.live += 1;
+        }
+        self.live += 1;
+    }
+
+    fn apply_outcome(&mut self, o: &OutcomePayload) {
+        let Some(e) = self.entry_mut(o.recipient_seq) else {
+            return;
+        };
+        let before = e.state;
+        if before == EntryState::Vacant {
+            return;
+        }
+        let (domain, message_seq) = (e.domain as usize, e.message_seq);
+        e.attempts = o.attempts.min(u8::MAX as u16) as u8;
+        match o.state {
+            OutcomeState::Deferred => {
+                e.state = EntryState::Deferred;
+                e.due_unix_s = (o.due_unix_ms / 1000).min(u32::MAX as u64) as u32;
+                if before == EntryState::Waiting {
+                    self.domain_counts[domain].deferred += 1;
+                }
+            }
+            OutcomeState::Delivered | OutcomeState::Bounced | OutcomeState::Expired => {
+                *e = VACANT;
+                let counts = &mut self.domain_counts[domain];
+                counts.queued -= 1;
+                if before == EntryState::Deferred {
+                    counts.deferred -= 1;
+                }
+                self.live -= 1;
+                if let Some(m) = self.messages.get_mut(&message_seq) {
+                    m.live -= 1;
+                }
+            }
+        }
+        while matches!(self.entries.front(), Some(e) if e.state == EntryState::Vacant) {
+            self.entries.pop_front();
+            self.first_seq += 1;
+        }
+    }
+
+    /// Recipients not yet final.
+    pub fn live(&self) -> u64 {
+        self.live
+    }
+
+    /// Live recipients with their sequence numbers, oldest first.
+    pub fn live_entries(&self) -> impl Iterator<Item = (u64, &Entry)> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.state != EntryState::Vacant)
+            .map(|(i, e)| (self.first_seq + i as u64, e))
+    }
+
+    /// Batches with at least one committed chunk on this shard.
+    pub fn batch_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.batches.keys().copied()
+    }
+
+    pub fn has_chunk(&self, batch_id: u64, chunk: u32) -> bool {
+        self.batches
+            .get(&batch_id)
+            .is_some_and(|b| b.chunks.contains(&chunk))
+    }
+}
+
+/// Rebuilds an index from records, applying each chunk only at its commit record.
+#[derive(Default)]
+pub struct Replay {
+    pub index: Index,
+    /// Records seen since the last commit: (offset, seq, kind, payload length).
+    pending: Vec<(usize, u64, Kind, usize)>,
+    /// End of the last record that is durable state (a commit or an outcome).
+    pub valid_end: usize,
+    /// Committed-but-discarded anomalies, for the recovery report.
+    pub anomalies: Vec<String>,
+    pub next_seq: u64,
+}
+
+impl Replay {
+    /// Starts a new segment: anything pending in the previous one was never committed.
+    pub fn begin_segment(&mut self) {
+        self.pending.clear();
+        self.valid_end = SEGMENT_HEADER_BYTES;
+    }
+
+    /// Feeds the record at `offset` of `segment` (the whole segment's bytes).
+    pub fn record(&mut self, segment: &[u8], offset: usize, r: RecordRef<'_>) {
+        let record_bytes = record_len(r.payload.len());
+        self.next_seq = self.next_seq.max(r.seq + 1);
+        match r.kind {
+            Kind::Message | Kind::Recipient => {
+                self.pending.push((offset, r.seq, r.kind, r.payload.len()));
+            }
+            Kind::Commit => {
+                match CommitPayload::decode(r.payload) {
+                    Ok(c) if self.commit_matches(&c) => self.apply_pending(segment, &c),
+                    Ok(c) => self.anomalies.push(format!(
+                        "commit record {} does not match the {} records before it; chunk {} of batch {} dropped",
+                        r.seq,
+                        self.pending.len(),
+                        c.chunk,
+                        c.batch_id
+                    )),
+                    Err(e) => self.anomalies.push(format!("commit record {}: {e}", r.seq)),
+                }
+                self.pending.clear();
+                self.valid_end = offset + record_bytes;
+            }
+            Kind::Outcome => {
+                if let Ok(o) = OutcomePayload::decode(r.payload) {
+                    self.index.apply_outcome(&o);
+                }
+                if self.pending.is_empty() {
+                    self.valid_end = offset + record_bytes;
+                }
+            }
+        }
+    }
+
+    fn commit_matches(&self, c: &CommitPayload) -> bool {
+        self.pending.len() == c.records as usize
+            && self
+                .pending
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.1 == c.first_seq + i as u64)
+    }
+
+    fn apply_pending(&mut self, segment: &[u8], c: &CommitPayload) {
+        let pending = std::mem::take(&mut self.pending);
+        let batch = self.index.batches.entry(c.batch_id).or_default();
+        batch.chunks.insert(c.chunk);
+        for &(offset, seq, kind, len) in &pending {
+            let start = offset + RECORD_HEADER_BYTES;
+            let payload = &segment[start..start + len];
+            match kind {
+                Kind::Message => {
+                    if let Ok(m) = MessagePayload::decode(payload) {
+                        self.index.messages.insert(
+                            seq,
+                            MessageInfo {
+                                batch_id: m.batch_id,
+                                created_unix_ms: m.created_unix_ms,
+                                live: 0,
+                            },
+                        );
+                        self.index
+                            .batches
+                            .entry(c.batch_id)
+                            .or_default()
+                            .message_seq = Some(seq);
+                    }
+                }
+                Kind::Recipient => match RecipientPayload::decode_recipient(payload) {
+                    Ok((message_seq, rcpt)) => {
+                        self.index
+                            .add_recipient(seq, offset as u32, message_seq, rcpt)
+                    }
+                    Err(e) => self.anomalies.push(format!("recipient record {seq}: {e}")),
+                },
+                Kind::Commit | Kind::Outcome => unreachable!("only messages and recipients pend"),
+            }
+        }
+        self.pending = pending;
+        self.pending.clear();
+    }
+}
+
+/// What recovery found, for the startup log.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub live_recipients: u64,
+    pub torn_bytes_cleared: usize,
+    pub warnings: Vec<String>,
+}
+
+/// A group commit's work: `fdatasync` on every segment written since the last one.
+pub struct SyncJob {
+    files: Vec<(PathBuf, File)>,
+}
+
+impl SyncJob {
+    /// Blocks until every dirty segment is on disk. Run it on a blocking thread.
+    pub fn fdatasync(self) -> Result<(), QueueError> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(io_err(path, "fdatasync"))?;
+        }
+        Ok(())
+    }
+}
+
+struct SegmentSlot {
+    seg: Segment,
+    dirty: bool,
+}
+
+pub struct ShardQueue {
+    dir: PathBuf,
+    shard: u32,
+    segment_bytes: u64,
+    segments: VecDeque<SegmentSlot>,
+    next_seq: u64,
+    pub index: Index,
+    scratch: Vec<u8>,
+}
+
+impl ShardQueue {
+    /// Opens (creating if needed) the queue in `dir`, recovering it from its segments.
+    pub fn open(
+        dir: &Path,
+        shard: u32,
+        segment_bytes: u64,
+    ) -> Result<(ShardQueue, RecoveryReport), QueueError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
+        let mut report = RecoveryReport::default();
+        let mut replay = Replay::default();
+        let mut segments = VecDeque::new();
+        let paths = list_segments(dir).map_err(io_err(dir, "list"))?;
+        let count = paths.len();
+        for (i, path) in paths.iter().enumerate() {
+            let mut seg = Segment::open(path).map_err(io_err(path, "open segment"))?;
+            if seg.header.shard != shard {
+                return Err(QueueError {
+                    path: path.clone(),
+                    op: "recover",
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("segment belongs to shard {}", seg.header.shard),
+                    ),
+                });
+            }
+            replay.begin_segment();
+            replay.next_seq = replay.next_seq.max(seg.header.base_seq);
+            let end = scan_bytes(seg.bytes(), |offset, r| {
+                replay.record(seg.bytes(), offset, r);
+            });
+            let is_last = i + 1 == count;
+            if let Some((at, why)) = end.invalid {
+                if !is_last {
+                    report.warnings.push(format!(
+                        "{}: {why} at byte {at} in a sealed segment; records after it are unreadable",
+                        path.display()
+                    ));
+                }
+            }
+            if is_last {
+                // Everything after the last durable record was never acknowledged: clear it.
+                report.torn_bytes_cleared = seg
+                    .truncate_tail_durably(replay.valid_end)
+                    .map_err(io_err(path, "truncate torn tail"))?;
+            } else {
+                seg.write_offset = seg.capacity();
+            }
+            segments.push_back(SegmentSlot { seg, dirty: false });
+        }
+        report.segments = segments.len();
+        report.warnings.append(&mut replay.anomalies);
+        report.live_recipients = replay.index.live();
+        let mut queue = ShardQueue {
+            dir: dir.to_path_buf(),
+            shard,
+            segment_bytes,
+            segments,
+            next_seq: replay.next_seq,
+            index: replay.index,
+            scratch: Vec::new(),
+        };
+        if queue.segments.is_empty() {
+            queue.roll_over()?;
+        }
+        Ok((queue, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn has_chunk(&self, batch_id: u64, chunk: u32) -> bool {
+        self.index.has_chunk(batch_id, chunk)
+    }
+
+    /// Bytes one chunk needs in a segment.
+    fn chunk_bytes(&self, chunk: &Chunk, with_message: bool) -> usize {
+        let message = if with_message {
+            let m = &chunk.message;
+            let names: usize = m.var_names.iter().map(|n| 2 + n.len()).sum();
+            record_len(
+                8 + 8
+                    + 1
+                    + 6
+                    + m.sender.len()
+                    + m.campaign.len()
+                    + m.tenant.len()
+                    + 2
+                    + names
+                    + 4
+                    + m.body.len(),
+            )
+        } else {
+            0
+        };
+        let recipients = chunk.tails.len() + chunk.len() * record_len(8);
+        message + recipients + record_len(COMMIT_PAYLOAD_BYTES)
+    }
+
+    /// Appends one chunk: its message record (the first time this shard sees the batch), its
+    /// recipient records, and the commit record that makes them visible. Not yet durable: the
+    /// caller acknowledges the chunk only after the next `SyncJob` completes.
+    pub fn append_chunk(&mut self, chunk: &Chunk) -> Result<ChunkAppend, QueueError> {
+        if self.has_chunk(chunk.batch_id, chunk.chunk_no) {
+            return Ok(ChunkAppend::AlreadyCommitted);
+        }
+        let known_message = self
+            .index
+            .batches
+            .get(&chunk.batch_id)
+            .and_then(|b| b.message_seq);
+        let need = self.chunk_bytes(chunk, known_message.is_none());
+        if need > self.active().remaining() {
+            self.roll_over()?;
+            if need > self.active().remaining() {
+                return Err(QueueError {
+                    path: self.dir.clone(),
+                    op: "append",
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("a chunk of {need} bytes does not fit in an empty segment"),
+                    ),
+                });
+            }
+        }
+        let first_seq = self.next_seq;
+        let message_seq = match known_message {
+            Some(seq) => seq,
+            None => {
+                let mut payload = std::mem::take(&mut self.scratch);
+                payload.clear();
+                chunk.message.encode(&mut payload);
+                let seq = self.write_record(Kind::Message, &payload);
+                self.scratch = payload;
+                self.index.messages.insert(
+                    seq,
+                    MessageInfo {
+                        batch_id: chunk.batch_id,
+                        created_unix_ms: chunk.message.created_unix_ms,
+                        live: 0,
+                    },
+                );
+                self.index
+                    .batches
+                    .entry(chunk.batch_id)
+                    .or_default()
+                    .message_seq = Some(seq);
+                seq
+            }
+        };
+        for tail in chunk.recipients() {
+            let seq = self.next_seq;
+            let offset = self.active().write_offset;
+            let out = self.active_mut().tail_mut();
+            let body = &mut out[RECORD_HEADER_BYTES..];
+            body[..8].copy_from_slice(&message_seq.to_le_bytes());
+            body[8..8 + tail.len()].copy_from_slice(tail);
+            let n = seal_record_in_place(out, seq, Kind::Recipient, 8 + tail.len());
+            self.advance(n);
+            let rcpt = Reader::new(tail).str16().unwrap_or("");
+            self.index
+                .add_recipient(seq, offset as u32, message_seq, rcpt);
+        }
+        let records = (self.next_seq - first_seq) as u32;
+        let commit = CommitPayload {
+            batch_id: chunk.batch_id,
+            chunk: chunk.chunk_no,
+            first_seq,
+            records,
+            committed_unix_ms: chunk.message.created_unix_ms.max(unix_ms()),
+        };
+        self.write_record(Kind::Commit, &commit.encode());
+        self.index
+            .batches
+            .entry(chunk.batch_id)
+            .or_default()
+            .chunks
+            .insert(chunk.chunk_no);
+        Ok(ChunkAppend::Appended {
+            first_seq,
+            recipients: chunk.len() as u32,
+        })
+    }
+
+    /// Appends a recipient's state change. Not yet durable.
+    pub fn append_outcome(&mut self, outcome: OutcomePayload) -> Result<(), QueueError> {
+        let need = record_len(super::record::OUTCOME_PAYLOAD_BYTES);
+        if need > self.active().remaining() {
+            self.roll_over()?;
+        }
+        self.write_record(Kind::Outcome, &outcome.encode());
+        self.index.apply_outcome(&outcome);
+        Ok(())
+    }
+
+    /// Forgets a batch's de-duplication state once its input file is released.
+    pub fn release_batch(&mut self, batch_id: u64) {
+        if let Some(b) = self.index.batches.get_mut(&batch_id) {
+            b.chunks = HashSet::new();
+        }
+    }
+
+    /// The files to `fdatasync` for everything appended so far, or `None` if nothing is new.
+    pub fn take_sync_job(&mut self) -> Result<Option<SyncJob>, QueueError> {
+        let mut files = Vec::new();
+        for slot in self.segments.iter_mut().filter(|s| s.dirty) {
+            let file = slot
+                .seg
+                .sync_handle()
+                .map_err(io_err(&slot.seg.path, "dup"))?;
+            files.push((slot.seg.path.clone(), file));
+            slot.dirty = false;
+        }
+        Ok((!files.is_empty()).then_some(SyncJob { files }))
+    }
+
+    /// Deletes the oldest segments whose recipients are all final and whose message records
+    /// no live recipient needs. Returns how many were deleted.
+    pub fn reclaim_segments(&mut self) -> Result<usize, QueueError> {
+        let mut deleted = 0;
+        while self.segments.len() > 1 && !self.segments[0].dirty {
+            let end_seq = self.segments[1].seg.header.base_seq;
+            let oldest_live = self.index.live_entries().next().map(|(seq, _)| seq);
+            if oldest_live.is_some_and(|seq| seq < end_seq) {
+                break;
+            }
+            let start_seq = self.segments[0].seg.header.base_seq;
+            let needed = self
+                .index
+                .messages
+                .iter()
+                .any(|(&seq, m)| (start_seq..end_seq).contains(&seq) && m.live > 0);
+            if needed {
+                break;
+            }
+            let slot = self.segments.pop_front().expect("checked len");
+            self.index
+                .messages
+                .retain(|&seq, _| !(start_seq..end_seq).contains(&seq));
+            std::fs::remove_file(&slot.seg.path).map_err(io_err(&slot.seg.path, "delete"))?;
+            sync_dir(&self.dir).map_err(io_err(&self.dir, "fsync directory"))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn active(&self) -> &Segment {
+        &self
+            .segments
+            .back()
+            .expect("a queue always has a segment")
+            .seg
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        let slot = self
+            .segments
+            .back_mut()
+            .expect("a queue always has a segment");
+        slot.dirty = true;
+        &mut slot.seg
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.active_mut().write_offset += n;
+        self.next_seq += 1;
+    }
+
+    fn write_record(&mut self, kind: Kind, payload: &[u8]) -> u64 {
+        let seq = self.next_seq;
+        let n = super::record::encode_record(self.active_mut().tail_mut(), seq, kind, payload);
+        self.advance(n);
+        seq
+    }
+
+    /// Seals the active segment (its tail stays zero) and starts a new one.
+    fn roll_over(&mut self) -> Result<(), QueueError> {
+        let header = SegmentHeader {
+            shard: self.shard,
+            base_seq: self.next_seq,
+            created_unix_ms: unix_ms(),
+            segment_bytes: self.segment_bytes,
+        };
+        let seg = Segment::create_durably(&self.dir, header)
+            .map_err(io_err(&self.dir, "create segment"))?;
+        self.segments.push_back(SegmentSlot { seg, dirty: false });
+        Ok(())
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::record::OUTCOME_PAYLOAD_BYTES;
+    use proptest::prelude::*;
+
+    const SEG: u64 = 1 << 20;
+
+    fn message(batch_id: u64) -> Arc<MessageSpec> {
+        Arc::new(MessageSpec {
+            batch_id,
+            created_unix_ms: 1_000,
+            flags: 0,
+            sender: "bounces@acme.example".into(),
+            campaign: "c".into(),
+            tenant: "t".into(),
+            var_names: vec!["to".into(), "name".into()],
+            body: b"To: {{ to }}\r\n\r\nHi {{ name }}\r\n".to_vec(),
+        })
+    }
+
+    fn chunk(batch_id: u64, chunk_no: u32, n: usize) -> Chunk {
+        let mut tails = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..n {
+            let rcpt = format!("user{i}@d{}.example", i % 3);
+            RecipientPayload::encode_tail(&rcpt, &[rcpt.as_bytes(), b"Name"], &mut tails);
+            ends.push(tails.len() as u32);
+        }
+        Chunk {
+            batch_id,
+            chunk_no,
+            message: message(batch_id),
+            tails,
+            ends,
+        }
+    }
+
+    fn committed(q: &ShardQueue) -> Vec<(u64, u32)> {
+        let mut v: Vec<(u64, u32)> = q
+            .index
+            .batches
+            .iter()
+            .flat_map(|(b, s)| s.chunks.iter().map(move |c| (*b, *c)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn recovery_yields_exactly_the_committed_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        q.append_chunk(&chunk(1, 0, 100)).unwrap();
+        q.append_chunk(&chunk(1, 1, 50)).unwrap();
+        q.append_chunk(&chunk(2, 0, 7)).unwrap();
+        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        drop(q);
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(report.live_recipients, 157);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert_eq!(committed(&q), vec![(1, 0), (1, 1), (2, 0)]);
+        let d0 = q
+            .index
+            .domain_names
+            .iter()
+            .position(|d| &**d == "d0.example")
+            .unwrap();
+        assert_eq!(q.index.domain_counts[d0].queued, 34 + 17 + 3);
+    }
+
+    #[test]
+    fn a_committed_chunk_is_never_appended_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert!(matches!(
+            q.append_chunk(&chunk(5, 0, 10)).unwrap(),
+            ChunkAppend::Appended { recipients: 10, .. }
+        ));
+        drop(q);
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(
+            q.append_chunk(&chunk(5, 0, 10)).unwrap(),
+            ChunkAppend::AlreadyCommitted
+        );
+        q.append_chunk(&chunk(5, 1, 10)).unwrap();
+        assert_eq!(q.index.live(), 20);
+        // The second chunk reuses the message record written with the first.
+        assert_eq!(q.index.messages.len(), 1);
+    }
+
+    #[test]
+    fn rolls_over_and_reclaims_finished_segments_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        let mut seqs = Vec::new();
+        for c in 0..40 {
+            if let ChunkAppend::Appended {
+                first_seq,
+                recipients,
+            } = q.append_chunk(&chunk(9, c, 1000)).unwrap()
+            {
+                let first = if c == 0 { first_seq + 1 } else { first_seq };
+                seqs.extend(first..first + recipients as u64);
+            }
+        }
+        assert!(
+            q.segment_count() > 2,
+            "40k recipients span several 1 MiB segments"
+        );
+        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        assert_eq!(q.reclaim_segments().unwrap(), 0, "everything is still live");
+        // Finish all but the last recipient: every segment but the one holding it (and the
+        // first, which holds the message record it needs) can go.
+        let (last, rest) = seqs.split_last().unwrap();
+        for &seq in rest {
+            q.append_outcome(OutcomePayload {
+                recipient_seq: seq,
+                state: OutcomeState::Delivered,
+                attempts: 1,
+                due_unix_ms: 0,
+                ts_unix_ms: 2,
+            })
+            .unwrap();
+        }
+        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        assert_eq!(
+            q.reclaim_segments().unwrap(),
+            0,
+            "segment 0 holds the live message"
+        );
+        assert_eq!(q.index.live(), 1);
+        q.append_outcome(OutcomePayload {
+            recipient_seq: *last,
+            state: OutcomeState::Bounced,
+            attempts: 1,
+            due_unix_ms: 0,
+            ts_unix_ms: 3,
+        })
+        .unwrap();
+        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        let before = q.segment_count();
+        assert_eq!(q.reclaim_segments().unwrap(), before - 1);
+        drop(q);
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(report.live_recipients, 0);
+        assert_eq!(q.segment_count(), 1);
+        let _ = OUTCOME_PAYLOAD_BYTES;
+    }
+
+    /// Builds a queue with batch 1 committed and batch 2 written after it, then returns the
+    /// segment path and the byte range batch 2 occupies.
+    fn two_batches(dir: &Path) -> (PathBuf, usize, usize) {
+        let (mut q, _) = ShardQueue::open(dir, 0, SEG).unwrap();
+        q.append_chunk(&chunk(1, 0, 20)).unwrap();
+        let start = q.active().write_offset;
+        q.append_chunk(&chunk(2, 0, 5)).unwrap();
+        let end = q.active().write_offset;
+        let path = q.active().path.clone();
+        (path, start, end)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn torn_tail_at_any_offset_recovers_exactly_the_committed(cut_frac in 0.0f64..1.0, garbage in proptest::collection::vec(any::<u8>(), 0..64), zero in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, start, end) = two_batches(dir.path());
+            let cut = start + ((end - start) as f64 * cut_frac) as usize;
+            let mut bytes = std::fs::read(&path).unwrap();
+            if zero {
+                bytes[cut..].fill(0);
+            } else {
+                bytes[cut..cut + garbage.len()].copy_from_slice(&garbage);
+                bytes[cut + garbage.len()..].fill(0);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+            prop_assert_eq!(committed(&q), vec![(1, 0)]);
+            prop_assert_eq!(q.index.live(), 20);
+            // The queue keeps working after the torn tail: a new chunk commits and survives.
+            q.append_chunk(&chunk(3, 0, 4)).unwrap();
+            drop(q);
+            let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+            prop_assert_eq!(committed(&q), vec![(1, 0), (3, 0)]);
+            prop_assert_eq!(report.live_recipients, 24);
+        }
+    }
+
+    #[test]
+    fn intact_tail_keeps_both_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = two_batches(dir.path());
+        let (q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(committed(&q), vec![(1, 0), (2, 0)]);
+    }
+}

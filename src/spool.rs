@@ -1,0 +1,243 @@
+//! The spool directory of INTERFACE.md: producers write into `tmp/` and rename complete files
+//! into `incoming/`; the engine claims them, and releases each one (deleted, or moved to
+//! `done/`) only after every recipient in it is durably queued. Refused inputs go to `bad/`
+//! with `NAME.err` beside them.
+//!
+//! Claiming is a `rename(2)` from `incoming/NAME` to `incoming/.claimed/<batch-id>.NAME`:
+//! atomic, so of several shards racing for one file exactly one wins, and the claimed file
+//! stays inside `incoming/` (hidden) until it is released. The batch id in the name survives a
+//! crash, so a restarted engine replays the file under the same id and the queue refuses the
+//! chunks it already committed.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub const CLAIMED_DIR: &str = ".claimed";
+
+pub struct Spool {
+    pub dir: PathBuf,
+    incoming: PathBuf,
+    claimed: PathBuf,
+    done: PathBuf,
+    bad: PathBuf,
+}
+
+/// A file this engine owns until it releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub batch_id: u64,
+    /// The name the producer gave it.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Names the engine never reads: hidden files and files still being written.
+pub fn is_ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp")
+}
+
+impl Spool {
+    /// Opens the spool, creating the folders it needs.
+    pub fn open(dir: &Path) -> io::Result<Spool> {
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            incoming: dir.join("incoming"),
+            claimed: dir.join("incoming").join(CLAIMED_DIR),
+            done: dir.join("done"),
+            bad: dir.join("bad"),
+        };
+        for d in [
+            &dir.join("tmp"),
+            &spool.incoming,
+            &spool.claimed,
+            &spool.done,
+            &spool.bad,
+        ] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(spool)
+    }
+
+    pub fn incoming(&self) -> &Path {
+        &self.incoming
+    }
+
+    /// Files waiting in `incoming/`, oldest name first.
+    pub fn candidates(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.incoming)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if is_ignored(&name) || !entry.file_type()?.is_file() {
+                continue;
+            }
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Claims `incoming/NAME` for batch `batch_id`; `Ok(None)` if another shard won the race.
+    pub fn claim(&self, name: &str, batch_id: u64) -> io::Result<Option<Claimed>> {
+        let path = self.claimed.join(format!("{batch_id:016x}.{name}"));
+        match std::fs::rename(self.incoming.join(name), &path) {
+            Ok(()) => Ok(Some(Claimed {
+                batch_id,
+                name: name.to_string(),
+                path,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Files claimed before a crash, to be replayed under their batch ids.
+    pub fn leftover_claims(&self) -> io::Result<Vec<Claimed>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.claimed)? {
+            let entry = entry?;
+            let Ok(file_name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some((id, name)) = file_name.split_once('.') else {
+                continue;
+            };
+            let Ok(batch_id) = u64::from_str_radix(id, 16) else {
+                continue;
+            };
+            out.push(Claimed {
+                batch_id,
+                name: name.to_string(),
+                path: entry.path(),
+            });
+        }
+        out.sort_by_key(|c| c.batch_id);
+        Ok(out)
+    }
+
+    /// Releases a fully queued input: deleted, or moved to `done/` when `keep_done`.
+    pub fn release_done(&self, c: &Claimed, keep_done: bool) -> io::Result<()> {
+        if keep_done {
+            std::fs::rename(&c.path, unique_path(&self.done, &c.name))?;
+        } else {
+            std::fs::remove_file(&c.path)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a refused input to `bad/` and writes the reason beside it as `NAME.err`.
+    pub fn release_bad(&self, c: &Claimed, reason: &str) -> io::Result<PathBuf> {
+        let target = unique_path(&self.bad, &c.name);
+        let mut err_path = target.clone().into_os_string();
+        err_path.push(".err");
+        std::fs::write(&err_path, format!("{reason}\n"))?;
+        std::fs::rename(&c.path, &target)?;
+        Ok(target)
+    }
+}
+
+/// `dir/name`, or `dir/name.N` if that exists already (a producer may reuse names).
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| dir.join(format!("{name}.{n}")))
+        .find(|p| !p.exists())
+        .expect("some suffix is free")
+}
+
+/// A non-blocking inotify watch on `incoming/`: a hint to scan early, never the truth (the
+/// periodic rescan is), so a lost or overflowed event costs latency, not mail.
+pub struct IncomingWatch {
+    fd: i32,
+}
+
+impl IncomingWatch {
+    pub fn new(incoming: &Path) -> io::Result<IncomingWatch> {
+        // SAFETY: plain syscalls; the descriptor is owned by the returned value.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = CString::new(incoming.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        // SAFETY: fd is valid and path is NUL-terminated.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: closing the descriptor we opened.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        Ok(IncomingWatch { fd })
+    }
+
+    /// Drains pending events; true if anything arrived since the last call.
+    pub fn fired(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        loop {
+            // SAFETY: reading into a local buffer of the stated size.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return any;
+            }
+            any = true;
+        }
+    }
+}
+
+impl Drop for IncomingWatch {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor we own.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_is_exclusive_and_release_paths_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let watch = IncomingWatch::new(spool.incoming()).unwrap();
+        assert!(!watch.fired());
+        std::fs::write(dir.path().join("tmp/a.jsonl"), "x").unwrap();
+        std::fs::rename(
+            dir.path().join("tmp/a.jsonl"),
+            spool.incoming().join("a.jsonl"),
+        )
+        .unwrap();
+        std::fs::write(spool.incoming().join(".hidden"), "x").unwrap();
+        std::fs::write(spool.incoming().join("b.jsonl.tmp"), "x").unwrap();
+        assert!(watch.fired());
+        assert_eq!(spool.candidates().unwrap(), vec!["a.jsonl"]);
+        let c = spool.claim("a.jsonl", 0xabc).unwrap().unwrap();
+        assert_eq!(spool.claim("a.jsonl", 0xabd).unwrap(), None);
+        assert_eq!(spool.leftover_claims().unwrap(), vec![c.clone()]);
+        let bad = spool.release_bad(&c, "line 1: nope").unwrap();
+        assert_eq!(bad, dir.path().join("bad/a.jsonl"));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("bad/a.jsonl.err")).unwrap(),
+            "line 1: nope\n"
+        );
+        // Same name again: kept apart, not overwritten.
+        std::fs::write(spool.incoming().join("a.jsonl"), "y").unwrap();
+        let c = spool.claim("a.jsonl", 1).unwrap().unwrap();
+        spool.release_bad(&c, "again").unwrap();
+        assert!(dir.path().join("bad/a.jsonl.1.err").exists());
+        std::fs::write(spool.incoming().join("k.eml"), "z").unwrap();
+        let c = spool.claim("k.eml", 2).unwrap().unwrap();
+        spool.release_done(&c, true).unwrap();
+        assert!(dir.path().join("done/k.eml").exists());
+        assert!(spool.leftover_claims().unwrap().is_empty());
+    }
+}
