@@ -311,8 +311,9 @@ pub const DEFAULT_SMTP_PORT: u16 = 25;
 /// 64 MiB: large enough that a million-recipient batch spans a handful of segments, small
 /// enough that a finished segment is freed soon.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
-/// The smallest segment that can hold one largest record plus the header.
-pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
+/// The smallest segment that holds a largest message record (16 MiB template) plus a full
+/// chunk in an empty segment, with room to spare.
+pub const SEGMENT_BYTES_MIN: u64 = 32 << 20;
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 4;
 pub const DEFAULT_COMMIT_RECORDS_MAX: usize = 65_536;
 /// A rescan every 250 ms bounds pickup latency even if inotify misses an event.
@@ -465,7 +466,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     if !(SEGMENT_BYTES_MIN..=(1 << 32)).contains(&segment_bytes) {
         return Err(err(
             "queue.segment_bytes",
-            format!("must be between 1MiB and 4GiB, got {segment_bytes} bytes"),
+            format!("must be between 32MiB and 4GiB, got {segment_bytes} bytes"),
         ));
     }
     let commit_interval_ms = raw

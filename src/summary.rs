@@ -6,7 +6,7 @@
 //! and recipients are grouped by domain (the provider/site rollup needs MX resolution).
 
 use crate::delivery_log::json_string;
-use crate::queue::record::SegmentHeader;
+use crate::queue::record::{RecipientPayload, SegmentHeader, RECORD_HEADER_BYTES};
 use crate::queue::segment::{list_segments, scan_bytes};
 use crate::queue::store::{EntryState, Replay};
 use std::collections::BTreeMap;
@@ -106,38 +106,77 @@ fn age_text(ms: u64) -> String {
     }
 }
 
+/// One shard's queue as read from its files: the rebuilt index and the mapped segments.
+pub struct ShardView {
+    pub replay: Replay,
+    /// (base sequence number, mapped segment), oldest first.
+    pub segments: Vec<(u64, memmap2::Mmap)>,
+}
+
+impl ShardView {
+    /// The live recipients' addresses, oldest first.
+    pub fn live_recipients(&self) -> impl Iterator<Item = &str> + '_ {
+        self.replay.index.live_entries().filter_map(|(seq, e)| {
+            let i = self.segments.partition_point(|(base, _)| *base <= seq);
+            let (_, map) = self.segments.get(i.checked_sub(1)?)?;
+            let at = e.offset as usize + RECORD_HEADER_BYTES;
+            let frame_len =
+                u32::from_le_bytes(map.get(e.offset as usize..)?.get(..4)?.try_into().ok()?);
+            let payload = map.get(at..at + frame_len as usize)?;
+            RecipientPayload::decode_recipient(payload)
+                .ok()
+                .map(|(_, r)| r)
+        })
+    }
+}
+
+/// Reads each shard's queue under `data_dir` without modifying anything.
+pub fn read_shards(data_dir: &Path) -> io::Result<Vec<ShardView>> {
+    let mut shards = Vec::new();
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(shards),
+        Err(e) => return Err(e),
+    };
+    let mut dirs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let mut view = ShardView {
+            replay: Replay::default(),
+            segments: Vec::new(),
+        };
+        for path in list_segments(&dir)? {
+            let file = File::open(&path)?;
+            // SAFETY: read-only map of an append-only file; torn data fails its CRC.
+            let map = unsafe { memmap2::Mmap::map(&file)? };
+            let header = SegmentHeader::decode(&map).map_err(|why| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {why}", path.display()),
+                )
+            })?;
+            view.replay.begin_segment();
+            scan_bytes(&map, |offset, r| view.replay.record(&map, offset, r));
+            view.segments.push((header.base_seq, map));
+        }
+        shards.push(view);
+    }
+    Ok(shards)
+}
+
 /// Reads every shard's queue under `data_dir` without modifying anything.
 pub fn read_queue(data_dir: &Path) -> io::Result<QueueSummary> {
     let mut rows: BTreeMap<String, DomainRow> = BTreeMap::new();
     let mut summary = QueueSummary::default();
-    let entries = match std::fs::read_dir(data_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(summary),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("shard-") || !entry.file_type()?.is_dir() {
-            continue;
-        }
+    for view in read_shards(data_dir)? {
         summary.shards += 1;
-        let mut replay = Replay::default();
-        for path in list_segments(&entry.path())? {
-            let file = File::open(&path)?;
-            // SAFETY: read-only map of an append-only file; torn data fails its CRC.
-            let map = unsafe { memmap2::Mmap::map(&file)? };
-            if let Err(why) = SegmentHeader::decode(&map) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {why}", path.display()),
-                ));
-            }
-            summary.segments += 1;
-            replay.begin_segment();
-            scan_bytes(&map, |offset, r| replay.record(&map, offset, r));
-        }
-        let index = &replay.index;
+        summary.segments += view.segments.len();
+        let index = &view.replay.index;
         for (_, e) in index.live_entries() {
             let domain = &index.domain_names[e.domain as usize];
             let row = rows.entry(domain.to_string()).or_insert_with(|| DomainRow {
