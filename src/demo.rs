@@ -64,7 +64,8 @@ const LONG_TAIL_DOMAINS: u64 = 200;
 pub fn write_campaign(path: &Path, n: u64) -> std::io::Result<u64> {
     let file = std::fs::File::create(path)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let body = "We picked these for you, {{ first_name }}.\r\n".repeat(40);
+    // About 10 KiB: the size of a typical marketing message's text part.
+    let body = "We picked these for you, {{ first_name }}: new arrivals, spring prices.\r\n".repeat(140);
     let template = format!(
         "From: Acme News <news@acme.example>\r\nTo: {{{{ to }}}}\r\nSubject: {{{{ first_name }}}}, your spring offer (code {{{{ code }}}})\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {{{{ first_name }}}},\r\n\r\n{body}\r\nYour code: {{{{ code }}}}\r\n"
     );
@@ -154,10 +155,14 @@ fn run_in(base: &Path, options: &Options) -> Result<(), EngineError> {
         .map_err(|e| storage(&incoming, e))?;
     let counters = &engine.shared().counters;
     let mut last_print = Instant::now();
+    let mut first_durable = None;
     let expected = options.recipients - bad;
     loop {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(1));
         let queued = counters.queued.load(Ordering::Relaxed);
+        if queued > 0 && first_durable.is_none() {
+            first_durable = Some(started.elapsed());
+        }
         let done = counters.inputs_done.load(Ordering::Relaxed)
             + counters.inputs_bad.load(Ordering::Relaxed);
         if last_print.elapsed() >= Duration::from_millis(250) || done > 0 {
@@ -185,6 +190,12 @@ fn run_in(base: &Path, options: &Options) -> Result<(), EngineError> {
         "\nQueued {queued} recipients durably in {:.2} s ({rate:.0}/s), rejected {rejected} at intake.",
         elapsed.as_secs_f64()
     );
+    if let Some(first) = first_durable {
+        println!(
+            "First recipients durable {:.1} ms after the file landed in incoming/.",
+            first.as_secs_f64() * 1000.0
+        );
+    }
     let s = summary::read_queue(&data_dir).map_err(|e| storage(&data_dir, e))?;
     println!("\nQueue summary (spate queue summary), top domains:");
     let text = s.to_text(crate::queue::store::unix_ms(), false);

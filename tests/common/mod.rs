@@ -71,10 +71,14 @@ impl Env {
             .stderr(File::create(&stderr_path).unwrap())
             .spawn()
             .expect("spawn spate run");
-        EngineProcess {
+        let engine = EngineProcess {
             child: Some(child),
             stderr_path,
-        }
+        };
+        wait_until(Duration::from_secs(30), "engine ready", || {
+            engine.stderr().contains("spate: running")
+        });
+        engine
     }
 
     /// Delivery-log records, parsed.
