@@ -65,7 +65,8 @@ pub fn write_campaign(path: &Path, n: u64) -> std::io::Result<u64> {
     let file = std::fs::File::create(path)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     // About 10 KiB: the size of a typical marketing message's text part.
-    let body = "We picked these for you, {{ first_name }}: new arrivals, spring prices.\r\n".repeat(140);
+    let body =
+        "We picked these for you, {{ first_name }}: new arrivals, spring prices.\r\n".repeat(140);
     let template = format!(
         "From: Acme News <news@acme.example>\r\nTo: {{{{ to }}}}\r\nSubject: {{{{ first_name }}}}, your spring offer (code {{{{ code }}}})\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello {{{{ first_name }}}},\r\n\r\n{body}\r\nYour code: {{{{ code }}}}\r\n"
     );
