@@ -30,7 +30,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::sleep;
 use glommio::{spawn_local, LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
@@ -50,6 +50,8 @@ pub const CHUNKS_IN_FLIGHT_MAX: u64 = 32;
 pub const INTAKE_TICK: Duration = Duration::from_millis(10);
 /// How often waits re-check the stop and fatal flags.
 pub const FLAG_POLL: Duration = Duration::from_millis(50);
+/// How often a shard reclaims and compacts its queue.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub const LOCK_FILE: &str = "spate.lock";
 pub const META_FILE: &str = "spate.meta";
 
@@ -437,6 +439,7 @@ async fn shard_main(
         .detach();
     }
     let syncer = spawn_local(group_commit(Rc::clone(&shard), kick_rx));
+    spawn_local(maintenance(Rc::clone(&shard))).detach();
     shared.ready.fetch_add(1, Ordering::SeqCst);
     while shared.ready.load(Ordering::SeqCst) < shards {
         sleep(Duration::from_millis(2)).await;
@@ -469,9 +472,19 @@ fn open_shard(
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
 ) -> Result<Opened, String> {
+    let spool = Spool::open(&config.spool.dir)
+        .map_err(|e| format!("{}: {e}", config.spool.dir.display()))?;
+    let claimed: HashSet<u64> = spool
+        .leftover_claims()
+        .map_err(|e| format!("{}: {e}", config.spool.dir.display()))?
+        .iter()
+        .map(|c| c.batch_id)
+        .collect();
     let dir = config.engine.data_dir.join(format!("shard-{id}"));
-    let (queue, report) =
+    let (mut queue, report) =
         ShardQueue::open(&dir, id as u32, config.queue.segment_bytes).map_err(|e| e.to_string())?;
+    // Batches whose inputs were released before the restart need no de-duplication.
+    queue.forget_batches_except(&claimed);
     for w in &report.warnings {
         eprintln!("spate: shard {id}: recovery: {w}");
     }
@@ -487,8 +500,6 @@ fn open_shard(
         .fetch_add(report.live_recipients, Ordering::SeqCst);
     let log = DeliveryLog::open(&config.log.dir)
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
-    let spool = Spool::open(&config.spool.dir)
-        .map_err(|e| format!("{}: {e}", config.spool.dir.display()))?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     Ok((
         Shard {
@@ -543,6 +554,33 @@ async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
     // Shutdown: a last commit for anything appended since.
     if let Err(message) = shard.commit().await {
         shard.shared.fail(message);
+    }
+}
+
+/// Frees queue space: deletes finished segments, and copies stragglers forward so the oldest
+/// segment can go. Compaction's copies are synced by the group commit before any deletion.
+async fn maintenance(shard: Rc<Shard>) {
+    while !shard.closing.get() && !shard.shared.failed() {
+        sleep(MAINTENANCE_INTERVAL).await;
+        if shard.closing.get() {
+            break;
+        }
+        let result = {
+            let mut queue = shard.queue.borrow_mut();
+            queue
+                .reclaim_segments()
+                .and_then(|_| queue.compact_oldest())
+        };
+        match result {
+            Ok(0) => {}
+            Ok(_) => {
+                let _ = shard.sync_kick.try_send(());
+            }
+            Err(e) => {
+                shard.shared.fail(e.to_string());
+                return;
+            }
+        }
     }
 }
 

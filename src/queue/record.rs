@@ -222,12 +222,17 @@ pub enum OutcomeState {
     Bounced = 2,
     Expired = 3,
     Deferred = 4,
+    /// Copied forward by compaction; the copy carries on (final for this record only).
+    Moved = 5,
 }
 
 impl OutcomeState {
     pub fn is_final(self) -> bool {
         match self {
-            OutcomeState::Delivered | OutcomeState::Bounced | OutcomeState::Expired => true,
+            OutcomeState::Delivered
+            | OutcomeState::Bounced
+            | OutcomeState::Expired
+            | OutcomeState::Moved => true,
             OutcomeState::Deferred => false,
         }
     }
@@ -450,6 +455,7 @@ impl OutcomePayload {
             2 => OutcomeState::Bounced,
             3 => OutcomeState::Expired,
             4 => OutcomeState::Deferred,
+            5 => OutcomeState::Moved,
             _ => return Err(PayloadError("unknown outcome state")),
         };
         let p = OutcomePayload {
