@@ -64,3 +64,33 @@ fn kill_9_during_intake_then_restart_queues_every_recipient_exactly_once() {
     assert_eq!(per_shard.len(), 2);
     assert!(per_shard[0].abs_diff(per_shard[1]) <= 1, "{per_shard:?}");
 }
+
+#[test]
+fn sigterm_during_intake_drains_with_exit_0_and_the_restart_finishes_exactly_once() {
+    let slow = "commit_interval_ms = 200\ncommit_records_max = 100000000";
+    let env = Env::new(2, slow, "");
+    let engine = env.start();
+    env.drop_input("big.jsonl", &campaign(RECIPIENTS));
+    wait_until(Duration::from_secs(60), "a group commit", || {
+        env.count_events("Reception") > 0
+    });
+    let status = engine.stop(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let after_stop = env.queued_recipients().len();
+    assert!(after_stop > 0 && after_stop <= RECIPIENTS);
+    // Drained, not lost: whatever was not finished is still claimed for the next start.
+    if after_stop < RECIPIENTS {
+        assert_eq!(env.spool_files("incoming/.claimed").len(), 1);
+    }
+
+    env.write_config(2, "", "");
+    let engine = env.start();
+    wait_until(Duration::from_secs(120), "input released", || {
+        env.spool_files("incoming/.claimed").is_empty() && env.spool_files("incoming").is_empty()
+    });
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let queued = env.queued_recipients();
+    let distinct: HashSet<&str> = queued.iter().map(String::as_str).collect();
+    assert_eq!(queued.len(), RECIPIENTS);
+    assert_eq!(distinct.len(), RECIPIENTS);
+}

@@ -214,6 +214,12 @@ fn sighup_reloads_and_refuses_an_invalid_configuration() {
         .unwrap()
         .replace("[spool]\n", "[spool]\nkeep_done = true\n");
     std::fs::write(&env.config, text).unwrap();
+    // logrotate moves the log away before the HUP; the engine must write a new one.
+    std::fs::rename(
+        env.path("log/deliveries.jsonl"),
+        env.path("log/deliveries-1.jsonl"),
+    )
+    .unwrap();
     engine.signal(libc::SIGHUP);
     wait_until(SETTLE, "reloaded", || {
         engine.stderr().contains("configuration reloaded")
@@ -221,6 +227,9 @@ fn sighup_reloads_and_refuses_an_invalid_configuration() {
     env.drop_input("two.jsonl", &campaign(2));
     wait_until(SETTLE, "batch two in done/", || {
         env.spool_files("done") == ["two.jsonl"]
+    });
+    wait_until(SETTLE, "batch two logged in the new file", || {
+        env.count_events("Reception") == 2
     });
 
     assert_eq!(engine.stop(Duration::from_secs(20)).code(), Some(0));

@@ -81,10 +81,13 @@ impl Env {
         engine
     }
 
-    /// Delivery-log records, parsed.
+    /// Complete delivery-log records, parsed.
     pub fn log_records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.path("log/deliveries.jsonl")).unwrap_or_default();
-        text.lines()
+        // The engine may be mid-write: only newline-terminated lines are complete.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
             .collect()
     }
