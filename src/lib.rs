@@ -11,6 +11,7 @@
 //! - [`address`]: envelope address validation and IDNA conversion.
 //! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
+//! - [`smtp`]: the SMTP client protocol core (replies, DATA writer), sans I/O.
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod intake;
 pub mod preflight;
 pub mod queue;
+pub mod smtp;
 pub mod spool;
 pub mod summary;
 pub mod template;

@@ -1,0 +1,8 @@
+//! The SMTP client's protocol core, sans I/O: replies, the DATA writer and the session state
+//! machine are fed bytes and return bytes; the glommio shell around them stays thin.
+//!
+//! - `reply`: replies and the streaming, pipelining-aware reply parser.
+//! - `data`: the DATA writer (CRLF canonicalisation, dot-stuffing, line limits).
+
+pub mod data;
+pub mod reply;
