@@ -3,6 +3,9 @@
 //!
 //! - `reply`: replies and the streaming, pipelining-aware reply parser.
 //! - `data`: the DATA writer (CRLF canonicalisation, dot-stuffing, line limits).
+//! - `session`: the client session state machine (EHLO/HELO, STARTTLS, pipelined
+//!   transactions, 421 handling, per-phase timeouts).
 
 pub mod data;
 pub mod reply;
+pub mod session;

@@ -1,0 +1,837 @@
+//! The SMTP client session as a state machine, sans I/O.
+//!
+//! The shell feeds it received bytes (`receive`) and performs the `Action`s it returns: send
+//! these bytes, run the TLS handshake now, the session is ready for a transaction, a
+//! transaction is done (one result per recipient), close the connection. Timeouts are the
+//! shell's too; `timeout` says how long the current wait may last (RFC 5321 4.5.3.2).
+//!
+//! Commands are queued with the reply each expects. With PIPELINING, MAIL, every RCPT and DATA
+//! go out in one write and the replies are matched in order; without it, one command at a
+//! time. A `421` at any point means the server is closing: every recipient in flight gets
+//! `RcptResult::ServiceClosing` (retry elsewhere; not a failure of the message) and the session
+//! closes.
+
+use super::data::encode_data;
+use super::reply::{Reply, ReplyError, ReplyParser};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never STARTTLS.
+    Disabled,
+    /// STARTTLS when offered; any certificate; plaintext if not offered.
+    Opportunistic,
+    /// STARTTLS must succeed; any certificate.
+    Required,
+    /// STARTTLS must succeed with a certificate valid for the MX host.
+    Verify,
+}
+
+/// Per-phase timeouts; defaults from RFC 5321 4.5.3.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub greeting: Duration,
+    pub ehlo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data_init: Duration,
+    pub data_block: Duration,
+    pub data_done: Duration,
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            greeting: Duration::from_secs(300),
+            ehlo: Duration::from_secs(300),
+            mail: Duration::from_secs(300),
+            rcpt: Duration::from_secs(300),
+            data_init: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_done: Duration::from_secs(600),
+            other: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub enhanced_status_codes: bool,
+    pub starttls: bool,
+}
+
+impl Capabilities {
+    /// Reads an EHLO reply: the first line is the greeting, each later line a keyword.
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "STARTTLS" => caps.starttls = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// One message for one or more recipients.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// The message as rendered; the session encodes it for DATA.
+    pub message: Vec<u8>,
+}
+
+/// What happened to one recipient of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    /// The server's answer for this recipient: MAIL's, RCPT's, DATA's or the final one,
+    /// whichever decided its fate. A local decision (SIZE, SMTPUTF8) is a reply too.
+    Reply(Reply),
+    /// The server closed with 421 (or the session did); retry elsewhere without blame.
+    ServiceClosing(Reply),
+    /// The connection failed before an answer; the shell says why.
+    ConnectionLost(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We sent QUIT.
+    Quit,
+    /// 421 from the server.
+    ServiceClosing(Reply),
+    /// Greeting, EHLO/HELO or STARTTLS refused.
+    Refused(Reply),
+    /// The TLS policy requires STARTTLS and the server does not offer it or refused it.
+    TlsUnavailable(String),
+    /// The server broke the protocol.
+    Protocol(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Vec<u8>),
+    /// Run the TLS handshake on the connection now, then call `tls_established`.
+    StartTls,
+    /// Idle and ready for `start`.
+    Ready,
+    Done(Vec<RcptResult>),
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Mail,
+    Rcpt(usize),
+    Data,
+    /// The dot after DATA with no accepted recipient; its reply is ignored.
+    EmptyDataEnd,
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Opening,
+    TlsHandshake,
+    Ready,
+    Transaction,
+    Closing,
+    Closed,
+}
+
+struct Active {
+    tx: Transaction,
+    results: Vec<Option<RcptResult>>,
+    mail_failed: Option<Reply>,
+}
+
+pub struct Session {
+    helo_name: String,
+    policy: TlsPolicy,
+    timeouts: Timeouts,
+    parser: ReplyParser,
+    phase: Phase,
+    caps: Capabilities,
+    tls_active: bool,
+    /// Commands written and waiting for their replies, oldest first.
+    in_flight: VecDeque<Expect>,
+    /// Commands not yet written (without PIPELINING they go one at a time).
+    queued: VecDeque<(Vec<u8>, Expect)>,
+    active: Option<Active>,
+    actions: VecDeque<Action>,
+    /// The last transaction did not end cleanly; RSET before the next.
+    needs_rset: bool,
+}
+
+impl Session {
+    /// A session on a freshly connected socket, waiting for the greeting.
+    pub fn new(helo_name: &str, policy: TlsPolicy, timeouts: Timeouts) -> Session {
+        Session {
+            helo_name: helo_name.to_string(),
+            policy,
+            timeouts,
+            parser: ReplyParser::new(),
+            phase: Phase::Opening,
+            caps: Capabilities::default(),
+            tls_active: false,
+            in_flight: VecDeque::from([Expect::Greeting]),
+            queued: VecDeque::new(),
+            active: None,
+            actions: VecDeque::new(),
+            needs_rset: false,
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The next thing for the shell to do, if any.
+    pub fn next_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// How long the shell may wait for what the session waits for now.
+    pub fn timeout(&self) -> Duration {
+        let t = &self.timeouts;
+        match self.in_flight.front() {
+            Some(Expect::Greeting) => t.greeting,
+            Some(Expect::Ehlo | Expect::Helo) => t.ehlo,
+            Some(Expect::Mail) => t.mail,
+            Some(Expect::Rcpt(_)) => t.rcpt,
+            Some(Expect::Data) => t.data_init,
+            Some(Expect::DataEnd | Expect::EmptyDataEnd) => t.data_done,
+            Some(Expect::StartTls | Expect::Rset | Expect::Quit) | None => t.other,
+        }
+    }
+
+    /// Feeds received bytes.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.parser.push(bytes);
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => self.on_reply(reply),
+                Ok(None) => break,
+                Err(ReplyError(why)) => {
+                    self.close_with(CloseReason::Protocol(why.to_string()), None);
+                    break;
+                }
+            }
+            if self.phase == Phase::Closed {
+                break;
+            }
+        }
+    }
+
+    /// The TLS handshake the session asked for succeeded: greet again over TLS.
+    pub fn tls_established(&mut self) {
+        assert_eq!(self.phase, Phase::TlsHandshake);
+        self.tls_active = true;
+        self.caps = Capabilities::default();
+        self.phase = Phase::Opening;
+        let ehlo = format!("EHLO {}\r\n", self.helo_name).into_bytes();
+        self.send(ehlo, Expect::Ehlo);
+    }
+
+    /// Starts a transaction; the session must be ready.
+    pub fn start(&mut self, tx: Transaction) {
+        assert_eq!(self.phase, Phase::Ready, "start() needs a ready session");
+        assert!(!tx.rcpts.is_empty());
+        self.phase = Phase::Transaction;
+        let n = tx.rcpts.len();
+        let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
+        let eight_bit = !tx.message.is_ascii();
+        let mut active = Active {
+            tx,
+            results: vec![None; n],
+            mail_failed: None,
+        };
+        let local = if needs_utf8 && !self.caps.smtputf8 {
+            Some(Reply::new(
+                553,
+                "5.6.7 the server does not support SMTPUTF8, which these addresses need",
+            ))
+        } else if self
+            .caps
+            .size
+            .is_some_and(|max| active.tx.message.len() as u64 > max)
+        {
+            Some(Reply::new(
+                552,
+                "5.3.4 message exceeds the server's SIZE limit",
+            ))
+        } else {
+            None
+        };
+        if let Some(reply) = local {
+            active.results = vec![Some(RcptResult::Reply(reply)); n];
+            self.active = Some(active);
+            self.finish_transaction();
+            return;
+        }
+        if self.needs_rset {
+            self.needs_rset = false;
+            self.queue(b"RSET\r\n".to_vec(), Expect::Rset);
+        }
+        let mut mail = format!("MAIL FROM:<{}>", active.tx.mail_from);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", active.tx.message.len()));
+        }
+        if eight_bit && self.caps.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if needs_utf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        self.queue(mail.into_bytes(), Expect::Mail);
+        for (i, rcpt) in active.tx.rcpts.iter().enumerate() {
+            self.queue(
+                format!("RCPT TO:<{rcpt}>\r\n").into_bytes(),
+                Expect::Rcpt(i),
+            );
+        }
+        self.queue(b"DATA\r\n".to_vec(), Expect::Data);
+        self.active = Some(active);
+        self.flush();
+    }
+
+    /// Ends the session politely.
+    pub fn quit(&mut self) {
+        if matches!(self.phase, Phase::Ready | Phase::Opening) {
+            self.phase = Phase::Closing;
+            self.queued.clear();
+            self.queue(b"QUIT\r\n".to_vec(), Expect::Quit);
+            self.flush();
+        } else if self.phase != Phase::Closed {
+            self.close_with(CloseReason::Quit, None);
+        }
+    }
+
+    /// The connection failed (timeout, reset, EOF, TLS error): recipients in flight get
+    /// `ConnectionLost`, and the session is over.
+    pub fn connection_lost(&mut self, why: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.fail_in_flight(|| RcptResult::ConnectionLost(why.to_string()));
+        self.phase = Phase::Closed;
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(expect) = self.in_flight.pop_front() else {
+            // Unsolicited: only a 421 (the server going away) is legitimate.
+            if reply.code == 421 {
+                self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
+            } else {
+                self.close_with(
+                    CloseReason::Protocol(format!("unexpected reply: {reply}")),
+                    None,
+                );
+            }
+            return;
+        };
+        if reply.code == 421 && expect != Expect::Quit && expect != Expect::EmptyDataEnd {
+            self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
+            return;
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.code == 220 {
+                    let ehlo = format!("EHLO {}\r\n", self.helo_name).into_bytes();
+                    self.send(ehlo, Expect::Ehlo);
+                } else {
+                    self.close_with(CloseReason::Refused(reply), None);
+                }
+            }
+            Expect::Ehlo if reply.is_positive() => {
+                self.caps = Capabilities::from_ehlo(&reply);
+                self.after_greeting();
+            }
+            Expect::Ehlo if reply.is_permanent() => {
+                let helo = format!("HELO {}\r\n", self.helo_name).into_bytes();
+                self.send(helo, Expect::Helo);
+            }
+            Expect::Ehlo | Expect::Helo if !reply.is_positive() => {
+                self.close_with(CloseReason::Refused(reply), None);
+            }
+            Expect::Ehlo | Expect::Helo => {
+                self.caps = Capabilities::default();
+                self.after_greeting();
+            }
+            Expect::StartTls => {
+                if reply.code == 220 {
+                    self.phase = Phase::TlsHandshake;
+                    self.actions.push_back(Action::StartTls);
+                } else if self.policy == TlsPolicy::Opportunistic {
+                    self.become_ready();
+                } else {
+                    self.close_with(
+                        CloseReason::TlsUnavailable(format!("STARTTLS refused: {reply}")),
+                        None,
+                    );
+                }
+            }
+            Expect::Rset => {
+                if !reply.is_positive() {
+                    self.close_with(
+                        CloseReason::Protocol(format!("RSET refused: {reply}")),
+                        None,
+                    );
+                }
+            }
+            Expect::Mail => {
+                if !reply.is_positive() {
+                    self.needs_rset = true;
+                    if let Some(a) = self.active.as_mut() {
+                        a.mail_failed = Some(reply);
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                if let Some(a) = self.active.as_mut() {
+                    if let Some(mail) = &a.mail_failed {
+                        a.results[i] = Some(RcptResult::Reply(mail.clone()));
+                    } else if !reply.is_positive() {
+                        a.results[i] = Some(RcptResult::Reply(reply));
+                    }
+                }
+            }
+            Expect::Data => self.on_data_reply(reply),
+            Expect::EmptyDataEnd => self.finish_transaction(),
+            Expect::DataEnd => {
+                if let Some(a) = self.active.as_mut() {
+                    for r in a.results.iter_mut().filter(|r| r.is_none()) {
+                        *r = Some(RcptResult::Reply(reply.clone()));
+                    }
+                }
+                if !reply.is_positive() {
+                    self.needs_rset = true;
+                }
+                self.finish_transaction();
+            }
+            Expect::Quit => self.close_with(CloseReason::Quit, None),
+        }
+        self.flush();
+    }
+
+    fn on_data_reply(&mut self, reply: Reply) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let accepted = a.results.iter().filter(|r| r.is_none()).count();
+        if reply.code == 354 {
+            if accepted == 0 {
+                // Pipelined DATA was accepted though no recipient was: end it empty.
+                self.needs_rset = true;
+                self.send(b".\r\n".to_vec(), Expect::EmptyDataEnd);
+            } else {
+                let data = encode_data(&a.tx.message);
+                self.send(data, Expect::DataEnd);
+            }
+            return;
+        }
+        for r in a.results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(RcptResult::Reply(reply.clone()));
+        }
+        self.needs_rset = true;
+        self.finish_transaction();
+    }
+
+    fn after_greeting(&mut self) {
+        let offer = self.caps.starttls && !self.tls_active;
+        match self.policy {
+            TlsPolicy::Disabled => self.become_ready(),
+            _ if offer => self.send(b"STARTTLS\r\n".to_vec(), Expect::StartTls),
+            TlsPolicy::Opportunistic => self.become_ready(),
+            TlsPolicy::Required | TlsPolicy::Verify if self.tls_active => self.become_ready(),
+            TlsPolicy::Required | TlsPolicy::Verify => self.close_with(
+                CloseReason::TlsUnavailable("the server does not offer STARTTLS".into()),
+                None,
+            ),
+        }
+    }
+
+    fn become_ready(&mut self) {
+        self.phase = Phase::Ready;
+        self.actions.push_back(Action::Ready);
+    }
+
+    fn finish_transaction(&mut self) {
+        let Some(a) = self.active.take() else { return };
+        let results = a
+            .results
+            .into_iter()
+            .map(|r| r.expect("every recipient has a result at the end"))
+            .collect();
+        self.actions.push_back(Action::Done(results));
+        self.become_ready();
+    }
+
+    /// Gives every recipient without a result one, and drops the transaction.
+    fn fail_in_flight(&mut self, result: impl Fn() -> RcptResult) {
+        if let Some(a) = self.active.take() {
+            let results = a
+                .results
+                .into_iter()
+                .map(|r| match r {
+                    // A decided recipient keeps its answer unless its acceptance was pending
+                    // on DATA; rejected ones stay rejected.
+                    Some(RcptResult::Reply(rep)) if !rep.is_positive() => RcptResult::Reply(rep),
+                    _ => result(),
+                })
+                .collect();
+            self.actions.push_back(Action::Done(results));
+        }
+        self.in_flight.clear();
+        self.queued.clear();
+    }
+
+    fn close_with(&mut self, reason: CloseReason, service_closing: Option<Reply>) {
+        match service_closing {
+            Some(reply) => self.fail_in_flight(|| RcptResult::ServiceClosing(reply.clone())),
+            None => {
+                let why = format!("{reason:?}");
+                self.fail_in_flight(|| RcptResult::ConnectionLost(why.clone()));
+            }
+        }
+        self.phase = Phase::Closed;
+        self.actions.push_back(Action::Close(reason));
+    }
+
+    fn queue(&mut self, line: Vec<u8>, expect: Expect) {
+        self.queued.push_back((line, expect));
+    }
+
+    fn send(&mut self, bytes: Vec<u8>, expect: Expect) {
+        self.in_flight.push_back(expect);
+        self.actions.push_back(Action::Send(bytes));
+    }
+
+    /// Writes queued commands: all of them with PIPELINING, else one once nothing is in
+    /// flight.
+    fn flush(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let mut batch = Vec::new();
+        while let Some((line, _)) = self.queued.front() {
+            let idle = self.in_flight.is_empty() && batch.is_empty();
+            if !self.caps.pipelining && !idle {
+                break;
+            }
+            batch.extend_from_slice(line);
+            let (_, expect) = self.queued.pop_front().expect("front exists");
+            self.in_flight.push_back(expect);
+            if !self.caps.pipelining {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            self.actions.push_back(Action::Send(batch));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a session against a scripted server: `script` maps each client write to the
+    /// server's answer. Returns everything the client sent and the actions it took.
+    struct Harness {
+        s: Session,
+        sent: Vec<u8>,
+        done: Vec<Vec<RcptResult>>,
+        closed: Option<CloseReason>,
+        starttls: bool,
+        ready: usize,
+    }
+
+    impl Harness {
+        fn new(policy: TlsPolicy) -> Self {
+            Harness {
+                s: Session::new("mta.example", policy, Timeouts::default()),
+                sent: Vec::new(),
+                done: Vec::new(),
+                closed: None,
+                starttls: false,
+                ready: 0,
+            }
+        }
+
+        fn server(&mut self, bytes: &str) {
+            self.s.receive(bytes.as_bytes());
+            self.drain();
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.s.next_action() {
+                match a {
+                    Action::Send(b) => self.sent.extend_from_slice(&b),
+                    Action::StartTls => self.starttls = true,
+                    Action::Ready => self.ready += 1,
+                    Action::Done(r) => self.done.push(r),
+                    Action::Close(r) => self.closed = Some(r),
+                }
+            }
+        }
+
+        fn take_sent(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.sent)).unwrap()
+        }
+    }
+
+    const EHLO_PIPE: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+    fn tx(rcpts: &[&str], message: &str) -> Transaction {
+        Transaction {
+            mail_from: "bounces@acme.example".into(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            message: message.as_bytes().to_vec(),
+        }
+    }
+
+    fn codes(results: &[RcptResult]) -> Vec<u16> {
+        results
+            .iter()
+            .map(|r| match r {
+                RcptResult::Reply(rep) | RcptResult::ServiceClosing(rep) => rep.code,
+                RcptResult::ConnectionLost(_) => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_transaction_with_one_unknown_user() {
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.server("220 mx.test ESMTP\r\n");
+        assert_eq!(h.take_sent(), "EHLO mta.example\r\n");
+        h.server(EHLO_PIPE);
+        assert_eq!(h.ready, 1);
+        assert_eq!(h.s.capabilities().size, Some(1000));
+        h.s.start(tx(
+            &["a@x.test", "b@x.test", "c@x.test"],
+            "Subject: hi\r\n\r\n.dot\r\n",
+        ));
+        h.drain();
+        assert_eq!(
+            h.take_sent(),
+            "MAIL FROM:<bounces@acme.example> SIZE=21\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n",
+            "one write"
+        );
+        h.server(
+            "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n354 go\r\n",
+        );
+        assert_eq!(h.take_sent(), "Subject: hi\r\n\r\n..dot\r\n.\r\n");
+        h.server("250 2.0.0 queued as X\r\n");
+        assert_eq!(codes(&h.done[0]), vec![250, 550, 250]);
+        assert_eq!(h.ready, 2);
+        h.s.quit();
+        h.drain();
+        assert_eq!(h.take_sent(), "QUIT\r\n");
+        h.server("221 bye\r\n");
+        assert_eq!(h.closed, Some(CloseReason::Quit));
+    }
+
+    #[test]
+    fn without_pipelining_commands_go_one_at_a_time_and_failures_rset() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.take_sent();
+        h.server("250-mx\r\n250 SIZE\r\n");
+        h.s.start(tx(&["a@x.test"], "x"));
+        h.drain();
+        assert_eq!(h.take_sent(), "MAIL FROM:<bounces@acme.example>\r\n");
+        h.server("451 4.3.0 try later\r\n");
+        assert_eq!(h.take_sent(), "RCPT TO:<a@x.test>\r\n");
+        h.server("503 5.5.1 need MAIL\r\n");
+        assert_eq!(h.take_sent(), "DATA\r\n");
+        h.server("503 5.5.1 no recipients\r\n");
+        assert_eq!(codes(&h.done[0]), vec![451], "MAIL's reply decides");
+        h.s.start(tx(&["b@x.test"], "y"));
+        h.drain();
+        assert_eq!(h.take_sent(), "RSET\r\n");
+        h.server("250 ok\r\n");
+        assert_eq!(h.take_sent(), "MAIL FROM:<bounces@acme.example>\r\n");
+    }
+
+    #[test]
+    fn ehlo_refused_falls_back_to_helo() {
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.server("220 old\r\n");
+        h.take_sent();
+        h.server("502 5.5.2 what?\r\n");
+        assert_eq!(h.take_sent(), "HELO mta.example\r\n");
+        h.server("250 old.example\r\n");
+        assert_eq!(h.ready, 1);
+        assert!(!h.s.capabilities().pipelining);
+    }
+
+    #[test]
+    fn starttls_then_ehlo_again() {
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.server("220 hi\r\n");
+        h.take_sent();
+        h.server("250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n");
+        assert_eq!(h.take_sent(), "STARTTLS\r\n");
+        h.server("220 2.0.0 ready\r\n");
+        assert!(h.starttls);
+        assert_eq!(h.ready, 0);
+        h.s.tls_established();
+        h.drain();
+        assert_eq!(h.take_sent(), "EHLO mta.example\r\n");
+        h.server("250-mx\r\n250 PIPELINING\r\n");
+        assert!(h.s.tls_active());
+        assert_eq!(h.ready, 1);
+    }
+
+    #[test]
+    fn tls_policies_when_starttls_is_missing_or_refused() {
+        let mut h = Harness::new(TlsPolicy::Required);
+        h.server("220 hi\r\n250 mx\r\n");
+        assert!(matches!(h.closed, Some(CloseReason::TlsUnavailable(_))));
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.server("220 hi\r\n250-mx\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n");
+        assert_eq!(h.ready, 1, "opportunistic carries on in plaintext");
+        let mut h = Harness::new(TlsPolicy::Verify);
+        h.server("220 hi\r\n250-mx\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n");
+        assert!(matches!(h.closed, Some(CloseReason::TlsUnavailable(_))));
+    }
+
+    #[test]
+    fn unilateral_421_mid_transaction_is_service_closing_for_undecided_recipients() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test", "b@x.test"], "x"));
+        h.drain();
+        h.take_sent();
+        h.server("250 ok\r\n550 5.1.1 unknown\r\n421 4.7.0 [TSS04] too much mail\r\n");
+        let results = &h.done[0];
+        assert_eq!(codes(results), vec![550, 421]);
+        assert!(
+            matches!(results[0], RcptResult::Reply(_)),
+            "a rejection stays a rejection"
+        );
+        assert!(matches!(results[1], RcptResult::ServiceClosing(_)));
+        assert!(matches!(h.closed, Some(CloseReason::ServiceClosing(_))));
+    }
+
+    #[test]
+    fn greeting_421_and_unsolicited_421_close() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("421 4.7.0 too many connections\r\n");
+        assert!(matches!(h.closed, Some(CloseReason::ServiceClosing(_))));
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n250 mx\r\n");
+        h.server("421 4.4.2 idle timeout\r\n");
+        assert!(matches!(h.closed, Some(CloseReason::ServiceClosing(_))));
+    }
+
+    #[test]
+    fn local_refusals_size_and_smtputf8() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], &"z".repeat(2000)));
+        h.drain();
+        assert_eq!(codes(&h.done[0]), vec![552]);
+        h.s.start(tx(&["用户@x.test"], "x"));
+        h.drain();
+        assert_eq!(codes(&h.done[1]), vec![553]);
+        h.take_sent();
+        assert!(h.sent.is_empty(), "nothing was sent for either");
+        assert_eq!(h.ready, 3);
+    }
+
+    #[test]
+    fn all_recipients_refused_but_data_accepted_ends_with_a_lone_dot() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "x"));
+        h.drain();
+        h.take_sent();
+        h.server("250 ok\r\n550 5.1.1 unknown\r\n354 go ahead\r\n");
+        assert_eq!(h.take_sent(), ".\r\n");
+        h.server("554 5.5.1 no valid recipients\r\n");
+        assert_eq!(codes(&h.done[0]), vec![550]);
+        h.s.start(tx(&["b@x.test"], "x"));
+        h.drain();
+        assert!(h.take_sent().starts_with("RSET\r\nMAIL FROM"));
+    }
+
+    #[test]
+    fn connection_loss_and_protocol_errors() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "x"));
+        h.drain();
+        h.s.connection_lost("timeout waiting for MAIL reply");
+        h.drain();
+        assert_eq!(
+            h.done[0],
+            vec![RcptResult::ConnectionLost(
+                "timeout waiting for MAIL reply".into()
+            )]
+        );
+        assert!(h.s.is_closed());
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("hello there\r\n");
+        assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
+    }
+
+    #[test]
+    fn timeouts_follow_the_phase() {
+        let t = Timeouts::default();
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        assert_eq!(h.s.timeout(), t.greeting);
+        h.server("220 hi\r\n");
+        assert_eq!(h.s.timeout(), t.ehlo);
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "x"));
+        h.drain();
+        assert_eq!(h.s.timeout(), t.mail);
+        h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(h.s.timeout(), t.data_done);
+    }
+}
