@@ -11,6 +11,7 @@
 //! - [`address`]: envelope address validation and IDNA conversion.
 //! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
+//! - [`dns`]: DNS messages, MX planning and the cache (hickory-proto wire format).
 //! - [`smtp`]: the SMTP client protocol core (replies, DATA writer), sans I/O.
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
@@ -21,6 +22,7 @@ pub mod address;
 pub mod config;
 pub mod delivery_log;
 pub mod demo;
+pub mod dns;
 pub mod engine;
 pub mod intake;
 pub mod preflight;

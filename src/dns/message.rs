@@ -1,0 +1,274 @@
+//! DNS queries and answers on the wire, with hickory-proto doing the encoding; sans I/O.
+//!
+//! `parse_response` reduces a response to what mail routing needs: records with their TTL,
+//! "no such domain" and "no data" with a negative-caching TTL (RFC 2308: the SOA's minimum),
+//! or a temporary failure. It checks the id and the question, so a stray or spoofed datagram
+//! is rejected rather than believed.
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use std::fmt;
+use std::net::IpAddr;
+
+/// Negative answers without an SOA are cached this long.
+pub const NEGATIVE_TTL_DEFAULT_S: u32 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueryType {
+    Mx,
+    A,
+    Aaaa,
+}
+
+impl QueryType {
+    fn record_type(self) -> RecordType {
+        match self {
+            QueryType::Mx => RecordType::MX,
+            QueryType::A => RecordType::A,
+            QueryType::Aaaa => RecordType::AAAA,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// MX records as (preference, exchange without the trailing dot; "" for the root).
+    Mx {
+        records: Vec<(u16, String)>,
+        ttl_s: u32,
+    },
+    Addrs {
+        addrs: Vec<IpAddr>,
+        ttl_s: u32,
+    },
+    /// The name exists but has no records of this type.
+    NoData {
+        ttl_s: u32,
+    },
+    /// The name does not exist.
+    NxDomain {
+        ttl_s: u32,
+    },
+    /// SERVFAIL, REFUSED and the like: try again later or elsewhere.
+    ServerFailure(String),
+    /// The answer did not fit a datagram: ask again over TCP.
+    Truncated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsError(pub String);
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn name_of(domain: &str) -> Result<Name, DnsError> {
+    let mut name =
+        Name::from_ascii(domain).map_err(|e| DnsError(format!("bad name {domain:?}: {e}")))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// A recursive query for `domain`.
+pub fn build_query(id: u16, domain: &str, qtype: QueryType) -> Result<Vec<u8>, DnsError> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name_of(domain)?, qtype.record_type()));
+    m.to_vec()
+        .map_err(|e| DnsError(format!("encode query: {e}")))
+}
+
+/// Reads the response to query `id` for `domain`/`qtype`.
+pub fn parse_response(
+    bytes: &[u8],
+    id: u16,
+    domain: &str,
+    qtype: QueryType,
+) -> Result<Answer, DnsError> {
+    let m = Message::from_vec(bytes).map_err(|e| DnsError(format!("malformed response: {e}")))?;
+    if m.metadata.id != id || m.metadata.message_type != MessageType::Response {
+        return Err(DnsError("response does not answer our query (id)".into()));
+    }
+    let want = name_of(domain)?;
+    let asked = m
+        .queries
+        .first()
+        .map(|q| (q.name().clone(), q.query_type()));
+    if asked.as_ref().is_none_or(|(n, t)| {
+        !n.to_ascii().eq_ignore_ascii_case(&want.to_ascii()) || *t != qtype.record_type()
+    }) {
+        return Err(DnsError(
+            "response does not answer our query (question)".into(),
+        ));
+    }
+    if m.metadata.truncation {
+        return Ok(Answer::Truncated);
+    }
+    let negative_ttl = || {
+        m.authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+                _ => None,
+            })
+            .unwrap_or(NEGATIVE_TTL_DEFAULT_S)
+    };
+    match m.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => {
+            return Ok(Answer::NxDomain {
+                ttl_s: negative_ttl(),
+            })
+        }
+        other => return Ok(Answer::ServerFailure(format!("{other}"))),
+    }
+    let mut ttl_s = u32::MAX;
+    let mut mx = Vec::new();
+    let mut addrs = Vec::new();
+    for r in &m.answers {
+        match &r.data {
+            RData::MX(rec) if qtype == QueryType::Mx => {
+                let host = rec
+                    .exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                mx.push((rec.preference, host));
+            }
+            RData::A(a) if qtype == QueryType::A => addrs.push(IpAddr::V4(a.0)),
+            RData::AAAA(a) if qtype == QueryType::Aaaa => addrs.push(IpAddr::V6(a.0)),
+            // CNAMEs in the chain: their targets' records are in the answer too.
+            _ => continue,
+        }
+        ttl_s = ttl_s.min(r.ttl);
+    }
+    Ok(match qtype {
+        QueryType::Mx if !mx.is_empty() => Answer::Mx { records: mx, ttl_s },
+        QueryType::A | QueryType::Aaaa if !addrs.is_empty() => Answer::Addrs { addrs, ttl_s },
+        _ => Answer::NoData {
+            ttl_s: negative_ttl(),
+        },
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, MX, SOA};
+    use hickory_proto::rr::Record;
+
+    /// A response to `query` as a test DNS server would build it.
+    pub fn respond(query: &[u8], rcode: ResponseCode, answers: Vec<Record>, soa: bool) -> Vec<u8> {
+        let q = Message::from_vec(query).unwrap();
+        let mut m = Message::response(q.metadata.id, OpCode::Query);
+        m.metadata.response_code = rcode;
+        m.metadata.recursion_available = true;
+        for question in q.queries {
+            m.add_query(question);
+        }
+        for a in answers {
+            m.add_answer(a);
+        }
+        if soa {
+            let zone = Name::from_ascii("example.").unwrap();
+            let rdata = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 60, 42);
+            m.add_authority(Record::from_rdata(zone, 3600, RData::SOA(rdata)));
+        }
+        m.to_vec().unwrap()
+    }
+
+    pub fn mx(owner: &str, pref: u16, host: &str, ttl: u32) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(owner).unwrap(),
+            ttl,
+            RData::MX(MX::new(pref, Name::from_ascii(host).unwrap())),
+        )
+    }
+
+    pub fn a(owner: &str, ip: [u8; 4], ttl: u32) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(owner).unwrap(),
+            ttl,
+            RData::A(A::new(ip[0], ip[1], ip[2], ip[3])),
+        )
+    }
+
+    #[test]
+    fn mx_answer_with_min_ttl() {
+        let q = build_query(7, "example.com", QueryType::Mx).unwrap();
+        let r = respond(
+            &q,
+            ResponseCode::NoError,
+            vec![
+                mx("example.com.", 10, "mx1.example.com.", 300),
+                mx("example.com.", 20, "MX2.example.com.", 60),
+            ],
+            false,
+        );
+        assert_eq!(
+            parse_response(&r, 7, "example.com", QueryType::Mx).unwrap(),
+            Answer::Mx {
+                records: vec![
+                    (10, "mx1.example.com".into()),
+                    (20, "mx2.example.com".into())
+                ],
+                ttl_s: 60
+            }
+        );
+    }
+
+    #[test]
+    fn negative_answers_use_the_soa_minimum() {
+        let q = build_query(1, "nope.example", QueryType::Mx).unwrap();
+        let r = respond(&q, ResponseCode::NXDomain, vec![], true);
+        assert_eq!(
+            parse_response(&r, 1, "nope.example", QueryType::Mx).unwrap(),
+            Answer::NxDomain { ttl_s: 42 }
+        );
+        let r = respond(&q, ResponseCode::NoError, vec![], false);
+        assert_eq!(
+            parse_response(&r, 1, "nope.example", QueryType::Mx).unwrap(),
+            Answer::NoData {
+                ttl_s: NEGATIVE_TTL_DEFAULT_S
+            }
+        );
+        let r = respond(&q, ResponseCode::ServFail, vec![], false);
+        assert!(matches!(
+            parse_response(&r, 1, "nope.example", QueryType::Mx).unwrap(),
+            Answer::ServerFailure(_)
+        ));
+    }
+
+    #[test]
+    fn addresses_and_mismatches() {
+        let q = build_query(9, "mx1.example.com", QueryType::A).unwrap();
+        let r = respond(
+            &q,
+            ResponseCode::NoError,
+            vec![a("mx1.example.com.", [127, 0, 0, 1], 30)],
+            false,
+        );
+        assert_eq!(
+            parse_response(&r, 9, "mx1.example.com", QueryType::A).unwrap(),
+            Answer::Addrs {
+                addrs: vec!["127.0.0.1".parse().unwrap()],
+                ttl_s: 30
+            }
+        );
+        assert!(
+            parse_response(&r, 10, "mx1.example.com", QueryType::A).is_err(),
+            "wrong id"
+        );
+        assert!(
+            parse_response(&r, 9, "other.example.com", QueryType::A).is_err(),
+            "wrong question"
+        );
+        assert!(
+            parse_response(&r, 9, "mx1.example.com", QueryType::Mx).is_err(),
+            "wrong type"
+        );
+        assert!(parse_response(b"\x00\x09garbage", 9, "mx1.example.com", QueryType::A).is_err());
+    }
+}
