@@ -73,9 +73,7 @@ fn append(c: &mut Criterion) {
                 q.append_chunk(&ch).unwrap();
                 // Keep the page cache from growing without bound over a long run.
                 if n % 512 == 0 {
-                    if let Some(job) = q.take_sync_job().unwrap() {
-                        job.fdatasync().unwrap();
-                    }
+                    q.sync_now().unwrap();
                 }
             },
             BatchSize::LargeInput,
@@ -109,7 +107,7 @@ fn group_commit(c: &mut Criterion) {
                     };
                     q.append_chunk(&ch).unwrap();
                 }
-                q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+                q.sync_now().unwrap();
                 total += start.elapsed();
             }
             total
@@ -127,7 +125,7 @@ fn recovery(c: &mut Criterion) {
         for i in 0..chunks {
             q.append_chunk(&chunk(1, i, &m)).unwrap();
         }
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
     }
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(u64::from(chunks) * CHUNK as u64));

@@ -50,6 +50,8 @@ pub const CHUNKS_IN_FLIGHT_MAX: u64 = 32;
 pub const INTAKE_TICK: Duration = Duration::from_millis(10);
 /// How often waits re-check the stop and fatal flags.
 pub const FLAG_POLL: Duration = Duration::from_millis(50);
+/// A claimed input that could not be read is tried again after this long.
+pub const READ_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How often a shard reclaims and compacts its queue.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub const LOCK_FILE: &str = "spate.lock";
@@ -63,6 +65,8 @@ pub enum EngineError {
     Unavailable(String),
     /// A storage failure (fsync, ENOSPC, an unreadable queue): intake stopped, nothing lost.
     Storage(String),
+    /// A bug (a shard panicked): exit 70, EX_SOFTWARE.
+    Internal(String),
 }
 
 impl EngineError {
@@ -71,6 +75,7 @@ impl EngineError {
             EngineError::Config(_) => 78,
             EngineError::Unavailable(_) => 69,
             EngineError::Storage(_) => 74,
+            EngineError::Internal(_) => 70,
         }
     }
 }
@@ -81,6 +86,7 @@ impl fmt::Display for EngineError {
             EngineError::Config(e) => write!(f, "{e}"),
             EngineError::Unavailable(m) => write!(f, "{m}"),
             EngineError::Storage(m) => write!(f, "storage failure, intake stopped: {m}"),
+            EngineError::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     fatal: Mutex<Option<String>>,
     has_fatal: AtomicBool,
+    /// The fatal error is a bug (a panic), not a storage failure.
+    internal: AtomicBool,
     ready: AtomicUsize,
     intake_running: AtomicUsize,
     exited: AtomicUsize,
@@ -179,6 +187,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
         has_fatal: AtomicBool::new(false),
+        internal: AtomicBool::new(false),
         ready: AtomicUsize::new(0),
         intake_running: AtomicUsize::new(shards),
         exited: AtomicUsize::new(0),
@@ -195,7 +204,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             .name(&format!("spate-shard-{id}"))
             .io_memory(IO_MEMORY_BYTES_PER_SHARD)
             .spawn(move || async move {
-                let _guard = ExitGuard(Arc::clone(&shared));
+                let _guard = ExitGuard(Arc::clone(&shared), id);
                 shard_main(shared, data_mesh, ctl_mesh).await;
             })
             .map_err(|e| EngineError::Unavailable(format!("runtime unavailable: {e}")))?;
@@ -260,15 +269,16 @@ impl Engine {
                 crashed = Some(id);
             }
         }
-        if let Some(message) = self.shared.fatal.lock().expect("fatal lock").take() {
-            return Err(EngineError::Storage(message));
+        let fatal = self.shared.fatal.lock().expect("fatal lock").take();
+        if self.shared.internal.load(Ordering::SeqCst) || crashed.is_some() {
+            return Err(EngineError::Internal(fatal.unwrap_or_else(|| {
+                format!("shard {crashed:?} crashed; the queue recovers at the next start")
+            })));
         }
-        if let Some(id) = crashed {
-            return Err(EngineError::Storage(format!(
-                "shard {id} crashed; the queue is intact and recovers at the next start"
-            )));
+        match fatal {
+            Some(message) => Err(EngineError::Storage(message)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -311,12 +321,17 @@ pub fn run_until_signalled(
     engine.wait()
 }
 
-struct ExitGuard(Arc<Shared>);
+struct ExitGuard(Arc<Shared>, usize);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.stop.store(true, Ordering::SeqCst);
+            // Every wait in the other shards also watches this flag, so they stop too.
+            self.0.internal.store(true, Ordering::SeqCst);
+            self.0.fail(format!(
+                "shard {} crashed (a bug); the queue is intact and recovers at the next start",
+                self.1
+            ));
         }
         self.0.exited.fetch_add(1, Ordering::SeqCst);
     }
@@ -392,7 +407,8 @@ struct Shard {
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
     /// Chunks appended and waiting for the next group commit.
-    unsynced: RefCell<Vec<(usize, Chunk)>>,
+    /// (claiming shard, chunk, false if it was committed before a restart).
+    unsynced: RefCell<Vec<(usize, Chunk, bool)>>,
     unsynced_records: Cell<usize>,
     sync_kick: LocalSender<()>,
     /// Set at shutdown: the group commit makes a last pass and ends.
@@ -400,6 +416,8 @@ struct Shard {
     /// Acknowledgement routes of the inputs this shard is claiming.
     acks: RefCell<HashMap<u64, LocalSender<u32>>>,
     last_batch_id: Cell<u64>,
+    /// Claimed inputs that could not be read, with when that happened.
+    retry: RefCell<Vec<(Instant, Claimed)>>,
 }
 
 async fn shard_main(
@@ -441,7 +459,7 @@ async fn shard_main(
     let syncer = spawn_local(group_commit(Rc::clone(&shard), kick_rx));
     spawn_local(maintenance(Rc::clone(&shard))).detach();
     shared.ready.fetch_add(1, Ordering::SeqCst);
-    while shared.ready.load(Ordering::SeqCst) < shards {
+    while shared.ready.load(Ordering::SeqCst) < shards && !shared.failed() {
         sleep(Duration::from_millis(2)).await;
     }
 
@@ -450,7 +468,7 @@ async fn shard_main(
 
     // Every claiming shard has its acknowledgements once intake_running reaches zero, so no
     // chunk can arrive any more; one last commit covers whatever is left.
-    while shared.intake_running.load(Ordering::SeqCst) > 0 {
+    while shared.intake_running.load(Ordering::SeqCst) > 0 && !shared.failed() {
         sleep(Duration::from_millis(5)).await;
     }
     shard.closing.set(true);
@@ -488,12 +506,6 @@ fn open_shard(
     for w in &report.warnings {
         eprintln!("spate: shard {id}: recovery: {w}");
     }
-    if report.torn_bytes_cleared > 0 {
-        eprintln!(
-            "spate: shard {id}: recovery cleared {} bytes of an unfinished write",
-            report.torn_bytes_cleared
-        );
-    }
     shared
         .counters
         .live_recipients
@@ -519,6 +531,7 @@ fn open_shard(
             closing: Cell::new(false),
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
+            retry: RefCell::new(Vec::new()),
         },
         kick_rx,
     ))
@@ -603,18 +616,19 @@ impl Shard {
             return;
         }
         let appended = self.queue.borrow_mut().append_chunk(&chunk);
-        match appended {
+        let fresh = match appended {
             Ok(ChunkAppend::Appended { recipients, .. }) => {
                 self.unsynced_records
                     .set(self.unsynced_records.get() + recipients as usize);
+                true
             }
-            Ok(ChunkAppend::AlreadyCommitted) => {}
+            Ok(ChunkAppend::AlreadyCommitted) => false,
             Err(e) => {
                 self.shared.fail(e.to_string());
                 return;
             }
-        }
-        self.unsynced.borrow_mut().push((claimer, chunk));
+        };
+        self.unsynced.borrow_mut().push((claimer, chunk, fresh));
         let _ = self.sync_kick.try_send(());
     }
 
@@ -632,12 +646,14 @@ impl Shard {
                 .spawn_blocking(move || job.fdatasync())
                 .await
                 .map_err(|e| e.to_string())?;
+            self.queue.borrow_mut().sync_completed();
         }
         let now = unix_ms();
         let mut queued = 0u64;
         {
             let mut log = self.log.borrow_mut();
-            for (_, chunk) in &done {
+            // A chunk committed before a restart was logged and counted then.
+            for (_, chunk, _) in done.iter().filter(|(_, _, fresh)| *fresh) {
                 log_receptions(&mut log, chunk, now).map_err(|e| format!("delivery log: {e}"))?;
                 queued += chunk.len() as u64;
             }
@@ -651,7 +667,7 @@ impl Shard {
             .counters
             .live_recipients
             .fetch_add(queued, Ordering::Relaxed);
-        for (claimer, chunk) in done {
+        for (claimer, chunk, _) in done {
             let recipients = chunk.len() as u32;
             if claimer == self.id {
                 self.route_ack(chunk.batch_id, recipients);
@@ -745,6 +761,19 @@ async fn intake_loop(shard: &Rc<Shard>) {
     let mut last_scan: Option<Instant> = None;
     while !shard.shared.stopping() {
         shard.reload_if_changed();
+        let due: Vec<Claimed> = {
+            let mut retry = shard.retry.borrow_mut();
+            let (due, later) = retry
+                .drain(..)
+                .partition(|(at, _)| at.elapsed() >= READ_RETRY_DELAY);
+            *retry = later;
+            due.into_iter().map(|(_, c)| c).collect()
+        };
+        for c in due {
+            if process_claim(shard, c).await.is_err() {
+                return;
+            }
+        }
         let scan_interval = shard.config.borrow().spool.scan_interval;
         let hinted = watch.as_ref().is_some_and(IncomingWatch::fired);
         if hinted || last_scan.is_none_or(|t| t.elapsed() >= scan_interval) {
@@ -763,6 +792,16 @@ async fn intake_loop(shard: &Rc<Shard>) {
                 let batch_id = shard.next_batch_id();
                 match shard.spool.claim(&name, batch_id) {
                     Ok(Some(c)) => {
+                        let spool = shard.spool.clone();
+                        let synced = glommio::executor()
+                            .spawn_blocking(move || spool.sync_claim())
+                            .await;
+                        if let Err(e) = synced {
+                            shard
+                                .shared
+                                .fail(format!("{}: fsync: {e}", shard.spool.incoming().display()));
+                            return;
+                        }
                         if process_claim(shard, c).await.is_err() {
                             return;
                         }
@@ -796,7 +835,14 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
             return Ok(());
         }
         Err(e) => {
-            refuse(shard, &c, &format!("cannot read: {e}"));
+            // Perhaps passing (EMFILE, ENOMEM, EIO); and part of a resumed input may be queued
+            // already, so bad/ (from where it might be resubmitted) is the wrong place.
+            eprintln!(
+                "spate: cannot read {}: {e}; retrying in {} s",
+                c.name,
+                READ_RETRY_DELAY.as_secs()
+            );
+            shard.retry.borrow_mut().push((Instant::now(), c));
             return Ok(());
         }
     };
@@ -815,7 +861,11 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
     let (queued, rejected) = result?;
 
     let keep_done = shard.config.borrow().spool.keep_done;
-    if let Err(e) = shard.spool.release_done(&c, keep_done) {
+    let (spool, claimed) = (shard.spool.clone(), c.clone());
+    let released = glommio::executor()
+        .spawn_blocking(move || spool.release_done(&claimed, keep_done))
+        .await;
+    if let Err(e) = released {
         shard
             .shared
             .fail(format!("{}: cannot release: {e}", c.path.display()));

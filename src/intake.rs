@@ -177,6 +177,10 @@ impl<'a> Parser<'a> {
             pickup: Vec::new().into_iter(),
             values: Vec::new(),
         };
+        // Editors and export tools on Windows put a UTF-8 byte order mark first.
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            parser.pos = 3;
+        }
         match kind {
             InputKind::Batch => parser.open_batch(batch_id, now_unix_ms)?,
             InputKind::Pickup => parser.open_pickup(batch_id, now_unix_ms)?,
@@ -292,6 +296,13 @@ impl<'a> Parser<'a> {
                     break;
                 }
             }
+        }
+        // Tolerate blank lines between the envelope and the message's own header.
+        while self.bytes[self.pos..].starts_with(b"\r\n")
+            || self.bytes[self.pos..].starts_with(b"\n")
+        {
+            self.pos += if self.bytes[self.pos] == b'\r' { 2 } else { 1 };
+            self.line_no += 1;
         }
         let sender = sender.ok_or_else(|| file_error(None, "no x-sender line"))?;
         if receivers.is_empty() {
@@ -606,6 +617,18 @@ mod tests {
         assert_eq!(homes, vec![(3, 2)]);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].line, 3);
+    }
+
+    #[test]
+    fn byte_order_mark_and_blank_line_after_envelope_are_tolerated() {
+        let input = format!("\u{feff}{HEADER}\n{{\"to\":\"a@example.com\"}}\n");
+        let (chunks, rejections) = run(input.as_bytes(), InputKind::Batch, 1);
+        assert_eq!(recipients(&chunks), vec!["a@example.com"]);
+        assert!(rejections.is_empty());
+        let eml =
+            b"x-sender: a@acme.example\r\nx-receiver: b@example.com\r\n\r\nSubject: s\r\n\r\nbody";
+        let p = Parser::open(eml, InputKind::Pickup, 1, 1, 0).unwrap();
+        assert!(p.message().body.starts_with(b"Subject: s\r\n"));
     }
 
     #[test]

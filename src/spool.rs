@@ -15,7 +15,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub const CLAIMED_DIR: &str = ".claimed";
+/// Suffixes tried for a name already taken in `bad/` or `done/`.
+pub const NAME_SUFFIXES_MAX: usize = 100_000;
 
+#[derive(Clone)]
 pub struct Spool {
     pub dir: PathBuf,
     incoming: PathBuf,
@@ -95,6 +98,13 @@ impl Spool {
         }
     }
 
+    /// Makes a claim's rename durable, so a power loss cannot bring the file back into
+    /// `incoming/` to be claimed again under a new batch id. Blocking.
+    pub fn sync_claim(&self) -> io::Result<()> {
+        sync_dir(&self.incoming)?;
+        sync_dir(&self.claimed)
+    }
+
     /// Files claimed before a crash, to be replayed under their batch ids.
     pub fn leftover_claims(&self) -> io::Result<Vec<Claimed>> {
         let mut out = Vec::new();
@@ -119,37 +129,53 @@ impl Spool {
         Ok(out)
     }
 
-    /// Releases a fully queued input: deleted, or moved to `done/` when `keep_done`.
+    /// Releases a fully queued input: deleted, or moved to `done/` when `keep_done`; durable
+    /// when this returns. Blocking.
     pub fn release_done(&self, c: &Claimed, keep_done: bool) -> io::Result<()> {
         if keep_done {
-            std::fs::rename(&c.path, unique_path(&self.done, &c.name))?;
+            move_unique(&c.path, &self.done, &c.name)?;
+            sync_dir(&self.done)?;
         } else {
             std::fs::remove_file(&c.path)?;
         }
-        Ok(())
+        sync_dir(&self.claimed)
     }
 
     /// Moves a refused input to `bad/` and writes the reason beside it as `NAME.err`.
     pub fn release_bad(&self, c: &Claimed, reason: &str) -> io::Result<PathBuf> {
-        let target = unique_path(&self.bad, &c.name);
+        let target = move_unique(&c.path, &self.bad, &c.name)?;
         let mut err_path = target.clone().into_os_string();
         err_path.push(".err");
         std::fs::write(&err_path, format!("{reason}\n"))?;
-        std::fs::rename(&c.path, &target)?;
         Ok(target)
     }
 }
 
-/// `dir/name`, or `dir/name.N` if that exists already (a producer may reuse names).
-fn unique_path(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
+/// Moves `src` to `dir/name`, or `dir/name.N` if that is taken (producers reuse names).
+/// `link(2)` fails if the target exists, so two shards can never pick the same name.
+fn move_unique(src: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 0..NAME_SUFFIXES_MAX {
+        let target = match n {
+            0 => dir.join(name),
+            _ => dir.join(format!("{name}.{n}")),
+        };
+        match std::fs::hard_link(src, &target) {
+            Ok(()) => {
+                std::fs::remove_file(src)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
     }
-    (1..)
-        .map(|n| dir.join(format!("{name}.{n}")))
-        .find(|p| !p.exists())
-        .expect("some suffix is free")
+    Err(io::Error::other(format!(
+        "{}: {NAME_SUFFIXES_MAX} files named {name}* already",
+        dir.display()
+    )))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A non-blocking inotify watch on `incoming/`: a hint to scan early, never the truth (the

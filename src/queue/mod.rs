@@ -3,8 +3,9 @@
 //! - `record`: the byte format (sans-I/O codec).
 //! - `segment`: one preallocated, mapped segment file; scanning and torn-tail truncation.
 //! - `store`: one shard's queue: recovery, chunk appends with commit records, group-commit
-//!   sync jobs, the in-memory index, outcomes and segment reclamation.
-//! - `inspect`: read-only views for `spate queue summary`.
+//!   sync jobs, the in-memory index, outcomes, compaction and segment reclamation.
+//!
+//! Read-only views of the queue files (for `spate queue summary`) are in `crate::summary`.
 
 pub mod record;
 pub mod segment;

@@ -107,6 +107,11 @@ impl Segment {
         &mut self.map[at..]
     }
 
+    /// `fdatasync` on this thread (recovery, before the executor runs anything else).
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// A handle that can `fdatasync` this segment from a blocking thread.
     pub fn sync_handle(&self) -> io::Result<File> {
         self.file.try_clone()
@@ -115,6 +120,12 @@ impl Segment {
     /// Walks the records from the header on, calling `visit` for each valid one.
     pub fn scan(&self, visit: impl FnMut(usize, RecordRef<'_>)) -> ScanEnd {
         scan_bytes(&self.map, visit)
+    }
+
+    /// One past the last non-zero byte at or after `from`, if any byte there is non-zero.
+    pub fn nonzero_end(&self, from: usize) -> Option<usize> {
+        let tail = &self.map[from..];
+        tail.iter().rposition(|&b| b != 0).map(|i| from + i + 1)
     }
 
     /// Zeroes everything from `from` to the end of the segment that is not already zero and
@@ -166,6 +177,22 @@ pub fn scan_bytes<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RecordRef<'a
             }
         }
     }
+}
+
+/// Removes segments whose creation a crash interrupted (`.seg-*.q.tmp`): they were never
+/// renamed into place, so they hold nothing.
+pub fn remove_unfinished_segments(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(".seg-") && name.ends_with(".tmp") {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Makes a directory entry change (create, rename, unlink) durable.

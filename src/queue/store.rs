@@ -18,7 +18,7 @@ use super::record::{
     OutcomeState, Reader, RecipientPayload, RecordRef, SegmentHeader, COMMIT_PAYLOAD_BYTES,
     OUTCOME_PAYLOAD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use super::segment::{list_segments, scan_bytes, sync_dir, Segment};
+use super::segment::{list_segments, remove_unfinished_segments, scan_bytes, sync_dir, Segment};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
@@ -532,6 +532,9 @@ pub struct ShardQueue {
     next_seq: u64,
     pub index: Index,
     scratch: Vec<u8>,
+    /// Sync jobs taken and not yet reported complete: until they are, appended records may
+    /// not be on disk even though no segment is marked dirty.
+    syncs_in_flight: u32,
 }
 
 impl ShardQueue {
@@ -545,6 +548,7 @@ impl ShardQueue {
         let mut report = RecoveryReport::default();
         let mut replay = Replay::default();
         let mut segments = VecDeque::new();
+        remove_unfinished_segments(dir).map_err(io_err(dir, "remove unfinished segments"))?;
         let paths = list_segments(dir).map_err(io_err(dir, "list"))?;
         let count = paths.len();
         for (i, path) in paths.iter().enumerate() {
@@ -575,7 +579,26 @@ impl ShardQueue {
                 }
             }
             if is_last {
-                // Everything after the last durable record was never acknowledged: clear it.
+                // After the last durable record is what a crash interrupted. It was never
+                // acknowledged, unless the disk damaged a record with committed ones after
+                // it: so keep a copy of the bytes for the operator, then clear them.
+                if let Some(nonzero_end) = seg.nonzero_end(replay.valid_end) {
+                    let kept = dir.join(format!(
+                        "torn-{:020}-{}.bin",
+                        seg.header.base_seq, replay.valid_end
+                    ));
+                    std::fs::write(&kept, &seg.bytes()[replay.valid_end..nonzero_end])
+                        .and_then(|()| File::open(&kept)?.sync_all())
+                        .and_then(|()| sync_dir(dir))
+                        .map_err(io_err(&kept, "keep torn tail"))?;
+                    let why = end.invalid.map_or("no commit record", |(_, why)| why);
+                    report.warnings.push(format!(
+                        "{}: cleared {} bytes after the last committed record ({why}); a copy is in {}",
+                        path.display(),
+                        nonzero_end - replay.valid_end,
+                        kept.display()
+                    ));
+                }
                 report.torn_bytes_cleared = seg
                     .truncate_tail_durably(replay.valid_end)
                     .map_err(io_err(path, "truncate torn tail"))?;
@@ -589,6 +612,13 @@ impl ShardQueue {
                 recipients,
             });
         }
+        // What recovery read came from the page cache, which may hold writes of a process
+        // that died before its fdatasync. Make it durable before anything is acknowledged.
+        for slot in &segments {
+            slot.seg
+                .sync_data()
+                .map_err(io_err(&slot.seg.path, "fdatasync"))?;
+        }
         report.segments = segments.len();
         report.warnings.append(&mut replay.anomalies);
         report.live_recipients = replay.index.live();
@@ -600,6 +630,7 @@ impl ShardQueue {
             next_seq: replay.next_seq,
             index: replay.index,
             scratch: Vec::new(),
+            syncs_in_flight: 0,
         };
         if queue.segments.is_empty() {
             queue.roll_over()?;
@@ -687,7 +718,10 @@ impl ShardQueue {
                 self.index
                     .batches
                     .entry(chunk.batch_id)
-                    .or_default()
+                    .or_insert_with(|| BatchState {
+                        first_seq,
+                        ..Default::default()
+                    })
                     .message_seq = Some(seq);
                 seq
             }
@@ -746,6 +780,8 @@ impl ShardQueue {
     }
 
     /// The files to `fdatasync` for everything appended so far, or `None` if nothing is new.
+    /// The caller runs it and then calls `sync_completed` (only on success: a failed sync is
+    /// fatal).
     pub fn take_sync_job(&mut self) -> Result<Option<SyncJob>, QueueError> {
         let mut files = Vec::new();
         for slot in self.segments.iter_mut().filter(|s| s.dirty) {
@@ -756,7 +792,33 @@ impl ShardQueue {
             files.push((slot.seg.path.clone(), file));
             slot.dirty = false;
         }
-        Ok((!files.is_empty()).then_some(SyncJob { files }))
+        if files.is_empty() {
+            return Ok(None);
+        }
+        self.syncs_in_flight += 1;
+        Ok(Some(SyncJob { files }))
+    }
+
+    /// A job from `take_sync_job` finished: its records are on disk.
+    pub fn sync_completed(&mut self) {
+        self.syncs_in_flight = self
+            .syncs_in_flight
+            .checked_sub(1)
+            .expect("sync_completed matches a taken job");
+    }
+
+    /// Appends made so far become durable, blocking this thread (tools, tests, benches).
+    pub fn sync_now(&mut self) -> Result<(), QueueError> {
+        if let Some(job) = self.take_sync_job()? {
+            job.fdatasync()?;
+            self.sync_completed();
+        }
+        Ok(())
+    }
+
+    /// True when every appended record is known to be on disk.
+    fn all_durable(&self) -> bool {
+        self.syncs_in_flight == 0 && self.segments.iter().all(|s| !s.dirty)
     }
 
     /// Deletes the oldest segments whose recipients are all final and whose message records
@@ -764,7 +826,7 @@ impl ShardQueue {
     pub fn reclaim_segments(&mut self) -> Result<usize, QueueError> {
         let mut deleted = 0;
         // Copies made by compaction must be durable before their originals can go.
-        if self.segments.iter().any(|s| s.dirty) {
+        if !self.all_durable() {
             return Ok(0);
         }
         while self.segments.len() > 1 {
@@ -803,7 +865,7 @@ impl ShardQueue {
     /// originals `Moved`, so the move is atomic across a crash. The segment is deleted by
     /// `reclaim_segments` after the copies are synced. Returns how many were copied.
     pub fn compact_oldest(&mut self) -> Result<usize, QueueError> {
-        if self.segments.len() < 2 || self.segments.iter().any(|s| s.dirty) {
+        if self.segments.len() < 2 || !self.all_durable() {
             return Ok(0);
         }
         let range = self.segments[0].seg.header.base_seq..self.segments[1].seg.header.base_seq;
@@ -1044,7 +1106,7 @@ mod tests {
         q.append_chunk(&chunk(1, 0, 100)).unwrap();
         q.append_chunk(&chunk(1, 1, 50)).unwrap();
         q.append_chunk(&chunk(2, 0, 7)).unwrap();
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         drop(q);
         let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
         assert_eq!(report.live_recipients, 157);
@@ -1099,7 +1161,7 @@ mod tests {
             "40k recipients span several 1 MiB segments"
         );
         q.release_batch(9);
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         assert_eq!(q.reclaim_segments().unwrap(), 0, "everything is still live");
         // Finish all but the last recipient: every segment but the one holding it (and the
         // first, which holds the message record it needs) can go.
@@ -1114,7 +1176,7 @@ mod tests {
             })
             .unwrap();
         }
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         assert_eq!(
             q.reclaim_segments().unwrap(),
             0,
@@ -1129,7 +1191,7 @@ mod tests {
             ts_unix_ms: 3,
         })
         .unwrap();
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         let before = q.segment_count();
         assert_eq!(q.reclaim_segments().unwrap(), before - 1);
         drop(q);
@@ -1191,7 +1253,7 @@ mod tests {
                     .unwrap();
             }
         }
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         q
     }
 
@@ -1218,7 +1280,14 @@ mod tests {
             0,
             "copies are not durable yet"
         );
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        let job = q.take_sync_job().unwrap().unwrap();
+        assert_eq!(
+            q.reclaim_segments().unwrap(),
+            0,
+            "the copies' sync is still running"
+        );
+        job.fdatasync().unwrap();
+        q.sync_completed();
         assert!(q.reclaim_segments().unwrap() >= 1);
         assert!(q.segment_count() < segments);
         drop(q);
@@ -1248,6 +1317,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unreleased_batch_pins_only_its_own_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        let mut done = Vec::new();
+        for c in 0..30 {
+            if let ChunkAppend::Appended {
+                first_seq,
+                recipients,
+            } = q.append_chunk(&chunk(1, c, 1000)).unwrap()
+            {
+                let first = if c == 0 { first_seq + 1 } else { first_seq };
+                done.extend(first..first + u64::from(recipients));
+            }
+        }
+        q.release_batch(1);
+        for &seq in &done {
+            q.append_outcome(outcome(seq, OutcomeState::Delivered, 1))
+                .unwrap();
+        }
+        // A new input is being read while the old segments are reclaimed.
+        q.append_chunk(&chunk(2, 0, 10)).unwrap();
+        q.sync_now().unwrap();
+        let before = q.segment_count();
+        assert!(q.reclaim_segments().unwrap() >= 2, "of {before} segments");
+        assert!(q.has_chunk(2, 0));
+    }
+
+    #[test]
     fn an_unreleased_batch_pins_its_segments() {
         let dir = tempfile::tempdir().unwrap();
         let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
@@ -1266,7 +1363,7 @@ mod tests {
             q.append_outcome(outcome(seq, OutcomeState::Delivered, 1))
                 .unwrap();
         }
-        q.take_sync_job().unwrap().unwrap().fdatasync().unwrap();
+        q.sync_now().unwrap();
         assert_eq!(
             q.reclaim_segments().unwrap(),
             0,
