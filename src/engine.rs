@@ -22,7 +22,9 @@ use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::intake::{input_kind, Event, Parser, Rejection};
 use crate::preflight::{self, IO_MEMORY_BYTES_PER_SHARD};
 use crate::queue::record::Reader;
-use crate::queue::store::{unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue};
+use crate::queue::store::{
+    remove_segment_files, unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue,
+};
 use crate::spool::{Claimed, IncomingWatch, Spool};
 use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
@@ -52,6 +54,10 @@ pub const INTAKE_TICK: Duration = Duration::from_millis(10);
 pub const FLAG_POLL: Duration = Duration::from_millis(50);
 /// A claimed input that could not be read is tried again after this long.
 pub const READ_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// How often a shard checks that a spare segment is ready.
+pub const SPARE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+/// After a failed spare preallocation (disk full), wait this long before trying again.
+pub const SPARE_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often a shard reclaims and compacts its queue.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub const LOCK_FILE: &str = "spate.lock";
@@ -474,6 +480,12 @@ async fn shard_main(
     shard.closing.set(true);
     let _ = shard.sync_kick.try_send(());
     syncer.await;
+    let blocking = shard.queue.borrow().blocking_rollovers;
+    if blocking > 0 {
+        eprintln!(
+            "spate: shard {id}: {blocking} segment rollovers found no spare and blocked the executor"
+        );
+    }
     let flushed = shard.log.borrow_mut().flush();
     if let Err(e) = flushed {
         shared.fail(format!("delivery log: {e}"));
@@ -570,30 +582,57 @@ async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
     }
 }
 
-/// Frees queue space: deletes finished segments, and copies stragglers forward so the oldest
-/// segment can go. Compaction's copies are synced by the group commit before any deletion.
+/// Keeps a spare segment ready (so a rollover never blocks the executor) and frees queue
+/// space: deletes finished segments and copies stragglers forward so the oldest segment can go.
+/// File creation and deletion run on the blocking thread; compaction's copies are synced by the
+/// group commit before any deletion (`ShardQueue::take_reclaimable` checks).
 async fn maintenance(shard: Rc<Shard>) {
+    let mut last_reclaim = Instant::now();
+    let mut spare_retry_at = Instant::now();
     while !shard.closing.get() && !shard.shared.failed() {
-        sleep(MAINTENANCE_INTERVAL).await;
-        if shard.closing.get() {
-            break;
-        }
-        let result = {
-            let mut queue = shard.queue.borrow_mut();
-            queue
-                .reclaim_segments()
-                .and_then(|_| queue.compact_oldest())
-        };
-        match result {
-            Ok(0) => {}
-            Ok(_) => {
-                let _ = shard.sync_kick.try_send(());
-            }
-            Err(e) => {
-                shard.shared.fail(e.to_string());
-                return;
+        if Instant::now() >= spare_retry_at {
+            let request = shard.queue.borrow_mut().spare_request();
+            if let Some(request) = request {
+                match glommio::executor()
+                    .spawn_blocking(move || request.create())
+                    .await
+                {
+                    Ok(spare) => shard.queue.borrow_mut().install_spare(spare),
+                    Err(e) => {
+                        // Not fatal yet: a rollover that finds no space is.
+                        shard.queue.borrow_mut().spare_failed();
+                        eprintln!("spate: shard {}: {e}; retrying in 5 s", shard.id);
+                        spare_retry_at = Instant::now() + SPARE_RETRY_DELAY;
+                    }
+                }
             }
         }
+        if last_reclaim.elapsed() >= MAINTENANCE_INTERVAL {
+            last_reclaim = Instant::now();
+            let paths = shard.queue.borrow_mut().take_reclaimable();
+            if !paths.is_empty() {
+                let dir = shard.queue.borrow().dir().to_path_buf();
+                let removed = glommio::executor()
+                    .spawn_blocking(move || remove_segment_files(&dir, &paths))
+                    .await;
+                if let Err(e) = removed {
+                    shard.shared.fail(e.to_string());
+                    return;
+                }
+            }
+            let compacted = shard.queue.borrow_mut().compact_oldest();
+            match compacted {
+                Ok(0) => {}
+                Ok(_) => {
+                    let _ = shard.sync_kick.try_send(());
+                }
+                Err(e) => {
+                    shard.shared.fail(e.to_string());
+                    return;
+                }
+            }
+        }
+        sleep(SPARE_CHECK_INTERVAL).await;
     }
 }
 

@@ -11,6 +11,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const SEGMENT_FILE_PREFIX: &str = "seg-";
+/// Spares are hidden from `list_segments` until activated.
+pub const SPARE_FILE_PREFIX: &str = ".spare-";
+/// The base sequence number in a spare's header: no real segment can start there.
+pub const SPARE_BASE_SEQ: u64 = u64::MAX;
 pub const SEGMENT_FILE_SUFFIX: &str = ".q";
 
 pub struct Segment {
@@ -67,6 +71,67 @@ impl Segment {
             map,
             write_offset: SEGMENT_HEADER_BYTES,
         })
+    }
+
+    /// Creates a spare segment ahead of need (on a blocking thread): preallocated, header
+    /// marked spare, hidden name. `activate` turns it into the next segment without any
+    /// blocking call.
+    pub fn create_spare_durably(
+        dir: &Path,
+        shard: u32,
+        number: u64,
+        segment_bytes: u64,
+    ) -> io::Result<Segment> {
+        let header = SegmentHeader {
+            shard,
+            base_seq: SPARE_BASE_SEQ,
+            created_unix_ms: 0,
+            segment_bytes,
+        };
+        let path = dir.join(format!(
+            "{SPARE_FILE_PREFIX}{number:020}{SEGMENT_FILE_SUFFIX}"
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        // SAFETY: plain syscall on a valid descriptor.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, segment_bytes as i64) } != 0 {
+            let err = io::Error::last_os_error();
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        // SAFETY: as in `create_durably`.
+        let mut map = unsafe { MmapMut::map_mut(&file)? };
+        map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        file.sync_all()?;
+        sync_dir(dir)?;
+        Ok(Segment {
+            path,
+            header,
+            file,
+            map,
+            write_offset: SEGMENT_HEADER_BYTES,
+        })
+    }
+
+    /// Makes a spare the segment starting at `base_seq`: renames it into place and writes its
+    /// header. Neither is durable yet: the caller's next sync must cover this file and the
+    /// directory (a crash before that leaves a segment recovery discards as unfinished).
+    pub fn activate(&mut self, dir: &Path, base_seq: u64, created_unix_ms: u64) -> io::Result<()> {
+        assert_eq!(
+            self.header.base_seq, SPARE_BASE_SEQ,
+            "only a spare is activated"
+        );
+        let path = dir.join(segment_file_name(base_seq));
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        self.header.base_seq = base_seq;
+        self.header.created_unix_ms = created_unix_ms;
+        self.map[..SEGMENT_HEADER_BYTES].copy_from_slice(&self.header.encode());
+        Ok(())
     }
 
     /// Opens an existing segment for recovery (read-write: recovery may truncate its tail).
@@ -179,15 +244,16 @@ pub fn scan_bytes<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RecordRef<'a
     }
 }
 
-/// Removes segments whose creation a crash interrupted (`.seg-*.q.tmp`): they were never
-/// renamed into place, so they hold nothing.
+/// Removes segments whose creation a crash interrupted (`.seg-*.q.tmp`) and spares: neither
+/// was ever in use, so they hold nothing.
 pub fn remove_unfinished_segments(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(".seg-") && name.ends_with(".tmp") {
+        let unfinished = name.starts_with(".seg-") && name.ends_with(".tmp");
+        if unfinished || name.starts_with(SPARE_FILE_PREFIX) {
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }

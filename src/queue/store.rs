@@ -18,7 +18,9 @@ use super::record::{
     OutcomeState, Reader, RecipientPayload, RecordRef, SegmentHeader, COMMIT_PAYLOAD_BYTES,
     OUTCOME_PAYLOAD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use super::segment::{list_segments, remove_unfinished_segments, scan_bytes, sync_dir, Segment};
+use super::segment::{
+    list_segments, remove_unfinished_segments, scan_bytes, sync_dir, Segment, SPARE_BASE_SEQ,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
@@ -505,15 +507,37 @@ pub const COMPACTION_BYTES_MAX: usize = 8 << 20;
 /// A group commit's work: `fdatasync` on every segment written since the last one.
 pub struct SyncJob {
     files: Vec<(PathBuf, File)>,
+    /// Set when a segment was renamed into place since the last sync.
+    dir: Option<PathBuf>,
 }
 
 impl SyncJob {
-    /// Blocks until every dirty segment is on disk. Run it on a blocking thread.
+    /// Blocks until every dirty segment (and a new segment's name) is on disk. Run it on a
+    /// blocking thread.
     pub fn fdatasync(self) -> Result<(), QueueError> {
         for (path, file) in &self.files {
             file.sync_data().map_err(io_err(path, "fdatasync"))?;
         }
+        if let Some(dir) = &self.dir {
+            sync_dir(dir).map_err(io_err(dir, "fsync directory"))?;
+        }
         Ok(())
+    }
+}
+
+/// What it takes to create a spare segment on another thread.
+pub struct SpareRequest {
+    pub dir: PathBuf,
+    pub shard: u32,
+    pub number: u64,
+    pub segment_bytes: u64,
+}
+
+impl SpareRequest {
+    /// Blocking: run on a blocking thread, then hand the result to `install_spare`.
+    pub fn create(self) -> Result<Segment, QueueError> {
+        Segment::create_spare_durably(&self.dir, self.shard, self.number, self.segment_bytes)
+            .map_err(io_err(&self.dir, "preallocate spare segment"))
     }
 }
 
@@ -535,6 +559,13 @@ pub struct ShardQueue {
     /// Sync jobs taken and not yet reported complete: until they are, appended records may
     /// not be on disk even though no segment is marked dirty.
     syncs_in_flight: u32,
+    /// A preallocated segment, so a rollover needs no blocking call.
+    spare: Option<Segment>,
+    spares_requested: u64,
+    /// A segment was renamed into place; the next sync fsyncs the directory.
+    dir_dirty: bool,
+    /// Rollovers that found no spare and created a segment on this thread.
+    pub blocking_rollovers: u64,
 }
 
 impl ShardQueue {
@@ -553,6 +584,29 @@ impl ShardQueue {
         let count = paths.len();
         for (i, path) in paths.iter().enumerate() {
             let mut seg = Segment::open(path).map_err(io_err(path, "open segment"))?;
+            let is_last = i + 1 == count;
+            if seg.header.base_seq == SPARE_BASE_SEQ {
+                // A spare renamed into place whose new header never reached the disk: the
+                // sync that would have acknowledged its records did not finish either.
+                if !is_last {
+                    return Err(QueueError {
+                        path: path.clone(),
+                        op: "recover",
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a segment before the last one has no header",
+                        ),
+                    });
+                }
+                drop(seg);
+                std::fs::remove_file(path).map_err(io_err(path, "remove unfinished segment"))?;
+                sync_dir(dir).map_err(io_err(dir, "fsync directory"))?;
+                report.warnings.push(format!(
+                    "{}: removed a segment whose rollover never completed",
+                    path.display()
+                ));
+                continue;
+            }
             if seg.header.shard != shard {
                 return Err(QueueError {
                     path: path.clone(),
@@ -569,7 +623,6 @@ impl ShardQueue {
             let end = scan_bytes(seg.bytes(), |offset, r| {
                 replay.record(seg.bytes(), offset, r);
             });
-            let is_last = i + 1 == count;
             if let Some((at, why)) = end.invalid {
                 if !is_last {
                     report.warnings.push(format!(
@@ -631,9 +684,15 @@ impl ShardQueue {
             index: replay.index,
             scratch: Vec::new(),
             syncs_in_flight: 0,
+            spare: None,
+            spares_requested: 0,
+            dir_dirty: false,
+            blocking_rollovers: 0,
         };
         if queue.segments.is_empty() {
+            // The first segment, at startup: blocking here is expected.
             queue.roll_over()?;
+            queue.blocking_rollovers = 0;
         }
         Ok((queue, report))
     }
@@ -792,11 +851,12 @@ impl ShardQueue {
             files.push((slot.seg.path.clone(), file));
             slot.dirty = false;
         }
-        if files.is_empty() {
+        if files.is_empty() && !self.dir_dirty {
             return Ok(None);
         }
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
         self.syncs_in_flight += 1;
-        Ok(Some(SyncJob { files }))
+        Ok(Some(SyncJob { files, dir }))
     }
 
     /// A job from `take_sync_job` finished: its records are on disk.
@@ -824,10 +884,19 @@ impl ShardQueue {
     /// Deletes the oldest segments whose recipients are all final and whose message records
     /// no live recipient needs. Returns how many were deleted.
     pub fn reclaim_segments(&mut self) -> Result<usize, QueueError> {
-        let mut deleted = 0;
+        let paths = self.take_reclaimable();
+        remove_segment_files(&self.dir, &paths)?;
+        Ok(paths.len())
+    }
+
+    /// Drops the reclaimable segments from the queue and returns their files, for
+    /// `remove_segment_files` on a blocking thread. A crash before the files are removed is
+    /// harmless: recovery finds nothing live in them.
+    pub fn take_reclaimable(&mut self) -> Vec<PathBuf> {
+        let mut deleted = Vec::new();
         // Copies made by compaction must be durable before their originals can go.
         if !self.all_durable() {
-            return Ok(0);
+            return deleted;
         }
         while self.segments.len() > 1 {
             let end_seq = self.segments[1].seg.header.base_seq;
@@ -848,11 +917,9 @@ impl ShardQueue {
             self.index
                 .messages
                 .retain(|&seq, _| !(start_seq..end_seq).contains(&seq));
-            std::fs::remove_file(&slot.seg.path).map_err(io_err(&slot.seg.path, "delete"))?;
-            sync_dir(&self.dir).map_err(io_err(&self.dir, "fsync directory"))?;
-            deleted += 1;
+            deleted.push(slot.seg.path.clone());
         }
-        Ok(deleted)
+        deleted
     }
 
     pub fn segment_count(&self) -> usize {
@@ -1028,21 +1095,74 @@ impl ShardQueue {
 
     /// Seals the active segment (its tail stays zero) and starts a new one.
     fn roll_over(&mut self) -> Result<(), QueueError> {
-        let header = SegmentHeader {
-            shard: self.shard,
-            base_seq: self.next_seq,
-            created_unix_ms: unix_ms(),
-            segment_bytes: self.segment_bytes,
+        let spare = self
+            .spare
+            .take()
+            .filter(|s| s.capacity() as u64 == self.segment_bytes);
+        let (seg, dirty) = match spare {
+            Some(mut seg) => {
+                seg.activate(&self.dir, self.next_seq, unix_ms())
+                    .map_err(io_err(&self.dir, "activate segment"))?;
+                self.dir_dirty = true;
+                (seg, true)
+            }
+            None => {
+                // No spare ready (startup, or a burst outran the maintenance task).
+                self.blocking_rollovers += 1;
+                let header = SegmentHeader {
+                    shard: self.shard,
+                    base_seq: self.next_seq,
+                    created_unix_ms: unix_ms(),
+                    segment_bytes: self.segment_bytes,
+                };
+                let seg = Segment::create_durably(&self.dir, header)
+                    .map_err(io_err(&self.dir, "create segment"))?;
+                (seg, false)
+            }
         };
-        let seg = Segment::create_durably(&self.dir, header)
-            .map_err(io_err(&self.dir, "create segment"))?;
         self.segments.push_back(SegmentSlot {
             seg,
-            dirty: false,
+            dirty,
             recipients: 0,
         });
         Ok(())
     }
+
+    /// A request to create the next spare segment, if none is ready or being made.
+    pub fn spare_request(&mut self) -> Option<SpareRequest> {
+        if self.spare.is_some() || self.spares_requested > 0 {
+            return None;
+        }
+        self.spares_requested += 1;
+        Some(SpareRequest {
+            dir: self.dir.clone(),
+            shard: self.shard,
+            number: self.next_seq,
+            segment_bytes: self.segment_bytes,
+        })
+    }
+
+    /// Hands over the spare made from a `spare_request`.
+    pub fn install_spare(&mut self, spare: Segment) {
+        self.spares_requested = self.spares_requested.saturating_sub(1);
+        self.spare = Some(spare);
+    }
+
+    /// The spare request failed; a later one may be tried.
+    pub fn spare_failed(&mut self) {
+        self.spares_requested = self.spares_requested.saturating_sub(1);
+    }
+}
+
+/// Deletes reclaimed segment files and makes that durable. Blocking.
+pub fn remove_segment_files(dir: &Path, paths: &[PathBuf]) -> Result<(), QueueError> {
+    for path in paths {
+        std::fs::remove_file(path).map_err(io_err(path, "delete"))?;
+    }
+    if !paths.is_empty() {
+        sync_dir(dir).map_err(io_err(dir, "fsync directory"))?;
+    }
+    Ok(())
 }
 
 pub fn unix_ms() -> u64 {
@@ -1314,6 +1434,58 @@ mod tests {
             let (q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
             assert_eq!(live_set(&q), before, "cut at {cut} of {start}..{end}");
         }
+    }
+
+    #[test]
+    fn rollover_uses_a_spare_and_recovery_discards_an_unfinished_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        let spare = q.spare_request().unwrap().create().unwrap();
+        assert!(q.spare_request().is_none(), "one spare at a time");
+        q.install_spare(spare);
+        let mut c = 0;
+        while q.segment_count() == 1 {
+            q.append_chunk(&chunk(3, c, 1000)).unwrap();
+            c += 1;
+        }
+        assert_eq!(q.blocking_rollovers, 0, "the spare made the rollover");
+        q.sync_now().unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".spare")), "{names:?}");
+        let live = q.index.live();
+        let last = q.active().path.clone();
+        drop(q);
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(report.live_recipients, live);
+        drop(q);
+
+        // The rename reached the disk but the new header did not (power loss before the
+        // sync finished): the segment holds nothing acknowledged and is discarded.
+        let spare_header = SegmentHeader {
+            shard: 0,
+            base_seq: SPARE_BASE_SEQ,
+            created_unix_ms: 0,
+            segment_bytes: SEG,
+        };
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&spare_header.encode());
+        std::fs::write(&last, &bytes).unwrap();
+        let (mut q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert!(!last.exists());
+        assert!(report
+            .warnings
+            .iter()
+            .any(|w| w.contains("rollover never completed")));
+        assert!(
+            q.index.live() < live,
+            "the unfinished segment's chunk is gone"
+        );
+        assert_eq!(q.index.live() % 1000, 0, "whole chunks only");
+        q.append_chunk(&chunk(4, 0, 5)).unwrap();
+        q.sync_now().unwrap();
     }
 
     #[test]
