@@ -1,0 +1,407 @@
+//! The resolver's I/O shell on glommio: UDP to the configured nameservers with TCP fallback on
+//! truncation, a timeout per attempt, retries across nameservers, and the cache in front.
+//!
+//! Each query goes out from a fresh socket (a random source port) with a random id, and only
+//! an answer matching both and the question is believed. A resolver lives on one shard.
+
+use super::cache::{DnsCache, CACHE_ENTRIES_MAX};
+use super::message::{build_query, parse_response, Answer, QueryType};
+use super::mx::{self, MxPlan};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpStream, UdpSocket};
+use glommio::timer::timeout;
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One attempt at one nameserver waits this long.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds over the nameserver list before a lookup counts as a temporary failure.
+pub const ROUNDS: usize = 2;
+/// Largest UDP answer accepted (EDNS is not used; 512 is the classic limit, some servers send
+/// more anyway).
+pub const UDP_ANSWER_BYTES_MAX: usize = 4096;
+/// Largest TCP answer accepted.
+pub const TCP_ANSWER_BYTES_MAX: usize = 65_535;
+
+/// Where a domain's mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// MX hosts in order (or the domain itself, for an implicit MX).
+    Hosts(Vec<String>),
+    /// RFC 7505 null MX: bounce with 5.1.10.
+    NullMx,
+    /// NXDOMAIN: bounce with 5.1.2.
+    NoSuchDomain,
+    /// SERVFAIL, timeouts: defer.
+    TemporaryFailure(String),
+}
+
+pub struct Resolver {
+    nameservers: Vec<SocketAddr>,
+    cache: RefCell<DnsCache>,
+    attempt_timeout: Duration,
+    rng: Cell<u64>,
+    clock: fn() -> u64,
+}
+
+impl Resolver {
+    pub fn new(nameservers: Vec<SocketAddr>, seed: u64, clock: fn() -> u64) -> Resolver {
+        Resolver {
+            nameservers,
+            cache: RefCell::new(DnsCache::new(CACHE_ENTRIES_MAX)),
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            rng: Cell::new(seed | 1),
+            clock,
+        }
+    }
+
+    /// Shorter attempts, for tests of the timeout path.
+    pub fn with_attempt_timeout(mut self, t: Duration) -> Self {
+        self.attempt_timeout = t;
+        self
+    }
+
+    /// xorshift64*: ids and MX shuffles need unpredictability, not cryptography.
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Where mail for `domain` goes: MX, null MX, implicit MX, or why not.
+    pub async fn destination(&self, domain: &str) -> Destination {
+        match self.query(domain, QueryType::Mx).await {
+            Answer::Mx { records, .. } => {
+                match mx::plan(&records, |n| (self.random() % n as u64) as usize) {
+                    MxPlan::Hosts(h) => Destination::Hosts(h),
+                    MxPlan::NullMx => Destination::NullMx,
+                }
+            }
+            Answer::NoData { .. } => match mx::implicit(domain) {
+                MxPlan::Hosts(h) => Destination::Hosts(h),
+                MxPlan::NullMx => Destination::NullMx,
+            },
+            Answer::NxDomain { .. } => Destination::NoSuchDomain,
+            Answer::ServerFailure(why) => Destination::TemporaryFailure(why),
+            Answer::Addrs { .. } | Answer::Truncated => {
+                Destination::TemporaryFailure("unexpected answer".into())
+            }
+        }
+    }
+
+    /// A host's addresses, IPv4 first; `Err` says why there are none.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let mut out = Vec::new();
+        let mut why = String::new();
+        for qtype in [QueryType::A, QueryType::Aaaa] {
+            match self.query(host, qtype).await {
+                Answer::Addrs { addrs, .. } => out.extend(addrs),
+                Answer::NxDomain { .. } => return Err(format!("{host}: no such host")),
+                Answer::ServerFailure(w) => why = w,
+                _ => {}
+            }
+        }
+        if out.is_empty() {
+            Err(if why.is_empty() {
+                format!("{host}: no address")
+            } else {
+                format!("{host}: {why}")
+            })
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// A cached or fresh answer; failures come back as `Answer::ServerFailure`.
+    pub async fn query(&self, domain: &str, qtype: QueryType) -> Answer {
+        let now = (self.clock)();
+        if let Some(a) = self.cache.borrow_mut().get(domain, qtype, now) {
+            return a.clone();
+        }
+        let answer = self.ask(domain, qtype).await;
+        self.cache
+            .borrow_mut()
+            .insert(domain, qtype, answer.clone(), (self.clock)());
+        answer
+    }
+
+    async fn ask(&self, domain: &str, qtype: QueryType) -> Answer {
+        if self.nameservers.is_empty() {
+            return Answer::ServerFailure("no nameservers configured".into());
+        }
+        let mut last = String::from("no answer");
+        for _ in 0..ROUNDS {
+            for &ns in &self.nameservers {
+                let id = self.random() as u16;
+                let query = match build_query(id, domain, qtype) {
+                    Ok(q) => q,
+                    Err(e) => return Answer::ServerFailure(e.0),
+                };
+                match self.ask_udp(ns, id, &query, domain, qtype).await {
+                    Ok(Answer::Truncated) => {
+                        match self.ask_tcp(ns, id, &query, domain, qtype).await {
+                            Ok(Answer::ServerFailure(why)) => last = format!("{ns}: {why}"),
+                            Ok(a) => return a,
+                            Err(e) => last = format!("{ns} (tcp): {e}"),
+                        }
+                    }
+                    Ok(Answer::ServerFailure(why)) => last = format!("{ns}: {why}"),
+                    Ok(a) => return a,
+                    Err(e) => last = format!("{ns}: {e}"),
+                }
+            }
+        }
+        Answer::ServerFailure(last)
+    }
+
+    async fn ask_udp(
+        &self,
+        ns: SocketAddr,
+        id: u16,
+        query: &[u8],
+        domain: &str,
+        qtype: QueryType,
+    ) -> Result<Answer, String> {
+        let local: SocketAddr = if ns.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
+        socket.send_to(query, ns).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; UDP_ANSWER_BYTES_MAX];
+        let result = timeout(self.attempt_timeout, async {
+            loop {
+                let (n, from) = socket.recv_from(&mut buf).await?;
+                // Datagrams from elsewhere, or not answering our question, are ignored.
+                if from != ns {
+                    continue;
+                }
+                if let Ok(a) = parse_response(&buf[..n], id, domain, qtype) {
+                    return Ok(a);
+                }
+            }
+        })
+        .await;
+        result.map_err(|e| match e {
+            glommio::GlommioError::TimedOut(_) => "timed out".to_string(),
+            other => other.to_string(),
+        })
+    }
+
+    async fn ask_tcp(
+        &self,
+        ns: SocketAddr,
+        id: u16,
+        query: &[u8],
+        domain: &str,
+        qtype: QueryType,
+    ) -> Result<Answer, String> {
+        let exchange = async {
+            let mut stream = TcpStream::connect(ns).await?;
+            let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(query);
+            stream.write_all(&framed).await?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await?;
+            let len = usize::from(u16::from_be_bytes(len)).min(TCP_ANSWER_BYTES_MAX);
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            Ok(buf)
+        };
+        let bytes = timeout(self.attempt_timeout, exchange)
+            .await
+            .map_err(|e| e.to_string())?;
+        parse_response(&bytes, id, domain, qtype).map_err(|e| e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::message::tests::{a, mx, respond};
+    use super::*;
+    use hickory_proto::op::{Message, ResponseCode};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A loopback DNS server for tests: answers from `zone`, truncates UDP answers for names
+    /// starting with "big", counts queries. Stopped and joined by `stop`.
+    struct TestDns {
+        addr: SocketAddr,
+        queries: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    fn zone(query: &[u8]) -> Vec<u8> {
+        let q = Message::from_vec(query).unwrap();
+        let name = q.queries[0].name().to_ascii().to_ascii_lowercase();
+        let records = match name.as_str() {
+            "example.test." | "big.example.test." => vec![
+                mx(&name, 10, "mx1.example.test.", 300),
+                mx(&name, 10, "mx2.example.test.", 300),
+                mx(&name, 20, "backup.example.test.", 300),
+            ],
+            "null.test." => vec![mx("null.test.", 0, ".", 300)],
+            "mx1.example.test." | "bare.test." => vec![a(&name, [127, 0, 0, 1], 300)],
+            "nxdomain.test." => return respond(query, ResponseCode::NXDomain, vec![], true),
+            "broken.test." => return respond(query, ResponseCode::ServFail, vec![], false),
+            _ => vec![],
+        };
+        let qtype = q.queries[0].query_type();
+        let records = records
+            .into_iter()
+            .filter(|r| r.record_type() == qtype)
+            .collect();
+        respond(query, ResponseCode::NoError, records, true)
+    }
+
+    impl TestDns {
+        fn start() -> TestDns {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = udp.local_addr().unwrap();
+            let tcp = std::net::TcpListener::bind(addr).unwrap();
+            udp.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            let queries = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (q1, s1) = (Arc::clone(&queries), Arc::clone(&stop));
+            let udp_thread = std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !s1.load(Ordering::SeqCst) {
+                    let Ok((n, from)) = udp.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    q1.fetch_add(1, Ordering::SeqCst);
+                    let mut answer = zone(&buf[..n]);
+                    let name = Message::from_vec(&buf[..n]).unwrap().queries[0]
+                        .name()
+                        .to_ascii();
+                    if name.starts_with("big.") {
+                        let mut m = Message::from_vec(&answer).unwrap();
+                        m.metadata.truncation = true;
+                        m.answers.clear();
+                        answer = m.to_vec().unwrap();
+                    }
+                    if !name.starts_with("silent.") {
+                        udp.send_to(&answer, from).unwrap();
+                    }
+                }
+            });
+            let (q2, s2) = (Arc::clone(&queries), Arc::clone(&stop));
+            let tcp_thread = std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                while !s2.load(Ordering::SeqCst) {
+                    let Ok((mut conn, _)) = tcp.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut len = [0u8; 2];
+                    if conn.read_exact(&mut len).is_err() {
+                        continue;
+                    }
+                    let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    conn.read_exact(&mut query).unwrap();
+                    q2.fetch_add(1, Ordering::SeqCst);
+                    let answer = zone(&query);
+                    conn.write_all(&(answer.len() as u16).to_be_bytes())
+                        .unwrap();
+                    conn.write_all(&answer).unwrap();
+                }
+            });
+            TestDns {
+                addr,
+                queries,
+                stop,
+                threads: vec![udp_thread, tcp_thread],
+            }
+        }
+
+        fn stop(self) {
+            self.stop.store(true, Ordering::SeqCst);
+            for t in self.threads {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    fn on_executor<T>(f: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .unwrap()
+            .run(f)
+    }
+
+    fn now_zero() -> u64 {
+        0
+    }
+
+    #[test]
+    fn resolves_mx_null_mx_implicit_nxdomain_and_servfail_over_loopback() {
+        let dns = TestDns::start();
+        let addr = dns.addr;
+        let results = on_executor(async move {
+            let r = Resolver::new(vec![addr], 42, now_zero);
+            (
+                r.destination("example.test").await,
+                r.destination("null.test").await,
+                r.destination("bare.test").await,
+                r.destination("nxdomain.test").await,
+                r.destination("broken.test").await,
+                r.addresses("mx1.example.test").await,
+                r.destination("big.example.test").await,
+            )
+        });
+        let (mxs, null, bare, nx, broken, addrs, big) = results;
+        let Destination::Hosts(h) = mxs else {
+            panic!("{mxs:?}")
+        };
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[2], "backup.example.test");
+        assert_eq!(null, Destination::NullMx);
+        assert_eq!(bare, Destination::Hosts(vec!["bare.test".into()]));
+        assert_eq!(nx, Destination::NoSuchDomain);
+        assert!(matches!(broken, Destination::TemporaryFailure(_)));
+        assert_eq!(addrs, Ok(vec!["127.0.0.1".parse().unwrap()]));
+        let Destination::Hosts(h) = big else {
+            panic!("TCP fallback: {big:?}")
+        };
+        assert_eq!(h.len(), 3);
+        dns.stop();
+    }
+
+    #[test]
+    fn caches_answers_and_times_out_on_silence() {
+        let dns = TestDns::start();
+        let (addr, queries) = (dns.addr, Arc::clone(&dns.queries));
+        let silent = on_executor(async move {
+            let r = Resolver::new(vec![addr], 7, now_zero)
+                .with_attempt_timeout(Duration::from_millis(100));
+            r.destination("example.test").await;
+            let before = queries.load(Ordering::SeqCst);
+            r.destination("example.test").await;
+            assert_eq!(
+                queries.load(Ordering::SeqCst),
+                before,
+                "second lookup from the cache"
+            );
+            r.destination("silent.test").await
+        });
+        assert!(
+            matches!(&silent, Destination::TemporaryFailure(w) if w.contains("timed out")),
+            "{silent:?}"
+        );
+        dns.stop();
+    }
+}
