@@ -11,8 +11,9 @@
 //! - [`address`]: envelope address validation and IDNA conversion.
 //! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
-//! - [`dns`]: DNS messages, MX planning and the cache (hickory-proto wire format).
-//! - [`smtp`]: the SMTP client protocol core (replies, DATA writer), sans I/O.
+//! - [`dns`]: DNS messages, MX planning, the cache and the resolver (hickory-proto wire format).
+//! - [`smtp`]: the SMTP client protocol core (replies, DATA writer, session), sans I/O.
+//! - [`delivery`]: delivery policy (outcome classification, bounce categories, retries).
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
@@ -20,6 +21,7 @@
 
 pub mod address;
 pub mod config;
+pub mod delivery;
 pub mod delivery_log;
 pub mod demo;
 pub mod dns;
