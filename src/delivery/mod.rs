@@ -1,5 +1,7 @@
 //! Delivery: from a queued recipient to an outcome.
 //!
 //! - `policy`: outcome classification, bounce categories, the retry schedule (pure).
+//! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
 
+pub mod connection;
 pub mod policy;

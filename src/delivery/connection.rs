@@ -1,0 +1,337 @@
+//! One outbound SMTP connection: a glommio TCP stream driving the sans-I/O `smtp::Session`.
+//!
+//! The shell only moves bytes and applies the session's per-phase timeouts; every protocol
+//! decision is the session's. TLS is not built yet: sessions run with `TlsPolicy::Disabled`
+//! (the engine says so at start-up), and a session that asks for a handshake anyway is closed.
+
+use crate::smtp::session::{
+    Action, CloseReason, RcptResult, Session, Timeouts, TlsPolicy, Transaction,
+};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::timer::timeout;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Bytes read from the socket at a time.
+pub const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// Why a connection could not be set up (or ended): the text goes to the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// TCP failed or timed out.
+    Unreachable(String),
+    /// The server answered but refused us (greeting, EHLO) or broke the protocol.
+    Refused(CloseReason),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Unreachable(why) => f.write_str(why),
+            ConnectError::Refused(CloseReason::ServiceClosing(r) | CloseReason::Refused(r)) => {
+                write!(f, "{r}")
+            }
+            ConnectError::Refused(other) => write!(f, "{other:?}"),
+        }
+    }
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    session: Session,
+    pub mx: String,
+    pub addr: SocketAddr,
+    pub deliveries: u32,
+    buf: Vec<u8>,
+    closed: Option<CloseReason>,
+}
+
+impl Connection {
+    /// Connects and runs the session up to "ready for a transaction".
+    pub async fn open(
+        mx: &str,
+        addr: SocketAddr,
+        helo_name: &str,
+        timeouts: Timeouts,
+        connect_timeout: Duration,
+    ) -> Result<Connection, ConnectError> {
+        let stream = timeout(connect_timeout, async { TcpStream::connect(addr).await })
+            .await
+            .map_err(|e| ConnectError::Unreachable(format!("connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Connection {
+            stream,
+            session: Session::new(helo_name, TlsPolicy::Disabled, timeouts),
+            mx: mx.to_string(),
+            addr,
+            deliveries: 0,
+            buf: vec![0u8; READ_CHUNK_BYTES],
+            closed: None,
+        };
+        match c.drive().await {
+            Step::Ready => Ok(c),
+            Step::Closed(reason) => Err(ConnectError::Refused(reason)),
+            Step::Lost(why) => Err(ConnectError::Unreachable(why)),
+            Step::Done(_) => Err(ConnectError::Unreachable(
+                "transaction before one was started".into(),
+            )),
+        }
+    }
+
+    /// True while the connection can take another transaction.
+    pub fn is_usable(&self) -> bool {
+        self.closed.is_none() && self.session.is_ready()
+    }
+
+    /// Sends one transaction; one result per recipient, in order.
+    pub async fn send(&mut self, tx: Transaction) -> Vec<RcptResult> {
+        let n = tx.rcpts.len();
+        self.session.start(tx);
+        match self.drive().await {
+            Step::Done(results) => {
+                self.deliveries += 1;
+                results
+            }
+            // The session reports its transaction's results before it closes; if we get here
+            // without them, nothing was decided.
+            Step::Ready | Step::Closed(_) | Step::Lost(_) => {
+                vec![RcptResult::ConnectionLost("connection closed".into()); n]
+            }
+        }
+    }
+
+    /// QUIT, best effort and bounded.
+    pub async fn quit(mut self) {
+        if self.is_usable() {
+            self.session.quit();
+            let _ = timeout(Duration::from_secs(5), async {
+                let _ = self.drive().await;
+                Ok(())
+            })
+            .await;
+        }
+        let _ = self.stream.close().await;
+    }
+
+    /// Performs the session's actions until something the caller must know happens.
+    async fn drive(&mut self) -> Step {
+        let mut pending_done = None;
+        loop {
+            while let Some(action) = self.session.next_action() {
+                match action {
+                    Action::Send(bytes) => {
+                        let t = self.session.timeout();
+                        let wrote = timeout(t, async {
+                            self.stream.write_all(&bytes).await.map_err(Into::into)
+                        })
+                        .await;
+                        if let Err(e) = wrote {
+                            self.session
+                                .connection_lost(&format!("write to {}: {e}", self.addr));
+                        }
+                    }
+                    Action::StartTls => {
+                        self.session
+                            .connection_lost("STARTTLS requested but TLS is not built yet");
+                    }
+                    Action::Ready => {
+                        if let Some(results) = pending_done.take() {
+                            return Step::Done(results);
+                        }
+                        return Step::Ready;
+                    }
+                    Action::Done(results) => pending_done = Some(results),
+                    Action::Close(reason) => {
+                        self.closed = Some(reason.clone());
+                        if let Some(results) = pending_done.take() {
+                            return Step::Done(results);
+                        }
+                        return Step::Closed(reason);
+                    }
+                }
+            }
+            if let Some(results) = pending_done.take() {
+                return Step::Done(results);
+            }
+            if self.session.is_closed() {
+                self.closed
+                    .get_or_insert(CloseReason::Protocol("connection lost".into()));
+                return Step::Lost(format!("connection to {} lost", self.addr));
+            }
+            let t = self.session.timeout();
+            let read = timeout(t, async {
+                self.stream.read(&mut self.buf).await.map_err(Into::into)
+            })
+            .await;
+            match read {
+                Ok(0) => self
+                    .session
+                    .connection_lost(&format!("{} closed the connection", self.addr)),
+                Ok(n) => {
+                    let (session, buf) = (&mut self.session, &self.buf);
+                    session.receive(&buf[..n]);
+                }
+                Err(e) => self
+                    .session
+                    .connection_lost(&format!("read from {}: {e}", self.addr)),
+            }
+        }
+    }
+}
+
+enum Step {
+    Ready,
+    Done(Vec<RcptResult>),
+    Closed(CloseReason),
+    Lost(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    /// A one-connection scripted SMTP server on loopback; returns what it received.
+    fn server(
+        script: fn(&str) -> Option<&'static str>,
+    ) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            w.write_all(b"220 test ESMTP\r\n").unwrap();
+            let mut seen = String::new();
+            let mut in_data = false;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                seen.push_str(&line);
+                let cmd = line.trim_end().to_string();
+                line.clear();
+                if in_data {
+                    if cmd == "." {
+                        in_data = false;
+                        w.write_all(b"250 2.0.0 queued\r\n").unwrap();
+                    }
+                    continue;
+                }
+                if let Some(answer) = script(&cmd) {
+                    w.write_all(answer.as_bytes()).unwrap();
+                    if cmd == "DATA" && answer.starts_with("354") {
+                        in_data = true;
+                    }
+                    if cmd == "QUIT" {
+                        break;
+                    }
+                }
+            }
+            seen
+        });
+        (addr, handle)
+    }
+
+    fn script(cmd: &str) -> Option<&'static str> {
+        Some(match cmd {
+            c if c.starts_with("EHLO") => "250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            c if c.starts_with("MAIL") => "250 2.1.0 ok\r\n",
+            "RCPT TO:<nobody@x.test>" => "550 5.1.1 no such user\r\n",
+            c if c.starts_with("RCPT") => "250 2.1.5 ok\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "QUIT" => "221 bye\r\n",
+            _ => "500 what\r\n",
+        })
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .unwrap()
+            .run(f)
+    }
+
+    #[test]
+    fn delivers_two_transactions_on_one_connection() {
+        let (addr, server) = server(script);
+        let results = run(async move {
+            let mut c = Connection::open(
+                "mx.x.test",
+                addr,
+                "mta.test",
+                Timeouts::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let first = c
+                .send(Transaction {
+                    mail_from: "b@acme.test".into(),
+                    rcpts: vec!["a@x.test".into(), "nobody@x.test".into()],
+                    message: b"Subject: one\r\n\r\nbody\r\n".to_vec(),
+                })
+                .await;
+            let second = c
+                .send(Transaction {
+                    mail_from: "b@acme.test".into(),
+                    rcpts: vec!["c@x.test".into()],
+                    message: b"Subject: two\n\n.leading dot\n".to_vec(),
+                })
+                .await;
+            assert_eq!(c.deliveries, 2);
+            c.quit().await;
+            (first, second)
+        });
+        let seen = server.join().unwrap();
+        let codes = |r: &[RcptResult]| -> Vec<u16> {
+            r.iter()
+                .map(|x| match x {
+                    RcptResult::Reply(r) => r.code,
+                    _ => 0,
+                })
+                .collect()
+        };
+        assert_eq!(codes(&results.0), vec![250, 550]);
+        assert_eq!(codes(&results.1), vec![250]);
+        assert!(
+            seen.contains("Subject: two\r\n\r\n..leading dot\r\n.\r\n"),
+            "{seen}"
+        );
+        assert!(seen.ends_with("QUIT\r\n"));
+    }
+
+    #[test]
+    fn unreachable_and_refused() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let (addr2, server2) = server(|_| Some("554 5.7.1 go away\r\n"));
+        let (a, b) = run(async move {
+            let a = Connection::open(
+                "mx",
+                addr,
+                "mta.test",
+                Timeouts::default(),
+                Duration::from_secs(2),
+            )
+            .await
+            .err();
+            let b = Connection::open(
+                "mx",
+                addr2,
+                "mta.test",
+                Timeouts::default(),
+                Duration::from_secs(2),
+            )
+            .await
+            .err();
+            (a, b)
+        });
+        assert!(matches!(a, Some(ConnectError::Unreachable(_))), "{a:?}");
+        // EHLO refused falls back to HELO, refused too.
+        assert!(matches!(b, Some(ConnectError::Refused(_))), "{b:?}");
+        server2.join().unwrap();
+    }
+}
