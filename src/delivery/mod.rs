@@ -1,7 +1,9 @@
 //! Delivery: from a queued recipient to an outcome.
 //!
 //! - `policy`: outcome classification, bounce categories, the retry schedule (pure).
+//! - `scope`: static routes, provider rollup, sites, owner shards (pure).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
 
 pub mod connection;
 pub mod policy;
+pub mod scope;

@@ -1,0 +1,159 @@
+//! Throttle scopes: every destination belongs to one. A static `[[routes]]` entry is its own
+//! scope; otherwise a destination whose MX hosts match a provider's `mx_suffixes` rolls up to
+//! that provider; otherwise its scope is its site, keyed by its MX host set. Each scope has one
+//! owner shard, which holds all its connections and limits. Pure code.
+
+use crate::config::{Config, Route};
+
+/// A scope and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// `provider-name`, `site:mx1,mx2` or `route:pattern`; the delivery log's `provider`.
+    pub key: String,
+    /// Hosts in the order to try; for static routes, `host:port`.
+    pub hosts: Vec<String>,
+    /// Port for hosts without one.
+    pub port: u16,
+}
+
+/// The static route for `domain`, if one matches: an exact domain first, then the longest
+/// `*.suffix`.
+pub fn static_route<'c>(routes: &'c [Route], domain: &str) -> Option<&'c Route> {
+    routes.iter().find(|r| r.domain == domain).or_else(|| {
+        routes
+            .iter()
+            .filter_map(|r| {
+                let suffix = r.domain.strip_prefix("*.")?;
+                let matches = domain.len() > suffix.len()
+                    && domain.ends_with(suffix)
+                    && domain.as_bytes()[domain.len() - suffix.len() - 1] == b'.';
+                matches.then_some((suffix.len(), r))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, r)| r)
+    })
+}
+
+/// The scope of a destination reached through `mx_hosts` (already in try order).
+pub fn scope_for_mx(config: &Config, mx_hosts: &[String]) -> Scope {
+    let provider = config.providers.iter().find(|(_, p)| {
+        mx_hosts.iter().any(|h| {
+            p.mx_suffixes
+                .iter()
+                .any(|s| h.ends_with(s.as_str()) || s.trim_start_matches('.') == h)
+        })
+    });
+    let key = match provider {
+        Some((name, _)) => name.clone(),
+        None => {
+            let mut sorted = mx_hosts.to_vec();
+            sorted.sort();
+            format!("site:{}", sorted.join(","))
+        }
+    };
+    Scope {
+        key,
+        hosts: mx_hosts.to_vec(),
+        port: config.smtp.port,
+    }
+}
+
+pub fn scope_for_route(config: &Config, route: &Route) -> Scope {
+    Scope {
+        key: format!("route:{}", route.domain),
+        hosts: route.hosts.clone(),
+        port: config.smtp.port,
+    }
+}
+
+/// The shard that owns a scope: a stable hash (FNV-1a), so every shard agrees.
+pub fn owner_shard(scope_key: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in scope_key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// Splits `host:port` (or `[v6]:port`), defaulting the port.
+pub fn host_port(host: &str, default_port: u16) -> (String, u16) {
+    if let Ok(addr) = host.parse::<std::net::SocketAddr>() {
+        return (addr.ip().to_string(), addr.port());
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h.to_string(), port),
+            Err(_) => (host.to_string(), default_port),
+        },
+        _ => (host.to_string(), default_port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[providers.yahoo]\nmx_suffixes = [\".yahoodns.net\"]\n[providers.google]\nmx_suffixes = [\".google.com\"]\n[[routes]]\ndomain = \"example.test\"\nhosts = [\"127.0.0.1:2525\"]\n[[routes]]\ndomain = \"*.corp.test\"\nhosts = [\"127.0.0.2:25\"]\n[[routes]]\ndomain = \"*.test\"\nhosts = [\"127.0.0.3:25\"]\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_exact_then_longest_suffix() {
+        let c = config();
+        assert_eq!(
+            static_route(&c.routes, "example.test").unwrap().hosts,
+            ["127.0.0.1:2525"]
+        );
+        assert_eq!(
+            static_route(&c.routes, "a.corp.test").unwrap().hosts,
+            ["127.0.0.2:25"]
+        );
+        assert_eq!(
+            static_route(&c.routes, "other.test").unwrap().hosts,
+            ["127.0.0.3:25"]
+        );
+        assert!(static_route(&c.routes, "test").is_none());
+        assert!(static_route(&c.routes, "example.com").is_none());
+        assert!(static_route(&c.routes, "notcorp.test").unwrap().hosts == ["127.0.0.3:25"]);
+    }
+
+    #[test]
+    fn provider_rollup_and_sites() {
+        let c = config();
+        let y = scope_for_mx(
+            &c,
+            &[
+                "mta5.am0.yahoodns.net".into(),
+                "mta6.am0.yahoodns.net".into(),
+            ],
+        );
+        assert_eq!(y.key, "yahoo");
+        let s1 = scope_for_mx(
+            &c,
+            &["mx2.small.example".into(), "mx1.small.example".into()],
+        );
+        let s2 = scope_for_mx(
+            &c,
+            &["mx1.small.example".into(), "mx2.small.example".into()],
+        );
+        assert_eq!(s1.key, "site:mx1.small.example,mx2.small.example");
+        assert_eq!(s1.key, s2.key, "one site whatever the MX order");
+        assert_eq!(s1.hosts[0], "mx2.small.example", "try order kept");
+    }
+
+    #[test]
+    fn owners_spread_and_agree() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("site:mx{i}.example")).collect();
+        let on_zero = keys.iter().filter(|k| owner_shard(k, 2) == 0).count();
+        assert!((400..600).contains(&on_zero), "{on_zero}");
+        assert_eq!(owner_shard("yahoo", 4), owner_shard("yahoo", 4));
+        assert_eq!(host_port("127.0.0.1:2525", 25), ("127.0.0.1".into(), 2525));
+        assert_eq!(host_port("mx.example", 25), ("mx.example".into(), 25));
+        assert_eq!(host_port("[::1]:26", 25), ("::1".into(), 26));
+    }
+}
