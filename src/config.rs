@@ -31,6 +31,7 @@ pub struct Config {
     pub source: String,
     pub engine: Engine,
     pub queue: Queue,
+    pub delivery: Delivery,
     pub spool: Spool,
     pub log: Log,
     pub dns: Dns,
@@ -61,6 +62,20 @@ pub struct Queue {
     pub commit_interval: Duration,
     /// A group commit starts early once this many records wait for it.
     pub commit_records_max: usize,
+}
+
+/// `[delivery]`: retry schedule and timeouts (an extension of INTERFACE.md).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub retry_first: Duration,
+    pub retry_max_interval: Duration,
+    pub max_age: Duration,
+    pub connect_timeout: Duration,
+    /// Connections per site (a destination that matches no provider).
+    pub site_connection_limit: u32,
+    /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
+    /// exist). Reloadable.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +182,8 @@ struct RawConfig {
     #[serde(default)]
     queue: RawQueue,
     #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
     spool: RawSpool,
     #[serde(default)]
     log: RawLog,
@@ -205,6 +222,17 @@ struct RawQueue {
     segment_bytes: Option<String>,
     commit_interval_ms: Option<u64>,
     commit_records_max: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    retry_first: Option<String>,
+    retry_max_interval: Option<String>,
+    max_age: Option<String>,
+    connect_timeout: Option<String>,
+    site_connection_limit: Option<u32>,
+    paused: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -348,9 +376,11 @@ impl Config {
     }
 
     /// The embedded defaults, rooted at `base` (used by `spate demo` and tests).
+    /// Delivery is paused: the demo has no simulated receivers yet, and must never send mail
+    /// (or DNS queries) off this machine.
     pub fn defaults_under(base: &Path) -> Config {
         let text = format!(
-            "[engine]\ndata_dir = {:?}\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n",
+            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n",
             base.join("data"),
             base.join("spool"),
             base.join("log")
@@ -373,6 +403,15 @@ impl Config {
             self.queue.segment_bytes,
             self.queue.commit_interval.as_millis(),
             self.queue.commit_records_max
+        ));
+        line(format!(
+            "delivery: paused={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={}",
+            self.delivery.paused,
+            self.delivery.retry_first,
+            self.delivery.retry_max_interval,
+            self.delivery.max_age,
+            self.delivery.connect_timeout,
+            self.delivery.site_connection_limit
         ));
         line(format!(
             "spool: {} (keep_done={}, rescan every {} ms)",
@@ -422,7 +461,7 @@ impl Config {
     /// told rather than left to guess.
     pub fn inactive_features(&self) -> Vec<String> {
         let mut notes = vec![
-            "delivery (DNS, SMTP, throttles) is not implemented in this build yet: recipients are queued and wait"
+            "outbound TLS (STARTTLS) is not implemented in this build yet: mail is sent in plaintext"
                 .to_string(),
         ];
         let mut note = |present: bool, what: &str| {
@@ -485,6 +524,35 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         .unwrap_or(DEFAULT_COMMIT_RECORDS_MAX);
     if commit_records_max == 0 {
         return Err(err("queue.commit_records_max", "must be at least 1".into()));
+    }
+
+    let duration = |field: &str, v: &Option<String>, default: &str| {
+        parse_duration(v.as_deref().unwrap_or(default)).map_err(|m| err(field, m))
+    };
+    let delivery = Delivery {
+        retry_first: duration("delivery.retry_first", &raw.delivery.retry_first, "5m")?,
+        retry_max_interval: duration(
+            "delivery.retry_max_interval",
+            &raw.delivery.retry_max_interval,
+            "2h",
+        )?,
+        max_age: duration("delivery.max_age", &raw.delivery.max_age, "3d")?,
+        connect_timeout: duration(
+            "delivery.connect_timeout",
+            &raw.delivery.connect_timeout,
+            "30s",
+        )?,
+        site_connection_limit: raw
+            .delivery
+            .site_connection_limit
+            .unwrap_or(DEFAULT_CONNECTION_LIMIT),
+        paused: raw.delivery.paused.unwrap_or(false),
+    };
+    if delivery.site_connection_limit == 0 {
+        return Err(err(
+            "delivery.site_connection_limit",
+            "must be at least 1".into(),
+        ));
     }
 
     let scan_interval_ms = raw
@@ -659,6 +727,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
                 .data_dir
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
         },
+        delivery,
         queue: Queue {
             segment_bytes,
             commit_interval: Duration::from_millis(commit_interval_ms),
@@ -710,6 +779,24 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         return Err(format!("invalid rate {s:?}: must be at least 1"));
     }
     Ok(Rate { messages, per })
+}
+
+/// Parses a duration such as `90s`, `5m`, `2h`, `3d` or `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("invalid duration {s:?}: expected a number and ms, s, m, h or d");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(ms))
 }
 
 /// Parses a size such as `25MB`, `64MiB`, `4096` (bytes), `1GB`.
@@ -888,5 +975,16 @@ mailto = "unsubscribe@acme.example"
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("99999999999999GB").is_err());
+        assert_eq!(
+            parse_duration("3d").unwrap(),
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 minutes").is_err());
+        let c = Config::parse("[delivery]\nretry_first = \"1s\"\n", "t").unwrap();
+        assert_eq!(c.delivery.retry_first, Duration::from_secs(1));
+        assert_eq!(c.delivery.max_age, Duration::from_secs(3 * 86_400));
+        let e = Config::parse("[delivery]\nmax_age = \"3 days\"\n", "t").unwrap_err();
+        assert!(e.0.starts_with("t: delivery.max_age:"), "{e}");
     }
 }

@@ -46,7 +46,10 @@ pub struct LogRecord<'a> {
     pub tenant: &'a str,
     pub domain: &'a str,
     pub provider: &'a str,
+    pub mx: &'a str,
+    pub ip: &'a str,
     pub code: Option<u16>,
+    pub enhanced: &'a str,
     pub response: &'a str,
     pub attempt: Option<u32>,
     pub message_id: &'a str,
@@ -124,9 +127,12 @@ pub fn format_record(r: &LogRecord<'_>, out: &mut Vec<u8>) {
     field(out, "tenant", r.tenant, false);
     field(out, "domain", r.domain, true);
     field(out, "provider", r.provider, false);
+    field(out, "mx", r.mx, false);
+    field(out, "ip", r.ip, false);
     if let Some(code) = r.code {
         out.extend_from_slice(format!(",\"code\":{code}").as_bytes());
     }
+    field(out, "enhanced", r.enhanced, false);
     field(out, "response", r.response, false);
     if let Some(a) = r.attempt {
         out.extend_from_slice(format!(",\"attempt\":{a}").as_bytes());

@@ -124,7 +124,12 @@ impl Chunk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkAppend {
     /// Written (not yet synced): `recipients` records from `first_seq`.
-    Appended { first_seq: u64, recipients: u32 },
+    Appended {
+        first_seq: u64,
+        /// The recipients are `first_recipient_seq..first_recipient_seq + recipients`.
+        first_recipient_seq: u64,
+        recipients: u32,
+    },
     /// This shard already committed the chunk before a restart; nothing written.
     AlreadyCommitted,
 }
@@ -137,6 +142,8 @@ pub enum EntryState {
     Vacant = 0,
     Waiting = 1,
     Deferred = 2,
+    /// Handed to delivery; in memory only (a restart makes it waiting again).
+    InFlight = 3,
 }
 
 /// One sequence number's slot in the index: 24 bytes per queued recipient.
@@ -272,7 +279,7 @@ impl Index {
             OutcomeState::Deferred => {
                 e.state = EntryState::Deferred;
                 e.due_unix_s = (o.due_unix_ms / 1000).min(u32::MAX as u64) as u32;
-                if before == EntryState::Waiting {
+                if before != EntryState::Deferred {
                     self.domain_counts[domain].deferred += 1;
                 }
             }
@@ -324,6 +331,30 @@ impl Index {
             m.live += 1;
         }
         self.live += 1;
+    }
+
+    /// Marks a live recipient as handed to delivery (`true`) or back in the queue (`false`).
+    /// Returns false if the recipient is not live (or already in that state).
+    pub fn set_in_flight(&mut self, seq: u64, in_flight: bool) -> bool {
+        let Some(e) = self.entry_mut(seq) else {
+            return false;
+        };
+        match (e.state, in_flight) {
+            (EntryState::Waiting | EntryState::Deferred, true) => {
+                let was_deferred = e.state == EntryState::Deferred;
+                let domain = e.domain as usize;
+                e.state = EntryState::InFlight;
+                if was_deferred {
+                    self.domain_counts[domain].deferred -= 1;
+                }
+                true
+            }
+            (EntryState::InFlight, false) => {
+                e.state = EntryState::Waiting;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn note_chunk(&mut self, batch_id: u64, chunk: u32, first_seq: u64) {
@@ -812,6 +843,7 @@ impl ShardQueue {
             .note_chunk(chunk.batch_id, chunk.chunk_no, first_seq);
         Ok(ChunkAppend::Appended {
             first_seq,
+            first_recipient_seq: first_seq + u64::from(known_message.is_none()),
             recipients: chunk.len() as u32,
         })
     }
@@ -930,14 +962,16 @@ impl ShardQueue {
     /// (their record is in it, or their message record is), copies up to
     /// `COMPACTION_RECIPIENTS_MAX` of them forward as one committed chunk that also marks the
     /// originals `Moved`, so the move is atomic across a crash. The segment is deleted by
-    /// `reclaim_segments` after the copies are synced. Returns how many were copied.
-    pub fn compact_oldest(&mut self) -> Result<usize, QueueError> {
+    /// `reclaim_segments` after the copies are synced. Returns the copies' new sequence
+    /// numbers (the scheduler must look at those, not the old ones). Recipients in flight
+    /// are never moved: while any dependent is in flight, nothing is.
+    pub fn compact_oldest(&mut self) -> Result<Vec<u64>, QueueError> {
         if self.segments.len() < 2 || !self.all_durable() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let range = self.segments[0].seg.header.base_seq..self.segments[1].seg.header.base_seq;
         if self.index.unreleased_batch_in(&range) {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let dependents: Vec<(u64, Entry)> = self
             .index
@@ -946,8 +980,11 @@ impl ShardQueue {
             .map(|(seq, e)| (seq, *e))
             .collect();
         let threshold = (self.segments[0].recipients / COMPACTION_LIVE_DIVISOR).max(1);
-        if dependents.is_empty() || dependents.len() as u64 > threshold {
-            return Ok(0);
+        let in_flight = dependents
+            .iter()
+            .any(|(_, e)| e.state == EntryState::InFlight);
+        if dependents.is_empty() || dependents.len() as u64 > threshold || in_flight {
+            return Ok(Vec::new());
         }
 
         // Gather what to copy (bounded), reading from the old segments before writing.
@@ -1041,11 +1078,11 @@ impl ShardQueue {
             self.index
                 .move_entry(old_seq, new_seq, offset, message_seq, entry);
         }
-        Ok(moves.len())
+        Ok(moves.iter().map(|m| m.1).collect())
     }
 
     /// The payload of the record `seq` at `offset` in whichever segment holds it.
-    fn payload_at(&self, seq: u64, offset: u32) -> Result<Vec<u8>, QueueError> {
+    pub fn payload_at(&self, seq: u64, offset: u32) -> Result<Vec<u8>, QueueError> {
         let i = self
             .segments
             .partition_point(|s| s.seg.header.base_seq <= seq)
@@ -1270,6 +1307,7 @@ mod tests {
             if let ChunkAppend::Appended {
                 first_seq,
                 recipients,
+                ..
             } = q.append_chunk(&chunk(9, c, 1000)).unwrap()
             {
                 let first = if c == 0 { first_seq + 1 } else { first_seq };
@@ -1355,6 +1393,7 @@ mod tests {
             if let ChunkAppend::Appended {
                 first_seq,
                 recipients,
+                ..
             } = q.append_chunk(&chunk(4, c, 1000)).unwrap()
             {
                 let first = if c == 0 { first_seq + 1 } else { first_seq };
@@ -1389,7 +1428,7 @@ mod tests {
             "stragglers pin the first segment"
         );
         let segments = q.segment_count();
-        let moved = q.compact_oldest().unwrap();
+        let moved = q.compact_oldest().unwrap().len();
         assert_eq!(
             moved, 3,
             "two in the first segment, one elsewhere using its message"
@@ -1497,6 +1536,7 @@ mod tests {
             if let ChunkAppend::Appended {
                 first_seq,
                 recipients,
+                ..
             } = q.append_chunk(&chunk(1, c, 1000)).unwrap()
             {
                 let first = if c == 0 { first_seq + 1 } else { first_seq };
@@ -1525,6 +1565,7 @@ mod tests {
             if let ChunkAppend::Appended {
                 first_seq,
                 recipients,
+                ..
             } = q.append_chunk(&chunk(8, c, 1000)).unwrap()
             {
                 let first = if c == 0 { first_seq + 1 } else { first_seq };

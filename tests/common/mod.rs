@@ -18,7 +18,9 @@ pub struct Env {
 }
 
 impl Env {
-    /// `extra` is appended to the configuration (whole sections).
+    /// `extra` is appended to the configuration (whole sections). Unless `extra` has its own
+    /// `[delivery]` and `[dns]`, delivery is paused and DNS points at a closed loopback port,
+    /// so a test never sends anything off this machine.
     pub fn new(shards: usize, queue_section: &str, extra: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("spate.toml");
@@ -29,6 +31,13 @@ impl Env {
 
     pub fn write_config(&self, shards: usize, queue_section: &str, extra: &str) {
         let base = self.dir.path();
+        let mut extra = extra.to_string();
+        if !extra.contains("[delivery]") {
+            extra.push_str("\n[delivery]\npaused = true\n");
+        }
+        if !extra.contains("[dns]") {
+            extra.push_str("\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n");
+        }
         let text = format!(
             "[engine]\nshards = {shards}\ndata_dir = {:?}\n[queue]\nsegment_bytes = \"32MiB\"\n{queue_section}\n[spool]\ndir = {:?}\nscan_interval_ms = 50\n[log]\ndir = {:?}\n{extra}\n",
             base.join("data"),
@@ -224,3 +233,5 @@ pub fn campaign(n: usize) -> Vec<u8> {
 pub fn is_file(p: &Path) -> bool {
     p.is_file()
 }
+
+pub mod sink;

@@ -17,8 +17,11 @@
 //! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
 //! and is replayed at the next start), SIGHUP reloads the configuration.
 
+mod deliver;
+
 use crate::config::{Config, ConfigError};
 use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
+use crate::dns::resolver::Resolver;
 use crate::intake::{input_kind, Event, Parser, Rejection};
 use crate::preflight::{self, IO_MEMORY_BYTES_PER_SHARD};
 use crate::queue::record::Reader;
@@ -111,6 +114,9 @@ pub struct Counters {
     pub inputs_done: AtomicU64,
     pub inputs_bad: AtomicU64,
     pub live_recipients: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Bounced or expired.
+    pub failed: AtomicU64,
 }
 
 /// State shared by the main thread and every shard: flags and counters only, never touched
@@ -126,6 +132,8 @@ pub struct Shared {
     ready: AtomicUsize,
     intake_running: AtomicUsize,
     exited: AtomicUsize,
+    /// Connection workers running on any shard; the drain waits for them.
+    delivery_workers: AtomicUsize,
     pub counters: Counters,
 }
 
@@ -155,12 +163,43 @@ impl Shared {
 }
 
 enum DataMsg {
-    Append { claimer: usize, chunk: Chunk },
+    Append {
+        claimer: usize,
+        chunk: Chunk,
+    },
+    /// Home to owner: rendered messages for `granted` credit (possibly fewer).
+    Prepared {
+        scope: String,
+        home: usize,
+        granted: u32,
+        msgs: Vec<deliver::Prepared>,
+    },
 }
 
 enum CtlMsg {
-    Appended { batch_id: u64, recipients: u32 },
-    Released { batch_id: u64 },
+    Appended {
+        batch_id: u64,
+        recipients: u32,
+    },
+    Released {
+        batch_id: u64,
+    },
+    /// Home to owner: how many recipients wait at `home` for `scope`.
+    Demand {
+        scope: crate::delivery::scope::Scope,
+        home: usize,
+        count: u32,
+    },
+    /// Owner to home: send up to `n` messages for `scope`.
+    Credit {
+        scope: String,
+        n: u32,
+    },
+    /// Owner to home: results.
+    Outcomes {
+        scope: String,
+        items: Vec<deliver::OutcomeItem>,
+    },
 }
 
 /// A running engine; `wait` blocks until it stops.
@@ -197,6 +236,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         ready: AtomicUsize::new(0),
         intake_running: AtomicUsize::new(shards),
         exited: AtomicUsize::new(0),
+        delivery_workers: AtomicUsize::new(0),
         counters: Counters::default(),
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
@@ -413,8 +453,9 @@ struct Shard {
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
     /// Chunks appended and waiting for the next group commit.
-    /// (claiming shard, chunk, false if it was committed before a restart).
-    unsynced: RefCell<Vec<(usize, Chunk, bool)>>,
+    /// (claiming shard, chunk, its first recipient's seq; None if it was committed before a
+    /// restart).
+    unsynced: RefCell<Vec<(usize, Chunk, Option<u64>)>>,
     unsynced_records: Cell<usize>,
     sync_kick: LocalSender<()>,
     /// Set at shutdown: the group commit makes a last pass and ends.
@@ -424,6 +465,9 @@ struct Shard {
     last_batch_id: Cell<u64>,
     /// Claimed inputs that could not be read, with when that happened.
     retry: RefCell<Vec<(Instant, Claimed)>>,
+    home: RefCell<deliver::Home>,
+    owner: RefCell<deliver::Owner>,
+    resolver: Resolver,
 }
 
 async fn shard_main(
@@ -462,8 +506,10 @@ async fn shard_main(
         ))
         .detach();
     }
+    shard.home.borrow_mut().load(&shard.queue.borrow().index);
     let syncer = spawn_local(group_commit(Rc::clone(&shard), kick_rx));
     spawn_local(maintenance(Rc::clone(&shard))).detach();
+    spawn_local(deliver::scheduler(Rc::clone(&shard))).detach();
     shared.ready.fetch_add(1, Ordering::SeqCst);
     while shared.ready.load(Ordering::SeqCst) < shards && !shared.failed() {
         sleep(Duration::from_millis(2)).await;
@@ -477,7 +523,17 @@ async fn shard_main(
     while shared.intake_running.load(Ordering::SeqCst) > 0 && !shared.failed() {
         sleep(Duration::from_millis(5)).await;
     }
+    // Let transactions in flight finish (up to a deadline) so their outcomes are recorded.
     shard.closing.set(true);
+    let drain_started = Instant::now();
+    while shared.delivery_workers.load(Ordering::SeqCst) > 0
+        && drain_started.elapsed() < deliver::DRAIN_DEADLINE
+        && !shared.failed()
+    {
+        sleep(Duration::from_millis(5)).await;
+    }
+    // Outcomes sent by other shards' last workers arrive through the control mesh.
+    sleep(Duration::from_millis(20)).await;
     let _ = shard.sync_kick.try_send(());
     syncer.await;
     let blocking = shard.queue.borrow().blocking_rollovers;
@@ -544,14 +600,21 @@ fn open_shard(
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
+            home: RefCell::new(deliver::Home::default()),
+            owner: RefCell::new(deliver::Owner::default()),
+            resolver: Resolver::new(
+                config.dns.nameservers.clone(),
+                unix_ms() ^ ((id as u64) << 48) ^ u64::from(std::process::id()),
+                unix_ms,
+            ),
         },
         kick_rx,
     ))
 }
 
 async fn data_receiver(shard: Rc<Shard>, rx: Rc<Receivers<DataMsg>>, peer: usize) {
-    while let Ok(Some(DataMsg::Append { claimer, chunk })) = rx.recv_from(peer).await {
-        shard.append(claimer, chunk);
+    while let Ok(Some(msg)) = rx.recv_from(peer).await {
+        shard.on_data(peer, msg);
     }
 }
 
@@ -622,8 +685,12 @@ async fn maintenance(shard: Rc<Shard>) {
             }
             let compacted = shard.queue.borrow_mut().compact_oldest();
             match compacted {
-                Ok(0) => {}
-                Ok(_) => {
+                Ok(moved) if moved.is_empty() => {}
+                Ok(moved) => {
+                    shard
+                        .home
+                        .borrow_mut()
+                        .requeue_moved(&shard.queue.borrow().index, &moved);
                     let _ = shard.sync_kick.try_send(());
                 }
                 Err(e) => {
@@ -656,12 +723,16 @@ impl Shard {
         }
         let appended = self.queue.borrow_mut().append_chunk(&chunk);
         let fresh = match appended {
-            Ok(ChunkAppend::Appended { recipients, .. }) => {
+            Ok(ChunkAppend::Appended {
+                recipients,
+                first_recipient_seq,
+                ..
+            }) => {
                 self.unsynced_records
                     .set(self.unsynced_records.get() + recipients as usize);
-                true
+                Some(first_recipient_seq)
             }
-            Ok(ChunkAppend::AlreadyCommitted) => false,
+            Ok(ChunkAppend::AlreadyCommitted) => None,
             Err(e) => {
                 self.shared.fail(e.to_string());
                 return;
@@ -691,10 +762,14 @@ impl Shard {
         let mut queued = 0u64;
         {
             let mut log = self.log.borrow_mut();
-            // A chunk committed before a restart was logged and counted then.
-            for (_, chunk, _) in done.iter().filter(|(_, _, fresh)| *fresh) {
+            // A chunk committed before a restart was logged and counted then, and recovery
+            // handed its recipients to the scheduler.
+            let mut home = self.home.borrow_mut();
+            for (_, chunk, first) in &done {
+                let Some(first) = *first else { continue };
                 log_receptions(&mut log, chunk, now).map_err(|e| format!("delivery log: {e}"))?;
                 queued += chunk.len() as u64;
+                home.add_ready(first..first + chunk.len() as u64);
             }
             log.flush().map_err(|e| format!("delivery log: {e}"))?;
         }
@@ -722,13 +797,28 @@ impl Shard {
         Ok(())
     }
 
-    fn on_control(&self, msg: CtlMsg) {
+    fn on_control(self: &Rc<Self>, msg: CtlMsg) {
         match msg {
             CtlMsg::Appended {
                 batch_id,
                 recipients,
             } => self.route_ack(batch_id, recipients),
             CtlMsg::Released { batch_id } => self.queue.borrow_mut().release_batch(batch_id),
+            CtlMsg::Demand { scope, home, count } => self.on_demand(scope, home, count),
+            CtlMsg::Credit { scope, n } => self.on_credit(scope, n),
+            CtlMsg::Outcomes { scope, items } => self.on_outcomes(items, scope),
+        }
+    }
+
+    fn on_data(self: &Rc<Self>, _from: usize, msg: DataMsg) {
+        match msg {
+            DataMsg::Append { claimer, chunk } => self.append(claimer, chunk),
+            DataMsg::Prepared {
+                scope,
+                home,
+                granted,
+                msgs,
+            } => self.on_prepared(scope, home, granted, msgs),
         }
     }
 

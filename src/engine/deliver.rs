@@ -1,0 +1,952 @@
+//! The delivery runtime: home shards schedule, route and render their recipients; the owner
+//! shard of each throttle scope holds its connections and limits and pulls rendered messages
+//! from the homes with bounded credit (DESIGN.md, "Home shards store and prepare; owner shards
+//! send").
+//!
+//! Home side: due recipients are routed (static route, else MX through the shard's resolver)
+//! to a scope; the home tells the scope's owner how many it has waiting (`Demand`). Owner side:
+//! the owner grants `Credit` while its window (`connection_limit` x `WINDOW_PER_CONNECTION`
+//! messages ready or promised) has room; the home renders that many messages and sends them
+//! (`Prepared`). Owner workers, at most `connection_limit` per scope, each keep one persistent
+//! connection, pace sends to `max_message_rate` and reconnect after
+//! `max_deliveries_per_connection`. Every result goes back to the home (`Outcomes`), which
+//! appends it to its queue (group-committed) and to the delivery log, and schedules retries.
+//!
+//! Control handlers never wait: anything they send goes out from a spawned task.
+
+use super::{CtlMsg, DataMsg, Shard};
+use crate::config::Config;
+use crate::delivery::connection::Connection;
+use crate::delivery::policy::{
+    category_of, classify, classify_destination, BounceCategory, Fault, Next, Outcome, RetryPolicy,
+    Verdict,
+};
+use crate::delivery::scope::{
+    host_port, owner_shard, scope_for_mx, scope_for_route, static_route, Scope,
+};
+use crate::delivery_log::{EventType, LogRecord};
+use crate::dns::resolver::Destination;
+use crate::queue::record::{
+    MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
+};
+use crate::queue::store::{unix_ms, EntryState, Index};
+use crate::smtp::session::{RcptResult, Timeouts, Transaction};
+use crate::template::{header_section_end, Template};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Demand is re-announced this often while recipients wait, whatever the owner's view.
+pub const DEMAND_REFRESH: Duration = Duration::from_secs(1);
+/// How often the scheduler looks for due recipients.
+pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
+/// Recipients routed per tick at most, so one tick stays short.
+pub const ROUTE_PER_TICK_MAX: usize = 8192;
+/// Messages an owner keeps ready or promised per allowed connection.
+pub const WINDOW_PER_CONNECTION: u32 = 16;
+/// A route (scope, or a routing failure) is reused this long before resolving again.
+pub const ROUTE_TTL: Duration = Duration::from_secs(60);
+/// A temporary routing failure is reused this long.
+pub const ROUTE_FAILURE_TTL: Duration = Duration::from_secs(5);
+/// An idle connection worker closes its connection after this long.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
+/// A recipient whose connection was closed with 421 is retried this soon, without counting
+/// an attempt against it.
+pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
+/// After failing to connect to every host of a scope, a worker waits this long.
+pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// At shutdown, in-flight transactions get this long to finish.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A rendered message for one recipient, on its way from home to owner.
+pub struct Prepared {
+    pub seq: u64,
+    pub home: usize,
+    pub mail_from: String,
+    pub rcpt: String,
+    pub message: Vec<u8>,
+    pub message_id: String,
+}
+
+/// One recipient's result, on its way from owner to home.
+pub struct OutcomeItem {
+    pub seq: u64,
+    pub rcpt: String,
+    pub message_id: String,
+    pub result: RcptResult,
+    pub mx: String,
+    pub ip: String,
+}
+
+#[derive(Clone)]
+enum RouteResult {
+    Scope(Scope, usize),
+    /// Routing itself decided: a bounce (null MX, NXDOMAIN) or a temporary DNS failure.
+    Decided(Outcome),
+}
+
+/// What rendering a message needs, parsed once per message record.
+struct Rendering {
+    template: Template,
+    batch_id: u64,
+    sender: String,
+    campaign: String,
+    tenant: String,
+    verbatim: bool,
+}
+
+/// Home-side delivery state of a shard.
+#[derive(Default)]
+pub struct Home {
+    ready: VecDeque<u64>,
+    deferred: BinaryHeap<Reverse<(u64, u64)>>,
+    routes: HashMap<Box<str>, (RouteResult, Instant)>,
+    /// Domains being resolved, with the recipients waiting for them.
+    resolving: HashMap<Box<str>, Vec<u64>>,
+    /// Routed recipients per scope, waiting for credit.
+    pending: HashMap<String, (Scope, usize, VecDeque<u64>)>,
+    /// Per scope: the owner's view of our demand (what we announced, less the credit it
+    /// granted since) and when we last announced.
+    announced: HashMap<String, (u32, Instant)>,
+    renderings: HashMap<u64, Rc<Rendering>>,
+}
+
+impl Home {
+    /// After recovery: everything live is waiting or deferred.
+    pub fn load(&mut self, index: &Index) {
+        for (seq, e) in index.live_entries() {
+            match e.state {
+                EntryState::Deferred => self
+                    .deferred
+                    .push(Reverse((u64::from(e.due_unix_s) * 1000, seq))),
+                EntryState::Waiting | EntryState::InFlight | EntryState::Vacant => {
+                    self.ready.push_back(seq)
+                }
+            }
+        }
+    }
+
+    pub fn add_ready(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        self.ready.extend(seqs);
+    }
+
+    /// Compaction moved these recipients to new sequence numbers.
+    pub fn requeue_moved(&mut self, index: &Index, moved: &[u64]) {
+        for &seq in moved {
+            match index.entry(seq).map(|e| (e.state, e.due_unix_s)) {
+                Some((EntryState::Deferred, due)) => {
+                    self.deferred.push(Reverse((u64::from(due) * 1000, seq)))
+                }
+                Some((EntryState::Waiting, _)) => self.ready.push_back(seq),
+                Some((EntryState::InFlight | EntryState::Vacant, _)) | None => {}
+            }
+        }
+    }
+}
+
+/// Owner-side state of one scope.
+struct OwnerScope {
+    scope: Scope,
+    connection_limit: u32,
+    /// Pacing for `max_message_rate`.
+    interval: Option<Duration>,
+    max_per_connection: u32,
+    demand: Vec<u32>,
+    credit_out: Vec<u32>,
+    ready: VecDeque<Prepared>,
+    workers: u32,
+    next_send: Instant,
+    rr: usize,
+}
+
+#[derive(Default)]
+pub struct Owner {
+    scopes: HashMap<String, OwnerScope>,
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy {
+        first: config.delivery.retry_first,
+        max_interval: config.delivery.retry_max_interval,
+        max_age: config.delivery.max_age,
+        jitter: 0.1,
+    }
+}
+
+/// The home scheduler: due deferrals to ready, ready to routed, demand to owners.
+pub async fn scheduler(shard: Rc<Shard>) {
+    while !shard.closing.get() && !shard.shared.failed() {
+        if !shard.config.borrow().delivery.paused {
+            shard.schedule();
+        }
+        sleep(SCHEDULE_TICK).await;
+    }
+}
+
+impl Shard {
+    fn schedule(self: &Rc<Self>) {
+        let now = unix_ms();
+        let mut to_resolve = Vec::new();
+        let mut decided = Vec::new();
+        {
+            let queue = self.queue.borrow();
+            let index = &queue.index;
+            let mut home = self.home.borrow_mut();
+            while let Some(&Reverse((due, seq))) = home.deferred.peek() {
+                if due > now {
+                    break;
+                }
+                home.deferred.pop();
+                home.ready.push_back(seq);
+            }
+            let mut n = 0;
+            while n < ROUTE_PER_TICK_MAX {
+                let Some(seq) = home.ready.pop_front() else {
+                    break;
+                };
+                let Some(e) = index.entry(seq) else { continue };
+                if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
+                    continue;
+                }
+                n += 1;
+                let domain = &index.domain_names[e.domain as usize];
+                let cached = home
+                    .routes
+                    .get(domain)
+                    .filter(|(_, until)| *until > Instant::now())
+                    .map(|(r, _)| r.clone());
+                match cached {
+                    Some(RouteResult::Scope(scope, owner)) => {
+                        let entry = home
+                            .pending
+                            .entry(scope.key.clone())
+                            .or_insert_with(|| (scope, owner, VecDeque::new()));
+                        entry.2.push_back(seq);
+                    }
+                    Some(RouteResult::Decided(outcome)) => decided.push((seq, outcome)),
+                    None => {
+                        let parked = home.resolving.entry(domain.clone()).or_default();
+                        if parked.is_empty() {
+                            to_resolve.push(domain.to_string());
+                        }
+                        parked.push(seq);
+                    }
+                }
+            }
+        }
+        for (seq, outcome) in decided {
+            self.finish(seq, &outcome, None);
+        }
+        for domain in to_resolve {
+            spawn_local(resolve(Rc::clone(self), domain)).detach();
+        }
+        self.announce_demand();
+    }
+
+    /// Tells each owner how many recipients wait here for its scopes: when that differs from
+    /// the owner's view, and now and then anyway, so no drift can leave recipients waiting.
+    fn announce_demand(self: &Rc<Self>) {
+        let mut messages = Vec::new();
+        {
+            let mut home = self.home.borrow_mut();
+            let home = &mut *home;
+            let now = Instant::now();
+            for (key, (scope, owner, q)) in &home.pending {
+                let count = q.len() as u32;
+                let stale = |&(view, at): &(u32, Instant)| {
+                    view != count || (count > 0 && now.duration_since(at) >= DEMAND_REFRESH)
+                };
+                if home.announced.get(key).is_none_or(stale) {
+                    home.announced.insert(key.clone(), (count, now));
+                    messages.push((*owner, scope.clone(), count));
+                }
+            }
+        }
+        for (owner, scope, count) in messages {
+            self.send_ctl(
+                owner,
+                CtlMsg::Demand {
+                    scope,
+                    home: self.id,
+                    count,
+                },
+            );
+        }
+    }
+
+    /// Owner: a home's demand changed.
+    pub(super) fn on_demand(self: &Rc<Self>, scope: Scope, home: usize, count: u32) {
+        {
+            let config = self.config.borrow().clone();
+            let mut owner = self.owner.borrow_mut();
+            let shards = self.shards;
+            let s = owner
+                .scopes
+                .entry(scope.key.clone())
+                .or_insert_with(|| new_owner_scope(&config, scope.clone(), shards));
+            s.scope = scope;
+            s.demand[home] = count;
+        }
+        self.grant();
+    }
+
+    /// Owner: hands out credit where the window has room, round-robin over homes.
+    fn grant(self: &Rc<Self>) {
+        let mut credits = Vec::new();
+        {
+            let mut owner = self.owner.borrow_mut();
+            for (key, s) in owner.scopes.iter_mut() {
+                let window = s.connection_limit * WINDOW_PER_CONNECTION;
+                let promised: u32 = s.credit_out.iter().sum();
+                let mut room = window.saturating_sub(s.ready.len() as u32 + promised);
+                let homes = s.demand.len();
+                let mut idle_rounds = 0;
+                while room > 0 && idle_rounds < homes {
+                    let h = s.rr % homes;
+                    s.rr += 1;
+                    let want = s.demand[h];
+                    if want == 0 {
+                        idle_rounds += 1;
+                        continue;
+                    }
+                    idle_rounds = 0;
+                    let n = want.min(room).min(WINDOW_PER_CONNECTION);
+                    s.demand[h] -= n;
+                    s.credit_out[h] += n;
+                    room -= n;
+                    credits.push((h, key.clone(), n));
+                }
+            }
+        }
+        for (home, scope, n) in credits {
+            self.send_ctl(home, CtlMsg::Credit { scope, n });
+        }
+    }
+
+    /// Home: renders up to `n` waiting recipients of `scope` and sends them to its owner.
+    pub(super) fn on_credit(self: &Rc<Self>, scope: String, n: u32) {
+        let config = self.config.borrow().clone();
+        let mut msgs = Vec::new();
+        let mut failed = Vec::new();
+        let owner = {
+            let mut home = self.home.borrow_mut();
+            // The owner took this credit off its view of our demand; so do we.
+            if let Some((view, _)) = home.announced.get_mut(&scope) {
+                *view = view.saturating_sub(n);
+            }
+            let Some((_, owner, q)) = home.pending.get_mut(&scope) else {
+                // Nothing here any more: give the credit back.
+                drop(home);
+                self.send_data(
+                    owner_shard(&scope, self.shards),
+                    DataMsg::Prepared {
+                        scope,
+                        home: self.id,
+                        granted: n,
+                        msgs,
+                    },
+                );
+                return;
+            };
+            let owner = *owner;
+            let mut taken = Vec::new();
+            while taken.len() < n as usize {
+                let Some(seq) = q.pop_front() else { break };
+                taken.push(seq);
+            }
+            drop(home);
+            for seq in taken {
+                match self.render(seq, &config) {
+                    Ok(Some(p)) => msgs.push(p),
+                    Ok(None) => {}
+                    Err(why) => failed.push((seq, why)),
+                }
+            }
+            owner
+        };
+        for (seq, why) in failed {
+            eprintln!(
+                "spate: shard {}: cannot render recipient {seq}: {why}",
+                self.id
+            );
+        }
+        self.send_data(
+            owner,
+            DataMsg::Prepared {
+                scope,
+                home: self.id,
+                granted: n,
+                msgs,
+            },
+        );
+    }
+
+    /// Renders one recipient's message, marking it in flight; `None` if it is no longer due.
+    fn render(&self, seq: u64, config: &Config) -> Result<Option<Prepared>, String> {
+        let mut queue = self.queue.borrow_mut();
+        let Some(e) = queue.index.entry(seq).copied() else {
+            return Ok(None);
+        };
+        if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
+            return Ok(None);
+        }
+        let payload = queue.payload_at(seq, e.offset).map_err(|e| e.to_string())?;
+        let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
+        let rendering = self.rendering(&queue, r.message_seq)?;
+        let mut message = Vec::with_capacity(rendering.template.source().len() + 256);
+        let mut message_id = find_header(rendering.template.source(), "message-id");
+        if !rendering.verbatim {
+            if message_id.is_none() {
+                let id = format!("<{:x}.{seq}@{}>", rendering.batch_id, config.smtp.helo_name);
+                message.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
+                message_id = Some(id);
+            }
+            if find_header(rendering.template.source(), "date").is_none() {
+                message.extend_from_slice(b"Date: ");
+                message.extend_from_slice(rfc5322_date(unix_ms()).as_bytes());
+                message.extend_from_slice(b"\r\n");
+            }
+        }
+        if r.values.len() != rendering.template.var_names().len() {
+            return Err("values do not match the template".into());
+        }
+        rendering.template.render_into(&r.values, &mut message);
+        if message_id.as_deref().is_some_and(|m| m.contains("{{")) {
+            message_id = find_header(&message, "message-id");
+        }
+        queue.index.set_in_flight(seq, true);
+        Ok(Some(Prepared {
+            seq,
+            home: self.id,
+            mail_from: rendering.sender.clone(),
+            rcpt: r.recipient.to_string(),
+            message,
+            message_id: message_id.unwrap_or_default(),
+        }))
+    }
+
+    fn rendering(
+        &self,
+        queue: &crate::queue::store::ShardQueue,
+        message_seq: u64,
+    ) -> Result<Rc<Rendering>, String> {
+        if let Some(r) = self.home.borrow().renderings.get(&message_seq) {
+            return Ok(Rc::clone(r));
+        }
+        let info = queue
+            .index
+            .messages
+            .get(&message_seq)
+            .ok_or("message record missing")?;
+        let payload = queue
+            .payload_at(message_seq, info.offset)
+            .map_err(|e| e.to_string())?;
+        let m = MessagePayload::decode(&payload).map_err(|e| e.to_string())?;
+        let verbatim = m.flags & MESSAGE_VERBATIM != 0;
+        let template = if verbatim {
+            Template::verbatim(m.body.to_vec())
+        } else {
+            Template::parse(m.body.to_vec()).map_err(|e| e.0)?
+        };
+        let r = Rc::new(Rendering {
+            template,
+            batch_id: m.batch_id,
+            sender: m.sender.to_string(),
+            campaign: m.campaign.to_string(),
+            tenant: m.tenant.to_string(),
+            verbatim,
+        });
+        self.home
+            .borrow_mut()
+            .renderings
+            .insert(message_seq, Rc::clone(&r));
+        Ok(r)
+    }
+
+    /// Owner: rendered messages arrived from a home.
+    pub(super) fn on_prepared(
+        self: &Rc<Self>,
+        scope: String,
+        home: usize,
+        granted: u32,
+        msgs: Vec<Prepared>,
+    ) {
+        let spawn = {
+            let mut owner = self.owner.borrow_mut();
+            let Some(s) = owner.scopes.get_mut(&scope) else {
+                return;
+            };
+            s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
+            s.ready.extend(msgs);
+            let wanted = (s.ready.len() as u32).min(s.connection_limit);
+            let spawn = wanted.saturating_sub(s.workers);
+            s.workers += spawn;
+            spawn
+        };
+        for _ in 0..spawn {
+            self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
+            spawn_local(worker(Rc::clone(self), scope.clone())).detach();
+        }
+        self.grant();
+    }
+
+    /// Home: results from an owner.
+    pub(super) fn on_outcomes(self: &Rc<Self>, items: Vec<OutcomeItem>, scope: String) {
+        for item in items {
+            let outcome = classify(&item.result);
+            self.finish(item.seq, &outcome, Some((&item, scope.as_str())));
+        }
+        let _ = self.sync_kick.try_send(());
+    }
+
+    /// Records what happened to one recipient: queue record, delivery log, next step.
+    fn finish(&self, seq: u64, o: &Outcome, via: Option<(&OutcomeItem, &str)>) {
+        let config = self.config.borrow().clone();
+        let now = unix_ms();
+        let mut queue = self.queue.borrow_mut();
+        let Some(e) = queue.index.entry(seq).copied() else {
+            return;
+        };
+        if e.state == EntryState::Vacant {
+            return;
+        }
+        let attempt = u32::from(e.attempts) + 1;
+        let message = queue.index.messages.get(&e.message_seq).cloned();
+        let queued_ms = message.as_ref().map_or(now, |m| m.created_unix_ms);
+        let domain = queue.index.domain_names[e.domain as usize].to_string();
+        let (event, state, due_ms, category) = match o.verdict {
+            Verdict::Delivered => (EventType::Delivery, OutcomeState::Delivered, 0, None),
+            Verdict::Bounced => (EventType::Bounce, OutcomeState::Bounced, 0, o.category),
+            Verdict::Deferred if o.fault == Fault::Connection && o.code == 421 => (
+                EventType::TransientFailure,
+                OutcomeState::Deferred,
+                now + SERVICE_CLOSING_RETRY.as_millis() as u64,
+                None,
+            ),
+            Verdict::Deferred => {
+                let random =
+                    (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
+                match retry_policy(&config).next(attempt, queued_ms, now, random) {
+                    Next::RetryAt { unix_ms } => (
+                        EventType::TransientFailure,
+                        OutcomeState::Deferred,
+                        unix_ms,
+                        None,
+                    ),
+                    Next::Expire => {
+                        let category = if o.code == 0 {
+                            BounceCategory::NoAnswer
+                        } else {
+                            category_of(o.enhanced, &o.response)
+                        };
+                        (
+                            EventType::Expiration,
+                            OutcomeState::Expired,
+                            0,
+                            Some(category),
+                        )
+                    }
+                }
+            }
+        };
+        // A 421 says nothing about the message: the attempt is not counted.
+        let attempts = if state == OutcomeState::Deferred && due_ms > 0 && o.code == 421 {
+            e.attempts
+        } else {
+            attempt.min(255) as u8
+        };
+        if let Err(err) = queue.append_outcome(OutcomePayload {
+            recipient_seq: seq,
+            state,
+            attempts: u16::from(attempts),
+            due_unix_ms: due_ms,
+            ts_unix_ms: now,
+        }) {
+            self.shared.fail(err.to_string());
+            return;
+        }
+        let rcpt_from_queue;
+        let (rcpt, message_id, mx, ip, provider) = match via {
+            Some((item, scope)) => (
+                item.rcpt.as_str(),
+                item.message_id.as_str(),
+                item.mx.as_str(),
+                item.ip.as_str(),
+                scope,
+            ),
+            None => {
+                rcpt_from_queue = queue
+                    .payload_at(seq, e.offset)
+                    .ok()
+                    .and_then(|p| {
+                        RecipientPayload::decode_recipient(&p)
+                            .ok()
+                            .map(|(_, r)| r.to_string())
+                    })
+                    .unwrap_or_default();
+                (rcpt_from_queue.as_str(), "", "", "", "")
+            }
+        };
+        drop(queue);
+        let rendering = self.home.borrow().renderings.get(&e.message_seq).cloned();
+        let (sender, campaign, tenant) = match &rendering {
+            Some(r) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
+            None => ("", "", ""),
+        };
+        let enhanced = o.enhanced.map(|c| c.to_string()).unwrap_or_default();
+        let record = LogRecord {
+            ts_unix_ms: now,
+            event: Some(event),
+            recipient: rcpt,
+            sender,
+            campaign,
+            tenant,
+            domain: &domain,
+            provider,
+            mx,
+            ip,
+            code: Some(o.code),
+            enhanced: &enhanced,
+            response: &o.response,
+            attempt: Some(attempt),
+            message_id,
+            bounce_category: category.map_or("", BounceCategory::as_str),
+        };
+        if let Err(err) = self.log.borrow_mut().append(&record) {
+            self.shared.fail(format!("delivery log: {err}"));
+        }
+        match state {
+            OutcomeState::Deferred => self.home.borrow_mut().deferred.push(Reverse((due_ms, seq))),
+            OutcomeState::Delivered
+            | OutcomeState::Bounced
+            | OutcomeState::Expired
+            | OutcomeState::Moved => {
+                self.shared
+                    .counters
+                    .live_recipients
+                    .fetch_sub(1, Ordering::Relaxed);
+                match state {
+                    OutcomeState::Delivered => self
+                        .shared
+                        .counters
+                        .delivered
+                        .fetch_add(1, Ordering::Relaxed),
+                    _ => self.shared.counters.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+    }
+
+    fn send_ctl(self: &Rc<Self>, to: usize, msg: CtlMsg) {
+        let shard = Rc::clone(self);
+        spawn_local(async move {
+            if to == shard.id {
+                shard.on_control(msg);
+            } else {
+                let _ = shard.ctl_tx.send_to(to, msg).await;
+            }
+        })
+        .detach();
+    }
+
+    fn send_data(self: &Rc<Self>, to: usize, msg: DataMsg) {
+        let shard = Rc::clone(self);
+        spawn_local(async move {
+            if to == shard.id {
+                shard.on_data(shard.id, msg);
+            } else {
+                let _ = shard.data_tx.send_to(to, msg).await;
+            }
+        })
+        .detach();
+    }
+}
+
+fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
+    let provider = config.providers.get(&scope.key);
+    let (connection_limit, interval, max_per_connection) = match provider {
+        Some(p) => (
+            p.connection_limit,
+            p.max_message_rate.map(|r| r.per / r.messages.max(1) as u32),
+            p.max_deliveries_per_connection,
+        ),
+        None => (
+            config.delivery.site_connection_limit,
+            None,
+            crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+        ),
+    };
+    OwnerScope {
+        scope,
+        connection_limit,
+        interval,
+        max_per_connection,
+        demand: vec![0; shards],
+        credit_out: vec![0; shards],
+        ready: VecDeque::new(),
+        workers: 0,
+        next_send: Instant::now(),
+        rr: 0,
+    }
+}
+
+/// Resolves a domain to its scope (or a routing decision), then releases the recipients that
+/// waited for it.
+async fn resolve(shard: Rc<Shard>, domain: String) {
+    let config = shard.config.borrow().clone();
+    let (result, ttl) = match static_route(&config.routes, &domain) {
+        Some(route) => {
+            let scope = scope_for_route(&config, route);
+            let owner = owner_shard(&scope.key, shard.shards);
+            (RouteResult::Scope(scope, owner), ROUTE_TTL)
+        }
+        None => {
+            let d = shard.resolver.destination(&domain).await;
+            match (&d, classify_destination(&domain, &d)) {
+                (Destination::Hosts(hosts), None) => {
+                    let scope = scope_for_mx(&config, hosts);
+                    let owner = owner_shard(&scope.key, shard.shards);
+                    (RouteResult::Scope(scope, owner), ROUTE_TTL)
+                }
+                (_, Some(o)) if o.verdict == Verdict::Deferred => {
+                    (RouteResult::Decided(o), ROUTE_FAILURE_TTL)
+                }
+                (_, Some(o)) => (RouteResult::Decided(o), ROUTE_TTL),
+                (_, None) => (
+                    RouteResult::Decided(Outcome {
+                        verdict: Verdict::Deferred,
+                        fault: Fault::Connection,
+                        code: 0,
+                        enhanced: None,
+                        response: format!("no route to {domain}"),
+                        category: None,
+                        pushback: false,
+                    }),
+                    ROUTE_FAILURE_TTL,
+                ),
+            }
+        }
+    };
+    let mut home = shard.home.borrow_mut();
+    home.routes
+        .insert(domain.as_str().into(), (result, Instant::now() + ttl));
+    let parked = home.resolving.remove(domain.as_str()).unwrap_or_default();
+    // Back to the front: the next tick routes them from the cache.
+    for seq in parked.into_iter().rev() {
+        home.ready.push_front(seq);
+    }
+}
+
+/// One connection's worth of sending for a scope, on its owner shard.
+async fn worker(shard: Rc<Shard>, key: String) {
+    let mut conn: Option<Connection> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        if shard.shared.failed() {
+            break;
+        }
+        let next = {
+            let mut owner = shard.owner.borrow_mut();
+            let Some(s) = owner.scopes.get_mut(&key) else {
+                break;
+            };
+            let msg = s.ready.pop_front();
+            let wait = match (&msg, s.interval) {
+                (Some(_), Some(interval)) => {
+                    let now = Instant::now();
+                    let at = s.next_send.max(now);
+                    s.next_send = at + interval;
+                    at - now
+                }
+                _ => Duration::ZERO,
+            };
+            msg.map(|m| (m, wait, s.scope.clone(), s.max_per_connection))
+        };
+        let Some((msg, wait, scope, max_per_connection)) = next else {
+            if shard.closing.get() || idle_since.elapsed() >= IDLE_CLOSE {
+                break;
+            }
+            sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        shard.grant();
+        if !wait.is_zero() {
+            sleep(wait).await;
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| !c.is_usable() || c.deliveries >= max_per_connection)
+        {
+            if let Some(c) = conn.take() {
+                c.quit().await;
+            }
+        }
+        if conn.is_none() {
+            match connect(&shard, &scope).await {
+                Ok(c) => conn = Some(c),
+                Err(why) => {
+                    send_outcomes(
+                        &shard,
+                        &key,
+                        msg.home,
+                        vec![outcome_item(&msg, RcptResult::ConnectionLost(why), "", "")],
+                    );
+                    sleep(CONNECT_FAILURE_PAUSE).await;
+                    idle_since = Instant::now();
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let (mx, ip) = (c.mx.clone(), c.addr.ip().to_string());
+        let tx = Transaction {
+            mail_from: msg.mail_from.clone(),
+            rcpts: vec![msg.rcpt.clone()],
+            message: std::mem::take(&mut { msg.message.clone() }),
+        };
+        let result = c
+            .send(tx)
+            .await
+            .pop()
+            .unwrap_or_else(|| RcptResult::ConnectionLost("no result".into()));
+        send_outcomes(
+            &shard,
+            &key,
+            msg.home,
+            vec![outcome_item(&msg, result, &mx, &ip)],
+        );
+        idle_since = Instant::now();
+    }
+    if let Some(c) = conn.take() {
+        c.quit().await;
+    }
+    if let Some(s) = shard.owner.borrow_mut().scopes.get_mut(&key) {
+        s.workers = s.workers.saturating_sub(1);
+    }
+    shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn outcome_item(msg: &Prepared, result: RcptResult, mx: &str, ip: &str) -> OutcomeItem {
+    OutcomeItem {
+        seq: msg.seq,
+        rcpt: msg.rcpt.clone(),
+        message_id: msg.message_id.clone(),
+        result,
+        mx: mx.to_string(),
+        ip: ip.to_string(),
+    }
+}
+
+fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<OutcomeItem>) {
+    shard.send_ctl(
+        home,
+        CtlMsg::Outcomes {
+            scope: scope.to_string(),
+            items,
+        },
+    );
+}
+
+/// Opens a connection to the first host of the scope that answers.
+async fn connect(shard: &Rc<Shard>, scope: &Scope) -> Result<Connection, String> {
+    let config = shard.config.borrow().clone();
+    let mut last = String::from("no hosts");
+    for host in &scope.hosts {
+        let (name, port) = host_port(host, scope.port);
+        let addrs = match shard.resolver.addresses(&name).await {
+            Ok(a) => a,
+            Err(why) => {
+                last = why;
+                continue;
+            }
+        };
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, port);
+            match Connection::open(
+                &name,
+                addr,
+                &config.smtp.helo_name,
+                Timeouts::default(),
+                config.delivery.connect_timeout,
+            )
+            .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => last = format!("{name} [{addr}]: {e}"),
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The value of a header in a message's header section (first occurrence, unfolded).
+pub fn find_header(message: &[u8], name: &str) -> Option<String> {
+    let end = header_section_end(message).unwrap_or(message.len());
+    let head = std::str::from_utf8(&message[..end]).ok()?;
+    let mut lines = head
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .peekable();
+    while let Some(line) = lines.next() {
+        let Some((n, v)) = line.split_once(':') else {
+            continue;
+        };
+        if n.trim().eq_ignore_ascii_case(name) {
+            let mut value = v.trim().to_string();
+            while let Some(next) = lines.peek() {
+                if next.starts_with([' ', '\t']) {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(next.trim());
+                    lines.next();
+                } else {
+                    break;
+                }
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// RFC 5322 date in UTC, e.g. `Sun, 29 Nov 2026 15:44:14 +0000`.
+pub fn rfc5322_date(unix_ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut iso = Vec::new();
+    crate::delivery_log::rfc3339_utc(unix_ms, &mut iso);
+    let iso = String::from_utf8(iso).expect("ASCII");
+    let (y, m, d) = (&iso[0..4], &iso[5..7], &iso[8..10]);
+    let month = MONTHS[m.parse::<usize>().unwrap_or(1) - 1];
+    let day = DAYS[((unix_ms / 86_400_000) % 7) as usize];
+    format!(
+        "{day}, {} {month} {y} {} +0000",
+        d.trim_start_matches('0'),
+        &iso[11..19]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_and_dates() {
+        let m = b"From: a@b\r\nMessage-ID:\r\n <x@y>\r\nSubject: s\r\n\r\nMessage-ID: body";
+        assert_eq!(find_header(m, "message-id").as_deref(), Some("<x@y>"));
+        assert_eq!(find_header(m, "date"), None);
+        assert_eq!(
+            rfc5322_date(1_795_967_054_123),
+            "Sun, 29 Nov 2026 15:44:14 +0000"
+        );
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+    }
+}

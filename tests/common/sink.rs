@@ -1,0 +1,183 @@
+//! A scriptable SMTP receiver on loopback for tests: accepts mail (PIPELINING-capable, one
+//! thread per connection), answers per recipient domain as scripted, and records what it
+//! accepted. Stopped (and its threads joined) by `stop` or on drop; every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How the sink answers RCPT for a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    Accept,
+    /// 550 5.1.1 for every recipient.
+    UnknownUser,
+    /// 450 4.7.1 the first time a recipient is tried, then accept.
+    DeferOnce,
+}
+
+#[derive(Default)]
+pub struct Received {
+    /// Accepted deliveries per recipient (more than 1 is a duplicate).
+    pub deliveries: HashMap<String, usize>,
+    /// Message bodies, by recipient (the last one).
+    pub bodies: HashMap<String, String>,
+    pub rcpt_attempts: HashMap<String, usize>,
+    pub connections: usize,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Received>>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start(script: HashMap<String, Behaviour>) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script = Arc::new(script);
+        let (r, s) = (Arc::clone(&received), Arc::clone(&stop));
+        let acceptor = std::thread::spawn(move || {
+            let mut handlers = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        r.lock().unwrap().connections += 1;
+                        let (r, s, script) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&script));
+                        handlers.push(std::thread::spawn(move || serve(conn, &script, &r, &s)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            for h in handlers {
+                let _ = h.join();
+            }
+        });
+        Sink {
+            addr,
+            received,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    script: &HashMap<String, Behaviour>,
+    received: &Mutex<Received>,
+    stop: &AtomicBool,
+) {
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    let _ = w.write_all(b"220 sink.test ESMTP\r\n");
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut data: Option<String> = None;
+    let mut line = String::new();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        }
+        if !line.ends_with('\n') {
+            continue;
+        }
+        let cmd = std::mem::take(&mut line);
+        if let Some(body) = data.as_mut() {
+            if cmd == ".\r\n" {
+                let mut got = received.lock().unwrap();
+                for rcpt in rcpts.drain(..) {
+                    *got.deliveries.entry(rcpt.clone()).or_default() += 1;
+                    got.bodies.insert(rcpt, body.clone());
+                }
+                data = None;
+                let _ = w.write_all(b"250 2.0.0 queued\r\n");
+            } else {
+                body.push_str(&cmd);
+            }
+            continue;
+        }
+        let upper = cmd.to_ascii_uppercase();
+        let answer: String = if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+        } else if upper.starts_with("MAIL FROM") {
+            rcpts.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:<") {
+            let rcpt = cmd[9..].trim_end().trim_end_matches('>').to_string();
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+            let attempts = {
+                let mut got = received.lock().unwrap();
+                let n = got.rcpt_attempts.entry(rcpt.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            match script.get(&domain).copied().unwrap_or(Behaviour::Accept) {
+                Behaviour::UnknownUser => {
+                    "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".into()
+                }
+                Behaviour::DeferOnce if attempts == 1 => "450 4.7.1 try again later\r\n".into(),
+                Behaviour::Accept | Behaviour::DeferOnce => {
+                    rcpts.push(rcpt);
+                    "250 2.1.5 ok\r\n".into()
+                }
+            }
+        } else if upper.starts_with("DATA") {
+            if rcpts.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else {
+                data = Some(String::new());
+                "354 end with .\r\n".into()
+            }
+        } else if upper.starts_with("RSET") {
+            rcpts.clear();
+            "250 2.0.0 ok\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            let _ = w.write_all(b"221 2.0.0 bye\r\n");
+            return;
+        } else if upper.starts_with("NOOP") {
+            "250 2.0.0 ok\r\n".into()
+        } else {
+            "502 5.5.2 not implemented\r\n".into()
+        };
+        let _ = w.write_all(answer.as_bytes());
+    }
+}

@@ -1,0 +1,150 @@
+//! End-to-end delivery through the real binary to a scripted SMTP sink on loopback: every
+//! recipient ends with exactly one final delivery-log record of the right type, the sink gets
+//! each deliverable recipient exactly once, and the queue ends empty.
+
+mod common;
+
+use common::sink::{Behaviour, Sink};
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const DOMAINS: [&str; 4] = ["a.test", "b.test", "bounce.test", "slow.test"];
+const PER_DOMAIN: usize = 75;
+
+fn campaign_over_domains() -> Vec<u8> {
+    let mut s = format!("{HEADER}\n");
+    for d in DOMAINS {
+        for i in 0..PER_DOMAIN {
+            s.push_str(&format!(
+                "{{\"to\":\"user{i}@{d}\",\"vars\":{{\"first_name\":\"N{i}\"}}}}\n"
+            ));
+        }
+    }
+    s.into_bytes()
+}
+
+#[test]
+fn campaign_is_delivered_bounced_and_retried_with_one_final_record_each() {
+    let sink = Sink::start(HashMap::from([
+        ("bounce.test".to_string(), Behaviour::UnknownUser),
+        ("slow.test".to_string(), Behaviour::DeferOnce),
+    ]));
+    let routes: String = DOMAINS
+        .iter()
+        .map(|d| {
+            format!(
+                "[[routes]]\ndomain = \"{d}\"\nhosts = [\"{}\"]\n",
+                sink.addr
+            )
+        })
+        .collect();
+    let extra = format!(
+        "[delivery]\nretry_first = \"1s\"\nretry_max_interval = \"2s\"\nmax_age = \"1h\"\nsite_connection_limit = 4\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n{routes}"
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    env.drop_input("c.jsonl", &campaign_over_domains());
+
+    let total = DOMAINS.len() * PER_DOMAIN;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = env.log_records();
+        let done = records
+            .iter()
+            .filter(|r| r["type"] == "Delivery" || r["type"] == "Bounce")
+            .count();
+        if done >= total {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let mut last: HashMap<String, String> = HashMap::new();
+            for r in &records {
+                let rcpt = r["recipient"].as_str().unwrap().to_string();
+                last.insert(rcpt, r["type"].as_str().unwrap().to_string());
+            }
+            let stuck: Vec<_> = last
+                .iter()
+                .filter(|(_, t)| *t != "Delivery" && *t != "Bounce")
+                .take(8)
+                .collect();
+            let stuck_count = last
+                .values()
+                .filter(|t| *t != "Delivery" && *t != "Bounce")
+                .count();
+            panic!(
+                "{done}/{total} final; {stuck_count} stuck, e.g. (last event): {stuck:?}\nengine: {}",
+                engine.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+
+    let records = env.log_records();
+    let mut finals: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &records {
+        let t = r["type"].as_str().unwrap();
+        if matches!(t, "Delivery" | "Bounce" | "Expiration") {
+            finals
+                .entry(r["recipient"].as_str().unwrap().to_string())
+                .or_default()
+                .push(t.to_string());
+        }
+    }
+    assert_eq!(finals.len(), total, "every recipient has a final record");
+    assert!(
+        finals.values().all(|v| v.len() == 1),
+        "exactly one final record each"
+    );
+    for d in DOMAINS {
+        let want = if d == "bounce.test" {
+            "Bounce"
+        } else {
+            "Delivery"
+        };
+        for i in 0..PER_DOMAIN {
+            assert_eq!(finals[&format!("user{i}@{d}")], [want], "user{i}@{d}");
+        }
+    }
+    let bounce = records.iter().find(|r| r["type"] == "Bounce").unwrap();
+    assert_eq!(bounce["bounce_category"], "bad-mailbox");
+    assert_eq!(bounce["code"], 550);
+    assert_eq!(bounce["enhanced"], "5.1.1");
+    assert_eq!(bounce["provider"], "route:bounce.test");
+    let delivery = records.iter().find(|r| r["type"] == "Delivery").unwrap();
+    assert_eq!(delivery["code"], 250);
+    assert_eq!(delivery["ip"], "127.0.0.1");
+    assert_eq!(delivery["attempt"], 1);
+    assert!(delivery["message_id"].as_str().unwrap().starts_with('<'));
+    // slow.test: one TransientFailure, then a Delivery on attempt 2.
+    let slow: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["recipient"] == "user7@slow.test")
+        .collect();
+    let kinds: Vec<&str> = slow.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Reception", "TransientFailure", "Delivery"]);
+    assert_eq!(slow[1]["code"], 450);
+    assert_eq!(slow[2]["attempt"], 2);
+
+    let got = sink.received.lock().unwrap();
+    let delivered: usize = got.deliveries.values().sum();
+    assert_eq!(delivered, 3 * PER_DOMAIN, "no duplicates, none missing");
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    let body = &got.bodies["user3@a.test"];
+    assert!(body.contains("Subject: Hi N3\r\n"), "{body}");
+    assert!(body.contains("Message-ID: <"), "{body}");
+    assert!(body.contains("To: user3@a.test\r\n"), "{body}");
+    assert!(
+        got.connections < 3 * PER_DOMAIN,
+        "connections are reused: {}",
+        got.connections
+    );
+    drop(got);
+    sink.stop();
+
+    assert!(
+        env.queued_recipients().is_empty(),
+        "nothing left in the queue"
+    );
+}
