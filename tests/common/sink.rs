@@ -39,6 +39,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(script: HashMap<String, Behaviour>) -> Sink {
+        Sink::start_with_delay(script, Duration::ZERO)
+    }
+
+    /// Like `start`, but every message takes `delay` to be accepted (a slow receiver).
+    pub fn start_with_delay(script: HashMap<String, Behaviour>, delay: Duration) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -53,7 +58,9 @@ impl Sink {
                     Ok((conn, _)) => {
                         r.lock().unwrap().connections += 1;
                         let (r, s, script) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&script));
-                        handlers.push(std::thread::spawn(move || serve(conn, &script, &r, &s)));
+                        handlers.push(std::thread::spawn(move || {
+                            serve(conn, &script, &r, &s, delay)
+                        }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -93,7 +100,11 @@ fn serve(
     script: &HashMap<String, Behaviour>,
     received: &Mutex<Received>,
     stop: &AtomicBool,
+    delay: Duration,
 ) {
+    // Replies go out one write each; without this, Nagle holds each one back until the
+    // client's delayed ACK (40 ms), which real servers avoid by batching pipelined replies.
+    let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut w = conn.try_clone().unwrap();
@@ -123,6 +134,7 @@ fn serve(
         let cmd = std::mem::take(&mut line);
         if let Some(body) = data.as_mut() {
             if cmd == ".\r\n" {
+                std::thread::sleep(delay);
                 let mut got = received.lock().unwrap();
                 for rcpt in rcpts.drain(..) {
                     *got.deliveries.entry(rcpt.clone()).or_default() += 1;
