@@ -100,12 +100,17 @@ impl Resolver {
         }
         let mut out = Vec::new();
         let mut why = String::new();
+        // Whatever one type says, the other may still answer: some servers (dnsmasq with
+        // `address=`) return NXDOMAIN for AAAA of a name that has an A record.
         for qtype in [QueryType::A, QueryType::Aaaa] {
             match self.query(host, qtype).await {
                 Answer::Addrs { addrs, .. } => out.extend(addrs),
-                Answer::NxDomain { .. } => return Err(format!("{host}: no such host")),
+                Answer::NxDomain { .. } if why.is_empty() => why = "no such host".into(),
                 Answer::ServerFailure(w) => why = w,
-                _ => {}
+                Answer::NxDomain { .. }
+                | Answer::NoData { .. }
+                | Answer::Mx { .. }
+                | Answer::Truncated => {}
             }
         }
         if out.is_empty() {
@@ -252,6 +257,11 @@ mod tests {
             "null.test." => vec![mx("null.test.", 0, ".", 300)],
             "mx1.example.test." | "bare.test." => vec![a(&name, [127, 0, 0, 1], 300)],
             "nxdomain.test." => return respond(query, ResponseCode::NXDomain, vec![], true),
+            // An A record, and NXDOMAIN for every other type (as dnsmasq's address= does).
+            "v4only.test." if q.queries[0].query_type() != hickory_proto::rr::RecordType::A => {
+                return respond(query, ResponseCode::NXDomain, vec![], true)
+            }
+            "v4only.test." => vec![a(&name, [127, 0, 0, 2], 300)],
             "broken.test." => return respond(query, ResponseCode::ServFail, vec![], false),
             _ => vec![],
         };
@@ -361,9 +371,13 @@ mod tests {
                 r.destination("broken.test").await,
                 r.addresses("mx1.example.test").await,
                 r.destination("big.example.test").await,
+                r.addresses("v4only.test").await,
+                r.addresses("nxdomain.test").await,
             )
         });
-        let (mxs, null, bare, nx, broken, addrs, big) = results;
+        let (mxs, null, bare, nx, broken, addrs, big, v4only, nohost) = results;
+        assert_eq!(v4only, Ok(vec!["127.0.0.2".parse().unwrap()]));
+        assert!(nohost.unwrap_err().contains("no such host"));
         let Destination::Hosts(h) = mxs else {
             panic!("{mxs:?}")
         };

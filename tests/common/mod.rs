@@ -235,3 +235,36 @@ pub fn is_file(p: &Path) -> bool {
 }
 
 pub mod sink;
+
+/// Waits until `n` recipients have a final record (Delivery or Bounce); on timeout, panics
+/// with the last event of the ones that do not, and the engine's stderr.
+pub fn wait_final(env: &Env, engine: &EngineProcess, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = env.log_records();
+        let done = records
+            .iter()
+            .filter(|r| r["type"] == "Delivery" || r["type"] == "Bounce")
+            .count();
+        if done >= n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut last: std::collections::HashMap<String, serde_json::Value> = Default::default();
+            for r in records {
+                last.insert(r["recipient"].as_str().unwrap_or("").to_string(), r);
+            }
+            let stuck: Vec<String> = last
+                .values()
+                .filter(|r| r["type"] != "Delivery" && r["type"] != "Bounce")
+                .take(6)
+                .map(|r| r.to_string())
+                .collect();
+            panic!(
+                "{done}/{n} final; stuck: {stuck:#?}\nengine stderr:\n{}",
+                engine.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

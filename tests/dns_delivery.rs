@@ -1,0 +1,146 @@
+//! Delivery through real DNS: dnsmasq (installed by .ci/run) on a loopback port serves an MX,
+//! an implicit MX (A only), a null MX and an NXDOMAIN; the engine resolves with its own
+//! resolver and delivers to the scripted sink on loopback. dnsmasq never forwards anywhere
+//! (`no-resolv`, `local=/test/`).
+
+mod common;
+
+use common::sink::Sink;
+use common::*;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A dnsmasq process owned by the test, killed by its pid on drop.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Dnsmasq {
+    fn start(dir: &std::path::Path) -> Option<Dnsmasq> {
+        if Command::new("dnsmasq")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have dnsmasq (.ci/run installs it)"
+            );
+            eprintln!("dnsmasq is not installed: skipping (apt-get install dnsmasq)");
+            return None;
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("dnsmasq.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\nlocal=/test/\n\
+                 mx-host=mx.test,mx1.mx.test,10\naddress=/mx1.mx.test/127.0.0.1\n\
+                 host-record=implicit.test,127.0.0.1\n\
+                 dns-rr=nullmx.test,15,000000\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("dnsmasq")
+            .arg("-k")
+            .arg("-C")
+            .arg(&conf)
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .arg(format!(
+                "--log-facility={}",
+                dir.join("dnsmasq.log").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        // Ready once it answers.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let query = [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'm', b'x', 4, b't', b'e', b's', b't', 0,
+            0, 15, 0, 1,
+        ];
+        let mut buf = [0u8; 512];
+        wait_until(Duration::from_secs(10), "dnsmasq to answer", || {
+            probe.send_to(&query, ("127.0.0.1", port)).unwrap();
+            probe.recv_from(&mut buf).is_ok()
+        });
+        Some(Dnsmasq { child, port })
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mx_implicit_mx_null_mx_and_nxdomain_through_dnsmasq() {
+    let dns_dir = tempfile::tempdir().unwrap();
+    let Some(dns) = Dnsmasq::start(dns_dir.path()) else {
+        return;
+    };
+    let sink = Sink::start(HashMap::new());
+    let extra = format!(
+        "[delivery]\nretry_first = \"1s\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n[providers.mxprov]\nmx_suffixes = [\".mx.test\"]\n",
+        dns.port,
+        sink.addr.port()
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for d in ["mx.test", "implicit.test", "nullmx.test", "nx.test"] {
+        for i in 0..10 {
+            s.push_str(&format!("{{\"to\":\"u{i}@{d}\"}}\n"));
+        }
+    }
+    env.drop_input("c.jsonl", s.as_bytes());
+    wait_final(&env, &engine, 40, Duration::from_secs(20));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let records = env.log_records();
+    let last = |rcpt: &str| {
+        records
+            .iter()
+            .rev()
+            .find(|r| r["recipient"] == rcpt)
+            .unwrap()
+            .clone()
+    };
+    let mx = last("u1@mx.test");
+    assert_eq!(
+        (mx["type"].as_str(), mx["mx"].as_str()),
+        (Some("Delivery"), Some("mx1.mx.test"))
+    );
+    assert_eq!(mx["provider"], "mxprov", "rolled up by MX suffix");
+    let implicit = last("u1@implicit.test");
+    assert_eq!(
+        (implicit["type"].as_str(), implicit["mx"].as_str()),
+        (Some("Delivery"), Some("implicit.test"))
+    );
+    assert_eq!(implicit["provider"], "site:implicit.test");
+    let null = last("u1@nullmx.test");
+    assert_eq!(null["type"], "Bounce");
+    assert_eq!(null["enhanced"], "5.1.10");
+    assert_eq!(null["bounce_category"], "bad-domain");
+    let nx = last("u1@nx.test");
+    assert_eq!(nx["type"], "Bounce");
+    assert_eq!(nx["enhanced"], "5.1.2");
+    let got = sink.received.lock().unwrap();
+    assert_eq!(got.deliveries.len(), 20);
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    drop(got);
+    sink.stop();
+    drop(dns);
+}
