@@ -19,6 +19,11 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     fn start(dir: &std::path::Path) -> Option<Dnsmasq> {
+        Dnsmasq::start_with(dir, "")
+    }
+
+    /// `zone` is extra dnsmasq configuration lines.
+    fn start_with(dir: &std::path::Path, zone: &str) -> Option<Dnsmasq> {
         if Command::new("dnsmasq")
             .arg("--version")
             .stdout(Stdio::null())
@@ -44,7 +49,7 @@ impl Dnsmasq {
                 "port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\nno-poll\nlocal=/test/\n\
                  mx-host=mx.test,mx1.mx.test,10\naddress=/mx1.mx.test/127.0.0.1\n\
                  host-record=implicit.test,127.0.0.1\n\
-                 dns-rr=nullmx.test,15,000000\n"
+                 dns-rr=nullmx.test,15,000000\n{zone}"
             ),
         )
         .unwrap();
@@ -140,6 +145,103 @@ fn mx_implicit_mx_null_mx_and_nxdomain_through_dnsmasq() {
     let got = sink.received.lock().unwrap();
     assert_eq!(got.deliveries.len(), 20);
     assert!(got.deliveries.values().all(|&n| n == 1));
+    drop(got);
+    sink.stop();
+    drop(dns);
+}
+
+#[test]
+fn ten_thousand_recipients_over_twenty_domains_each_end_once_with_the_right_record() {
+    use common::sink::Behaviour;
+    const PER_DOMAIN: usize = 500;
+    // d0..d15 accept, d16 and d17 answer 450 at first, d18 has unknown users, d19 a null MX.
+    let domains: Vec<String> = (0..20).map(|i| format!("d{i}.test")).collect();
+    let mut zone = String::new();
+    for (i, d) in domains.iter().enumerate() {
+        if i == 19 {
+            zone.push_str(&format!("dns-rr={d},15,000000\n"));
+        } else {
+            // Sites share MX hosts in pairs, so some scopes hold two domains.
+            zone.push_str(&format!("mx-host={d},mx{}.sites.test,10\n", i / 2));
+        }
+    }
+    for i in 0..10 {
+        zone.push_str(&format!("address=/mx{i}.sites.test/127.0.0.1\n"));
+    }
+    let dns_dir = tempfile::tempdir().unwrap();
+    let Some(dns) = Dnsmasq::start_with(dns_dir.path(), &zone) else {
+        return;
+    };
+    let sink = Sink::start(HashMap::from([
+        ("d16.test".to_string(), Behaviour::DeferOnce),
+        ("d17.test".to_string(), Behaviour::DeferOnce),
+        ("d18.test".to_string(), Behaviour::UnknownUser),
+    ]));
+    let extra = format!(
+        "[delivery]\nretry_first = \"1s\"\nretry_max_interval = \"1s\"\nsite_connection_limit = 4\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n",
+        dns.port,
+        sink.addr.port()
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for i in 0..PER_DOMAIN {
+        for d in &domains {
+            s.push_str(&format!(
+                "{{\"to\":\"u{i}@{d}\",\"vars\":{{\"first_name\":\"N{i}\"}}}}\n"
+            ));
+        }
+    }
+    env.drop_input("big.jsonl", s.as_bytes());
+    let total = domains.len() * PER_DOMAIN;
+    wait_final(&env, &engine, total, Duration::from_secs(120));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+
+    let mut finals: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    let mut transient = 0;
+    for r in env.log_records() {
+        match r["type"].as_str().unwrap() {
+            "Delivery" | "Bounce" | "Expiration" => finals
+                .entry(r["recipient"].as_str().unwrap().to_string())
+                .or_default()
+                .push(r),
+            "TransientFailure" => transient += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(finals.len(), total);
+    assert!(
+        finals.values().all(|v| v.len() == 1),
+        "exactly one final record per recipient"
+    );
+    for (rcpt, v) in &finals {
+        let r = &v[0];
+        match rcpt.rsplit_once('@').unwrap().1 {
+            "d18.test" => assert_eq!(
+                (r["type"].as_str(), r["bounce_category"].as_str()),
+                (Some("Bounce"), Some("bad-mailbox")),
+                "{rcpt}"
+            ),
+            "d19.test" => assert_eq!(
+                (r["type"].as_str(), r["enhanced"].as_str()),
+                (Some("Bounce"), Some("5.1.10")),
+                "{rcpt}"
+            ),
+            _ => assert_eq!(r["type"], "Delivery", "{rcpt}"),
+        }
+    }
+    assert_eq!(
+        transient,
+        2 * PER_DOMAIN,
+        "each deferred-once recipient failed once, then arrived"
+    );
+    let got = sink.received.lock().unwrap();
+    assert_eq!(
+        got.deliveries.len(),
+        18 * PER_DOMAIN,
+        "everything deliverable arrived"
+    );
+    assert!(got.deliveries.values().all(|&n| n == 1), "no duplicates");
     drop(got);
     sink.stop();
     drop(dns);
