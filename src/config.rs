@@ -76,6 +76,8 @@ pub struct Delivery {
     /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
     /// exist). Reloadable.
     pub paused: bool,
+    /// TLS policy for destinations that match no provider.
+    pub tls: crate::smtp::session::TlsPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +119,7 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub mx_suffixes: Vec<String>,
+    pub tls: crate::smtp::session::TlsPolicy,
     pub connection_limit: u32,
     pub max_message_rate: Option<Rate>,
     pub max_deliveries_per_connection: u32,
@@ -233,6 +236,7 @@ struct RawDelivery {
     connect_timeout: Option<String>,
     site_connection_limit: Option<u32>,
     paused: Option<bool>,
+    tls: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -280,6 +284,7 @@ struct RawRoute {
 struct RawProvider {
     #[serde(default)]
     mx_suffixes: Vec<String>,
+    tls: Option<String>,
     connection_limit: Option<u32>,
     max_message_rate: Option<String>,
     max_deliveries_per_connection: Option<u32>,
@@ -460,10 +465,7 @@ impl Config {
     /// Configured features this build accepts but does not act on yet, so that operators are
     /// told rather than left to guess.
     pub fn inactive_features(&self) -> Vec<String> {
-        let mut notes = vec![
-            "outbound TLS (STARTTLS) is not implemented in this build yet: mail is sent in plaintext"
-                .to_string(),
-        ];
+        let mut notes = Vec::new();
         let mut note = |present: bool, what: &str| {
             if present {
                 notes.push(format!(
@@ -547,6 +549,10 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             .site_connection_limit
             .unwrap_or(DEFAULT_CONNECTION_LIMIT),
         paused: raw.delivery.paused.unwrap_or(false),
+        tls: crate::delivery::tls::parse_policy(
+            raw.delivery.tls.as_deref().unwrap_or("opportunistic"),
+        )
+        .map_err(|m| err("delivery.tls", m))?,
     };
     if delivery.site_connection_limit == 0 {
         return Err(err(
@@ -637,9 +643,12 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
                 "must be at least 1".into(),
             ));
         }
+        let tls = crate::delivery::tls::parse_policy(p.tls.as_deref().unwrap_or("opportunistic"))
+            .map_err(|m| err(&format!("{field}.tls"), m))?;
         providers.insert(
             name,
             Provider {
+                tls,
                 mx_suffixes: p
                     .mx_suffixes
                     .into_iter()

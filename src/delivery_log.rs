@@ -48,6 +48,8 @@ pub struct LogRecord<'a> {
     pub provider: &'a str,
     pub mx: &'a str,
     pub ip: &'a str,
+    /// What TLS negotiated, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384 certificate verified`.
+    pub tls: &'a str,
     pub code: Option<u16>,
     pub enhanced: &'a str,
     pub response: &'a str,
@@ -108,6 +110,37 @@ impl DeliveryLog {
     }
 }
 
+/// A crash in the middle of a write leaves a partial last line; records appended after it
+/// would be glued to it. Cuts the file back to its last complete line, before any shard
+/// writes. Returns how many bytes were cut.
+pub fn repair_torn_tail(dir: &Path) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = dir.join(LOG_FILE_NAME);
+    let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    // Records are far shorter than this; a tail longer than it without a newline is kept.
+    const SCAN_BYTES_MAX: u64 = 1 << 20;
+    let start = len.saturating_sub(SCAN_BYTES_MAX);
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    file.seek(SeekFrom::Start(start))?;
+    file.read_to_end(&mut tail)?;
+    if tail.last().is_none_or(|&b| b == b'\n') {
+        return Ok(0);
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        None => return Ok(0),
+    };
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(len - keep)
+}
+
 impl Drop for DeliveryLog {
     fn drop(&mut self) {
         let _ = self.flush();
@@ -129,6 +162,7 @@ pub fn format_record(r: &LogRecord<'_>, out: &mut Vec<u8>) {
     field(out, "provider", r.provider, false);
     field(out, "mx", r.mx, false);
     field(out, "ip", r.ip, false);
+    field(out, "tls", r.tls, false);
     if let Some(code) = r.code {
         out.extend_from_slice(format!(",\"code\":{code}").as_bytes());
     }
@@ -236,6 +270,24 @@ mod tests {
         assert_eq!(v["campaign"], "c\r\n\u{1}");
         assert_eq!(v["response"], "line 3: bad");
         assert!(v.get("provider").is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE_NAME);
+        assert_eq!(repair_torn_tail(dir.path()).unwrap(), 0, "no file");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        assert_eq!(repair_torn_tail(dir.path()).unwrap(), 5);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        assert_eq!(
+            repair_torn_tail(dir.path()).unwrap(),
+            0,
+            "a whole file is left alone"
+        );
     }
 
     #[test]

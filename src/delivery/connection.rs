@@ -1,16 +1,22 @@
 //! One outbound SMTP connection: a glommio TCP stream driving the sans-I/O `smtp::Session`.
 //!
-//! The shell only moves bytes and applies the session's per-phase timeouts; every protocol
-//! decision is the session's. TLS is not built yet: sessions run with `TlsPolicy::Disabled`
-//! (the engine says so at start-up), and a session that asks for a handshake anyway is closed.
+//! The shell only moves bytes, applies the session's per-phase timeouts and runs the TLS
+//! handshake when the session asks for it (STARTTLS); every protocol decision is the
+//! session's.
 
+use super::tls::TlsClients;
 use crate::smtp::session::{
     Action, CloseReason, RcptResult, Session, Timeouts, TlsPolicy, Transaction,
 };
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_rustls::client::TlsStream;
+use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use glommio::timer::timeout;
+use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes read from the socket at a time.
@@ -23,12 +29,14 @@ pub enum ConnectError {
     Unreachable(String),
     /// The server answered but refused us (greeting, EHLO) or broke the protocol.
     Refused(CloseReason),
+    /// The STARTTLS handshake failed.
+    Tls(String),
 }
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectError::Unreachable(why) => f.write_str(why),
+            ConnectError::Unreachable(why) | ConnectError::Tls(why) => f.write_str(why),
             ConnectError::Refused(CloseReason::ServiceClosing(r) | CloseReason::Refused(r)) => {
                 write!(f, "{r}")
             }
@@ -37,9 +45,60 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// During the handshake, or after it failed.
+    Gone,
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Stream::Gone => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Stream::Plain(s) => {
+                let _ = s.close().await;
+            }
+            Stream::Tls(s) => {
+                let _ = s.close().await;
+            }
+            Stream::Gone => {}
+        }
+    }
+}
+
+/// Handshakes get this long.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     session: Session,
+    tls_clients: Rc<TlsClients>,
+    tls_config: Arc<rustls::ClientConfig>,
+    /// What TLS negotiated and whether the certificate verified, for the delivery log.
+    pub tls: Option<String>,
+    /// The TLS handshake failed (the caller may retry in plaintext).
+    pub tls_failed: bool,
+    /// Why the connection was lost, for the delivery log.
+    lost_why: Option<String>,
     pub mx: String,
     pub addr: SocketAddr,
     pub deliveries: u32,
@@ -49,10 +108,13 @@ pub struct Connection {
 
 impl Connection {
     /// Connects and runs the session up to "ready for a transaction".
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         mx: &str,
         addr: SocketAddr,
         helo_name: &str,
+        policy: TlsPolicy,
+        tls: &Rc<TlsClients>,
         timeouts: Timeouts,
         connect_timeout: Duration,
     ) -> Result<Connection, ConnectError> {
@@ -61,8 +123,13 @@ impl Connection {
             .map_err(|e| ConnectError::Unreachable(format!("connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let mut c = Connection {
-            stream,
-            session: Session::new(helo_name, TlsPolicy::Disabled, timeouts),
+            stream: Stream::Plain(stream),
+            session: Session::new(helo_name, policy, timeouts),
+            tls_clients: Rc::clone(tls),
+            tls_config: tls.config_for(policy),
+            tls: None,
+            tls_failed: false,
+            lost_why: None,
             mx: mx.to_string(),
             addr,
             deliveries: 0,
@@ -72,6 +139,7 @@ impl Connection {
         match c.drive().await {
             Step::Ready => Ok(c),
             Step::Closed(reason) => Err(ConnectError::Refused(reason)),
+            Step::Lost(why) if c.tls_failed => Err(ConnectError::Tls(why)),
             Step::Lost(why) => Err(ConnectError::Unreachable(why)),
             Step::Done(_) => Err(ConnectError::Unreachable(
                 "transaction before one was started".into(),
@@ -114,6 +182,39 @@ impl Connection {
         let _ = self.stream.close().await;
     }
 
+    /// Upgrades the plaintext stream after STARTTLS's 220.
+    async fn handshake(&mut self) -> Result<(), String> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err("TLS requested twice".into());
+        };
+        let name = ServerName::try_from(self.mx.clone())
+            .or_else(|_| ServerName::try_from(self.addr.ip().to_string()))
+            .map_err(|e| format!("TLS: bad server name {}: {e}", self.mx))?;
+        let connector = TlsConnector::from(Arc::clone(&self.tls_config));
+        let tls = timeout(TLS_HANDSHAKE_TIMEOUT, async {
+            connector.connect(name, tcp).await.map_err(Into::into)
+        })
+        .await
+        .map_err(|e| format!("TLS handshake with {} failed: {e}", self.addr))?;
+        let (_, conn) = tls.get_ref();
+        let version = conn
+            .protocol_version()
+            .map_or("TLS".into(), |v| format!("{v:?}"));
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map_or(String::new(), |c| format!("{:?}", c.suite()));
+        let verified = match conn.peer_certificates() {
+            Some(certs) => match self.tls_clients.verification(&self.mx, certs) {
+                Ok(()) => "certificate verified".to_string(),
+                Err(why) => format!("certificate not verified: {why}"),
+            },
+            None => "no certificate".to_string(),
+        };
+        self.tls = Some(format!("{version} {suite} {verified}"));
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
     /// Performs the session's actions until something the caller must know happens.
     async fn drive(&mut self) -> Step {
         let mut pending_done = None;
@@ -131,10 +232,14 @@ impl Connection {
                                 .connection_lost(&format!("write to {}: {e}", self.addr));
                         }
                     }
-                    Action::StartTls => {
-                        self.session
-                            .connection_lost("STARTTLS requested but TLS is not built yet");
-                    }
+                    Action::StartTls => match self.handshake().await {
+                        Ok(()) => self.session.tls_established(),
+                        Err(why) => {
+                            self.tls_failed = true;
+                            self.session.connection_lost(&why);
+                            self.lost_why = Some(why);
+                        }
+                    },
                     Action::Ready => {
                         if let Some(results) = pending_done.take() {
                             return Step::Done(results);
@@ -157,7 +262,10 @@ impl Connection {
             if self.session.is_closed() {
                 self.closed
                     .get_or_insert(CloseReason::Protocol("connection lost".into()));
-                return Step::Lost(format!("connection to {} lost", self.addr));
+                let why = self.lost_why.take();
+                return Step::Lost(
+                    why.unwrap_or_else(|| format!("connection to {} lost", self.addr)),
+                );
             }
             let t = self.session.timeout();
             let read = timeout(t, async {
@@ -261,6 +369,8 @@ mod tests {
                 "mx.x.test",
                 addr,
                 "mta.test",
+                TlsPolicy::Opportunistic,
+                &Rc::new(TlsClients::new()),
                 Timeouts::default(),
                 Duration::from_secs(5),
             )
@@ -313,6 +423,8 @@ mod tests {
                 "mx",
                 addr,
                 "mta.test",
+                TlsPolicy::Opportunistic,
+                &Rc::new(TlsClients::new()),
                 Timeouts::default(),
                 Duration::from_secs(2),
             )
@@ -322,6 +434,8 @@ mod tests {
                 "mx",
                 addr2,
                 "mta.test",
+                TlsPolicy::Opportunistic,
+                &Rc::new(TlsClients::new()),
                 Timeouts::default(),
                 Duration::from_secs(2),
             )

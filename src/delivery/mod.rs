@@ -3,7 +3,9 @@
 //! - `policy`: outcome classification, bounce categories, the retry schedule (pure).
 //! - `scope`: static routes, provider rollup, sites, owner shards (pure).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
+//! - `tls`: STARTTLS policies and rustls client configurations.
 
 pub mod connection;
 pub mod policy;
 pub mod scope;
+pub mod tls;

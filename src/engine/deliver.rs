@@ -16,7 +16,7 @@
 
 use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
-use crate::delivery::connection::Connection;
+use crate::delivery::connection::{ConnectError, Connection};
 use crate::delivery::policy::{
     category_of, classify, classify_destination, BounceCategory, Fault, Next, Outcome, RetryPolicy,
     Verdict,
@@ -24,12 +24,14 @@ use crate::delivery::policy::{
 use crate::delivery::scope::{
     host_port, owner_shard, scope_for_mx, scope_for_route, static_route, Scope,
 };
+use crate::delivery::tls::TLS_BROKEN_FOR;
 use crate::delivery_log::{EventType, LogRecord};
 use crate::dns::resolver::Destination;
 use crate::queue::record::{
     MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
 };
 use crate::queue::store::{unix_ms, EntryState, Index};
+use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{RcptResult, Timeouts, Transaction};
 use crate::template::{header_section_end, Template};
 use glommio::spawn_local;
@@ -81,6 +83,7 @@ pub struct OutcomeItem {
     pub result: RcptResult,
     pub mx: String,
     pub ip: String,
+    pub tls: String,
 }
 
 #[derive(Clone)]
@@ -156,6 +159,7 @@ struct OwnerScope {
     /// Pacing for `max_message_rate`.
     interval: Option<Duration>,
     max_per_connection: u32,
+    tls: TlsPolicy,
     demand: Vec<u32>,
     credit_out: Vec<u32>,
     ready: VecDeque<Prepared>,
@@ -167,6 +171,8 @@ struct OwnerScope {
 #[derive(Default)]
 pub struct Owner {
     scopes: HashMap<String, OwnerScope>,
+    /// Hosts whose opportunistic TLS handshake failed, until when they get plaintext.
+    tls_broken: HashMap<String, Instant>,
 }
 
 fn retry_policy(config: &Config) -> RetryPolicy {
@@ -571,12 +577,13 @@ impl Shard {
             return;
         }
         let rcpt_from_queue;
-        let (rcpt, message_id, mx, ip, provider) = match via {
+        let (rcpt, message_id, mx, ip, tls, provider) = match via {
             Some((item, scope)) => (
                 item.rcpt.as_str(),
                 item.message_id.as_str(),
                 item.mx.as_str(),
                 item.ip.as_str(),
+                item.tls.as_str(),
                 scope,
             ),
             None => {
@@ -589,7 +596,7 @@ impl Shard {
                             .map(|(_, r)| r.to_string())
                     })
                     .unwrap_or_default();
-                (rcpt_from_queue.as_str(), "", "", "", "")
+                (rcpt_from_queue.as_str(), "", "", "", "", "")
             }
         };
         drop(queue);
@@ -610,6 +617,7 @@ impl Shard {
             provider,
             mx,
             ip,
+            tls,
             code: Some(o.code),
             enhanced: &enhanced,
             response: &o.response,
@@ -669,16 +677,18 @@ impl Shard {
 
 fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
     let provider = config.providers.get(&scope.key);
-    let (connection_limit, interval, max_per_connection) = match provider {
+    let (connection_limit, interval, max_per_connection, tls) = match provider {
         Some(p) => (
             p.connection_limit,
             p.max_message_rate.map(|r| r.per / r.messages.max(1) as u32),
             p.max_deliveries_per_connection,
+            p.tls,
         ),
         None => (
             config.delivery.site_connection_limit,
             None,
             crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+            config.delivery.tls,
         ),
     };
     OwnerScope {
@@ -686,6 +696,7 @@ fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
         connection_limit,
         interval,
         max_per_connection,
+        tls,
         demand: vec![0; shards],
         credit_out: vec![0; shards],
         ready: VecDeque::new(),
@@ -765,9 +776,9 @@ async fn worker(shard: Rc<Shard>, key: String) {
                 }
                 _ => Duration::ZERO,
             };
-            msg.map(|m| (m, wait, s.scope.clone(), s.max_per_connection))
+            msg.map(|m| (m, wait, s.scope.clone(), s.max_per_connection, s.tls))
         };
-        let Some((msg, wait, scope, max_per_connection)) = next else {
+        let Some((mut msg, wait, scope, max_per_connection, tls)) = next else {
             if shard.closing.get() || idle_since.elapsed() >= IDLE_CLOSE {
                 break;
             }
@@ -787,7 +798,7 @@ async fn worker(shard: Rc<Shard>, key: String) {
             }
         }
         if conn.is_none() {
-            match connect(&shard, &scope).await {
+            match connect(&shard, &scope, tls).await {
                 Ok(c) => conn = Some(c),
                 Err(why) => {
                     send_outcomes(
@@ -804,22 +815,20 @@ async fn worker(shard: Rc<Shard>, key: String) {
         }
         let c = conn.as_mut().expect("connected above");
         let (mx, ip) = (c.mx.clone(), c.addr.ip().to_string());
+        let tls_info = c.tls.clone().unwrap_or_default();
         let tx = Transaction {
             mail_from: msg.mail_from.clone(),
             rcpts: vec![msg.rcpt.clone()],
-            message: std::mem::take(&mut { msg.message.clone() }),
+            message: std::mem::take(&mut msg.message),
         };
         let result = c
             .send(tx)
             .await
             .pop()
             .unwrap_or_else(|| RcptResult::ConnectionLost("no result".into()));
-        send_outcomes(
-            &shard,
-            &key,
-            msg.home,
-            vec![outcome_item(&msg, result, &mx, &ip)],
-        );
+        let mut item = outcome_item(&msg, result, &mx, &ip);
+        item.tls = tls_info;
+        send_outcomes(&shard, &key, msg.home, vec![item]);
         idle_since = Instant::now();
     }
     if let Some(c) = conn.take() {
@@ -839,6 +848,7 @@ fn outcome_item(msg: &Prepared, result: RcptResult, mx: &str, ip: &str) -> Outco
         result,
         mx: mx.to_string(),
         ip: ip.to_string(),
+        tls: String::new(),
     }
 }
 
@@ -853,7 +863,13 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
 }
 
 /// Opens a connection to the first host of the scope that answers.
-async fn connect(shard: &Rc<Shard>, scope: &Scope) -> Result<Connection, String> {
+/// An opportunistic handshake that fails is retried in plaintext at once, and the host gets
+/// plaintext for `TLS_BROKEN_FOR`.
+async fn connect(
+    shard: &Rc<Shard>,
+    scope: &Scope,
+    policy: TlsPolicy,
+) -> Result<Connection, String> {
     let config = shard.config.borrow().clone();
     let mut last = String::from("no hosts");
     for host in &scope.hosts {
@@ -867,16 +883,44 @@ async fn connect(shard: &Rc<Shard>, scope: &Scope) -> Result<Connection, String>
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, port);
-            match Connection::open(
-                &name,
-                addr,
-                &config.smtp.helo_name,
-                Timeouts::default(),
-                config.delivery.connect_timeout,
-            )
-            .await
-            {
+            let broken = shard
+                .owner
+                .borrow()
+                .tls_broken
+                .get(&name)
+                .is_some_and(|until| *until > Instant::now());
+            let effective = match policy {
+                TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
+                other => other,
+            };
+            let open = |p| {
+                Connection::open(
+                    &name,
+                    addr,
+                    &config.smtp.helo_name,
+                    p,
+                    &shard.tls,
+                    Timeouts::default(),
+                    config.delivery.connect_timeout,
+                )
+            };
+            match open(effective).await {
                 Ok(c) => return Ok(c),
+                Err(ConnectError::Tls(why)) if effective == TlsPolicy::Opportunistic => {
+                    eprintln!(
+                        "spate: {name} [{addr}]: {why}; plaintext for {} s",
+                        TLS_BROKEN_FOR.as_secs()
+                    );
+                    shard
+                        .owner
+                        .borrow_mut()
+                        .tls_broken
+                        .insert(name.clone(), Instant::now() + TLS_BROKEN_FOR);
+                    match open(TlsPolicy::Disabled).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = format!("{name} [{addr}]: {e}"),
+                    }
+                }
                 Err(e) => last = format!("{name} [{addr}]: {e}"),
             }
         }

@@ -223,6 +223,23 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         std::fs::create_dir_all(dir)
             .map_err(|e| EngineError::Storage(format!("{}: cannot create: {e}", dir.display())))?;
     }
+    match crate::delivery_log::repair_torn_tail(&config.log.dir) {
+        Ok(0) => {}
+        Ok(cut) => eprintln!(
+            "spate: {}: cut {cut} bytes of a record torn by a crash",
+            config
+                .log
+                .dir
+                .join(crate::delivery_log::LOG_FILE_NAME)
+                .display()
+        ),
+        Err(e) => {
+            return Err(EngineError::Storage(format!(
+                "{}: {e}",
+                config.log.dir.display()
+            )))
+        }
+    }
     for note in config.inactive_features() {
         eprintln!("spate: note: {note}");
     }
@@ -468,6 +485,7 @@ struct Shard {
     home: RefCell<deliver::Home>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
+    tls: Rc<crate::delivery::tls::TlsClients>,
 }
 
 async fn shard_main(
@@ -602,6 +620,7 @@ fn open_shard(
             retry: RefCell::new(Vec::new()),
             home: RefCell::new(deliver::Home::default()),
             owner: RefCell::new(deliver::Owner::default()),
+            tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),
                 unix_ms() ^ ((id as u64) << 48) ^ u64::from(std::process::id()),

@@ -257,6 +257,12 @@ impl Session {
             if self.phase == Phase::Closed {
                 break;
             }
+            if self.phase == Phase::TlsHandshake {
+                // Anything after STARTTLS's 220 and before the handshake is injected plaintext
+                // (the attack behind CVE-2011-0411): discard it, never interpret it.
+                self.parser = ReplyParser::new();
+                break;
+            }
         }
     }
 
@@ -721,6 +727,23 @@ mod tests {
         h.server("250-mx\r\n250 PIPELINING\r\n");
         assert!(h.s.tls_active());
         assert_eq!(h.ready, 1);
+    }
+
+    #[test]
+    fn plaintext_after_starttls_is_discarded_not_parsed() {
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.server("220 hi\r\n250-mx\r\n250 STARTTLS\r\n");
+        h.take_sent();
+        // An attacker appends a fake EHLO answer to the 220 in the same packet.
+        h.server("220 2.0.0 ready\r\n250-evil\r\n250 AUTH PLAIN\r\n");
+        assert!(h.starttls);
+        assert!(h.closed.is_none(), "the injected lines were not parsed");
+        h.s.tls_established();
+        h.drain();
+        assert_eq!(h.take_sent(), "EHLO mta.example\r\n");
+        h.server("250-mx\r\n250 PIPELINING\r\n");
+        assert_eq!(h.ready, 1);
+        assert!(h.s.capabilities().pipelining);
     }
 
     #[test]

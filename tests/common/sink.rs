@@ -1,9 +1,10 @@
 //! A scriptable SMTP receiver on loopback for tests: accepts mail (PIPELINING-capable, one
-//! thread per connection), answers per recipient domain as scripted, and records what it
-//! accepted. Stopped (and its threads joined) by `stop` or on drop; every wait is bounded.
+//! thread per connection, optional STARTTLS), answers per recipient domain as scripted, and
+//! records what it accepted. Stopped (and its threads joined) by `stop` or on drop; every wait
+//! is bounded.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,10 +21,39 @@ pub enum Behaviour {
     DeferOnce,
 }
 
+/// Whether and how the sink offers STARTTLS.
+#[derive(Clone)]
+pub enum SinkTls {
+    None,
+    /// Offers STARTTLS with this (self-signed) certificate.
+    Offer(Arc<rustls::ServerConfig>),
+    /// Offers STARTTLS, then answers the handshake with garbage and hangs up.
+    Broken,
+}
+
+impl SinkTls {
+    /// A self-signed certificate for `names`, made now.
+    pub fn self_signed(names: &[&str]) -> SinkTls {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::generate_simple_self_signed(names).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        SinkTls::Offer(Arc::new(config))
+    }
+}
+
 #[derive(Default)]
 pub struct Received {
     /// Accepted deliveries per recipient (more than 1 is a duplicate).
     pub deliveries: HashMap<String, usize>,
+    /// Deliveries made over TLS.
+    pub tls_deliveries: usize,
     /// Message bodies, by recipient (the last one).
     pub bodies: HashMap<String, String>,
     pub rcpt_attempts: HashMap<String, usize>,
@@ -39,11 +69,19 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(script: HashMap<String, Behaviour>) -> Sink {
-        Sink::start_with_delay(script, Duration::ZERO)
+        Sink::start_full(script, Duration::ZERO, SinkTls::None)
     }
 
     /// Like `start`, but every message takes `delay` to be accepted (a slow receiver).
     pub fn start_with_delay(script: HashMap<String, Behaviour>, delay: Duration) -> Sink {
+        Sink::start_full(script, delay, SinkTls::None)
+    }
+
+    pub fn start_tls(script: HashMap<String, Behaviour>, tls: SinkTls) -> Sink {
+        Sink::start_full(script, Duration::ZERO, tls)
+    }
+
+    fn start_full(script: HashMap<String, Behaviour>, delay: Duration, tls: SinkTls) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -57,9 +95,14 @@ impl Sink {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         r.lock().unwrap().connections += 1;
-                        let (r, s, script) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&script));
+                        let (r, s, script, tls) = (
+                            Arc::clone(&r),
+                            Arc::clone(&s),
+                            Arc::clone(&script),
+                            tls.clone(),
+                        );
                         handlers.push(std::thread::spawn(move || {
-                            serve(conn, &script, &r, &s, delay)
+                            serve(conn, &script, &r, &s, delay, tls)
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -95,21 +138,51 @@ impl Drop for Sink {
     }
 }
 
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
 fn serve(
     conn: TcpStream,
     script: &HashMap<String, Behaviour>,
     received: &Mutex<Received>,
     stop: &AtomicBool,
     delay: Duration,
+    tls: SinkTls,
 ) {
     // Replies go out one write each; without this, Nagle holds each one back until the
     // client's delayed ACK (40 ms), which real servers avoid by batching pipelined replies.
     let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut w = conn.try_clone().unwrap();
-    let mut r = BufReader::new(conn);
-    let _ = w.write_all(b"220 sink.test ESMTP\r\n");
+    let mut r = BufReader::new(Conn::Plain(conn));
+    let _ = r.get_mut().write_all(b"220 sink.test ESMTP\r\n");
+    let mut secure = false;
     let mut rcpts: Vec<String> = Vec::new();
     let mut data: Option<String> = None;
     let mut line = String::new();
@@ -138,18 +211,45 @@ fn serve(
                 let mut got = received.lock().unwrap();
                 for rcpt in rcpts.drain(..) {
                     *got.deliveries.entry(rcpt.clone()).or_default() += 1;
+                    if secure {
+                        got.tls_deliveries += 1;
+                    }
                     got.bodies.insert(rcpt, body.clone());
                 }
                 data = None;
-                let _ = w.write_all(b"250 2.0.0 queued\r\n");
+                let _ = r.get_mut().write_all(b"250 2.0.0 queued\r\n");
             } else {
                 body.push_str(&cmd);
             }
             continue;
         }
         let upper = cmd.to_ascii_uppercase();
+        let offers_tls = !secure && !matches!(tls, SinkTls::None);
         let answer: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+            let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
+            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
+        } else if upper.starts_with("STARTTLS") && offers_tls {
+            let _ = r.get_mut().write_all(b"220 2.0.0 ready to start TLS\r\n");
+            let Conn::Plain(tcp) = r.into_inner() else {
+                return;
+            };
+            match &tls {
+                SinkTls::Offer(config) => {
+                    let server = rustls::ServerConnection::new(Arc::clone(config)).unwrap();
+                    r = BufReader::new(Conn::Tls(Box::new(rustls::StreamOwned::new(server, tcp))));
+                    secure = true;
+                    rcpts.clear();
+                    continue;
+                }
+                SinkTls::Broken | SinkTls::None => {
+                    // Read the client's hello, answer with something that is not TLS.
+                    let mut tcp = tcp;
+                    let mut hello = [0u8; 512];
+                    let _ = tcp.read(&mut hello);
+                    let _ = tcp.write_all(b"this is not a TLS server hello\r\n");
+                    return;
+                }
+            }
         } else if upper.starts_with("MAIL FROM") {
             rcpts.clear();
             "250 2.1.0 ok\r\n".into()
@@ -183,13 +283,15 @@ fn serve(
             rcpts.clear();
             "250 2.0.0 ok\r\n".into()
         } else if upper.starts_with("QUIT") {
-            let _ = w.write_all(b"221 2.0.0 bye\r\n");
+            let _ = r.get_mut().write_all(b"221 2.0.0 bye\r\n");
+            let _ = r.get_mut().flush();
             return;
         } else if upper.starts_with("NOOP") {
             "250 2.0.0 ok\r\n".into()
         } else {
             "502 5.5.2 not implemented\r\n".into()
         };
-        let _ = w.write_all(answer.as_bytes());
+        let _ = r.get_mut().write_all(answer.as_bytes());
+        let _ = r.get_mut().flush();
     }
 }
