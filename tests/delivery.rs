@@ -47,38 +47,7 @@ fn campaign_is_delivered_bounced_and_retried_with_one_final_record_each() {
     env.drop_input("c.jsonl", &campaign_over_domains());
 
     let total = DOMAINS.len() * PER_DOMAIN;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let records = env.log_records();
-        let done = records
-            .iter()
-            .filter(|r| r["type"] == "Delivery" || r["type"] == "Bounce")
-            .count();
-        if done >= total {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let mut last: HashMap<String, String> = HashMap::new();
-            for r in &records {
-                let rcpt = r["recipient"].as_str().unwrap().to_string();
-                last.insert(rcpt, r["type"].as_str().unwrap().to_string());
-            }
-            let stuck: Vec<_> = last
-                .iter()
-                .filter(|(_, t)| *t != "Delivery" && *t != "Bounce")
-                .take(8)
-                .collect();
-            let stuck_count = last
-                .values()
-                .filter(|t| *t != "Delivery" && *t != "Bounce")
-                .count();
-            panic!(
-                "{done}/{total} final; {stuck_count} stuck, e.g. (last event): {stuck:?}\nengine: {}",
-                engine.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_final(&env, &engine, total, Duration::from_secs(60));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
 
     let records = env.log_records();

@@ -44,33 +44,11 @@ impl Segment {
     pub fn create_durably(dir: &Path, header: SegmentHeader) -> io::Result<Segment> {
         let path = dir.join(segment_file_name(header.base_seq));
         let tmp = dir.join(format!(".{}.tmp", segment_file_name(header.base_seq)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let len = header.segment_bytes as i64;
-        // SAFETY: plain syscall on a valid descriptor.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err);
-        }
-        // SAFETY: the file is ours, sized above, and only this shard maps it for writing.
-        let mut map = unsafe { MmapMut::map_mut(&file)? };
-        map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-        file.sync_all()?;
+        let mut seg = Segment::preallocate(&tmp, header)?;
         std::fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
-        Ok(Segment {
-            path,
-            header,
-            file,
-            map,
-            write_offset: SEGMENT_HEADER_BYTES,
-        })
+        seg.path = path;
+        Ok(seg)
     }
 
     /// Creates a spare segment ahead of need (on a blocking thread): preallocated, header
@@ -91,25 +69,32 @@ impl Segment {
         let path = dir.join(format!(
             "{SPARE_FILE_PREFIX}{number:020}{SEGMENT_FILE_SUFFIX}"
         ));
+        let seg = Segment::preallocate(&path, header)?;
+        sync_dir(dir)?;
+        Ok(seg)
+    }
+
+    /// Creates `path` at its full size with `fallocate`, maps it, writes the header and
+    /// fsyncs the file (not the directory: the callers name it).
+    fn preallocate(path: &Path, header: SegmentHeader) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)?;
+            .open(path)?;
         // SAFETY: plain syscall on a valid descriptor.
-        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, segment_bytes as i64) } != 0 {
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, header.segment_bytes as i64) } != 0 {
             let err = io::Error::last_os_error();
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path);
             return Err(err);
         }
-        // SAFETY: as in `create_durably`.
+        // SAFETY: the file is ours, sized above, and only this shard maps it for writing.
         let mut map = unsafe { MmapMut::map_mut(&file)? };
         map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
         file.sync_all()?;
-        sync_dir(dir)?;
         Ok(Segment {
-            path,
+            path: path.to_path_buf(),
             header,
             file,
             map,
@@ -137,7 +122,7 @@ impl Segment {
     /// Opens an existing segment for recovery (read-write: recovery may truncate its tail).
     pub fn open(path: &Path) -> io::Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        // SAFETY: as in `create_durably`; a segment is mapped by one shard only.
+        // SAFETY: as in `preallocate`; a segment is mapped by one shard only.
         let map = unsafe { MmapMut::map_mut(&file)? };
         let header = SegmentHeader::decode(&map).map_err(|why| {
             io::Error::new(
