@@ -78,6 +78,8 @@ pub struct Delivery {
     pub paused: bool,
     /// TLS policy for destinations that match no provider.
     pub tls: crate::smtp::session::TlsPolicy,
+    /// Recipients of one verbatim message at one domain that share a transaction.
+    pub recipients_per_transaction: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +239,7 @@ struct RawDelivery {
     site_connection_limit: Option<u32>,
     paused: Option<bool>,
     tls: Option<String>,
+    recipients_per_transaction: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -553,7 +556,17 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             raw.delivery.tls.as_deref().unwrap_or("opportunistic"),
         )
         .map_err(|m| err("delivery.tls", m))?,
+        recipients_per_transaction: raw.delivery.recipients_per_transaction.unwrap_or(50),
     };
+    if !(1..=1000).contains(&delivery.recipients_per_transaction) {
+        return Err(err(
+            "delivery.recipients_per_transaction",
+            format!(
+                "must be between 1 and 1000, got {}",
+                delivery.recipients_per_transaction
+            ),
+        ));
+    }
     if delivery.site_connection_limit == 0 {
         return Err(err(
             "delivery.site_connection_limit",

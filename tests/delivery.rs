@@ -168,3 +168,40 @@ fn kill_9_mid_campaign_then_restart_delivers_everyone_at_least_once() {
     drop(got);
     sink.stop();
 }
+
+#[test]
+fn recipients_of_one_pickup_message_share_transactions_per_domain() {
+    let sink = Sink::start(HashMap::new());
+    let extra = format!(
+        "[delivery]\nrecipients_per_transaction = 10\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n",
+        sink.addr
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut eml = String::from("x-sender: <bounces@acme.example>\r\n");
+    for i in 0..30 {
+        eml.push_str(&format!("x-receiver: <g{i}@group.test>\r\n"));
+    }
+    for i in 0..5 {
+        eml.push_str(&format!("x-receiver: <o{i}@other.test>\r\n"));
+    }
+    eml.push_str("From: news@acme.example\r\nSubject: same for everyone\r\n\r\nHello all\r\n");
+    env.drop_input("p.eml", eml.as_bytes());
+    wait_final(&env, &engine, 35, Duration::from_secs(60));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    assert_eq!(got.deliveries.len(), 35);
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    let sizes = &got.transactions;
+    assert_eq!(sizes.iter().sum::<usize>(), 35);
+    assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
+    assert!(
+        sizes.len() <= 12,
+        "recipients shared transactions: {sizes:?}"
+    );
+    assert!(sizes.iter().any(|&n| n > 1), "{sizes:?}");
+    // The message went as it was: no Message-ID or Date added to a pickup message.
+    assert!(!got.bodies["g3@group.test"].contains("Message-ID"));
+    drop(got);
+    sink.stop();
+}

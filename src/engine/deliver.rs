@@ -67,12 +67,15 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A rendered message for one recipient, on its way from home to owner.
 pub struct Prepared {
-    pub seq: u64,
+    /// (sequence number, address) per recipient: several only for one verbatim message to
+    /// one domain, which share a transaction.
+    pub rcpts: Vec<(u64, String)>,
     pub home: usize,
     pub mail_from: String,
-    pub rcpt: String,
     pub message: Vec<u8>,
     pub message_id: String,
+    /// (message record, domain) when more recipients may join this transaction.
+    group: Option<(u64, u32)>,
 }
 
 /// One recipient's result, on its way from owner to home.
@@ -366,7 +369,15 @@ impl Shard {
                 taken.push(seq);
             }
             drop(home);
+            let max_rcpts = config.delivery.recipients_per_transaction as usize;
             for seq in taken {
+                let joined = match msgs.last_mut() {
+                    Some(last) if last.rcpts.len() < max_rcpts => self.join(seq, last),
+                    _ => false,
+                };
+                if joined {
+                    continue;
+                }
                 match self.render(seq, &config) {
                     Ok(Some(p)) => msgs.push(p),
                     Ok(None) => {}
@@ -427,13 +438,39 @@ impl Shard {
         }
         queue.index.set_in_flight(seq, true);
         Ok(Some(Prepared {
-            seq,
+            rcpts: vec![(seq, r.recipient.to_string())],
             home: self.id,
             mail_from: rendering.sender.clone(),
-            rcpt: r.recipient.to_string(),
             message,
             message_id: message_id.unwrap_or_default(),
+            group: rendering.verbatim.then_some((r.message_seq, e.domain)),
         }))
+    }
+
+    /// Adds `seq` to `p`'s transaction if it is another recipient of the same verbatim
+    /// message at the same domain (personalised messages go one per transaction).
+    fn join(&self, seq: u64, p: &mut Prepared) -> bool {
+        let Some((message_seq, domain)) = p.group else {
+            return false;
+        };
+        let mut queue = self.queue.borrow_mut();
+        let Some(e) = queue.index.entry(seq).copied() else {
+            return false;
+        };
+        let due = matches!(e.state, EntryState::Waiting | EntryState::Deferred);
+        if !due || e.message_seq != message_seq || e.domain != domain {
+            return false;
+        }
+        let Some(rcpt) = queue.payload_at(seq, e.offset).ok().and_then(|b| {
+            RecipientPayload::decode_recipient(&b)
+                .ok()
+                .map(|(_, r)| r.to_string())
+        }) else {
+            return false;
+        };
+        queue.index.set_in_flight(seq, true);
+        p.rcpts.push((seq, rcpt));
+        true
     }
 
     fn rendering(
@@ -801,11 +838,12 @@ async fn worker(shard: Rc<Shard>, key: String) {
             match connect(&shard, &scope, tls).await {
                 Ok(c) => conn = Some(c),
                 Err(why) => {
+                    let lost = vec![RcptResult::ConnectionLost(why); msg.rcpts.len()];
                     send_outcomes(
                         &shard,
                         &key,
                         msg.home,
-                        vec![outcome_item(&msg, RcptResult::ConnectionLost(why), "", "")],
+                        outcome_items(&msg, lost, "", "", ""),
                     );
                     sleep(CONNECT_FAILURE_PAUSE).await;
                     idle_since = Instant::now();
@@ -818,17 +856,15 @@ async fn worker(shard: Rc<Shard>, key: String) {
         let tls_info = c.tls.clone().unwrap_or_default();
         let tx = Transaction {
             mail_from: msg.mail_from.clone(),
-            rcpts: vec![msg.rcpt.clone()],
+            rcpts: msg.rcpts.iter().map(|(_, r)| r.clone()).collect(),
             message: std::mem::take(&mut msg.message),
         };
-        let result = c
-            .send(tx)
-            .await
-            .pop()
-            .unwrap_or_else(|| RcptResult::ConnectionLost("no result".into()));
-        let mut item = outcome_item(&msg, result, &mx, &ip);
-        item.tls = tls_info;
-        send_outcomes(&shard, &key, msg.home, vec![item]);
+        let mut results = c.send(tx).await;
+        if results.len() != msg.rcpts.len() {
+            results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
+        }
+        let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
+        send_outcomes(&shard, &key, msg.home, items);
         idle_since = Instant::now();
     }
     if let Some(c) = conn.take() {
@@ -840,16 +876,27 @@ async fn worker(shard: Rc<Shard>, key: String) {
     shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn outcome_item(msg: &Prepared, result: RcptResult, mx: &str, ip: &str) -> OutcomeItem {
-    OutcomeItem {
-        seq: msg.seq,
-        rcpt: msg.rcpt.clone(),
-        message_id: msg.message_id.clone(),
-        result,
-        mx: mx.to_string(),
-        ip: ip.to_string(),
-        tls: String::new(),
-    }
+/// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
+fn outcome_items(
+    msg: &Prepared,
+    results: Vec<RcptResult>,
+    mx: &str,
+    ip: &str,
+    tls: &str,
+) -> Vec<OutcomeItem> {
+    msg.rcpts
+        .iter()
+        .zip(results)
+        .map(|((seq, rcpt), result)| OutcomeItem {
+            seq: *seq,
+            rcpt: rcpt.clone(),
+            message_id: msg.message_id.clone(),
+            result,
+            mx: mx.to_string(),
+            ip: ip.to_string(),
+            tls: tls.to_string(),
+        })
+        .collect()
 }
 
 fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<OutcomeItem>) {

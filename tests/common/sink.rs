@@ -58,6 +58,8 @@ pub struct Received {
     pub bodies: HashMap<String, String>,
     pub rcpt_attempts: HashMap<String, usize>,
     pub connections: usize,
+    /// Recipients of each accepted transaction, in order.
+    pub transactions: Vec<usize>,
 }
 
 pub struct Sink {
@@ -209,6 +211,7 @@ fn serve(
             if cmd == ".\r\n" {
                 std::thread::sleep(delay);
                 let mut got = received.lock().unwrap();
+                got.transactions.push(rcpts.len());
                 for rcpt in rcpts.drain(..) {
                     *got.deliveries.entry(rcpt.clone()).or_default() += 1;
                     if secure {
