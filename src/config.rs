@@ -80,6 +80,8 @@ pub struct Delivery {
     pub tls: crate::smtp::session::TlsPolicy,
     /// Recipients of one verbatim message at one domain that share a transaction.
     pub recipients_per_transaction: u32,
+    /// SMTP client timeouts per phase (RFC 5321 4.5.3.2 defaults).
+    pub timeouts: crate::smtp::session::Timeouts,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +242,14 @@ struct RawDelivery {
     paused: Option<bool>,
     tls: Option<String>,
     recipients_per_transaction: Option<u32>,
+    greeting_timeout: Option<String>,
+    ehlo_timeout: Option<String>,
+    mail_timeout: Option<String>,
+    rcpt_timeout: Option<String>,
+    data_init_timeout: Option<String>,
+    data_block_timeout: Option<String>,
+    data_done_timeout: Option<String>,
+    command_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -557,6 +567,36 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         )
         .map_err(|m| err("delivery.tls", m))?,
         recipients_per_transaction: raw.delivery.recipients_per_transaction.unwrap_or(50),
+        timeouts: crate::smtp::session::Timeouts {
+            greeting: duration(
+                "delivery.greeting_timeout",
+                &raw.delivery.greeting_timeout,
+                "5m",
+            )?,
+            ehlo: duration("delivery.ehlo_timeout", &raw.delivery.ehlo_timeout, "5m")?,
+            mail: duration("delivery.mail_timeout", &raw.delivery.mail_timeout, "5m")?,
+            rcpt: duration("delivery.rcpt_timeout", &raw.delivery.rcpt_timeout, "5m")?,
+            data_init: duration(
+                "delivery.data_init_timeout",
+                &raw.delivery.data_init_timeout,
+                "2m",
+            )?,
+            data_block: duration(
+                "delivery.data_block_timeout",
+                &raw.delivery.data_block_timeout,
+                "3m",
+            )?,
+            data_done: duration(
+                "delivery.data_done_timeout",
+                &raw.delivery.data_done_timeout,
+                "10m",
+            )?,
+            other: duration(
+                "delivery.command_timeout",
+                &raw.delivery.command_timeout,
+                "2m",
+            )?,
+        },
     };
     if !(1..=1000).contains(&delivery.recipients_per_transaction) {
         return Err(err(

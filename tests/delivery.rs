@@ -205,3 +205,126 @@ fn recipients_of_one_pickup_message_share_transactions_per_domain() {
     drop(got);
     sink.stop();
 }
+
+#[test]
+fn a_recipient_deferred_past_max_age_expires_once_with_a_category() {
+    let sink = Sink::start(HashMap::from([(
+        "later.test".to_string(),
+        Behaviour::AlwaysDefer,
+    )]));
+    let extra = format!(
+        "[delivery]\nretry_first = \"300ms\"\nretry_max_interval = \"300ms\"\nmax_age = \"2s\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"later.test\"\nhosts = [\"{}\"]\n",
+        sink.addr
+    );
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    env.drop_input(
+        "l.jsonl",
+        format!("{HEADER}\n{{\"to\":\"a@later.test\"}}\n{{\"to\":\"b@later.test\"}}\n").as_bytes(),
+    );
+    wait_until(Duration::from_secs(30), "expirations", || {
+        env.count_events("Expiration") == 2
+    });
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let records = env.log_records();
+    let exp: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "Expiration")
+        .collect();
+    assert_eq!(exp.len(), 2);
+    assert_eq!(exp[0]["code"], 451);
+    assert_eq!(exp[0]["bounce_category"], "other");
+    let tries = records
+        .iter()
+        .filter(|r| r["recipient"] == "a@later.test" && r["type"] == "TransientFailure")
+        .count();
+    assert!(tries >= 2, "retried before expiring: {tries}");
+    assert!(records
+        .iter()
+        .all(|r| r["type"] != "Delivery" && r["type"] != "Bounce"));
+    assert!(
+        env.queued_recipients().is_empty(),
+        "expired recipients leave the queue"
+    );
+    sink.stop();
+}
+
+#[test]
+fn a_silent_server_hits_the_configured_reply_timeout() {
+    // Greets, then never answers: the EHLO timeout must end the wait.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::clone(&stop);
+    let silent = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut held = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok((mut c, _)) = listener.accept() {
+                let _ = c.write_all(b"220 silent.test\r\n");
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let extra = format!(
+        "[delivery]\nehlo_timeout = \"1s\"\nretry_first = \"1h\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"silent.test\"\nhosts = [\"{addr}\"]\n"
+    );
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    let started = std::time::Instant::now();
+    env.drop_input(
+        "s.jsonl",
+        format!("{HEADER}\n{{\"to\":\"a@silent.test\"}}\n").as_bytes(),
+    );
+    wait_until(Duration::from_secs(30), "a transient failure", || {
+        env.count_events("TransientFailure") == 1
+    });
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let t = env
+        .log_records()
+        .into_iter()
+        .find(|r| r["type"] == "TransientFailure")
+        .unwrap();
+    assert!(
+        t["response"].as_str().unwrap().contains("timed out")
+            || t["response"].as_str().unwrap().contains("Timed out"),
+        "{t}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    silent.join().unwrap();
+}
+
+#[test]
+fn a_slow_receiver_does_not_hold_back_another_scope() {
+    let slow = Sink::start_with_delay(HashMap::new(), Duration::from_millis(150));
+    let fast = Sink::start(HashMap::new());
+    let extra = format!(
+        "[delivery]\nsite_connection_limit = 2\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"slow.test\"\nhosts = [\"{}\"]\n[[routes]]\ndomain = \"fast.test\"\nhosts = [\"{}\"]\n",
+        slow.addr, fast.addr
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for i in 0..40 {
+        s.push_str(&format!(
+            "{{\"to\":\"s{i}@slow.test\"}}\n{{\"to\":\"f{i}@fast.test\"}}\n"
+        ));
+    }
+    env.drop_input("mix.jsonl", s.as_bytes());
+    wait_until(Duration::from_secs(30), "the fast scope done", || {
+        fast.received.lock().unwrap().deliveries.len() == 40
+    });
+    // 40 messages at 150 ms over 2 connections take about 3 s; the fast scope did not wait.
+    let slow_done = slow.received.lock().unwrap().deliveries.len();
+    assert!(
+        slow_done < 30,
+        "slow scope had {slow_done} of 40 when the fast one finished"
+    );
+    wait_final(&env, &engine, 80, Duration::from_secs(60));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    slow.stop();
+    fast.stop();
+}

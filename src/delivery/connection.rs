@@ -228,16 +228,14 @@ impl Connection {
                         })
                         .await;
                         if let Err(e) = wrote {
-                            self.session
-                                .connection_lost(&format!("write to {}: {e}", self.addr));
+                            self.lose(format!("write to {}: {e}", self.addr));
                         }
                     }
                     Action::StartTls => match self.handshake().await {
                         Ok(()) => self.session.tls_established(),
                         Err(why) => {
                             self.tls_failed = true;
-                            self.session.connection_lost(&why);
-                            self.lost_why = Some(why);
+                            self.lose(why);
                         }
                     },
                     Action::Ready => {
@@ -273,18 +271,20 @@ impl Connection {
             })
             .await;
             match read {
-                Ok(0) => self
-                    .session
-                    .connection_lost(&format!("{} closed the connection", self.addr)),
+                Ok(0) => self.lose(format!("{} closed the connection", self.addr)),
                 Ok(n) => {
                     let (session, buf) = (&mut self.session, &self.buf);
                     session.receive(&buf[..n]);
                 }
-                Err(e) => self
-                    .session
-                    .connection_lost(&format!("read from {}: {e}", self.addr)),
+                Err(e) => self.lose(format!("read from {}: {e}", self.addr)),
             }
         }
+    }
+
+    /// The connection is gone: the session learns why, and so does the caller.
+    fn lose(&mut self, why: String) {
+        self.session.connection_lost(&why);
+        self.lost_why = Some(why);
     }
 }
 

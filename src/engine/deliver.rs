@@ -32,7 +32,7 @@ use crate::queue::record::{
 };
 use crate::queue::store::{unix_ms, EntryState, Index};
 use crate::smtp::session::TlsPolicy;
-use crate::smtp::session::{RcptResult, Timeouts, Transaction};
+use crate::smtp::session::{RcptResult, Transaction};
 use crate::template::{header_section_end, Template};
 use glommio::spawn_local;
 use glommio::timer::sleep;
@@ -947,7 +947,7 @@ async fn connect(
                     &config.smtp.helo_name,
                     p,
                     &shard.tls,
-                    Timeouts::default(),
+                    config.delivery.timeouts,
                     config.delivery.connect_timeout,
                 )
             };

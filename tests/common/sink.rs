@@ -19,6 +19,8 @@ pub enum Behaviour {
     UnknownUser,
     /// 450 4.7.1 the first time a recipient is tried, then accept.
     DeferOnce,
+    /// 451 4.3.0 every time.
+    AlwaysDefer,
 }
 
 /// Whether and how the sink offers STARTTLS.
@@ -270,6 +272,7 @@ fn serve(
                     "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".into()
                 }
                 Behaviour::DeferOnce if attempts == 1 => "450 4.7.1 try again later\r\n".into(),
+                Behaviour::AlwaysDefer => "451 4.3.0 mailbox temporarily unavailable\r\n".into(),
                 Behaviour::Accept | Behaviour::DeferOnce => {
                     rcpts.push(rcpt);
                     "250 2.1.5 ok\r\n".into()
