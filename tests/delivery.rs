@@ -328,3 +328,41 @@ fn a_slow_receiver_does_not_hold_back_another_scope() {
     slow.stop();
     fast.stop();
 }
+
+#[test]
+fn a_unilateral_421_closes_the_connection_and_retries_without_counting_an_attempt() {
+    let sink = Sink::start(HashMap::from([(
+        "busy.test".to_string(),
+        Behaviour::CloseOnce,
+    )]));
+    let extra = format!(
+        "[delivery]\nretry_first = \"1h\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"busy.test\"\nhosts = [\"{}\"]\n",
+        sink.addr
+    );
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    env.drop_input(
+        "b.jsonl",
+        format!("{HEADER}\n{{\"to\":\"a@busy.test\"}}\n").as_bytes(),
+    );
+    // A 421 is retried after 10 s, not on the (here one-hour) retry schedule.
+    wait_final(&env, &engine, 1, Duration::from_secs(40));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let records = env.log_records();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["Reception", "TransientFailure", "Delivery"]);
+    assert_eq!(records[1]["code"], 421);
+    assert!(records[1]["response"].as_str().unwrap().contains("TSS04"));
+    assert_eq!(
+        records[2]["attempt"], 1,
+        "the 421 did not count as an attempt"
+    );
+    assert!(
+        sink.received.lock().unwrap().connections >= 2,
+        "a new connection after the 421"
+    );
+    sink.stop();
+}

@@ -21,6 +21,8 @@ pub enum Behaviour {
     DeferOnce,
     /// 451 4.3.0 every time.
     AlwaysDefer,
+    /// The first time a recipient is tried: 421 and hang up (an ISP shedding load).
+    CloseOnce,
 }
 
 /// Whether and how the sink offers STARTTLS.
@@ -273,7 +275,13 @@ fn serve(
                 }
                 Behaviour::DeferOnce if attempts == 1 => "450 4.7.1 try again later\r\n".into(),
                 Behaviour::AlwaysDefer => "451 4.3.0 mailbox temporarily unavailable\r\n".into(),
-                Behaviour::Accept | Behaviour::DeferOnce => {
+                Behaviour::CloseOnce if attempts == 1 => {
+                    let _ = r.get_mut().write_all(
+                        b"421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume\r\n",
+                    );
+                    return;
+                }
+                Behaviour::Accept | Behaviour::DeferOnce | Behaviour::CloseOnce => {
                     rcpts.push(rcpt);
                     "250 2.1.5 ok\r\n".into()
                 }
