@@ -246,3 +246,49 @@ fn ten_thousand_recipients_over_twenty_domains_each_end_once_with_the_right_reco
     sink.stop();
     drop(dns);
 }
+
+#[test]
+fn a_provider_scope_sends_each_domain_to_its_own_mx_hosts() {
+    // One provider (one throttle scope) spans two domains whose MX hosts differ.
+    let sink_a = Sink::start(HashMap::new());
+    let port = sink_a.addr.port();
+    let sink_b = Sink::start_on(format!("127.0.0.2:{port}").parse().unwrap());
+    let zone = "mx-host=a.test,mxa.prov.test,10\naddress=/mxa.prov.test/127.0.0.1\n\
+                mx-host=b.test,mxb.prov.test,10\naddress=/mxb.prov.test/127.0.0.2\n";
+    let dns_dir = tempfile::tempdir().unwrap();
+    let Some(dns) = Dnsmasq::start_with(dns_dir.path(), zone) else {
+        return;
+    };
+    let extra = format!(
+        "[delivery]\nsite_connection_limit = 1\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {port}\n[providers.prov]\nmx_suffixes = [\".prov.test\"]\nconnection_limit = 1\n",
+        dns.port
+    );
+    // One shard: its home holds both domains in one pending scope.
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for i in 0..10 {
+        s.push_str(&format!(
+            "{{\"to\":\"u{i}@a.test\"}}\n{{\"to\":\"u{i}@b.test\"}}\n"
+        ));
+    }
+    env.drop_input("p.jsonl", s.as_bytes());
+    wait_final(&env, &engine, 20, Duration::from_secs(60));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let a = sink_a.received.lock().unwrap().deliveries.clone();
+    let b = sink_b.received.lock().unwrap().deliveries.clone();
+    assert_eq!(a.len(), 10, "{a:?}");
+    assert_eq!(b.len(), 10, "{b:?}");
+    assert!(a.keys().all(|r| r.ends_with("@a.test")), "{a:?}");
+    assert!(b.keys().all(|r| r.ends_with("@b.test")), "{b:?}");
+    let records = env.log_records();
+    let d: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "Delivery").collect();
+    assert!(d.iter().all(|r| r["provider"] == "prov"));
+    assert!(d
+        .iter()
+        .filter(|r| r["domain"] == "b.test")
+        .all(|r| r["mx"] == "mxb.prov.test"));
+    sink_a.stop();
+    sink_b.stop();
+    drop(dns);
+}

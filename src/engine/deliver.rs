@@ -76,6 +76,8 @@ pub struct Prepared {
     pub message_id: String,
     /// (message record, domain) when more recipients may join this transaction.
     group: Option<(u64, u32)>,
+    /// The destination's hosts (MX or route), in the order to try.
+    pub hosts: Vec<String>,
 }
 
 /// One recipient's result, on its way from owner to home.
@@ -298,7 +300,13 @@ impl Shard {
                 .scopes
                 .entry(scope.key.clone())
                 .or_insert_with(|| new_owner_scope(&config, scope.clone(), shards));
-            s.scope = scope;
+            // Limits follow the configuration in force (SIGHUP), scope by scope.
+            let fresh = new_owner_scope(&config, scope, shards);
+            s.connection_limit = fresh.connection_limit;
+            s.interval = fresh.interval;
+            s.max_per_connection = fresh.max_per_connection;
+            s.tls = fresh.tls;
+            s.scope.port = fresh.scope.port;
             s.demand[home] = count;
         }
         self.grant();
@@ -306,6 +314,10 @@ impl Shard {
 
     /// Owner: hands out credit where the window has room, round-robin over homes.
     fn grant(self: &Rc<Self>) {
+        if self.closing.get() {
+            // Draining: nothing new starts; what is promised comes back or waits.
+            return;
+        }
         let mut credits = Vec::new();
         {
             let mut owner = self.owner.borrow_mut();
@@ -348,8 +360,9 @@ impl Shard {
             if let Some((view, _)) = home.announced.get_mut(&scope) {
                 *view = view.saturating_sub(n);
             }
-            let Some((_, owner, q)) = home.pending.get_mut(&scope) else {
-                // Nothing here any more: give the credit back.
+            let pending = home.pending.get_mut(&scope).filter(|_| !self.closing.get());
+            let Some((pending_scope, owner, q)) = pending else {
+                // Nothing here any more, or draining: give the credit back.
                 drop(home);
                 self.send_data(
                     owner_shard(&scope, self.shards),
@@ -363,6 +376,7 @@ impl Shard {
                 return;
             };
             let owner = *owner;
+            let fallback_hosts = pending_scope.hosts.clone();
             let mut taken = Vec::new();
             while taken.len() < n as usize {
                 let Some(seq) = q.pop_front() else { break };
@@ -378,7 +392,7 @@ impl Shard {
                 if joined {
                     continue;
                 }
-                match self.render(seq, &config) {
+                match self.render(seq, &config, &fallback_hosts) {
                     Ok(Some(p)) => msgs.push(p),
                     Ok(None) => {}
                     Err(why) => failed.push((seq, why)),
@@ -386,11 +400,23 @@ impl Shard {
             }
             owner
         };
+        // A recipient that cannot be rendered (a damaged record, a template that no longer
+        // parses) will not render later either: it bounces rather than waits forever.
         for (seq, why) in failed {
             eprintln!(
                 "spate: shard {}: cannot render recipient {seq}: {why}",
                 self.id
             );
+            let outcome = Outcome {
+                verdict: Verdict::Bounced,
+                fault: Fault::Message,
+                code: 0,
+                enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 3, 0)),
+                response: format!("cannot render the message: {why}"),
+                category: Some(BounceCategory::Other),
+                pushback: false,
+            };
+            self.finish(seq, &outcome, None);
         }
         self.send_data(
             owner,
@@ -404,7 +430,12 @@ impl Shard {
     }
 
     /// Renders one recipient's message, marking it in flight; `None` if it is no longer due.
-    fn render(&self, seq: u64, config: &Config) -> Result<Option<Prepared>, String> {
+    fn render(
+        &self,
+        seq: u64,
+        config: &Config,
+        fallback_hosts: &[String],
+    ) -> Result<Option<Prepared>, String> {
         let mut queue = self.queue.borrow_mut();
         let Some(e) = queue.index.entry(seq).copied() else {
             return Ok(None);
@@ -437,6 +468,13 @@ impl Shard {
             message_id = find_header(&message, "message-id");
         }
         queue.index.set_in_flight(seq, true);
+        // The recipient's own destination: a provider scope spans domains with MX hosts
+        // of their own.
+        let domain = &queue.index.domain_names[e.domain as usize];
+        let hosts = match self.home.borrow().routes.get(domain) {
+            Some((RouteResult::Scope(scope, _), _)) => scope.hosts.clone(),
+            Some((RouteResult::Decided(_), _)) | None => fallback_hosts.to_vec(),
+        };
         Ok(Some(Prepared {
             rcpts: vec![(seq, r.recipient.to_string())],
             home: self.id,
@@ -444,6 +482,7 @@ impl Shard {
             message,
             message_id: message_id.unwrap_or_default(),
             group: rendering.verbatim.then_some((r.message_seq, e.domain)),
+            hosts,
         }))
     }
 
@@ -565,12 +604,20 @@ impl Shard {
         let (event, state, due_ms, category) = match o.verdict {
             Verdict::Delivered => (EventType::Delivery, OutcomeState::Delivered, 0, None),
             Verdict::Bounced => (EventType::Bounce, OutcomeState::Bounced, 0, o.category),
-            Verdict::Deferred if o.fault == Fault::Connection && o.code == 421 => (
-                EventType::TransientFailure,
-                OutcomeState::Deferred,
-                now + SERVICE_CLOSING_RETRY.as_millis() as u64,
-                None,
-            ),
+            // A 421 is retried soon and not counted, but still ends at max_age.
+            Verdict::Deferred
+                if o.fault == Fault::Connection
+                    && o.code == 421
+                    && now
+                        < queued_ms.saturating_add(config.delivery.max_age.as_millis() as u64) =>
+            {
+                (
+                    EventType::TransientFailure,
+                    OutcomeState::Deferred,
+                    now + SERVICE_CLOSING_RETRY.as_millis() as u64,
+                    None,
+                )
+            }
             Verdict::Deferred => {
                 let random =
                     (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
@@ -636,8 +683,9 @@ impl Shard {
                 (rcpt_from_queue.as_str(), "", "", "", "", "")
             }
         };
+        // Outcomes decided before rendering (DNS) still name their sender and campaign.
+        let rendering = self.rendering(&queue, e.message_seq).ok();
         drop(queue);
-        let rendering = self.home.borrow().renderings.get(&e.message_seq).cloned();
         let (sender, campaign, tenant) = match &rendering {
             Some(r) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
             None => ("", "", ""),
@@ -792,33 +840,39 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
 
 /// One connection's worth of sending for a scope, on its owner shard.
 async fn worker(shard: Rc<Shard>, key: String) {
-    let mut conn: Option<Connection> = None;
+    let mut conn: Option<(Connection, Vec<String>)> = None;
     let mut idle_since = Instant::now();
     loop {
-        if shard.shared.failed() {
-            break;
-        }
+        // Taking a message and deciding to exit happen in one borrow, so a message that
+        // arrives as this worker leaves always finds the worker count already lowered (and
+        // `on_prepared` starts another).
         let next = {
             let mut owner = shard.owner.borrow_mut();
             let Some(s) = owner.scopes.get_mut(&key) else {
                 break;
             };
-            let msg = s.ready.pop_front();
+            let stop = shard.shared.failed() || shard.closing.get();
+            let msg = if stop { None } else { s.ready.pop_front() };
+            let idle = idle_since.elapsed() >= IDLE_CLOSE;
+            if msg.is_none() && (stop || idle) {
+                s.workers = s.workers.saturating_sub(1);
+                drop(owner);
+                shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
             let wait = match (&msg, s.interval) {
-                (Some(_), Some(interval)) => {
+                (Some(m), Some(interval)) => {
+                    // The rate counts recipients: a shared transaction uses one slot each.
                     let now = Instant::now();
                     let at = s.next_send.max(now);
-                    s.next_send = at + interval;
+                    s.next_send = at + interval * m.rcpts.len() as u32;
                     at - now
                 }
                 _ => Duration::ZERO,
             };
-            msg.map(|m| (m, wait, s.scope.clone(), s.max_per_connection, s.tls))
+            msg.map(|m| (m, wait, s.scope.port, s.max_per_connection, s.tls))
         };
-        let Some((mut msg, wait, scope, max_per_connection, tls)) = next else {
-            if shard.closing.get() || idle_since.elapsed() >= IDLE_CLOSE {
-                break;
-            }
+        let Some((mut msg, wait, port, max_per_connection, tls)) = next else {
             sleep(Duration::from_millis(2)).await;
             continue;
         };
@@ -826,17 +880,17 @@ async fn worker(shard: Rc<Shard>, key: String) {
         if !wait.is_zero() {
             sleep(wait).await;
         }
-        if conn
-            .as_ref()
-            .is_some_and(|c| !c.is_usable() || c.deliveries >= max_per_connection)
-        {
-            if let Some(c) = conn.take() {
+        // A connection serves one destination's hosts: a provider's domains can have MX
+        // hosts of their own, and mail for one must not go to another's.
+        let reusable = conn.as_ref().is_some_and(|(c, hosts)| {
+            c.is_usable() && c.deliveries < max_per_connection && *hosts == msg.hosts
+        });
+        if !reusable {
+            if let Some((c, _)) = conn.take() {
                 c.quit().await;
             }
-        }
-        if conn.is_none() {
-            match connect(&shard, &scope, tls).await {
-                Ok(c) => conn = Some(c),
+            match connect(&shard, &msg.hosts, port, tls).await {
+                Ok(c) => conn = Some((c, msg.hosts.clone())),
                 Err(why) => {
                     let lost = vec![RcptResult::ConnectionLost(why); msg.rcpts.len()];
                     send_outcomes(
@@ -851,7 +905,7 @@ async fn worker(shard: Rc<Shard>, key: String) {
                 }
             }
         }
-        let c = conn.as_mut().expect("connected above");
+        let (c, _) = conn.as_mut().expect("connected above");
         let (mx, ip) = (c.mx.clone(), c.addr.ip().to_string());
         let tls_info = c.tls.clone().unwrap_or_default();
         let tx = Transaction {
@@ -867,13 +921,9 @@ async fn worker(shard: Rc<Shard>, key: String) {
         send_outcomes(&shard, &key, msg.home, items);
         idle_since = Instant::now();
     }
-    if let Some(c) = conn.take() {
+    if let Some((c, _)) = conn.take() {
         c.quit().await;
     }
-    if let Some(s) = shard.owner.borrow_mut().scopes.get_mut(&key) {
-        s.workers = s.workers.saturating_sub(1);
-    }
-    shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
@@ -914,13 +964,14 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
 /// plaintext for `TLS_BROKEN_FOR`.
 async fn connect(
     shard: &Rc<Shard>,
-    scope: &Scope,
+    hosts: &[String],
+    default_port: u16,
     policy: TlsPolicy,
 ) -> Result<Connection, String> {
     let config = shard.config.borrow().clone();
     let mut last = String::from("no hosts");
-    for host in &scope.hosts {
-        let (name, port) = host_port(host, scope.port);
+    for host in hosts {
+        let (name, port) = host_port(host, default_port);
         let addrs = match shard.resolver.addresses(&name).await {
             Ok(a) => a,
             Err(why) => {

@@ -477,6 +477,8 @@ struct Shard {
     sync_kick: LocalSender<()>,
     /// Set at shutdown: the group commit makes a last pass and ends.
     closing: Cell<bool>,
+    /// Set after the drain: the group commit makes its last pass and ends.
+    final_commit: Cell<bool>,
     /// Acknowledgement routes of the inputs this shard is claiming.
     acks: RefCell<HashMap<u64, LocalSender<u32>>>,
     last_batch_id: Cell<u64>,
@@ -552,6 +554,8 @@ async fn shard_main(
     }
     // Outcomes sent by other shards' last workers arrive through the control mesh.
     sleep(Duration::from_millis(20)).await;
+    // Only now does the group commit make its last pass: every outcome of the drain is in.
+    shard.final_commit.set(true);
     let _ = shard.sync_kick.try_send(());
     syncer.await;
     let blocking = shard.queue.borrow().blocking_rollovers;
@@ -615,6 +619,7 @@ fn open_shard(
             unsynced_records: Cell::new(0),
             sync_kick,
             closing: Cell::new(false),
+            final_commit: Cell::new(false),
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
@@ -654,7 +659,7 @@ async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
             shard.shared.fail(message);
             return;
         }
-        if shard.closing.get() {
+        if shard.final_commit.get() {
             break;
         }
     }

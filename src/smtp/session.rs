@@ -374,7 +374,7 @@ impl Session {
             }
             return;
         };
-        if reply.code == 421 && expect != Expect::Quit && expect != Expect::EmptyDataEnd {
+        if reply.code == 421 && expect != Expect::Quit {
             self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
             return;
         }
@@ -472,6 +472,14 @@ impl Session {
                 let data = encode_data(&a.tx.message);
                 self.send(data, Expect::DataEnd);
             }
+            return;
+        }
+        if reply.is_positive() {
+            // A 2xx to DATA would read as "delivered" though no content was sent.
+            self.close_with(
+                CloseReason::Protocol(format!("DATA answered with {reply} instead of 354")),
+                None,
+            );
             return;
         }
         for r in a.results.iter_mut().filter(|r| r.is_none()) {
@@ -820,6 +828,22 @@ mod tests {
         h.s.start(tx(&["b@x.test"], "x"));
         h.drain();
         assert!(h.take_sent().starts_with("RSET\r\nMAIL FROM"));
+    }
+
+    #[test]
+    fn a_2xx_to_data_is_a_protocol_error_not_a_delivery() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "x"));
+        h.drain();
+        h.server("250 ok\r\n250 ok\r\n250 ok\r\n");
+        assert!(
+            matches!(h.done[0][0], RcptResult::ConnectionLost(_)),
+            "{:?}",
+            h.done
+        );
+        assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
     }
 
     #[test]

@@ -87,8 +87,23 @@ impl Sink {
         Sink::start_full(script, Duration::ZERO, tls)
     }
 
+    /// An accepting sink on a given loopback address (e.g. 127.0.0.2 with another sink's port).
+    pub fn start_on(addr: SocketAddr) -> Sink {
+        Sink::start_at(addr, HashMap::new(), Duration::ZERO, SinkTls::None)
+    }
+
     fn start_full(script: HashMap<String, Behaviour>, delay: Duration, tls: SinkTls) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Sink::start_at("127.0.0.1:0".parse().unwrap(), script, delay, tls)
+    }
+
+    fn start_at(
+        addr: SocketAddr,
+        script: HashMap<String, Behaviour>,
+        delay: Duration,
+        tls: SinkTls,
+    ) -> Sink {
+        assert!(addr.ip().is_loopback());
+        let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
