@@ -4,8 +4,8 @@
 #
 #   cargo build --release && bash benches/rss_per_recipient.sh [N]
 #
-# Loopback-free and self-cleaning: everything lives in a temporary directory, and the engines
-# it starts are stopped by their pid.
+# Sends nothing anywhere (delivery paused, DNS on a closed loopback port) and cleans up:
+# everything lives in a temporary directory, and the engines it starts are stopped by their pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -16,7 +16,9 @@ cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 config() { # $1 = base dir
-  printf '[engine]\nshards = 2\ndata_dir = "%s/data"\n[spool]\ndir = "%s/spool"\n[log]\ndir = "%s/log"\n' "$1" "$1" "$1"
+  # Delivery paused and DNS on a closed loopback port: this measures memory, and must never
+  # send anything (DNS queries included) off this machine.
+  printf '[engine]\nshards = 2\ndata_dir = "%s/data"\n[delivery]\npaused = true\n[dns]\nnameservers = ["127.0.0.1:9"]\n[spool]\ndir = "%s/spool"\n[log]\ndir = "%s/log"\n' "$1" "$1" "$1"
 }
 
 rss_anon_kib() { # $1 = base dir; starts the engine, reads RssAnon once it is ready, stops it

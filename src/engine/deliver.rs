@@ -111,7 +111,7 @@ struct Rendering {
 /// Home-side delivery state of a shard.
 #[derive(Default)]
 pub struct Home {
-    ready: VecDeque<u64>,
+    ready: SeqRuns,
     deferred: BinaryHeap<Reverse<(u64, u64)>>,
     routes: HashMap<Box<str>, (RouteResult, Instant)>,
     /// Domains being resolved, with the recipients waiting for them.
@@ -139,8 +139,8 @@ impl Home {
         }
     }
 
-    pub fn add_ready(&mut self, seqs: impl IntoIterator<Item = u64>) {
-        self.ready.extend(seqs);
+    pub fn add_ready(&mut self, seqs: std::ops::Range<u64>) {
+        self.ready.push_range(seqs);
     }
 
     /// Compaction moved these recipients to new sequence numbers.
@@ -154,6 +154,46 @@ impl Home {
                 Some((EntryState::InFlight | EntryState::Vacant, _)) | None => {}
             }
         }
+    }
+}
+
+/// A queue of sequence numbers kept as runs: recipients are mostly consecutive, so a
+/// million of them waiting cost a few runs, not eight bytes each.
+#[derive(Default)]
+struct SeqRuns {
+    runs: VecDeque<std::ops::Range<u64>>,
+}
+
+impl SeqRuns {
+    fn push_back(&mut self, seq: u64) {
+        self.push_range(seq..seq + 1);
+    }
+
+    fn push_range(&mut self, r: std::ops::Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        match self.runs.back_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => self.runs.push_back(r),
+        }
+    }
+
+    fn push_front(&mut self, seq: u64) {
+        match self.runs.front_mut() {
+            Some(first) if first.start == seq + 1 => first.start = seq,
+            _ => self.runs.push_front(seq..seq + 1),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<u64> {
+        let first = self.runs.front_mut()?;
+        let seq = first.start;
+        first.start += 1;
+        if first.is_empty() {
+            self.runs.pop_front();
+        }
+        Some(seq)
     }
 }
 
@@ -1079,6 +1119,19 @@ pub fn rfc5322_date(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_runs_keep_order_and_merge() {
+        let mut r = SeqRuns::default();
+        r.push_range(10..13);
+        r.push_back(13);
+        r.push_back(20);
+        r.push_front(9);
+        r.push_front(5);
+        assert_eq!(r.runs.len(), 3, "5, 9..14, 20");
+        let all: Vec<u64> = std::iter::from_fn(|| r.pop_front()).collect();
+        assert_eq!(all, [5, 9, 10, 11, 12, 13, 20]);
+    }
 
     #[test]
     fn headers_and_dates() {

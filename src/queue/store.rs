@@ -413,6 +413,9 @@ pub struct Replay {
     pub next_seq: u64,
     /// Recipient records applied so far (live or not).
     pub committed_recipients: u64,
+    /// A record's sequence number went backwards in this segment: what follows is stale
+    /// data from an earlier write, and is ignored.
+    stale: bool,
 }
 
 impl Replay {
@@ -420,12 +423,26 @@ impl Replay {
     pub fn begin_segment(&mut self) {
         self.pending.clear();
         self.valid_end = SEGMENT_HEADER_BYTES;
+        self.stale = false;
     }
 
     /// Feeds the record at `offset` of `segment` (the whole segment's bytes).
     pub fn record(&mut self, segment: &[u8], offset: usize, r: RecordRef<'_>) {
         let record_bytes = record_len(r.payload.len());
-        self.next_seq = self.next_seq.max(r.seq + 1);
+        // Sequence numbers only go forward. One that does not is a valid-looking record left
+        // from an earlier write (a power loss can leave such bytes past a zeroed gap): it and
+        // everything after it are not state. Recovery clears them with the torn tail.
+        if self.stale || r.seq < self.next_seq {
+            if !self.stale {
+                self.anomalies.push(format!(
+                    "record {} at byte {offset} goes back from {}: stale data ignored",
+                    r.seq, self.next_seq
+                ));
+            }
+            self.stale = true;
+            return;
+        }
+        self.next_seq = r.seq + 1;
         match r.kind {
             Kind::Message | Kind::Recipient => {
                 self.pending.push((offset, r.seq, r.kind, r.payload.len()));
@@ -1634,6 +1651,35 @@ mod tests {
             prop_assert_eq!(committed(&q), vec![(1, 0), (3, 0)]);
             prop_assert_eq!(report.live_recipients, 24);
         }
+    }
+
+    #[test]
+    fn stale_records_past_the_tail_are_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, start, end) = two_batches(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Batch 2's records again, right after themselves: valid CRCs, old sequence numbers.
+        let stale = bytes[start..end].to_vec();
+        bytes[end..end + stale.len()].copy_from_slice(&stale);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(committed(&q), vec![(1, 0), (2, 0)]);
+        assert_eq!(q.index.live(), 25, "batch 2 counted once");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("stale data ignored")),
+            "{:?}",
+            report.warnings
+        );
+        // The stale bytes were cleared: new appends and a later recovery are clean.
+        q.append_chunk(&chunk(3, 0, 4)).unwrap();
+        drop(q);
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert_eq!(report.live_recipients, 29);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        drop(q);
     }
 
     #[test]
