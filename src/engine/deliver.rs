@@ -889,6 +889,8 @@ async fn worker(shard: Rc<Shard>, key: String) {
         let next = {
             let mut owner = shard.owner.borrow_mut();
             let Some(s) = owner.scopes.get_mut(&key) else {
+                // Scopes are never removed; should one be, this worker still counts out.
+                shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             };
             let stop = shard.shared.failed() || shard.closing.get();
