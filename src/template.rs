@@ -129,10 +129,6 @@ impl Template {
         &self.source
     }
 
-    pub fn into_source(self) -> Vec<u8> {
-        self.source
-    }
-
     pub fn var_names(&self) -> &[String] {
         &self.var_names
     }

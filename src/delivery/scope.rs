@@ -10,8 +10,9 @@ use crate::config::{Config, Route};
 pub struct Scope {
     /// `provider-name`, `site:mx1,mx2` or `route:pattern`; the delivery log's `provider`.
     pub key: String,
-    /// Hosts in the order to try; for static routes, `host:port`.
-    pub hosts: Vec<String>,
+    /// Hosts in the order to try; for static routes, `host:port`. Shared: every message
+    /// to the destination carries it.
+    pub hosts: std::sync::Arc<[String]>,
     /// Port for hosts without one.
     pub port: u16,
 }
@@ -53,7 +54,7 @@ pub fn scope_for_mx(config: &Config, mx_hosts: &[String]) -> Scope {
     };
     Scope {
         key,
-        hosts: mx_hosts.to_vec(),
+        hosts: mx_hosts.into(),
         port: config.smtp.port,
     }
 }
@@ -61,7 +62,7 @@ pub fn scope_for_mx(config: &Config, mx_hosts: &[String]) -> Scope {
 pub fn scope_for_route(config: &Config, route: &Route) -> Scope {
     Scope {
         key: format!("route:{}", route.domain),
-        hosts: route.hosts.clone(),
+        hosts: route.hosts.as_slice().into(),
         port: config.smtp.port,
     }
 }

@@ -41,6 +41,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Demand is re-announced this often while recipients wait, whatever the owner's view.
@@ -76,8 +77,9 @@ pub struct Prepared {
     pub message_id: String,
     /// (message record, domain) when more recipients may join this transaction.
     group: Option<(u64, u32)>,
-    /// The destination's hosts (MX or route), in the order to try.
-    pub hosts: Vec<String>,
+    /// The destination's hosts (MX or route), in the order to try; shared, not copied,
+    /// per message.
+    pub hosts: Arc<[String]>,
 }
 
 /// One recipient's result, on its way from owner to home.
@@ -101,6 +103,9 @@ enum RouteResult {
 /// What rendering a message needs, parsed once per message record.
 struct Rendering {
     template: Template,
+    /// The template's own Message-ID and whether it has a Date, read once, not per message.
+    message_id: Option<String>,
+    has_date: bool,
     batch_id: u64,
     sender: String,
     campaign: String,
@@ -248,6 +253,8 @@ impl Shard {
             let queue = self.queue.borrow();
             let index = &queue.index;
             let mut home = self.home.borrow_mut();
+            let home = &mut *home;
+            let tick = Instant::now();
             while let Some(&Reverse((due, seq))) = home.deferred.peek() {
                 if due > now {
                     break;
@@ -266,20 +273,20 @@ impl Shard {
                 }
                 n += 1;
                 let domain = &index.domain_names[e.domain as usize];
-                let cached = home
-                    .routes
-                    .get(domain)
-                    .filter(|(_, until)| *until > Instant::now())
-                    .map(|(r, _)| r.clone());
-                match cached {
+                // Borrowed from the route cache: nothing is cloned per recipient unless a
+                // scope gets its first pending entry or routing decided the outcome.
+                let cached = home.routes.get(domain).filter(|(_, until)| *until > tick);
+                match cached.map(|(r, _)| r) {
                     Some(RouteResult::Scope(scope, owner)) => {
-                        let entry = home
-                            .pending
-                            .entry(scope.key.clone())
-                            .or_insert_with(|| (scope, owner, VecDeque::new()));
-                        entry.2.push_back(seq);
+                        match home.pending.get_mut(&scope.key) {
+                            Some(entry) => entry.2.push_back(seq),
+                            None => {
+                                let entry = (scope.clone(), *owner, VecDeque::from([seq]));
+                                home.pending.insert(scope.key.clone(), entry);
+                            }
+                        }
                     }
-                    Some(RouteResult::Decided(outcome)) => decided.push((seq, outcome)),
+                    Some(RouteResult::Decided(outcome)) => decided.push((seq, outcome.clone())),
                     None => {
                         let parked = home.resolving.entry(domain.clone()).or_default();
                         if parked.is_empty() {
@@ -416,7 +423,7 @@ impl Shard {
                 return;
             };
             let owner = *owner;
-            let fallback_hosts = pending_scope.hosts.clone();
+            let fallback_hosts = Arc::clone(&pending_scope.hosts);
             let mut taken = Vec::new();
             while taken.len() < n as usize {
                 let Some(seq) = q.pop_front() else { break };
@@ -474,7 +481,7 @@ impl Shard {
         &self,
         seq: u64,
         config: &Config,
-        fallback_hosts: &[String],
+        fallback_hosts: &Arc<[String]>,
     ) -> Result<Option<Prepared>, String> {
         let mut queue = self.queue.borrow_mut();
         let Some(e) = queue.index.entry(seq).copied() else {
@@ -487,14 +494,14 @@ impl Shard {
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(&queue, r.message_seq)?;
         let mut message = Vec::with_capacity(rendering.template.source().len() + 256);
-        let mut message_id = find_header(rendering.template.source(), "message-id");
+        let mut message_id = rendering.message_id.clone();
         if !rendering.verbatim {
             if message_id.is_none() {
                 let id = format!("<{:x}.{seq}@{}>", rendering.batch_id, config.smtp.helo_name);
                 message.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
                 message_id = Some(id);
             }
-            if find_header(rendering.template.source(), "date").is_none() {
+            if !rendering.has_date {
                 message.extend_from_slice(b"Date: ");
                 message.extend_from_slice(rfc5322_date(unix_ms()).as_bytes());
                 message.extend_from_slice(b"\r\n");
@@ -512,8 +519,8 @@ impl Shard {
         // of their own.
         let domain = &queue.index.domain_names[e.domain as usize];
         let hosts = match self.home.borrow().routes.get(domain) {
-            Some((RouteResult::Scope(scope, _), _)) => scope.hosts.clone(),
-            Some((RouteResult::Decided(_), _)) | None => fallback_hosts.to_vec(),
+            Some((RouteResult::Scope(scope, _), _)) => Arc::clone(&scope.hosts),
+            Some((RouteResult::Decided(_), _)) | None => Arc::clone(fallback_hosts),
         };
         Ok(Some(Prepared {
             rcpts: vec![(seq, r.recipient.to_string())],
@@ -576,6 +583,8 @@ impl Shard {
             Template::parse(m.body.to_vec()).map_err(|e| e.0)?
         };
         let r = Rc::new(Rendering {
+            message_id: find_header(template.source(), "message-id"),
+            has_date: find_header(template.source(), "date").is_some(),
             template,
             batch_id: m.batch_id,
             sender: m.sender.to_string(),
@@ -880,7 +889,7 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
 
 /// One connection's worth of sending for a scope, on its owner shard.
 async fn worker(shard: Rc<Shard>, key: String) {
-    let mut conn: Option<(Connection, Vec<String>)> = None;
+    let mut conn: Option<(Connection, Arc<[String]>)> = None;
     let mut idle_since = Instant::now();
     loop {
         // Taking a message and deciding to exit happen in one borrow, so a message that
@@ -925,14 +934,15 @@ async fn worker(shard: Rc<Shard>, key: String) {
         // A connection serves one destination's hosts: a provider's domains can have MX
         // hosts of their own, and mail for one must not go to another's.
         let reusable = conn.as_ref().is_some_and(|(c, hosts)| {
-            c.is_usable() && c.deliveries < max_per_connection && *hosts == msg.hosts
+            let same = Arc::ptr_eq(hosts, &msg.hosts) || **hosts == *msg.hosts;
+            c.is_usable() && c.deliveries < max_per_connection && same
         });
         if !reusable {
             if let Some((c, _)) = conn.take() {
                 c.quit().await;
             }
             match connect(&shard, &msg.hosts, port, tls).await {
-                Ok(c) => conn = Some((c, msg.hosts.clone())),
+                Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
                 Err(why) => {
                     let lost = vec![RcptResult::ConnectionLost(why); msg.rcpts.len()];
                     send_outcomes(

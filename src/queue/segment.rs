@@ -167,11 +167,6 @@ impl Segment {
         self.file.try_clone()
     }
 
-    /// Walks the records from the header on, calling `visit` for each valid one.
-    pub fn scan(&self, visit: impl FnMut(usize, RecordRef<'_>)) -> ScanEnd {
-        scan_bytes(&self.map, visit)
-    }
-
     /// One past the last non-zero byte at or after `from`, if any byte there is non-zero.
     pub fn nonzero_end(&self, from: usize) -> Option<usize> {
         let tail = &self.map[from..];

@@ -388,11 +388,6 @@ impl Index {
             .map(|(i, e)| (self.first_seq + i as u64, e))
     }
 
-    /// Batches with at least one committed chunk on this shard.
-    pub fn batch_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.batches.keys().copied()
-    }
-
     pub fn has_chunk(&self, batch_id: u64, chunk: u32) -> bool {
         self.batches
             .get(&batch_id)
@@ -540,7 +535,6 @@ impl Replay {
 pub struct RecoveryReport {
     pub segments: usize,
     pub live_recipients: u64,
-    pub torn_bytes_cleared: usize,
     pub warnings: Vec<String>,
 }
 
@@ -700,8 +694,7 @@ impl ShardQueue {
                         kept.display()
                     ));
                 }
-                report.torn_bytes_cleared = seg
-                    .truncate_tail_durably(replay.valid_end)
+                seg.truncate_tail_durably(replay.valid_end)
                     .map_err(io_err(path, "truncate torn tail"))?;
             } else {
                 seg.write_offset = seg.capacity();
