@@ -18,6 +18,7 @@
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 //! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
+//! - [`sim`]: simulated receiving ISPs and DNS on loopback, for the demo, `loadtest/` and tests.
 
 pub mod address;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod intake;
 pub mod preflight;
 pub mod queue;
+pub mod sim;
 pub mod smtp;
 pub mod spool;
 pub mod summary;

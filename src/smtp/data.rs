@@ -23,34 +23,39 @@ impl DataWriter {
         Self::default()
     }
 
-    /// Encodes `input` onto `out`.
-    pub fn write(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    /// Encodes `input` onto `out`. Runs of ordinary octets are copied whole (found with
+    /// `memchr`); only line breaks and line starts are looked at one by one.
+    pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 8);
-        for &b in input {
+        while let Some(&first) = input.first() {
             if self.pending_cr {
                 self.pending_cr = false;
-                if b == b'\n' {
+                if first == b'\n' {
+                    input = &input[1..];
                     continue;
                 }
             }
-            match b {
-                b'\r' => {
+            let end = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
+            let mut run = &input[..end];
+            while let Some(&b) = run.first() {
+                if self.line_len == LINE_OCTETS_MAX {
                     self.newline(out);
-                    self.pending_cr = true;
                 }
-                b'\n' => self.newline(out),
-                _ => {
-                    if self.line_len == LINE_OCTETS_MAX {
-                        self.newline(out);
-                    }
-                    if self.line_len == 0 && b == b'.' {
-                        out.push(b'.');
-                        self.line_len += 1;
-                    }
-                    out.push(b);
+                if self.line_len == 0 && b == b'.' {
+                    out.push(b'.');
                     self.line_len += 1;
                 }
+                let take = (LINE_OCTETS_MAX - self.line_len).min(run.len());
+                out.extend_from_slice(&run[..take]);
+                self.line_len += take;
+                run = &run[take..];
             }
+            let Some(&brk) = input.get(end) else {
+                break;
+            };
+            self.newline(out);
+            self.pending_cr = brk == b'\r';
+            input = &input[end + 1..];
         }
     }
 
@@ -133,7 +138,52 @@ mod tests {
         )
     }
 
+    /// The byte-at-a-time writer `write` replaced, kept as the specification it must match.
+    fn reference_encode(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut line_len, mut pending_cr) = (0usize, false);
+        for &b in input {
+            if std::mem::take(&mut pending_cr) && b == b'\n' {
+                continue;
+            }
+            match b {
+                b'\r' | b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    line_len = 0;
+                    pending_cr = b == b'\r';
+                }
+                _ => {
+                    if line_len == LINE_OCTETS_MAX {
+                        out.extend_from_slice(b"\r\n");
+                        line_len = 0;
+                    }
+                    if line_len == 0 && b == b'.' {
+                        out.push(b'.');
+                        line_len += 1;
+                    }
+                    out.push(b);
+                    line_len += 1;
+                }
+            }
+        }
+        if line_len > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
     proptest! {
+        #[test]
+        fn matches_the_byte_at_a_time_reference(input in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'x'), Just(b'\n'), Just(b'\r')], 0..3000), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
+            prop_assert_eq!(encode_in_pieces(&input, &cuts), reference_encode(&input));
+        }
+
+        #[test]
+        fn matches_the_reference_on_long_lines(input in proptest::collection::vec(prop_oneof![600 => Just(b'x'), 2 => Just(b'.'), 1 => Just(b'\n'), 1 => Just(b'\r')], 0..6000), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
+            prop_assert_eq!(encode_in_pieces(&input, &cuts), reference_encode(&input));
+        }
+
         #[test]
         fn any_input_yields_exactly_one_end_of_data(input in input_bytes(), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
             let out = encode_in_pieces(&input, &cuts);

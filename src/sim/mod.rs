@@ -1,0 +1,21 @@
+//! Simulated receiving ISPs on loopback, for `spate demo`, the load-test harness
+//! (`loadtest/`) and tests. Nothing here is used by the engine itself.
+//!
+//! - [`profile`]: what each simulated provider does (TOML): domains, addresses, accepted rate
+//!   per sending IP and the throttling replies real ISPs send beyond it, connection limits,
+//!   latency, failure fractions, greylisting, tarpitting, dropped connections.
+//! - [`sink`]: the SMTP receiver on a glommio executor that plays those profiles, counts every
+//!   accepted recipient and can write a receipt log.
+//! - [`dns`]: an authoritative-only DNS responder on loopback (hickory-proto wire format) that
+//!   serves the providers' MX and address records, so runs use the engine's real resolver.
+//! - [`campaign`]: campaign batches with a realistic domain mix and a personalised template.
+//! - [`scenario`]: a whole run: providers, campaign, engine settings; the engine configuration
+//!   it implies.
+//! - [`run`]: one whole run of a scenario with its report (the demo and the harness).
+
+pub mod campaign;
+pub mod dns;
+pub mod profile;
+pub mod run;
+pub mod scenario;
+pub mod sink;

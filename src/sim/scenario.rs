@@ -1,0 +1,208 @@
+//! A scenario: simulated providers, the campaign sent to them, and the engine settings; read
+//! from TOML (see `loadtest/scenarios/`), and the engine configuration it implies.
+
+use super::campaign::Campaign;
+use super::profile::{ProviderProfile, SinkProfile};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub recipients: u64,
+    #[serde(default = "default_template_bytes")]
+    pub template_bytes: usize,
+    /// Engine shards; 0: every CPU.
+    #[serde(default)]
+    pub shards: usize,
+    #[serde(default)]
+    pub bad_every: u64,
+    /// The engine's first retry delay (deferred recipients come back after this).
+    #[serde(default = "default_retry_first")]
+    pub retry_first: String,
+    /// Engine connections per site (each long-tail domain is a site).
+    #[serde(default = "default_site_connections")]
+    pub site_connections: u32,
+    #[serde(default = "default_deliveries_per_connection")]
+    pub max_deliveries_per_connection: u32,
+    /// Appended to the engine configuration as it is (e.g. `[engine]` tuning keys go in
+    /// `engine_keys`, other sections here).
+    #[serde(default)]
+    pub engine_extra: String,
+    /// Extra keys for the engine's `[engine]` section, e.g. `spin_before_park = "50us"`.
+    #[serde(default)]
+    pub engine_keys: String,
+    #[serde(rename = "provider")]
+    pub providers: Vec<ProviderProfile>,
+}
+
+fn default_name() -> String {
+    "scenario".into()
+}
+fn default_template_bytes() -> usize {
+    10 << 10
+}
+fn default_retry_first() -> String {
+    "5s".into()
+}
+fn default_site_connections() -> u32 {
+    4
+}
+fn default_deliveries_per_connection() -> u32 {
+    1000
+}
+
+/// `spate demo`'s scenario: Gmail-, Yahoo- and Microsoft-like providers and a long tail; the
+/// Yahoo-like one accepts fewer messages per second than the rest and says so with TSS04.
+pub const DEMO: &str = r#"
+name = "demo"
+recipients = 100000
+template_bytes = 10240
+bad_every = 1000
+retry_first = "2s"
+
+[[provider]]
+name = "gmail"
+style = "gmail"
+domains = ["gmail.test", "googlemail.test"]
+mx = "gmail-smtp-in.l.google.test"
+listen = ["127.0.0.2"]
+share = 0.45
+connections = 20
+
+[[provider]]
+name = "yahoo"
+style = "yahoo"
+domains = ["yahoo.test", "ymail.test", "aol.test"]
+mx = "mta5.am0.yahoodns.test"
+listen = ["127.0.0.3"]
+share = 0.2
+connections = 10
+rate = 1500
+
+[[provider]]
+name = "microsoft"
+style = "microsoft"
+domains = ["outlook.test", "hotmail.test", "live.test"]
+mx = "mail.protection.outlook.test"
+listen = ["127.0.0.4"]
+share = 0.2
+connections = 20
+unknown_user = 0.002
+
+[[provider]]
+name = "tail"
+domains = []
+tail = 40
+listen = ["127.0.0.5"]
+share = 0.15
+connections = 4
+"#;
+
+impl Scenario {
+    pub fn parse(text: &str, source: &str) -> Result<Scenario, String> {
+        let mut s: Scenario = toml::from_str(text)
+            .map_err(|e| format!("{source}: {}", e.message().trim().replace('\n', " ")))?;
+        for p in &s.providers {
+            p.validate().map_err(|e| format!("{source}: {e}"))?;
+        }
+        s.providers.iter_mut().for_each(ProviderProfile::expand);
+        if s.recipients == 0 {
+            return Err(format!("{source}: recipients must be positive"));
+        }
+        Ok(s)
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Scenario::parse(&text, &path.display().to_string())
+    }
+
+    pub fn demo() -> Scenario {
+        Scenario::parse(DEMO, "<demo>").expect("the demo scenario is valid")
+    }
+
+    pub fn campaign(&self) -> Campaign {
+        Campaign::new(
+            &self.providers,
+            self.recipients,
+            self.template_bytes,
+            self.bad_every,
+        )
+    }
+
+    pub fn sink_profile(&self, receipts: Option<&Path>) -> SinkProfile {
+        SinkProfile {
+            port: 0,
+            receipts: receipts.map(Path::to_path_buf),
+            tls_cert: None,
+            tls_key: None,
+            providers: self.providers.clone(),
+        }
+    }
+
+    /// How many domains the campaign spans.
+    pub fn domain_count(&self) -> usize {
+        self.providers.iter().map(|p| p.domains.len()).sum()
+    }
+
+    /// The engine configuration for this scenario, rooted at `base`, resolving through `dns`
+    /// and delivering to the sink on `sink_port`. Every address in it is loopback.
+    pub fn engine_config(&self, base: &Path, dns: SocketAddr, sink_port: u16) -> String {
+        let mut c = String::new();
+        let _ = writeln!(c, "[engine]\ndata_dir = {:?}", base.join("data"));
+        if self.shards > 0 {
+            let _ = writeln!(c, "shards = {}", self.shards);
+        }
+        c.push_str(&self.engine_keys);
+        let _ = writeln!(
+            c,
+            "\n[spool]\ndir = {:?}\n[log]\ndir = {:?}",
+            base.join("spool"),
+            base.join("log")
+        );
+        let _ = writeln!(c, "[dns]\nnameservers = [\"{dns}\"]");
+        let _ = writeln!(c, "[smtp]\nhelo_name = \"spate.test\"\nport = {sink_port}");
+        let _ = writeln!(
+            c,
+            "[delivery]\nretry_first = {:?}\nsite_connection_limit = {}",
+            self.retry_first, self.site_connections
+        );
+        for p in &self.providers {
+            let Some(mx) = &p.mx else {
+                continue;
+            };
+            let _ = writeln!(
+                c,
+                "[providers.{}]\nmx_suffixes = [{:?}]\nconnection_limit = {}\nmax_deliveries_per_connection = {}",
+                p.name, mx, p.connections, self.max_deliveries_per_connection
+            );
+            if let Some(rate) = &p.engine_rate {
+                let _ = writeln!(c, "max_message_rate = {rate:?}");
+            }
+        }
+        c.push_str(&self.engine_extra);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_scenario_makes_a_valid_loopback_engine_configuration() {
+        let s = Scenario::demo();
+        assert_eq!(s.domain_count(), 48);
+        let text = s.engine_config(Path::new("/tmp/x"), "127.0.0.1:5353".parse().unwrap(), 2525);
+        let c = crate::config::Config::parse(&text, "t").unwrap();
+        assert_eq!(c.smtp.port, 2525);
+        assert_eq!(c.providers["yahoo"].connection_limit, 10);
+        assert!(c.dns.nameservers.iter().all(|a| a.ip().is_loopback()));
+        assert!(!c.delivery.paused);
+    }
+}

@@ -1,0 +1,756 @@
+//! The simulated-ISP SMTP receiver: one glommio executor on its own thread serving every
+//! provider of a [`SinkProfile`].
+//!
+//! It is built never to be what limits a run: replies to pipelined commands go out in one
+//! write, message bodies are scanned for the terminating dot in place and discarded (never
+//! copied), and nothing is allocated per message beyond the recipients' addresses. Every
+//! accepted recipient is counted, and appended to the receipt log when there is one, so a run
+//! can prove that nothing was lost and count duplicates.
+
+use super::profile::{ProviderProfile, SinkProfile};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest command line accepted (RFC 5321 says 512; extensions add a little).
+const LINE_MAX: usize = 4096;
+const READ_BUFFER: usize = 64 << 10;
+const IO_MEMORY: usize = 2 << 20;
+
+/// What one provider has seen, read by whoever runs the sink while it runs.
+#[derive(Debug, Default)]
+pub struct ProviderStats {
+    /// Recipients whose message was accepted (250 after DATA).
+    pub accepted: AtomicU64,
+    pub messages: AtomicU64,
+    /// Replies beyond the accepted rate (421/450/451 with the provider's text).
+    pub throttled: AtomicU64,
+    /// Other temporary refusals: 451 failures, greylisting, 421 at the greeting.
+    pub deferred: AtomicU64,
+    /// 5xx answers to recipients.
+    pub rejected: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    /// Connections dropped mid-DATA on purpose.
+    pub dropped: AtomicU64,
+    pub open_connections: AtomicU64,
+}
+
+impl ProviderStats {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(v: &AtomicU64) {
+    v.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct Sink {
+    pub port: u16,
+    pub stats: Vec<(String, Arc<ProviderStats>)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<glommio::ExecutorJoinHandle<Result<(), String>>>,
+}
+
+impl Sink {
+    /// Binds every listener and starts serving; returns when the sink accepts connections.
+    pub fn start(profile: SinkProfile) -> Result<Sink, String> {
+        profile.validate()?;
+        let tls = match (&profile.tls_cert, &profile.tls_key) {
+            (Some(c), Some(k)) if profile.providers.iter().any(|p| p.tls) => {
+                Some(Arc::new(server_tls(c, k)?))
+            }
+            _ => None,
+        };
+        let receipts = match &profile.receipts {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let stats: Vec<(String, Arc<ProviderStats>)> = profile
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(ProviderStats::default())))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
+        let task_stats = stats.clone();
+        let task_stop = Arc::clone(&stop);
+        let thread = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("spate-sink")
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                let bound = bind_all(&profile);
+                let listeners = match bound {
+                    Ok((port, listeners)) => {
+                        let _ = ready_tx.send(Ok(port));
+                        listeners
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(e);
+                    }
+                };
+                let receipts = Rc::new(RefCell::new(
+                    receipts.map(|f| std::io::BufWriter::with_capacity(256 << 10, f)),
+                ));
+                let started = Instant::now();
+                let mut tasks = Vec::new();
+                for ((provider, (_, stats)), ls) in
+                    profile.providers.into_iter().zip(task_stats).zip(listeners)
+                {
+                    let state = Rc::new(ProviderState {
+                        profile: provider,
+                        stats,
+                        started,
+                        buckets: RefCell::new(HashMap::new()),
+                        per_ip: RefCell::new(HashMap::new()),
+                        greylist: RefCell::new(HashMap::new()),
+                        receipts: Rc::clone(&receipts),
+                        tls: tls.clone(),
+                    });
+                    for l in ls {
+                        tasks.push(
+                            glommio::spawn_local(accept_loop(
+                                l,
+                                Rc::clone(&state),
+                                Arc::clone(&task_stop),
+                            ))
+                            .detach(),
+                        );
+                    }
+                }
+                for t in tasks {
+                    t.await;
+                }
+                if let Some(w) = receipts.borrow_mut().as_mut() {
+                    w.flush().map_err(|e| format!("receipt log: {e}"))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("cannot start the sink's executor: {e}"))?;
+        match ready_rx.recv() {
+            Ok(Ok(port)) => Ok(Sink {
+                port,
+                stats,
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err("the sink's executor ended before it was ready".into()),
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderStats> {
+        self.stats
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_ref())
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|(_, s)| ProviderStats::get(&s.accepted))
+            .sum()
+    }
+
+    /// Stops accepting, lets open connections end, flushes the receipt log.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|e| format!("sink thread: {e}"))
+                .and_then(|r| r),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| format!("sink TLS: {e}"))
+}
+
+/// Binds every provider's addresses on one port (a free one when the profile says 0).
+fn bind_all(profile: &SinkProfile) -> Result<(u16, Vec<Vec<TcpListener>>), String> {
+    let addrs: Vec<&IpAddr> = profile.providers.iter().flat_map(|p| &p.listen).collect();
+    for attempt in 0..20 {
+        let mut port = profile.port;
+        let mut all = Vec::new();
+        let mut failed = None;
+        'providers: for p in &profile.providers {
+            let mut ls = Vec::new();
+            for ip in &p.listen {
+                match TcpListener::bind(SocketAddr::new(*ip, port)) {
+                    Ok(l) => {
+                        if port == 0 {
+                            port = l.local_addr().map_err(|e| e.to_string())?.port();
+                        }
+                        ls.push(l);
+                    }
+                    Err(e) => {
+                        failed = Some(format!("sink cannot listen on {ip}:{port}: {e}"));
+                        break 'providers;
+                    }
+                }
+            }
+            all.push(ls);
+        }
+        match failed {
+            None => return Ok((port, all)),
+            // A chosen port taken on another address: pick again.
+            Some(_) if profile.port == 0 && attempt < 19 && addrs.len() > 1 => continue,
+            Some(e) => return Err(e),
+        }
+    }
+    Err("sink: no free port".into())
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct ProviderState {
+    profile: ProviderProfile,
+    stats: Arc<ProviderStats>,
+    started: Instant,
+    buckets: RefCell<HashMap<IpAddr, Bucket>>,
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
+    greylist: RefCell<HashMap<u64, Instant>>,
+    receipts: Rc<RefCell<Option<std::io::BufWriter<std::fs::File>>>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ProviderState {
+    /// Takes one token from the sending IP's bucket; false when over the rate.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let rate = self
+            .profile
+            .rate_at(now.duration_since(self.started).as_secs_f64());
+        if rate <= 0.0 {
+            return true;
+        }
+        // A tenth of a second's worth of burst, at least one.
+        let capacity = (rate / 10.0).max(1.0);
+        let mut buckets = self.buckets.borrow_mut();
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(capacity);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn greylisted(&self, key: u64) -> bool {
+        let wait = Duration::from_secs(self.profile.greylist_s);
+        if wait.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut g = self.greylist.borrow_mut();
+        let first = *g.entry(key).or_insert(now);
+        now.duration_since(first) < wait
+    }
+
+    fn receipt(&self, rcpts: &[String]) {
+        if let Some(w) = self.receipts.borrow_mut().as_mut() {
+            let us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            for r in rcpts {
+                // A full disk here shows as missing receipts; the run reports the count.
+                let _ = writeln!(w, "{us} {} {r}", self.profile.name);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Rc<ProviderState>, stop: Arc<AtomicBool>) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(connection(stream, Rc::clone(&state))).detach();
+            }
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Counts a connection per sending IP for as long as it lives.
+struct IpSlot {
+    state: Rc<ProviderState>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some(n) = self.state.per_ip.borrow_mut().get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.state
+            .stats
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(stream: TcpStream, state: Rc<ProviderState>) {
+    let _ = stream.set_nodelay(true);
+    let ip = match stream.peer_addr() {
+        Ok(a) => a.ip(),
+        Err(_) => return,
+    };
+    bump(&state.stats.connections);
+    state.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+    let over = {
+        let mut per_ip = state.per_ip.borrow_mut();
+        let n = per_ip.entry(ip).or_insert(0);
+        *n += 1;
+        state.profile.connection_limit > 0 && *n > state.profile.connection_limit
+    };
+    let _slot = IpSlot {
+        state: Rc::clone(&state),
+        ip,
+    };
+    let mut stream = stream;
+    if over {
+        bump(&state.stats.connections_refused);
+        let _ = stream
+            .write_all(
+                b"421 4.7.0 Too many concurrent connections from your IP, try again later\r\n",
+            )
+            .await;
+        return;
+    }
+    let seed = ProviderStats::get(&state.stats.connections).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut conv = Conversation::new(Rc::clone(&state), ip, seed);
+    match conv.serve(&mut stream, true).await {
+        Ok(true) => {
+            let Some(cfg) = state.tls.clone() else { return };
+            let acceptor = futures_rustls::TlsAcceptor::from(cfg);
+            if let Ok(mut tls) = acceptor.accept(stream).await {
+                conv.reset_after_tls();
+                let _ = conv.serve(&mut tls, false).await;
+                let _ = tls.close().await;
+            }
+        }
+        Ok(false) | Err(_) => {
+            let _ = stream.close().await;
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum Mode {
+    Command,
+    /// In DATA; the scanner's state (see `scan_data`) and whether to drop the connection.
+    Data {
+        state: u8,
+        drop: bool,
+    },
+}
+
+struct Conversation {
+    state: Rc<ProviderState>,
+    ip: IpAddr,
+    rng: u64,
+    tls_active: bool,
+    mode: Mode,
+    from: Vec<u8>,
+    rcpts: Vec<String>,
+    /// Recipients accepted on this connection (tarpitting starts after a number of them).
+    conn_rcpts: u32,
+    messages: u64,
+}
+
+enum Next {
+    Continue,
+    Close,
+    StartTls,
+}
+
+impl Conversation {
+    fn new(state: Rc<ProviderState>, ip: IpAddr, seed: u64) -> Self {
+        Conversation {
+            state,
+            ip,
+            rng: seed,
+            tls_active: false,
+            mode: Mode::Command,
+            from: Vec::new(),
+            rcpts: Vec::new(),
+            conn_rcpts: 0,
+            messages: 0,
+        }
+    }
+
+    fn reset_after_tls(&mut self) {
+        self.tls_active = true;
+        self.mode = Mode::Command;
+        self.from.clear();
+        self.rcpts.clear();
+    }
+
+    fn chance(&mut self, fraction: f64) -> bool {
+        if fraction <= 0.0 {
+            return false;
+        }
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < fraction
+    }
+
+    fn delay(&self) -> Duration {
+        let p = &self.state.profile;
+        let mut d = Duration::from_millis(p.latency_ms);
+        if p.tarpit_after > 0 && self.conn_rcpts >= p.tarpit_after {
+            d += Duration::from_millis(p.tarpit_ms);
+        }
+        d
+    }
+
+    /// Serves until the client quits (false) or asks for STARTTLS (true).
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        s: &mut S,
+        greet: bool,
+    ) -> std::io::Result<bool> {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        let mut pending = Duration::ZERO;
+        if greet {
+            pending += self.delay();
+            out.extend_from_slice(b"220 sink.test ESMTP simulated\r\n");
+        }
+        loop {
+            // Everything complete in the buffer is handled before replies go out together.
+            let mut next = Next::Continue;
+            while start < end {
+                match &mut self.mode {
+                    Mode::Data { state, drop } => {
+                        if *drop {
+                            bump(&self.state.stats.dropped);
+                            return Ok(false);
+                        }
+                        match scan_data(state, &buf[start..end]) {
+                            Some(used) => {
+                                start += used;
+                                self.mode = Mode::Command;
+                                pending += self.delay();
+                                self.end_of_data(&mut out);
+                            }
+                            None => start = end,
+                        }
+                    }
+                    Mode::Command => {
+                        let Some(nl) = memchr::memchr(b'\n', &buf[start..end]) else {
+                            if end - start > LINE_MAX {
+                                out.extend_from_slice(b"500 5.5.2 Line too long\r\n");
+                                next = Next::Close;
+                            }
+                            break;
+                        };
+                        let line = &buf[start..start + nl + 1];
+                        start += nl + 1;
+                        pending += self.delay();
+                        next = self.command(line, &mut out);
+                        if !matches!(next, Next::Continue) {
+                            break;
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if !pending.is_zero() {
+                    glommio::timer::sleep(pending).await;
+                    pending = Duration::ZERO;
+                }
+                s.write_all(&out).await?;
+                out.clear();
+            }
+            match next {
+                Next::Continue => {}
+                Next::Close => return Ok(false),
+                // Anything pipelined after STARTTLS is discarded (RFC 3207).
+                Next::StartTls => return Ok(true),
+            }
+            if start == end {
+                start = 0;
+                end = 0;
+            } else if start > 0 && end == buf.len() {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            let n = s.read(&mut buf[end..]).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            end += n;
+        }
+    }
+
+    fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Next {
+        let text = trim_crlf(line);
+        let verb = text.get(..4).map(|v| v.to_ascii_uppercase());
+        let arg = text.get(4..).unwrap_or_default();
+        match verb.as_deref() {
+            Some(b"EHLO") => {
+                out.extend_from_slice(b"250-sink.test\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n");
+                if self.state.profile.tls && !self.tls_active && self.state.tls.is_some() {
+                    out.extend_from_slice(b"250-STARTTLS\r\n");
+                }
+                out.extend_from_slice(b"250 SMTPUTF8\r\n");
+            }
+            Some(b"HELO") => out.extend_from_slice(b"250 sink.test\r\n"),
+            Some(b"MAIL") => {
+                self.from.clear();
+                self.from.extend_from_slice(path_of(arg));
+                self.rcpts.clear();
+                out.extend_from_slice(b"250 2.1.0 OK\r\n");
+            }
+            Some(b"RCPT") => return self.rcpt(arg, out),
+            Some(b"DATA") => {
+                if self.rcpts.is_empty() {
+                    out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n");
+                } else {
+                    let drop = self.chance(self.state.profile.drop_mid_data);
+                    self.mode = Mode::Data { state: 2, drop };
+                    out.extend_from_slice(b"354 Go ahead\r\n");
+                }
+            }
+            Some(b"RSET") => {
+                self.from.clear();
+                self.rcpts.clear();
+                out.extend_from_slice(b"250 2.0.0 OK\r\n");
+            }
+            Some(b"NOOP") => out.extend_from_slice(b"250 2.0.0 OK\r\n"),
+            Some(b"QUIT") => {
+                out.extend_from_slice(b"221 2.0.0 Bye\r\n");
+                return Next::Close;
+            }
+            Some(b"STAR")
+                if text.eq_ignore_ascii_case(b"STARTTLS")
+                    && self.state.tls.is_some()
+                    && self.state.profile.tls
+                    && !self.tls_active =>
+            {
+                out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                return Next::StartTls;
+            }
+            _ => out.extend_from_slice(b"502 5.5.2 Command not recognized\r\n"),
+        }
+        Next::Continue
+    }
+
+    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>) -> Next {
+        let state = Rc::clone(&self.state);
+        let (p, stats) = (&state.profile, &state.stats);
+        let addr = path_of(arg);
+        if !state.admit(self.ip) {
+            bump(&stats.throttled);
+            let code = p.throttle_code();
+            let text = p.style.throttle_text(code, self.ip);
+            out.extend_from_slice(format!("{code} {text}\r\n").as_bytes());
+            return if code == 421 {
+                Next::Close
+            } else {
+                Next::Continue
+            };
+        }
+        if p.greylist_s > 0 && state.greylisted(greylist_key(self.ip, &self.from, addr)) {
+            bump(&stats.deferred);
+            out.extend_from_slice(b"451 4.7.1 Greylisted, please try again later\r\n");
+            return Next::Continue;
+        }
+        if p.unknown_user > 0.0 && (fnv(addr) % 10_000) < (p.unknown_user * 10_000.0) as u64 {
+            bump(&stats.rejected);
+            out.extend_from_slice(format!("550 {}\r\n", p.style.unknown_user_text()).as_bytes());
+            return Next::Continue;
+        }
+        let (temp, perm) = (p.temp_fail, p.perm_fail);
+        if self.chance(temp) {
+            bump(&stats.deferred);
+            out.extend_from_slice(b"451 4.3.0 Temporary local problem, try again later\r\n");
+            return Next::Continue;
+        }
+        if self.chance(perm) {
+            bump(&stats.rejected);
+            out.extend_from_slice(b"550 5.7.1 Message rejected by policy\r\n");
+            return Next::Continue;
+        }
+        self.rcpts.push(String::from_utf8_lossy(addr).into_owned());
+        self.conn_rcpts += 1;
+        out.extend_from_slice(b"250 2.1.5 OK\r\n");
+        Next::Continue
+    }
+
+    fn end_of_data(&mut self, out: &mut Vec<u8>) {
+        let stats = &self.state.stats;
+        stats
+            .accepted
+            .fetch_add(self.rcpts.len() as u64, Ordering::Relaxed);
+        bump(&stats.messages);
+        self.state.receipt(&self.rcpts);
+        self.rcpts.clear();
+        self.messages += 1;
+        out.extend_from_slice(
+            format!(
+                "250 2.0.0 OK {:x}.{}\r\n",
+                ProviderStats::get(&stats.connections),
+                self.messages
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+fn trim_crlf(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The address inside `FROM:<...>` / `TO:<...>` (without parameters).
+fn path_of(arg: &[u8]) -> &[u8] {
+    match (memchr::memchr(b'<', arg), memchr::memchr(b'>', arg)) {
+        (Some(a), Some(b)) if a < b => &arg[a + 1..b],
+        _ => arg,
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b.to_ascii_lowercase() as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn greylist_key(ip: IpAddr, from: &[u8], rcpt: &[u8]) -> u64 {
+    let mut h = fnv(ip.to_string().as_bytes());
+    h ^= fnv(from).rotate_left(17);
+    h ^ fnv(rcpt).rotate_left(41)
+}
+
+/// Finds the end of DATA (`CRLF . CRLF`) in `bytes`, carrying `state` across reads:
+/// 0 nothing, 1 after CR, 2 after CRLF (a line starts), 3 after CRLF ".", 4 after CRLF "." CR.
+/// Returns how many bytes up to and including the terminator, or None if it is not here.
+pub fn scan_data(state: &mut u8, bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        if *state == 0 {
+            match memchr::memchr(b'\r', &bytes[i..]) {
+                Some(p) => {
+                    i += p + 1;
+                    *state = 1;
+                    continue;
+                }
+                None => return None,
+            }
+        }
+        let b = bytes[i];
+        i += 1;
+        *state = match (*state, b) {
+            (1, b'\n') => 2,
+            (2, b'.') => 3,
+            (3, b'\r') => 4,
+            (4, b'\n') => {
+                *state = 0;
+                return Some(i);
+            }
+            (_, b'\r') => 1,
+            _ => 0,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find_all(chunks: &[&[u8]]) -> Option<usize> {
+        let mut state = 2;
+        let mut offset = 0;
+        for c in chunks {
+            if let Some(n) = scan_data(&mut state, c) {
+                return Some(offset + n);
+            }
+            offset += c.len();
+        }
+        None
+    }
+
+    #[test]
+    fn finds_the_terminator_across_any_split() {
+        let msg = b"Subject: x\r\n\r\n..stuffed\r\n.\r\nQUIT\r\n";
+        let end = msg.len() - 6;
+        for cut in 0..msg.len() {
+            assert_eq!(
+                find_all(&[&msg[..cut], &msg[cut..]]),
+                Some(end),
+                "cut {cut}"
+            );
+        }
+        assert_eq!(find_all(&[b".\r\n"]), Some(3), "empty body");
+        assert_eq!(find_all(&[b"a\r\n.x\r\n..\r\n"]), None);
+    }
+}
