@@ -51,6 +51,29 @@ pub struct Engine {
     /// Executors, pinned one per CPU. Default: every online CPU.
     pub shards: usize,
     pub data_dir: PathBuf,
+    /// How each shard's executor polls, preempts and shares its CPU (startup-only).
+    pub runtime: Runtime,
+}
+
+/// `[engine]` runtime tuning (an extension of INTERFACE.md): the glommio knobs of each shard's
+/// executor and the CPU shares of its three task queues. Read when the shards start; a reload
+/// that changes them takes effect at the next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// How long an idle executor busy-polls for I/O before it sleeps; zero sleeps at once.
+    pub spin_before_park: Duration,
+    /// How long a task queue may run before the others get a turn, while no latency-sensitive
+    /// (delivery) work is runnable.
+    pub preempt_timer: Duration,
+    /// Buffer memory each executor preallocates and registers with io_uring.
+    pub io_memory_bytes: usize,
+    /// CPU shares of the delivery queue: scheduler, routing, rendering, connection workers,
+    /// outcomes, control messages.
+    pub delivery_shares: usize,
+    /// CPU shares of the intake queue: spool scanning, parsing, appending chunks.
+    pub intake_shares: usize,
+    /// CPU shares of the background queue: group commit, spare segments, reclaim, compaction.
+    pub background_shares: usize,
 }
 
 /// `[queue]`: the durable queue's knobs (an extension of INTERFACE.md).
@@ -221,6 +244,42 @@ struct RawConfig {
 struct RawEngine {
     shards: Option<usize>,
     data_dir: Option<PathBuf>,
+    spin_before_park: Option<String>,
+    preempt_timer: Option<String>,
+    io_memory: Option<RawSize>,
+    delivery_shares: Option<usize>,
+    intake_shares: Option<usize>,
+    background_shares: Option<usize>,
+}
+
+/// A size written either as a byte count (`4194304`) or with a unit (`"4MiB"`).
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte count or a size such as \"4MiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                u64::try_from(v)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -369,6 +428,37 @@ pub const DEFAULT_MAX_DELIVERIES_PER_CONNECTION: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25_000_000;
 /// One executor per CPU is the design; more shards than this is a typo.
 pub const SHARDS_MAX: usize = 256;
+/// An idle shard sleeps at once, as glommio does by default: spinning burns a core that may
+/// have other work (a shared machine, the blocking thread's fsyncs).
+pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::ZERO;
+/// The engine's timers fire every 10 ms, so a shard that spins longer than that never sleeps
+/// at all; beyond this bound a value is a typo.
+pub const SPIN_BEFORE_PARK_MAX: Duration = Duration::from_millis(100);
+/// glommio's default: throughput work (intake, background) runs in long slices, and the
+/// delivery queue's latency bound preempts it sooner when delivery has work.
+pub const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
+/// Below 1 ms a shard spends its time switching task queues; above 1 s, control messages
+/// could wait that long behind a parse.
+pub const PREEMPT_TIMER_MIN: Duration = Duration::from_millis(1);
+pub const PREEMPT_TIMER_MAX: Duration = Duration::from_secs(1);
+/// What the engine has always registered per shard (see `preflight`).
+pub const DEFAULT_IO_MEMORY_BYTES: usize = crate::preflight::IO_MEMORY_BYTES_PER_SHARD;
+/// glommio rounds anything smaller up to 64 KiB; the memory is pinned per shard and the
+/// engine's io_uring buffers are socket reads, so more than 256 MiB is a typo.
+pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
+pub const IO_MEMORY_BYTES_MAX: usize = 256 << 20;
+/// Task-queue shares: glommio accepts 1..=1000. They divide a shard's CPU only while more
+/// than one queue has runnable work; a queue that wakes after sleeping is served next.
+pub const SHARES_MAX: usize = 1000;
+/// Delivery keeps connections busy and credit flowing; it gets the most.
+pub const DEFAULT_DELIVERY_SHARES: usize = 1000;
+/// Intake parses at half delivery's rate under contention: the queue is the buffer, so
+/// producers can wait a little while sending goes on at full speed.
+pub const DEFAULT_INTAKE_SHARES: usize = 500;
+/// Background work is mostly waiting for fsyncs on the blocking thread, but the group
+/// commit's CPU part (reception log lines, acknowledgements) is a stage of intake, so it gets
+/// half of intake's shares rather than a token amount that would pace intake to it.
+pub const DEFAULT_BACKGROUND_SHARES: usize = 250;
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
@@ -416,6 +506,17 @@ impl Config {
         line(format!("configuration: {} (valid)", self.source));
         line(format!("shards: {}", self.engine.shards));
         line(format!("data_dir: {}", self.engine.data_dir.display()));
+        let rt = &self.engine.runtime;
+        line(format!(
+            "runtime: spin_before_park={} preempt_timer={} io_memory={} bytes (startup-only)",
+            duration_text(rt.spin_before_park),
+            duration_text(rt.preempt_timer),
+            rt.io_memory_bytes
+        ));
+        line(format!(
+            "task queue shares: delivery_shares={} intake_shares={} background_shares={}",
+            rt.delivery_shares, rt.intake_shares, rt.background_shares
+        ));
         line(format!(
             "queue: segment_bytes={} commit_interval_ms={} commit_records_max={}",
             self.queue.segment_bytes,
@@ -475,6 +576,48 @@ impl Config {
         out
     }
 
+    /// The keys that differ between `self` and `new` but apply only at the next start, named
+    /// as in the file, for the reload message.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let (old_rt, new_rt) = (&self.engine.runtime, &new.engine.runtime);
+        [
+            (self.engine.shards != new.engine.shards, "engine.shards"),
+            (
+                self.engine.data_dir != new.engine.data_dir,
+                "engine.data_dir",
+            ),
+            (
+                old_rt.spin_before_park != new_rt.spin_before_park,
+                "engine.spin_before_park",
+            ),
+            (
+                old_rt.preempt_timer != new_rt.preempt_timer,
+                "engine.preempt_timer",
+            ),
+            (
+                old_rt.io_memory_bytes != new_rt.io_memory_bytes,
+                "engine.io_memory",
+            ),
+            (
+                old_rt.delivery_shares != new_rt.delivery_shares,
+                "engine.delivery_shares",
+            ),
+            (
+                old_rt.intake_shares != new_rt.intake_shares,
+                "engine.intake_shares",
+            ),
+            (
+                old_rt.background_shares != new_rt.background_shares,
+                "engine.background_shares",
+            ),
+            (self.spool.dir != new.spool.dir, "spool.dir"),
+            (self.log.dir != new.log.dir, "log.dir"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
+
     /// Configured features this build accepts but does not act on yet, so that operators are
     /// told rather than left to guess.
     pub fn inactive_features(&self) -> Vec<String> {
@@ -512,6 +655,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             format!("must be between 1 and {SHARDS_MAX}, got {shards}"),
         ));
     }
+    let runtime = validate_runtime(&raw.engine, source)?;
 
     let segment_bytes = match raw.queue.segment_bytes {
         Some(s) => parse_size(&s).map_err(|m| err("queue.segment_bytes", m))?,
@@ -788,6 +932,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
                 .engine
                 .data_dir
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            runtime,
         },
         delivery,
         queue: Queue {
@@ -826,6 +971,84 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// The `[engine]` runtime keys, each checked against its range.
+fn validate_runtime(raw: &RawEngine, source: &str) -> Result<Runtime, ConfigError> {
+    let err = |field: &str, msg: String| ConfigError(format!("{source}: {field}: {msg}"));
+    let duration =
+        |field: &str, v: &Option<String>, default: Duration, range: (Duration, Duration)| {
+            let d = match v {
+                Some(s) => parse_duration(s).map_err(|m| err(field, m))?,
+                None => default,
+            };
+            if !(range.0..=range.1).contains(&d) {
+                return Err(err(
+                    field,
+                    format!(
+                        "must be between {} and {}, got {}",
+                        duration_text(range.0),
+                        duration_text(range.1),
+                        duration_text(d)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+    let spin_before_park = duration(
+        "engine.spin_before_park",
+        &raw.spin_before_park,
+        DEFAULT_SPIN_BEFORE_PARK,
+        (Duration::ZERO, SPIN_BEFORE_PARK_MAX),
+    )?;
+    let preempt_timer = duration(
+        "engine.preempt_timer",
+        &raw.preempt_timer,
+        DEFAULT_PREEMPT_TIMER,
+        (PREEMPT_TIMER_MIN, PREEMPT_TIMER_MAX),
+    )?;
+    let io_memory = match &raw.io_memory {
+        Some(RawSize::Bytes(n)) => *n,
+        Some(RawSize::Text(s)) => parse_size(s).map_err(|m| err("engine.io_memory", m))?,
+        None => DEFAULT_IO_MEMORY_BYTES as u64,
+    };
+    let io_memory_range = IO_MEMORY_BYTES_MIN as u64..=IO_MEMORY_BYTES_MAX as u64;
+    if !io_memory_range.contains(&io_memory) {
+        return Err(err(
+            "engine.io_memory",
+            format!("must be between 64KiB and 256MiB, got {io_memory} bytes"),
+        ));
+    }
+    let shares = |field: &str, v: Option<usize>, default: usize| {
+        let n = v.unwrap_or(default);
+        if !(1..=SHARES_MAX).contains(&n) {
+            return Err(err(
+                field,
+                format!("must be between 1 and {SHARES_MAX}, got {n}"),
+            ));
+        }
+        Ok(n)
+    };
+    Ok(Runtime {
+        spin_before_park,
+        preempt_timer,
+        io_memory_bytes: io_memory as usize,
+        delivery_shares: shares(
+            "engine.delivery_shares",
+            raw.delivery_shares,
+            DEFAULT_DELIVERY_SHARES,
+        )?,
+        intake_shares: shares(
+            "engine.intake_shares",
+            raw.intake_shares,
+            DEFAULT_INTAKE_SHARES,
+        )?,
+        background_shares: shares(
+            "engine.background_shares",
+            raw.background_shares,
+            DEFAULT_BACKGROUND_SHARES,
+        )?,
+    })
+}
+
 /// Parses `N/s`, `N/min` or `N/h`.
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
     let bad = || format!("invalid rate {s:?}: expected N/s, N/min or N/h");
@@ -843,22 +1066,38 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Rate { messages, per })
 }
 
-/// Parses a duration such as `90s`, `5m`, `2h`, `3d` or `250ms`.
+/// Parses a duration such as `90s`, `5m`, `2h`, `3d`, `250ms` or `50us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let bad = || format!("invalid duration {s:?}: expected a number and ms, s, m, h or d");
+    let bad = || format!("invalid duration {s:?}: expected a number and us, ms, s, m, h or d");
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let micros_per_unit: u64 = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => return Err(bad()),
     };
-    Ok(Duration::from_millis(ms))
+    n.checked_mul(micros_per_unit)
+        .map(Duration::from_micros)
+        .ok_or_else(|| format!("invalid duration {s:?}: too large"))
+}
+
+/// A duration as the configuration writes it, in the largest of `s`, `ms` and `us` that
+/// shows it exactly.
+fn duration_text(d: Duration) -> String {
+    let us = d.as_micros();
+    if us % 1_000_000 == 0 {
+        format!("{}s", us / 1_000_000)
+    } else if us % 1_000 == 0 {
+        format!("{}ms", us / 1_000)
+    } else {
+        format!("{us}us")
+    }
 }
 
 /// Parses a size such as `25MB`, `64MiB`, `4096` (bytes), `1GB`.
@@ -1048,5 +1287,104 @@ mailto = "unsubscribe@acme.example"
         assert_eq!(c.delivery.max_age, Duration::from_secs(3 * 86_400));
         let e = Config::parse("[delivery]\nmax_age = \"3 days\"\n", "t").unwrap_err();
         assert!(e.0.starts_with("t: delivery.max_age:"), "{e}");
+        assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
+        assert_eq!(parse_duration("0ms").unwrap(), Duration::ZERO);
+        assert!(parse_duration("99999999999999999d").is_err());
+        for text in ["0s", "50us", "1500us", "20ms", "2s"] {
+            assert_eq!(duration_text(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn engine_runtime_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        let rt = c.engine.runtime;
+        assert_eq!(rt.spin_before_park, Duration::ZERO);
+        assert_eq!(rt.preempt_timer, Duration::from_millis(100));
+        assert_eq!(
+            rt.io_memory_bytes,
+            crate::preflight::IO_MEMORY_BYTES_PER_SHARD
+        );
+        assert_eq!(
+            (rt.delivery_shares, rt.intake_shares, rt.background_shares),
+            (1000, 500, 250)
+        );
+        let out = c.describe();
+        assert!(
+            out.contains("spin_before_park=0s preempt_timer=100ms io_memory=2097152 bytes"),
+            "{out}"
+        );
+        assert!(
+            out.contains("delivery_shares=1000 intake_shares=500 background_shares=250"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn engine_runtime_values() {
+        let text = "[engine]\nspin_before_park = \"50us\"\npreempt_timer = \"20ms\"\nio_memory = \"8MiB\"\ndelivery_shares = 800\nintake_shares = 1\nbackground_shares = 1000\n";
+        let rt = Config::parse(text, "t.toml").unwrap().engine.runtime;
+        assert_eq!(rt.spin_before_park, Duration::from_micros(50));
+        assert_eq!(rt.preempt_timer, Duration::from_millis(20));
+        assert_eq!(rt.io_memory_bytes, 8 << 20);
+        assert_eq!(
+            (rt.delivery_shares, rt.intake_shares, rt.background_shares),
+            (800, 1, 1000)
+        );
+        // A plain byte count works too, and the range ends are included.
+        let text =
+            "[engine]\nio_memory = 65536\nspin_before_park = \"100ms\"\npreempt_timer = \"1s\"\n";
+        let rt = Config::parse(text, "t.toml").unwrap().engine.runtime;
+        assert_eq!(rt.io_memory_bytes, 65536);
+        assert_eq!(rt.spin_before_park, Duration::from_millis(100));
+        assert_eq!(rt.preempt_timer, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn engine_runtime_out_of_range_names_its_field() {
+        let cases = [
+            ("spin_before_park = \"101ms\"", "engine.spin_before_park"),
+            ("spin_before_park = \"5 ms\"", "engine.spin_before_park"),
+            ("preempt_timer = \"999us\"", "engine.preempt_timer"),
+            ("preempt_timer = \"2s\"", "engine.preempt_timer"),
+            ("io_memory = \"1KiB\"", "engine.io_memory"),
+            ("io_memory = \"257MiB\"", "engine.io_memory"),
+            ("io_memory = 0", "engine.io_memory"),
+            ("io_memory = \"8XB\"", "engine.io_memory"),
+            ("delivery_shares = 0", "engine.delivery_shares"),
+            ("intake_shares = 1001", "engine.intake_shares"),
+            ("background_shares = 0", "engine.background_shares"),
+        ];
+        for (line, field) in cases {
+            let text = format!("[engine]\n{line}\n");
+            let e = Config::parse(&text, "c.toml").unwrap_err();
+            assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+        // Wrong types are serde's to report, with the line.
+        for line in ["io_memory = -1", "io_memory = true", "intake_shares = -5"] {
+            let e = Config::parse(&format!("[engine]\n\n{line}\n"), "c.toml").unwrap_err();
+            assert!(e.0.starts_with("c.toml: line 3:"), "{e}");
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn runtime_keys_are_restart_only() {
+        let old = Config::parse("[engine]\nshards = 2\n", "t.toml").unwrap();
+        assert!(old.restart_only_changes(&old).is_empty());
+        let new = Config::parse(
+            "[engine]\nshards = 2\npreempt_timer = \"50ms\"\nintake_shares = 100\nio_memory = \"4MiB\"\n[delivery]\npaused = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            old.restart_only_changes(&new),
+            [
+                "engine.preempt_timer",
+                "engine.io_memory",
+                "engine.intake_shares"
+            ]
+        );
     }
 }

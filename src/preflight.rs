@@ -28,8 +28,18 @@ pub struct Preflight {
 /// Checks io_uring and the memlock limit for `shards` executors; raises the soft limit (and
 /// the hard one, when running as root) if needed.
 pub fn check(shards: usize) -> Result<Preflight, PreflightError> {
+    check_with_io_memory(shards, IO_MEMORY_BYTES_PER_SHARD)
+}
+
+/// As `check`, for executors that each register `io_memory_bytes` (`[engine] io_memory`):
+/// each needs that plus what its rings take, as at the default.
+pub fn check_with_io_memory(
+    shards: usize,
+    io_memory_bytes: usize,
+) -> Result<Preflight, PreflightError> {
     probe_io_uring()?;
-    let need = MEMLOCK_BYTES_PER_SHARD * shards as u64;
+    let rings_bytes = MEMLOCK_BYTES_PER_SHARD - IO_MEMORY_BYTES_PER_SHARD as u64;
+    let need = (io_memory_bytes as u64 + rings_bytes) * shards as u64;
     ensure_memlock(need)
 }
 
@@ -89,7 +99,8 @@ fn ensure_memlock(need: u64) -> Result<Preflight, PreflightError> {
     }
     Err(PreflightError(format!(
         "runtime unavailable: the locked-memory limit is {} KiB and Spate needs {} KiB for its shards; \
-         raise it with `ulimit -l {}` or LimitMEMLOCK= in the systemd unit, or run with fewer [engine] shards",
+         raise it with `ulimit -l {}` or LimitMEMLOCK= in the systemd unit, or run with fewer [engine] shards \
+         or a smaller [engine] io_memory",
         cur / 1024,
         need / 1024,
         need / 1024
@@ -104,5 +115,12 @@ mod tests {
     fn passes_on_this_machine_and_leaves_enough_memlock() {
         let p = check(2).unwrap();
         assert!(p.memlock_bytes >= 2 * MEMLOCK_BYTES_PER_SHARD);
+    }
+
+    #[test]
+    fn memlock_need_grows_with_io_memory() {
+        // 6 MiB in all: within the common 8 MiB default, so this passes without root.
+        let p = check_with_io_memory(1, 4 << 20).unwrap();
+        assert!(p.memlock_bytes >= (4 << 20) + (2 << 20));
     }
 }

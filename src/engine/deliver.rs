@@ -34,7 +34,6 @@ use crate::queue::store::{unix_ms, EntryState, Index};
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{RcptResult, Transaction};
 use crate::template::{header_section_end, Template};
-use glommio::spawn_local;
 use glommio::timer::sleep;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -301,7 +300,8 @@ impl Shard {
             self.finish(seq, &outcome, None);
         }
         for domain in to_resolve {
-            spawn_local(resolve(Rc::clone(self), domain)).detach();
+            self.spawn_into(self.queues.delivery, resolve(Rc::clone(self), domain))
+                .detach();
         }
         self.announce_demand();
     }
@@ -621,7 +621,10 @@ impl Shard {
         };
         for _ in 0..spawn {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
-            spawn_local(worker(Rc::clone(self), scope.clone())).detach();
+            // `on_prepared` runs in a data receiver (the intake queue): place the worker
+            // explicitly.
+            self.spawn_into(self.queues.delivery, worker(Rc::clone(self), scope.clone()))
+                .detach();
         }
         self.grant();
     }
@@ -786,7 +789,7 @@ impl Shard {
 
     fn send_ctl(self: &Rc<Self>, to: usize, msg: CtlMsg) {
         let shard = Rc::clone(self);
-        spawn_local(async move {
+        self.spawn_into(self.queues.delivery, async move {
             if to == shard.id {
                 shard.on_control(msg);
             } else {
@@ -798,7 +801,7 @@ impl Shard {
 
     fn send_data(self: &Rc<Self>, to: usize, msg: DataMsg) {
         let shard = Rc::clone(self);
-        spawn_local(async move {
+        self.spawn_into(self.queues.delivery, async move {
             if to == shard.id {
                 shard.on_data(shard.id, msg);
             } else {

@@ -13,17 +13,23 @@
 //! executor's blocking thread, then logs `Reception` events and acknowledges. An input file is
 //! released only when every chunk of it is acknowledged.
 //!
+//! Inside a shard, tasks run in three glommio task queues (`TaskQueues`): delivery (the
+//! scheduler, routing, rendering, connection workers, outcomes and the control receivers;
+//! latency-sensitive), intake (spool scanning, parsing, appending, the data receivers) and
+//! background (group commit, spare segments, reclaim, compaction). Their CPU shares and the
+//! executor's polling and preemption come from `[engine]` and apply at start.
+//!
 //! The main thread only handles signals: SIGTERM/SIGINT start a drain (intake stops between
 //! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
 //! and is replayed at the next start), SIGHUP reloads the configuration.
 
 mod deliver;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Runtime};
 use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::dns::resolver::Resolver;
 use crate::intake::{input_kind, Event, Parser, Rejection};
-use crate::preflight::{self, IO_MEMORY_BYTES_PER_SHARD};
+use crate::preflight;
 use crate::queue::record::Reader;
 use crate::queue::store::{
     remove_segment_files, unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue,
@@ -33,11 +39,12 @@ use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::sleep;
-use glommio::{spawn_local, LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -63,6 +70,12 @@ pub const SPARE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 pub const SPARE_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often a shard reclaims and compacts its queue.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// While delivery work is runnable, the other task queues yield at least this often; and the
+/// delivery queue's socket I/O goes through glommio's latency ring, where a completion (an
+/// SMTP reply) preempts them at their next yield. Timers and cross-shard messages are noticed
+/// at the next preemption: within this bound while delivery has work, within
+/// `[engine] preempt_timer` otherwise. It matches the scheduler's tick.
+pub const DELIVERY_LATENCY: Duration = Duration::from_millis(10);
 pub const LOCK_FILE: &str = "spate.lock";
 pub const META_FILE: &str = "spate.meta";
 
@@ -213,7 +226,9 @@ pub struct Engine {
 /// Validates the environment and starts the shards.
 pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, EngineError> {
     let shards = config.engine.shards;
-    preflight::check(shards).map_err(|e| EngineError::Unavailable(e.0))?;
+    let runtime = config.engine.runtime;
+    preflight::check_with_io_memory(shards, runtime.io_memory_bytes)
+        .map_err(|e| EngineError::Unavailable(e.0))?;
     let data_dir = &config.engine.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| EngineError::Storage(format!("{}: cannot create: {e}", data_dir.display())))?;
@@ -265,10 +280,13 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             (Arc::clone(&shared), data_mesh.clone(), ctl_mesh.clone());
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("spate-shard-{id}"))
-            .io_memory(IO_MEMORY_BYTES_PER_SHARD)
+            .io_memory(runtime.io_memory_bytes)
+            .preempt_timer(runtime.preempt_timer)
+            // Zero is glommio's default (park at once when idle).
+            .spin_before_park(runtime.spin_before_park)
             .spawn(move || async move {
                 let _guard = ExitGuard(Arc::clone(&shared), id);
-                shard_main(shared, data_mesh, ctl_mesh).await;
+                shard_main(shared, runtime, data_mesh, ctl_mesh).await;
             })
             .map_err(|e| EngineError::Unavailable(format!("runtime unavailable: {e}")))?;
         handles.push(handle);
@@ -309,12 +327,12 @@ impl Engine {
         match Config::load(path) {
             Ok(new) => {
                 let old = self.shared.config();
-                if new.engine.shards != old.engine.shards
-                    || new.engine.data_dir != old.engine.data_dir
-                    || new.spool.dir != old.spool.dir
-                    || new.log.dir != old.log.dir
-                {
-                    eprintln!("spate: reload: engine.shards, engine.data_dir, spool.dir and log.dir take effect at the next start");
+                let later = old.restart_only_changes(&new);
+                if !later.is_empty() {
+                    eprintln!(
+                        "spate: reload: {} take effect at the next start",
+                        later.join(", ")
+                    );
                 }
                 *self.shared.config.lock().expect("config lock") = Arc::new(new);
                 self.shared.generation.fetch_add(1, Ordering::SeqCst);
@@ -488,10 +506,64 @@ struct Shard {
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
+    /// Where this shard's tasks run; spawn sites pick one explicitly, because a plain
+    /// `spawn_local` inherits the queue of whatever task happens to spawn.
+    queues: TaskQueues,
+}
+
+/// One shard's glommio task queues. Shares divide the shard's CPU only while more than one
+/// queue has runnable work, and a queue that wakes after sleeping is served next, so a queue
+/// that mostly waits (background) is not slowed by its small share.
+#[derive(Clone, Copy)]
+struct TaskQueues {
+    /// Scheduler, route lookups, rendering, connection workers, outcomes, and the control
+    /// receivers (see `shard_main`). Latency-sensitive.
+    delivery: TaskQueueHandle,
+    /// Spool scanning, parsing, appending chunks, and the data receivers.
+    intake: TaskQueueHandle,
+    /// Group commit, spare segment preallocation, reclaim and compaction.
+    background: TaskQueueHandle,
+}
+
+impl TaskQueues {
+    /// Creates the queues on the current executor.
+    fn create(runtime: &Runtime) -> TaskQueues {
+        let ex = glommio::executor();
+        TaskQueues {
+            delivery: ex.create_task_queue(
+                Shares::Static(runtime.delivery_shares),
+                Latency::Matters(DELIVERY_LATENCY),
+                "delivery",
+            ),
+            intake: ex.create_task_queue(
+                Shares::Static(runtime.intake_shares),
+                Latency::NotImportant,
+                "intake",
+            ),
+            background: ex.create_task_queue(
+                Shares::Static(runtime.background_shares),
+                Latency::NotImportant,
+                "background",
+            ),
+        }
+    }
+}
+
+impl Shard {
+    /// Spawns `task` into one of this shard's task queues.
+    fn spawn_into<T: 'static>(
+        &self,
+        queue: TaskQueueHandle,
+        task: impl Future<Output = T> + 'static,
+    ) -> glommio::Task<T> {
+        // The queues are created with the shard and never removed: a failure is a bug.
+        glommio::spawn_local_into(task, queue).expect("a shard's task queues outlive it")
+    }
 }
 
 async fn shard_main(
     shared: Arc<Shared>,
+    runtime: Runtime,
     data_mesh: MeshBuilder<DataMsg, Full>,
     ctl_mesh: MeshBuilder<CtlMsg, Full>,
 ) {
@@ -506,7 +578,8 @@ async fn shard_main(
     let id = data_tx.peer_id();
     let shards = data_tx.nr_consumers();
     let config = shared.config();
-    let (shard, kick_rx) = match open_shard(id, shards, &shared, &config, data_tx, ctl_tx) {
+    let queues = TaskQueues::create(&runtime);
+    let (shard, kick_rx) = match open_shard(id, shards, &shared, &config, data_tx, ctl_tx, queues) {
         Ok((s, kick_rx)) => (Rc::new(s), kick_rx),
         Err(message) => {
             shared.fail(message);
@@ -518,24 +591,38 @@ async fn shard_main(
     let data_rx = Rc::new(data_rx);
     let ctl_rx = Rc::new(ctl_rx);
     for peer in (0..shards).filter(|&p| p != id) {
-        spawn_local(data_receiver(Rc::clone(&shard), Rc::clone(&data_rx), peer)).detach();
-        spawn_local(control_receiver(
-            Rc::clone(&shard),
-            Rc::clone(&ctl_rx),
-            peer,
-        ))
-        .detach();
+        // Chunks (and the owner's rendered messages) arrive on the data mesh; appending them
+        // is intake work, and the handler only queues what it gets.
+        let receiver = data_receiver(Rc::clone(&shard), Rc::clone(&data_rx), peer);
+        shard.spawn_into(queues.intake, receiver).detach();
+        // Control messages go to the delivery queue, not a queue of their own: their handlers
+        // never wait and take microseconds, and they carry what keeps connections busy
+        // (demand, credit, outcomes) and what lets intake go on (acknowledgements). In the
+        // queue with the most shares and the latency requirement, they run as soon as the
+        // shard next preempts (within DELIVERY_LATENCY while delivery has work), ahead of a
+        // busy intake; a queue of their own would add a scheduling step and nothing else.
+        let receiver = control_receiver(Rc::clone(&shard), Rc::clone(&ctl_rx), peer);
+        shard.spawn_into(queues.delivery, receiver).detach();
     }
     shard.home.borrow_mut().load(&shard.queue.borrow().index);
-    let syncer = spawn_local(group_commit(Rc::clone(&shard), kick_rx));
-    spawn_local(maintenance(Rc::clone(&shard))).detach();
-    spawn_local(deliver::scheduler(Rc::clone(&shard))).detach();
+    let syncer = shard.spawn_into(queues.background, group_commit(Rc::clone(&shard), kick_rx));
+    shard
+        .spawn_into(queues.background, maintenance(Rc::clone(&shard)))
+        .detach();
+    shard
+        .spawn_into(queues.delivery, deliver::scheduler(Rc::clone(&shard)))
+        .detach();
     shared.ready.fetch_add(1, Ordering::SeqCst);
     while shared.ready.load(Ordering::SeqCst) < shards && !shared.failed() {
         sleep(Duration::from_millis(2)).await;
     }
 
-    intake_loop(&shard).await;
+    // This task (glommio's default queue) only waits from here on; intake runs in its queue.
+    let intake = {
+        let shard = Rc::clone(&shard);
+        async move { intake_loop(&shard).await }
+    };
+    shard.spawn_into(queues.intake, intake).await;
     shared.intake_running.fetch_sub(1, Ordering::SeqCst);
 
     // Every claiming shard has its acknowledgements once intake_running reaches zero, so no
@@ -579,6 +666,7 @@ fn open_shard(
     config: &Arc<Config>,
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
+    queues: TaskQueues,
 ) -> Result<Opened, String> {
     let spool = Spool::open(&config.spool.dir)
         .map_err(|e| format!("{}: {e}", config.spool.dir.display()))?;
@@ -631,6 +719,7 @@ fn open_shard(
                 unix_ms() ^ ((id as u64) << 48) ^ u64::from(std::process::id()),
                 unix_ms,
             ),
+            queues,
         },
         kick_rx,
     ))
