@@ -456,7 +456,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
 
 /// Distinct recipients, receipts beyond the first per recipient, and each first receipt's
 /// microseconds after `since_us`.
-fn read_receipts(path: &Path, since_us: u64) -> Result<(u64, u64, Vec<u64>), String> {
+pub fn read_receipts(path: &Path, since_us: u64) -> Result<(u64, u64, Vec<u64>), String> {
     let text = std::fs::read(path).map_err(|e| io(path, e))?;
     let mut seen: HashMap<&[u8], ()> = HashMap::new();
     let mut latencies = Vec::new();

@@ -1,0 +1,342 @@
+//! `blast`: the practical limit of this machine. A pipelined SMTP client with no queue, no
+//! DNS and no durability pushes the scenario's messages (the same recipients, rendered from
+//! the same template, dot-stuffed by the same writer) straight to the simulated providers over
+//! the same number of connections the engine may open, on as many executors as the engine has
+//! shards.
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use spate::sim::scenario::Scenario;
+use spate::smtp::data::DataWriter;
+use spate::template::Template;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One destination: an address, how many connections, which recipients.
+#[derive(Clone)]
+pub struct Group {
+    pub addr: SocketAddr,
+    pub connections: u32,
+    pub recipients: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BlastReport {
+    pub messages: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub connections: u64,
+    pub elapsed_s: f64,
+    pub delivered_per_s: f64,
+    /// One transaction: MAIL/RCPT/DATA pipelined, the body, the final reply.
+    pub transaction_p50_us: u64,
+    pub transaction_p99_us: u64,
+    pub transaction_max_us: u64,
+    pub cpu_s: f64,
+}
+
+/// The scenario's valid recipients grouped the way the engine's scopes group them: one group
+/// per provider with an MX host (its connection limit), one per long-tail domain (the site
+/// limit). `port` is the sink's.
+pub fn groups_for(scenario: &Scenario, port: u16) -> Vec<Group> {
+    let campaign = scenario.campaign();
+    let mut by_domain: Vec<Vec<u64>> = vec![Vec::new(); campaign.domains.len()];
+    for i in (0..scenario.recipients).filter(|&i| !campaign.is_bad(i)) {
+        by_domain[campaign.domain_of(i)].push(i);
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut provider_group: Vec<Option<usize>> = vec![None; scenario.providers.len()];
+    for ((_, pi), rcpts) in campaign.domains.iter().zip(by_domain) {
+        let p = &scenario.providers[*pi];
+        let addr = SocketAddr::new(p.listen[0], port);
+        if p.mx.is_some() {
+            match provider_group[*pi] {
+                Some(g) => groups[g].recipients.extend(rcpts),
+                None => {
+                    provider_group[*pi] = Some(groups.len());
+                    groups.push(Group {
+                        addr,
+                        connections: p.connections,
+                        recipients: rcpts,
+                    });
+                }
+            }
+        } else if !rcpts.is_empty() {
+            groups.push(Group {
+                addr,
+                connections: scenario.site_connections,
+                recipients: rcpts,
+            });
+        }
+    }
+    groups
+}
+
+struct Totals {
+    delivered: u64,
+    failed: u64,
+    connections: u64,
+    hist: Histogram<u64>,
+}
+
+/// Sends every group's recipients; `shards` executors share the work.
+pub fn blast(
+    scenario: &Scenario,
+    groups: Vec<Group>,
+    shards: usize,
+) -> Result<BlastReport, String> {
+    let template =
+        Arc::new(Template::parse(scenario.campaign().template().into_bytes()).map_err(|e| e.0)?);
+    let shards = shards.max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let messages: u64 = groups.iter().map(|g| g.recipients.len() as u64).sum();
+    let domains: Arc<Vec<String>> = Arc::new(
+        scenario
+            .campaign()
+            .domains
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect(),
+    );
+    let campaign = Arc::new(scenario.campaign());
+    let cpu0 = spate::sim::run::proc_cpu_s("self");
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for shard in 0..shards {
+        // Each shard takes every shards-th recipient of each group and its share of the
+        // group's connections (at least one).
+        let mine: Vec<Group> = groups
+            .iter()
+            .map(|g| Group {
+                addr: g.addr,
+                connections: (g.connections / shards as u32
+                    + u32::from((shard as u32) < g.connections % shards as u32))
+                .max(1),
+                recipients: g
+                    .recipients
+                    .iter()
+                    .copied()
+                    .skip(shard)
+                    .step_by(shards)
+                    .collect(),
+            })
+            .filter(|g| !g.recipients.is_empty())
+            .collect();
+        let (template, campaign, _domains) = (
+            Arc::clone(&template),
+            Arc::clone(&campaign),
+            Arc::clone(&domains),
+        );
+        handles.push(
+            LocalExecutorBuilder::new(Placement::Fixed(shard % cpus))
+                .name(&format!("blast-{shard}"))
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    let totals = Rc::new(RefCell::new(Totals {
+                        delivered: 0,
+                        failed: 0,
+                        connections: 0,
+                        hist: Histogram::new(3).expect("histogram"),
+                    }));
+                    let mut tasks = Vec::new();
+                    for g in mine {
+                        let queue = Rc::new(RefCell::new(VecDeque::from(g.recipients)));
+                        for _ in 0..g.connections {
+                            tasks.push(glommio::spawn_local(connection(
+                                g.addr,
+                                Rc::clone(&queue),
+                                Arc::clone(&template),
+                                Arc::clone(&campaign),
+                                Rc::clone(&totals),
+                            )));
+                        }
+                    }
+                    for t in tasks {
+                        t.await;
+                    }
+                    let t = totals.borrow();
+                    (t.delivered, t.failed, t.connections, t.hist.clone())
+                })
+                .map_err(|e| format!("blast executor: {e}"))?,
+        );
+    }
+    let mut report = BlastReport {
+        messages,
+        ..Default::default()
+    };
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for h in handles {
+        let (d, f, c, hh) = h.join().map_err(|e| format!("blast executor: {e}"))?;
+        report.delivered += d;
+        report.failed += f;
+        report.connections += c;
+        let _ = hist.add(hh);
+    }
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.cpu_s = spate::sim::run::proc_cpu_s("self") - cpu0;
+    report.delivered_per_s = report.delivered as f64 / report.elapsed_s.max(1e-9);
+    report.transaction_p50_us = hist.value_at_quantile(0.5);
+    report.transaction_p99_us = hist.value_at_quantile(0.99);
+    report.transaction_max_us = hist.max();
+    Ok(report)
+}
+
+/// Reads SMTP replies from a stream.
+struct Replies {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Replies {
+    /// The code of the next complete reply (multi-line replies are read whole).
+    async fn next(&mut self, s: &mut TcpStream) -> std::io::Result<u16> {
+        loop {
+            while let Some(nl) = self.buf[self.start..self.end]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                let line = &self.buf[self.start..self.start + nl];
+                self.start += nl + 1;
+                if line.len() >= 3 && line.get(3) != Some(&b'-') {
+                    let code = std::str::from_utf8(&line[..3])
+                        .ok()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    return Ok(code);
+                }
+            }
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.end == self.buf.len() {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = s.read(&mut self.buf[self.end..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += n;
+        }
+    }
+}
+
+async fn connection(
+    addr: SocketAddr,
+    queue: Rc<RefCell<VecDeque<u64>>>,
+    template: Arc<Template>,
+    campaign: Arc<spate::sim::campaign::Campaign>,
+    totals: Rc<RefCell<Totals>>,
+) {
+    let mut rendered = Vec::with_capacity(template.source().len() + 256);
+    let mut body = Vec::with_capacity(template.source().len() + 512);
+    let mut commands = Vec::with_capacity(256);
+    let mut failures_in_a_row = 0;
+    'connect: while !queue.borrow().is_empty() && failures_in_a_row < 50 {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            failures_in_a_row += 1;
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        totals.borrow_mut().connections += 1;
+        let mut r = Replies {
+            buf: vec![0; 16 << 10],
+            start: 0,
+            end: 0,
+        };
+        if r.next(&mut s).await.ok() != Some(220)
+            || s.write_all(b"EHLO blast.test\r\n").await.is_err()
+            || r.next(&mut s).await.ok() != Some(250)
+        {
+            failures_in_a_row += 1;
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        loop {
+            let Some(i) = queue.borrow_mut().pop_front() else {
+                let _ = s.write_all(b"QUIT\r\n").await;
+                let _ = r.next(&mut s).await;
+                break 'connect;
+            };
+            let t0 = Instant::now();
+            let to = campaign.address(i);
+            let (name, code) = spate::sim::campaign::Campaign::vars(i);
+            commands.clear();
+            commands.extend_from_slice(b"MAIL FROM:<bounces@acme.example>\r\nRCPT TO:<");
+            commands.extend_from_slice(to.as_bytes());
+            commands.extend_from_slice(b">\r\nDATA\r\n");
+            let sent = async {
+                s.write_all(&commands).await?;
+                let (mail, rcpt, data) = (
+                    r.next(&mut s).await?,
+                    r.next(&mut s).await?,
+                    r.next(&mut s).await?,
+                );
+                if data != 354 {
+                    if data < 400 {
+                        // Should not happen: DATA accepted without a recipient.
+                        s.write_all(b".\r\n").await?;
+                        r.next(&mut s).await?;
+                    }
+                    let _ = mail;
+                    return Ok::<(bool, u16), std::io::Error>((false, rcpt));
+                }
+                rendered.clear();
+                // Variables in the order the template names them.
+                let values: Vec<&[u8]> = template
+                    .var_names()
+                    .iter()
+                    .map(|v| match v.as_str() {
+                        "to" => to.as_bytes(),
+                        "first_name" => name.as_bytes(),
+                        "code" => code.as_bytes(),
+                        _ => b"" as &[u8],
+                    })
+                    .collect();
+                template.render_into(&values, &mut rendered);
+                body.clear();
+                let mut w = DataWriter::new();
+                w.write(&rendered, &mut body);
+                w.finish(&mut body);
+                s.write_all(&body).await?;
+                let done = r.next(&mut s).await?;
+                Ok((done / 100 == 2, done))
+            }
+            .await;
+            let outcome = {
+                let mut t = totals.borrow_mut();
+                let _ = t.hist.record(t0.elapsed().as_micros() as u64);
+                match &sent {
+                    Ok((true, _)) => t.delivered += 1,
+                    _ => t.failed += 1,
+                }
+                sent
+            };
+            match outcome {
+                Ok((true, _)) => failures_in_a_row = 0,
+                Ok((false, code)) => {
+                    if code == 421 {
+                        continue 'connect;
+                    }
+                    let _ = s.write_all(b"RSET\r\n").await;
+                    if r.next(&mut s).await.is_err() {
+                        continue 'connect;
+                    }
+                }
+                Err(_) => {
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! `spate-loadtest`: Spate's benchmark harness (see docs/benchmarks.md).
+
+mod blast;
+mod plot;
+mod postfix;
+
+use serde::Serialize;
+use spate::sim::dns::{DnsResponder, Zone};
+use spate::sim::profile::SinkProfile;
+use spate::sim::run::{self, EngineMode, RunOptions, RunReport};
+use spate::sim::scenario::Scenario;
+use spate::sim::sink::Sink;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage:
+  spate-loadtest run SCENARIO [OPTIONS]        the engine through a scenario: report.md, report.json, plots
+  spate-loadtest blast SCENARIO [OPTIONS]      the no-queue limit of this machine for the same messages
+  spate-loadtest compare SCENARIO [OPTIONS] [--no-postfix]
+                                               blast, Spate and Postfix in one run, side by side
+  spate-loadtest sink PROFILE.toml [--for SECS] simulated providers and their DNS, standalone
+SCENARIO: a file, or a name in loadtest/scenarios/ (standard, small, throttle, ...)
+OPTIONS: --recipients N  --template-bytes N  --shards N  --engine-keys 'key = value'
+         --out DIR (default target/loadtest/<scenario>)  --bin PATH (default: spate next to this binary)
+         --timeout SECS";
+
+struct Options {
+    scenario: Scenario,
+    out: PathBuf,
+    bin: PathBuf,
+    timeout: Duration,
+    postfix: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => options(&args[1..]).and_then(|o| cmd_run(&o)),
+        Some("blast") => options(&args[1..]).and_then(|o| cmd_blast(&o)),
+        Some("compare") => options(&args[1..]).and_then(|o| cmd_compare(&o)),
+        Some("sink") => cmd_sink(&args[1..]),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown or missing command\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spate-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scenario_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(name);
+    if p.exists() || name.contains('/') || name.ends_with(".toml") {
+        return p;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+fn options(args: &[String]) -> Result<Options, String> {
+    let name = args.first().ok_or("missing SCENARIO")?;
+    let mut scenario = Scenario::load(&scenario_path(name))?;
+    let mut out = None;
+    let mut bin = None;
+    let mut timeout = Duration::from_secs(1800);
+    let mut postfix = true;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value"));
+        let number = |v: &String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{a}: {v:?} is not a number"))
+        };
+        match a.as_str() {
+            "--recipients" => scenario.recipients = number(value()?)?.max(1),
+            "--template-bytes" => scenario.template_bytes = number(value()?)? as usize,
+            "--shards" => scenario.shards = number(value()?)? as usize,
+            "--engine-keys" => {
+                scenario.engine_keys = format!("{}\n{}\n", scenario.engine_keys, value()?)
+            }
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--bin" => bin = Some(PathBuf::from(value()?)),
+            "--timeout" => timeout = Duration::from_secs(number(value()?)?),
+            "--no-postfix" => postfix = false,
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => engine_binary()?,
+    };
+    let out = out.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/loadtest")
+            .join(&scenario.name)
+    });
+    Ok(Options {
+        scenario,
+        out,
+        bin,
+        timeout,
+        postfix,
+    })
+}
+
+/// `spate` in the directory of this binary (or its parent, for test binaries in deps/).
+pub fn engine_binary() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    me.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("spate"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "no spate binary next to spate-loadtest: cargo build --release --workspace, or --bin PATH".into())
+}
+
+fn shards_of(s: &Scenario) -> usize {
+    if s.shards > 0 {
+        s.shards
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// A fresh directory for one part of a run.
+fn fresh(dir: &Path) -> Result<PathBuf, String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+fn spate_run(o: &Options, dir: &Path) -> Result<RunReport, String> {
+    let stdout = std::io::stdout();
+    let live = stdout.is_terminal();
+    run::run(
+        RunOptions {
+            scenario: o.scenario.clone(),
+            base: fresh(dir)?,
+            engine: EngineMode::Binary(o.bin.clone()),
+            live,
+            timeout: o.timeout,
+        },
+        &mut stdout.lock(),
+    )
+}
+
+fn write_report(o: &Options, report: &RunReport) -> Result<(), String> {
+    let w = |name: &str, text: String| {
+        let p = o.out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    w(
+        "report.json",
+        serde_json::to_string_pretty(report).map_err(|e| e.to_string())?,
+    )?;
+    let names: Vec<&str> = report.providers.iter().map(|p| p.name.as_str()).collect();
+    let per_provider = |f: &dyn Fn(&run::Sample, usize) -> f64| -> Vec<plot::Series> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| plot::Series {
+                name: n.to_string(),
+                points: plot::rates(
+                    &report
+                        .samples
+                        .iter()
+                        .map(|s| (s.t_s, f(s, i)))
+                        .collect::<Vec<_>>(),
+                ),
+            })
+            .collect()
+    };
+    w(
+        "delivered.svg",
+        plot::chart(
+            "Delivered per second, per provider",
+            "recipients / s",
+            &per_provider(&|s, i| s.accepted[i] as f64),
+        ),
+    )?;
+    w(
+        "deferrals.svg",
+        plot::chart(
+            "4xx replies per second, per provider",
+            "replies / s",
+            &per_provider(&|s, i| s.deferred[i] as f64),
+        ),
+    )?;
+    let cpu = plot::Series {
+        name: "CPU %".into(),
+        points: plot::rates(
+            &report
+                .samples
+                .iter()
+                .map(|s| (s.t_s, s.engine_cpu_s * 100.0))
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let rss = plot::Series {
+        name: "RSS MiB".into(),
+        points: report
+            .samples
+            .iter()
+            .map(|s| (s.t_s, s.engine_rss_bytes as f64 / (1 << 20) as f64))
+            .collect(),
+    };
+    w(
+        "engine.svg",
+        plot::chart("Engine CPU (% of one core) and memory", "", &[cpu, rss]),
+    )?;
+    let mut md = format!(
+        "# spate-loadtest run {}\n\n{}\n![delivered](delivered.svg)\n\n![deferrals](deferrals.svg)\n\n![engine](engine.svg)\n",
+        o.scenario.name,
+        report.markdown()
+    );
+    md.push_str(&format!(
+        "\nEngine configuration: `{}`.\n",
+        o.out.join("spate/spate.toml").display()
+    ));
+    w("report.md", md)
+}
+
+fn cmd_run(o: &Options) -> Result<(), String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    println!(
+        "run {}: {} recipients, {} B template, {} domains, {} shards",
+        o.scenario.name,
+        o.scenario.recipients,
+        o.scenario.template_bytes,
+        o.scenario.domain_count(),
+        shards_of(&o.scenario)
+    );
+    let report = spate_run(o, &o.out.join("spate"))?;
+    println!("\n{}", report.markdown());
+    write_report(o, &report)?;
+    println!("report: {}", o.out.join("report.md").display());
+    if report.complete() {
+        Ok(())
+    } else {
+        Err("the run is incomplete (see the report)".into())
+    }
+}
+
+/// blast against a fresh sink for the scenario.
+fn blast_run(o: &Options) -> Result<blast::BlastReport, String> {
+    let sink = Sink::start(o.scenario.sink_profile(None))?;
+    let groups = blast::groups_for(&o.scenario, sink.port);
+    let report = blast::blast(&o.scenario, groups, shards_of(&o.scenario))?;
+    let accepted = sink.accepted();
+    sink.stop()?;
+    if accepted != report.delivered {
+        return Err(format!(
+            "blast counted {} delivered, the sink {accepted}",
+            report.delivered
+        ));
+    }
+    Ok(report)
+}
+
+fn cmd_blast(o: &Options) -> Result<(), String> {
+    let r = blast_run(o)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PostfixReport {
+    delivered: u64,
+    duplicates: u64,
+    elapsed_s: f64,
+    delivered_per_s: f64,
+    first_delivery_ms: f64,
+    injected_in_s: f64,
+}
+
+/// The scenario through a private Postfix relaying to a fresh sink: injected over SMTP by
+/// blast's client, timed from the first injection to the last receipt at the sink.
+fn postfix_run(o: &Options, dir: &Path) -> Result<PostfixReport, String> {
+    let dir = fresh(dir)?;
+    let receipts = dir.join("receipts.log");
+    let sink = Sink::start(o.scenario.sink_profile(Some(&receipts)))?;
+    let pf = postfix::Postfix::start(&dir.join("postfix"), &o.scenario, sink.port)?;
+    let mut groups = blast::groups_for(&o.scenario, sink.port);
+    let all: Vec<u64> = groups.drain(..).flat_map(|g| g.recipients).collect();
+    let valid = all.len() as u64;
+    let target = blast::Group {
+        addr: ([127, 0, 0, 1], pf.port).into(),
+        connections: 20,
+        recipients: all,
+    };
+    let landed = run::unix_us();
+    let started = Instant::now();
+    let injected = blast::blast(&o.scenario, vec![target], shards_of(&o.scenario))?;
+    let injected_in_s = started.elapsed().as_secs_f64();
+    if injected.delivered != valid {
+        return Err(format!(
+            "postfix accepted {} of {valid} messages at injection",
+            injected.delivered
+        ));
+    }
+    while sink.accepted() < valid {
+        if started.elapsed() > o.timeout {
+            return Err(format!(
+                "postfix delivered {} of {valid} within the timeout: {}",
+                sink.accepted(),
+                pf.maillog_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(pf);
+    sink.stop()?;
+    let (unique, duplicates, lat) = run::read_receipts(&receipts, landed)?;
+    let last_us = lat.iter().copied().max().unwrap_or(0);
+    let elapsed_s = last_us as f64 / 1e6;
+    Ok(PostfixReport {
+        delivered: unique,
+        duplicates,
+        elapsed_s,
+        delivered_per_s: unique as f64 / elapsed_s.max(1e-9),
+        first_delivery_ms: lat.iter().copied().min().unwrap_or(0) as f64 / 1000.0,
+        injected_in_s,
+    })
+}
+
+fn cmd_compare(o: &Options) -> Result<(), String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    println!(
+        "compare {}: {} recipients, {} B template, {} domains, {} shards",
+        o.scenario.name,
+        o.scenario.recipients,
+        o.scenario.template_bytes,
+        o.scenario.domain_count(),
+        shards_of(&o.scenario)
+    );
+    println!("1/3 blast (no queue, straight to the simulated providers)");
+    let b = blast_run(o)?;
+    println!("    {:.0} messages/s", b.delivered_per_s);
+    println!("2/3 spate");
+    let s = spate_run(o, &o.out.join("spate"))?;
+    println!("\n    {:.0} messages/s", s.delivered_per_s);
+    write_report(o, &s)?;
+    let p = if o.postfix {
+        println!("3/3 postfix");
+        let p = postfix_run(o, &o.out.join("postfix"))?;
+        println!("    {:.0} messages/s", p.delivered_per_s);
+        Some(p)
+    } else {
+        None
+    };
+    let mut md = format!(
+        "## compare {}: {} recipients, {} B template, {} domains, {} shards\n\n| | blast (limit) | spate | postfix |\n| --- | ---: | ---: | ---: |\n",
+        o.scenario.name,
+        o.scenario.recipients,
+        o.scenario.template_bytes,
+        o.scenario.domain_count(),
+        shards_of(&o.scenario)
+    );
+    let pf = |f: &dyn Fn(&PostfixReport) -> String| p.as_ref().map_or("-".into(), f);
+    md.push_str(&format!(
+        "| delivered | {} | {} | {} |\n",
+        b.delivered,
+        s.delivered,
+        pf(&|p| p.delivered.to_string())
+    ));
+    md.push_str(&format!(
+        "| seconds | {:.2} | {:.2} | {} |\n",
+        b.elapsed_s,
+        s.elapsed_s,
+        pf(&|p| format!("{:.2}", p.elapsed_s))
+    ));
+    md.push_str(&format!(
+        "| messages per second | {:.0} | {:.0} | {} |\n",
+        b.delivered_per_s,
+        s.delivered_per_s,
+        pf(&|p| format!("{:.0}", p.delivered_per_s))
+    ));
+    md.push_str(&format!(
+        "| first delivery | - | {:.1} ms | {} |\n",
+        s.first_delivery_ms,
+        pf(&|p| format!("{:.1} ms", p.first_delivery_ms))
+    ));
+    md.push_str(&format!(
+        "| duplicates | - | {} | {} |\n",
+        s.duplicates,
+        pf(&|p| p.duplicates.to_string())
+    ));
+    md.push_str(&format!(
+        "\nspate / blast = {:.2}; engine CPU {:.1} µs per delivered message",
+        s.delivered_per_s / b.delivered_per_s.max(1e-9),
+        s.engine_cpu_us_per_message
+    ));
+    if let Some(p) = &p {
+        md.push_str(&format!(
+            "; spate / postfix = {:.1}",
+            s.delivered_per_s / p.delivered_per_s.max(1e-9)
+        ));
+    }
+    md.push('\n');
+    println!("\n{md}");
+    let path = o.out.join("compare.md");
+    std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json = serde_json::json!({ "blast": b, "spate": s, "postfix": p });
+    let path = o.out.join("compare.json");
+    std::fs::write(&path, json.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    if s.complete() {
+        Ok(())
+    } else {
+        Err("the spate run is incomplete (see the report)".into())
+    }
+}
+
+fn cmd_sink(args: &[String]) -> Result<(), String> {
+    let path = args.first().ok_or("missing PROFILE.toml")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let profile = SinkProfile::parse(&text, path)?;
+    let seconds: u64 = match args.get(1..3) {
+        Some([flag, n]) if flag == "--for" => n.parse().map_err(|_| "--for needs seconds")?,
+        _ => 3600,
+    };
+    let zone = Zone::for_sink(&profile);
+    let sink = Sink::start(profile)?;
+    let dns = DnsResponder::start("127.0.0.1:0".parse().expect("address"), zone)?;
+    println!(
+        "sink on port {} (DNS on {}); serving for {seconds} s",
+        sink.port, dns.addr
+    );
+    let _ = std::io::stdout().flush();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for (name, st) in &sink.stats {
+        println!("{name}: {st:?}");
+    }
+    sink.stop()
+}
