@@ -24,6 +24,7 @@ use crate::delivery::policy::{
 use crate::delivery::scope::{
     host_port, owner_shard, scope_for_mx, scope_for_route, static_route, Scope,
 };
+use crate::delivery::throttle::{Change, Throttle};
 use crate::delivery::tls::TLS_BROKEN_FOR;
 use crate::delivery_log::{EventType, LogRecord};
 use crate::dns::resolver::Destination;
@@ -205,8 +206,8 @@ impl SeqRuns {
 struct OwnerScope {
     scope: Scope,
     connection_limit: u32,
-    /// Pacing for `max_message_rate`.
-    interval: Option<Duration>,
+    /// Pacing: `max_message_rate` as the ceiling, the receiver's pushback beneath it.
+    throttle: Throttle,
     max_per_connection: u32,
     tls: TlsPolicy,
     demand: Vec<u32>,
@@ -350,7 +351,8 @@ impl Shard {
             // Limits follow the configuration in force (SIGHUP), scope by scope.
             let fresh = new_owner_scope(&config, scope, shards);
             s.connection_limit = fresh.connection_limit;
-            s.interval = fresh.interval;
+            s.throttle
+                .set_configured(configured_rate(&config, &s.scope.key));
             s.max_per_connection = fresh.max_per_connection;
             s.tls = fresh.tls;
             s.scope.port = fresh.scope.port;
@@ -814,24 +816,18 @@ impl Shard {
 
 fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
     let provider = config.providers.get(&scope.key);
-    let (connection_limit, interval, max_per_connection, tls) = match provider {
-        Some(p) => (
-            p.connection_limit,
-            p.max_message_rate.map(|r| r.per / r.messages.max(1) as u32),
-            p.max_deliveries_per_connection,
-            p.tls,
-        ),
+    let (connection_limit, max_per_connection, tls) = match provider {
+        Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
         None => (
             config.delivery.site_connection_limit,
-            None,
             crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
             config.delivery.tls,
         ),
     };
     OwnerScope {
+        throttle: Throttle::new(configured_rate(config, &scope.key), Instant::now()),
         scope,
         connection_limit,
-        interval,
         max_per_connection,
         tls,
         demand: vec![0; shards],
@@ -840,6 +836,48 @@ fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
         workers: 0,
         next_send: Instant::now(),
         rr: 0,
+    }
+}
+
+/// A provider's `max_message_rate` in messages per second.
+fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
+    let r = config.providers.get(scope_key)?.max_message_rate?;
+    Some(r.messages as f64 / r.per.as_secs_f64().max(1e-9))
+}
+
+/// Feeds one transaction's results to its scope's throttle and says when it changes course.
+fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
+    let mut accepted = 0;
+    let mut pushback = None;
+    for r in results {
+        match r {
+            RcptResult::Reply(reply) if reply.code / 100 == 2 => accepted += 1,
+            RcptResult::ConnectionLost(_) => {}
+            other => {
+                let o = classify(other);
+                if o.pushback && pushback.is_none() {
+                    pushback = Some(o.response);
+                }
+            }
+        }
+    }
+    let mut owner = shard.owner.borrow_mut();
+    let Some(s) = owner.scopes.get_mut(key) else {
+        return;
+    };
+    match s
+        .throttle
+        .record(accepted, pushback.is_some(), Instant::now())
+    {
+        Change::Decreased(rate) => eprintln!(
+            "spate: {key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
+            pushback.unwrap_or_default()
+        ),
+        Change::Cleared => eprintln!(
+            "spate: {key}: no pushback for {} s; adaptive limit lifted",
+            crate::delivery::throttle::CLEAR_AFTER.as_secs()
+        ),
+        Change::None => {}
     }
 }
 
@@ -914,7 +952,7 @@ async fn worker(shard: Rc<Shard>, key: String) {
                 shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             }
-            let wait = match (&msg, s.interval) {
+            let wait = match (&msg, s.throttle.interval()) {
                 (Some(m), Some(interval)) => {
                     // The rate counts recipients: a shared transaction uses one slot each.
                     let now = Instant::now();
@@ -972,6 +1010,7 @@ async fn worker(shard: Rc<Shard>, key: String) {
         if results.len() != msg.rcpts.len() {
             results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
         }
+        throttle_results(&shard, &key, &results);
         let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
         send_outcomes(&shard, &key, msg.home, items);
         idle_since = Instant::now();

@@ -1,0 +1,243 @@
+//! Adaptive throttling of one scope (a provider or a site), sans I/O.
+//!
+//! The configured `max_message_rate` is a ceiling. Beneath it the receiver decides: when it
+//! pushes back (421, or a 4xx whose text says rate limit, as Gmail's 4.7.28 and Yahoo's TSS04
+//! do) the scope eases off at once to 70% of the rate the receiver was actually accepting
+//! (multiplicative decrease, at most once a second, so the replies already in flight do not
+//! collapse it), then ramps back up every second it goes without pushback: by a tenth of the
+//! rate it was cut from until it is back there, then by a tenth of itself, so a receiver that
+//! has recovered is found again within tens of seconds. After a minute without pushback the
+//! adaptive limit is lifted.
+
+use std::time::{Duration, Instant};
+
+/// The slowest a throttled scope goes.
+pub const RATE_MIN: f64 = 1.0;
+/// The multiplicative decrease.
+pub const DECREASE: f64 = 0.7;
+/// Added each second without pushback: this fraction of the larger of the rate before the
+/// last cut and the current limit.
+pub const INCREASE: f64 = 0.1;
+/// At most one decrease per this long.
+pub const DECREASE_HOLD: Duration = Duration::from_secs(1);
+/// The adaptive limit is lifted after this long without pushback (and enough recovery).
+pub const CLEAR_AFTER: Duration = Duration::from_secs(60);
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    None,
+    /// Eased off to this many messages per second.
+    Decreased(f64),
+    /// The adaptive limit was lifted.
+    Cleared,
+}
+
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    configured: Option<f64>,
+    limit: Option<f64>,
+    /// The accepted rate before the last decrease.
+    cut_from: f64,
+    last_decrease: Option<Instant>,
+    last_pushback: Option<Instant>,
+    window_start: Instant,
+    window_accepted: u64,
+    /// Accepted messages per second over the last full window.
+    accepted_rate: f64,
+    pub pushbacks: u64,
+}
+
+impl Throttle {
+    /// `configured`: the scope's `max_message_rate` in messages per second, if any.
+    pub fn new(configured: Option<f64>, now: Instant) -> Throttle {
+        Throttle {
+            configured,
+            limit: None,
+            cut_from: 0.0,
+            last_decrease: None,
+            last_pushback: None,
+            window_start: now,
+            window_accepted: 0,
+            accepted_rate: 0.0,
+            pushbacks: 0,
+        }
+    }
+
+    pub fn set_configured(&mut self, configured: Option<f64>) {
+        self.configured = configured;
+    }
+
+    /// The rate in force (messages per second), or None for no limit.
+    pub fn rate(&self) -> Option<f64> {
+        match (self.configured, self.limit) {
+            (Some(c), Some(l)) => Some(c.min(l)),
+            (c, l) => c.or(l),
+        }
+    }
+
+    /// The adaptive limit alone, when one is in force.
+    pub fn adaptive_limit(&self) -> Option<f64> {
+        self.limit
+    }
+
+    /// Time between sends at the rate in force.
+    pub fn interval(&self) -> Option<Duration> {
+        self.rate()
+            .map(|r| Duration::from_secs_f64(1.0 / r.max(RATE_MIN)))
+    }
+
+    /// Feeds one transaction's results: recipients accepted, and whether the receiver
+    /// pushed back.
+    pub fn record(&mut self, accepted: u32, pushback: bool, now: Instant) -> Change {
+        let mut change = self.tick(now);
+        self.window_accepted += u64::from(accepted);
+        if pushback {
+            self.pushbacks += 1;
+            self.last_pushback = Some(now);
+            let held = self
+                .last_decrease
+                .is_some_and(|t| now.duration_since(t) < DECREASE_HOLD);
+            if !held {
+                // What the receiver really took: the last full window, or the current one
+                // if it is already more telling.
+                // (A window younger than 100 ms counts as 100 ms: a burst is not a rate.)
+                let so_far = now.duration_since(self.window_start).as_secs_f64();
+                let current = self.window_accepted as f64 / so_far.max(0.1);
+                let observed = self.accepted_rate.max(current);
+                let base = match self.rate() {
+                    Some(r) if observed > 0.0 => r.min(observed),
+                    Some(r) => r,
+                    None => observed,
+                };
+                let new = (base * DECREASE).max(RATE_MIN);
+                self.cut_from = base.max(RATE_MIN);
+                self.limit = Some(new);
+                self.last_decrease = Some(now);
+                change = Change::Decreased(new);
+            }
+        }
+        change
+    }
+
+    /// Closes finished windows: measures the accepted rate and ramps back up.
+    pub fn tick(&mut self, now: Instant) -> Change {
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed < WINDOW {
+            return Change::None;
+        }
+        self.accepted_rate = self.window_accepted as f64 / elapsed.as_secs_f64();
+        self.window_accepted = 0;
+        self.window_start = now;
+        let Some(limit) = self.limit else {
+            return Change::None;
+        };
+        let quiet = self
+            .last_pushback
+            .map_or(Duration::MAX, |t| now.duration_since(t));
+        if quiet < DECREASE_HOLD {
+            return Change::None;
+        }
+        let seconds = elapsed.as_secs_f64().min(10.0);
+        let raised = limit + (self.cut_from.max(limit) * INCREASE).max(RATE_MIN) * seconds;
+        if quiet >= CLEAR_AFTER {
+            self.limit = None;
+            return Change::Cleared;
+        }
+        self.limit = Some(raised);
+        Change::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulates a receiver that accepts `capacity` messages per second against a sender
+    /// that sends at the throttle's rate (or `unlimited` when it has none), for `seconds`.
+    fn simulate(
+        t: &mut Throttle,
+        start: Instant,
+        seconds: u64,
+        capacity: impl Fn(u64) -> f64,
+        unlimited: f64,
+    ) -> Vec<(f64, f64)> {
+        let step = Duration::from_millis(10);
+        let mut now = start;
+        // The receiver's bucket starts full, as real ones do: a tenth of a second's burst.
+        let mut tokens = capacity(0) * 0.1;
+        let mut credit = 0.0;
+        let mut accepted_per_second = Vec::new();
+        let mut accepted_this_second = 0.0;
+        for i in 0..seconds * 100 {
+            now += step;
+            let cap = capacity(i / 100);
+            tokens = (tokens + cap * 0.01).min(cap * 0.1);
+            credit += t.rate().unwrap_or(unlimited).min(unlimited) * 0.01;
+            while credit >= 1.0 {
+                credit -= 1.0;
+                if tokens >= 1.0 {
+                    tokens -= 1.0;
+                    accepted_this_second += 1.0;
+                    t.record(1, false, now);
+                } else {
+                    t.record(0, true, now);
+                }
+            }
+            t.tick(now);
+            if i % 100 == 99 {
+                accepted_per_second.push((accepted_this_second, t.rate().unwrap_or(unlimited)));
+                accepted_this_second = 0.0;
+            }
+        }
+        accepted_per_second
+    }
+
+    #[test]
+    fn eases_off_to_what_the_receiver_takes_and_stays_near_it() {
+        let start = Instant::now();
+        let mut t = Throttle::new(None, start);
+        let seconds = simulate(&mut t, start, 60, |_| 1000.0, 20_000.0);
+        // Within a few seconds the rate is near the receiver's 1000/s, not 20,000/s.
+        for (accepted, rate) in &seconds[5..] {
+            assert!(*rate < 1600.0, "rate {rate} stays near capacity");
+            assert!(*accepted > 600.0, "accepted {accepted}/s: not starved");
+        }
+        let mean: f64 = seconds[10..].iter().map(|s| s.0).sum::<f64>() / 50.0;
+        assert!(mean > 750.0, "mean accepted {mean}/s of 1000/s");
+    }
+
+    #[test]
+    fn ramps_back_up_when_the_receiver_accepts_again_and_lifts_the_limit() {
+        let start = Instant::now();
+        let mut t = Throttle::new(None, start);
+        // 200/s for 20 s, then the receiver takes 5000/s; the sender manages 4000/s.
+        let seconds = simulate(
+            &mut t,
+            start,
+            200,
+            |s| if s < 20 { 200.0 } else { 5000.0 },
+            4000.0,
+        );
+        assert!(seconds[15].1 < 400.0, "throttled: {:?}", seconds[15]);
+        assert!(seconds[60].0 > 2000.0, "recovering: {:?}", seconds[60]);
+        assert!(seconds[199].0 > 3900.0, "recovered: {:?}", seconds[199]);
+        assert_eq!(t.adaptive_limit(), None, "the limit was lifted");
+    }
+
+    #[test]
+    fn never_exceeds_the_configured_rate_and_one_burst_of_pushback_cuts_once() {
+        let start = Instant::now();
+        let mut t = Throttle::new(Some(500.0), start);
+        assert_eq!(t.rate(), Some(500.0));
+        let now = start + Duration::from_millis(1500);
+        t.record(300, false, start + Duration::from_millis(1100));
+        assert!(matches!(t.record(0, true, now), Change::Decreased(_)));
+        let after_first = t.rate().unwrap();
+        for i in 1..50 {
+            t.record(0, true, now + Duration::from_millis(i));
+        }
+        assert_eq!(t.rate().unwrap(), after_first, "held for a second");
+        assert!(after_first <= 500.0 * DECREASE + 1e-9);
+    }
+}
