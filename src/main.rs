@@ -11,7 +11,8 @@ const USAGE: &str = "usage:
   spate check-config -c FILE                validate a configuration and print what it resolved
   spate queue summary -c FILE [--json] [--offline]
                                             what is queued, per domain
-  spate demo [--recipients N] [--keep]      a campaign on this machine with no setup
+  spate demo [--recipients N] [--keep] [--queue-only]
+                                            a campaign on this machine with no setup
   spate hash-password                       (not available yet)";
 
 /// EX_USAGE from sysexits.h.
