@@ -14,10 +14,14 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// One attempt at one nameserver waits this long.
+/// One attempt at one nameserver waits at most this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first attempt waits this long, each later one twice as long as the one before (up to
+/// `ATTEMPT_TIMEOUT`): a lost datagram costs half a second, not two, while a slow recursive
+/// answer still gets the full wait (as stub resolvers and unbound retransmit).
+pub const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Rounds over the nameserver list before a lookup counts as a temporary failure.
-pub const ROUNDS: usize = 2;
+pub const ROUNDS: usize = 3;
 /// Largest UDP answer accepted (EDNS is not used; 512 is the classic limit, some servers send
 /// more anyway).
 pub const UDP_ANSWER_BYTES_MAX: usize = 4096;
@@ -142,14 +146,17 @@ impl Resolver {
             return Answer::ServerFailure("no nameservers configured".into());
         }
         let mut last = String::from("no answer");
+        let mut wait = FIRST_ATTEMPT_TIMEOUT.min(self.attempt_timeout);
         for _ in 0..ROUNDS {
             for &ns in &self.nameservers {
+                let this_wait = wait;
+                wait = (wait * 2).min(self.attempt_timeout);
                 let id = self.random() as u16;
                 let query = match build_query(id, domain, qtype) {
                     Ok(q) => q,
                     Err(e) => return Answer::ServerFailure(e.0),
                 };
-                match self.ask_udp(ns, id, &query, domain, qtype).await {
+                match self.ask_udp(ns, id, &query, domain, qtype, this_wait).await {
                     Ok(Answer::Truncated) => {
                         match self.ask_tcp(ns, id, &query, domain, qtype).await {
                             Ok(Answer::ServerFailure(why)) => last = format!("{ns}: {why}"),
@@ -173,16 +180,17 @@ impl Resolver {
         query: &[u8],
         domain: &str,
         qtype: QueryType,
+        wait: Duration,
     ) -> Result<Answer, String> {
         let local: SocketAddr = if ns.is_ipv4() {
             "0.0.0.0:0".parse().expect("literal")
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
+        let socket = query_socket(local).map_err(|e| e.to_string())?;
         socket.send_to(query, ns).await.map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; UDP_ANSWER_BYTES_MAX];
-        let result = timeout(self.attempt_timeout, async {
+        let result = timeout(wait, async {
             loop {
                 let (n, from) = socket.recv_from(&mut buf).await?;
                 // Datagrams from elsewhere, or not answering our question, are ignored.
@@ -228,11 +236,55 @@ impl Resolver {
     }
 }
 
+/// A UDP socket of its own for one query. Not `glommio::net::UdpSocket::bind`: that sets
+/// SO_REUSEPORT, which lets two concurrent queries share an ephemeral port, and the kernel then
+/// hands one query's answer to the other socket (which drops it as not its own), so the first
+/// query times out. Bound by the standard library (no SO_REUSEPORT), then handed to glommio.
+fn query_socket(local: SocketAddr) -> std::io::Result<UdpSocket> {
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let socket = std::net::UdpSocket::bind(local)?;
+    // SAFETY: the descriptor comes from a socket we own and give up here.
+    Ok(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::message::tests::{a, mx, respond};
     use super::*;
     use hickory_proto::op::{Message, ResponseCode};
+
+    #[test]
+    fn query_sockets_never_share_a_port() {
+        use std::os::unix::io::AsRawFd;
+        glommio::LocalExecutor::default().run(async {
+            let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let sockets: Vec<UdpSocket> = (0..200).map(|_| query_socket(local).unwrap()).collect();
+            let mut ports: Vec<u16> = sockets
+                .iter()
+                .map(|s| s.local_addr().unwrap().port())
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(
+                ports.len(),
+                200,
+                "every in-flight query has a port of its own"
+            );
+            let mut on: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt into a c_int we own, on a live descriptor.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sockets[0].as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEPORT,
+                    &mut on as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            assert_eq!((rc, on), (0, 0), "SO_REUSEPORT is off");
+        });
+    }
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 

@@ -88,8 +88,13 @@ fn serve(socket: UdpSocket, zone: Zone, stop: Arc<AtomicBool>, queries: Arc<Atom
             continue;
         };
         queries.fetch_add(1, Ordering::Relaxed);
-        if let Some(reply) = answer(&zone, &buf[..n]) {
-            let _ = socket.send_to(&reply, peer);
+        match answer(&zone, &buf[..n]) {
+            Some(reply) => {
+                if let Err(e) = socket.send_to(&reply, peer) {
+                    eprintln!("sim dns: send to {peer}: {e}");
+                }
+            }
+            None => eprintln!("sim dns: unanswerable datagram of {n} bytes from {peer}"),
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct RunReport {
     pub engine_cpu_us_per_message: f64,
     pub engine_peak_rss_bytes: u64,
     pub engine_in_process: bool,
+    /// Questions the simulated DNS server answered (MX, A, AAAA).
+    pub dns_queries: u64,
     pub timed_out: bool,
     pub providers: Vec<ProviderReport>,
     pub samples: Vec<Sample>,
@@ -407,6 +409,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
         })
         .collect();
     sink.stop()?;
+    let dns_queries = dns.queries.load(std::sync::atomic::Ordering::Relaxed);
     drop(dns);
 
     let (unique, duplicates, mut latencies) = read_receipts(&receipts, landed_us)?;
@@ -448,6 +451,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
         engine_cpu_us_per_message: engine_cpu_s * 1e6 / delivered.max(1) as f64,
         engine_peak_rss_bytes: peak_rss,
         engine_in_process: in_process,
+        dns_queries,
         timed_out,
         providers,
         samples,

@@ -417,6 +417,8 @@ struct Conversation {
     /// Recipients accepted on this connection (tarpitting starts after a number of them).
     conn_rcpts: u32,
     messages: u64,
+    /// This connection's number at its provider, for the queue ids in replies.
+    id: u64,
 }
 
 enum Next {
@@ -428,6 +430,7 @@ enum Next {
 impl Conversation {
     fn new(state: Rc<ProviderState>, ip: IpAddr, seed: u64) -> Self {
         Conversation {
+            id: ProviderStats::get(&state.stats.connections),
             state,
             ip,
             rng: seed,
@@ -655,12 +658,7 @@ impl Conversation {
         self.rcpts.clear();
         self.messages += 1;
         out.extend_from_slice(
-            format!(
-                "250 2.0.0 OK {:x}.{}\r\n",
-                ProviderStats::get(&stats.connections),
-                self.messages
-            )
-            .as_bytes(),
+            format!("250 2.0.0 OK {:x}.{}\r\n", self.id, self.messages).as_bytes(),
         );
     }
 }
