@@ -30,6 +30,9 @@ pub const RECIPIENT_LINE_BYTES_MAX: usize = 64 << 10;
 pub const CHUNK_RECIPIENTS_MAX: usize = 4096;
 /// ...or at this many bytes of encoded recipients, whichever comes first.
 pub const CHUNK_TAIL_BYTES_MAX: usize = 1 << 20;
+/// Recipients in each home's first chunk of an input. Chunk boundaries only depend on the
+/// input, so a replay after a crash cuts the same chunks.
+pub const FIRST_CHUNK_RECIPIENTS: usize = 256;
 /// Campaign, tenant and sender are stored as short strings.
 pub const LABEL_BYTES_MAX: usize = 255;
 /// Pickup recipients per message.
@@ -410,7 +413,14 @@ impl<'a> Parser<'a> {
         let values: Vec<&[u8]> = self.values.iter().map(String::as_bytes).collect();
         RecipientPayload::encode_tail(&rcpt, &values, &mut b.tails);
         b.ends.push(b.tails.len() as u32);
-        if b.ends.len() >= CHUNK_RECIPIENTS_MAX || b.tails.len() >= CHUNK_TAIL_BYTES_MAX {
+        // A home's first chunk is small, so the first recipients are durable (and can be
+        // sent) within a millisecond or two of parsing, not after a whole chunk is parsed.
+        let max = if b.next_chunk_no == 0 {
+            FIRST_CHUNK_RECIPIENTS
+        } else {
+            CHUNK_RECIPIENTS_MAX
+        };
+        if b.ends.len() >= max || b.tails.len() >= CHUNK_TAIL_BYTES_MAX {
             return Some(self.take_chunk(home));
         }
         None

@@ -236,11 +236,21 @@ fn retry_policy(config: &Config) -> RetryPolicy {
 
 /// The home scheduler: due deferrals to ready, ready to routed, demand to owners.
 pub async fn scheduler(shard: Rc<Shard>) {
+    let kicks = shard.schedule_rx.borrow_mut().take();
     while !shard.closing.get() && !shard.shared.failed() {
         if !shard.config.borrow().delivery.paused {
             shard.schedule();
         }
-        sleep(SCHEDULE_TICK).await;
+        // The next tick, or sooner when recipients become ready.
+        match &kicks {
+            Some(rx) => {
+                futures_lite::future::or(sleep(SCHEDULE_TICK), async {
+                    let _ = rx.recv().await;
+                })
+                .await
+            }
+            None => sleep(SCHEDULE_TICK).await,
+        }
     }
 }
 
@@ -340,7 +350,8 @@ impl Shard {
 
     /// Owner: a home's demand changed.
     pub(super) fn on_demand(self: &Rc<Self>, scope: Scope, home: usize, count: u32) {
-        {
+        let scope_key = scope.key.clone();
+        let preconnect = {
             let config = self.config.borrow().clone();
             let mut owner = self.owner.borrow_mut();
             let shards = self.shards;
@@ -357,6 +368,24 @@ impl Shard {
             s.tls = fresh.tls;
             s.scope.port = fresh.scope.port;
             s.demand[home] = count;
+            // The first demand for an idle scope: open a connection now, while the homes
+            // render, so the first message finds it ready (connection setup, TLS included,
+            // overlaps the credit round trip instead of following it).
+            let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !self.closing.get();
+            if warm {
+                s.workers += 1;
+                Some(Arc::clone(&s.scope.hosts))
+            } else {
+                None
+            }
+        };
+        if let Some(hosts) = preconnect {
+            self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
+            self.spawn_into(
+                self.queues.delivery,
+                worker(Rc::clone(self), scope_key, Some(hosts)),
+            )
+            .detach();
         }
         self.grant();
     }
@@ -625,8 +654,11 @@ impl Shard {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
             // `on_prepared` runs in a data receiver (the intake queue): place the worker
             // explicitly.
-            self.spawn_into(self.queues.delivery, worker(Rc::clone(self), scope.clone()))
-                .detach();
+            self.spawn_into(
+                self.queues.delivery,
+                worker(Rc::clone(self), scope.clone(), None),
+            )
+            .detach();
         }
         self.grant();
     }
@@ -922,15 +954,32 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
     home.routes
         .insert(domain.as_str().into(), (result, Instant::now() + ttl));
     let parked = home.resolving.remove(domain.as_str()).unwrap_or_default();
-    // Back to the front: the next tick routes them from the cache.
+    // Back to the front: the scheduler, woken now, routes them from the cache.
     for seq in parked.into_iter().rev() {
         home.ready.push_front(seq);
     }
+    let _ = shard.schedule_kick.try_send(());
 }
 
 /// One connection's worth of sending for a scope, on its owner shard.
-async fn worker(shard: Rc<Shard>, key: String) {
+/// `preconnect`: connect to these hosts before the first message arrives.
+async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>) {
     let mut conn: Option<(Connection, Arc<[String]>)> = None;
+    if let Some(hosts) = preconnect {
+        let settings = shard
+            .owner
+            .borrow()
+            .scopes
+            .get(&key)
+            .map(|s| (s.scope.port, s.tls));
+        if let Some((port, tls)) = settings {
+            // A failure here is not a message's: the first message connects again and
+            // records what happens then.
+            if let Ok(c) = connect(&shard, &hosts, port, tls).await {
+                conn = Some((c, hosts));
+            }
+        }
+    }
     let mut idle_since = Instant::now();
     loop {
         // Taking a message and deciding to exit happen in one borrow, so a message that

@@ -493,6 +493,10 @@ struct Shard {
     unsynced: RefCell<Vec<(usize, Chunk, Option<u64>)>>,
     unsynced_records: Cell<usize>,
     sync_kick: LocalSender<()>,
+    /// Wakes the delivery scheduler before its next tick: recipients became ready (a group
+    /// commit, a resolved domain), so the first deliveries do not wait for a tick.
+    schedule_kick: LocalSender<()>,
+    schedule_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Set at shutdown: the group commit makes a last pass and ends.
     closing: Cell<bool>,
     /// Set after the drain: the group commit makes its last pass and ends.
@@ -691,6 +695,7 @@ fn open_shard(
     let log = DeliveryLog::open(&config.log.dir)
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
+    let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
     Ok((
         Shard {
             id,
@@ -706,6 +711,8 @@ fn open_shard(
             unsynced: RefCell::new(Vec::new()),
             unsynced_records: Cell::new(0),
             sync_kick,
+            schedule_kick,
+            schedule_rx: RefCell::new(Some(schedule_rx)),
             closing: Cell::new(false),
             final_commit: Cell::new(false),
             acks: RefCell::new(HashMap::new()),
@@ -885,6 +892,9 @@ impl Shard {
                 home.add_ready(first..first + chunk.len() as u64);
             }
             log.flush().map_err(|e| format!("delivery log: {e}"))?;
+        }
+        if queued > 0 {
+            let _ = self.schedule_kick.try_send(());
         }
         self.shared
             .counters
