@@ -39,7 +39,9 @@ pub struct BlastReport {
     pub transaction_p50_us: u64,
     pub transaction_p99_us: u64,
     pub transaction_max_us: u64,
+    /// CPU time of blast's own threads (not the simulated providers').
     pub cpu_s: f64,
+    pub cpu_us_per_message: f64,
 }
 
 /// The scenario's valid recipients grouped the way the engine's scopes group them: one group
@@ -106,7 +108,6 @@ pub fn blast(
             .collect(),
     );
     let campaign = Arc::new(scenario.campaign());
-    let cpu0 = spate::sim::run::proc_cpu_s("self");
     let started = Instant::now();
     let mut handles = Vec::new();
     for shard in 0..shards {
@@ -162,7 +163,9 @@ pub fn blast(
                         t.await;
                     }
                     let t = totals.borrow();
-                    (t.delivered, t.failed, t.connections, t.hist.clone())
+                    // This executor thread's own CPU (the sink runs on another thread).
+                    let cpu = spate::sim::run::proc_cpu_s("thread-self");
+                    (t.delivered, t.failed, t.connections, t.hist.clone(), cpu)
                 })
                 .map_err(|e| format!("blast executor: {e}"))?,
         );
@@ -173,15 +176,16 @@ pub fn blast(
     };
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
     for h in handles {
-        let (d, f, c, hh) = h.join().map_err(|e| format!("blast executor: {e}"))?;
+        let (d, f, c, hh, cpu) = h.join().map_err(|e| format!("blast executor: {e}"))?;
+        report.cpu_s += cpu;
         report.delivered += d;
         report.failed += f;
         report.connections += c;
         let _ = hist.add(hh);
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
-    report.cpu_s = spate::sim::run::proc_cpu_s("self") - cpu0;
     report.delivered_per_s = report.delivered as f64 / report.elapsed_s.max(1e-9);
+    report.cpu_us_per_message = report.cpu_s * 1e6 / report.delivered.max(1) as f64;
     report.transaction_p50_us = hist.value_at_quantile(0.5);
     report.transaction_p99_us = hist.value_at_quantile(0.99);
     report.transaction_max_us = hist.max();

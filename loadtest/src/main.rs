@@ -103,6 +103,8 @@ fn options(args: &[String]) -> Result<Options, String> {
             .join("../target/loadtest")
             .join(&scenario.name)
     });
+    // Absolute: Postfix refuses relative paths in its configuration.
+    let out = std::path::absolute(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(Options {
         scenario,
         out,
@@ -400,9 +402,12 @@ fn cmd_compare(o: &Options) -> Result<(), String> {
         pf(&|p| p.duplicates.to_string())
     ));
     md.push_str(&format!(
-        "\nspate / blast = {:.2}; engine CPU {:.1} µs per delivered message",
-        s.delivered_per_s / b.delivered_per_s.max(1e-9),
-        s.engine_cpu_us_per_message
+        "| CPU per message (sender only) | {:.1} µs | {:.1} µs | - |\n",
+        b.cpu_us_per_message, s.engine_cpu_us_per_message
+    ));
+    md.push_str(&format!(
+        "\nspate / blast = {:.2}",
+        s.delivered_per_s / b.delivered_per_s.max(1e-9)
     ));
     if let Some(p) = &p {
         md.push_str(&format!(

@@ -84,8 +84,18 @@ fn a_short_scenario_delivers_every_recipient_exactly_once() {
         "the spate binary must be built next to spate-loadtest (cargo test --workspace)"
     );
     let dir = tempfile::tempdir().unwrap();
+    // The Gmail-like provider offers STARTTLS with a certificate made here.
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["gmail-smtp-in.l.google.test".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "tls_cert = {cert_pem:?}\ntls_key = {key_pem:?}\n{}",
+        SCENARIO.replace("drop_mid_data = 0.01", "drop_mid_data = 0.01\ntls = true")
+    );
     let scenario = dir.path().join("pipeline.toml");
-    std::fs::write(&scenario, SCENARIO).unwrap();
+    std::fs::write(&scenario, text).unwrap();
     let out = dir.path().join("out");
     let (ok, text) = run(
         dir.path(),

@@ -36,6 +36,11 @@ pub struct Scenario {
     /// Extra keys for the engine's `[engine]` section, e.g. `spin_before_park = "50us"`.
     #[serde(default)]
     pub engine_keys: String,
+    /// PEM certificate and key for providers with `tls = true` (they offer STARTTLS).
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
     #[serde(rename = "provider")]
     pub providers: Vec<ProviderProfile>,
 }
@@ -139,8 +144,8 @@ impl Scenario {
         SinkProfile {
             port: 0,
             receipts: receipts.map(Path::to_path_buf),
-            tls_cert: None,
-            tls_key: None,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             providers: self.providers.clone(),
         }
     }

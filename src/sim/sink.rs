@@ -724,6 +724,143 @@ pub fn scan_data(state: &mut u8, bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::profile::SinkProfile;
+    use std::io::{BufRead, BufReader, Read as _};
+    use std::net::TcpStream as StdStream;
+
+    fn sink(extra: &str, receipts: Option<&std::path::Path>) -> Sink {
+        let text = format!(
+            "[[provider]]\nname = \"yahoo\"\nstyle = \"yahoo\"\ndomains = [\"yahoo.test\"]\nmx = \"mx.yahoo.test\"\nlisten = [\"127.0.0.3\"]\n{extra}\n"
+        );
+        let mut p = SinkProfile::parse(&text, "t").unwrap();
+        p.receipts = receipts.map(|r| r.to_path_buf());
+        Sink::start(p).unwrap()
+    }
+
+    /// Reads one whole reply (its last line).
+    fn reply(r: &mut BufReader<StdStream>) -> String {
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    fn connect(s: &Sink) -> BufReader<StdStream> {
+        let c = StdStream::connect(("127.0.0.3", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        BufReader::new(c)
+    }
+
+    #[test]
+    fn pipelined_transactions_are_counted_and_receipted() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipts = dir.path().join("receipts.log");
+        let s = sink("", Some(&receipts));
+        let mut r = connect(&s);
+        assert!(reply(&mut r).starts_with("220"));
+        r.get_mut()
+            .write_all(b"EHLO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@yahoo.test>\r\nRCPT TO:<y@yahoo.test>\r\nDATA\r\n")
+            .unwrap();
+        let ehlo = reply(&mut r);
+        assert!(ehlo.starts_with("250 "), "{ehlo}");
+        for want in ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"] {
+            let got = reply(&mut r);
+            assert!(got.starts_with(want), "{got}");
+        }
+        r.get_mut()
+            .write_all(b"Subject: hi\r\n\r\n..a stuffed line\r\n.\r\nQUIT\r\n")
+            .unwrap();
+        assert!(reply(&mut r).starts_with("250 2.0.0"));
+        assert!(reply(&mut r).starts_with("221"));
+        s.stop().unwrap();
+        let text = std::fs::read_to_string(&receipts).unwrap();
+        let rcpts: Vec<&str> = text
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
+        assert_eq!(rcpts, ["x@yahoo.test", "y@yahoo.test"]);
+        assert!(text.lines().all(|l| l.split(' ').nth(1) == Some("yahoo")));
+    }
+
+    #[test]
+    fn throttles_beyond_the_rate_with_the_providers_text_and_refuses_extra_connections() {
+        let s = sink("rate = 5\nthrottle_code = 450\nconnection_limit = 1", None);
+        let mut r = connect(&s);
+        assert!(reply(&mut r).starts_with("220"));
+        // A second connection from the same IP is over the limit.
+        let mut second = connect(&s);
+        let refused = reply(&mut second);
+        assert!(refused.starts_with("421 4.7.0"), "{refused}");
+        r.get_mut()
+            .write_all(b"HELO me\r\nMAIL FROM:<a@b.test>\r\n")
+            .unwrap();
+        reply(&mut r);
+        reply(&mut r);
+        let mut throttled = 0;
+        for i in 0..20 {
+            r.get_mut()
+                .write_all(format!("RCPT TO:<u{i}@yahoo.test>\r\n").as_bytes())
+                .unwrap();
+            let got = reply(&mut r);
+            if got.starts_with("450 4.7.1 [TSS04]") {
+                throttled += 1;
+            } else {
+                assert!(got.starts_with("250"), "{got}");
+            }
+        }
+        // A burst of a tenth of a second's worth (at least one), then 5 per second.
+        assert!(throttled >= 10, "{throttled} of 20 throttled");
+        assert_eq!(ProviderStats::get(&s.stats[0].1.throttled), throttled);
+        assert_eq!(ProviderStats::get(&s.stats[0].1.connections_refused), 1);
+    }
+
+    #[test]
+    fn unknown_users_are_the_same_every_time_and_drops_close_mid_data() {
+        let s = sink("unknown_user = 0.5\ndrop_mid_data = 1.0", None);
+        let verdicts = |s: &Sink| -> Vec<bool> {
+            let mut r = connect(s);
+            reply(&mut r);
+            r.get_mut()
+                .write_all(b"HELO me\r\nMAIL FROM:<a@b.test>\r\n")
+                .unwrap();
+            reply(&mut r);
+            reply(&mut r);
+            (0..40)
+                .map(|i| {
+                    r.get_mut()
+                        .write_all(format!("RCPT TO:<u{i}@yahoo.test>\r\n").as_bytes())
+                        .unwrap();
+                    reply(&mut r).starts_with("250")
+                })
+                .collect()
+        };
+        let first = verdicts(&s);
+        assert_eq!(first, verdicts(&s), "the same addresses exist each time");
+        assert!(first.iter().any(|&ok| ok) && first.iter().any(|&ok| !ok));
+        let mut r = connect(&s);
+        reply(&mut r);
+        let ok = first.iter().position(|&ok| ok).unwrap();
+        r.get_mut()
+            .write_all(
+                format!(
+                    "HELO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u{ok}@yahoo.test>\r\nDATA\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        for _ in 0..4 {
+            reply(&mut r);
+        }
+        r.get_mut().write_all(b"Subject: x\r\n\r\nbody").unwrap();
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "closed without a reply");
+        assert_eq!(ProviderStats::get(&s.stats[0].1.dropped), 1);
+        assert_eq!(s.accepted(), 0);
+    }
 
     fn find_all(chunks: &[&[u8]]) -> Option<usize> {
         let mut state = 2;
