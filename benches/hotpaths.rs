@@ -11,6 +11,7 @@ use hickory_proto::op::{Message, OpCode, Query};
 use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use spate::delivery::policy::{classify, is_rate_limit, Verdict};
+use spate::delivery::throttle::{Change, Throttle};
 use spate::dns::message::{build_query, parse_response, Answer, QueryType};
 use spate::smtp::data::{encode_data, DataWriter};
 use spate::smtp::reply::{EnhancedCode, Reply, ReplyParser};
@@ -370,12 +371,9 @@ fn dns(c: &mut Criterion) {
 
 // --- 6. Rate limiting ------------------------------------------------------------------
 
-// The `max_message_rate` limiter is not public: it is the `interval`/`next_send` pacing of
-// the private `OwnerScope` in src/engine/deliver.rs, computed inline in the async `worker`
-// (one `max`, one add and one multiply per message, no token bucket). It cannot be reached
-// without src/ changes, so these bench the closest public per-recipient path: the
-// classification of every answer (`delivery::policy::classify`), whose `pushback` flag,
-// from `is_rate_limit`, is what a receiver's "slow down" feeds back into throttling.
+// The rate limiter: `delivery::throttle::Throttle`, fed every transaction's results on the
+// owner shard (`record`), asked for the pacing interval before every send (`interval`); and
+// the classification of every answer, whose `pushback` flag feeds it.
 fn rate(c: &mut Criterion) {
     let delivered = RcptResult::Reply(Reply::new(250, "2.0.0 Ok: queued as 4F2B1C0A3D"));
     let rate_limited = RcptResult::Reply(Reply::new(
@@ -402,6 +400,24 @@ fn rate(c: &mut Criterion) {
     let text = greylisted.text();
     g.bench_function("is_rate_limit_greylist_miss", |b| {
         b.iter(|| is_rate_limit(black_box(greylisted.enhanced), black_box(&text)))
+    });
+    // One accepted message recorded and the next send paced, as a worker does per message,
+    // with an adaptive limit in force (the clock advances 1 ms per message).
+    let start = std::time::Instant::now();
+    let mut throttle = Throttle::new(Some(5000.0), start);
+    throttle.record(100, false, start + std::time::Duration::from_millis(500));
+    assert!(matches!(
+        throttle.record(0, true, start + std::time::Duration::from_millis(600)),
+        Change::Decreased(_)
+    ));
+    assert!(throttle.adaptive_limit().is_some());
+    let mut now = start + std::time::Duration::from_secs(1);
+    g.bench_function("throttle_record_and_interval", |b| {
+        b.iter(|| {
+            now += std::time::Duration::from_millis(1);
+            throttle.record(black_box(1), false, now);
+            black_box(throttle.interval())
+        })
     });
     g.finish();
 }

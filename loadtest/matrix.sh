@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 BIN=target/release/spate-loadtest
-echo "| variant | blast msg/s | spate msg/s | spate / blast | first delivery ms | engine CPU µs/msg | engine peak RSS MiB | receipts |"
+echo "| variant | blast msg/s | spate msg/s | spate / blast | first delivery ms | engine CPU µs/msg | engine peak RSS (anon) MiB | receipts |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 row() { # label, then compare options
   local label=$1; shift
@@ -22,9 +22,10 @@ label, path = sys.argv[1], sys.argv[2]
 c = json.load(open(path))
 b, s = c["blast"], c["spate"]
 ok = "all {} once".format(s["received_unique"]) if s["missing"] == 0 and s["duplicates"] == 0 and s["received_unique"] == s["delivered"] else "INCOMPLETE"
-print("| {} | {:.0f} | {:.0f} | {:.2f} | {:.1f} | {:.1f} | {:.0f} | {} |".format(
+print("| {} | {:.0f} | {:.0f} | {:.2f} | {:.1f} | {:.1f} | {:.0f} ({:.0f}) | {} |".format(
     label, b["delivered_per_s"], s["delivered_per_s"], s["delivered_per_s"] / b["delivered_per_s"],
-    s["first_delivery_ms"], s["engine_cpu_us_per_message"], s["engine_peak_rss_bytes"] / 2**20, ok))
+    s["first_delivery_ms"], s["engine_cpu_us_per_message"], s["engine_peak_rss_bytes"] / 2**20,
+    s["engine_peak_rss_anon_bytes"] / 2**20, ok))
 PY
 }
 if [[ $WHAT == templates || $WHAT == all ]]; then
