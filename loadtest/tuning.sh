@@ -24,7 +24,6 @@ background_shares = 1000'
   'delivery_shares = 100
 intake_shares = 1000'
   'io_memory = "512KiB"'
-  'io_memory = "16MiB"'
 )
 echo "| setting | delivered/s (runs) | first delivery ms | p50 / p99 latency ms | engine CPU µs/msg |"
 echo "| --- | --- | --- | --- | --- |"

@@ -3,8 +3,8 @@
 //! The configured `max_message_rate` is a ceiling. Beneath it the receiver decides: when it
 //! pushes back (421, or a 4xx whose text says rate limit, as Gmail's 4.7.28 and Yahoo's TSS04
 //! do) the scope eases off at once to 70% of the rate the receiver was actually accepting
-//! (multiplicative decrease, at most once a second, so the replies already in flight do not
-//! collapse it), then ramps back up every second it goes without pushback: by a tenth of the
+//! (multiplicative decrease, at most every 250 ms, measured on what the receiver accepted
+//! since the previous cut, so the replies already in flight do not collapse it), then ramps back up every second it goes without pushback: by a tenth of the
 //! rate it was cut from until it is back there, then by a tenth of itself, so a receiver that
 //! has recovered is found again within tens of seconds. After a minute without pushback the
 //! adaptive limit is lifted.
@@ -18,8 +18,10 @@ pub const DECREASE: f64 = 0.7;
 /// Added each second without pushback: this fraction of the larger of the rate before the
 /// last cut and the current limit.
 pub const INCREASE: f64 = 0.1;
-/// At most one decrease per this long.
-pub const DECREASE_HOLD: Duration = Duration::from_secs(1);
+/// At most one decrease per this long: long enough to measure what the receiver accepted
+/// since the last cut, short enough that a receiver that drops its rate tenfold is matched
+/// within a second.
+pub const DECREASE_HOLD: Duration = Duration::from_millis(250);
 /// The adaptive limit is lifted after this long without pushback (and enough recovery).
 pub const CLEAR_AFTER: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(1);
@@ -40,6 +42,8 @@ pub struct Throttle {
     /// The accepted rate before the last decrease.
     cut_from: f64,
     last_decrease: Option<Instant>,
+    /// Accepted since the last decrease.
+    since_cut: u64,
     last_pushback: Option<Instant>,
     window_start: Instant,
     window_accepted: u64,
@@ -56,6 +60,7 @@ impl Throttle {
             limit: None,
             cut_from: 0.0,
             last_decrease: None,
+            since_cut: 0,
             last_pushback: None,
             window_start: now,
             window_accepted: 0,
@@ -92,6 +97,7 @@ impl Throttle {
     pub fn record(&mut self, accepted: u32, pushback: bool, now: Instant) -> Change {
         let mut change = self.tick(now);
         self.window_accepted += u64::from(accepted);
+        self.since_cut += u64::from(accepted);
         if pushback {
             self.pushbacks += 1;
             self.last_pushback = Some(now);
@@ -99,12 +105,18 @@ impl Throttle {
                 .last_decrease
                 .is_some_and(|t| now.duration_since(t) < DECREASE_HOLD);
             if !held {
-                // What the receiver really took: the last full window, or the current one
-                // if it is already more telling.
-                // (A window younger than 100 ms counts as 100 ms: a burst is not a rate.)
-                let so_far = now.duration_since(self.window_start).as_secs_f64();
-                let current = self.window_accepted as f64 / so_far.max(0.1);
-                let observed = self.accepted_rate.max(current);
+                // What the receiver really took: since our last cut if there was one (the
+                // freshest evidence), else the last full window or the current one if it is
+                // already more telling (a window younger than 100 ms counts as 100 ms: a
+                // burst is not a rate).
+                let observed = match self.last_decrease {
+                    Some(t) => self.since_cut as f64 / now.duration_since(t).as_secs_f64(),
+                    None => {
+                        let so_far = now.duration_since(self.window_start).as_secs_f64();
+                        let current = self.window_accepted as f64 / so_far.max(0.1);
+                        self.accepted_rate.max(current)
+                    }
+                };
                 let base = match self.rate() {
                     Some(r) if observed > 0.0 => r.min(observed),
                     Some(r) => r,
@@ -114,6 +126,7 @@ impl Throttle {
                 self.cut_from = base.max(RATE_MIN);
                 self.limit = Some(new);
                 self.last_decrease = Some(now);
+                self.since_cut = 0;
                 change = Change::Decreased(new);
             }
         }
@@ -226,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tenfold_drop_is_matched_within_a_second() {
+        let start = Instant::now();
+        let mut t = Throttle::new(None, start);
+        let seconds = simulate(
+            &mut t,
+            start,
+            12,
+            |s| if s < 5 { 3000.0 } else { 300.0 },
+            20_000.0,
+        );
+        // seconds[5] is the first second at 300/s: by its end the rate is matched.
+        assert!(seconds[5].1 < 450.0, "{:?}", &seconds[3..8]);
+        assert!(seconds[8].0 > 200.0, "not starved: {:?}", &seconds[3..10]);
+    }
+
+    #[test]
     fn never_exceeds_the_configured_rate_and_one_burst_of_pushback_cuts_once() {
         let start = Instant::now();
         let mut t = Throttle::new(Some(500.0), start);
@@ -237,7 +266,7 @@ mod tests {
         for i in 1..50 {
             t.record(0, true, now + Duration::from_millis(i));
         }
-        assert_eq!(t.rate().unwrap(), after_first, "held for a second");
+        assert_eq!(t.rate().unwrap(), after_first, "held for DECREASE_HOLD");
         assert!(after_first <= 500.0 * DECREASE + 1e-9);
     }
 }
