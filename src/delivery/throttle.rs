@@ -22,6 +22,8 @@ pub const INCREASE: f64 = 0.1;
 /// since the last cut, short enough that a receiver that drops its rate tenfold is matched
 /// within a second.
 pub const DECREASE_HOLD: Duration = Duration::from_millis(250);
+/// A cut this recent is the baseline for the next one; an older one is stale.
+const RECENT_CUT: Duration = Duration::from_secs(2);
 /// The adaptive limit is lifted after this long without pushback (and enough recovery).
 pub const CLEAR_AFTER: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(1);
@@ -105,13 +107,15 @@ impl Throttle {
                 .last_decrease
                 .is_some_and(|t| now.duration_since(t) < DECREASE_HOLD);
             if !held {
-                // What the receiver really took: since our last cut if there was one (the
+                // What the receiver really took: since our last cut if that was recent (the
                 // freshest evidence), else the last full window or the current one if it is
                 // already more telling (a window younger than 100 ms counts as 100 ms: a
                 // burst is not a rate).
                 let observed = match self.last_decrease {
-                    Some(t) => self.since_cut as f64 / now.duration_since(t).as_secs_f64(),
-                    None => {
+                    Some(t) if now.duration_since(t) < RECENT_CUT => {
+                        self.since_cut as f64 / now.duration_since(t).as_secs_f64()
+                    }
+                    _ => {
                         let so_far = now.duration_since(self.window_start).as_secs_f64();
                         let current = self.window_accepted as f64 / so_far.max(0.1);
                         self.accepted_rate.max(current)
