@@ -295,7 +295,7 @@ fn postfix_run(o: &Options, dir: &Path) -> Result<PostfixReport, String> {
     let dir = fresh(dir)?;
     let receipts = dir.join("receipts.log");
     let sink = Sink::start(o.scenario.sink_profile(Some(&receipts)))?;
-    let pf = postfix::Postfix::start(&dir.join("postfix"), &o.scenario, sink.port)?;
+    let pf = postfix::start(&dir.join("postfix"), &o.scenario, sink.port)?;
     let mut groups = blast::groups_for(&o.scenario, sink.port);
     let all: Vec<u64> = groups.drain(..).flat_map(|g| g.recipients).collect();
     let valid = all.len() as u64;
@@ -319,7 +319,7 @@ fn postfix_run(o: &Options, dir: &Path) -> Result<PostfixReport, String> {
             return Err(format!(
                 "postfix delivered {} of {valid} within the timeout: {}",
                 sink.accepted(),
-                pf.maillog_tail()
+                pf.maillog_tail(5)
             ));
         }
         std::thread::sleep(Duration::from_millis(100));

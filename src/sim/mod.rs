@@ -11,10 +11,13 @@
 //! - [`campaign`]: campaign batches with a realistic domain mix and a personalised template.
 //! - [`scenario`]: a whole run: providers, campaign, engine settings; the engine configuration
 //!   it implies.
+//! - [`postfix`]: a private Postfix instance on loopback (the harness's baseline, a test's
+//!   real receiver).
 //! - [`run`]: one whole run of a scenario with its report (the demo and the harness).
 
 pub mod campaign;
 pub mod dns;
+pub mod postfix;
 pub mod profile;
 pub mod run;
 pub mod scenario;

@@ -1,0 +1,153 @@
+//! A private Postfix instance for tests and the harness: Debian's postfix package with its own
+//! `main.cf`, `master.cf`, queue and log under one directory, its SMTP server on a free
+//! loopback port. The package's own service is never touched. Stopped (by its own pid file,
+//! through `postfix -c DIR stop`) when dropped.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Postfix {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+/// Why no instance could be started: Postfix is missing or we are not root (the caller may
+/// skip), or it failed.
+#[derive(Debug)]
+pub enum PostfixError {
+    Unavailable(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for PostfixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostfixError::Unavailable(m) | PostfixError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Postfix {
+    /// Starts an instance under `dir` (absolute). `main_cf` is appended to the private
+    /// instance's plumbing (queue, data and log directories, loopback only, no local
+    /// delivery, `mynetworks = 127.0.0.0/8`); `DIR` in it stands for `dir`.
+    pub fn start(dir: &Path, main_cf: &str) -> Result<Postfix, PostfixError> {
+        let failed = |m: String| PostfixError::Failed(m);
+        let present = Command::new("postconf")
+            .arg("mail_version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            return Err(PostfixError::Unavailable(
+                "postfix is not installed (apt-get install postfix)".into(),
+            ));
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(PostfixError::Unavailable(
+                "a private Postfix instance needs root".into(),
+            ));
+        }
+        if !dir.is_absolute() {
+            return Err(failed(format!(
+                "{}: Postfix needs absolute paths",
+                dir.display()
+            )));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| failed(e.to_string()))?
+            .port();
+        let io = |e: std::io::Error| failed(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Postfix's unprivileged processes must reach the instance directory.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        for sub in ["etc", "spool", "data"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
+        }
+        let d = dir.display().to_string();
+        std::fs::write(
+            dir.join("etc/main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {d}/spool\ndata_directory = {d}/data\n\
+                 mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\n\
+                 inet_protocols = ipv4\nmyhostname = pf.test\nmydestination =\nmynetworks = 127.0.0.0/8\n\
+                 alias_maps =\nalias_database =\nmaillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n{}",
+                main_cf.replace("DIR", &d)
+            ),
+        )
+        .map_err(io)?;
+        let master = std::fs::read_to_string("/etc/postfix/master.cf")
+            .map_err(|e| failed(format!("/etc/postfix/master.cf: {e}")))?;
+        let master: String = master
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtp ") && l.ends_with("smtpd") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.join("etc/master.cf"), master + "\n").map_err(io)?;
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(dir.join("data"))
+            .status()
+            .map_err(|e| failed(format!("chown: {e}")))?;
+        if !chown.success() {
+            return Err(failed("chown postfix failed".into()));
+        }
+        let pf = Postfix {
+            dir: dir.to_path_buf(),
+            port,
+        };
+        if !pf.postfix("start") {
+            return Err(failed(format!(
+                "postfix start failed: {}",
+                pf.maillog_tail(5)
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(failed("postfix did not listen within 20 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pf)
+    }
+
+    fn postfix(&self, verb: &str) -> bool {
+        Command::new("postfix")
+            .arg("-c")
+            .arg(self.dir.join("etc"))
+            .arg(verb)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    pub fn maillog_tail(&self, lines: usize) -> String {
+        let log = self.maillog();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        // Stops this instance's master (by the pid file in its own queue directory).
+        self.postfix("stop");
+    }
+}
