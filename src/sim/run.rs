@@ -354,6 +354,12 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     };
     let mut samples = Vec::new();
     let mut shown_lines = 0;
+    // An engine in this process writes its notes to our stderr: on a live display they are
+    // caught and drawn above it instead of through it.
+    let capture = match (&engine, options.live) {
+        (Running::InProcess(_), true) => StderrCapture::start(),
+        _ => None,
+    };
     let mut last_line = Instant::now();
     let timed_out = loop {
         std::thread::sleep(SAMPLE_EVERY);
@@ -380,7 +386,20 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             .map(|t| follower.count(t))
             .sum::<u64>();
         if options.live {
-            shown_lines = draw(out, &sink, &expected, &sample, finals, valid, shown_lines);
+            let notes = capture
+                .as_ref()
+                .map(StderrCapture::take)
+                .unwrap_or_default();
+            shown_lines = draw(
+                out,
+                &sink,
+                &expected,
+                &sample,
+                finals,
+                valid,
+                shown_lines,
+                &notes,
+            );
         } else if last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let _ = writeln!(out, "  {:>6.1} s  final {finals} / {valid}", sample.t_s);
@@ -397,6 +416,11 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             break true;
         }
     };
+    if let Some(c) = capture {
+        for n in c.finish() {
+            let _ = writeln!(out, "\x1b[2K{n}");
+        }
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, _, _) = engine.usage();
     let peak_rss = engine.peak_rss();
@@ -503,6 +527,7 @@ pub fn read_receipts(path: &Path, since_us: u64) -> Result<(u64, u64, Vec<u64>),
 }
 
 /// Redraws the live progress display; returns how many lines it occupies.
+#[allow(clippy::too_many_arguments)]
 fn draw(
     out: &mut dyn Write,
     sink: &Sink,
@@ -511,10 +536,15 @@ fn draw(
     finals: u64,
     valid: u64,
     shown: usize,
+    notes: &[String],
 ) -> usize {
     let mut text = String::new();
     if shown > 0 {
         text.push_str(&format!("\x1b[{shown}A"));
+    }
+    // The engine's notes (throttle changes) go above the display, which moves down.
+    for n in notes {
+        text.push_str(&format!("\x1b[2K{n}\n"));
     }
     let bar = |done: u64, of: u64| {
         let width = 30;
@@ -640,5 +670,88 @@ impl RunReport {
             "\nINCOMPLETE: see missing, duplicates and timed_out.\n"
         });
         m
+    }
+}
+
+/// Redirects this process's stderr into a pipe whose lines a thread collects, until
+/// `finish` puts stderr back.
+struct StderrCapture {
+    saved: libc::c_int,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StderrCapture {
+    fn start() -> Option<StderrCapture> {
+        use std::io::BufRead;
+        use std::os::unix::io::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe fills the two descriptors; dup/dup2 act on descriptors we own or on
+        // fd 2, which this process owns; each is checked.
+        unsafe {
+            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                return None;
+            }
+            let saved = libc::dup(2);
+            if saved < 0 || libc::dup2(fds[1], 2) < 0 {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+                if saved >= 0 {
+                    libc::close(saved);
+                }
+                return None;
+            }
+            libc::close(fds[1]);
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&lines);
+            let pipe = std::fs::File::from_raw_fd(fds[0]);
+            let reader = std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+            Some(StderrCapture {
+                saved,
+                lines,
+                reader: Some(reader),
+            })
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    /// Puts stderr back; returns what was caught since the last `take`.
+    fn finish(mut self) -> Vec<String> {
+        self.restore();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.take()
+    }
+
+    fn restore(&mut self) {
+        if self.saved >= 0 {
+            // SAFETY: puts the saved descriptor back on fd 2 (closing the pipe's write end,
+            // so the reader thread ends) and closes the saved copy.
+            unsafe {
+                libc::dup2(self.saved, 2);
+                libc::close(self.saved);
+            }
+            self.saved = -1;
+        }
+    }
+}
+
+impl Drop for StderrCapture {
+    fn drop(&mut self) {
+        self.restore();
     }
 }
