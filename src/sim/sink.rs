@@ -818,6 +818,29 @@ mod tests {
     }
 
     #[test]
+    fn latency_and_tarpitting_delay_replies() {
+        let s = sink("latency_ms = 30\ntarpit_after = 2\ntarpit_ms = 60", None);
+        let mut r = connect(&s);
+        reply(&mut r);
+        let timed = |r: &mut BufReader<StdStream>, line: &str| {
+            let t = Instant::now();
+            r.get_mut().write_all(line.as_bytes()).unwrap();
+            let got = reply(r);
+            (t.elapsed(), got)
+        };
+        let (d, _) = timed(&mut r, "HELO me\r\n");
+        assert!(d >= Duration::from_millis(30), "latency {d:?}");
+        timed(&mut r, "MAIL FROM:<a@b.test>\r\n");
+        let (_, got) = timed(&mut r, "RCPT TO:<u1@yahoo.test>\r\n");
+        assert!(got.starts_with("250"), "{got}");
+        timed(&mut r, "RCPT TO:<u2@yahoo.test>\r\n");
+        // Two recipients accepted on this connection: from now on every reply is tarpitted
+        // (latency and tarpit add up; only lower bounds are checked, a slow machine only adds).
+        let (d, _) = timed(&mut r, "RCPT TO:<u3@yahoo.test>\r\n");
+        assert!(d >= Duration::from_millis(90), "tarpit {d:?}");
+    }
+
+    #[test]
     fn unknown_users_are_the_same_every_time_and_drops_close_mid_data() {
         let s = sink("unknown_user = 0.5\ndrop_mid_data = 1.0", None);
         let verdicts = |s: &Sink| -> Vec<bool> {
