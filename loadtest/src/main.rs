@@ -314,7 +314,16 @@ fn postfix_run(o: &Options, dir: &Path) -> Result<PostfixReport, String> {
             injected.delivered
         ));
     }
-    while sink.accepted() < valid {
+    // Recipients the providers refuse for good (unknown users, policy) end there too.
+    let settled = |sink: &Sink| {
+        sink.accepted()
+            + sink
+                .stats
+                .iter()
+                .map(|(_, p)| spate::sim::sink::ProviderStats::get(&p.rejected))
+                .sum::<u64>()
+    };
+    while settled(&sink) < valid {
         if started.elapsed() > o.timeout {
             return Err(format!(
                 "postfix delivered {} of {valid} within the timeout: {}",

@@ -35,6 +35,7 @@ listen = ["127.0.0.3"]
 share = 0.2
 connections = 8
 rate = 400
+connection_limit = 4
 
 [[provider]]
 name = "microsoft"
@@ -143,6 +144,36 @@ fn a_short_scenario_delivers_every_recipient_exactly_once() {
         "greylisting deferred"
     );
     assert!(n("transient_failures") > 0);
+    // Yahoo-like takes 4 connections of the engine's 8: the others meet 421 at the
+    // greeting, which defers (retried soon) rather than fails.
+    assert!(providers[1]["connections_refused"].as_u64().unwrap() > 0);
+    assert!(
+        providers[0]["dropped"].as_u64().unwrap() > 0,
+        "connections dropped mid-DATA"
+    );
+    let log = std::fs::read_to_string(out.join("spate/log/deliveries.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records.iter().any(|r| r["type"] == "TransientFailure"
+            && r["code"] == 421
+            && r["response"]
+                .as_str()
+                .unwrap()
+                .contains("Too many concurrent")),
+        "421 at the greeting is logged as a transient failure"
+    );
+    // Every Gmail-like delivery went over STARTTLS; no other provider offered it.
+    for d in records.iter().filter(|r| r["type"] == "Delivery") {
+        let tls = d["tls"].as_str().unwrap_or("");
+        if d["provider"] == "gmail" {
+            assert!(tls.starts_with("TLSv1_3"), "{d}");
+        } else {
+            assert!(tls.is_empty(), "{d}");
+        }
+    }
     for f in ["report.md", "delivered.svg", "deferrals.svg", "engine.svg"] {
         assert!(out.join(f).is_file(), "{f}");
     }

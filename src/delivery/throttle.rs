@@ -11,8 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-/// The slowest a throttled scope goes.
+/// The slowest the adaptive limit goes (a configured `max_message_rate` may be slower).
 pub const RATE_MIN: f64 = 1.0;
+const RATE_FLOOR: f64 = 1e-3;
 /// The multiplicative decrease.
 pub const DECREASE: f64 = 0.7;
 /// Added each second without pushback: this fraction of the larger of the rate before the
@@ -24,7 +25,7 @@ pub const INCREASE: f64 = 0.1;
 pub const DECREASE_HOLD: Duration = Duration::from_millis(250);
 /// A cut this recent is the baseline for the next one; an older one is stale.
 const RECENT_CUT: Duration = Duration::from_secs(2);
-/// The adaptive limit is lifted after this long without pushback (and enough recovery).
+/// The adaptive limit is lifted after this long without pushback.
 pub const CLEAR_AFTER: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -49,6 +50,9 @@ pub struct Throttle {
     last_pushback: Option<Instant>,
     window_start: Instant,
     window_accepted: u64,
+    /// Transactions attempted in the current window, and since the last decrease.
+    window_attempts: u64,
+    since_cut_attempts: u64,
     /// Accepted messages per second over the last full window.
     accepted_rate: f64,
     pub pushbacks: u64,
@@ -66,6 +70,8 @@ impl Throttle {
             last_pushback: None,
             window_start: now,
             window_accepted: 0,
+            window_attempts: 0,
+            since_cut_attempts: 0,
             accepted_rate: 0.0,
             pushbacks: 0,
         }
@@ -90,8 +96,10 @@ impl Throttle {
 
     /// Time between sends at the rate in force.
     pub fn interval(&self) -> Option<Duration> {
+        // A configured rate may be below one a second ("30/min", "100/h"): paced exactly.
+        // The floor only keeps the division finite (one message per 1,000 s at the slowest).
         self.rate()
-            .map(|r| Duration::from_secs_f64(1.0 / r.max(RATE_MIN)))
+            .map(|r| Duration::from_secs_f64(1.0 / r.max(RATE_FLOOR)))
     }
 
     /// Feeds one transaction's results: recipients accepted, and whether the receiver
@@ -100,6 +108,8 @@ impl Throttle {
         let mut change = self.tick(now);
         self.window_accepted += u64::from(accepted);
         self.since_cut += u64::from(accepted);
+        self.window_attempts += 1;
+        self.since_cut_attempts += 1;
         if pushback {
             self.pushbacks += 1;
             self.last_pushback = Some(now);
@@ -111,16 +121,25 @@ impl Throttle {
                 // freshest evidence), else the last full window or the current one if it is
                 // already more telling (a window younger than 100 ms counts as 100 ms: a
                 // burst is not a rate).
-                let observed = match self.last_decrease {
+                // When the receiver took nothing, what we were attempting is the baseline:
+                // cutting to the floor would take a minute to climb back from.
+                let (observed, attempted) = match self.last_decrease {
                     Some(t) if now.duration_since(t) < RECENT_CUT => {
-                        self.since_cut as f64 / now.duration_since(t).as_secs_f64()
+                        let secs = now.duration_since(t).as_secs_f64();
+                        (
+                            self.since_cut as f64 / secs,
+                            self.since_cut_attempts as f64 / secs,
+                        )
                     }
                     _ => {
-                        let so_far = now.duration_since(self.window_start).as_secs_f64();
-                        let current = self.window_accepted as f64 / so_far.max(0.1);
-                        self.accepted_rate.max(current)
+                        let so_far = now.duration_since(self.window_start).as_secs_f64().max(0.1);
+                        (
+                            self.accepted_rate.max(self.window_accepted as f64 / so_far),
+                            self.window_attempts as f64 / so_far,
+                        )
                     }
                 };
+                let observed = if observed > 0.0 { observed } else { attempted };
                 let base = match self.rate() {
                     Some(r) if observed > 0.0 => r.min(observed),
                     Some(r) => r,
@@ -131,6 +150,7 @@ impl Throttle {
                 self.limit = Some(new);
                 self.last_decrease = Some(now);
                 self.since_cut = 0;
+                self.since_cut_attempts = 0;
                 change = Change::Decreased(new);
             }
         }
@@ -143,8 +163,14 @@ impl Throttle {
         if elapsed < WINDOW {
             return Change::None;
         }
-        self.accepted_rate = self.window_accepted as f64 / elapsed.as_secs_f64();
+        // A window stretched by idleness says nothing about the receiver's rate.
+        self.accepted_rate = if elapsed > 2 * WINDOW {
+            0.0
+        } else {
+            self.window_accepted as f64 / elapsed.as_secs_f64()
+        };
         self.window_accepted = 0;
+        self.window_attempts = 0;
         self.window_start = now;
         let Some(limit) = self.limit else {
             return Change::None;
@@ -256,6 +282,32 @@ mod tests {
         // seconds[5] is the first second at 300/s: by its end the rate is matched.
         assert!(seconds[5].1 < 450.0, "{:?}", &seconds[3..8]);
         assert!(seconds[8].0 > 200.0, "not starved: {:?}", &seconds[3..10]);
+    }
+
+    #[test]
+    fn a_configured_rate_below_one_a_second_is_paced_exactly() {
+        let t = Throttle::new(Some(30.0 / 60.0), Instant::now());
+        assert_eq!(t.interval(), Some(Duration::from_secs(2)));
+        let t = Throttle::new(Some(100.0 / 3600.0), Instant::now());
+        assert_eq!(t.interval().unwrap().as_secs(), 36);
+    }
+
+    #[test]
+    fn pushback_on_the_first_reply_after_idle_cuts_from_the_attempted_rate() {
+        let start = Instant::now();
+        let mut t = Throttle::new(None, start);
+        // Busy for a while, then idle for a minute: the windows close at 0/s.
+        t.record(1000, false, start + Duration::from_millis(900));
+        let back = start + Duration::from_secs(60);
+        t.tick(back);
+        // 20 attempts in 100 ms, the last one pushed back, nothing accepted.
+        for i in 0..19 {
+            t.record(0, false, back + Duration::from_millis(5 * i));
+        }
+        let Change::Decreased(rate) = t.record(0, true, back + Duration::from_millis(100)) else {
+            panic!("no cut");
+        };
+        assert!(rate > 100.0, "cut to {rate}/s, not to the floor");
     }
 
     #[test]

@@ -33,9 +33,9 @@ use crate::queue::record::{
 };
 use crate::queue::store::{unix_ms, EntryState, Index};
 use crate::smtp::session::TlsPolicy;
-use crate::smtp::session::{RcptResult, Transaction};
+use crate::smtp::session::{CloseReason, RcptResult, Transaction};
 use crate::template::{header_section_end, Template};
-use glommio::timer::sleep;
+use glommio::timer::{sleep, timeout};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -68,6 +68,11 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
 pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
 /// After failing to connect to every host of a scope, a worker waits this long.
 pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// While a scope holds below its connection limit after a refusal, one more connection is
+/// allowed after this long without another.
+pub const CONN_CAP_RAISE: Duration = Duration::from_secs(30);
+/// Longest the connection opened ahead of the first message may take.
+pub const PRECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// At shutdown, in-flight transactions get this long to finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -211,6 +216,10 @@ impl SeqRuns {
 struct OwnerScope {
     scope: Scope,
     connection_limit: u32,
+    /// Connections the receiver currently accepts (<= `connection_limit`): lowered when it
+    /// refuses one with 421 at the greeting, raised again one at a time while it does not.
+    conn_cap: u32,
+    conn_cap_at: Instant,
     /// Pacing: `max_message_rate` as the ceiling, the receiver's pushback beneath it.
     throttle: Throttle,
     max_per_connection: u32,
@@ -366,7 +375,9 @@ impl Shard {
                 .or_insert_with(|| new_owner_scope(&config, scope.clone(), shards));
             // Limits follow the configuration in force (SIGHUP), scope by scope.
             let fresh = new_owner_scope(&config, scope, shards);
+            let fresh_hosts = Arc::clone(&fresh.scope.hosts);
             s.connection_limit = fresh.connection_limit;
+            s.conn_cap = s.conn_cap.min(s.connection_limit);
             s.throttle
                 .set_configured(configured_rate(&config, &s.scope.key));
             s.max_per_connection = fresh.max_per_connection;
@@ -379,7 +390,9 @@ impl Shard {
             let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !self.closing.get();
             if warm {
                 s.workers += 1;
-                Some(Arc::clone(&s.scope.hosts))
+                // This demand's hosts: the scope's first ones may be stale (an MX change, or
+                // a provider whose domains have MX hosts of their own).
+                Some(Arc::clone(&fresh_hosts))
             } else {
                 None
             }
@@ -650,7 +663,11 @@ impl Shard {
             };
             s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
             s.ready.extend(msgs);
-            let wanted = (s.ready.len() as u32).min(s.connection_limit);
+            if s.conn_cap < s.connection_limit && s.conn_cap_at.elapsed() >= CONN_CAP_RAISE {
+                s.conn_cap += 1;
+                s.conn_cap_at = Instant::now();
+            }
+            let wanted = (s.ready.len() as u32).min(s.conn_cap);
             let spawn = wanted.saturating_sub(s.workers);
             s.workers += spawn;
             spawn
@@ -865,6 +882,8 @@ fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
         throttle: Throttle::new(configured_rate(config, &scope.key), Instant::now()),
         scope,
         connection_limit,
+        conn_cap: connection_limit,
+        conn_cap_at: Instant::now(),
         max_per_connection,
         tls,
         demand: vec![0; shards],
@@ -916,6 +935,33 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
         ),
         Change::None => {}
     }
+}
+
+/// A worker of `key` was refused a connection with 421: lowers the scope's connection cap to
+/// the workers still open and counts this one out. False (the worker stays) when it is the
+/// last one.
+fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply) -> bool {
+    let mut owner = shard.owner.borrow_mut();
+    let Some(s) = owner.scopes.get_mut(key) else {
+        return false;
+    };
+    if s.workers <= 1 {
+        return false;
+    }
+    s.workers -= 1;
+    let before = s.conn_cap;
+    s.conn_cap = s.conn_cap.min(s.workers).max(1);
+    s.conn_cap_at = Instant::now();
+    if s.conn_cap < before {
+        eprintln!(
+            "spate: {key}: connection refused ({}); holding at {} connections",
+            reply.to_log_string(),
+            s.conn_cap
+        );
+    }
+    drop(owner);
+    shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
+    true
 }
 
 /// Resolves a domain to its scope (or a routing decision), then releases the recipients that
@@ -979,8 +1025,13 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             .map(|s| (s.scope.port, s.tls));
         if let Some((port, tls)) = settings {
             // A failure here is not a message's: the first message connects again and
-            // records what happens then.
-            if let Ok(c) = connect(&shard, &hosts, port, tls).await {
+            // records what happens then. Bounded, so a dead host cannot hold the worker (and
+            // with it the scope's only connection slot) for the whole connect timeout.
+            if let Ok(Ok(c)) = timeout(PRECONNECT_TIMEOUT, async {
+                Ok(connect(&shard, &hosts, port, tls).await)
+            })
+            .await
+            {
                 conn = Some((c, hosts));
             }
         }
@@ -1038,14 +1089,26 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             }
             match connect(&shard, &msg.hosts, port, tls).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
-                Err(why) => {
-                    let lost = vec![RcptResult::ConnectionLost(why); msg.rcpts.len()];
+                Err(failure) => {
+                    let refused = failure.closing.clone();
+                    let lost = match failure.closing {
+                        // Retried soon, without counting an attempt.
+                        Some(reply) => vec![RcptResult::ServiceClosing(reply); msg.rcpts.len()],
+                        None => vec![RcptResult::ConnectionLost(failure.why); msg.rcpts.len()],
+                    };
                     send_outcomes(
                         &shard,
                         &key,
                         msg.home,
                         outcome_items(&msg, lost, "", "", ""),
                     );
+                    // Refused at the greeting: the receiver takes no more connections than
+                    // are open, so this worker leaves and the scope holds at that count.
+                    if let Some(reply) = refused {
+                        if fewer_connections(&shard, &key, &reply) {
+                            break;
+                        }
+                    }
                     sleep(CONNECT_FAILURE_PAUSE).await;
                     idle_since = Instant::now();
                     continue;
@@ -1115,9 +1178,10 @@ async fn connect(
     hosts: &[String],
     default_port: u16,
     policy: TlsPolicy,
-) -> Result<Connection, String> {
+) -> Result<Connection, ConnectFailure> {
     let config = shard.config.borrow().clone();
     let mut last = String::from("no hosts");
+    let mut closing = None;
     for host in hosts {
         let (name, port) = host_port(host, default_port);
         let addrs = match shard.resolver.addresses(&name).await {
@@ -1167,11 +1231,23 @@ async fn connect(
                         Err(e) => last = format!("{name} [{addr}]: {e}"),
                     }
                 }
-                Err(e) => last = format!("{name} [{addr}]: {e}"),
+                Err(e) => {
+                    if let ConnectError::Refused(CloseReason::ServiceClosing(reply)) = &e {
+                        closing = Some(reply.clone());
+                    }
+                    last = format!("{name} [{addr}]: {e}");
+                }
             }
         }
     }
-    Err(last)
+    Err(ConnectFailure { why: last, closing })
+}
+
+/// Why no connection could be made, and the 421 a host answered with, if one did (a
+/// receiver refusing at the greeting is pushing back, as much as one closing later).
+struct ConnectFailure {
+    why: String,
+    closing: Option<crate::smtp::reply::Reply>,
 }
 
 /// The value of a header in a message's header section (first occurrence, unfolded).

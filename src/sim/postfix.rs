@@ -32,7 +32,9 @@ impl std::fmt::Display for PostfixError {
 impl Postfix {
     /// Starts an instance under `dir` (absolute). `main_cf` is appended to the private
     /// instance's plumbing (queue, data and log directories, loopback only, no local
-    /// delivery, `mynetworks = 127.0.0.0/8`); `DIR` in it stands for `dir`.
+    /// delivery, `mynetworks = 127.0.0.0/8`, and `default_transport = error:` so that
+    /// nothing the caller did not route, bounces included, is ever looked up or sent
+    /// elsewhere); `DIR` in it stands for `dir`.
     pub fn start(dir: &Path, main_cf: &str) -> Result<Postfix, PostfixError> {
         let failed = |m: String| PostfixError::Failed(m);
         let present = Command::new("postconf")
@@ -76,7 +78,8 @@ impl Postfix {
                 "compatibility_level = 3.6\nqueue_directory = {d}/spool\ndata_directory = {d}/data\n\
                  mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\n\
                  inet_protocols = ipv4\nmyhostname = pf.test\nmydestination =\nmynetworks = 127.0.0.0/8\n\
-                 alias_maps =\nalias_database =\nmaillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n{}",
+                 alias_maps =\nalias_database =\nmaillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n\
+                 default_transport = error:this instance only relays what it is told to\n{}",
                 main_cf.replace("DIR", &d)
             ),
         )

@@ -285,6 +285,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     std::fs::write(&config_path, &config_text).map_err(|e| io(&config_path, e))?;
     let config = crate::config::Config::parse(&config_text, &config_path.display().to_string())
         .map_err(|e| e.0)?;
+    stays_on_loopback(&config)?;
     let shards = config.engine.shards;
     let log_path = config.log.dir.join(crate::delivery_log::LOG_FILE_NAME);
     let tmp = config.spool.dir.join("tmp");
@@ -343,8 +344,10 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     let (cpu0, _, _) = engine.usage();
     let landed_us = unix_us();
     let started = Instant::now();
-    std::fs::rename(&staged, incoming.join(staged.file_name().expect("name")))
-        .map_err(|e| io(&incoming, e))?;
+    if let Err(e) = std::fs::rename(&staged, incoming.join(staged.file_name().expect("name"))) {
+        let _ = engine.stop();
+        return Err(io(&incoming, e));
+    }
 
     let mut follower = LogFollower {
         path: log_path,
@@ -754,4 +757,31 @@ impl Drop for StderrCapture {
     fn drop(&mut self) {
         self.restore();
     }
+}
+
+/// Refuses an engine configuration that could send anything off this machine: every
+/// nameserver and every static route must be a loopback address (extra keys given to a
+/// scenario could add either).
+fn stays_on_loopback(config: &crate::config::Config) -> Result<(), String> {
+    if let Some(ns) = config
+        .dns
+        .nameservers
+        .iter()
+        .find(|a| !a.ip().is_loopback())
+    {
+        return Err(format!("nameserver {ns} is not a loopback address"));
+    }
+    for r in &config.routes {
+        for h in &r.hosts {
+            let (host, _) = crate::delivery::scope::host_port(h, config.smtp.port);
+            let ip: Option<std::net::IpAddr> = host.trim_matches(['[', ']']).parse().ok();
+            if !ip.is_some_and(|ip| ip.is_loopback()) {
+                return Err(format!(
+                    "route {} -> {h} is not a loopback address",
+                    r.domain
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -172,7 +172,7 @@ impl Sink {
             .sum()
     }
 
-    /// Stops accepting, lets open connections end, flushes the receipt log.
+    /// Stops accepting, drops the open connections, flushes the receipt log.
     pub fn stop(mut self) -> Result<(), String> {
         self.stop_inner()
     }
