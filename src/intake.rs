@@ -559,6 +559,20 @@ mod tests {
         assert!(chunks.iter().all(|(_, c)| c.len() <= CHUNK_RECIPIENTS_MAX));
         let numbers: Vec<u32> = chunks.iter().map(|(_, c)| c.chunk_no).collect();
         assert_eq!(numbers, vec![0, 1, 2]);
+        // The boundaries are part of the replay contract (docs/queue-format.md): a small
+        // first chunk, then full ones, the same on every parse of the same input.
+        let sizes: Vec<usize> = chunks.iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![
+                FIRST_CHUNK_RECIPIENTS,
+                CHUNK_RECIPIENTS_MAX,
+                CHUNK_RECIPIENTS_MAX + 5 - FIRST_CHUNK_RECIPIENTS
+            ]
+        );
+        let (again, _) = run(input.as_bytes(), InputKind::Batch, 1);
+        let again: Vec<usize> = again.iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(sizes, again);
     }
 
     #[test]
