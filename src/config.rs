@@ -460,6 +460,18 @@ pub const DEFAULT_INTAKE_SHARES: usize = 500;
 /// half of intake's shares rather than a token amount that would pace intake to it.
 pub const DEFAULT_BACKGROUND_SHARES: usize = 250;
 
+/// A TOML error as one line naming the source and the line at fault.
+pub fn toml_error(text: &str, source: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{source}: line {line}: {message}")
+        }
+        None => format!("{source}: {message}"),
+    }
+}
+
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -470,16 +482,8 @@ impl Config {
 
     /// Parses configuration text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    ConfigError(format!("{source}: line {line}: {message}"))
-                }
-                None => ConfigError(format!("{source}: {message}")),
-            }
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(toml_error(text, source, &e)))?;
         validate(raw, source)
     }
 

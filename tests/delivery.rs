@@ -283,11 +283,7 @@ fn a_silent_server_hits_the_configured_reply_timeout() {
     });
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
-    let t = env
-        .log_records()
-        .into_iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let t = env.first_record("TransientFailure");
     assert!(
         t["response"].as_str().unwrap().contains("timed out")
             || t["response"].as_str().unwrap().contains("Timed out"),

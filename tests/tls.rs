@@ -46,11 +46,7 @@ fn opportunistic_tls_encrypts_and_logs_an_unverified_certificate() {
         "all over TLS"
     );
     drop(got);
-    let d = env
-        .log_records()
-        .into_iter()
-        .find(|r| r["type"] == "Delivery")
-        .unwrap();
+    let d = env.first_record("Delivery");
     let tls = d["tls"].as_str().unwrap();
     assert!(tls.starts_with("TLSv1_3"), "{tls}");
     assert!(tls.contains("certificate not verified"), "{tls}");
@@ -63,11 +59,7 @@ fn verify_refuses_a_self_signed_certificate() {
     let (env, engine) = run(&sink, "verify");
     wait_events(&env, "TransientFailure", N);
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
-    let t = env
-        .log_records()
-        .into_iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let t = env.first_record("TransientFailure");
     assert!(
         t["response"].as_str().unwrap().contains("TLS handshake"),
         "{t}"
@@ -106,11 +98,7 @@ fn required_tls_defers_when_starttls_is_not_offered() {
     let (env, engine) = run(&sink, "required");
     wait_events(&env, "TransientFailure", N);
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
-    let t = env
-        .log_records()
-        .into_iter()
-        .find(|r| r["type"] == "TransientFailure")
-        .unwrap();
+    let t = env.first_record("TransientFailure");
     assert!(t["response"].as_str().unwrap().contains("STARTTLS"), "{t}");
     assert_eq!(sink.received.lock().unwrap().deliveries.len(), 0);
     sink.stop();

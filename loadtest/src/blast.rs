@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::sim::scenario::Scenario;
 use spate::smtp::data::DataWriter;
+use spate::smtp::reply::ReplyParser;
 use spate::template::Template;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -192,44 +193,26 @@ pub fn blast(
     Ok(report)
 }
 
-/// Reads SMTP replies from a stream.
+/// Reads SMTP replies from a stream with the engine's own reply parser.
 struct Replies {
+    parser: ReplyParser,
     buf: Vec<u8>,
-    start: usize,
-    end: usize,
 }
 
 impl Replies {
     /// The code of the next complete reply (multi-line replies are read whole).
     async fn next(&mut self, s: &mut TcpStream) -> std::io::Result<u16> {
         loop {
-            while let Some(nl) = self.buf[self.start..self.end]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
-                let line = &self.buf[self.start..self.start + nl];
-                self.start += nl + 1;
-                if line.len() >= 3 && line.get(3) != Some(&b'-') {
-                    let code = std::str::from_utf8(&line[..3])
-                        .ok()
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(0);
-                    return Ok(code);
-                }
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => return Ok(reply.code),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.0)),
             }
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = s.read(&mut self.buf[self.end..]).await?;
+            let n = s.read(&mut self.buf).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            self.end += n;
+            self.parser.push(&self.buf[..n]);
         }
     }
 }
@@ -244,6 +227,13 @@ async fn connection(
     let mut rendered = Vec::with_capacity(template.source().len() + 256);
     let mut body = Vec::with_capacity(template.source().len() + 512);
     let mut commands = Vec::with_capacity(256);
+    // Where each of the template's variables comes from, worked out once: to, first_name,
+    // code (anything else renders empty).
+    let order: Vec<Option<usize>> = template
+        .var_names()
+        .iter()
+        .map(|v| ["to", "first_name", "code"].iter().position(|k| k == v))
+        .collect();
     let mut failures_in_a_row = 0;
     'connect: while !queue.borrow().is_empty() && failures_in_a_row < 50 {
         let Ok(mut s) = TcpStream::connect(addr).await else {
@@ -254,9 +244,8 @@ async fn connection(
         let _ = s.set_nodelay(true);
         totals.borrow_mut().connections += 1;
         let mut r = Replies {
+            parser: ReplyParser::new(),
             buf: vec![0; 16 << 10],
-            start: 0,
-            end: 0,
         };
         if r.next(&mut s).await.ok() != Some(220)
             || s.write_all(b"EHLO blast.test\r\n").await.is_err()
@@ -296,16 +285,10 @@ async fn connection(
                     return Ok::<(bool, u16), std::io::Error>((false, rcpt));
                 }
                 rendered.clear();
-                // Variables in the order the template names them.
-                let values: Vec<&[u8]> = template
-                    .var_names()
+                let ours = [to.as_bytes(), name.as_bytes(), code.as_bytes()];
+                let values: Vec<&[u8]> = order
                     .iter()
-                    .map(|v| match v.as_str() {
-                        "to" => to.as_bytes(),
-                        "first_name" => name.as_bytes(),
-                        "code" => code.as_bytes(),
-                        _ => b"" as &[u8],
-                    })
+                    .map(|&k| k.map_or(b"" as &[u8], |k| ours[k]))
                     .collect();
                 template.render_into(&values, &mut rendered);
                 body.clear();

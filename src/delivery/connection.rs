@@ -419,29 +419,19 @@ mod tests {
         drop(closed);
         let (addr2, server2) = server(|_| Some("554 5.7.1 go away\r\n"));
         let (a, b) = run(async move {
-            let a = Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Opportunistic,
-                &Rc::new(TlsClients::new()),
-                Timeouts::default(),
-                Duration::from_secs(2),
-            )
-            .await
-            .err();
-            let b = Connection::open(
-                "mx",
-                addr2,
-                "mta.test",
-                TlsPolicy::Opportunistic,
-                &Rc::new(TlsClients::new()),
-                Timeouts::default(),
-                Duration::from_secs(2),
-            )
-            .await
-            .err();
-            (a, b)
+            let tls = Rc::new(TlsClients::new());
+            let open = |addr| {
+                Connection::open(
+                    "mx",
+                    addr,
+                    "mta.test",
+                    TlsPolicy::Opportunistic,
+                    &tls,
+                    Timeouts::default(),
+                    Duration::from_secs(2),
+                )
+            };
+            (open(addr).await.err(), open(addr2).await.err())
         });
         assert!(matches!(a, Some(ConnectError::Unreachable(_))), "{a:?}");
         // EHLO refused falls back to HELO, refused too.

@@ -785,3 +785,32 @@ fn stays_on_loopback(config: &crate::config::Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> crate::config::Config {
+        let text =
+            format!("[dns]\nnameservers = [\"127.0.0.1:5353\"]\n[smtp]\nport = 2525\n{extra}");
+        crate::config::Config::parse(&text, "t").unwrap()
+    }
+
+    #[test]
+    fn an_engine_configuration_that_could_leave_this_machine_is_refused() {
+        assert!(stays_on_loopback(&config("")).is_ok());
+        let ok = "[[routes]]\ndomain = \"a.test\"\nhosts = [\"127.0.0.9:25\", \"[::1]:25\"]\n";
+        assert!(stays_on_loopback(&config(ok)).is_ok());
+        let far = "[[routes]]\ndomain = \"a.test\"\nhosts = [\"192.0.2.1:25\"]\n";
+        let e = stays_on_loopback(&config(far)).unwrap_err();
+        assert!(e.contains("192.0.2.1"), "{e}");
+        let named = "[[routes]]\ndomain = \"a.test\"\nhosts = [\"mx.example.com\"]\n";
+        assert!(
+            stays_on_loopback(&config(named)).is_err(),
+            "a name could resolve anywhere"
+        );
+        let text = "[dns]\nnameservers = [\"10.0.0.53:53\"]\n";
+        let c = crate::config::Config::parse(text, "t").unwrap();
+        assert!(stays_on_loopback(&c).unwrap_err().contains("nameserver"));
+    }
+}

@@ -110,15 +110,17 @@ connections = 4
 
 impl Scenario {
     pub fn parse(text: &str, source: &str) -> Result<Scenario, String> {
-        let mut s: Scenario = toml::from_str(text)
-            .map_err(|e| format!("{source}: {}", e.message().trim().replace('\n', " ")))?;
-        for p in &s.providers {
-            p.validate().map_err(|e| format!("{source}: {e}"))?;
-        }
-        s.providers.iter_mut().for_each(ProviderProfile::expand);
+        let mut s: Scenario =
+            toml::from_str(text).map_err(|e| crate::config::toml_error(text, source, &e))?;
         if s.recipients == 0 {
             return Err(format!("{source}: recipients must be positive"));
         }
+        // The providers are a sink profile's: the same checks (loopback, fractions, unique
+        // names, certificates for TLS), before and after the long tails are expanded.
+        let check = |s: &Scenario| s.sink_profile(None).validate();
+        check(&s).map_err(|e| format!("{source}: {e}"))?;
+        s.providers.iter_mut().for_each(ProviderProfile::expand);
+        check(&s).map_err(|e| format!("{source}: {e}"))?;
         Ok(s)
     }
 
@@ -209,5 +211,25 @@ mod tests {
         assert_eq!(c.providers["yahoo"].connection_limit, 10);
         assert!(c.dns.nameservers.iter().all(|a| a.ip().is_loopback()));
         assert!(!c.delivery.paused);
+    }
+
+    #[test]
+    fn refuses_bad_scenarios_with_the_line_or_the_provider() {
+        let e = Scenario::parse("recipients = \"many\"\n", "s.toml").unwrap_err();
+        assert!(e.starts_with("s.toml: line 1:"), "{e}");
+        let e = Scenario::parse(&DEMO.replace("recipients = 100000", "recipients = 0"), "s")
+            .unwrap_err();
+        assert!(e.contains("recipients must be positive"), "{e}");
+        let e = Scenario::parse(&DEMO.replace("127.0.0.3", "192.0.2.1"), "s").unwrap_err();
+        assert!(e.contains("not loopback"), "{e}");
+        let e = Scenario::parse(&DEMO.replace("name = \"yahoo\"", "name = \"gmail\""), "s")
+            .unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        let e = Scenario::parse(
+            &DEMO.replace("share = 0.45", "share = 0.45\ntls = true"),
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.contains("tls_cert"), "{e}");
     }
 }

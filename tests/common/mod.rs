@@ -101,6 +101,14 @@ impl Env {
             .collect()
     }
 
+    /// The first delivery-log record of one event type (panics when there is none).
+    pub fn first_record(&self, event: &str) -> serde_json::Value {
+        self.log_records()
+            .into_iter()
+            .find(|r| r["type"] == event)
+            .unwrap_or_else(|| panic!("no {event} record in the delivery log"))
+    }
+
     pub fn count_events(&self, event: &str) -> usize {
         self.log_records()
             .iter()
