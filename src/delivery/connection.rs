@@ -155,6 +155,9 @@ impl Connection {
     /// Sends one transaction; one result per recipient, in order.
     pub async fn send(&mut self, tx: Transaction) -> Vec<RcptResult> {
         let n = tx.rcpts.len();
+        if !self.is_usable() {
+            return vec![RcptResult::ConnectionLost("connection not usable".into()); n];
+        }
         self.session.start(tx);
         match self.drive().await {
             Step::Done(results) => {
@@ -215,9 +218,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Performs the session's actions until something the caller must know happens.
+    /// Performs the session's actions until something the caller must know happens. Every
+    /// action the session has queued is performed before deciding, so a server that makes the
+    /// session ready and closes it in the same packet yields `Closed`, never `Ready`.
     async fn drive(&mut self) -> Step {
-        let mut pending_done = None;
+        let mut done = None;
+        let mut ready = false;
         loop {
             while let Some(action) = self.session.next_action() {
                 match action {
@@ -238,24 +244,19 @@ impl Connection {
                             self.lose(why);
                         }
                     },
-                    Action::Ready => {
-                        if let Some(results) = pending_done.take() {
-                            return Step::Done(results);
-                        }
-                        return Step::Ready;
-                    }
-                    Action::Done(results) => pending_done = Some(results),
+                    Action::Ready => ready = true,
+                    Action::Done(results) => done = Some(results),
                     Action::Close(reason) => {
-                        self.closed = Some(reason.clone());
-                        if let Some(results) = pending_done.take() {
-                            return Step::Done(results);
-                        }
-                        return Step::Closed(reason);
+                        self.closed.get_or_insert(reason);
                     }
                 }
             }
-            if let Some(results) = pending_done.take() {
+            // A transaction's results come first: the session reports them before it closes.
+            if let Some(results) = done.take() {
                 return Step::Done(results);
+            }
+            if let Some(reason) = &self.closed {
+                return Step::Closed(reason.clone());
             }
             if self.session.is_closed() {
                 self.closed
@@ -264,6 +265,9 @@ impl Connection {
                 return Step::Lost(
                     why.unwrap_or_else(|| format!("connection to {} lost", self.addr)),
                 );
+            }
+            if ready && self.session.is_ready() {
+                return Step::Ready;
             }
             let t = self.session.timeout();
             let read = timeout(t, async {
@@ -410,6 +414,42 @@ mod tests {
             "{seen}"
         );
         assert!(seen.ends_with("QUIT\r\n"));
+    }
+
+    /// The remote crash of the hostile-input review, through real sockets: EHLO answered
+    /// with `250` and, in the same write, another line. The connection is refused, never
+    /// handed out as ready.
+    #[test]
+    fn a_session_closed_in_the_packet_that_made_it_ready_is_not_handed_out() {
+        fn answer_with_421(cmd: &str) -> Option<&'static str> {
+            cmd.starts_with("EHLO")
+                .then_some("250 t\r\n421 4.7.0 bye\r\n")
+        }
+        fn answer_with_220(cmd: &str) -> Option<&'static str> {
+            cmd.starts_with("EHLO").then_some("250 t\r\n220 t\r\n")
+        }
+        for script in [answer_with_421, answer_with_220] {
+            let (addr, server) = server(script);
+            let opened = run(async move {
+                let tls = Rc::new(TlsClients::new());
+                let c = Connection::open(
+                    "mx",
+                    addr,
+                    "mta.test",
+                    TlsPolicy::Opportunistic,
+                    &tls,
+                    Timeouts::default(),
+                    Duration::from_secs(2),
+                )
+                .await;
+                c.map(|c| c.is_usable())
+            });
+            assert!(
+                matches!(opened, Err(ConnectError::Refused(_))),
+                "{opened:?}"
+            );
+            drop(server);
+        }
     }
 
     #[test]

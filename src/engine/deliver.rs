@@ -975,7 +975,11 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
             (RouteResult::Scope(scope, owner), ROUTE_TTL)
         }
         None => {
-            let d = shard.resolver.destination(&domain).await;
+            let d = contained(shard.resolver.destination(&domain))
+                .await
+                .unwrap_or_else(|why| {
+                    Destination::TemporaryFailure(format!("internal error resolving: {why}"))
+                });
             match (&d, classify_destination(&domain, &d)) {
                 (Destination::Hosts(hosts), None) => {
                     let scope = scope_for_mx(&config, hosts);
@@ -1028,7 +1032,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             // records what happens then. Bounded, so a dead host cannot hold the worker (and
             // with it the scope's only connection slot) for the whole connect timeout.
             if let Ok(Ok(c)) = timeout(PRECONNECT_TIMEOUT, async {
-                Ok(connect(&shard, &hosts, port, tls).await)
+                Ok(connect_contained(&shard, &hosts, port, tls).await)
             })
             .await
             {
@@ -1087,7 +1091,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             if let Some((c, _)) = conn.take() {
                 c.quit().await;
             }
-            match connect(&shard, &msg.hosts, port, tls).await {
+            match connect_contained(&shard, &msg.hosts, port, tls).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
                 Err(failure) => {
                     let refused = failure.closing.clone();
@@ -1123,7 +1127,15 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             rcpts: msg.rcpts.iter().map(|(_, r)| r.clone()).collect(),
             message: std::mem::take(&mut msg.message),
         };
-        let mut results = c.send(tx).await;
+        let mut results = match contained(c.send(tx)).await {
+            Ok(results) => results,
+            Err(why) => {
+                // The connection's state is unknown after a bug: drop it, never reuse it.
+                conn = None;
+                let why = format!("internal error while sending (a bug, reported): {why}");
+                vec![RcptResult::ConnectionLost(why); msg.rcpts.len()]
+            }
+        };
         if results.len() != msg.rcpts.len() {
             results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
         }
@@ -1168,6 +1180,44 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
             items,
         },
     );
+}
+
+/// Runs a future that handles a peer's bytes (SMTP replies, DNS answers). No byte sequence
+/// may panic it, and the fuzz targets look for one; should one still be found in the field, the
+/// panic ends this future with `Err(message)` (the caller fails that one transaction or lookup,
+/// counted as an attempt) instead of taking the shard, and the engine, down with it. Each
+/// panic is one line on stderr (after the panic hook's own report).
+async fn contained<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    use futures_lite::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            eprintln!("spate: internal error contained: {why}");
+            why
+        })
+}
+
+/// `connect`, with a panic in it turned into a failure to connect.
+async fn connect_contained(
+    shard: &Rc<Shard>,
+    hosts: &[String],
+    default_port: u16,
+    policy: TlsPolicy,
+) -> Result<Connection, ConnectFailure> {
+    contained(connect(shard, hosts, default_port, policy))
+        .await
+        .unwrap_or_else(|why| {
+            Err(ConnectFailure {
+                why: format!("internal error while connecting (a bug, reported): {why}"),
+                closing: None,
+            })
+        })
 }
 
 /// Opens a connection to the first host of the scope that answers.
@@ -1315,6 +1365,30 @@ mod tests {
         assert_eq!(r.runs.len(), 3, "5, 9..14, 20");
         let all: Vec<u64> = std::iter::from_fn(|| r.pop_front()).collect();
         assert_eq!(all, [5, 9, 10, 11, 12, 13, 20]);
+    }
+
+    /// A panic in a future that handles a peer's bytes ends that future with its message;
+    /// the executor (the shard) goes on running other work.
+    #[test]
+    fn a_panic_in_a_contained_future_is_an_error_not_a_crash() {
+        let (caught, after) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .unwrap()
+            .run(async {
+                let caught = contained(async {
+                    let reply: &[u8] = b"";
+                    if reply.is_empty() {
+                        panic!("bad reply from a peer");
+                    }
+                    1
+                })
+                .await;
+                let after = contained(async { 2 }).await;
+                (caught, after)
+            });
+        assert_eq!(caught, Err("bad reply from a peer".to_string()));
+        assert_eq!(after, Ok(2));
     }
 
     #[test]

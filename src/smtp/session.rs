@@ -266,9 +266,12 @@ impl Session {
         }
     }
 
-    /// The TLS handshake the session asked for succeeded: greet again over TLS.
+    /// The TLS handshake the session asked for succeeded: greet again over TLS. Ignored
+    /// unless the session asked for one (no call order may panic the session).
     pub fn tls_established(&mut self) {
-        assert_eq!(self.phase, Phase::TlsHandshake);
+        if self.phase != Phase::TlsHandshake {
+            return;
+        }
         self.tls_active = true;
         self.caps = Capabilities::default();
         self.phase = Phase::Opening;
@@ -276,12 +279,21 @@ impl Session {
         self.send(ehlo, Expect::Ehlo);
     }
 
-    /// Starts a transaction; the session must be ready.
+    /// Starts a transaction. On a session that is not ready (the server closed it, perhaps in
+    /// the same packet that made it ready), nothing is sent and every recipient gets
+    /// `ConnectionLost` at once: what a peer sends can end a session, never panic it.
     pub fn start(&mut self, tx: Transaction) {
-        assert_eq!(self.phase, Phase::Ready, "start() needs a ready session");
-        assert!(!tx.rcpts.is_empty());
-        self.phase = Phase::Transaction;
         let n = tx.rcpts.len();
+        if self.phase != Phase::Ready || n == 0 {
+            let why = format!(
+                "the session is not ready for a transaction ({:?})",
+                self.phase
+            );
+            let results = vec![RcptResult::ConnectionLost(why); n];
+            self.actions.push_back(Action::Done(results));
+            return;
+        }
+        self.phase = Phase::Transaction;
         let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
         let eight_bit = !tx.message.is_ascii();
         let mut active = Active {
@@ -510,10 +522,11 @@ impl Session {
 
     fn finish_transaction(&mut self) {
         let Some(a) = self.active.take() else { return };
+        // Every recipient has a result by now; should one not, it is retried, not lost.
         let results = a
             .results
             .into_iter()
-            .map(|r| r.expect("every recipient has a result at the end"))
+            .map(|r| r.unwrap_or_else(|| RcptResult::ConnectionLost("no reply".into())))
             .collect();
         self.actions.push_back(Action::Done(results));
         self.become_ready();
@@ -865,6 +878,38 @@ mod tests {
         let mut h = Harness::new(TlsPolicy::Disabled);
         h.server("hello there\r\n");
         assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
+    }
+
+    /// The remote crash of the hostile-input review: a server that makes the session ready
+    /// and, in the same write, closes it or says something unexpected. The session must end
+    /// closed (never ready), and a transaction started on it anyway fails its recipients
+    /// without a byte sent and without a panic.
+    #[test]
+    fn a_reply_behind_the_ehlo_answer_closes_the_session_and_start_never_panics() {
+        for trailer in [
+            "421 4.7.0 bye\r\n",
+            "220 t\r\n",
+            "250 t\r\n",
+            "354 go\r\n",
+            "550 5.7.1 no\r\n",
+        ] {
+            let mut h = Harness::new(TlsPolicy::Opportunistic);
+            h.server("220 t\r\n");
+            h.take_sent();
+            h.server(&format!("250 t\r\n{trailer}"));
+            assert!(h.s.is_closed(), "{trailer:?}");
+            assert!(h.closed.is_some(), "{trailer:?}");
+            h.s.start(tx(&["a@x.test", "b@x.test"], "x"));
+            h.drain();
+            assert_eq!(codes(h.done.last().unwrap()), vec![0, 0], "{trailer:?}");
+            assert!(h.take_sent().is_empty(), "nothing sent on a closed session");
+        }
+        // Out-of-order calls from a shell are ignored, not fatal.
+        let mut h = Harness::new(TlsPolicy::Opportunistic);
+        h.s.tls_established();
+        h.s.start(tx(&[], "x"));
+        h.drain();
+        assert!(h.take_sent().is_empty());
     }
 
     #[test]

@@ -199,6 +199,14 @@ impl EngineProcess {
         }
     }
 
+    /// The exit status if the engine has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let status = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
@@ -242,6 +250,7 @@ pub fn is_file(p: &Path) -> bool {
     p.is_file()
 }
 
+pub mod hostile;
 pub mod sink;
 
 /// Waits until `n` recipients have a final record (Delivery or Bounce); on timeout, panics
