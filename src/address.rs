@@ -135,6 +135,18 @@ pub fn domain_to_ascii(domain: &str) -> Result<String, String> {
         idna::domain_to_ascii(domain).map_err(|_| "domain is not valid IDNA".to_string())?
     };
     let ascii = ascii.strip_suffix('.').unwrap_or(&ascii).to_string();
+    check_host_name(&ascii)?;
+    Ok(ascii)
+}
+
+/// Checks an ASCII name against the rules of a mail domain or an MX host: at most 253
+/// octets, at least two labels, each 1 to 63 letters, digits and hyphens (LDH, no hyphen at
+/// either end), and a top label that is not all digits, so that no IP address (`1.2.3.4`)
+/// passes as a name (RFC 3696 2, RFC 1123 2.1).
+pub fn check_host_name(ascii: &str) -> Result<(), String> {
+    if ascii.is_empty() {
+        return Err("empty domain".into());
+    }
     if ascii.len() > DOMAIN_BYTES_MAX {
         return Err(format!("domain longer than {DOMAIN_BYTES_MAX} octets"));
     }
@@ -158,12 +170,30 @@ pub fn domain_to_ascii(domain: &str) -> Result<String, String> {
             return Err("domain has a character other than letters, digits, hyphens".into());
         }
     }
-    Ok(ascii)
+    let top = ascii.rsplit('.').next().unwrap_or_default();
+    if top.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(
+            "domain's top-level label is all digits (an IP address is not a domain)".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_numeric_domains_are_not_domains() {
+        for a in ["u@1.2.3.4", "u@10.0.0.1", "u@example.123"] {
+            let e = parse_address(a).unwrap_err();
+            assert!(e.0.contains("all digits"), "{a}: {e}");
+        }
+        assert!(parse_address("u@123.example").is_ok());
+        assert!(parse_address("u@a1.b2c").is_ok());
+        assert!(check_host_name("mx.evil.example:2525").is_err());
+        assert!(check_host_name("localhost").is_err());
+    }
 
     #[test]
     fn accepts_ordinary_and_converts_idna() {

@@ -105,6 +105,10 @@ pub struct Delivery {
     pub recipients_per_transaction: u32,
     /// SMTP client timeouts per phase (RFC 5321 4.5.3.2 defaults).
     pub timeouts: crate::smtp::session::Timeouts,
+    /// Connect to addresses from DNS in loopback, private, link-local and other non-public
+    /// ranges (`delivery::guard`). Off in production; tests and the demo, whose receivers
+    /// are on loopback, turn it on. `[[routes]]` are never checked.
+    pub allow_private_destinations: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +303,7 @@ struct RawDelivery {
     connect_timeout: Option<String>,
     site_connection_limit: Option<u32>,
     paused: Option<bool>,
+    allow_private_destinations: Option<bool>,
     tls: Option<String>,
     recipients_per_transaction: Option<u32>,
     greeting_timeout: Option<String>,
@@ -528,8 +533,9 @@ impl Config {
             self.queue.commit_records_max
         ));
         line(format!(
-            "delivery: paused={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={}",
+            "delivery: paused={} allow_private_destinations={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={}",
             self.delivery.paused,
+            self.delivery.allow_private_destinations,
             self.delivery.retry_first,
             self.delivery.retry_max_interval,
             self.delivery.max_age,
@@ -710,6 +716,7 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             .site_connection_limit
             .unwrap_or(DEFAULT_CONNECTION_LIMIT),
         paused: raw.delivery.paused.unwrap_or(false),
+        allow_private_destinations: raw.delivery.allow_private_destinations.unwrap_or(false),
         tls: crate::delivery::tls::parse_policy(
             raw.delivery.tls.as_deref().unwrap_or("opportunistic"),
         )

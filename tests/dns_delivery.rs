@@ -99,7 +99,7 @@ fn mx_implicit_mx_null_mx_and_nxdomain_through_dnsmasq() {
     };
     let sink = Sink::start(HashMap::new());
     let extra = format!(
-        "[delivery]\nretry_first = \"1s\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n[providers.mxprov]\nmx_suffixes = [\".mx.test\"]\n",
+        "[delivery]\nallow_private_destinations = true\nretry_first = \"1s\"\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n[providers.mxprov]\nmx_suffixes = [\".mx.test\"]\n",
         dns.port,
         sink.addr.port()
     );
@@ -178,7 +178,7 @@ fn ten_thousand_recipients_over_twenty_domains_each_end_once_with_the_right_reco
         ("d18.test".to_string(), Behaviour::UnknownUser),
     ]));
     let extra = format!(
-        "[delivery]\nretry_first = \"1s\"\nretry_max_interval = \"1s\"\nsite_connection_limit = 4\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n",
+        "[delivery]\nallow_private_destinations = true\nretry_first = \"1s\"\nretry_max_interval = \"1s\"\nsite_connection_limit = 4\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {}\n",
         dns.port,
         sink.addr.port()
     );
@@ -260,7 +260,7 @@ fn a_provider_scope_sends_each_domain_to_its_own_mx_hosts() {
         return;
     };
     let extra = format!(
-        "[delivery]\nsite_connection_limit = 1\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {port}\n[providers.prov]\nmx_suffixes = [\".prov.test\"]\nconnection_limit = 1\n",
+        "[delivery]\nallow_private_destinations = true\nsite_connection_limit = 1\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[smtp]\nport = {port}\n[providers.prov]\nmx_suffixes = [\".prov.test\"]\nconnection_limit = 1\n",
         dns.port
     );
     // One shard: its home holds both domains in one pending scope.

@@ -135,6 +135,18 @@ pub fn classify_destination(domain: &str, d: &Destination) -> Option<Outcome> {
             format!("{domain}: no such domain (NXDOMAIN)"),
             Some(BounceCategory::BadDomain),
         )),
+        Destination::NoAddress => Some(local(
+            Verdict::Bounced,
+            EnhancedCode::new(5, 1, 2),
+            format!("{domain}: no MX and no address (A/AAAA)"),
+            Some(BounceCategory::BadDomain),
+        )),
+        Destination::Unusable(why) => Some(local(
+            Verdict::Bounced,
+            EnhancedCode::new(5, 4, 4),
+            format!("{domain}: no usable MX: {why}"),
+            Some(BounceCategory::Policy),
+        )),
         Destination::TemporaryFailure(why) => Some(Outcome {
             verdict: Verdict::Deferred,
             fault: Fault::Connection,
@@ -144,6 +156,36 @@ pub fn classify_destination(domain: &str, d: &Destination) -> Option<Outcome> {
             category: None,
             pushback: false,
         }),
+    }
+}
+
+/// No connection was attempted because every address of the destination's hosts is in a
+/// range DNS may not send Spate to (`delivery::guard`): a bounce, 5.4.4, category `policy`
+/// (the domain may be fine; Spate's policy refuses it). `why` names the addresses and the
+/// configuration key that would allow them.
+pub fn refused_destination(why: String) -> Outcome {
+    Outcome {
+        verdict: Verdict::Bounced,
+        fault: Fault::Message,
+        code: 0,
+        enhanced: Some(EnhancedCode::new(5, 4, 4)),
+        response: why,
+        category: Some(BounceCategory::Policy),
+        pushback: false,
+    }
+}
+
+/// No host of the destination has an address, and DNS said so for good (NXDOMAIN or NODATA
+/// for A and AAAA of every host): a bounce, 5.4.4, as Postfix does, not days of retries.
+pub fn no_host_address(why: String) -> Outcome {
+    Outcome {
+        verdict: Verdict::Bounced,
+        fault: Fault::Message,
+        code: 0,
+        enhanced: Some(EnhancedCode::new(5, 4, 4)),
+        response: why,
+        category: Some(BounceCategory::BadDomain),
+        pushback: false,
     }
 }
 
@@ -325,6 +367,30 @@ mod tests {
         assert_eq!(
             (nx.verdict, nx.enhanced.unwrap().to_string()),
             (Verdict::Bounced, "5.1.2".into())
+        );
+        let unusable = classify_destination("x.test", &Destination::Unusable("MX".into())).unwrap();
+        assert_eq!(
+            (
+                unusable.verdict,
+                unusable.enhanced.unwrap().to_string(),
+                unusable.category
+            ),
+            (
+                Verdict::Bounced,
+                "5.4.4".into(),
+                Some(BounceCategory::Policy)
+            )
+        );
+        let refused = refused_destination("mx [10.0.0.1] is private".into());
+        assert_eq!(
+            (refused.verdict, refused.code, refused.category),
+            (Verdict::Bounced, 0, Some(BounceCategory::Policy)),
+            "never bad-domain"
+        );
+        let noaddr = classify_destination("x.test", &Destination::NoAddress).unwrap();
+        assert_eq!(
+            (noaddr.verdict, noaddr.category),
+            (Verdict::Bounced, Some(BounceCategory::BadDomain))
         );
         let tmp = classify_destination("x.test", &Destination::TemporaryFailure("SERVFAIL".into()))
             .unwrap();

@@ -10,11 +10,19 @@ use crate::config::{Config, Route};
 pub struct Scope {
     /// `provider-name`, `site:mx1,mx2` or `route:pattern`; the delivery log's `provider`.
     pub key: String,
-    /// Hosts in the order to try; for static routes, `host:port`. Shared: every message
-    /// to the destination carries it.
-    pub hosts: std::sync::Arc<[String]>,
-    /// Port for hosts without one.
+    /// Next hops in the order to try. Shared: every message to the destination carries it.
+    pub hosts: std::sync::Arc<[NextHop]>,
+}
+
+/// One host to connect to. Its port never comes from DNS: an MX host gets `[smtp] port`;
+/// only a static route (the operator's own words) names a port, or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// A host name, or for a static route possibly an IP address.
+    pub name: String,
     pub port: u16,
+    /// From a static route: exempt from `delivery::guard`'s address checks.
+    pub from_route: bool,
 }
 
 /// The static route for `domain`, if one matches: an exact domain first, then the longest
@@ -52,18 +60,33 @@ pub fn scope_for_mx(config: &Config, mx_hosts: &[String]) -> Scope {
             format!("site:{}", sorted.join(","))
         }
     };
-    Scope {
-        key,
-        hosts: mx_hosts.into(),
-        port: config.smtp.port,
-    }
+    let hosts = mx_hosts
+        .iter()
+        .map(|name| NextHop {
+            name: name.clone(),
+            port: config.smtp.port,
+            from_route: false,
+        })
+        .collect();
+    Scope { key, hosts }
 }
 
 pub fn scope_for_route(config: &Config, route: &Route) -> Scope {
+    let hosts = route
+        .hosts
+        .iter()
+        .map(|h| {
+            let (name, port) = host_port(h, config.smtp.port);
+            NextHop {
+                name,
+                port,
+                from_route: true,
+            }
+        })
+        .collect();
     Scope {
         key: format!("route:{}", route.domain),
-        hosts: route.hosts.as_slice().into(),
-        port: config.smtp.port,
+        hosts,
     }
 }
 
@@ -77,7 +100,8 @@ pub fn owner_shard(scope_key: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
-/// Splits `host:port` (or `[v6]:port`), defaulting the port.
+/// Splits a static route's `host:port` (or `[v6]:port`), defaulting the port. Never for
+/// names from DNS.
 pub fn host_port(host: &str, default_port: u16) -> (String, u16) {
     if let Ok(addr) = host.parse::<std::net::SocketAddr>() {
         return (addr.ip().to_string(), addr.port());
@@ -144,7 +168,24 @@ mod tests {
         );
         assert_eq!(s1.key, "site:mx1.small.example,mx2.small.example");
         assert_eq!(s1.key, s2.key, "one site whatever the MX order");
-        assert_eq!(s1.hosts[0], "mx2.small.example", "try order kept");
+        assert_eq!(s1.hosts[0].name, "mx2.small.example", "try order kept");
+        assert_eq!(s1.hosts[0].port, 25);
+        assert!(!s1.hosts[0].from_route);
+        // A name from DNS is a name: a colon in it never becomes a port.
+        let evil = scope_for_mx(&c, &["mx.evil.example:2525".into()]);
+        assert_eq!(
+            (evil.hosts[0].name.as_str(), evil.hosts[0].port),
+            ("mx.evil.example:2525", 25)
+        );
+        let r = scope_for_route(&c, static_route(&c.routes, "example.test").unwrap());
+        assert_eq!(
+            r.hosts[0],
+            NextHop {
+                name: "127.0.0.1".into(),
+                port: 2525,
+                from_route: true
+            }
+        );
     }
 
     #[test]

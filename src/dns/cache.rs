@@ -65,7 +65,8 @@ impl DnsCache {
                 (*ttl_s).clamp(TTL_MIN_S, NEGATIVE_TTL_MAX_S)
             }
             Answer::ServerFailure(_) => FAILURE_TTL_S,
-            Answer::Truncated => return,
+            // Not answers of their own: the resolver asks again (TCP, the alias's target).
+            Answer::Truncated | Answer::Alias { .. } => return,
         };
         while self.entries.len() >= self.capacity {
             let Some((old, generation)) = self.order.pop_front() else {
@@ -86,6 +87,13 @@ impl DnsCache {
             key,
             (answer, now_ms + u64::from(ttl_s) * 1000, self.generation),
         );
+        // Refreshed and expired entries leave stale positions behind; drop them before the
+        // order outgrows the cache, so it stays bounded by 2 x capacity.
+        if self.order.len() > 2 * self.capacity {
+            let entries = &self.entries;
+            self.order
+                .retain(|(k, g)| entries.get(k).is_some_and(|(_, _, live)| live == g));
+        }
     }
 }
 
@@ -140,6 +148,23 @@ mod tests {
         assert!(c.get("d.example", QueryType::Mx, 5_000).is_none());
         c.insert("e.example", QueryType::Mx, Answer::Truncated, 0);
         assert!(c.get("e.example", QueryType::Mx, 0).is_none());
+    }
+
+    #[test]
+    fn refreshing_the_same_names_forever_keeps_the_order_bounded() {
+        let mut c = DnsCache::new(4);
+        for round in 0..10_000u64 {
+            for d in ["a.example", "b.example"] {
+                c.insert(
+                    d,
+                    QueryType::A,
+                    Answer::NoData { ttl_s: 60 },
+                    round * 61_000,
+                );
+            }
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.order.len() <= 2 * 4 + 1, "{}", c.order.len());
     }
 
     #[test]

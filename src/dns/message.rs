@@ -3,15 +3,25 @@
 //! `parse_response` reduces a response to what mail routing needs: records with their TTL,
 //! "no such domain" and "no data" with a negative-caching TTL (RFC 2308: the SOA's minimum),
 //! or a temporary failure. It checks the id and the question, so a stray or spoofed datagram
-//! is rejected rather than believed.
+//! is rejected rather than believed, and it believes only answer records of class IN that
+//! belong to the queried name or to the CNAME chain that starts there (at most
+//! `CNAME_CHAIN_MAX` links): a record for another name in the answer section is ignored, not
+//! taken as this name's.
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use std::fmt;
 use std::net::IpAddr;
 
 /// Negative answers without an SOA are cached this long.
 pub const NEGATIVE_TTL_DEFAULT_S: u32 = 300;
+/// CNAME links followed from a queried name, within one answer and across the queries the
+/// resolver makes for a chain that the answer leaves unfinished. Real chains are one or two
+/// links; a loop or an endless chain ends here as a temporary failure.
+pub const CNAME_CHAIN_MAX: usize = 8;
+/// Records of the queried type taken from one answer; the rest are ignored. MX planning keeps
+/// 16 hosts and a delivery tries 5 addresses, so more would only cost memory.
+pub const ANSWER_RECORDS_MAX: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueryType {
@@ -53,6 +63,11 @@ pub enum Answer {
     ServerFailure(String),
     /// The answer did not fit a datagram: ask again over TCP.
     Truncated,
+    /// The name is an alias (CNAME) whose target's records the answer does not include: ask
+    /// for the target.
+    Alias {
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,26 +142,60 @@ pub fn parse_response(
     let mut ttl_s = u32::MAX;
     let mut mx = Vec::new();
     let mut addrs = Vec::new();
-    for r in &m.answers {
-        match &r.data {
-            RData::MX(rec) if qtype == QueryType::Mx => {
-                let host = rec
-                    .exchange
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase();
-                mx.push((rec.preference, host));
+    // Follow the chain from the queried name: each round takes the records owned by `owner`;
+    // a CNAME there moves `owner` to its target.
+    let mut owner = want.to_ascii().to_ascii_lowercase();
+    let mut links = 0;
+    loop {
+        let mut next = None;
+        for r in m.answers.iter().filter(|r| r.dns_class == DNSClass::IN) {
+            if !r.name.to_ascii().eq_ignore_ascii_case(&owner) {
+                continue;
             }
-            RData::A(a) if qtype == QueryType::A => addrs.push(IpAddr::V4(a.0)),
-            RData::AAAA(a) if qtype == QueryType::Aaaa => addrs.push(IpAddr::V6(a.0)),
-            // CNAMEs in the chain: their targets' records are in the answer too.
-            _ => continue,
+            let before = mx.len() + addrs.len();
+            match &r.data {
+                RData::MX(rec) if qtype == QueryType::Mx && mx.len() < ANSWER_RECORDS_MAX => {
+                    let host = rec
+                        .exchange
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
+                    mx.push((rec.preference, host));
+                }
+                RData::A(a) if qtype == QueryType::A && addrs.len() < ANSWER_RECORDS_MAX => {
+                    addrs.push(IpAddr::V4(a.0))
+                }
+                RData::AAAA(a) if qtype == QueryType::Aaaa && addrs.len() < ANSWER_RECORDS_MAX => {
+                    addrs.push(IpAddr::V6(a.0))
+                }
+                RData::CNAME(target) => {
+                    next = Some(target.0.to_ascii().to_ascii_lowercase());
+                    ttl_s = ttl_s.min(r.ttl);
+                }
+                _ => {}
+            }
+            if mx.len() + addrs.len() > before {
+                ttl_s = ttl_s.min(r.ttl);
+            }
         }
-        ttl_s = ttl_s.min(r.ttl);
+        if !mx.is_empty() || !addrs.is_empty() {
+            break;
+        }
+        let Some(target) = next else { break };
+        links += 1;
+        if links > CNAME_CHAIN_MAX {
+            return Ok(Answer::ServerFailure(format!(
+                "CNAME chain from {domain} longer than {CNAME_CHAIN_MAX} links"
+            )));
+        }
+        owner = target;
     }
     Ok(match qtype {
         QueryType::Mx if !mx.is_empty() => Answer::Mx { records: mx, ttl_s },
         QueryType::A | QueryType::Aaaa if !addrs.is_empty() => Answer::Addrs { addrs, ttl_s },
+        _ if links > 0 => Answer::Alias {
+            target: owner.trim_end_matches('.').to_string(),
+        },
         _ => Answer::NoData {
             ttl_s: negative_ttl(),
         },

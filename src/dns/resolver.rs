@@ -1,11 +1,13 @@
 //! The resolver's I/O shell on glommio: UDP to the configured nameservers with TCP fallback on
 //! truncation, a timeout per attempt, retries across nameservers, and the cache in front.
 //!
-//! Each query goes out from a fresh socket (a random source port) with a random id, and only
-//! an answer matching both and the question is believed. A resolver lives on one shard.
+//! Each query goes out from a fresh socket (a random source port) with an id from the
+//! kernel's random source, and only an answer matching both and the question is believed. An
+//! answer that leaves a CNAME chain unfinished is followed with more queries, at most
+//! `CNAME_CHAIN_MAX`. A resolver lives on one shard.
 
 use super::cache::{DnsCache, CACHE_ENTRIES_MAX};
-use super::message::{build_query, parse_response, Answer, QueryType};
+use super::message::{build_query, parse_response, Answer, QueryType, CNAME_CHAIN_MAX};
 use super::mx::{self, MxPlan};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
@@ -37,6 +39,12 @@ pub enum Destination {
     NullMx,
     /// NXDOMAIN: bounce with 5.1.2.
     NoSuchDomain,
+    /// No MX, and the domain itself has no address either (NXDOMAIN or NODATA for A and
+    /// AAAA): nowhere to deliver, bounce with 5.1.2.
+    NoAddress,
+    /// Every MX target is refused as a host name (`delivery::guard`); the text says which and
+    /// why. Bounce with 5.4.4.
+    Unusable(String),
     /// SERVFAIL, timeouts: defer.
     TemporaryFailure(String),
 }
@@ -66,7 +74,14 @@ impl Resolver {
         self
     }
 
-    /// xorshift64*: ids and MX shuffles need unpredictability, not cryptography.
+    /// A query id: from the kernel's random source, so an off-path attacker who knows the
+    /// clock and can guess a pid still has to guess 16 bits of id and 16 of source port.
+    fn query_id(&self) -> u16 {
+        os_random() as u16
+    }
+
+    /// xorshift64*, for shuffling MX hosts of equal preference: spreading load needs no
+    /// cryptography (seeded from the kernel's random source in the engine).
     fn random(&self) -> u64 {
         let mut x = self.rng.get();
         x ^= x >> 12;
@@ -83,58 +98,81 @@ impl Resolver {
                 match mx::plan(&records, |n| (self.random() % n as u64) as usize) {
                     MxPlan::Hosts(h) => Destination::Hosts(h),
                     MxPlan::NullMx => Destination::NullMx,
+                    MxPlan::Unusable(why) => Destination::Unusable(why),
                 }
             }
-            Answer::NoData { .. } => match mx::implicit(domain) {
-                MxPlan::Hosts(h) => Destination::Hosts(h),
-                MxPlan::NullMx => Destination::NullMx,
+            // No MX: the domain itself is the host (RFC 5321 5.1), if it has an address.
+            Answer::NoData { .. } => match self.addresses(domain).await {
+                Err(e) if e.permanent => Destination::NoAddress,
+                Ok(_) | Err(_) => match mx::implicit(domain) {
+                    MxPlan::Hosts(h) => Destination::Hosts(h),
+                    MxPlan::NullMx => Destination::NullMx,
+                    MxPlan::Unusable(why) => Destination::Unusable(why),
+                },
             },
             Answer::NxDomain { .. } => Destination::NoSuchDomain,
             Answer::ServerFailure(why) => Destination::TemporaryFailure(why),
-            Answer::Addrs { .. } | Answer::Truncated => {
+            Answer::Addrs { .. } | Answer::Truncated | Answer::Alias { .. } => {
                 Destination::TemporaryFailure("unexpected answer".into())
             }
         }
     }
 
-    /// A host's addresses, IPv4 first; `Err` says why there are none.
-    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+    /// A host's addresses, IPv4 first; `Err` says why there are none, and whether DNS said so
+    /// for good (NXDOMAIN or NODATA for both types) or only for now.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, NoAddress> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
         let mut out = Vec::new();
         let mut why = String::new();
+        let mut permanent = true;
         // Whatever one type says, the other may still answer: some servers (dnsmasq with
         // `address=`) return NXDOMAIN for AAAA of a name that has an A record.
         for qtype in [QueryType::A, QueryType::Aaaa] {
             match self.query(host, qtype).await {
                 Answer::Addrs { addrs, .. } => out.extend(addrs),
                 Answer::NxDomain { .. } if why.is_empty() => why = "no such host".into(),
-                Answer::ServerFailure(w) => why = w,
-                Answer::NxDomain { .. }
-                | Answer::NoData { .. }
-                | Answer::Mx { .. }
-                | Answer::Truncated => {}
+                Answer::ServerFailure(w) => {
+                    why = w;
+                    permanent = false;
+                }
+                Answer::NxDomain { .. } | Answer::NoData { .. } => {}
+                Answer::Mx { .. } | Answer::Truncated | Answer::Alias { .. } => permanent = false,
             }
         }
         if out.is_empty() {
-            Err(if why.is_empty() {
+            let why = if why.is_empty() {
                 format!("{host}: no address")
             } else {
                 format!("{host}: {why}")
-            })
+            };
+            Err(NoAddress { why, permanent })
         } else {
             Ok(out)
         }
     }
 
-    /// A cached or fresh answer; failures come back as `Answer::ServerFailure`.
+    /// A cached or fresh answer; failures come back as `Answer::ServerFailure`. An alias whose
+    /// target's records were not in the answer is followed, `CNAME_CHAIN_MAX` queries at most.
     pub async fn query(&self, domain: &str, qtype: QueryType) -> Answer {
         let now = (self.clock)();
         if let Some(a) = self.cache.borrow_mut().get(domain, qtype, now) {
             return a.clone();
         }
-        let answer = self.ask(domain, qtype).await;
+        let mut answer = self.ask(domain, qtype).await;
+        let mut followed = 0;
+        while let Answer::Alias { target } = &answer {
+            followed += 1;
+            if followed > CNAME_CHAIN_MAX {
+                answer = Answer::ServerFailure(format!(
+                    "CNAME chain from {domain} longer than {CNAME_CHAIN_MAX} queries"
+                ));
+                break;
+            }
+            let target = target.clone();
+            answer = self.ask(&target, qtype).await;
+        }
         self.cache
             .borrow_mut()
             .insert(domain, qtype, answer.clone(), (self.clock)());
@@ -151,7 +189,7 @@ impl Resolver {
             for &ns in &self.nameservers {
                 let this_wait = wait;
                 wait = (wait * 2).min(self.attempt_timeout);
-                let id = self.random() as u16;
+                let id = self.query_id();
                 let query = match build_query(id, domain, qtype) {
                     Ok(q) => q,
                     Err(e) => return Answer::ServerFailure(e.0),
@@ -236,6 +274,38 @@ impl Resolver {
     }
 }
 
+/// Why a host has no address to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoAddress {
+    pub why: String,
+    /// DNS said so for good (NXDOMAIN or NODATA for A and AAAA), not a failure to ask.
+    pub permanent: bool,
+}
+
+/// 64 bits from the kernel's random source (getrandom(2)).
+pub fn os_random() -> u64 {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    // A short read happens only when interrupted by a signal; the loop is bounded.
+    for _ in 0..16 {
+        // SAFETY: getrandom writes at most the given length into a buffer we own.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+        if filled == buf.len() {
+            break;
+        }
+    }
+    assert_eq!(
+        filled,
+        buf.len(),
+        "getrandom(2) failed: the kernel has no random source"
+    );
+    u64::from_ne_bytes(buf)
+}
+
 /// A UDP socket of its own for one query. Not `glommio::net::UdpSocket::bind`: that sets
 /// SO_REUSEPORT, which lets two concurrent queries share an ephemeral port, and the kernel then
 /// hands one query's answer to the other socket (which drops it as not its own), so the first
@@ -252,6 +322,16 @@ mod tests {
     use super::super::message::tests::{a, mx, respond};
     use super::*;
     use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::CNAME;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn cname(owner: &str, target: &str) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(owner).unwrap(),
+            300,
+            RData::CNAME(CNAME(Name::from_ascii(target).unwrap())),
+        )
+    }
 
     #[test]
     fn query_sockets_never_share_a_port() {
@@ -315,12 +395,38 @@ mod tests {
             }
             "v4only.test." => vec![a(&name, [127, 0, 0, 2], 300)],
             "broken.test." => return respond(query, ResponseCode::ServFail, vec![], false),
+            // An alias with its target's records in the same answer.
+            "alias.test." => vec![
+                cname("alias.test.", "example.test."),
+                mx("example.test.", 10, "mx1.example.test.", 300),
+            ],
+            // An alias whose target the resolver must ask for itself.
+            "partial.test." => vec![cname("partial.test.", "example.test.")],
+            "loop.test." => vec![
+                cname("loop.test.", "loop2.test."),
+                cname("loop2.test.", "loop.test."),
+            ],
+            "self.test." => vec![cname("self.test.", "self.test.")],
+            "evilmx.test." => vec![
+                Record::from_rdata(
+                    Name::from_ascii(&name).unwrap(),
+                    300,
+                    RData::MX(hickory_proto::rr::rdata::MX::new(
+                        10,
+                        // Bytes a zone file cannot write but the wire can carry.
+                        Name::from_labels(vec![&b"mx"[..], b"evil", b"test:2525"]).unwrap(),
+                    )),
+                ),
+                mx(&name, 20, "127.0.0.1.", 300),
+            ],
+            // Records for another name in the answer section are not this name's.
+            "spoof.test." => vec![a("victim.test.", [10, 0, 0, 1], 300)],
             _ => vec![],
         };
         let qtype = q.queries[0].query_type();
         let records = records
             .into_iter()
-            .filter(|r| r.record_type() == qtype)
+            .filter(|r| r.record_type() == qtype || r.record_type() == RecordType::CNAME)
             .collect();
         respond(query, ResponseCode::NoError, records, true)
     }
@@ -429,7 +535,11 @@ mod tests {
         });
         let (mxs, null, bare, nx, broken, addrs, big, v4only, nohost) = results;
         assert_eq!(v4only, Ok(vec!["127.0.0.2".parse().unwrap()]));
-        assert!(nohost.unwrap_err().contains("no such host"));
+        let nohost = nohost.unwrap_err();
+        assert!(
+            nohost.why.contains("no such host") && nohost.permanent,
+            "{nohost:?}"
+        );
         let Destination::Hosts(h) = mxs else {
             panic!("{mxs:?}")
         };
@@ -445,6 +555,57 @@ mod tests {
         };
         assert_eq!(h.len(), 3);
         dns.stop();
+    }
+
+    /// Hostile and odd DNS: aliases are followed (in the answer, or with a query of their
+    /// own), loops end as temporary failures, MX targets that are not host names are refused,
+    /// records for other names are ignored, and a domain with no MX and no address bounces.
+    #[test]
+    fn aliases_loops_bad_mx_targets_and_foreign_records() {
+        let dns = TestDns::start();
+        let addr = dns.addr;
+        let results = on_executor(async move {
+            let r = Resolver::new(vec![addr], 42, now_zero);
+            (
+                r.destination("alias.test").await,
+                r.destination("partial.test").await,
+                r.destination("loop.test").await,
+                r.destination("self.test").await,
+                r.destination("evilmx.test").await,
+                r.addresses("spoof.test").await,
+                r.destination("noaddr.test").await,
+                r.destination("broken.test").await,
+            )
+        });
+        let (alias, partial, looped, selfloop, evil, spoof, noaddr, broken) = results;
+        assert_eq!(alias, Destination::Hosts(vec!["mx1.example.test".into()]));
+        assert!(
+            matches!(&partial, Destination::Hosts(h) if h.len() == 3),
+            "{partial:?}"
+        );
+        for l in [&looped, &selfloop] {
+            assert!(
+                matches!(l, Destination::TemporaryFailure(w) if w.contains("CNAME chain")),
+                "{l:?}"
+            );
+        }
+        let Destination::Unusable(why) = &evil else {
+            panic!("{evil:?}")
+        };
+        assert!(why.contains("2525") && why.contains("127.0.0.1"), "{why}");
+        let spoof = spoof.unwrap_err();
+        assert!(spoof.permanent, "{spoof:?}");
+        assert_eq!(noaddr, Destination::NoAddress);
+        assert!(matches!(broken, Destination::TemporaryFailure(_)));
+        dns.stop();
+    }
+
+    #[test]
+    fn query_ids_come_from_the_kernel_not_the_seed() {
+        let a = Resolver::new(vec![], 1, now_zero);
+        let b = Resolver::new(vec![], 1, now_zero);
+        let ids = |r: &Resolver| (0..4).map(|_| r.query_id()).collect::<Vec<_>>();
+        assert_ne!(ids(&a), ids(&b), "same seed, different ids");
     }
 
     #[test]

@@ -18,11 +18,11 @@ use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
 use crate::delivery::policy::{
-    category_of, classify, classify_destination, BounceCategory, Fault, Next, Outcome, RetryPolicy,
-    Verdict,
+    category_of, classify, classify_destination, no_host_address, refused_destination,
+    BounceCategory, Fault, Next, Outcome, RetryPolicy, Verdict,
 };
 use crate::delivery::scope::{
-    host_port, owner_shard, scope_for_mx, scope_for_route, static_route, Scope,
+    owner_shard, scope_for_mx, scope_for_route, static_route, NextHop, Scope,
 };
 use crate::delivery::throttle::{Change, Throttle};
 use crate::delivery::tls::TLS_BROKEN_FOR;
@@ -32,6 +32,7 @@ use crate::queue::record::{
     MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
 };
 use crate::queue::store::{unix_ms, EntryState, Index};
+use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
 use crate::template::{header_section_end, Template};
@@ -66,6 +67,12 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
 /// A recipient whose connection was closed with 421 is retried this soon, without counting
 /// an attempt against it.
 pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
+/// Addresses one delivery attempt tries at most, across its hosts (Postfix's
+/// `smtp_mx_address_limit` default).
+pub const ADDRESSES_TRIED_MAX: usize = 5;
+/// Servers that answered but refused (a 4xx/5xx greeting, EHLO or TLS failure) after which an
+/// attempt gives up (Postfix's `smtp_mx_session_limit` default).
+pub const SESSIONS_TRIED_MAX: usize = 2;
 /// After failing to connect to every host of a scope, a worker waits this long.
 pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// While a scope holds below its connection limit after a refusal, one more connection is
@@ -89,7 +96,7 @@ pub struct Prepared {
     group: Option<(u64, u32)>,
     /// The destination's hosts (MX or route), in the order to try; shared, not copied,
     /// per message.
-    pub hosts: Arc<[String]>,
+    pub hosts: Arc<[NextHop]>,
 }
 
 /// One recipient's result, on its way from owner to home.
@@ -97,10 +104,17 @@ pub struct OutcomeItem {
     pub seq: u64,
     pub rcpt: String,
     pub message_id: String,
-    pub result: RcptResult,
+    pub result: ItemResult,
     pub mx: String,
     pub ip: String,
     pub tls: String,
+}
+
+/// What happened to one recipient on the owner: the receiver's answer, or a decision made
+/// before any connection (a destination refused by `delivery::guard`).
+pub enum ItemResult {
+    Smtp(RcptResult),
+    Decided(Outcome),
 }
 
 #[derive(Clone)]
@@ -239,6 +253,28 @@ pub struct Owner {
     tls_broken: HashMap<String, Instant>,
 }
 
+/// Hosts remembered as TLS-broken at most (a name each, so a few MB). Beyond it the entry that
+/// lapses first goes: forgetting one costs one failed handshake, retried in plaintext at once.
+pub const TLS_BROKEN_HOSTS_MAX: usize = 10_000;
+
+impl Owner {
+    /// Remembers `host` as TLS-broken for `TLS_BROKEN_FOR`, within `TLS_BROKEN_HOSTS_MAX`.
+    fn mark_tls_broken(&mut self, host: &str) {
+        let now = Instant::now();
+        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
+            self.tls_broken.retain(|_, until| *until > now);
+        }
+        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
+            let first = self.tls_broken.iter().min_by_key(|(_, until)| **until);
+            if let Some(host) = first.map(|(h, _)| h.clone()) {
+                self.tls_broken.remove(&host);
+            }
+        }
+        self.tls_broken
+            .insert(host.to_string(), now + TLS_BROKEN_FOR);
+    }
+}
+
 fn retry_policy(config: &Config) -> RetryPolicy {
     RetryPolicy {
         first: config.delivery.retry_first,
@@ -321,6 +357,12 @@ impl Shard {
                 }
             }
         }
+        // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue and
+        // the delivery log with the next group commit: ask for one now, as outcomes from an
+        // owner do, or they would wait for unrelated traffic on this shard.
+        if !decided.is_empty() {
+            let _ = self.sync_kick.try_send(());
+        }
         for (seq, outcome) in decided {
             self.finish(seq, &outcome, None);
         }
@@ -382,7 +424,6 @@ impl Shard {
                 .set_configured(configured_rate(&config, &s.scope.key));
             s.max_per_connection = fresh.max_per_connection;
             s.tls = fresh.tls;
-            s.scope.port = fresh.scope.port;
             s.demand[home] = count;
             // The first demand for an idle scope: open a connection now, while the homes
             // render, so the first message finds it ready (connection setup, TLS included,
@@ -513,6 +554,7 @@ impl Shard {
                 pushback: false,
             };
             self.finish(seq, &outcome, None);
+            let _ = self.sync_kick.try_send(());
         }
         self.send_data(
             owner,
@@ -530,7 +572,7 @@ impl Shard {
         &self,
         seq: u64,
         config: &Config,
-        fallback_hosts: &Arc<[String]>,
+        fallback_hosts: &Arc<[NextHop]>,
     ) -> Result<Option<Prepared>, String> {
         let mut queue = self.queue.borrow_mut();
         let Some(e) = queue.index.entry(seq).copied() else {
@@ -688,7 +730,10 @@ impl Shard {
     /// Home: results from an owner.
     pub(super) fn on_outcomes(self: &Rc<Self>, items: Vec<OutcomeItem>, scope: String) {
         for item in items {
-            let outcome = classify(&item.result);
+            let outcome = match &item.result {
+                ItemResult::Smtp(result) => classify(result),
+                ItemResult::Decided(outcome) => outcome.clone(),
+            };
             self.finish(item.seq, &outcome, Some((&item, scope.as_str())));
         }
         let _ = self.sync_kick.try_send(());
@@ -927,7 +972,7 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
     {
         Change::Decreased(rate) => eprintln!(
             "spate: {key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
-            pushback.unwrap_or_default()
+            printable(&pushback.unwrap_or_default())
         ),
         Change::Cleared => eprintln!(
             "spate: {key}: no pushback for {} s; adaptive limit lifted",
@@ -955,7 +1000,7 @@ fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply
     if s.conn_cap < before {
         eprintln!(
             "spate: {key}: connection refused ({}); holding at {} connections",
-            reply.to_log_string(),
+            printable(&reply.to_log_string()),
             s.conn_cap
         );
     }
@@ -1018,21 +1063,16 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
 
 /// One connection's worth of sending for a scope, on its owner shard.
 /// `preconnect`: connect to these hosts before the first message arrives.
-async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>) {
-    let mut conn: Option<(Connection, Arc<[String]>)> = None;
+async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>>) {
+    let mut conn: Option<(Connection, Arc<[NextHop]>)> = None;
     if let Some(hosts) = preconnect {
-        let settings = shard
-            .owner
-            .borrow()
-            .scopes
-            .get(&key)
-            .map(|s| (s.scope.port, s.tls));
-        if let Some((port, tls)) = settings {
+        let settings = shard.owner.borrow().scopes.get(&key).map(|s| s.tls);
+        if let Some(tls) = settings {
             // A failure here is not a message's: the first message connects again and
             // records what happens then. Bounded, so a dead host cannot hold the worker (and
             // with it the scope's only connection slot) for the whole connect timeout.
             if let Ok(Ok(c)) = timeout(PRECONNECT_TIMEOUT, async {
-                Ok(connect_contained(&shard, &hosts, port, tls).await)
+                Ok(connect_contained(&shard, &hosts, tls).await)
             })
             .await
             {
@@ -1071,9 +1111,9 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
                 }
                 _ => Duration::ZERO,
             };
-            msg.map(|m| (m, wait, s.scope.port, s.max_per_connection, s.tls))
+            msg.map(|m| (m, wait, s.max_per_connection, s.tls))
         };
-        let Some((mut msg, wait, port, max_per_connection, tls)) = next else {
+        let Some((mut msg, wait, max_per_connection, tls)) = next else {
             sleep(Duration::from_millis(2)).await;
             continue;
         };
@@ -1091,14 +1131,23 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             if let Some((c, _)) = conn.take() {
                 c.quit().await;
             }
-            match connect_contained(&shard, &msg.hosts, port, tls).await {
+            match connect_contained(&shard, &msg.hosts, tls).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
                 Err(failure) => {
                     let refused = failure.closing.clone();
-                    let lost = match failure.closing {
+                    let n = msg.rcpts.len();
+                    let lost = match (failure.decided, failure.closing) {
+                        // Nothing to connect to, for good: every recipient has its outcome.
+                        (Some(o), _) => (0..n).map(|_| ItemResult::Decided(o.clone())).collect(),
                         // Retried soon, without counting an attempt.
-                        Some(reply) => vec![RcptResult::ServiceClosing(reply); msg.rcpts.len()],
-                        None => vec![RcptResult::ConnectionLost(failure.why); msg.rcpts.len()],
+                        (None, Some(reply)) => vec![RcptResult::ServiceClosing(reply); n]
+                            .into_iter()
+                            .map(ItemResult::Smtp)
+                            .collect(),
+                        (None, None) => vec![RcptResult::ConnectionLost(failure.why); n]
+                            .into_iter()
+                            .map(ItemResult::Smtp)
+                            .collect(),
                     };
                     send_outcomes(
                         &shard,
@@ -1140,6 +1189,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
             results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
         }
         throttle_results(&shard, &key, &results);
+        let results = results.into_iter().map(ItemResult::Smtp).collect();
         let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
         send_outcomes(&shard, &key, msg.home, items);
         idle_since = Instant::now();
@@ -1152,7 +1202,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[String]>>
 /// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
 fn outcome_items(
     msg: &Prepared,
-    results: Vec<RcptResult>,
+    results: Vec<ItemResult>,
     mx: &str,
     ip: &str,
     tls: &str,
@@ -1198,7 +1248,7 @@ async fn contained<T>(f: impl std::future::Future<Output = T>) -> Result<T, Stri
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            eprintln!("spate: internal error contained: {why}");
+            eprintln!("spate: internal error contained: {}", printable(&why));
             why
         })
 }
@@ -1206,48 +1256,69 @@ async fn contained<T>(f: impl std::future::Future<Output = T>) -> Result<T, Stri
 /// `connect`, with a panic in it turned into a failure to connect.
 async fn connect_contained(
     shard: &Rc<Shard>,
-    hosts: &[String],
-    default_port: u16,
+    hosts: &[NextHop],
     policy: TlsPolicy,
 ) -> Result<Connection, ConnectFailure> {
-    contained(connect(shard, hosts, default_port, policy))
+    contained(connect(shard, hosts, policy))
         .await
         .unwrap_or_else(|why| {
             Err(ConnectFailure {
                 why: format!("internal error while connecting (a bug, reported): {why}"),
                 closing: None,
+                decided: None,
             })
         })
 }
 
-/// Opens a connection to the first host of the scope that answers.
-/// An opportunistic handshake that fails is retried in plaintext at once, and the host gets
-/// plaintext for `TLS_BROKEN_FOR`.
+/// Opens a connection to the first host of the destination that answers, trying at most
+/// `ADDRESSES_TRIED_MAX` addresses and giving up after `SESSIONS_TRIED_MAX` servers that
+/// answered but would not take mail (Postfix's `smtp_mx_address_limit` and
+/// `smtp_mx_session_limit`), so a destination with many dead or refusing hosts costs a
+/// worker a bounded time. Addresses from DNS in non-public ranges are skipped
+/// (`delivery::guard`) unless `[delivery] allow_private_destinations`; static routes are not
+/// checked. An opportunistic handshake that fails is retried in plaintext at once, and the
+/// host gets plaintext for `TLS_BROKEN_FOR`.
 async fn connect(
     shard: &Rc<Shard>,
-    hosts: &[String],
-    default_port: u16,
+    hosts: &[NextHop],
     policy: TlsPolicy,
 ) -> Result<Connection, ConnectFailure> {
     let config = shard.config.borrow().clone();
+    let allow_private = config.delivery.allow_private_destinations;
     let mut last = String::from("no hosts");
     let mut closing = None;
-    for host in hosts {
-        let (name, port) = host_port(host, default_port);
-        let addrs = match shard.resolver.addresses(&name).await {
+    let (mut tried, mut sessions) = (0, 0);
+    let mut refused = Vec::new();
+    let mut no_address = Vec::new();
+    'hosts: for hop in hosts {
+        let addrs = match shard.resolver.addresses(&hop.name).await {
             Ok(a) => a,
-            Err(why) => {
-                last = why;
+            Err(e) => {
+                if e.permanent {
+                    no_address.push(e.why.clone());
+                }
+                last = e.why;
                 continue;
             }
         };
         for ip in addrs {
-            let addr = SocketAddr::new(ip, port);
+            if !hop.from_route && !allow_private {
+                if let Some(range) = crate::delivery::guard::address_refusal(ip) {
+                    refused.push(format!("{} [{ip}] is {range}", hop.name));
+                    continue;
+                }
+            }
+            if tried == ADDRESSES_TRIED_MAX || sessions == SESSIONS_TRIED_MAX {
+                break 'hosts;
+            }
+            tried += 1;
+            let addr = SocketAddr::new(ip, hop.port);
+            let name = &hop.name;
             let broken = shard
                 .owner
                 .borrow()
                 .tls_broken
-                .get(&name)
+                .get(name)
                 .is_some_and(|until| *until > Instant::now());
             let effective = match policy {
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
@@ -1255,7 +1326,7 @@ async fn connect(
             };
             let open = |p| {
                 Connection::open(
-                    &name,
+                    name,
                     addr,
                     &config.smtp.helo_name,
                     p,
@@ -1268,29 +1339,53 @@ async fn connect(
                 Ok(c) => return Ok(c),
                 Err(ConnectError::Tls(why)) if effective == TlsPolicy::Opportunistic => {
                     eprintln!(
-                        "spate: {name} [{addr}]: {why}; plaintext for {} s",
+                        "spate: {name} [{addr}]: {}; plaintext for {} s",
+                        printable(&why),
                         TLS_BROKEN_FOR.as_secs()
                     );
-                    shard
-                        .owner
-                        .borrow_mut()
-                        .tls_broken
-                        .insert(name.clone(), Instant::now() + TLS_BROKEN_FOR);
+                    shard.owner.borrow_mut().mark_tls_broken(name);
                     match open(TlsPolicy::Disabled).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = format!("{name} [{addr}]: {e}"),
                     }
                 }
                 Err(e) => {
-                    if let ConnectError::Refused(CloseReason::ServiceClosing(reply)) = &e {
-                        closing = Some(reply.clone());
+                    match &e {
+                        ConnectError::Refused(CloseReason::ServiceClosing(reply)) => {
+                            closing = Some(reply.clone());
+                            sessions += 1;
+                        }
+                        ConnectError::Refused(_) | ConnectError::Tls(_) => sessions += 1,
+                        ConnectError::Unreachable(_) => {}
                     }
                     last = format!("{name} [{addr}]: {e}");
                 }
             }
         }
     }
-    Err(ConnectFailure { why: last, closing })
+    // Nothing was tried: say why for good when DNS or the guard decided it.
+    let decided = if tried > 0 {
+        None
+    } else if !refused.is_empty() {
+        let shown: Vec<&str> = refused.iter().take(3).map(String::as_str).collect();
+        Some(refused_destination(format!(
+            "refusing to connect to a non-public address from DNS: {} (set [delivery] allow_private_destinations = true to allow)",
+            shown.join("; ")
+        )))
+    } else if !hosts.is_empty() && no_address.len() == hosts.len() {
+        let shown: Vec<&str> = no_address.iter().take(3).map(String::as_str).collect();
+        Some(no_host_address(format!(
+            "no host of the destination has an address: {}",
+            shown.join("; ")
+        )))
+    } else {
+        None
+    };
+    Err(ConnectFailure {
+        why: last,
+        closing,
+        decided,
+    })
 }
 
 /// Why no connection could be made, and the 421 a host answered with, if one did (a
@@ -1298,6 +1393,8 @@ async fn connect(
 struct ConnectFailure {
     why: String,
     closing: Option<crate::smtp::reply::Reply>,
+    /// Nothing can be connected to, for good: the recipients' outcome.
+    decided: Option<Outcome>,
 }
 
 /// The value of a header in a message's header section (first occurrence, unfolded).

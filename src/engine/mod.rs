@@ -34,6 +34,7 @@ use crate::queue::record::Reader;
 use crate::queue::store::{
     remove_segment_files, unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue,
 };
+use crate::smtp::reply::printable;
 use crate::spool::{Claimed, IncomingWatch, Spool};
 use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
@@ -723,7 +724,7 @@ fn open_shard(
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),
-                unix_ms() ^ ((id as u64) << 48) ^ u64::from(std::process::id()),
+                crate::dns::resolver::os_random(),
                 unix_ms,
             ),
             queues,
@@ -1003,7 +1004,8 @@ async fn intake_loop(shard: &Rc<Shard>) {
     {
         eprintln!(
             "spate: shard {}: resuming {} after a restart",
-            shard.id, c.name
+            shard.id,
+            printable(&c.name)
         );
         if process_claim(shard, c).await.is_err() {
             return;
@@ -1061,7 +1063,7 @@ async fn intake_loop(shard: &Rc<Shard>) {
                         last_scan = None;
                     }
                     Ok(None) => {}
-                    Err(e) => eprintln!("spate: cannot claim {name}: {e}"),
+                    Err(e) => eprintln!("spate: cannot claim {}: {e}", printable(&name)),
                 }
             }
         }
@@ -1091,7 +1093,7 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
             // already, so bad/ (from where it might be resubmitted) is the wrong place.
             eprintln!(
                 "spate: cannot read {}: {e}; retrying in {} s",
-                c.name,
+                printable(&c.name),
                 READ_RETRY_DELAY.as_secs()
             );
             shard.retry.borrow_mut().push((Instant::now(), c));
@@ -1142,7 +1144,7 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
         .fetch_add(1, Ordering::Relaxed);
     eprintln!(
         "spate: {}: {queued} recipients queued, {rejected} rejected, in {} ms",
-        c.name,
+        printable(&c.name),
         started.elapsed().as_millis()
     );
     Ok(())
@@ -1262,13 +1264,15 @@ fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
         .fetch_add(1, Ordering::Relaxed);
     match shard.spool.release_bad(c, reason) {
         Ok(path) => eprintln!(
-            "spate: {}: refused ({reason}); moved to {}",
-            c.name,
-            path.display()
+            "spate: {}: refused ({}); moved to {}",
+            printable(&c.name),
+            printable(reason),
+            printable(&path.display().to_string())
         ),
         Err(e) => eprintln!(
-            "spate: {}: refused ({reason}) but cannot move it to bad/: {e}",
-            c.name
+            "spate: {}: refused ({}) but cannot move it to bad/: {e}",
+            printable(&c.name),
+            printable(reason)
         ),
     }
 }

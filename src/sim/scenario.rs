@@ -176,7 +176,7 @@ impl Scenario {
         let _ = writeln!(c, "[smtp]\nhelo_name = \"spate.test\"\nport = {sink_port}");
         let _ = writeln!(
             c,
-            "[delivery]\nretry_first = {:?}\nsite_connection_limit = {}",
+            "[delivery]\nretry_first = {:?}\nsite_connection_limit = {}\n# The simulated providers live on loopback.\nallow_private_destinations = true",
             self.retry_first, self.site_connections
         );
         for p in &self.providers {

@@ -159,7 +159,7 @@ impl ReplyParser {
             let line = &rest[..nl];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let (code, last, text) = parse_line(line)?;
-            let text = text.to_string();
+            let text = text.into_owned();
             self.start += nl + 1;
             let reply = self.partial.get_or_insert_with(|| Reply {
                 code,
@@ -192,8 +192,9 @@ impl ReplyParser {
     }
 }
 
-/// `NNN-text` (continued) or `NNN text` / `NNN` (last line).
-fn parse_line(line: &[u8]) -> Result<(u16, bool, &str), ReplyError> {
+/// `NNN-text` (continued) or `NNN text` / `NNN` (last line). Text that is not UTF-8 is kept
+/// with its invalid bytes replaced (U+FFFD), so its enhanced code and words still count.
+fn parse_line(line: &[u8]) -> Result<(u16, bool, std::borrow::Cow<'_, str>), ReplyError> {
     if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
         return Err(ReplyError("reply line does not start with a 3-digit code"));
     }
@@ -209,14 +210,56 @@ fn parse_line(line: &[u8]) -> Result<(u16, bool, &str), ReplyError> {
         Some(b'-') => (false, &line[4..]),
         Some(_) => return Err(ReplyError("reply code not followed by space or hyphen")),
     };
-    let text = std::str::from_utf8(text).unwrap_or("(non-UTF-8 reply text)");
-    Ok((code, last, text))
+    Ok((code, last, String::from_utf8_lossy(text)))
+}
+
+/// `text` with control characters (terminal escapes among them) and bidirectional overrides
+/// written as escapes, for stderr: a peer's or a producer's words are shown to the operator,
+/// never interpreted by the operator's terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn non_utf8_text_keeps_its_enhanced_code_and_words() {
+        let mut p = ReplyParser::new();
+        p.push(b"550 5.1.1 unknown user \xff\xfe here\r\n");
+        let r = p.next_reply().unwrap().unwrap();
+        assert_eq!(r.enhanced, Some(EnhancedCode::new(5, 1, 1)));
+        assert!(
+            r.text().contains("unknown user") && r.text().contains('\u{fffd}'),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn printable_escapes_terminal_controls() {
+        assert_eq!(printable("421 4.7.0 busy"), "421 4.7.0 busy");
+        let shown = printable("421 \u{1b}[2J\u{1b}]0;owned\u{7}bye\u{202e}");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+    }
 
     #[test]
     fn multi_line_reply_and_pipelined_surplus() {
