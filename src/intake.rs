@@ -12,6 +12,7 @@
 use crate::address::parse_address;
 use crate::queue::record::{RecipientPayload, MESSAGE_VERBATIM};
 use crate::queue::store::{Chunk, MessageSpec};
+use crate::smtp::data::LINE_OCTETS_MAX;
 use crate::template::Template;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -321,6 +322,7 @@ impl<'a> Parser<'a> {
                 format!("message is over the {MESSAGE_BYTES_MAX}-byte limit"),
             ));
         }
+        check_pickup_header(body, self.line_no + 1)?;
         self.message = Arc::new(MessageSpec {
             batch_id,
             created_unix_ms: now_unix_ms,
@@ -462,6 +464,31 @@ fn check_label(field: &str, value: &str) -> Result<(), FileError> {
             Some(1),
             format!("{field} contains a control character"),
         ));
+    }
+    Ok(())
+}
+
+/// A pickup message is sent as it is, so a header line over the RFC 5322 limit cannot be
+/// folded for it here, and the DATA writer would have to break it where it reaches the limit
+/// (a fold, but one that changes the value). Such a message is refused instead, naming the
+/// line (`first_line_no` is the message's first line in the file). Body lines are left to the
+/// DATA writer, which breaks them as any mail system does.
+fn check_pickup_header(message: &[u8], first_line_no: usize) -> Result<(), FileError> {
+    for (i, line) in message.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Ok(());
+        }
+        if line.len() > LINE_OCTETS_MAX {
+            return Err(file_error(
+                Some(first_line_no + i),
+                format!(
+                    "header line is {} octets, over the {LINE_OCTETS_MAX}-octet limit of RFC 5322 \
+                     (pickup messages are sent as they are, not rewritten)",
+                    line.len()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -671,5 +698,61 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(e.reason, "no x-receiver line");
+    }
+
+    #[test]
+    fn header_value_too_long_to_fold_refuses_its_recipient_alone() {
+        let header = r#"{"campaign":"c","from":"bounces@acme.example","template":"From: a@acme.example\r\nSubject: {{ s }}\r\n\r\nHi\r\n"}"#;
+        // 989 octets after "Subject: " used to put "Reply-To:" at the start of a line.
+        let attack = format!("{}Reply-To: evil@attacker.example", "A".repeat(989));
+        let input = format!(
+            "{header}\n{{\"to\":\"a@example.com\",\"vars\":{{\"s\":\"hi\"}}}}\n\
+             {{\"to\":\"eve@example.com\",\"vars\":{{\"s\":\"{attack}\"}}}}\n\
+             {{\"to\":\"b@example.com\",\"vars\":{{\"s\":\"{} {}\"}}}}\n",
+            "B".repeat(900),
+            "C".repeat(900)
+        );
+        let (chunks, rejections) = run(input.as_bytes(), InputKind::Batch, 2);
+        assert_eq!(recipients(&chunks), vec!["a@example.com", "b@example.com"]);
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].line, 3);
+        assert_eq!(rejections[0].recipient, "eve@example.com");
+        assert_eq!(
+            rejections[0].reason,
+            "variable \"s\" makes header line \"Subject\" 1029 octets long with no space to fold at (limit 998)"
+        );
+    }
+
+    #[test]
+    fn pickup_with_a_header_line_over_the_limit_is_refused_naming_the_line() {
+        let subject = format!("Subject: {}", "x".repeat(1200 - 9));
+        let input = format!(
+            "x-sender: a@acme.example\r\nx-receiver: b@example.com\r\n\r\nFrom: a@acme.example\r\n{subject}\r\n\r\nbody\r\n"
+        );
+        let e = Parser::open(input.as_bytes(), InputKind::Pickup, 1, 1, 0)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "line 5: header line is 1200 octets, over the 998-octet limit of RFC 5322 \
+             (pickup messages are sent as they are, not rewritten)"
+        );
+    }
+
+    #[test]
+    fn pickup_with_a_long_body_line_is_accepted() {
+        let body_line = "x".repeat(1200);
+        let input = format!(
+            "x-sender: a@acme.example\nx-receiver: b@example.com\nSubject: {}\n\n{body_line}\n",
+            "s".repeat(LINE_OCTETS_MAX - 9)
+        );
+        let (chunks, rejections) = run(input.as_bytes(), InputKind::Pickup, 1);
+        assert_eq!(recipients(&chunks), vec!["b@example.com"]);
+        assert!(rejections.is_empty());
+        let p = Parser::open(input.as_bytes(), InputKind::Pickup, 1, 1, 0).unwrap();
+        assert!(p
+            .message()
+            .body
+            .ends_with(format!("{body_line}\n").as_bytes()));
     }
 }

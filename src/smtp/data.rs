@@ -5,17 +5,42 @@
 //! else, so a stray LF can never form an end-of-data sequence); doubles a dot at the start of a
 //! line (dot-stuffing, across buffer boundaries); keeps every line within 998 octets by
 //! breaking longer ones; and `finish` ends the stream with CRLF.CRLF exactly once.
+//!
+//! How a long line is broken depends on where it is. In the header section (up to the first
+//! empty line of the output) a break is a fold, CRLF followed by a space (RFC 5322 2.2.3): the
+//! continuation can never start a new header field, so a long value cannot smuggle in a
+//! `Bcc:` or `Reply-To:`. Templates fold their long header lines at existing whitespace
+//! before they get here (`template::fold_header_section`), so this is the defence in depth
+//! for anything that did not. In the body a break is a bare CRLF, as there are no fields to
+//! protect.
 
 /// RFC 5321 4.5.3.1.6: 1000 octets per line including CRLF.
 pub const LINE_OCTETS_MAX: usize = 998;
 
-#[derive(Debug, Default)]
+/// What breaks a header line over the limit: a fold, so the rest continues the same field.
+const HEADER_BREAK: &[u8] = b"\r\n ";
+/// What breaks a body line over the limit.
+const BODY_BREAK: &[u8] = b"\r\n";
+
+#[derive(Debug)]
 pub struct DataWriter {
     /// Octets on the current output line (dot-stuffing included).
     line_len: usize,
     /// The last input byte was a CR whose line break is already written; an LF right after
     /// it belongs to the same break.
     pending_cr: bool,
+    /// No empty line has been written yet: long lines are folded, not split.
+    in_header: bool,
+}
+
+impl Default for DataWriter {
+    fn default() -> Self {
+        Self {
+            line_len: 0,
+            pending_cr: false,
+            in_header: true,
+        }
+    }
 }
 
 impl DataWriter {
@@ -39,7 +64,7 @@ impl DataWriter {
             let mut run = &input[..end];
             while let Some(&b) = run.first() {
                 if self.line_len == LINE_OCTETS_MAX {
-                    self.newline(out);
+                    self.break_long_line(out);
                 }
                 if self.line_len == 0 && b == b'.' {
                     out.push(b'.');
@@ -53,6 +78,8 @@ impl DataWriter {
             let Some(&brk) = input.get(end) else {
                 break;
             };
+            // An empty line ends the header section.
+            self.in_header &= self.line_len > 0;
             self.newline(out);
             self.pending_cr = brk == b'\r';
             input = &input[end + 1..];
@@ -70,6 +97,19 @@ impl DataWriter {
     fn newline(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
         self.line_len = 0;
+    }
+
+    /// Breaks a line that reached the limit with more to come: a fold in the header (the
+    /// space counts towards the next line, and means that line needs no dot-stuffing), a
+    /// plain line break in the body.
+    fn break_long_line(&mut self, out: &mut Vec<u8>) {
+        let brk = if self.in_header {
+            HEADER_BREAK
+        } else {
+            BODY_BREAK
+        };
+        out.extend_from_slice(brk);
+        self.line_len = brk.len() - b"\r\n".len();
     }
 }
 
@@ -100,8 +140,33 @@ mod tests {
     }
 
     #[test]
+    fn long_header_lines_are_folded_and_long_body_lines_broken() {
+        let subject = format!("Subject: {}", "a".repeat(2500 - 9));
+        let out = encode_data(format!("{subject}\r\n\r\n{}", "b".repeat(2500)).as_bytes());
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        // The header line: a fold (CRLF SP) every 998 octets, so no new field can start.
+        assert_eq!(lines[0].len(), LINE_OCTETS_MAX + 1);
+        assert_eq!(lines[1].len(), LINE_OCTETS_MAX + 1);
+        assert!(lines[1].starts_with(b" a"));
+        assert_eq!(
+            lines[2].len(),
+            1 + (2500 - LINE_OCTETS_MAX - (LINE_OCTETS_MAX - 1)) + 1
+        );
+        assert!(lines[2].starts_with(b" a"));
+        assert_eq!(lines[3], b"\r");
+        // The body line: broken with a bare CRLF, as before.
+        assert_eq!(lines[4].len(), LINE_OCTETS_MAX + 1);
+        assert!(lines[5].starts_with(b"b"));
+        assert_eq!(lines[5].len(), LINE_OCTETS_MAX + 1);
+        assert_eq!(lines[6].len(), 2500 - 2 * LINE_OCTETS_MAX + 1);
+        assert_eq!(&lines[7..], [&b".\r"[..], b""]);
+    }
+
+    #[test]
     fn long_lines_are_broken() {
-        let out = encode_data(&vec![b'a'; 2500]);
+        // A message that opens with an empty line has no header section: all body.
+        let out = encode_data(format!("\r\n{}", "a".repeat(2500)).as_bytes());
+        let out = &out[2..];
         let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
         assert_eq!(lines[0].len(), LINE_OCTETS_MAX + 1);
         assert_eq!(lines[1].len(), LINE_OCTETS_MAX + 1);
@@ -141,19 +206,23 @@ mod tests {
     /// The byte-at-a-time writer `write` replaced, kept as the specification it must match.
     fn reference_encode(input: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let (mut line_len, mut pending_cr) = (0usize, false);
+        let (mut line_len, mut pending_cr, mut in_header) = (0usize, false, true);
         for &b in input {
             if std::mem::take(&mut pending_cr) && b == b'\n' {
                 continue;
             }
             match b {
                 b'\r' | b'\n' => {
+                    in_header &= line_len > 0;
                     out.extend_from_slice(b"\r\n");
                     line_len = 0;
                     pending_cr = b == b'\r';
                 }
                 _ => {
-                    if line_len == LINE_OCTETS_MAX {
+                    if line_len == LINE_OCTETS_MAX && in_header {
+                        out.extend_from_slice(b"\r\n ");
+                        line_len = 1;
+                    } else if line_len == LINE_OCTETS_MAX {
                         out.extend_from_slice(b"\r\n");
                         line_len = 0;
                     }
@@ -173,6 +242,70 @@ mod tests {
         out
     }
 
+    /// The input's lines as the writer sees them: CRLF, bare CR and bare LF each end one.
+    fn canonical_lines(input: &[u8]) -> Vec<&[u8]> {
+        let mut lines = Vec::new();
+        let mut rest = input;
+        while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            lines.push(&rest[..i]);
+            let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+            rest = &rest[i + if crlf { 2 } else { 1 }..];
+        }
+        if !rest.is_empty() {
+            lines.push(rest);
+        }
+        lines
+    }
+
+    /// The field name (text before `:`) of every line that starts a header field, in order;
+    /// `None` for a field line with no colon. Continuation lines (leading SP or HT) and
+    /// everything from the first empty line on are skipped.
+    fn field_names<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<Option<&'a [u8]>> {
+        lines
+            .into_iter()
+            .take_while(|l| !l.is_empty())
+            .filter(|l| !l.starts_with(b" ") && !l.starts_with(b"\t"))
+            .map(|l| l.iter().position(|&b| b == b':').map(|i| &l[..i]))
+            .collect()
+    }
+
+    /// The output's lines up to the terminator, CRLF removed and dot-stuffing undone.
+    fn received_lines(out: &[u8]) -> Vec<&[u8]> {
+        let body = &out[..out.len() - b".\r\n".len()];
+        let mut lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+        lines.pop();
+        lines
+            .into_iter()
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .map(|l| l.strip_prefix(b".").unwrap_or(l))
+            .collect()
+    }
+
+    /// Header-like input: fields with short names and values of any length, some spaces,
+    /// dots and colons, in a mix of line endings, then a body.
+    fn header_like_input() -> impl Strategy<Value = Vec<u8>> {
+        let value = proptest::collection::vec(
+            prop_oneof![
+                400 => Just(b'x'),
+                8 => Just(b' '),
+                4 => Just(b':'),
+                4 => Just(b'.'),
+                2 => Just(b'\t'),
+            ],
+            0..2500,
+        );
+        let field =
+            ("[A-Za-z.][A-Za-z-]{0,10}", value, 0..3usize).prop_map(|(name, value, end)| {
+                let mut line = name.into_bytes();
+                line.push(b':');
+                line.extend(value);
+                line.extend_from_slice([&b"\r\n"[..], b"\n", b"\r"][end]);
+                line
+            });
+        (proptest::collection::vec(field, 0..5), input_bytes())
+            .prop_map(|(fields, body)| [fields.concat(), b"\r\n".to_vec(), body].concat())
+    }
+
     proptest! {
         #[test]
         fn matches_the_byte_at_a_time_reference(input in proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'x'), Just(b'\n'), Just(b'\r')], 0..3000), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
@@ -186,21 +319,13 @@ mod tests {
 
         #[test]
         fn any_input_yields_exactly_one_end_of_data(input in input_bytes(), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
-            let out = encode_in_pieces(&input, &cuts);
-            prop_assert_eq!(&out, &encode_data(&input), "split points change nothing");
-            // The server reads from just after the DATA command's CRLF.
-            let mut stream = b"\r\n".to_vec();
-            stream.extend_from_slice(&out);
-            let ends = stream.windows(5).filter(|w| w == b"\r\n.\r\n").count();
-            prop_assert_eq!(ends, 1);
-            prop_assert!(stream.ends_with(b"\r\n.\r\n"));
-            for (i, &b) in out.iter().enumerate() {
-                if b == b'\n' { prop_assert!(i > 0 && out[i - 1] == b'\r', "bare LF at {}", i); }
-                if b == b'\r' { prop_assert!(out.get(i + 1) == Some(&b'\n'), "bare CR at {}", i); }
-            }
-            for line in out.split(|&b| b == b'\n') {
-                prop_assert!(line.len() <= LINE_OCTETS_MAX + 1);
-            }
+            check_stream_properties(&input, &cuts)?;
+        }
+
+        #[test]
+        fn header_fields_survive_long_lines(input in header_like_input(), cuts in proptest::collection::vec(any::<usize>(), 0..5)) {
+            prop_assert_eq!(encode_in_pieces(&input, &cuts), reference_encode(&input));
+            check_stream_properties(&input, &cuts)?;
         }
 
         #[test]
@@ -218,5 +343,43 @@ mod tests {
             if !want.is_empty() && !want.ends_with(b"\n") { want.push(b'\n'); }
             prop_assert_eq!(received, want);
         }
+    }
+
+    /// What must hold for any input and any chunking: the same output as one `write`;
+    /// CRLF line endings only; every line within the limit; exactly one end-of-data; every
+    /// line that starts with a dot stuffed; and the header fields of the input, no more:
+    /// a long header line is folded, never split into a new field.
+    fn check_stream_properties(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
+        let out = encode_in_pieces(input, cuts);
+        prop_assert_eq!(&out, &encode_data(input), "split points change nothing");
+        // The server reads from just after the DATA command's CRLF.
+        let mut stream = b"\r\n".to_vec();
+        stream.extend_from_slice(&out);
+        let ends = stream.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+        prop_assert_eq!(ends, 1);
+        prop_assert!(stream.ends_with(b"\r\n.\r\n"));
+        for (i, &b) in out.iter().enumerate() {
+            if b == b'\n' {
+                prop_assert!(i > 0 && out[i - 1] == b'\r', "bare LF at {}", i);
+            }
+            if b == b'\r' {
+                prop_assert!(out.get(i + 1) == Some(&b'\n'), "bare CR at {}", i);
+            }
+        }
+        for line in out.split(|&b| b == b'\n') {
+            prop_assert!(line.len() <= LINE_OCTETS_MAX + 1);
+        }
+        let data = &out[..out.len() - b".\r\n".len()];
+        for line in data.split(|&b| b == b'\n') {
+            prop_assert!(
+                !line.starts_with(b".") || line.starts_with(b".."),
+                "unstuffed dot"
+            );
+        }
+        prop_assert_eq!(
+            field_names(received_lines(&out)),
+            field_names(canonical_lines(input))
+        );
+        Ok(())
     }
 }
