@@ -14,6 +14,7 @@
 //!
 //! Control handlers never wait: anything they send goes out from a spawned task.
 
+use super::bounded::{ExpiringMap, WeightedFifo};
 use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
@@ -62,6 +63,18 @@ pub const CREDIT_BATCH_MAX: u32 = 16;
 pub const ROUTE_TTL: Duration = Duration::from_secs(60);
 /// A temporary routing failure is reused this long.
 pub const ROUTE_FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Domains whose route a home remembers at most (a scope key and its hosts each, some
+/// 200 bytes: 20 MB at most). Expired routes stay until the map fills, because recipients
+/// waiting for credit still need their hosts; beyond the bound the soonest to expire go, and
+/// a recipient whose route went is sent to its scope's first hosts.
+pub const ROUTES_MAX: usize = 100_000;
+/// DNS lookups a home runs at once. Each is a task with its own socket; a burst of new
+/// domains waits its turn instead of opening thousands of sockets.
+pub const RESOLVING_MAX: usize = 256;
+/// Bytes of parsed templates and pickup bodies a home keeps for rendering, per shard. A
+/// message's entry also goes as soon as it has no live recipient; beyond the bound the oldest
+/// are parsed again from the queue when needed.
+pub const RENDERINGS_BYTES_MAX: usize = 64 << 20;
 /// An idle connection worker closes its connection after this long.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
 /// A recipient whose connection was closed with 421 is retried this soon, without counting
@@ -138,11 +151,10 @@ struct Rendering {
 }
 
 /// Home-side delivery state of a shard.
-#[derive(Default)]
 pub struct Home {
     ready: SeqRuns,
     deferred: BinaryHeap<Reverse<(u64, u64)>>,
-    routes: HashMap<Box<str>, (RouteResult, Instant)>,
+    routes: ExpiringMap<Box<str>, RouteResult>,
     /// Domains being resolved, with the recipients waiting for them.
     resolving: HashMap<Box<str>, Vec<u64>>,
     /// Routed recipients per scope, waiting for credit.
@@ -150,7 +162,21 @@ pub struct Home {
     /// Per scope: the owner's view of our demand (what we announced, less the credit it
     /// granted since) and when we last announced.
     announced: HashMap<String, (u32, Instant)>,
-    renderings: HashMap<u64, Rc<Rendering>>,
+    renderings: WeightedFifo<u64, Rc<Rendering>>,
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Home {
+            ready: SeqRuns::default(),
+            deferred: BinaryHeap::new(),
+            routes: ExpiringMap::new(ROUTES_MAX),
+            resolving: HashMap::new(),
+            pending: HashMap::new(),
+            announced: HashMap::new(),
+            renderings: WeightedFifo::new(RENDERINGS_BYTES_MAX),
+        }
+    }
 }
 
 impl Home {
@@ -244,6 +270,18 @@ struct OwnerScope {
     workers: u32,
     next_send: Instant,
     rr: usize,
+    /// Last time this scope had demand, messages or workers; idle scopes are forgotten.
+    last_busy: Instant,
+}
+
+impl OwnerScope {
+    /// Nothing wanted, promised, waiting or sending.
+    fn is_idle(&self) -> bool {
+        self.workers == 0
+            && self.ready.is_empty()
+            && self.demand.iter().all(|&d| d == 0)
+            && self.credit_out.iter().all(|&c| c == 0)
+    }
 }
 
 #[derive(Default)]
@@ -253,11 +291,40 @@ pub struct Owner {
     tls_broken: HashMap<String, Instant>,
 }
 
+/// An owner forgets a scope idle this long (its adaptive state included: a minute without
+/// pushback lifts that anyway), so the map holds the scopes in use, not every site ever seen.
+pub const SCOPE_IDLE_FORGET: Duration = Duration::from_secs(600);
+/// Idle scopes an owner keeps at most, whatever their age; beyond it the longest idle go.
+pub const IDLE_SCOPES_MAX: usize = 10_000;
+/// How often the scheduler looks for idle scopes to forget.
+pub const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Hosts remembered as TLS-broken at most (a name each, so a few MB). Beyond it the entry that
 /// lapses first goes: forgetting one costs one failed handshake, retried in plaintext at once.
 pub const TLS_BROKEN_HOSTS_MAX: usize = 10_000;
 
 impl Owner {
+    /// Forgets scopes idle for `SCOPE_IDLE_FORGET`, and the longest idle beyond
+    /// `IDLE_SCOPES_MAX`. A scope in use (demand, credit out, messages, workers) is never
+    /// forgotten; one that is forgotten is made again by its next demand.
+    fn forget_idle_scopes(&mut self, now: Instant) {
+        self.scopes
+            .retain(|_, s| !(s.is_idle() && now.duration_since(s.last_busy) >= SCOPE_IDLE_FORGET));
+        let mut idle: Vec<(Instant, String)> = self
+            .scopes
+            .iter()
+            .filter(|(_, s)| s.is_idle())
+            .map(|(k, s)| (s.last_busy, k.clone()))
+            .collect();
+        let excess = idle.len().saturating_sub(IDLE_SCOPES_MAX);
+        if excess > 0 {
+            idle.sort_unstable();
+            for (_, key) in idle.into_iter().take(excess) {
+                self.scopes.remove(&key);
+            }
+        }
+    }
+
     /// Remembers `host` as TLS-broken for `TLS_BROKEN_FOR`, within `TLS_BROKEN_HOSTS_MAX`.
     fn mark_tls_broken(&mut self, host: &str) {
         let now = Instant::now();
@@ -287,9 +354,14 @@ fn retry_policy(config: &Config) -> RetryPolicy {
 /// The home scheduler: due deferrals to ready, ready to routed, demand to owners.
 pub async fn scheduler(shard: Rc<Shard>) {
     let kicks = shard.schedule_rx.borrow_mut().take();
+    let mut last_sweep = Instant::now();
     while !shard.closing.get() && !shard.shared.failed() {
         if !shard.config.borrow().delivery.paused {
             shard.schedule();
+        }
+        if last_sweep.elapsed() >= SCOPE_SWEEP_INTERVAL {
+            last_sweep = Instant::now();
+            shard.owner.borrow_mut().forget_idle_scopes(last_sweep);
         }
         // The next tick, or sooner when recipients become ready.
         match &kicks {
@@ -323,6 +395,8 @@ impl Shard {
                 home.ready.push_back(seq);
             }
             let mut n = 0;
+            // Recipients of new domains while RESOLVING_MAX lookups run: back to the front.
+            let mut later = Vec::new();
             while n < ROUTE_PER_TICK_MAX {
                 let Some(seq) = home.ready.pop_front() else {
                     break;
@@ -335,8 +409,7 @@ impl Shard {
                 let domain = &index.domain_names[e.domain as usize];
                 // Borrowed from the route cache: nothing is cloned per recipient unless a
                 // scope gets its first pending entry or routing decided the outcome.
-                let cached = home.routes.get(domain).filter(|(_, until)| *until > tick);
-                match cached.map(|(r, _)| r) {
+                match home.routes.get(&**domain, tick) {
                     Some(RouteResult::Scope(scope, owner)) => {
                         match home.pending.get_mut(&scope.key) {
                             Some(entry) => entry.2.push_back(seq),
@@ -348,6 +421,11 @@ impl Shard {
                     }
                     Some(RouteResult::Decided(outcome)) => decided.push((seq, outcome.clone())),
                     None => {
+                        let busy = home.resolving.len() >= RESOLVING_MAX;
+                        if busy && !home.resolving.contains_key(domain) {
+                            later.push(seq);
+                            continue;
+                        }
                         let parked = home.resolving.entry(domain.clone()).or_default();
                         if parked.is_empty() {
                             to_resolve.push(domain.to_string());
@@ -355,6 +433,9 @@ impl Shard {
                         parked.push(seq);
                     }
                 }
+            }
+            for seq in later.into_iter().rev() {
+                home.ready.push_front(seq);
             }
         }
         // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue and
@@ -381,6 +462,7 @@ impl Shard {
             let mut home = self.home.borrow_mut();
             let home = &mut *home;
             let now = Instant::now();
+            let mut idle = Vec::new();
             for (key, (scope, owner, q)) in &home.pending {
                 let count = q.len() as u32;
                 let stale = |&(view, at): &(u32, Instant)| {
@@ -390,6 +472,16 @@ impl Shard {
                     home.announced.insert(key.clone(), (count, now));
                     messages.push((*owner, scope.clone(), count));
                 }
+                if count == 0 {
+                    idle.push(key.clone());
+                }
+            }
+            // A scope with nothing waiting here, whose owner has heard so, is forgotten: the
+            // maps hold the scopes with recipients, not every scope ever seen. Credit still
+            // on its way for it finds no entry and is handed back.
+            for key in idle {
+                home.pending.remove(&key);
+                home.announced.remove(&key);
             }
         }
         for (owner, scope, count) in messages {
@@ -425,6 +517,7 @@ impl Shard {
             s.max_per_connection = fresh.max_per_connection;
             s.tls = fresh.tls;
             s.demand[home] = count;
+            s.last_busy = Instant::now();
             // The first demand for an idle scope: open a connection now, while the homes
             // render, so the first message finds it ready (connection setup, TLS included,
             // overlaps the credit round trip instead of following it).
@@ -609,9 +702,9 @@ impl Shard {
         // The recipient's own destination: a provider scope spans domains with MX hosts
         // of their own.
         let domain = &queue.index.domain_names[e.domain as usize];
-        let hosts = match self.home.borrow().routes.get(domain) {
-            Some((RouteResult::Scope(scope, _), _)) => Arc::clone(&scope.hosts),
-            Some((RouteResult::Decided(_), _)) | None => Arc::clone(fallback_hosts),
+        let hosts = match self.home.borrow().routes.get_any(&**domain) {
+            Some(RouteResult::Scope(scope, _)) => Arc::clone(&scope.hosts),
+            Some(RouteResult::Decided(_)) | None => Arc::clone(fallback_hosts),
         };
         Ok(Some(Prepared {
             rcpts: vec![(seq, r.recipient.to_string())],
@@ -673,6 +766,7 @@ impl Shard {
         } else {
             Template::parse(m.body.to_vec()).map_err(|e| e.0)?
         };
+        let weight = template.source().len() + std::mem::size_of::<Rendering>();
         let r = Rc::new(Rendering {
             message_id: find_header(template.source(), "message-id"),
             has_date: find_header(template.source(), "date").is_some(),
@@ -686,7 +780,7 @@ impl Shard {
         self.home
             .borrow_mut()
             .renderings
-            .insert(message_seq, Rc::clone(&r));
+            .insert(message_seq, Rc::clone(&r), weight);
         Ok(r)
     }
 
@@ -705,6 +799,7 @@ impl Shard {
             };
             s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
             s.ready.extend(msgs);
+            s.last_busy = Instant::now();
             if s.conn_cap < s.connection_limit && s.conn_cap_at.elapsed() >= CONN_CAP_RAISE {
                 s.conn_cap += 1;
                 s.conn_cap_at = Instant::now();
@@ -836,12 +931,29 @@ impl Shard {
                 (rcpt_from_queue.as_str(), "", "", "", "", "")
             }
         };
-        // Outcomes decided before rendering (DNS) still name their sender and campaign.
-        let rendering = self.rendering(&queue, e.message_seq).ok();
+        // Outcomes decided before rendering (DNS) still name their sender and campaign: from
+        // the parsed message if there is one, else from its record (no template is parsed
+        // for this).
+        let cached = self.home.borrow().renderings.get(&e.message_seq).cloned();
+        let from_record = match cached {
+            Some(_) => None,
+            None => message_labels(&queue, e.message_seq),
+        };
+        // A message with no live recipient left is never rendered again.
+        let message_done = state != OutcomeState::Deferred
+            && queue
+                .index
+                .messages
+                .get(&e.message_seq)
+                .is_none_or(|m| m.live == 0);
         drop(queue);
-        let (sender, campaign, tenant) = match &rendering {
-            Some(r) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
-            None => ("", "", ""),
+        if message_done {
+            self.home.borrow_mut().renderings.remove(&e.message_seq);
+        }
+        let (sender, campaign, tenant) = match (&cached, &from_record) {
+            (Some(r), _) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
+            (None, Some((s, c, t))) => (s.as_str(), c.as_str(), t.as_str()),
+            (None, None) => ("", "", ""),
         };
         let enhanced = o.enhanced.map(|c| c.to_string()).unwrap_or_default();
         let record = LogRecord {
@@ -937,6 +1049,7 @@ fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
         workers: 0,
         next_send: Instant::now(),
         rr: 0,
+        last_busy: Instant::now(),
     }
 }
 
@@ -1051,8 +1164,9 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
         }
     };
     let mut home = shard.home.borrow_mut();
+    let now = Instant::now();
     home.routes
-        .insert(domain.as_str().into(), (result, Instant::now() + ttl));
+        .insert(domain.as_str().into(), result, now + ttl, now);
     let parked = home.resolving.remove(domain.as_str()).unwrap_or_default();
     // Back to the front: the scheduler, woken now, routes them from the cache.
     for seq in parked.into_iter().rev() {
@@ -1088,12 +1202,14 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         let next = {
             let mut owner = shard.owner.borrow_mut();
             let Some(s) = owner.scopes.get_mut(&key) else {
-                // Scopes are never removed; should one be, this worker still counts out.
+                // A scope is forgotten only when it has no worker; should this one's go
+                // anyway, the worker still counts out.
                 shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             };
             let stop = shard.shared.failed() || shard.closing.get();
             let msg = if stop { None } else { s.ready.pop_front() };
+            s.last_busy = Instant::now();
             let idle = idle_since.elapsed() >= IDLE_CLOSE;
             if msg.is_none() && (stop || idle) {
                 s.workers = s.workers.saturating_sub(1);
@@ -1197,6 +1313,21 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
     if let Some((c, _)) = conn.take() {
         c.quit().await;
     }
+}
+
+/// A message's sender, campaign and tenant, read from its queue record.
+fn message_labels(
+    queue: &crate::queue::store::ShardQueue,
+    message_seq: u64,
+) -> Option<(String, String, String)> {
+    let info = queue.index.messages.get(&message_seq)?;
+    let payload = queue.payload_at(message_seq, info.offset).ok()?;
+    let m = MessagePayload::decode(&payload).ok()?;
+    Some((
+        m.sender.to_string(),
+        m.campaign.to_string(),
+        m.tenant.to_string(),
+    ))
 }
 
 /// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
@@ -1486,6 +1617,38 @@ mod tests {
             });
         assert_eq!(caught, Err("bad reply from a peer".to_string()));
         assert_eq!(after, Ok(2));
+    }
+
+    #[test]
+    fn idle_scopes_are_forgotten_busy_ones_never() {
+        let config = Config::parse("", "t").unwrap();
+        let mut owner = Owner::default();
+        let t0 = Instant::now();
+        let scope = |key: &str| Scope {
+            key: key.into(),
+            hosts: Arc::from(Vec::new()),
+        };
+        for i in 0..(IDLE_SCOPES_MAX + 50) {
+            let mut s = new_owner_scope(&config, scope(&format!("site:mx{i}.example")), 2);
+            s.last_busy = t0;
+            owner.scopes.insert(s.scope.key.clone(), s);
+        }
+        let mut busy = new_owner_scope(&config, scope("busy"), 2);
+        busy.demand[1] = 3;
+        busy.last_busy = t0;
+        owner.scopes.insert("busy".into(), busy);
+        owner.forget_idle_scopes(t0);
+        assert_eq!(
+            owner.scopes.len(),
+            IDLE_SCOPES_MAX + 1,
+            "the longest idle over the bound"
+        );
+        owner.forget_idle_scopes(t0 + SCOPE_IDLE_FORGET);
+        assert_eq!(
+            owner.scopes.keys().collect::<Vec<_>>(),
+            ["busy"],
+            "a scope with demand stays"
+        );
     }
 
     #[test]

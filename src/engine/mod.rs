@@ -23,6 +23,7 @@
 //! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
 //! and is replayed at the next start), SIGHUP reloads the configuration.
 
+mod bounded;
 mod deliver;
 
 use crate::config::{Config, ConfigError, Runtime};

@@ -191,8 +191,12 @@ pub struct Index {
     entries: VecDeque<Entry>,
     pub messages: HashMap<u64, MessageInfo>,
     domain_ids: HashMap<Box<str>, u32>,
+    /// Indexed by an entry's `domain`. A domain's slot is freed when its last live recipient
+    /// goes and reused for the next new domain, so these hold the domains with queued mail,
+    /// not every domain ever seen.
     pub domain_names: Vec<Box<str>>,
     pub domain_counts: Vec<DomainCounts>,
+    free_domain_ids: Vec<u32>,
     /// Committed chunks per batch (for de-duplication after a crash) and its message record.
     batches: HashMap<u64, BatchState>,
     live: u64,
@@ -237,11 +241,36 @@ impl Index {
         if let Some(&id) = self.domain_ids.get(domain) {
             return id;
         }
-        let id = self.domain_names.len() as u32;
+        let id = match self.free_domain_ids.pop() {
+            Some(id) => {
+                self.domain_names[id as usize] = domain.into();
+                self.domain_counts[id as usize] = DomainCounts::default();
+                id
+            }
+            None => {
+                self.domain_names.push(domain.into());
+                self.domain_counts.push(DomainCounts::default());
+                (self.domain_names.len() - 1) as u32
+            }
+        };
         self.domain_ids.insert(domain.into(), id);
-        self.domain_names.push(domain.into());
-        self.domain_counts.push(DomainCounts::default());
         id
+    }
+
+    /// Frees a domain's slot once no live recipient refers to it.
+    fn release_domain_if_unused(&mut self, id: u32) {
+        let i = id as usize;
+        if self.domain_counts[i].queued > 0 || self.domain_names[i].is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut self.domain_names[i]);
+        self.domain_ids.remove(&name);
+        self.free_domain_ids.push(id);
+    }
+
+    /// Domain slots in use (live domains), for tests of the bound.
+    pub fn domains_in_use(&self) -> usize {
+        self.domain_ids.len()
     }
 
     fn add_recipient(&mut self, seq: u64, offset: u32, message_seq: u64, recipient: &str) {
@@ -296,6 +325,10 @@ impl Index {
                 self.live -= 1;
                 if let Some(m) = self.messages.get_mut(&message_seq) {
                     m.live -= 1;
+                }
+                // A move places the recipient again at once, under the same domain.
+                if o.state != OutcomeState::Moved {
+                    self.release_domain_if_unused(domain as u32);
                 }
             }
         }
@@ -1286,6 +1319,50 @@ mod tests {
             .position(|d| &**d == "d0.example")
             .unwrap();
         assert_eq!(q.index.domain_counts[d0].queued, 34 + 17 + 3);
+    }
+
+    /// The domain table holds the domains with live recipients: a stream of campaigns to new
+    /// domains, each delivered, never grows it.
+    #[test]
+    fn domain_slots_are_freed_with_their_last_recipient_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        for wave in 0..20u64 {
+            let mut tails = Vec::new();
+            let mut ends = Vec::new();
+            for i in 0..50 {
+                let rcpt = format!("u@w{wave}d{i}.example");
+                RecipientPayload::encode_tail(&rcpt, &[rcpt.as_bytes(), b"N"], &mut tails);
+                ends.push(tails.len() as u32);
+            }
+            let c = Chunk {
+                batch_id: 100 + wave,
+                chunk_no: 0,
+                message: message(100 + wave),
+                tails,
+                ends,
+            };
+            let ChunkAppend::Appended {
+                first_recipient_seq,
+                ..
+            } = q.append_chunk(&c).unwrap()
+            else {
+                panic!("appended")
+            };
+            assert_eq!(q.index.domains_in_use(), 50);
+            for seq in first_recipient_seq..first_recipient_seq + 50 {
+                q.append_outcome(OutcomePayload {
+                    recipient_seq: seq,
+                    state: OutcomeState::Delivered,
+                    attempts: 1,
+                    due_unix_ms: 0,
+                    ts_unix_ms: 0,
+                })
+                .unwrap();
+            }
+            assert_eq!(q.index.domains_in_use(), 0);
+        }
+        assert_eq!(q.index.domain_names.len(), 50, "slots reused, not grown");
     }
 
     #[test]
