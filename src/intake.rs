@@ -256,10 +256,28 @@ impl<'a> Parser<'a> {
         let mut sender = None;
         let mut job = String::new();
         let mut receivers = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         loop {
             let start = self.pos;
             let Some(line) = self.next_line() else { break };
-            let text = String::from_utf8_lossy(line);
+            // An envelope line is read as written or not at all: a lossy decode could turn
+            // an address into a different one.
+            let is_envelope = line.len() >= 2 && line[..2].eq_ignore_ascii_case(b"x-");
+            let text = match std::str::from_utf8(line) {
+                Ok(t) => t,
+                Err(_) if is_envelope => {
+                    return Err(file_error(
+                        Some(self.line_no),
+                        "envelope line is not valid UTF-8",
+                    ))
+                }
+                // Not an envelope line: the message's own header starts here.
+                Err(_) => {
+                    self.pos = start;
+                    self.line_no -= 1;
+                    break;
+                }
+            };
             let Some((name, value)) = text.split_once(':') else {
                 self.pos = start;
                 self.line_no -= 1;
@@ -280,7 +298,22 @@ impl<'a> Parser<'a> {
                         ));
                     }
                     receivers.push(match parse_address(value) {
-                        Ok(a) => Ok((self.line_no, a.to_addr_string())),
+                        Ok(a) => {
+                            let rcpt = a.to_addr_string();
+                            match seen.get(&rcpt) {
+                                // The same address twice would get the message twice, in one
+                                // transaction.
+                                Some(first) => Err(Rejection {
+                                    line: self.line_no,
+                                    recipient: value.to_string(),
+                                    reason: format!("duplicate of the x-receiver on line {first}"),
+                                }),
+                                None => {
+                                    seen.insert(rcpt.clone(), self.line_no);
+                                    Ok((self.line_no, rcpt))
+                                }
+                            }
+                        }
                         Err(e) => Err(Rejection {
                             line: self.line_no,
                             recipient: value.to_string(),
@@ -754,5 +787,33 @@ mod tests {
             .message()
             .body
             .ends_with(format!("{body_line}\n").as_bytes()));
+    }
+    #[test]
+    fn pickup_duplicate_receivers_are_rejected_once_each() {
+        let input = "x-sender: a@acme.example\nx-receiver: b@example.com\nx-receiver: <b@EXAMPLE.com>\nx-receiver: c@example.com\nSubject: s\n\nbody\n";
+        let (chunks, rejections) = run(input.as_bytes(), InputKind::Pickup, 1);
+        assert_eq!(recipients(&chunks), vec!["b@example.com", "c@example.com"]);
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].line, 3);
+        assert!(
+            rejections[0].reason.contains("line 2"),
+            "{:?}",
+            rejections[0]
+        );
+    }
+
+    #[test]
+    fn pickup_envelope_lines_must_be_utf8() {
+        let input =
+            b"x-sender: a@acme.example\nx-receiver: b\xff@example.com\nSubject: s\n\nbody\n";
+        let e = Parser::open(input, InputKind::Pickup, 1, 1, 0)
+            .err()
+            .unwrap();
+        assert_eq!(e.line, Some(2));
+        assert!(e.reason.contains("UTF-8"), "{e}");
+        // The message's own header may carry any bytes; it is sent as it is.
+        let input =
+            b"x-sender: a@acme.example\nx-receiver: b@example.com\nSubject: caf\xe9\n\nbody\n";
+        assert!(Parser::open(input, InputKind::Pickup, 1, 1, 0).is_ok());
     }
 }

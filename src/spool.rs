@@ -17,6 +17,13 @@ use std::path::{Path, PathBuf};
 pub const CLAIMED_DIR: &str = ".claimed";
 /// Suffixes tried for a name already taken in `bad/` or `done/`.
 pub const NAME_SUFFIXES_MAX: usize = 100_000;
+/// Largest input read. An input is read whole into memory (on a blocking thread) rather than
+/// mapped, so a producer that truncates it after the rename cannot kill the engine with
+/// SIGBUS; this bounds that memory. A larger batch is refused: split it.
+pub const INPUT_BYTES_MAX: u64 = 1 << 30;
+/// Reads of a claimed input that may fail (EIO, EMFILE, a file still changing) before it goes
+/// to `bad/` with the last error.
+pub const READ_ATTEMPTS_MAX: u32 = 5;
 
 #[derive(Clone)]
 pub struct Spool {
@@ -34,6 +41,75 @@ pub struct Claimed {
     /// The name the producer gave it.
     pub name: String,
     pub path: PathBuf,
+    /// Failed reads so far (in memory only: a restart tries afresh).
+    pub read_attempts: u32,
+}
+
+/// Why a claimed input could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The input is wrong for good (a symbolic link, not a regular file, too large): to
+    /// `bad/` with this reason.
+    Refuse(String),
+    /// Perhaps passing (EIO, EMFILE, the file changed while read): try again later.
+    Retry(String),
+}
+
+/// Reads a claimed input whole, on the caller's (blocking) thread: never through a symbolic
+/// link (the producer may have swapped the file for one after the rename), never anything but
+/// a regular file (a FIFO would block), never more than `INPUT_BYTES_MAX`, and never a file
+/// whose size changed while it was read. `Ok(None)` for an empty file.
+pub fn read_claimed(path: &Path) -> Result<Option<Vec<u8>>, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ReadError::Refuse("is a symbolic link".into()),
+            _ => ReadError::Retry(e.to_string()),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ReadError::Retry(e.to_string()))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(ReadError::Refuse(format!("is {what}")));
+    }
+    let size = meta.len();
+    if size > INPUT_BYTES_MAX {
+        return Err(ReadError::Refuse(format!(
+            "is {size} bytes, over the {INPUT_BYTES_MAX}-byte input limit (split it)"
+        )));
+    }
+    if size == 0 {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // One byte more than expected shows a file that grew.
+    (&mut file)
+        .take(size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::Retry(e.to_string()))?;
+    let now = file
+        .metadata()
+        .map_err(|e| ReadError::Retry(e.to_string()))?
+        .len();
+    if bytes.len() as u64 != size || now != size {
+        return Err(ReadError::Retry(format!(
+            "changed while read ({size} bytes, then {} read, now {now}): producers must rename complete files into incoming/",
+            bytes.len()
+        )));
+    }
+    Ok(Some(bytes))
 }
 
 /// Names the engine never reads: hidden files and files still being written.
@@ -92,6 +168,7 @@ impl Spool {
                 batch_id,
                 name: name.to_string(),
                 path,
+                read_attempts: 0,
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -123,6 +200,7 @@ impl Spool {
                 batch_id,
                 name: name.to_string(),
                 path: entry.path(),
+                read_attempts: 0,
             });
         }
         out.sort_by_key(|c| c.batch_id);
@@ -141,12 +219,23 @@ impl Spool {
         sync_dir(&self.claimed)
     }
 
-    /// Moves a refused input to `bad/` and writes the reason beside it as `NAME.err`.
+    /// Moves a refused input to `bad/` and writes the reason beside it as `NAME.err`. The
+    /// reason file is created afresh (`O_EXCL`), so a symbolic link planted at that name is
+    /// replaced, never written through.
     pub fn release_bad(&self, c: &Claimed, reason: &str) -> io::Result<PathBuf> {
+        use std::io::Write;
         let target = move_unique(&c.path, &self.bad, &c.name)?;
         let mut err_path = target.clone().into_os_string();
         err_path.push(".err");
-        std::fs::write(&err_path, format!("{reason}\n"))?;
+        match std::fs::remove_file(&err_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut err = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&err_path)?;
+        err.write_all(format!("{reason}\n").as_bytes())?;
         Ok(target)
     }
 }
@@ -229,6 +318,50 @@ impl Drop for IncomingWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claimed_inputs_are_read_whole_and_never_through_links_or_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("ok"), "hello").unwrap();
+        assert_eq!(read_claimed(&d.join("ok")).unwrap().unwrap(), b"hello");
+        std::fs::write(d.join("empty"), "").unwrap();
+        assert!(read_claimed(&d.join("empty")).unwrap().is_none());
+        std::fs::write(d.join("secret"), "do not send").unwrap();
+        std::os::unix::fs::symlink(d.join("secret"), d.join("link")).unwrap();
+        assert!(matches!(
+            read_claimed(&d.join("link")),
+            Err(ReadError::Refuse(why)) if why.contains("symbolic link")
+        ));
+        let fifo = std::ffi::CString::new(d.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            read_claimed(&d.join("fifo")),
+            Err(ReadError::Refuse(why)) if why.contains("FIFO")
+        ));
+        assert!(matches!(
+            read_claimed(&d.join("missing")),
+            Err(ReadError::Retry(_))
+        ));
+    }
+
+    #[test]
+    fn a_planted_err_link_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("bad/x.eml.err")).unwrap();
+        std::fs::write(dir.path().join("incoming/x.eml"), "junk").unwrap();
+        let c = spool.claim("x.eml", 7).unwrap().unwrap();
+        let moved = spool.release_bad(&c, "no x-sender line").unwrap();
+        assert_eq!(moved, dir.path().join("bad/x.eml"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let err = dir.path().join("bad/x.eml.err");
+        assert!(!err.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(err).unwrap(), "no x-sender line\n");
+    }
 
     #[test]
     fn claim_is_exclusive_and_release_paths_work() {

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes read from the socket at a time.
 pub const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -224,6 +224,9 @@ impl Connection {
     async fn drive(&mut self) -> Step {
         let mut done = None;
         let mut ready = false;
+        // The deadline of the reply awaited now, and which reply that is: a server that
+        // dribbles bytes cannot stretch one reply past its phase's timeout.
+        let mut awaiting: Option<(u64, Instant)> = None;
         loop {
             while let Some(action) = self.session.next_action() {
                 match action {
@@ -269,8 +272,25 @@ impl Connection {
             if ready && self.session.is_ready() {
                 return Step::Ready;
             }
-            let t = self.session.timeout();
-            let read = timeout(t, async {
+            let seen = self.session.replies_received();
+            let deadline = match awaiting {
+                Some((n, deadline)) if n == seen => deadline,
+                _ => {
+                    let deadline = Instant::now() + self.session.timeout();
+                    awaiting = Some((seen, deadline));
+                    deadline
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let t = self.session.timeout();
+                self.lose(format!(
+                    "timed out: no complete reply from {} within {t:?}",
+                    self.addr
+                ));
+                continue;
+            }
+            let read = timeout(left, async {
                 self.stream.read(&mut self.buf).await.map_err(Into::into)
             })
             .await;
@@ -279,6 +299,13 @@ impl Connection {
                 Ok(n) => {
                     let (session, buf) = (&mut self.session, &self.buf);
                     session.receive(&buf[..n]);
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    let t = self.session.timeout();
+                    self.lose(format!(
+                        "timed out: no complete reply from {} within {t:?}",
+                        self.addr
+                    ));
                 }
                 Err(e) => self.lose(format!("read from {}: {e}", self.addr)),
             }
@@ -450,6 +477,49 @@ mod tests {
             );
             drop(server);
         }
+    }
+
+    /// A server that dribbles its greeting a byte at a time: each byte arrives well within
+    /// the greeting timeout, but the whole reply does not, so the connection gives up at the
+    /// timeout instead of whenever the server pleases.
+    #[test]
+    fn a_reply_is_bounded_as_a_whole_not_per_byte() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            // 200 bytes, 20 ms apart: the whole greeting takes 4 s.
+            let greeting = format!("220 {}\r\n", "x".repeat(194));
+            for b in greeting.bytes() {
+                if conn.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let opened = run(async move {
+            let timeouts = Timeouts {
+                greeting: Duration::from_millis(500),
+                ..Timeouts::default()
+            };
+            let tls = Rc::new(TlsClients::new());
+            Connection::open(
+                "mx",
+                addr,
+                "mta.test",
+                TlsPolicy::Disabled,
+                &tls,
+                timeouts,
+                Duration::from_secs(2),
+            )
+            .await
+            .map(|c| c.is_usable())
+        });
+        let Err(ConnectError::Unreachable(why)) = &opened else {
+            panic!("{opened:?}")
+        };
+        assert!(why.contains("no complete reply"), "{why}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -106,7 +106,9 @@ fn classify_reply(r: &Reply) -> Outcome {
         enhanced: r.enhanced,
         response: r.to_log_string(),
         category,
-        pushback: r.code / 100 == 4 && is_rate_limit(r.enhanced, &text),
+        // A 421 is the server shedding load wherever it comes (here: as the answer to a
+        // message it received whole, which the session reports as that message's reply).
+        pushback: r.code == 421 || (r.code / 100 == 4 && is_rate_limit(r.enhanced, &text)),
     }
 }
 
@@ -334,6 +336,7 @@ mod tests {
             (reply(450, "4.7.28 Our system has detected an unusual rate of unsolicited mail"), Verdict::Deferred, Fault::Message, None, true),
             (reply(451, "4.7.500 Server busy. Please try again later from [192.0.2.1]"), Verdict::Deferred, Fault::Message, None, true),
             (RcptResult::ServiceClosing(Reply::new(421, "4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred")), Verdict::Deferred, Fault::Connection, None, true),
+            (reply(421, "4.3.2 system not accepting messages"), Verdict::Deferred, Fault::Message, None, true),
             (RcptResult::ConnectionLost("connection reset".into()), Verdict::Deferred, Fault::Connection, None, false),
         ];
         for (result, verdict, fault, category, pushback) in cases {

@@ -144,12 +144,14 @@ pub fn parse_response(
     let mut addrs = Vec::new();
     // Follow the chain from the queried name: each round takes the records owned by `owner`;
     // a CNAME there moves `owner` to its target.
-    let mut owner = want.to_ascii().to_ascii_lowercase();
+    // Names compare case-insensitively (hickory's `Name` equality); names from the wire are
+    // fully qualified, and so is `want`.
+    let mut owner = want.clone();
     let mut links = 0;
     loop {
         let mut next = None;
         for r in m.answers.iter().filter(|r| r.dns_class == DNSClass::IN) {
-            if !r.name.to_ascii().eq_ignore_ascii_case(&owner) {
+            if r.name != owner {
                 continue;
             }
             let before = mx.len() + addrs.len();
@@ -169,7 +171,7 @@ pub fn parse_response(
                     addrs.push(IpAddr::V6(a.0))
                 }
                 RData::CNAME(target) => {
-                    next = Some(target.0.to_ascii().to_ascii_lowercase());
+                    next = Some(target.0.clone());
                     ttl_s = ttl_s.min(r.ttl);
                 }
                 _ => {}
@@ -194,7 +196,7 @@ pub fn parse_response(
         QueryType::Mx if !mx.is_empty() => Answer::Mx { records: mx, ttl_s },
         QueryType::A | QueryType::Aaaa if !addrs.is_empty() => Answer::Addrs { addrs, ttl_s },
         _ if links > 0 => Answer::Alias {
-            target: owner.trim_end_matches('.').to_string(),
+            target: owner.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
         },
         _ => Answer::NoData {
             ttl_s: negative_ttl(),

@@ -36,7 +36,7 @@ use crate::queue::store::{
     remove_segment_files, unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue,
 };
 use crate::smtp::reply::printable;
-use crate::spool::{Claimed, IncomingWatch, Spool};
+use crate::spool::{read_claimed, Claimed, IncomingWatch, ReadError, Spool, READ_ATTEMPTS_MAX};
 use futures_lite::future;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -1083,25 +1083,44 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
         );
         return Ok(());
     };
-    let map = match map_file(&c.path) {
-        Ok(Some(m)) => m,
+    let path = c.path.clone();
+    let read = glommio::executor()
+        .spawn_blocking(move || read_claimed(&path))
+        .await;
+    let bytes = match read {
+        Ok(Some(bytes)) => bytes,
         Ok(None) => {
             refuse(shard, &c, "empty file");
             return Ok(());
         }
-        Err(e) => {
-            // Perhaps passing (EMFILE, ENOMEM, EIO); and part of a resumed input may be queued
-            // already, so bad/ (from where it might be resubmitted) is the wrong place.
+        Err(ReadError::Refuse(why)) => {
+            refuse(shard, &c, &why);
+            return Ok(());
+        }
+        Err(ReadError::Retry(why)) => {
+            let mut c = c;
+            c.read_attempts += 1;
+            if c.read_attempts >= READ_ATTEMPTS_MAX {
+                // Part of a resumed input may be queued already: the reason says so, since
+                // an operator may resubmit it from bad/.
+                let reason = format!(
+                    "unreadable after {} attempts: {why} (if it was being resumed after a restart, some recipients may be queued already)",
+                    c.read_attempts
+                );
+                refuse(shard, &c, &reason);
+                return Ok(());
+            }
             eprintln!(
-                "spate: cannot read {}: {e}; retrying in {} s",
+                "spate: cannot read {}: {}; retrying in {} s",
                 printable(&c.name),
+                printable(&why),
                 READ_RETRY_DELAY.as_secs()
             );
             shard.retry.borrow_mut().push((Instant::now(), c));
             return Ok(());
         }
     };
-    let mut parser = match Parser::open(&map, kind, c.batch_id, shard.shards, unix_ms()) {
+    let mut parser = match Parser::open(&bytes, kind, c.batch_id, shard.shards, unix_ms()) {
         Ok(p) => p,
         Err(e) => {
             refuse(shard, &c, &e.to_string());
@@ -1276,15 +1295,4 @@ fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
             printable(reason)
         ),
     }
-}
-
-/// Maps an input read-only; `None` for an empty file (which cannot be mapped).
-fn map_file(path: &Path) -> std::io::Result<Option<memmap2::Mmap>> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(None);
-    }
-    // SAFETY: the file is claimed (renamed out of producers' reach), so nothing modifies it
-    // while mapped; a producer that keeps writing after the rename breaks the spool protocol.
-    Ok(Some(unsafe { memmap2::Mmap::map(&file)? }))
 }

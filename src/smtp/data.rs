@@ -31,6 +31,8 @@ pub struct DataWriter {
     pending_cr: bool,
     /// No empty line has been written yet: long lines are folded, not split.
     in_header: bool,
+    /// Dots added by dot-stuffing so far (not part of the message's size, RFC 1870).
+    stuffed: u64,
 }
 
 impl Default for DataWriter {
@@ -39,6 +41,7 @@ impl Default for DataWriter {
             line_len: 0,
             pending_cr: false,
             in_header: true,
+            stuffed: 0,
         }
     }
 }
@@ -68,6 +71,7 @@ impl DataWriter {
                 }
                 if self.line_len == 0 && b == b'.' {
                     out.push(b'.');
+                    self.stuffed += 1;
                     self.line_len += 1;
                 }
                 let take = (LINE_OCTETS_MAX - self.line_len).min(run.len());
@@ -115,11 +119,20 @@ impl DataWriter {
 
 /// Encodes a whole message as DATA content, terminator included.
 pub fn encode_data(message: &[u8]) -> Vec<u8> {
+    encode_data_sized(message).0
+}
+
+/// Encodes a whole message as DATA content, terminator included, with the message's size as
+/// RFC 1870 counts it for `SIZE=`: the octets as transmitted (line endings canonical, folds
+/// included) without the dots of dot-stuffing and without the terminator.
+pub fn encode_data_sized(message: &[u8]) -> (Vec<u8>, u64) {
     let mut out = Vec::with_capacity(message.len() + 64);
     let mut w = DataWriter::new();
     w.write(message, &mut out);
+    let stuffed = w.stuffed;
     w.finish(&mut out);
-    out
+    let size = out.len() as u64 - stuffed - b".\r\n".len() as u64;
+    (out, size)
 }
 
 #[cfg(test)]
@@ -160,6 +173,16 @@ mod tests {
         assert_eq!(lines[5].len(), LINE_OCTETS_MAX + 1);
         assert_eq!(lines[6].len(), 2500 - 2 * LINE_OCTETS_MAX + 1);
         assert_eq!(&lines[7..], [&b".\r"[..], b""]);
+    }
+
+    #[test]
+    fn size_counts_canonical_line_endings_but_not_dot_stuffing() {
+        // 5 lines with bare LF: 5 octets more once canonical; two stuffed dots do not count.
+        let (data, size) = encode_data_sized(b"a\n.b\nc\n..\ne\n");
+        assert_eq!(data, b"a\r\n..b\r\nc\r\n...\r\ne\r\n.\r\n");
+        assert_eq!(size, 12 + 5);
+        let (_, size) = encode_data_sized(b"no newline");
+        assert_eq!(size, 12, "the CRLF the writer adds is part of the message");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! `RcptResult::ServiceClosing` (retry elsewhere; not a failure of the message) and the session
 //! closes.
 
-use super::data::encode_data;
+use super::data::encode_data_sized;
 use super::reply::{Reply, ReplyError, ReplyParser};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -163,6 +163,9 @@ enum Phase {
 
 struct Active {
     tx: Transaction,
+    /// The message as DATA content (canonical, dot-stuffed, terminated), encoded once at
+    /// `start` so that `SIZE=` declares what is sent; `tx.message` is emptied then.
+    data: Vec<u8>,
     results: Vec<Option<RcptResult>>,
     mail_failed: Option<Reply>,
 }
@@ -183,6 +186,8 @@ pub struct Session {
     actions: VecDeque<Action>,
     /// The last transaction did not end cleanly; RSET before the next.
     needs_rset: bool,
+    /// Complete replies received so far: the shell starts a new deadline when it changes.
+    replies_received: u64,
 }
 
 impl Session {
@@ -201,6 +206,7 @@ impl Session {
             active: None,
             actions: VecDeque::new(),
             needs_rset: false,
+            replies_received: 0,
         }
     }
 
@@ -223,6 +229,12 @@ impl Session {
     /// The next thing for the shell to do, if any.
     pub fn next_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Complete replies received so far. A shell bounds each reply as a whole: the wait for
+    /// the next one starts when this changes, and bytes that trickle in do not extend it.
+    pub fn replies_received(&self) -> u64 {
+        self.replies_received
     }
 
     /// How long the shell may wait for what the session waits for now.
@@ -296,8 +308,11 @@ impl Session {
         self.phase = Phase::Transaction;
         let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
         let eight_bit = !tx.message.is_ascii();
+        let mut tx = tx;
+        let (data, size) = encode_data_sized(&std::mem::take(&mut tx.message));
         let mut active = Active {
             tx,
+            data,
             results: vec![None; n],
             mail_failed: None,
         };
@@ -306,11 +321,7 @@ impl Session {
                 553,
                 "5.6.7 the server does not support SMTPUTF8, which these addresses need",
             ))
-        } else if self
-            .caps
-            .size
-            .is_some_and(|max| active.tx.message.len() as u64 > max)
-        {
+        } else if self.caps.size.is_some_and(|max| size > max) {
             Some(Reply::new(
                 552,
                 "5.3.4 message exceeds the server's SIZE limit",
@@ -330,7 +341,7 @@ impl Session {
         }
         let mut mail = format!("MAIL FROM:<{}>", active.tx.mail_from);
         if self.caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", active.tx.message.len()));
+            mail.push_str(&format!(" SIZE={size}"));
         }
         if eight_bit && self.caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
@@ -374,6 +385,7 @@ impl Session {
     }
 
     fn on_reply(&mut self, reply: Reply) {
+        self.replies_received += 1;
         let Some(expect) = self.in_flight.pop_front() else {
             // Unsolicited: only a 421 (the server going away) is legitimate.
             if reply.code == 421 {
@@ -386,6 +398,20 @@ impl Session {
             }
             return;
         };
+        if reply.code == 421 && expect == Expect::DataEnd {
+            // The server received the whole message and answered it with 421: that is this
+            // message's reply (an attempt, retried on the usual schedule), not load shed
+            // before it. Otherwise a server that 421s every message would have it resent
+            // every few seconds, uncounted, until it expires.
+            if let Some(a) = self.active.as_mut() {
+                for r in a.results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(RcptResult::Reply(reply.clone()));
+                }
+            }
+            self.finish_transaction();
+            self.close_with(CloseReason::ServiceClosing(reply), None);
+            return;
+        }
         if reply.code == 421 && expect != Expect::Quit {
             self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
             return;
@@ -481,7 +507,7 @@ impl Session {
                 self.needs_rset = true;
                 self.send(b".\r\n".to_vec(), Expect::EmptyDataEnd);
             } else {
-                let data = encode_data(&a.tx.message);
+                let data = std::mem::take(&mut a.data);
                 self.send(data, Expect::DataEnd);
             }
             return;
@@ -797,6 +823,41 @@ mod tests {
         );
         assert!(matches!(results[1], RcptResult::ServiceClosing(_)));
         assert!(matches!(h.closed, Some(CloseReason::ServiceClosing(_))));
+    }
+
+    #[test]
+    fn a_421_answering_the_message_is_its_reply_not_load_shedding() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test", "b@x.test"], "x"));
+        h.drain();
+        h.server("250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n");
+        h.server("421 4.3.2 not accepting messages\r\n");
+        let results = &h.done[0];
+        assert_eq!(codes(results), vec![550, 421]);
+        assert!(
+            matches!(&results[1], RcptResult::Reply(r) if r.code == 421),
+            "{results:?}"
+        );
+        assert!(matches!(h.closed, Some(CloseReason::ServiceClosing(_))));
+        assert!(h.s.is_closed());
+    }
+
+    #[test]
+    fn size_declares_the_canonical_message() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.take_sent();
+        h.s.start(tx(&["a@x.test"], "S: x\n\n.a\nb\n"));
+        h.drain();
+        // 11 octets with bare LFs are 15 with CRLF; the stuffed dot does not count.
+        let sent = h.take_sent();
+        assert!(
+            sent.starts_with("MAIL FROM:<bounces@acme.example> SIZE=15\r\n"),
+            "{sent}"
+        );
     }
 
     #[test]
