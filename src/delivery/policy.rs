@@ -112,42 +112,43 @@ fn classify_reply(r: &Reply) -> Outcome {
     }
 }
 
-/// Classifies a routing result that ends delivery before any connection.
-pub fn classify_destination(domain: &str, d: &Destination) -> Option<Outcome> {
-    let local = |verdict, enhanced: EnhancedCode, response: String, category| Outcome {
-        verdict,
+/// A bounce Spate decides itself, before or without any SMTP reply (code 0 in the log).
+fn local_bounce(enhanced: EnhancedCode, category: BounceCategory, response: String) -> Outcome {
+    Outcome {
+        verdict: Verdict::Bounced,
         fault: Fault::Message,
         code: 0,
         enhanced: Some(enhanced),
         response,
-        category,
+        category: Some(category),
         pushback: false,
-    };
+    }
+}
+
+/// Classifies a routing result that ends delivery before any connection.
+pub fn classify_destination(domain: &str, d: &Destination) -> Option<Outcome> {
+    use BounceCategory::{BadDomain, Policy};
     match d {
         Destination::Hosts(_) => None,
-        Destination::NullMx => Some(local(
-            Verdict::Bounced,
+        Destination::NullMx => Some(local_bounce(
             EnhancedCode::new(5, 1, 10),
+            BadDomain,
             format!("{domain} accepts no mail (null MX, RFC 7505)"),
-            Some(BounceCategory::BadDomain),
         )),
-        Destination::NoSuchDomain => Some(local(
-            Verdict::Bounced,
+        Destination::NoSuchDomain => Some(local_bounce(
             EnhancedCode::new(5, 1, 2),
+            BadDomain,
             format!("{domain}: no such domain (NXDOMAIN)"),
-            Some(BounceCategory::BadDomain),
         )),
-        Destination::NoAddress => Some(local(
-            Verdict::Bounced,
+        Destination::NoAddress => Some(local_bounce(
             EnhancedCode::new(5, 1, 2),
+            BadDomain,
             format!("{domain}: no MX and no address (A/AAAA)"),
-            Some(BounceCategory::BadDomain),
         )),
-        Destination::Unusable(why) => Some(local(
-            Verdict::Bounced,
+        Destination::Unusable(why) => Some(local_bounce(
             EnhancedCode::new(5, 4, 4),
+            Policy,
             format!("{domain}: no usable MX: {why}"),
-            Some(BounceCategory::Policy),
         )),
         Destination::TemporaryFailure(why) => Some(Outcome {
             verdict: Verdict::Deferred,
@@ -166,29 +167,13 @@ pub fn classify_destination(domain: &str, d: &Destination) -> Option<Outcome> {
 /// (the domain may be fine; Spate's policy refuses it). `why` names the addresses and the
 /// configuration key that would allow them.
 pub fn refused_destination(why: String) -> Outcome {
-    Outcome {
-        verdict: Verdict::Bounced,
-        fault: Fault::Message,
-        code: 0,
-        enhanced: Some(EnhancedCode::new(5, 4, 4)),
-        response: why,
-        category: Some(BounceCategory::Policy),
-        pushback: false,
-    }
+    local_bounce(EnhancedCode::new(5, 4, 4), BounceCategory::Policy, why)
 }
 
 /// No host of the destination has an address, and DNS said so for good (NXDOMAIN or NODATA
 /// for A and AAAA of every host): a bounce, 5.4.4, as Postfix does, not days of retries.
 pub fn no_host_address(why: String) -> Outcome {
-    Outcome {
-        verdict: Verdict::Bounced,
-        fault: Fault::Message,
-        code: 0,
-        enhanced: Some(EnhancedCode::new(5, 4, 4)),
-        response: why,
-        category: Some(BounceCategory::BadDomain),
-        pushback: false,
-    }
+    local_bounce(EnhancedCode::new(5, 4, 4), BounceCategory::BadDomain, why)
 }
 
 /// The bounce category from the enhanced code first, then from the text.
