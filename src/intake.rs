@@ -305,7 +305,7 @@ impl<'a> Parser<'a> {
                                 // transaction.
                                 Some(first) => Err(Rejection {
                                     line: self.line_no,
-                                    recipient: value.to_string(),
+                                    recipient: rcpt.clone(),
                                     reason: format!("duplicate of the x-receiver on line {first}"),
                                 }),
                                 None => {

@@ -230,6 +230,9 @@ impl Connection {
         loop {
             while let Some(action) = self.session.next_action() {
                 match action {
+                    // A session that closed since it queued these bytes (a protocol error
+                    // behind a 354) must not have them sent: the content above all.
+                    Action::Send(_) if self.session.is_closed() => {}
                     Action::Send(bytes) => {
                         let t = self.session.timeout();
                         let wrote = timeout(t, async {

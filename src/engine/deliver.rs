@@ -892,8 +892,13 @@ impl Shard {
                 }
             }
         };
-        // A 421 says nothing about the message: the attempt is not counted.
-        let attempts = if state == OutcomeState::Deferred && due_ms > 0 && o.code == 421 {
+        // A 421 before the message was sent says nothing about it: the attempt is not counted
+        // (a 421 answering the final dot is the message's reply, Fault::Message, and counts).
+        let attempts = if state == OutcomeState::Deferred
+            && due_ms > 0
+            && o.code == 421
+            && o.fault == Fault::Connection
+        {
             e.attempts
         } else {
             attempt.min(255) as u8

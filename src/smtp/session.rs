@@ -188,6 +188,9 @@ pub struct Session {
     needs_rset: bool,
     /// Complete replies received so far: the shell starts a new deadline when it changes.
     replies_received: u64,
+    /// The reply just handled queued the message content (a 354): nothing may follow it
+    /// before the content is sent.
+    data_queued: bool,
 }
 
 impl Session {
@@ -207,6 +210,7 @@ impl Session {
             actions: VecDeque::new(),
             needs_rset: false,
             replies_received: 0,
+            data_queued: false,
         }
     }
 
@@ -267,6 +271,15 @@ impl Session {
                 }
             }
             if self.phase == Phase::Closed {
+                break;
+            }
+            if std::mem::take(&mut self.data_queued) && self.parser.buffered() > 0 {
+                // A reply to content not sent yet (a 250 in the packet with the 354, or
+                // garbage): never read as the message's answer; the content is not sent.
+                self.close_with(
+                    CloseReason::Protocol("the server replied before the message was sent".into()),
+                    None,
+                );
                 break;
             }
             if self.phase == Phase::TlsHandshake {
@@ -416,6 +429,13 @@ impl Session {
             self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
             return;
         }
+        if self.phase == Phase::Closing && expect != Expect::Quit {
+            // `quit` came while the greeting, EHLO or STARTTLS was in flight: its reply moves
+            // the session nowhere (no EHLO, no STARTTLS, never ready). QUIT goes out once
+            // nothing else is in flight.
+            self.flush();
+            return;
+        }
         match expect {
             Expect::Greeting => {
                 if reply.code == 220 {
@@ -509,6 +529,7 @@ impl Session {
             } else {
                 let data = std::mem::take(&mut a.data);
                 self.send(data, Expect::DataEnd);
+                self.data_queued = true;
             }
             return;
         }
@@ -844,6 +865,29 @@ mod tests {
         assert!(h.s.is_closed());
     }
 
+    /// Found by the hostile corpus: a 250 in the same packet as the 354 was read as the
+    /// answer to a message not sent yet.
+    #[test]
+    fn a_reply_before_the_content_is_sent_is_a_protocol_error() {
+        for trailer in ["250 2.0.0 ok\r\n", "blah\r\n"] {
+            let mut h = Harness::new(TlsPolicy::Disabled);
+            h.server("220 hi\r\n");
+            h.server(EHLO_PIPE);
+            h.s.start(tx(&["a@x.test"], "x"));
+            h.drain();
+            h.server(&format!("250 ok\r\n250 ok\r\n354 go\r\n{trailer}"));
+            assert!(
+                matches!(h.done[0][0], RcptResult::ConnectionLost(_)),
+                "{trailer:?}: {:?}",
+                h.done
+            );
+            assert!(
+                matches!(h.closed, Some(CloseReason::Protocol(_))),
+                "{trailer:?}"
+            );
+        }
+    }
+
     #[test]
     fn size_declares_the_canonical_message() {
         let mut h = Harness::new(TlsPolicy::Disabled);
@@ -971,6 +1015,35 @@ mod tests {
         h.s.start(tx(&[], "x"));
         h.drain();
         assert!(h.take_sent().is_empty());
+    }
+
+    /// Found by the `session` fuzz target: `quit` while the greeting or EHLO was in flight
+    /// queued QUIT, but the reply to the command in flight still moved the session on: it
+    /// became ready (and took a transaction, sent after QUIT) or asked for STARTTLS.
+    #[test]
+    fn quit_while_opening_sends_only_quit_and_never_becomes_ready() {
+        for (policy, replies) in [
+            (TlsPolicy::Opportunistic, "250-mx\r\n250 PIPELINING\r\n"),
+            (TlsPolicy::Required, "250-mx\r\n250 STARTTLS\r\n"),
+        ] {
+            let mut h = Harness::new(policy);
+            h.server("220 hi\r\n");
+            assert_eq!(h.take_sent(), "EHLO mta.example\r\n");
+            h.s.quit();
+            h.drain();
+            h.server(replies);
+            assert_eq!(h.ready, 0, "{policy:?}: ready after quit");
+            assert!(!h.starttls, "{policy:?}: STARTTLS after quit");
+            assert_eq!(h.take_sent(), "QUIT\r\n", "{policy:?}");
+            h.server("221 bye\r\n");
+            assert_eq!(h.closed, Some(CloseReason::Quit), "{policy:?}");
+        }
+        // Before the greeting: QUIT follows it.
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.s.quit();
+        h.drain();
+        h.server("220 hi\r\n");
+        assert_eq!(h.take_sent(), "QUIT\r\n");
     }
 
     #[test]

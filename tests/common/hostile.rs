@@ -31,6 +31,10 @@ pub enum Act {
     Dribble(Vec<u8>, Duration),
     /// Wait (bounded by the server's stop).
     Stall(Duration),
+    /// Read and discard up to this many bytes of what the client sends next (bounded by the
+    /// server's stop and the connection's lifetime): a server that takes part of a message
+    /// and then hangs up. What was read is added to `Seen::swallowed`.
+    Swallow(usize),
     /// Hang up.
     Close,
 }
@@ -48,6 +52,8 @@ pub struct Seen {
     pub commands: Vec<String>,
     /// Every DATA content received, as sent (still dot-stuffed).
     pub data: Vec<Vec<u8>>,
+    /// Bytes read and discarded by `Act::Swallow`.
+    pub swallowed: usize,
 }
 
 pub struct Hostile {
@@ -122,7 +128,7 @@ impl Drop for Hostile {
 }
 
 /// Performs `acts`; false once the connection is to end.
-fn perform(conn: &mut TcpStream, acts: Vec<Act>, stop: &AtomicBool) -> bool {
+fn perform(conn: &mut TcpStream, acts: Vec<Act>, stop: &AtomicBool, seen: &Mutex<Seen>) -> bool {
     for act in acts {
         match act {
             Act::Send(bytes) => {
@@ -147,6 +153,28 @@ fn perform(conn: &mut TcpStream, acts: Vec<Act>, stop: &AtomicBool) -> bool {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
+            Act::Swallow(n) => {
+                let until = Instant::now() + CONNECTION_LIFETIME_MAX;
+                let mut chunk = [0u8; 4096];
+                let mut left = n;
+                while left > 0 && Instant::now() < until {
+                    if stop.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    let want = left.min(chunk.len());
+                    match conn.read(&mut chunk[..want]) {
+                        Ok(0) => return false,
+                        Ok(got) => {
+                            left -= got;
+                            seen.lock().unwrap().swallowed += got;
+                        }
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return false,
+                    }
+                }
+            }
             Act::Close => return false,
         }
     }
@@ -163,7 +191,7 @@ fn serve(
     conn.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let started = Instant::now();
-    if !perform(&mut conn, script(&Event::Connected), stop) {
+    if !perform(&mut conn, script(&Event::Connected), stop, seen) {
         return;
     }
     let mut buf = Vec::new();
@@ -213,7 +241,7 @@ fn serve(
                 in_data = starts_data;
                 acts
             };
-            if !perform(&mut conn, acts, stop) {
+            if !perform(&mut conn, acts, stop, seen) {
                 return;
             }
         }
@@ -248,4 +276,130 @@ pub fn polite(event: &Event<'_>) -> Vec<Act> {
             }
         }
     }
+}
+
+/// RFC 5321 4.5.3.1.6: 1000 octets per line including CRLF.
+pub const LINE_OCTETS_MAX: usize = 998;
+
+/// The lines a receiver should see for `message` once dot-stuffing is undone, as a mail
+/// system is expected to send it: every CRLF, bare CR and bare LF ends one line (RFC 5321
+/// 2.3.8), an unfinished last line is ended, and a line over 998 octets (counting the dot
+/// that stuffing adds to a line that starts with one) is broken there, with a fold (CRLF SP)
+/// in the header section and a plain line break in the body.
+pub fn expected_lines(message: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut in_header = true;
+    for line in canonical_lines(message) {
+        if line.is_empty() {
+            in_header = false;
+            out.push(Vec::new());
+            continue;
+        }
+        let (mut current, mut octets) = (Vec::new(), 0);
+        for &b in line {
+            if octets == LINE_OCTETS_MAX {
+                out.push(std::mem::take(&mut current));
+                octets = 0;
+                if in_header {
+                    current.push(b' ');
+                    octets = 1;
+                }
+            }
+            if octets == 0 && b == b'.' {
+                octets += 1;
+            }
+            current.push(b);
+            octets += 1;
+        }
+        out.push(current);
+    }
+    out
+}
+
+/// `message` split into lines at CRLF, bare CR and bare LF; an unfinished last line counts.
+pub fn canonical_lines(message: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut rest = message;
+    while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        lines.push(&rest[..i]);
+        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        rest = &rest[i + if crlf { 2 } else { 1 }..];
+    }
+    if !rest.is_empty() {
+        lines.push(rest);
+    }
+    lines
+}
+
+/// Checks one message as a receiver got it: `received` is the DATA content as sent (still
+/// dot-stuffed, the final `.` line excluded, as `Seen::data` and the sink's bodies hold it).
+/// It must be well-formed (CRLF line endings only, no line over 998 octets, every line that
+/// starts with a dot stuffed, so no early end of data), carry exactly the header fields
+/// `fields` in order, and be exactly `meant` once dot-stuffing is undone (`expected_lines`).
+pub fn assert_received_exactly(received: &[u8], meant: &[u8], fields: &[&str], what: &str) {
+    for (i, &b) in received.iter().enumerate() {
+        if b == b'\n' {
+            assert!(i > 0 && received[i - 1] == b'\r', "{what}: bare LF at {i}");
+        }
+        if b == b'\r' {
+            assert!(
+                received.get(i + 1) == Some(&b'\n'),
+                "{what}: bare CR at {i}"
+            );
+        }
+    }
+    assert!(
+        received.ends_with(b"\r\n"),
+        "{what}: does not end with CRLF"
+    );
+    let mut wire: Vec<&[u8]> = received.split(|&b| b == b'\n').collect();
+    wire.pop();
+    let mut got = Vec::with_capacity(wire.len());
+    for (n, line) in wire.iter().enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(
+            line.len() <= LINE_OCTETS_MAX,
+            "{what}: line {} is {} octets",
+            n + 1,
+            line.len()
+        );
+        assert_ne!(
+            line,
+            b".",
+            "{what}: an unstuffed lone dot on line {}",
+            n + 1
+        );
+        got.push(line.strip_prefix(b".").unwrap_or(line));
+    }
+    let want = expected_lines(meant);
+    let shown = |l: &[u8]| {
+        let text = String::from_utf8_lossy(&l[..l.len().min(120)]).into_owned();
+        format!("{text:?} ({} octets)", l.len())
+    };
+    for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            *g == &w[..],
+            "{what}: line {} differs: received {}, meant {}",
+            n + 1,
+            shown(g),
+            shown(w)
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} lines received, {} meant (the message was cut short or extended)",
+        got.len(),
+        want.len()
+    );
+    let names: Vec<String> = got
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| !l.starts_with(b" ") && !l.starts_with(b"\t"))
+        .map(|l| {
+            let end = l.iter().position(|&b| b == b':').unwrap_or(l.len());
+            String::from_utf8_lossy(&l[..end]).into_owned()
+        })
+        .collect();
+    assert_eq!(names, fields, "{what}: header field names");
 }
