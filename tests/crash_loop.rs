@@ -15,14 +15,14 @@
 mod common;
 
 use common::sink::{Behaviour, Sink};
+use common::tmpfs::{privileged, Tmpfs};
 use common::*;
 use spate::queue::record::Kind;
 use spate::queue::segment::{list_segments, scan_bytes};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -231,52 +231,6 @@ fn events_by_recipient(env: &Env) -> HashMap<String, Vec<String>> {
 
 fn count_of(events: Option<&Vec<String>>, kind: &str) -> usize {
     events.map_or(0, |v| v.iter().filter(|t| *t == kind).count())
-}
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run these tests as root"
-        );
-        eprintln!("not root: skipping a test that needs root (it mounts a tmpfs)");
-    }
-    root
-}
-
-/// A tmpfs of a fixed size, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount tmpfs");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,57 +6,11 @@
 
 mod common;
 
+use common::tmpfs::{privileged, Tmpfs};
 use common::*;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run these tests as root"
-        );
-        eprintln!("not root: skipping a test that needs root");
-    }
-    root
-}
-
-/// A tmpfs of a fixed size, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount tmpfs");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// A batch whose template is about 1 MiB, so a few dozen fill a 32 MiB segment.
 fn heavy_batch(n: usize, recipients: usize) -> Vec<u8> {

@@ -252,6 +252,7 @@ pub fn is_file(p: &Path) -> bool {
 
 pub mod hostile;
 pub mod sink;
+pub mod tmpfs;
 
 /// Waits until `n` recipients have a final record (Delivery or Bounce); on timeout, panics
 /// with the last event of the ones that do not, and the engine's stderr.
