@@ -151,7 +151,10 @@ impl Spool {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if is_ignored(&name) || !entry.file_type()?.is_file() {
+            // Anything but a directory (claimed/) is a candidate: a symbolic link, a FIFO or
+            // a device is claimed like a file and then refused into bad/ with the reason by
+            // `read_claimed`, instead of sitting in incoming/ unreported.
+            if is_ignored(&name) || entry.file_type()?.is_dir() {
                 continue;
             }
             names.push(name);

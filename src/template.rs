@@ -121,6 +121,11 @@ impl Template {
                     "template byte {open}: placeholder runs over the blank line that ends the header"
                 )));
             }
+            if in_header && in_field_name(&source[..open]) {
+                return Err(TemplateError(format!(
+                    "template byte {open}: placeholder {{{{ {name} }}}} is in a header field's name; only field values may hold placeholders (a value there could add, end or join fields)"
+                )));
+            }
             push_literal(&mut parts, literal_start..open, header_end);
             let index = match var_names.iter().position(|n| n == name) {
                 Some(idx) => idx,
@@ -306,6 +311,23 @@ impl HeaderLine {
 }
 
 /// Appends a literal part, split at the end of the header so that no part spans it.
+/// True if a placeholder after `before` (the template up to it, in the header section)
+/// would be part of a field name: at the start of a line (after LF or a bare CR, which the
+/// DATA writer turns into a line break) or before the line's first colon. A continuation
+/// line (starting with a space or tab) holds only value text.
+fn in_field_name(before: &[u8]) -> bool {
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n' || b == b'\r')
+        .map_or(0, |p| p + 1);
+    let line = &before[line_start..];
+    match line.first() {
+        None => true,
+        Some(b' ' | b'\t') => false,
+        Some(_) => !line.contains(&b':'),
+    }
+}
+
 fn push_literal(parts: &mut Vec<Part>, range: Range<usize>, header_end: usize) {
     let split = header_end.clamp(range.start, range.end);
     for r in [range.start..split, split..range.end] {
@@ -589,10 +611,28 @@ mod tests {
                 "Subject: {{ s\r\n\r\n }}body\r\n",
                 "runs over the blank line",
             ),
+            // A value that starts a header line chooses it: `Bcc: x@evil.example` adds a
+            // field, an empty value ends the header, a leading space joins the field above.
+            ("{{ v }}\r\nSubject: x\r\n\r\nbody", "field's name"),
+            ("Subject: x\r\n{{ v }}\r\n\r\nbody", "field's name"),
+            ("X: a\r{{ v }}\nSubject: x\r\n\r\nbody", "field's name"),
+            ("X-{{ v }}: a\r\n\r\nbody", "field's name"),
         ] {
             let e = Template::parse(src.as_bytes().to_vec()).unwrap_err();
             assert!(e.0.contains(why), "{src:?}: {e}");
         }
+    }
+
+    #[test]
+    fn placeholders_in_values_and_continuation_lines_are_fine() {
+        let t = Template::parse(
+            b"Subject: {{ s }}: {{ s }}\r\nX-Long: a\r\n\t{{ s }}\r\n\r\n{{ s }}\r\n".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(
+            render(&t, &["hi"]),
+            "Subject: hi: hi\r\nX-Long: a\r\n\thi\r\n\r\nhi\r\n"
+        );
     }
 
     #[test]

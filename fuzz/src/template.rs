@@ -14,9 +14,9 @@
 //!     template, not left to the DATA writer);
 //!   - no value adds, removes or renames a header field: the field names the receiver reads
 //!     after the DATA writer are the template's, where a name holding a placeholder matches
-//!     any name. (Not checked for a template with a placeholder at the very start of a header
-//!     line: there the value is the start of the line, and chooses the field by design.)
-//!     This is what catches a value that smuggles CR or LF into the header.
+//!     any name, and `parse` refuses a placeholder in a field name (at the start of a header
+//!     line, or before its colon), where a value could choose the field. This is what catches
+//!     a value that smuggles CR or LF into the header.
 
 use crate::data_writer::{canonical_lines, field_names, FieldName};
 use spate::smtp::data::{encode_data, LINE_OCTETS_MAX};
@@ -63,9 +63,7 @@ pub fn check(input: &[u8]) {
             line.len()
         );
     }
-    let Some(want) = template_fields(source) else {
-        return;
-    };
+    let want = template_fields(source);
     let data = encode_data(rendered);
     let received = received_lines(&data);
     let got = field_names(&received);
@@ -82,30 +80,31 @@ pub fn check(input: &[u8]) {
 }
 
 /// The template's header field names as the receiver will read them (`None` where the name
-/// holds a placeholder or whitespace, which a fold may split), or `None` if a header line
-/// starts with a placeholder.
-fn template_fields(source: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
+/// holds whitespace, which a fold may split).
+fn template_fields(source: &[u8]) -> Vec<Option<Vec<u8>>> {
     let skeleton = skeleton(source);
     let mut fields = Vec::new();
     for line in canonical_lines(&skeleton) {
         if line.is_empty() {
             break;
         }
-        if line.starts_with(PLACEHOLDER) {
-            return None;
-        }
         if line.starts_with(b" ") || line.starts_with(b"\t") {
             continue;
         }
-        let name = line
-            .iter()
-            .position(|&b| b == b':')
+        let colon = line.iter().position(|&b| b == b':');
+        let placeholder = find(line, PLACEHOLDER);
+        assert!(
+            placeholder.is_none_or(|p| colon.is_some_and(|c| c < p)),
+            "parse accepted a placeholder in a field name: {:?}",
+            String::from_utf8_lossy(line)
+        );
+        let name = colon
             .map(|c| &line[..c])
             .filter(|name| name.len() < LINE_OCTETS_MAX - 1)
-            .filter(|name| !name.iter().any(|&b| matches!(b, b'{' | b' ' | b'\t')));
+            .filter(|name| !name.iter().any(|&b| matches!(b, b' ' | b'\t')));
         fields.push(name.map(<[u8]>::to_vec));
     }
-    Some(fields)
+    fields
 }
 
 /// What every placeholder becomes in `skeleton`.
