@@ -160,8 +160,14 @@ pub fn read_shards(data_dir: &Path) -> io::Result<Vec<ShardView>> {
                     format!("{}: {why}", path.display()),
                 )
             })?;
-            view.replay.begin_segment();
+            view.replay.begin_segment(header.base_seq, map.len());
             scan_bytes(&map, |offset, r| view.replay.record(&map, offset, r));
+            if let Some((at, why)) = &view.replay.damage {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {why} (byte {at})", path.display()),
+                ));
+            }
             view.segments.push((header.base_seq, map));
         }
         shards.push(view);

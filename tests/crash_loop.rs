@@ -609,7 +609,6 @@ fn kill_9_again_and_again_while_delivering_loses_no_recipient_and_bounds_duplica
 /// What an operator reading the delivery log needs after a crash: every delivery the queue
 /// recorded as final has its Delivery line (a repeated line is fine, at least once).
 #[test]
-#[ignore = "bug: kill -9 loses Delivery lines of outcomes the queue keeps (the log is buffered until the next group commit)"]
 fn kill_9_while_delivering_leaves_a_delivery_line_for_every_delivered_recipient() {
     const N: usize = 800;
     const DOMAINS: [&str; 4] = ["a.test", "b.test", "c.test", "d.test"];

@@ -127,7 +127,8 @@ enum Op {
     /// Damage: a record of any kind and payload, with a valid checksum.
     Raw { kind: u8, payload: Vec<u8> },
     /// Damage: the next sequence number moves back by `-delta` (stale data follows), or
-    /// forward by `delta` if `FORWARD_SEQ_JUMPS`.
+    /// forward by `delta` (recovery allows a crash's worth of skipped numbers, and refuses
+    /// the segments beyond that).
     SeqJump { delta: i16 },
     /// Damage: bytes written without a frame (a torn write).
     Garbage { bytes: Vec<u8> },
@@ -138,13 +139,6 @@ enum Op {
     /// The next segment starts here (its base is the next sequence number).
     NextSegment,
 }
-
-/// Whether scripts may make sequence numbers jump forward. Off while recovery fills every
-/// skipped sequence number with an index entry (24 bytes each, `Index::place`): one record
-/// with a far-off sequence number (or a segment header with a far-off base) makes recovery
-/// allocate without bound, which this target finds within seconds. Turn it on once
-/// `Replay` refuses such records (see fuzz/README.md, "Known issues").
-const FORWARD_SEQ_JUMPS: bool = false;
 
 /// Segments may not grow past this; a script that would is cut there.
 const SEGMENT_BYTES_MAX: usize = 64 << 10;
@@ -319,10 +313,8 @@ impl Written {
                 let delta = i64::from(delta);
                 self.next_seq = if delta < 0 {
                     self.next_seq.saturating_sub(delta.unsigned_abs())
-                } else if FORWARD_SEQ_JUMPS {
-                    self.next_seq.saturating_add(delta as u64)
                 } else {
-                    self.next_seq
+                    self.next_seq.saturating_add(delta as u64)
                 };
             }
             Op::Garbage { bytes } => {
@@ -407,8 +399,7 @@ fn recover(segments: &[Vec<u8>]) -> Replay {
     let mut replay = Replay::default();
     for seg in segments {
         let header = SegmentHeader::decode(seg).expect("checked above");
-        replay.begin_segment();
-        replay.next_seq = replay.next_seq.max(header.base_seq);
+        replay.begin_segment(header.base_seq, seg.len());
         let end = scan_bytes(seg, |offset, r| replay.record(seg, offset, r));
         assert!(end.valid_end <= seg.len());
         assert!(
@@ -468,6 +459,7 @@ fn check_index(replay: &Replay, w: &Written) {
         );
     }
     if !w.damaged {
+        assert_eq!(replay.damage, None, "undamaged segments refused");
         assert!(
             index.domains_in_use() <= live.len(),
             "domains with no live recipient"

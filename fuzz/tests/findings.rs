@@ -1,6 +1,5 @@
-//! Findings of the fuzz targets that need a change in a file the fuzzing work could not
-//! touch. Each test fails today; `cargo test -- --ignored` in fuzz/ shows them. Once fixed,
-//! drop the `#[ignore]` (and turn on what the target gates, as each test says).
+//! Findings of the fuzz targets that needed a fix outside `fuzz/`, kept as regression tests
+//! (crashes found by `cargo fuzz run` are kept as inputs in `regressions/` instead).
 
 use spate::queue::record::{
     encode_record, CommitPayload, Kind, RecipientPayload, SegmentHeader, RECORD_HEADER_BYTES,
@@ -32,13 +31,12 @@ fn committed_recipient(out: &mut Vec<u8>, seq: u64) {
     record(out, seq + 1, Kind::Commit, &commit.encode());
 }
 
-/// `queue_recovery` (with `FORWARD_SEQ_JUMPS`): a record whose sequence number jumps far
-/// ahead makes `Index::place` fill every skipped number with a 24-byte entry, so a few
-/// hundred bytes of segment (CRC-valid, as a bug or a crafted file can make them) allocate
-/// gigabytes; a sequence number of `u64::MAX` overflows `Replay::record`'s `r.seq + 1`.
-/// Here the jump is 2^20, so the test fails fast instead of exhausting memory.
+/// `queue_recovery`: a record whose sequence number jumps far ahead made `Index::place`
+/// fill every skipped number with a 24-byte entry, so a few hundred bytes of segment
+/// (CRC-valid, as a bug or a crafted file can make them) allocated gigabytes. Fixed:
+/// recovery allows forward jumps only as far as the segments' records could account for,
+/// and marks the replay damaged beyond that (`ShardQueue::open` refuses to start on it).
 #[test]
-#[ignore = "needs a fix in src/queue/store.rs (see fuzz/README.md)"]
 fn a_far_sequence_number_does_not_make_recovery_allocate_per_skipped_number() {
     let header = SegmentHeader {
         shard: 0,
@@ -50,5 +48,7 @@ fn a_far_sequence_number_does_not_make_recovery_allocate_per_skipped_number() {
     committed_recipient(&mut seg, 0);
     committed_recipient(&mut seg, 1 << 20);
     seg.extend_from_slice(&[0; 64]);
-    spate_fuzz::queue::recover_bounded(&[seg]);
+    let replay = spate_fuzz::queue::recover_bounded(&[seg]);
+    let (_, why) = replay.damage.expect("the jump is reported");
+    assert!(why.contains("jumps"), "{why}");
 }

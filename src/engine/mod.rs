@@ -868,6 +868,14 @@ impl Shard {
     async fn commit(&self) -> Result<(), String> {
         let done = std::mem::take(&mut *self.unsynced.borrow_mut());
         self.unsynced_records.set(0);
+        // The log lines of the outcomes decided since the last commit go to the page cache
+        // before those outcomes' records reach the segment (`take_sync_job` writes them): a
+        // kill -9 never keeps a final outcome whose line was lost. A crash between the two
+        // writes repeats lines after the restart instead (at least once, never none).
+        self.log
+            .borrow_mut()
+            .flush()
+            .map_err(|e| format!("delivery log: {e}"))?;
         let job = self
             .queue
             .borrow_mut()

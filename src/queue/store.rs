@@ -444,14 +444,59 @@ pub struct Replay {
     /// A record's sequence number went backwards in this segment: what follows is stale
     /// data from an earlier write, and is ignored.
     stale: bool,
+    /// Sequence numbers skipped by forward jumps so far, and how many the segments begun so
+    /// far could account for (see `SKIPPED_SEQS_PER_RECORD_SLOT`).
+    skipped_seqs: u64,
+    skip_budget: u64,
+    /// Set when the segments cannot be what Spate wrote (a sequence number jumps further
+    /// than any crash could have skipped): at which byte of the current segment, and why.
+    /// Replay stops there; `ShardQueue::open` refuses to start on it.
+    pub damage: Option<(usize, String)>,
 }
 
+/// How many sequence numbers recovery lets forward jumps skip, per record a segment could
+/// hold (its bytes over `RECORD_HEADER_BYTES`). A crash leaves a gap as long as its torn
+/// tail (the store carries on after the last record it read, committed or not), at most a
+/// segment's worth, and repeated crashes can leave several; every skipped number costs an
+/// index entry, so the allowance keeps recovery's memory proportional to the queue's bytes
+/// whatever a damaged or crafted segment says.
+pub const SKIPPED_SEQS_PER_RECORD_SLOT: u64 = 4;
+
 impl Replay {
-    /// Starts a new segment: anything pending in the previous one was never committed.
-    pub fn begin_segment(&mut self) {
+    /// Starts a new segment of `len` bytes whose header says it begins at `base_seq`:
+    /// anything pending in the previous one was never committed.
+    pub fn begin_segment(&mut self, base_seq: u64, len: usize) {
         self.pending.clear();
         self.valid_end = SEGMENT_HEADER_BYTES;
         self.stale = false;
+        self.skip_budget = self
+            .skip_budget
+            .saturating_add((len / RECORD_HEADER_BYTES) as u64 * SKIPPED_SEQS_PER_RECORD_SLOT);
+        if base_seq > self.next_seq {
+            // Before the first entry a jump costs nothing (the index starts where its first
+            // recipient is); after it, every skipped number is an entry.
+            if !self.index.entries.is_empty() {
+                self.skip(base_seq - self.next_seq, 0, base_seq);
+            }
+            if self.damage.is_none() {
+                self.next_seq = base_seq;
+            }
+        }
+    }
+
+    /// Charges a forward jump of `by` sequence numbers (to `seq`, at byte `offset`) to the
+    /// allowance, marking the replay damaged when it is spent.
+    fn skip(&mut self, by: u64, offset: usize, seq: u64) {
+        self.skipped_seqs = self.skipped_seqs.saturating_add(by);
+        if self.skipped_seqs > self.skip_budget && self.damage.is_none() {
+            self.damage = Some((
+                offset,
+                format!(
+                    "sequence number {seq} jumps {by} ahead of {}, further than the segments' records could have skipped",
+                    self.next_seq
+                ),
+            ));
+        }
     }
 
     /// Feeds the record at `offset` of `segment` (the whole segment's bytes).
@@ -460,6 +505,9 @@ impl Replay {
         // Sequence numbers only go forward. One that does not is a valid-looking record left
         // from an earlier write (a power loss can leave such bytes past a zeroed gap): it and
         // everything after it are not state. Recovery clears them with the torn tail.
+        if self.damage.is_some() {
+            return;
+        }
         if self.stale || r.seq < self.next_seq {
             if !self.stale {
                 self.anomalies.push(format!(
@@ -470,7 +518,17 @@ impl Replay {
             self.stale = true;
             return;
         }
-        self.next_seq = r.seq + 1;
+        if r.seq > self.next_seq && !self.index.entries.is_empty() {
+            self.skip(r.seq - self.next_seq, offset, r.seq);
+            if self.damage.is_some() {
+                return;
+            }
+        }
+        let Some(next_seq) = r.seq.checked_add(1) else {
+            self.damage = Some((offset, "sequence number at the end of its range".into()));
+            return;
+        };
+        self.next_seq = next_seq;
         match r.kind {
             Kind::Message | Kind::Recipient => {
                 self.pending.push((offset, r.seq, r.kind, r.payload.len()));
@@ -641,6 +699,11 @@ pub struct ShardQueue {
     dir_dirty: bool,
     /// Rollovers that found no spare and created a segment on this thread.
     pub blocking_rollovers: u64,
+    /// Outcomes applied to the index and not yet written to a segment: they are written by
+    /// the next `take_sync_job`, so that whatever the caller writes before it (the delivery
+    /// log's lines for them) reaches the page cache first. A `kill -9` then never leaves a
+    /// final outcome in the queue without its log line.
+    held_outcomes: Vec<OutcomePayload>,
 }
 
 impl ShardQueue {
@@ -692,12 +755,21 @@ impl ShardQueue {
                     ),
                 });
             }
-            replay.begin_segment();
-            replay.next_seq = replay.next_seq.max(seg.header.base_seq);
+            replay.begin_segment(seg.header.base_seq, seg.bytes().len());
             let recipients_before = replay.committed_recipients;
             let end = scan_bytes(seg.bytes(), |offset, r| {
                 replay.record(seg.bytes(), offset, r);
             });
+            if let Some((at, why)) = &replay.damage {
+                return Err(QueueError {
+                    path: path.clone(),
+                    op: "recover",
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{why} (byte {at}); the segment is damaged, and Spate will not guess which of its records are real: move it aside to start without it"),
+                    ),
+                });
+            }
             if let Some((at, why)) = end.invalid {
                 if !is_last {
                     report.warnings.push(format!(
@@ -762,6 +834,7 @@ impl ShardQueue {
             spares_requested: 0,
             dir_dirty: false,
             blocking_rollovers: 0,
+            held_outcomes: Vec::new(),
         };
         if queue.segments.is_empty() {
             // The first segment, at startup: blocking here is expected.
@@ -892,13 +965,26 @@ impl ShardQueue {
     }
 
     /// Appends a recipient's state change. Not yet durable.
+    /// Applies an outcome to the index at once; its record is written to the segment by the
+    /// next `take_sync_job` (durable, like every append, only once that job has run).
     pub fn append_outcome(&mut self, outcome: OutcomePayload) -> Result<(), QueueError> {
-        let need = record_len(super::record::OUTCOME_PAYLOAD_BYTES);
-        if need > self.active().remaining() {
-            self.roll_over()?;
-        }
-        self.write_record(Kind::Outcome, &outcome.encode());
         self.index.apply_outcome(&outcome);
+        self.held_outcomes.push(outcome);
+        Ok(())
+    }
+
+    /// Writes the held outcomes' records, in the order they were decided.
+    fn write_held_outcomes(&mut self) -> Result<(), QueueError> {
+        let held = std::mem::take(&mut self.held_outcomes);
+        let need = record_len(super::record::OUTCOME_PAYLOAD_BYTES);
+        for outcome in &held {
+            if need > self.active().remaining() {
+                self.roll_over()?;
+            }
+            self.write_record(Kind::Outcome, &outcome.encode());
+        }
+        self.held_outcomes = held;
+        self.held_outcomes.clear();
         Ok(())
     }
 
@@ -913,10 +999,12 @@ impl ShardQueue {
         self.index.batches.retain(|id, _| claimed.contains(id));
     }
 
-    /// The files to `fdatasync` for everything appended so far, or `None` if nothing is new.
-    /// The caller runs it and then calls `sync_completed` (only on success: a failed sync is
-    /// fatal).
+    /// Writes the held outcomes, then returns the files to `fdatasync` for everything
+    /// appended so far, or `None` if nothing is new. The caller writes first whatever must
+    /// not be missing after a crash that kept an outcome (the delivery log), runs the job,
+    /// and then calls `sync_completed` (only on success: a failed sync is fatal).
     pub fn take_sync_job(&mut self) -> Result<Option<SyncJob>, QueueError> {
+        self.write_held_outcomes()?;
         let mut files = Vec::new();
         for slot in self.segments.iter_mut().filter(|s| s.dirty) {
             let file = slot
@@ -953,7 +1041,9 @@ impl ShardQueue {
 
     /// True when every appended record is known to be on disk.
     fn all_durable(&self) -> bool {
-        self.syncs_in_flight == 0 && self.segments.iter().all(|s| !s.dirty)
+        self.syncs_in_flight == 0
+            && self.held_outcomes.is_empty()
+            && self.segments.iter().all(|s| !s.dirty)
     }
 
     /// Deletes the oldest segments whose recipients are all final and whose message records
@@ -1750,6 +1840,114 @@ mod tests {
         assert_eq!(report.live_recipients, 29);
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         drop(q);
+    }
+
+    /// Writes one committed recipient at `seq` (its commit at `seq + 1`) at byte `at` of
+    /// `bytes`, with valid checksums, and returns the end of what it wrote.
+    fn committed_recipient_at(bytes: &mut [u8], at: usize, seq: u64) -> usize {
+        let mut payload = Vec::new();
+        RecipientPayload {
+            message_seq: 0,
+            recipient: "far@d0.example",
+            values: vec![b"far@d0.example".as_slice(), b"Far".as_slice()],
+        }
+        .encode(&mut payload);
+        let n =
+            super::super::record::encode_record(&mut bytes[at..], seq, Kind::Recipient, &payload);
+        let commit = CommitPayload {
+            batch_id: 9,
+            chunk: 0,
+            first_seq: seq,
+            records: 1,
+            committed_unix_ms: 1,
+        };
+        let m = super::super::record::encode_record(
+            &mut bytes[at + n..],
+            seq + 1,
+            Kind::Commit,
+            &commit.encode(),
+        );
+        at + n + m
+    }
+
+    #[test]
+    fn a_record_numbered_far_ahead_refuses_recovery_instead_of_allocating_for_the_gap() {
+        // Before: recovery filled every skipped number with an index entry, so these few
+        // bytes (checksums valid, as a bug or a crafted file can make them) allocated 24
+        // bytes per skipped number: gigabytes for a jump of 2^27.
+        for far in [1u64 << 27, u64::MAX - 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, _, end) = two_batches(dir.path());
+            let mut bytes = std::fs::read(&path).unwrap();
+            committed_recipient_at(&mut bytes, end, far);
+            std::fs::write(&path, &bytes).unwrap();
+            let err = ShardQueue::open(dir.path(), 0, SEG).err().expect("refused");
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(
+                text.contains(&format!("sequence number {far} jumps")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_numbered_u64_max_is_damage_not_an_overflow() {
+        // `u64::MAX` as a base is a spare's mark; a segment just below it reaches it.
+        let dir = tempfile::tempdir().unwrap();
+        let header = SegmentHeader {
+            shard: 0,
+            base_seq: u64::MAX - 1,
+            created_unix_ms: 1,
+            segment_bytes: SEG,
+        };
+        let mut bytes = vec![0u8; 4096];
+        bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        committed_recipient_at(&mut bytes, SEGMENT_HEADER_BYTES, u64::MAX - 1);
+        let path = dir.path().join(format!("seg-{:020}.q", u64::MAX - 1));
+        std::fs::write(&path, &bytes).unwrap();
+        let err = ShardQueue::open(dir.path(), 0, SEG).err().expect("refused");
+        assert!(err.to_string().contains("end of its range"), "{err}");
+    }
+
+    #[test]
+    fn gaps_left_by_repeated_torn_tails_recover_with_everything_committed() {
+        // Each crash leaves an uncommitted chunk whose numbers the store skips after
+        // recovery: a legitimate gap, which recovery must keep accepting.
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = vec![(1, 0)];
+        {
+            let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+            q.append_chunk(&chunk(1, 0, 20)).unwrap();
+        }
+        for round in 0..10u64 {
+            let (mut q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+            assert!(
+                report.warnings.iter().all(|w| !w.contains("jumps")),
+                "{:?}",
+                report.warnings
+            );
+            // A chunk torn before its commit: its records stay, its commit never lands.
+            let batch = 100 + round;
+            let start = q.active().write_offset;
+            q.append_chunk(&chunk(batch, 0, 200)).unwrap();
+            let end = q.active().write_offset;
+            let path = q.active().path.clone();
+            drop(q);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let commit = record_len(COMMIT_PAYLOAD_BYTES);
+            bytes[end - commit..end].fill(0);
+            assert!(end - commit > start);
+            std::fs::write(&path, &bytes).unwrap();
+            // Recovery clears the torn chunk; the next chunk lands after the gap.
+            let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+            q.append_chunk(&chunk(batch, 1, 3)).unwrap();
+            want.push((batch, 1));
+        }
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        want.sort();
+        assert_eq!(committed(&q), want);
+        assert_eq!(report.live_recipients, 20 + 10 * 3);
     }
 
     #[test]
