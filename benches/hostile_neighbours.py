@@ -9,7 +9,7 @@ reply, a reply dribbled a byte at a time). For each run: the time from the batch
 incoming/ to the last Delivery at a well-behaved destination, and whether the engine kept
 running. The claim checked: run B's figure is within 10% of run A's.
 
-    cargo build --release && python3 benches/hostile_neighbours.py [--runs 3] [--good 20000]
+    cargo build --release && python3 benches/hostile_neighbours.py [--runs 3] [--good 100000]
 
 Everything listens on 127.0.0.1; every process started here is stopped by its pid, and every
 wait is bounded.
@@ -153,9 +153,18 @@ def ts_ms(s):
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp() * 1000
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(work, sink_port, good, hostile):
-    """Returns (seconds to the last good delivery, engine alive at the end, hostile outcomes)."""
+    """Returns (seconds to the last good delivery, engine alive at the end, hostile outcomes,
+    the engine's CPU seconds and this harness's, both up to the last good delivery)."""
     stop = threading.Event()
+    harness_cpu = time.process_time()
     servers = []
     routes = [f'[[routes]]\ndomain = "good{i}.example"\nhosts = ["127.0.0.1:{sink_port}"]\n' for i in range(GOOD_DOMAINS)]
     if hostile:
@@ -213,6 +222,8 @@ def run_once(work, sink_port, good, hostile):
                 if r.get("type") == "Delivery" and r["domain"].startswith("good"):
                     delivered += 1
                     last = max(last, ts_ms(r["ts"]))
+        engine_cpu = cpu_seconds(engine.pid)
+        harness_cpu = time.process_time() - harness_cpu
         # Let the hostile servers keep at it a little longer: the engine must stay up.
         time.sleep(3)
         alive = engine.poll() is None
@@ -222,7 +233,7 @@ def run_once(work, sink_port, good, hostile):
                 r = json.loads(line)
                 if not r["domain"].startswith("good") and r["type"] != "Reception":
                     outcomes[r["type"]] = outcomes.get(r["type"], 0) + 1
-        return (last - landed) / 1000, alive, outcomes
+        return (last - landed) / 1000, alive, outcomes, engine_cpu, harness_cpu
     finally:
         if engine.poll() is None:
             engine.send_signal(signal.SIGTERM)
@@ -242,7 +253,7 @@ def run_once(work, sink_port, good, hostile):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--good", type=int, default=20000)
+    ap.add_argument("--good", type=int, default=100000)
     args = ap.parse_args()
     sink_bin = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not os.path.exists(sink_bin):
@@ -256,10 +267,11 @@ def main():
         results = {"without": [], "with": []}
         for n in range(args.runs):
             for label, hostile in (("without", False), ("with", True)):
-                secs, alive, outcomes = run_once(work, port, args.good, hostile)
+                secs, alive, outcomes, engine_cpu, harness_cpu = run_once(work, port, args.good, hostile)
                 results[label].append(secs)
                 extra = f", hostile outcomes {outcomes}" if hostile else ""
                 print(f"run {n + 1} {label:7} hostile receivers: last good delivery {secs:6.2f} s, "
+                      f"engine CPU {engine_cpu:5.2f} s, harness CPU {harness_cpu:5.2f} s, "
                       f"engine {'running' if alive else 'EXITED'}{extra}", flush=True)
                 if not alive:
                     sys.exit(1)
