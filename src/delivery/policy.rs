@@ -2,7 +2,9 @@
 //! recipient, how a bounce is categorised, and when to try again. Table-tested; the clock and
 //! the randomness are injected.
 
+use crate::delivery_log::EventType;
 use crate::dns::resolver::Destination;
+use crate::queue::record::OutcomeState;
 use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::smtp::session::RcptResult;
 use std::time::Duration;
@@ -297,6 +299,90 @@ impl RetryPolicy {
     }
 }
 
+/// How soon a recipient is tried again after a 421 that came before its message was sent:
+/// the server is closing or busy, which says nothing about the recipient.
+pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
+
+/// What one outcome makes of a queued recipient: the log event, the queue record's state,
+/// when to try again (deferred only) and the attempts it has used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub event: EventType,
+    pub state: OutcomeState,
+    /// For `Deferred`: the Unix time in ms before which not to try again; else 0.
+    pub due_unix_ms: u64,
+    pub category: Option<BounceCategory>,
+    /// Attempts counted so far, this one included unless it is not counted.
+    pub attempts: u8,
+}
+
+/// The recipient an outcome is for, as the queue knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempted {
+    /// Its sequence number: also the seed of its retry jitter, so a decision replays.
+    pub seq: u64,
+    /// Attempts counted before this one.
+    pub attempts: u8,
+    pub queued_unix_ms: u64,
+}
+
+/// Decides what an outcome makes of a recipient, at `now_unix_ms`. Pure: the same inputs
+/// give the same decision.
+///
+/// - A 421 before the message was sent (`Fault::Connection`) is retried after
+///   `SERVICE_CLOSING_RETRY` and not counted, until `max_age`; a 421 answering the final
+///   dot is the message's own reply and counts like any 4xx.
+/// - Other deferrals follow `retry`; past `max_age` the recipient expires, its category
+///   taken from the last answer (`no-answer` when there was none).
+pub fn decide(o: &Outcome, r: Attempted, now_unix_ms: u64, retry: &RetryPolicy) -> Decision {
+    let counted = (u32::from(r.attempts) + 1).min(u32::from(u8::MAX)) as u8;
+    let final_ = |event, state, category| Decision {
+        event,
+        state,
+        due_unix_ms: 0,
+        category,
+        attempts: counted,
+    };
+    match o.verdict {
+        Verdict::Delivered => final_(EventType::Delivery, OutcomeState::Delivered, None),
+        Verdict::Bounced => final_(EventType::Bounce, OutcomeState::Bounced, o.category),
+        Verdict::Deferred => {
+            let deadline = r
+                .queued_unix_ms
+                .saturating_add(retry.max_age.as_millis() as u64);
+            if o.fault == Fault::Connection && o.code == 421 && now_unix_ms < deadline {
+                return Decision {
+                    event: EventType::TransientFailure,
+                    state: OutcomeState::Deferred,
+                    due_unix_ms: now_unix_ms
+                        .saturating_add(SERVICE_CLOSING_RETRY.as_millis() as u64),
+                    category: None,
+                    attempts: r.attempts,
+                };
+            }
+            let random =
+                (r.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
+            match retry.next(u32::from(counted), r.queued_unix_ms, now_unix_ms, random) {
+                Next::RetryAt { unix_ms } => Decision {
+                    event: EventType::TransientFailure,
+                    state: OutcomeState::Deferred,
+                    due_unix_ms: unix_ms,
+                    category: None,
+                    attempts: counted,
+                },
+                Next::Expire => {
+                    let category = if o.code == 0 {
+                        BounceCategory::NoAnswer
+                    } else {
+                        category_of(o.enhanced, &o.response)
+                    };
+                    final_(EventType::Expiration, OutcomeState::Expired, Some(category))
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,5 +496,71 @@ mod tests {
             "last try at the deadline"
         );
         assert_eq!(p.next(41, 0, three_days, 0.5), Next::Expire);
+    }
+
+    #[test]
+    fn decisions_table() {
+        const MIN: u64 = 60_000;
+        const DAY: u64 = 1_440 * MIN;
+        let retry = RetryPolicy::default();
+        let outcome = |result: RcptResult| classify(&result);
+        let lost = || outcome(RcptResult::ConnectionLost("connection reset".into()));
+        let closing = || {
+            outcome(RcptResult::ServiceClosing(Reply::new(
+                421,
+                "4.7.0 [TSS04] try again later",
+            )))
+        };
+        let r = |attempts, queued_unix_ms| Attempted {
+            seq: 7,
+            attempts,
+            queued_unix_ms,
+        };
+        use BounceCategory as C;
+        use EventType as E;
+        use OutcomeState as S;
+        // (outcome, recipient, now, event, state, due after now (None: not deferred),
+        //  category, attempts after)
+        #[rustfmt::skip]
+        let cases: Vec<(Outcome, Attempted, u64, E, S, Option<(u64, u64)>, Option<C>, u8)> = vec![
+            // Final answers count the attempt.
+            (outcome(reply(250, "2.0.0 ok")), r(0, 0), MIN, E::Delivery, S::Delivered, None, None, 1),
+            (outcome(reply(550, "5.1.1 user unknown")), r(3, 0), MIN, E::Bounce, S::Bounced, None, Some(C::BadMailbox), 4),
+            // A 4xx is retried on the schedule (5 minutes, then doubling, each ±10%).
+            (outcome(reply(451, "4.7.1 try later")), r(0, 0), MIN, E::TransientFailure, S::Deferred, Some((270_000, 330_000)), None, 1),
+            (outcome(reply(451, "4.7.1 try later")), r(1, 0), MIN, E::TransientFailure, S::Deferred, Some((540_000, 660_000)), None, 2),
+            (lost(), r(0, 0), MIN, E::TransientFailure, S::Deferred, Some((270_000, 330_000)), None, 1),
+            // A 421 before the message: 10 s later, not counted.
+            (closing(), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((10_000, 10_000)), None, 2),
+            // A 421 answering the final dot is the message's reply: counted, on the schedule.
+            (outcome(reply(421, "4.3.2 not accepting")), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((1_080_000, 1_320_000)), None, 3),
+            // The last retry happens at the deadline, not never.
+            (outcome(reply(451, "4.7.1 try later")), r(30, 0), 3 * DAY - 1_000, E::TransientFailure, S::Deferred, Some((1_000, 1_000)), None, 31),
+            // Past max_age: expired, categorised by the last answer or as no answer.
+            (outcome(reply(452, "4.2.2 mailbox full")), r(30, 0), 3 * DAY, E::Expiration, S::Expired, None, Some(C::Quota), 31),
+            (lost(), r(30, 0), 3 * DAY, E::Expiration, S::Expired, None, Some(C::NoAnswer), 31),
+            (closing(), r(30, 0), 3 * DAY, E::Expiration, S::Expired, None, Some(C::Policy), 31),
+            // The attempt counter saturates instead of wrapping.
+            (outcome(reply(451, "4.7.1 try later")), r(255, 0), MIN, E::TransientFailure, S::Deferred, Some((6_480_000, 7_920_000)), None, 255),
+        ];
+        for (i, (o, rcpt, now, event, state, due, category, attempts)) in cases.iter().enumerate() {
+            let d = decide(o, *rcpt, *now, &retry);
+            assert_eq!(
+                (d.event, d.state, d.category, d.attempts),
+                (*event, *state, *category, *attempts),
+                "case {i}: {o:?}"
+            );
+            match due {
+                None => assert_eq!(d.due_unix_ms, 0, "case {i}"),
+                Some((lo, hi)) => {
+                    let after = d.due_unix_ms - now;
+                    assert!(
+                        (*lo..=*hi).contains(&after),
+                        "case {i}: due {after} ms after now"
+                    );
+                }
+            }
+            assert_eq!(decide(o, *rcpt, *now, &retry), d, "case {i}: replays");
+        }
     }
 }

@@ -19,15 +19,15 @@ use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
 use crate::delivery::policy::{
-    category_of, classify, classify_destination, no_host_address, refused_destination,
-    BounceCategory, Fault, Next, Outcome, RetryPolicy, Verdict,
+    classify, classify_destination, decide, no_host_address, refused_destination, Attempted,
+    BounceCategory, Decision, Fault, Outcome, RetryPolicy, Verdict,
 };
 use crate::delivery::scope::{
     owner_shard, scope_for_mx, scope_for_route, static_route, NextHop, Scope,
 };
 use crate::delivery::throttle::{Change, Throttle};
 use crate::delivery::tls::TLS_BROKEN_FOR;
-use crate::delivery_log::{EventType, LogRecord};
+use crate::delivery_log::LogRecord;
 use crate::dns::resolver::Destination;
 use crate::queue::record::{
     MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
@@ -77,9 +77,6 @@ pub const RESOLVING_MAX: usize = 256;
 pub const RENDERINGS_BYTES_MAX: usize = 64 << 20;
 /// An idle connection worker closes its connection after this long.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
-/// A recipient whose connection was closed with 421 is retried this soon, without counting
-/// an attempt against it.
-pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
 /// Addresses one delivery attempt tries at most, across its hosts (Postfix's
 /// `smtp_mx_address_limit` default).
 pub const ADDRESSES_TRIED_MAX: usize = 5;
@@ -849,60 +846,22 @@ impl Shard {
         let message = queue.index.messages.get(&e.message_seq).cloned();
         let queued_ms = message.as_ref().map_or(now, |m| m.created_unix_ms);
         let domain = queue.index.domain_names[e.domain as usize].to_string();
-        let (event, state, due_ms, category) = match o.verdict {
-            Verdict::Delivered => (EventType::Delivery, OutcomeState::Delivered, 0, None),
-            Verdict::Bounced => (EventType::Bounce, OutcomeState::Bounced, 0, o.category),
-            // A 421 is retried soon and not counted, but still ends at max_age.
-            Verdict::Deferred
-                if o.fault == Fault::Connection
-                    && o.code == 421
-                    && now
-                        < queued_ms.saturating_add(config.delivery.max_age.as_millis() as u64) =>
-            {
-                (
-                    EventType::TransientFailure,
-                    OutcomeState::Deferred,
-                    now + SERVICE_CLOSING_RETRY.as_millis() as u64,
-                    None,
-                )
-            }
-            Verdict::Deferred => {
-                let random =
-                    (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
-                match retry_policy(&config).next(attempt, queued_ms, now, random) {
-                    Next::RetryAt { unix_ms } => (
-                        EventType::TransientFailure,
-                        OutcomeState::Deferred,
-                        unix_ms,
-                        None,
-                    ),
-                    Next::Expire => {
-                        let category = if o.code == 0 {
-                            BounceCategory::NoAnswer
-                        } else {
-                            category_of(o.enhanced, &o.response)
-                        };
-                        (
-                            EventType::Expiration,
-                            OutcomeState::Expired,
-                            0,
-                            Some(category),
-                        )
-                    }
-                }
-            }
-        };
-        // A 421 before the message was sent says nothing about it: the attempt is not counted
-        // (a 421 answering the final dot is the message's reply, Fault::Message, and counts).
-        let attempts = if state == OutcomeState::Deferred
-            && due_ms > 0
-            && o.code == 421
-            && o.fault == Fault::Connection
-        {
-            e.attempts
-        } else {
-            attempt.min(255) as u8
-        };
+        let Decision {
+            event,
+            state,
+            due_unix_ms: due_ms,
+            category,
+            attempts,
+        } = decide(
+            o,
+            Attempted {
+                seq,
+                attempts: e.attempts,
+                queued_unix_ms: queued_ms,
+            },
+            now,
+            &retry_policy(&config),
+        );
         if let Err(err) = queue.append_outcome(OutcomePayload {
             recipient_seq: seq,
             state,
