@@ -3,12 +3,15 @@
 //! - `policy`: outcome classification, bounce categories, the retry schedule (pure).
 //! - `scope`: static routes, provider rollup, sites, owner shards (pure).
 //! - `guard`: what DNS may make Spate connect to (host names only, public addresses) (pure).
+//! - `owner`: the owner's side of sending: demand, credit windows, connection caps, pacing
+//!   (sans I/O).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
 //! - `throttle`: adaptive throttling per scope: ease off on pushback, ramp back up (pure).
 //! - `tls`: STARTTLS policies and rustls client configurations.
 
 pub mod connection;
 pub mod guard;
+pub mod owner;
 pub mod policy;
 pub mod scope;
 pub mod throttle;

@@ -521,8 +521,18 @@ mod tests {
         use OutcomeState as S;
         // (outcome, recipient, now, event, state, due after now (None: not deferred),
         //  category, attempts after)
+        type Case = (
+            Outcome,
+            Attempted,
+            u64,
+            E,
+            S,
+            Option<(u64, u64)>,
+            Option<C>,
+            u8,
+        );
         #[rustfmt::skip]
-        let cases: Vec<(Outcome, Attempted, u64, E, S, Option<(u64, u64)>, Option<C>, u8)> = vec![
+        let cases: Vec<Case> = vec![
             // Final answers count the attempt.
             (outcome(reply(250, "2.0.0 ok")), r(0, 0), MIN, E::Delivery, S::Delivered, None, None, 1),
             (outcome(reply(550, "5.1.1 user unknown")), r(3, 0), MIN, E::Bounce, S::Bounced, None, Some(C::BadMailbox), 4),

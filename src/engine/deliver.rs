@@ -18,6 +18,7 @@ use super::bounded::{ExpiringMap, WeightedFifo};
 use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
+use crate::delivery::owner::{Recipients, Refusal, ScopeLimits, Take};
 use crate::delivery::policy::{
     classify, classify_destination, decide, no_host_address, refused_destination, Attempted,
     BounceCategory, Decision, Fault, Outcome, RetryPolicy, Verdict,
@@ -25,7 +26,7 @@ use crate::delivery::policy::{
 use crate::delivery::scope::{
     owner_shard, scope_for_mx, scope_for_route, static_route, NextHop, Scope,
 };
-use crate::delivery::throttle::{Change, Throttle};
+use crate::delivery::throttle::Change;
 use crate::delivery::tls::TLS_BROKEN_FOR;
 use crate::delivery_log::LogRecord;
 use crate::dns::resolver::Destination;
@@ -52,13 +53,6 @@ pub const DEMAND_REFRESH: Duration = Duration::from_secs(1);
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
 /// Recipients routed per tick at most, so one tick stays short.
 pub const ROUTE_PER_TICK_MAX: usize = 8192;
-/// Messages an owner keeps ready or promised per allowed connection. Enough to cover a
-/// credit round trip between shards; every one is a rendered message in memory, so more only
-/// costs memory (16 held 540 MiB of 100 KiB messages in the standard scenario, 4 hold 200).
-pub const WINDOW_PER_CONNECTION: u32 = 4;
-/// Most messages granted to one home at once (recipients of one pickup message that share a
-/// transaction must come in one grant).
-pub const CREDIT_BATCH_MAX: u32 = 16;
 /// A route (scope, or a routing failure) is reused this long before resolving again.
 pub const ROUTE_TTL: Duration = Duration::from_secs(60);
 /// A temporary routing failure is reused this long.
@@ -85,9 +79,6 @@ pub const ADDRESSES_TRIED_MAX: usize = 5;
 pub const SESSIONS_TRIED_MAX: usize = 2;
 /// After failing to connect to every host of a scope, a worker waits this long.
 pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
-/// While a scope holds below its connection limit after a refusal, one more connection is
-/// allowed after this long without another.
-pub const CONN_CAP_RAISE: Duration = Duration::from_secs(30);
 /// Longest the connection opened ahead of the first message may take.
 pub const PRECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// At shutdown, in-flight transactions get this long to finish.
@@ -249,93 +240,15 @@ impl SeqRuns {
     }
 }
 
-/// Owner-side state of one scope.
-struct OwnerScope {
-    scope: Scope,
-    connection_limit: u32,
-    /// Connections the receiver currently accepts (<= `connection_limit`): lowered when it
-    /// refuses one with 421 at the greeting, raised again one at a time while it does not.
-    conn_cap: u32,
-    conn_cap_at: Instant,
-    /// Pacing: `max_message_rate` as the ceiling, the receiver's pushback beneath it.
-    throttle: Throttle,
-    max_per_connection: u32,
-    tls: TlsPolicy,
-    demand: Vec<u32>,
-    credit_out: Vec<u32>,
-    ready: VecDeque<Prepared>,
-    workers: u32,
-    next_send: Instant,
-    rr: usize,
-    /// Last time this scope had demand, messages or workers; idle scopes are forgotten.
-    last_busy: Instant,
-}
-
-impl OwnerScope {
-    /// Nothing wanted, promised, waiting or sending.
-    fn is_idle(&self) -> bool {
-        self.workers == 0
-            && self.ready.is_empty()
-            && self.demand.iter().all(|&d| d == 0)
-            && self.credit_out.iter().all(|&c| c == 0)
-    }
-}
-
-#[derive(Default)]
-pub struct Owner {
-    scopes: HashMap<String, OwnerScope>,
-    /// Hosts whose opportunistic TLS handshake failed, until when they get plaintext.
-    tls_broken: HashMap<String, Instant>,
-}
-
-/// An owner forgets a scope idle this long (its adaptive state included: a minute without
-/// pushback lifts that anyway), so the map holds the scopes in use, not every site ever seen.
-pub const SCOPE_IDLE_FORGET: Duration = Duration::from_secs(600);
-/// Idle scopes an owner keeps at most, whatever their age; beyond it the longest idle go.
-pub const IDLE_SCOPES_MAX: usize = 10_000;
 /// How often the scheduler looks for idle scopes to forget.
 pub const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Hosts remembered as TLS-broken at most (a name each, so a few MB). Beyond it the entry that
-/// lapses first goes: forgetting one costs one failed handshake, retried in plaintext at once.
-pub const TLS_BROKEN_HOSTS_MAX: usize = 10_000;
+/// The owner's core, holding the messages prepared for its scopes.
+pub type Owner = crate::delivery::owner::Owner<Prepared>;
 
-impl Owner {
-    /// Forgets scopes idle for `SCOPE_IDLE_FORGET`, and the longest idle beyond
-    /// `IDLE_SCOPES_MAX`. A scope in use (demand, credit out, messages, workers) is never
-    /// forgotten; one that is forgotten is made again by its next demand.
-    fn forget_idle_scopes(&mut self, now: Instant) {
-        self.scopes
-            .retain(|_, s| !(s.is_idle() && now.duration_since(s.last_busy) >= SCOPE_IDLE_FORGET));
-        let mut idle: Vec<(Instant, String)> = self
-            .scopes
-            .iter()
-            .filter(|(_, s)| s.is_idle())
-            .map(|(k, s)| (s.last_busy, k.clone()))
-            .collect();
-        let excess = idle.len().saturating_sub(IDLE_SCOPES_MAX);
-        if excess > 0 {
-            idle.sort_unstable();
-            for (_, key) in idle.into_iter().take(excess) {
-                self.scopes.remove(&key);
-            }
-        }
-    }
-
-    /// Remembers `host` as TLS-broken for `TLS_BROKEN_FOR`, within `TLS_BROKEN_HOSTS_MAX`.
-    fn mark_tls_broken(&mut self, host: &str) {
-        let now = Instant::now();
-        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
-            self.tls_broken.retain(|_, until| *until > now);
-        }
-        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
-            let first = self.tls_broken.iter().min_by_key(|(_, until)| **until);
-            if let Some(host) = first.map(|(h, _)| h.clone()) {
-                self.tls_broken.remove(&host);
-            }
-        }
-        self.tls_broken
-            .insert(host.to_string(), now + TLS_BROKEN_FOR);
+impl Recipients for Prepared {
+    fn recipients(&self) -> u32 {
+        self.rcpts.len() as u32
     }
 }
 
@@ -496,38 +409,15 @@ impl Shard {
     /// Owner: a home's demand changed.
     pub(super) fn on_demand(self: &Rc<Self>, scope: Scope, home: usize, count: u32) {
         let scope_key = scope.key.clone();
-        let preconnect = {
-            let config = self.config.borrow().clone();
-            let mut owner = self.owner.borrow_mut();
-            let shards = self.shards;
-            let s = owner
-                .scopes
-                .entry(scope.key.clone())
-                .or_insert_with(|| new_owner_scope(&config, scope.clone(), shards));
-            // Limits follow the configuration in force (SIGHUP), scope by scope.
-            let fresh = new_owner_scope(&config, scope, shards);
-            let fresh_hosts = Arc::clone(&fresh.scope.hosts);
-            s.connection_limit = fresh.connection_limit;
-            s.conn_cap = s.conn_cap.min(s.connection_limit);
-            s.throttle
-                .set_configured(configured_rate(&config, &s.scope.key));
-            s.max_per_connection = fresh.max_per_connection;
-            s.tls = fresh.tls;
-            s.demand[home] = count;
-            s.last_busy = Instant::now();
-            // The first demand for an idle scope: open a connection now, while the homes
-            // render, so the first message finds it ready (connection setup, TLS included,
-            // overlaps the credit round trip instead of following it).
-            let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !self.closing.get();
-            if warm {
-                s.workers += 1;
-                // This demand's hosts: the scope's first ones may be stale (an MX change, or
-                // a provider whose domains have MX hosts of their own).
-                Some(Arc::clone(&fresh_hosts))
-            } else {
-                None
-            }
-        };
+        let limits = scope_limits(&self.config.borrow(), &scope.key);
+        let preconnect = self.owner.borrow_mut().demand(
+            scope,
+            limits,
+            home,
+            count,
+            Instant::now(),
+            self.closing.get(),
+        );
         if let Some(hosts) = preconnect {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
             self.spawn_into(
@@ -546,31 +436,7 @@ impl Shard {
             return;
         }
         let mut credits = Vec::new();
-        {
-            let mut owner = self.owner.borrow_mut();
-            for (key, s) in owner.scopes.iter_mut() {
-                let window = s.connection_limit * WINDOW_PER_CONNECTION;
-                let promised: u32 = s.credit_out.iter().sum();
-                let mut room = window.saturating_sub(s.ready.len() as u32 + promised);
-                let homes = s.demand.len();
-                let mut idle_rounds = 0;
-                while room > 0 && idle_rounds < homes {
-                    let h = s.rr % homes;
-                    s.rr += 1;
-                    let want = s.demand[h];
-                    if want == 0 {
-                        idle_rounds += 1;
-                        continue;
-                    }
-                    idle_rounds = 0;
-                    let n = want.min(room).min(CREDIT_BATCH_MAX);
-                    s.demand[h] -= n;
-                    s.credit_out[h] += n;
-                    room -= n;
-                    credits.push((h, key.clone(), n));
-                }
-            }
-        }
+        self.owner.borrow_mut().grant(&mut credits);
         for (home, scope, n) in credits {
             self.send_ctl(home, CtlMsg::Credit { scope, n });
         }
@@ -789,22 +655,15 @@ impl Shard {
         granted: u32,
         msgs: Vec<Prepared>,
     ) {
-        let spawn = {
-            let mut owner = self.owner.borrow_mut();
-            let Some(s) = owner.scopes.get_mut(&scope) else {
-                return;
-            };
-            s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
-            s.ready.extend(msgs);
-            s.last_busy = Instant::now();
-            if s.conn_cap < s.connection_limit && s.conn_cap_at.elapsed() >= CONN_CAP_RAISE {
-                s.conn_cap += 1;
-                s.conn_cap_at = Instant::now();
-            }
-            let wanted = (s.ready.len() as u32).min(s.conn_cap);
-            let spawn = wanted.saturating_sub(s.workers);
-            s.workers += spawn;
-            spawn
+        let prepared =
+            self.owner
+                .borrow_mut()
+                .prepared(&scope, home, granted, msgs, Instant::now());
+        // Credit is out for a scope until its messages arrive, and a scope with credit out
+        // is never forgotten: there is always one to take them.
+        let Ok(spawn) = prepared else {
+            debug_assert!(false, "prepared messages for a forgotten scope {scope}");
+            return;
         };
         for _ in 0..spawn {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
@@ -989,8 +848,9 @@ impl Shard {
     }
 }
 
-fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
-    let provider = config.providers.get(&scope.key);
+/// A scope's limits in the configuration in force.
+fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
+    let provider = config.providers.get(scope_key);
     let (connection_limit, max_per_connection, tls) = match provider {
         Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
         None => (
@@ -999,21 +859,11 @@ fn new_owner_scope(config: &Config, scope: Scope, shards: usize) -> OwnerScope {
             config.delivery.tls,
         ),
     };
-    OwnerScope {
-        throttle: Throttle::new(configured_rate(config, &scope.key), Instant::now()),
-        scope,
+    ScopeLimits {
         connection_limit,
-        conn_cap: connection_limit,
-        conn_cap_at: Instant::now(),
         max_per_connection,
         tls,
-        demand: vec![0; shards],
-        credit_out: vec![0; shards],
-        ready: VecDeque::new(),
-        workers: 0,
-        next_send: Instant::now(),
-        rr: 0,
-        last_busy: Instant::now(),
+        max_rate: configured_rate(config, scope_key),
     }
 }
 
@@ -1039,14 +889,12 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
             }
         }
     }
-    let mut owner = shard.owner.borrow_mut();
-    let Some(s) = owner.scopes.get_mut(key) else {
-        return;
-    };
-    match s
-        .throttle
-        .record(accepted, pushback.is_some(), Instant::now())
-    {
+    let change =
+        shard
+            .owner
+            .borrow_mut()
+            .record_results(key, accepted, pushback.is_some(), Instant::now());
+    match change {
         Change::Decreased(rate) => eprintln!(
             "spate: {key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
             printable(&pushback.unwrap_or_default())
@@ -1063,27 +911,23 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
 /// the workers still open and counts this one out. False (the worker stays) when it is the
 /// last one.
 fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply) -> bool {
-    let mut owner = shard.owner.borrow_mut();
-    let Some(s) = owner.scopes.get_mut(key) else {
-        return false;
-    };
-    if s.workers <= 1 {
-        return false;
+    let refusal = shard
+        .owner
+        .borrow_mut()
+        .connection_refused(key, Instant::now());
+    match refusal {
+        Refusal::Stay => false,
+        Refusal::Leave { lowered_to } => {
+            if let Some(cap) = lowered_to {
+                eprintln!(
+                    "spate: {key}: connection refused ({}); holding at {cap} connections",
+                    printable(&reply.to_log_string()),
+                );
+            }
+            shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
+            true
+        }
     }
-    s.workers -= 1;
-    let before = s.conn_cap;
-    s.conn_cap = s.conn_cap.min(s.workers).max(1);
-    s.conn_cap_at = Instant::now();
-    if s.conn_cap < before {
-        eprintln!(
-            "spate: {key}: connection refused ({}); holding at {} connections",
-            printable(&reply.to_log_string()),
-            s.conn_cap
-        );
-    }
-    drop(owner);
-    shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
-    true
 }
 
 /// Resolves a domain to its scope (or a routing decision), then releases the recipients that
@@ -1144,7 +988,7 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
 async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>>) {
     let mut conn: Option<(Connection, Arc<[NextHop]>)> = None;
     if let Some(hosts) = preconnect {
-        let settings = shard.owner.borrow().scopes.get(&key).map(|s| s.tls);
+        let settings = shard.owner.borrow().tls_policy(&key);
         if let Some(tls) = settings {
             // A failure here is not a message's: the first message connects again and
             // records what happens then. Bounded, so a dead host cannot hold the worker (and
@@ -1163,39 +1007,27 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         // Taking a message and deciding to exit happen in one borrow, so a message that
         // arrives as this worker leaves always finds the worker count already lowered (and
         // `on_prepared` starts another).
-        let next = {
-            let mut owner = shard.owner.borrow_mut();
-            let Some(s) = owner.scopes.get_mut(&key) else {
-                // A scope is forgotten only when it has no worker; should this one's go
-                // anyway, the worker still counts out.
-                shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
-                break;
-            };
-            let stop = shard.shared.failed() || shard.closing.get();
-            let msg = if stop { None } else { s.ready.pop_front() };
-            s.last_busy = Instant::now();
-            let idle = idle_since.elapsed() >= IDLE_CLOSE;
-            if msg.is_none() && (stop || idle) {
-                s.workers = s.workers.saturating_sub(1);
-                drop(owner);
+        let stop = shard.shared.failed() || shard.closing.get();
+        let idle = idle_since.elapsed() >= IDLE_CLOSE;
+        let next = shard
+            .owner
+            .borrow_mut()
+            .take(&key, Instant::now(), stop, idle);
+        let (mut msg, wait, max_per_connection, tls) = match next {
+            Take::Send {
+                msg,
+                wait,
+                max_per_connection,
+                tls,
+            } => (msg, wait, max_per_connection, tls),
+            Take::Wait => {
+                sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            Take::Exit => {
                 shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             }
-            let wait = match (&msg, s.throttle.interval()) {
-                (Some(m), Some(interval)) => {
-                    // The rate counts recipients: a shared transaction uses one slot each.
-                    let now = Instant::now();
-                    let at = s.next_send.max(now);
-                    s.next_send = at + interval * m.rcpts.len() as u32;
-                    at - now
-                }
-                _ => Duration::ZERO,
-            };
-            msg.map(|m| (m, wait, s.max_per_connection, s.tls))
-        };
-        let Some((mut msg, wait, max_per_connection, tls)) = next else {
-            sleep(Duration::from_millis(2)).await;
-            continue;
         };
         shard.grant();
         if !wait.is_zero() {
@@ -1409,12 +1241,7 @@ async fn connect(
             tried += 1;
             let addr = SocketAddr::new(ip, hop.port);
             let name = &hop.name;
-            let broken = shard
-                .owner
-                .borrow()
-                .tls_broken
-                .get(name)
-                .is_some_and(|until| *until > Instant::now());
+            let broken = shard.owner.borrow().is_tls_broken(name, Instant::now());
             let effective = match policy {
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
                 other => other,
@@ -1438,7 +1265,10 @@ async fn connect(
                         printable(&why),
                         TLS_BROKEN_FOR.as_secs()
                     );
-                    shard.owner.borrow_mut().mark_tls_broken(name);
+                    shard
+                        .owner
+                        .borrow_mut()
+                        .mark_tls_broken(name, Instant::now());
                     match open(TlsPolicy::Disabled).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = format!("{name} [{addr}]: {e}"),
@@ -1581,38 +1411,6 @@ mod tests {
             });
         assert_eq!(caught, Err("bad reply from a peer".to_string()));
         assert_eq!(after, Ok(2));
-    }
-
-    #[test]
-    fn idle_scopes_are_forgotten_busy_ones_never() {
-        let config = Config::parse("", "t").unwrap();
-        let mut owner = Owner::default();
-        let t0 = Instant::now();
-        let scope = |key: &str| Scope {
-            key: key.into(),
-            hosts: Arc::from(Vec::new()),
-        };
-        for i in 0..(IDLE_SCOPES_MAX + 50) {
-            let mut s = new_owner_scope(&config, scope(&format!("site:mx{i}.example")), 2);
-            s.last_busy = t0;
-            owner.scopes.insert(s.scope.key.clone(), s);
-        }
-        let mut busy = new_owner_scope(&config, scope("busy"), 2);
-        busy.demand[1] = 3;
-        busy.last_busy = t0;
-        owner.scopes.insert("busy".into(), busy);
-        owner.forget_idle_scopes(t0);
-        assert_eq!(
-            owner.scopes.len(),
-            IDLE_SCOPES_MAX + 1,
-            "the longest idle over the bound"
-        );
-        owner.forget_idle_scopes(t0 + SCOPE_IDLE_FORGET);
-        assert_eq!(
-            owner.scopes.keys().collect::<Vec<_>>(),
-            ["busy"],
-            "a scope with demand stays"
-        );
     }
 
     #[test]

@@ -721,7 +721,7 @@ fn open_shard(
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
             home: RefCell::new(deliver::Home::default()),
-            owner: RefCell::new(deliver::Owner::default()),
+            owner: RefCell::new(deliver::Owner::new(shards)),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),

@@ -1,0 +1,646 @@
+//! The owner's side of sending, sans I/O. Each throttle scope has one owner shard; per scope
+//! it keeps the homes' demand, the credit granted against it (a window of
+//! `WINDOW_PER_CONNECTION` messages per allowed connection, so nothing piles up when a
+//! receiver slows down), the prepared messages waiting for a connection, the connection cap
+//! that follows the receiver's refusals, and the pacing of the scope's throttle.
+//!
+//! The shell (`engine::deliver`) turns its answers into messages to homes and into
+//! connection workers. Every method takes `now`; nothing here reads a clock or does I/O.
+
+use crate::delivery::scope::{NextHop, Scope};
+use crate::delivery::throttle::{Change, Throttle};
+use crate::delivery::tls::TLS_BROKEN_FOR;
+use crate::smtp::session::TlsPolicy;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Messages an owner keeps ready or promised per allowed connection. Enough to cover a
+/// credit round trip between shards; every one is a rendered message in memory, so more only
+/// costs memory (16 held 540 MiB of 100 KiB messages in the standard scenario, 4 hold 200).
+pub const WINDOW_PER_CONNECTION: u32 = 4;
+/// Most messages granted to one home at once (recipients of one pickup message that share a
+/// transaction must come in one grant).
+pub const CREDIT_BATCH_MAX: u32 = 16;
+/// While a scope holds below its connection limit after a refusal, one more connection is
+/// allowed after this long without another.
+pub const CONN_CAP_RAISE: Duration = Duration::from_secs(30);
+/// An owner forgets a scope idle this long (its adaptive state included: a minute without
+/// pushback lifts that anyway), so the map holds the scopes in use, not every site ever seen.
+pub const SCOPE_IDLE_FORGET: Duration = Duration::from_secs(600);
+/// Idle scopes an owner keeps at most, whatever their age; beyond it the longest idle go.
+pub const IDLE_SCOPES_MAX: usize = 10_000;
+/// Hosts remembered as TLS-broken at most (a name each, so a few MB). Beyond it the entry that
+/// lapses first goes: forgetting one costs one failed handshake, retried in plaintext at once.
+pub const TLS_BROKEN_HOSTS_MAX: usize = 10_000;
+
+/// What the owner needs to know of a message: how many recipients it carries (the rate
+/// counts recipients, so a shared transaction uses one slot each).
+pub trait Recipients {
+    fn recipients(&self) -> u32;
+}
+
+/// A scope's limits, from the configuration in force.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScopeLimits {
+    pub connection_limit: u32,
+    pub max_per_connection: u32,
+    pub tls: TlsPolicy,
+    /// `max_message_rate` in messages per second, if configured.
+    pub max_rate: Option<f64>,
+}
+
+/// Owner-side state of one scope.
+struct OwnerScope<M> {
+    limits: ScopeLimits,
+    /// Connections the receiver currently accepts (<= `connection_limit`): lowered when it
+    /// refuses one with 421 at the greeting, raised again one at a time while it does not.
+    conn_cap: u32,
+    conn_cap_at: Instant,
+    /// Pacing: `max_message_rate` as the ceiling, the receiver's pushback beneath it.
+    throttle: Throttle,
+    /// Per home: recipients waiting there (as last announced, less credit granted since),
+    /// and credit granted whose messages have not arrived.
+    demand: Vec<u32>,
+    credit_out: Vec<u32>,
+    ready: VecDeque<M>,
+    workers: u32,
+    next_send: Instant,
+    /// The home the next grant starts with.
+    rr: usize,
+    /// Last time this scope had demand, messages or workers; idle scopes are forgotten.
+    last_busy: Instant,
+}
+
+impl<M> OwnerScope<M> {
+    fn new(limits: ScopeLimits, homes: usize, now: Instant) -> Self {
+        OwnerScope {
+            throttle: Throttle::new(limits.max_rate, now),
+            limits,
+            conn_cap: limits.connection_limit,
+            conn_cap_at: now,
+            demand: vec![0; homes],
+            credit_out: vec![0; homes],
+            ready: VecDeque::new(),
+            workers: 0,
+            next_send: now,
+            rr: 0,
+            last_busy: now,
+        }
+    }
+
+    /// Nothing wanted, promised, waiting or sending.
+    fn is_idle(&self) -> bool {
+        self.workers == 0
+            && self.ready.is_empty()
+            && self.demand.iter().all(|&d| d == 0)
+            && self.credit_out.iter().all(|&c| c == 0)
+    }
+
+    /// Credit this scope can still give: its window less what waits here or is promised.
+    fn room(&self) -> u32 {
+        let window = self.limits.connection_limit * WINDOW_PER_CONNECTION;
+        let promised: u32 = self.credit_out.iter().sum();
+        window.saturating_sub(self.ready.len() as u32 + promised)
+    }
+}
+
+/// What a connection worker does next.
+#[derive(Debug, PartialEq)]
+pub enum Take<M> {
+    /// Send `msg` after `wait` (the throttle's pacing).
+    Send {
+        msg: M,
+        wait: Duration,
+        max_per_connection: u32,
+        tls: TlsPolicy,
+    },
+    /// Nothing to send yet; ask again shortly.
+    Wait,
+    /// Leave: stopping, idle for long enough, or the scope is gone. The worker is counted out.
+    Exit,
+}
+
+/// A worker refused a connection with 421 at the greeting.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It is the scope's last worker: it stays, and tries again after a pause.
+    Stay,
+    /// It leaves (counted out); the cap now holds at the workers still open, `Some(cap)` if
+    /// that lowered it.
+    Leave { lowered_to: Option<u32> },
+}
+
+/// Everything one shard owns of sending.
+pub struct Owner<M> {
+    homes: usize,
+    scopes: HashMap<String, OwnerScope<M>>,
+    /// Hosts whose opportunistic TLS handshake failed, until when they get plaintext.
+    tls_broken: HashMap<String, Instant>,
+}
+
+impl<M: Recipients> Owner<M> {
+    /// An owner for an engine of `homes` shards.
+    pub fn new(homes: usize) -> Self {
+        Owner {
+            homes,
+            scopes: HashMap::new(),
+            tls_broken: HashMap::new(),
+        }
+    }
+
+    /// Scopes known (busy or idle within the bounds).
+    pub fn scopes(&self) -> usize {
+        self.scopes.len()
+    }
+
+    /// `home` now has `count` recipients waiting for `scope`; `limits` are the configuration
+    /// in force (a reload takes effect scope by scope, here). When this demand wakes an idle
+    /// scope, returns the hosts to open a connection to at once, while the homes render (a
+    /// worker is counted for it); not while `draining`.
+    pub fn demand(
+        &mut self,
+        scope: Scope,
+        limits: ScopeLimits,
+        home: usize,
+        count: u32,
+        now: Instant,
+        draining: bool,
+    ) -> Option<Arc<[NextHop]>> {
+        let homes = self.homes;
+        let s = self
+            .scopes
+            .entry(scope.key)
+            .or_insert_with(|| OwnerScope::new(limits, homes, now));
+        s.limits = limits;
+        s.conn_cap = s.conn_cap.min(limits.connection_limit);
+        s.throttle.set_configured(limits.max_rate);
+        s.demand[home] = count;
+        s.last_busy = now;
+        let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !draining;
+        if !warm {
+            return None;
+        }
+        s.workers += 1;
+        // This demand's hosts: those of the scope's first demand may be stale (an MX change,
+        // or a provider whose domains have MX hosts of their own).
+        Some(scope.hosts)
+    }
+
+    /// Credit where a scope's window has room, round-robin over the homes that want some,
+    /// at most `CREDIT_BATCH_MAX` at a time: appends (home, scope key, n) to `out`.
+    pub fn grant(&mut self, out: &mut Vec<(usize, String, u32)>) {
+        for (key, s) in self.scopes.iter_mut() {
+            let mut room = s.room();
+            let homes = s.demand.len();
+            let mut idle_rounds = 0;
+            while room > 0 && idle_rounds < homes {
+                let h = s.rr % homes;
+                s.rr += 1;
+                let want = s.demand[h];
+                if want == 0 {
+                    idle_rounds += 1;
+                    continue;
+                }
+                idle_rounds = 0;
+                let n = want.min(room).min(CREDIT_BATCH_MAX);
+                s.demand[h] -= n;
+                s.credit_out[h] += n;
+                room -= n;
+                out.push((h, key.clone(), n));
+            }
+        }
+    }
+
+    /// Messages prepared by `home` with `granted` credit of `key` arrived (fewer than
+    /// granted when some were no longer due, none when the home handed the credit back).
+    /// Returns how many workers to start. Messages for a scope forgotten meanwhile (it
+    /// cannot be, while credit is out) are handed back.
+    pub fn prepared(
+        &mut self,
+        key: &str,
+        home: usize,
+        granted: u32,
+        msgs: Vec<M>,
+        now: Instant,
+    ) -> Result<u32, Vec<M>> {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return Err(msgs);
+        };
+        s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
+        s.ready.extend(msgs);
+        s.last_busy = now;
+        if s.conn_cap < s.limits.connection_limit
+            && now.duration_since(s.conn_cap_at) >= CONN_CAP_RAISE
+        {
+            s.conn_cap += 1;
+            s.conn_cap_at = now;
+        }
+        let wanted = (s.ready.len() as u32).min(s.conn_cap);
+        let spawn = wanted.saturating_sub(s.workers);
+        s.workers += spawn;
+        Ok(spawn)
+    }
+
+    /// A worker of `key` asks for its next message. `stop`: the engine stops or failed;
+    /// `idle`: the worker has had nothing to send for long enough to close. Taking a message
+    /// and counting a worker out happen in one call, so a message that arrives as a worker
+    /// leaves always finds the count lowered (and `prepared` starts another).
+    pub fn take(&mut self, key: &str, now: Instant, stop: bool, idle: bool) -> Take<M> {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return Take::Exit;
+        };
+        s.last_busy = now;
+        let msg = if stop { None } else { s.ready.pop_front() };
+        let Some(msg) = msg else {
+            if stop || idle {
+                s.workers = s.workers.saturating_sub(1);
+                return Take::Exit;
+            }
+            return Take::Wait;
+        };
+        let wait = match s.throttle.interval() {
+            Some(interval) => {
+                let at = s.next_send.max(now);
+                s.next_send = at + interval * msg.recipients();
+                at - now
+            }
+            None => Duration::ZERO,
+        };
+        Take::Send {
+            msg,
+            wait,
+            max_per_connection: s.limits.max_per_connection,
+            tls: s.limits.tls,
+        }
+    }
+
+    /// A worker of `key` was refused a connection with 421 at the greeting: the receiver
+    /// takes no more connections than are open, so the cap holds at the other workers'
+    /// count and this one leaves, unless it is the last.
+    pub fn connection_refused(&mut self, key: &str, now: Instant) -> Refusal {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return Refusal::Stay;
+        };
+        if s.workers <= 1 {
+            return Refusal::Stay;
+        }
+        s.workers -= 1;
+        let before = s.conn_cap;
+        s.conn_cap = s.conn_cap.min(s.workers).max(1);
+        s.conn_cap_at = now;
+        Refusal::Leave {
+            lowered_to: (s.conn_cap < before).then_some(s.conn_cap),
+        }
+    }
+
+    /// One transaction's results for `key`: `accepted` recipients, and whether the
+    /// receiver pushed back. Says when the throttle changes course.
+    pub fn record_results(
+        &mut self,
+        key: &str,
+        accepted: u32,
+        pushback: bool,
+        now: Instant,
+    ) -> Change {
+        match self.scopes.get_mut(key) {
+            Some(s) => s.throttle.record(accepted, pushback, now),
+            None => Change::None,
+        }
+    }
+
+    /// The TLS policy of `key`, if the scope is known.
+    pub fn tls_policy(&self, key: &str) -> Option<TlsPolicy> {
+        self.scopes.get(key).map(|s| s.limits.tls)
+    }
+
+    /// True while `host` gets plaintext after a failed opportunistic handshake.
+    pub fn is_tls_broken(&self, host: &str, now: Instant) -> bool {
+        self.tls_broken.get(host).is_some_and(|until| *until > now)
+    }
+
+    /// Remembers `host` as TLS-broken for `TLS_BROKEN_FOR`, within `TLS_BROKEN_HOSTS_MAX`.
+    pub fn mark_tls_broken(&mut self, host: &str, now: Instant) {
+        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
+            self.tls_broken.retain(|_, until| *until > now);
+        }
+        if self.tls_broken.len() >= TLS_BROKEN_HOSTS_MAX {
+            let first = self.tls_broken.iter().min_by_key(|(_, until)| **until);
+            if let Some(host) = first.map(|(h, _)| h.clone()) {
+                self.tls_broken.remove(&host);
+            }
+        }
+        self.tls_broken
+            .insert(host.to_string(), now + TLS_BROKEN_FOR);
+    }
+
+    /// Forgets scopes idle for `SCOPE_IDLE_FORGET`, and the longest idle beyond
+    /// `IDLE_SCOPES_MAX`. A scope in use (demand, credit out, messages, workers) is never
+    /// forgotten; one that is forgotten is made again by its next demand.
+    pub fn forget_idle_scopes(&mut self, now: Instant) {
+        self.scopes
+            .retain(|_, s| !(s.is_idle() && now.duration_since(s.last_busy) >= SCOPE_IDLE_FORGET));
+        let mut idle: Vec<(Instant, String)> = self
+            .scopes
+            .iter()
+            .filter(|(_, s)| s.is_idle())
+            .map(|(k, s)| (s.last_busy, k.clone()))
+            .collect();
+        let excess = idle.len().saturating_sub(IDLE_SCOPES_MAX);
+        if excess > 0 {
+            idle.sort_unstable();
+            for (_, key) in idle.into_iter().take(excess) {
+                self.scopes.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prepared message for the tests: its recipient count.
+    #[derive(Debug, PartialEq)]
+    struct Msg(u32);
+
+    impl Recipients for Msg {
+        fn recipients(&self) -> u32 {
+            self.0
+        }
+    }
+
+    fn scope(key: &str) -> Scope {
+        Scope {
+            key: key.into(),
+            hosts: Arc::from(vec![NextHop {
+                name: format!("mx.{key}"),
+                port: 25,
+                from_route: false,
+            }]),
+        }
+    }
+
+    fn limits(connections: u32, rate: Option<f64>) -> ScopeLimits {
+        ScopeLimits {
+            connection_limit: connections,
+            max_per_connection: 100,
+            tls: TlsPolicy::Opportunistic,
+            max_rate: rate,
+        }
+    }
+
+    fn grants(owner: &mut Owner<Msg>) -> Vec<(usize, String, u32)> {
+        let mut out = Vec::new();
+        owner.grant(&mut out);
+        out
+    }
+
+    fn total(g: &[(usize, String, u32)], home: usize) -> u32 {
+        g.iter().filter(|c| c.0 == home).map(|c| c.2).sum()
+    }
+
+    #[test]
+    fn credit_fills_the_window_and_no_more_until_messages_leave() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(2, None), 0, 100, t0, false);
+        let g = grants(&mut owner);
+        // Window: 2 connections x 4; in batches of at most CREDIT_BATCH_MAX.
+        assert_eq!(total(&g, 0), 2 * WINDOW_PER_CONNECTION);
+        assert!(g.iter().all(|c| c.2 <= CREDIT_BATCH_MAX));
+        assert!(grants(&mut owner).is_empty(), "the window is full");
+        // The messages arrive: still full (they wait here) until workers take them.
+        let spawn = owner
+            .prepared("s", 0, 8, (0..8).map(|_| Msg(1)).collect(), t0)
+            .unwrap();
+        assert_eq!(
+            spawn, 1,
+            "one worker per allowed connection, the preconnected one too"
+        );
+        assert!(grants(&mut owner).is_empty());
+        for _ in 0..3 {
+            assert!(matches!(
+                owner.take("s", t0, false, false),
+                Take::Send { .. }
+            ));
+        }
+        assert_eq!(total(&grants(&mut owner), 0), 3, "room for what was taken");
+    }
+
+    #[test]
+    fn homes_share_a_window_round_robin() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(3);
+        let l = limits(10, None);
+        for home in 0..3 {
+            owner.demand(scope("s"), l, home, 1_000, t0, false);
+        }
+        let g = grants(&mut owner);
+        let shares: Vec<u32> = (0..3).map(|h| total(&g, h)).collect();
+        assert_eq!(shares.iter().sum::<u32>(), 40);
+        assert!(
+            shares.iter().max().unwrap() - shares.iter().min().unwrap() <= CREDIT_BATCH_MAX,
+            "{shares:?}"
+        );
+        // A home that wants little gets what it wants; the others share the rest.
+        let mut owner = Owner::<Msg>::new(2);
+        owner.demand(scope("s"), l, 0, 3, t0, false);
+        owner.demand(scope("s"), l, 1, 1_000, t0, false);
+        let g = grants(&mut owner);
+        assert_eq!((total(&g, 0), total(&g, 1)), (3, 37));
+    }
+
+    #[test]
+    fn credit_handed_back_frees_the_window() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(1, None), 0, 10, t0, false);
+        assert_eq!(total(&grants(&mut owner), 0), 4);
+        // The home had nothing left to send for it: no messages, the credit comes back.
+        assert_eq!(owner.prepared("s", 0, 4, Vec::new(), t0), Ok(0));
+        assert_eq!(total(&grants(&mut owner), 0), 4, "the remaining demand");
+        assert_eq!(
+            owner.prepared("gone", 0, 1, vec![Msg(1)], t0),
+            Err(vec![Msg(1)]),
+            "messages for an unknown scope are handed back"
+        );
+    }
+
+    #[test]
+    fn first_demand_opens_a_connection_once() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(2);
+        let l = limits(4, None);
+        assert_eq!(
+            owner.demand(scope("s"), l, 0, 0, t0, false),
+            None,
+            "no demand"
+        );
+        let hosts = owner.demand(scope("s"), l, 0, 5, t0, false);
+        assert_eq!(hosts.as_deref(), Some(&*scope("s").hosts));
+        assert_eq!(
+            owner.demand(scope("s"), l, 1, 5, t0, false),
+            None,
+            "a worker is on it"
+        );
+        let mut other = Owner::<Msg>::new(1);
+        assert_eq!(
+            other.demand(scope("s"), l, 0, 5, t0, true),
+            None,
+            "not while draining"
+        );
+        // The preconnected worker counts: with one message, no second worker starts.
+        grants(&mut owner);
+        assert_eq!(owner.prepared("s", 0, 1, vec![Msg(1)], t0), Ok(0));
+    }
+
+    #[test]
+    fn a_refusal_holds_connections_at_the_open_count_then_raises_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(5, None), 0, 100, t0, false);
+        grants(&mut owner);
+        let msgs = (0..20).map(|_| Msg(1)).collect();
+        // The preconnected worker plus four more.
+        assert_eq!(owner.prepared("s", 0, 20, msgs, t0), Ok(4));
+        let at = t0 + Duration::from_secs(1);
+        assert_eq!(
+            owner.connection_refused("s", at),
+            Refusal::Leave {
+                lowered_to: Some(4)
+            }
+        );
+        assert_eq!(
+            owner.connection_refused("s", at),
+            Refusal::Leave {
+                lowered_to: Some(3)
+            }
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                owner.connection_refused("s", at),
+                Refusal::Leave { .. }
+            ));
+        }
+        assert_eq!(
+            owner.connection_refused("s", at),
+            Refusal::Stay,
+            "the last one stays"
+        );
+        // More messages: no new worker while the cap holds...
+        assert_eq!(owner.prepared("s", 0, 0, vec![Msg(1)], at), Ok(0));
+        // ...then one more connection per CONN_CAP_RAISE.
+        let later = at + CONN_CAP_RAISE;
+        assert_eq!(owner.prepared("s", 0, 0, vec![Msg(1)], later), Ok(1));
+        assert_eq!(owner.prepared("s", 0, 0, vec![Msg(1)], later), Ok(0));
+        // A reload that lowers the limit lowers the cap at once.
+        owner.demand(scope("s"), limits(1, None), 0, 100, later, false);
+        assert_eq!(
+            owner.prepared("s", 0, 0, vec![Msg(1)], later + CONN_CAP_RAISE),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn pacing_spaces_sends_by_recipients_at_the_configured_rate() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(2, Some(10.0)), 0, 10, t0, false);
+        grants(&mut owner);
+        owner
+            .prepared("s", 0, 3, vec![Msg(1), Msg(3), Msg(1)], t0)
+            .unwrap();
+        let waits: Vec<Duration> = (0..3)
+            .map(|_| match owner.take("s", t0, false, false) {
+                Take::Send { wait, .. } => wait,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            waits,
+            [ms(0), ms(100), ms(400)],
+            "a 3-recipient message uses 3 slots"
+        );
+        // Time passing is credited: a send after a pause does not wait.
+        owner.prepared("s", 0, 0, vec![Msg(1)], t0).unwrap();
+        match owner.take("s", t0 + Duration::from_secs(1), false, false) {
+            Take::Send { wait, .. } => assert_eq!(wait, Duration::ZERO),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn workers_wait_when_empty_and_leave_when_idle_or_stopping() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(1, None), 0, 1, t0, false);
+        assert_eq!(owner.take("s", t0, false, false), Take::Wait);
+        owner.prepared("s", 0, 0, vec![Msg(1)], t0).unwrap();
+        assert_eq!(
+            owner.take("s", t0, true, false),
+            Take::Exit,
+            "stopping: nothing taken"
+        );
+        // The message is still there for the next worker, which the next arrival starts.
+        assert_eq!(owner.prepared("s", 0, 0, vec![Msg(1)], t0), Ok(1));
+        assert!(matches!(
+            owner.take("s", t0, false, true),
+            Take::Send { .. }
+        ));
+        assert!(matches!(
+            owner.take("s", t0, false, true),
+            Take::Send { .. }
+        ));
+        assert_eq!(
+            owner.take("s", t0, false, true),
+            Take::Exit,
+            "idle and empty"
+        );
+        assert_eq!(owner.take("unknown", t0, false, false), Take::Exit);
+    }
+
+    #[test]
+    fn idle_scopes_are_forgotten_busy_ones_never() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(2);
+        for i in 0..(IDLE_SCOPES_MAX + 50) {
+            owner.demand(
+                scope(&format!("site:mx{i}.example")),
+                limits(1, None),
+                0,
+                0,
+                t0,
+                false,
+            );
+        }
+        owner.demand(scope("busy"), limits(1, None), 1, 3, t0, true);
+        owner.forget_idle_scopes(t0);
+        assert_eq!(
+            owner.scopes(),
+            IDLE_SCOPES_MAX + 1,
+            "the longest idle over the bound"
+        );
+        owner.forget_idle_scopes(t0 + SCOPE_IDLE_FORGET);
+        assert_eq!(
+            owner.scopes.keys().collect::<Vec<_>>(),
+            ["busy"],
+            "a scope with demand stays"
+        );
+    }
+
+    #[test]
+    fn tls_broken_hosts_lapse_and_stay_bounded() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.mark_tls_broken("mx.a", t0);
+        assert!(owner.is_tls_broken("mx.a", t0));
+        assert!(!owner.is_tls_broken("mx.a", t0 + TLS_BROKEN_FOR));
+        for i in 0..TLS_BROKEN_HOSTS_MAX + 10 {
+            owner.mark_tls_broken(&format!("mx{i}"), t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(owner.tls_broken.len(), TLS_BROKEN_HOSTS_MAX);
+        assert!(owner.is_tls_broken(&format!("mx{}", TLS_BROKEN_HOSTS_MAX + 9), t0));
+    }
+}
