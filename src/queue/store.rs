@@ -448,6 +448,8 @@ pub struct Replay {
     /// far could account for (see `SKIPPED_SEQS_PER_RECORD_SLOT`).
     skipped_seqs: u64,
     skip_budget: u64,
+    /// Records taken in order so far (stale ones not counted).
+    records_seen: u64,
     /// Set when the segments cannot be what Spate wrote (a sequence number jumps further
     /// than any crash could have skipped): at which byte of the current segment, and why.
     /// Replay stops there; `ShardQueue::open` refuses to start on it.
@@ -473,9 +475,10 @@ impl Replay {
             .skip_budget
             .saturating_add((len / RECORD_HEADER_BYTES) as u64 * SKIPPED_SEQS_PER_RECORD_SLOT);
         if base_seq > self.next_seq {
-            // Before the first entry a jump costs nothing (the index starts where its first
-            // recipient is); after it, every skipped number is an entry.
-            if !self.index.entries.is_empty() {
+            // Before the first record a jump costs nothing (the index starts where its first
+            // recipient is); after it, every skipped number can become an entry, even while
+            // the index is empty (a pending chunk's recipients are placed below the jump).
+            if self.records_seen > 0 {
                 self.skip(base_seq - self.next_seq, 0, base_seq);
             }
             if self.damage.is_none() {
@@ -518,7 +521,7 @@ impl Replay {
             self.stale = true;
             return;
         }
-        if r.seq > self.next_seq && !self.index.entries.is_empty() {
+        if r.seq > self.next_seq && self.records_seen > 0 {
             self.skip(r.seq - self.next_seq, offset, r.seq);
             if self.damage.is_some() {
                 return;
@@ -529,6 +532,7 @@ impl Replay {
             return;
         };
         self.next_seq = next_seq;
+        self.records_seen += 1;
         match r.kind {
             Kind::Message | Kind::Recipient => {
                 self.pending.push((offset, r.seq, r.kind, r.payload.len()));
