@@ -11,16 +11,21 @@
 //! - [`address`]: envelope address validation and IDNA conversion.
 //! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
+//! - [`schedule`]: the home shard's scheduling: ready and deferred recipients, routes,
+//!   demand and credit (sans I/O).
 //! - [`dns`]: DNS messages, MX planning, the cache and the resolver (hickory-proto wire format).
 //! - [`smtp`]: the SMTP client protocol core (replies, DATA writer, session), sans I/O.
-//! - [`delivery`]: delivery policy (outcome classification, bounce categories, retries).
+//! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
+//!   connections, throttles, outcome decisions (classification, bounces, retries).
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
+//! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 //! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
 //! - [`sim`]: simulated receiving ISPs and DNS on loopback, for the demo, `loadtest/` and tests.
 
 pub mod address;
+pub mod bounded;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;
@@ -30,6 +35,7 @@ pub mod engine;
 pub mod intake;
 pub mod preflight;
 pub mod queue;
+pub mod schedule;
 pub mod sim;
 pub mod smtp;
 pub mod spool;

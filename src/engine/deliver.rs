@@ -14,8 +14,8 @@
 //!
 //! Control handlers never wait: anything they send goes out from a spawned task.
 
-use super::bounded::{ExpiringMap, WeightedFifo};
 use super::{CtlMsg, DataMsg, Shard};
+use crate::bounded::WeightedFifo;
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
 use crate::delivery::owner::{Recipients, Refusal, ScopeLimits, Take};
@@ -33,38 +33,21 @@ use crate::dns::resolver::Destination;
 use crate::queue::record::{
     MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
 };
-use crate::queue::store::{unix_ms, EntryState, Index};
+use crate::queue::store::{unix_ms, EntryState};
+use crate::schedule::{Route, Taken, Tick};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
 use crate::template::{header_section_end, Template};
 use glommio::timer::{sleep, timeout};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Demand is re-announced this often while recipients wait, whatever the owner's view.
-pub const DEMAND_REFRESH: Duration = Duration::from_secs(1);
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
-/// Recipients routed per tick at most, so one tick stays short.
-pub const ROUTE_PER_TICK_MAX: usize = 8192;
-/// A route (scope, or a routing failure) is reused this long before resolving again.
-pub const ROUTE_TTL: Duration = Duration::from_secs(60);
-/// A temporary routing failure is reused this long.
-pub const ROUTE_FAILURE_TTL: Duration = Duration::from_secs(5);
-/// Domains whose route a home remembers at most (a scope key and its hosts each, some
-/// 200 bytes: 20 MB at most). Expired routes stay until the map fills, because recipients
-/// waiting for credit still need their hosts; beyond the bound the soonest to expire go, and
-/// a recipient whose route went is sent to its scope's first hosts.
-pub const ROUTES_MAX: usize = 100_000;
-/// DNS lookups a home runs at once. Each is a task with its own socket; a burst of new
-/// domains waits its turn instead of opening thousands of sockets.
-pub const RESOLVING_MAX: usize = 256;
 /// Bytes of parsed templates and pickup bodies a home keeps for rendering, per shard. A
 /// message's entry also goes as soon as it has no live recipient; beyond the bound the oldest
 /// are parsed again from the queue when needed.
@@ -118,15 +101,8 @@ pub enum ItemResult {
     Decided(Outcome),
 }
 
-#[derive(Clone)]
-enum RouteResult {
-    Scope(Scope, usize),
-    /// Routing itself decided: a bounce (null MX, NXDOMAIN) or a temporary DNS failure.
-    Decided(Outcome),
-}
-
 /// What rendering a message needs, parsed once per message record.
-struct Rendering {
+pub struct Rendering {
     template: Template,
     /// The template's own Message-ID and whether it has a Date, read once, not per message.
     message_id: Option<String>,
@@ -138,107 +114,9 @@ struct Rendering {
     verbatim: bool,
 }
 
-/// Home-side delivery state of a shard.
-pub struct Home {
-    ready: SeqRuns,
-    deferred: BinaryHeap<Reverse<(u64, u64)>>,
-    routes: ExpiringMap<Box<str>, RouteResult>,
-    /// Domains being resolved, with the recipients waiting for them.
-    resolving: HashMap<Box<str>, Vec<u64>>,
-    /// Routed recipients per scope, waiting for credit.
-    pending: HashMap<String, (Scope, usize, VecDeque<u64>)>,
-    /// Per scope: the owner's view of our demand (what we announced, less the credit it
-    /// granted since) and when we last announced.
-    announced: HashMap<String, (u32, Instant)>,
-    renderings: WeightedFifo<u64, Rc<Rendering>>,
-}
-
-impl Default for Home {
-    fn default() -> Self {
-        Home {
-            ready: SeqRuns::default(),
-            deferred: BinaryHeap::new(),
-            routes: ExpiringMap::new(ROUTES_MAX),
-            resolving: HashMap::new(),
-            pending: HashMap::new(),
-            announced: HashMap::new(),
-            renderings: WeightedFifo::new(RENDERINGS_BYTES_MAX),
-        }
-    }
-}
-
-impl Home {
-    /// After recovery: everything live is waiting or deferred.
-    pub fn load(&mut self, index: &Index) {
-        for (seq, e) in index.live_entries() {
-            match e.state {
-                EntryState::Deferred => self
-                    .deferred
-                    .push(Reverse((u64::from(e.due_unix_s) * 1000, seq))),
-                EntryState::Waiting | EntryState::InFlight | EntryState::Vacant => {
-                    self.ready.push_back(seq)
-                }
-            }
-        }
-    }
-
-    pub fn add_ready(&mut self, seqs: std::ops::Range<u64>) {
-        self.ready.push_range(seqs);
-    }
-
-    /// Compaction moved these recipients to new sequence numbers.
-    pub fn requeue_moved(&mut self, index: &Index, moved: &[u64]) {
-        for &seq in moved {
-            match index.entry(seq).map(|e| (e.state, e.due_unix_s)) {
-                Some((EntryState::Deferred, due)) => {
-                    self.deferred.push(Reverse((u64::from(due) * 1000, seq)))
-                }
-                Some((EntryState::Waiting, _)) => self.ready.push_back(seq),
-                Some((EntryState::InFlight | EntryState::Vacant, _)) | None => {}
-            }
-        }
-    }
-}
-
-/// A queue of sequence numbers kept as runs: recipients are mostly consecutive, so a
-/// million of them waiting cost a few runs, not eight bytes each.
-#[derive(Default)]
-struct SeqRuns {
-    runs: VecDeque<std::ops::Range<u64>>,
-}
-
-impl SeqRuns {
-    fn push_back(&mut self, seq: u64) {
-        self.push_range(seq..seq + 1);
-    }
-
-    fn push_range(&mut self, r: std::ops::Range<u64>) {
-        if r.is_empty() {
-            return;
-        }
-        match self.runs.back_mut() {
-            Some(last) if last.end == r.start => last.end = r.end,
-            _ => self.runs.push_back(r),
-        }
-    }
-
-    fn push_front(&mut self, seq: u64) {
-        match self.runs.front_mut() {
-            Some(first) if first.start == seq + 1 => first.start = seq,
-            _ => self.runs.push_front(seq..seq + 1),
-        }
-    }
-
-    fn pop_front(&mut self) -> Option<u64> {
-        let first = self.runs.front_mut()?;
-        let seq = first.start;
-        first.start += 1;
-        if first.is_empty() {
-            self.runs.pop_front();
-        }
-        Some(seq)
-    }
-}
+/// The message stage's cache: parsed templates and pickup bodies by message record, within
+/// `RENDERINGS_BYTES_MAX`.
+pub type Renderings = WeightedFifo<u64, Rc<Rendering>>;
 
 /// How often the scheduler looks for idle scopes to forget.
 pub const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -288,66 +166,13 @@ pub async fn scheduler(shard: Rc<Shard>) {
 
 impl Shard {
     fn schedule(self: &Rc<Self>) {
-        let now = unix_ms();
-        let mut to_resolve = Vec::new();
-        let mut decided = Vec::new();
-        {
-            let queue = self.queue.borrow();
-            let index = &queue.index;
-            let mut home = self.home.borrow_mut();
-            let home = &mut *home;
-            let tick = Instant::now();
-            while let Some(&Reverse((due, seq))) = home.deferred.peek() {
-                if due > now {
-                    break;
-                }
-                home.deferred.pop();
-                home.ready.push_back(seq);
-            }
-            let mut n = 0;
-            // Recipients of new domains while RESOLVING_MAX lookups run: back to the front.
-            let mut later = Vec::new();
-            while n < ROUTE_PER_TICK_MAX {
-                let Some(seq) = home.ready.pop_front() else {
-                    break;
-                };
-                let Some(e) = index.entry(seq) else { continue };
-                if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
-                    continue;
-                }
-                n += 1;
-                let domain = &index.domain_names[e.domain as usize];
-                // Borrowed from the route cache: nothing is cloned per recipient unless a
-                // scope gets its first pending entry or routing decided the outcome.
-                match home.routes.get(&**domain, tick) {
-                    Some(RouteResult::Scope(scope, owner)) => {
-                        match home.pending.get_mut(&scope.key) {
-                            Some(entry) => entry.2.push_back(seq),
-                            None => {
-                                let entry = (scope.clone(), *owner, VecDeque::from([seq]));
-                                home.pending.insert(scope.key.clone(), entry);
-                            }
-                        }
-                    }
-                    Some(RouteResult::Decided(outcome)) => decided.push((seq, outcome.clone())),
-                    None => {
-                        let busy = home.resolving.len() >= RESOLVING_MAX;
-                        if busy && !home.resolving.contains_key(domain) {
-                            later.push(seq);
-                            continue;
-                        }
-                        let parked = home.resolving.entry(domain.clone()).or_default();
-                        if parked.is_empty() {
-                            to_resolve.push(domain.to_string());
-                        }
-                        parked.push(seq);
-                    }
-                }
-            }
-            for seq in later.into_iter().rev() {
-                home.ready.push_front(seq);
-            }
-        }
+        let Tick {
+            decided,
+            to_resolve,
+        } = self
+            .home
+            .borrow_mut()
+            .tick(&self.queue.borrow().index, unix_ms(), Instant::now());
         // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue and
         // the delivery log with the next group commit: ask for one now, as outcomes from an
         // owner do, or they would wait for unrelated traffic on this shard.
@@ -367,33 +192,7 @@ impl Shard {
     /// Tells each owner how many recipients wait here for its scopes: when that differs from
     /// the owner's view, and now and then anyway, so no drift can leave recipients waiting.
     fn announce_demand(self: &Rc<Self>) {
-        let mut messages = Vec::new();
-        {
-            let mut home = self.home.borrow_mut();
-            let home = &mut *home;
-            let now = Instant::now();
-            let mut idle = Vec::new();
-            for (key, (scope, owner, q)) in &home.pending {
-                let count = q.len() as u32;
-                let stale = |&(view, at): &(u32, Instant)| {
-                    view != count || (count > 0 && now.duration_since(at) >= DEMAND_REFRESH)
-                };
-                if home.announced.get(key).is_none_or(stale) {
-                    home.announced.insert(key.clone(), (count, now));
-                    messages.push((*owner, scope.clone(), count));
-                }
-                if count == 0 {
-                    idle.push(key.clone());
-                }
-            }
-            // A scope with nothing waiting here, whose owner has heard so, is forgotten: the
-            // maps hold the scopes with recipients, not every scope ever seen. Credit still
-            // on its way for it finds no entry and is handed back.
-            for key in idle {
-                home.pending.remove(&key);
-                home.announced.remove(&key);
-            }
-        }
+        let messages = self.home.borrow_mut().announce(Instant::now());
         for (owner, scope, count) in messages {
             self.send_ctl(
                 owner,
@@ -447,52 +246,43 @@ impl Shard {
         let config = self.config.borrow().clone();
         let mut msgs = Vec::new();
         let mut failed = Vec::new();
-        let owner = {
-            let mut home = self.home.borrow_mut();
-            // The owner took this credit off its view of our demand; so do we.
-            if let Some((view, _)) = home.announced.get_mut(&scope) {
-                *view = view.saturating_sub(n);
-            }
-            let pending = home.pending.get_mut(&scope).filter(|_| !self.closing.get());
-            let Some((pending_scope, owner, q)) = pending else {
-                // Nothing here any more, or draining: give the credit back.
-                drop(home);
-                self.send_data(
-                    owner_shard(&scope, self.shards),
-                    DataMsg::Prepared {
-                        scope,
-                        home: self.id,
-                        granted: n,
-                        msgs,
-                    },
-                );
-                return;
-            };
-            let owner = *owner;
-            let fallback_hosts = Arc::clone(&pending_scope.hosts);
-            let mut taken = Vec::new();
-            while taken.len() < n as usize {
-                let Some(seq) = q.pop_front() else { break };
-                taken.push(seq);
-            }
-            drop(home);
-            let max_rcpts = config.delivery.recipients_per_transaction as usize;
-            for seq in taken {
-                let joined = match msgs.last_mut() {
-                    Some(last) if last.rcpts.len() < max_rcpts => self.join(seq, last),
-                    _ => false,
-                };
-                if joined {
-                    continue;
-                }
-                match self.render(seq, &config, &fallback_hosts) {
-                    Ok(Some(p)) => msgs.push(p),
-                    Ok(None) => {}
-                    Err(why) => failed.push((seq, why)),
-                }
-            }
-            owner
+        let taken = self
+            .home
+            .borrow_mut()
+            .take_credit(&scope, n, self.closing.get());
+        let Some(Taken {
+            owner,
+            fallback_hosts,
+            seqs,
+        }) = taken
+        else {
+            // Nothing here any more, or draining: give the credit back.
+            self.send_data(
+                owner_shard(&scope, self.shards),
+                DataMsg::Prepared {
+                    scope,
+                    home: self.id,
+                    granted: n,
+                    msgs,
+                },
+            );
+            return;
         };
+        let max_rcpts = config.delivery.recipients_per_transaction as usize;
+        for seq in seqs {
+            let joined = match msgs.last_mut() {
+                Some(last) if last.rcpts.len() < max_rcpts => self.join(seq, last),
+                _ => false,
+            };
+            if joined {
+                continue;
+            }
+            match self.render(seq, &config, &fallback_hosts) {
+                Ok(Some(p)) => msgs.push(p),
+                Ok(None) => {}
+                Err(why) => failed.push((seq, why)),
+            }
+        }
         // A recipient that cannot be rendered (a damaged record, a template that no longer
         // parses) will not render later either: it bounces rather than waits forever.
         for (seq, why) in failed {
@@ -565,10 +355,11 @@ impl Shard {
         // The recipient's own destination: a provider scope spans domains with MX hosts
         // of their own.
         let domain = &queue.index.domain_names[e.domain as usize];
-        let hosts = match self.home.borrow().routes.get_any(&**domain) {
-            Some(RouteResult::Scope(scope, _)) => Arc::clone(&scope.hosts),
-            Some(RouteResult::Decided(_)) | None => Arc::clone(fallback_hosts),
-        };
+        let hosts = self
+            .home
+            .borrow()
+            .route_hosts(domain)
+            .unwrap_or_else(|| Arc::clone(fallback_hosts));
         Ok(Some(Prepared {
             rcpts: vec![(seq, r.recipient.to_string())],
             home: self.id,
@@ -611,7 +402,7 @@ impl Shard {
         queue: &crate::queue::store::ShardQueue,
         message_seq: u64,
     ) -> Result<Rc<Rendering>, String> {
-        if let Some(r) = self.home.borrow().renderings.get(&message_seq) {
+        if let Some(r) = self.renderings.borrow().get(&message_seq) {
             return Ok(Rc::clone(r));
         }
         let info = queue
@@ -640,9 +431,8 @@ impl Shard {
             tenant: m.tenant.to_string(),
             verbatim,
         });
-        self.home
+        self.renderings
             .borrow_mut()
-            .renderings
             .insert(message_seq, Rc::clone(&r), weight);
         Ok(r)
     }
@@ -757,7 +547,7 @@ impl Shard {
         // Outcomes decided before rendering (DNS) still name their sender and campaign: from
         // the parsed message if there is one, else from its record (no template is parsed
         // for this).
-        let cached = self.home.borrow().renderings.get(&e.message_seq).cloned();
+        let cached = self.renderings.borrow().get(&e.message_seq).cloned();
         let from_record = match cached {
             Some(_) => None,
             None => message_labels(&queue, e.message_seq),
@@ -771,7 +561,7 @@ impl Shard {
                 .is_none_or(|m| m.live == 0);
         drop(queue);
         if message_done {
-            self.home.borrow_mut().renderings.remove(&e.message_seq);
+            self.renderings.borrow_mut().remove(&e.message_seq);
         }
         let (sender, campaign, tenant) = match (&cached, &from_record) {
             (Some(r), _) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
@@ -802,7 +592,7 @@ impl Shard {
             self.shared.fail(format!("delivery log: {err}"));
         }
         match state {
-            OutcomeState::Deferred => self.home.borrow_mut().deferred.push(Reverse((due_ms, seq))),
+            OutcomeState::Deferred => self.home.borrow_mut().defer(seq, due_ms),
             OutcomeState::Delivered
             | OutcomeState::Bounced
             | OutcomeState::Expired
@@ -934,11 +724,11 @@ fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply
 /// waited for it.
 async fn resolve(shard: Rc<Shard>, domain: String) {
     let config = shard.config.borrow().clone();
-    let (result, ttl) = match static_route(&config.routes, &domain) {
+    let route = match static_route(&config.routes, &domain) {
         Some(route) => {
             let scope = scope_for_route(&config, route);
             let owner = owner_shard(&scope.key, shard.shards);
-            (RouteResult::Scope(scope, owner), ROUTE_TTL)
+            Route::Scope(scope, owner)
         }
         None => {
             let d = contained(shard.resolver.destination(&domain))
@@ -950,36 +740,27 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
                 (Destination::Hosts(hosts), None) => {
                     let scope = scope_for_mx(&config, hosts);
                     let owner = owner_shard(&scope.key, shard.shards);
-                    (RouteResult::Scope(scope, owner), ROUTE_TTL)
+                    Route::Scope(scope, owner)
                 }
-                (_, Some(o)) if o.verdict == Verdict::Deferred => {
-                    (RouteResult::Decided(o), ROUTE_FAILURE_TTL)
-                }
-                (_, Some(o)) => (RouteResult::Decided(o), ROUTE_TTL),
-                (_, None) => (
-                    RouteResult::Decided(Outcome {
-                        verdict: Verdict::Deferred,
-                        fault: Fault::Connection,
-                        code: 0,
-                        enhanced: None,
-                        response: format!("no route to {domain}"),
-                        category: None,
-                        pushback: false,
-                    }),
-                    ROUTE_FAILURE_TTL,
-                ),
+                (_, Some(o)) => Route::Decided(o),
+                (_, None) => Route::Decided(Outcome {
+                    verdict: Verdict::Deferred,
+                    fault: Fault::Connection,
+                    code: 0,
+                    enhanced: None,
+                    response: format!("no route to {domain}"),
+                    category: None,
+                    pushback: false,
+                }),
             }
         }
     };
-    let mut home = shard.home.borrow_mut();
-    let now = Instant::now();
-    home.routes
-        .insert(domain.as_str().into(), result, now + ttl, now);
-    let parked = home.resolving.remove(domain.as_str()).unwrap_or_default();
-    // Back to the front: the scheduler, woken now, routes them from the cache.
-    for seq in parked.into_iter().rev() {
-        home.ready.push_front(seq);
-    }
+    // The recipients that waited go back to the front: the scheduler, woken now, routes
+    // them from the cache.
+    shard
+        .home
+        .borrow_mut()
+        .resolved(&domain, route, Instant::now());
     let _ = shard.schedule_kick.try_send(());
 }
 
@@ -1375,19 +1156,6 @@ pub fn rfc5322_date(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seq_runs_keep_order_and_merge() {
-        let mut r = SeqRuns::default();
-        r.push_range(10..13);
-        r.push_back(13);
-        r.push_back(20);
-        r.push_front(9);
-        r.push_front(5);
-        assert_eq!(r.runs.len(), 3, "5, 9..14, 20");
-        let all: Vec<u64> = std::iter::from_fn(|| r.pop_front()).collect();
-        assert_eq!(all, [5, 9, 10, 11, 12, 13, 20]);
-    }
 
     /// A panic in a future that handles a peer's bytes ends that future with its message;
     /// the executor (the shard) goes on running other work.

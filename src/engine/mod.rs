@@ -23,7 +23,6 @@
 //! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
 //! and is replayed at the next start), SIGHUP reloads the configuration.
 
-mod bounded;
 mod deliver;
 
 use crate::config::{Config, ConfigError, Runtime};
@@ -508,7 +507,9 @@ struct Shard {
     last_batch_id: Cell<u64>,
     /// Claimed inputs that could not be read, with when that happened.
     retry: RefCell<Vec<(Instant, Claimed)>>,
-    home: RefCell<deliver::Home>,
+    home: RefCell<crate::schedule::Home>,
+    /// The message stage's parsed templates and pickup bodies, per message record.
+    renderings: RefCell<deliver::Renderings>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -720,7 +721,8 @@ fn open_shard(
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
-            home: RefCell::new(deliver::Home::default()),
+            home: RefCell::new(crate::schedule::Home::default()),
+            renderings: RefCell::new(deliver::Renderings::new(deliver::RENDERINGS_BYTES_MAX)),
             owner: RefCell::new(deliver::Owner::new(shards)),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(

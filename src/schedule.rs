@@ -1,0 +1,512 @@
+//! The home shard's scheduling, sans I/O: which of its recipients are ready, which wait for a
+//! retry time, which wait for their domain's route, and which wait for credit from their
+//! scope's owner; and what to tell each owner of that demand.
+//!
+//! The shell (`engine::deliver`) runs `tick` every few milliseconds and when recipients
+//! become ready, resolves the domains it is asked to, renders what credit allows and sends
+//! the demand messages. Every method takes `now`; the queue's index is read, never changed.
+
+use crate::bounded::ExpiringMap;
+use crate::delivery::policy::{Outcome, Verdict};
+use crate::delivery::scope::{NextHop, Scope};
+use crate::queue::store::{EntryState, Index};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Demand is re-announced this often while recipients wait, whatever the owner's view.
+pub const DEMAND_REFRESH: Duration = Duration::from_secs(1);
+/// Recipients routed per tick at most, so one tick stays short.
+pub const ROUTE_PER_TICK_MAX: usize = 8192;
+/// A route (scope, or a routing failure) is reused this long before resolving again.
+pub const ROUTE_TTL: Duration = Duration::from_secs(60);
+/// A temporary routing failure is reused this long.
+pub const ROUTE_FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Domains whose route a home remembers at most (a scope key and its hosts each, some
+/// 200 bytes: 20 MB at most). Expired routes stay until the map fills, because recipients
+/// waiting for credit still need their hosts; beyond the bound the soonest to expire go, and
+/// a recipient whose route went is sent to its scope's first hosts.
+pub const ROUTES_MAX: usize = 100_000;
+/// DNS lookups a home runs at once. Each is a task with its own socket; a burst of new
+/// domains waits its turn instead of opening thousands of sockets.
+pub const RESOLVING_MAX: usize = 256;
+
+/// Where a domain's recipients go.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// To this scope, owned by this shard.
+    Scope(Scope, usize),
+    /// Nowhere: routing decided the outcome (a bounce for a null MX or NXDOMAIN, or a
+    /// temporary DNS failure).
+    Decided(Outcome),
+}
+
+impl Route {
+    /// How long this route is reused before the domain is resolved again.
+    pub fn ttl(&self) -> Duration {
+        match self {
+            Route::Decided(o) if o.verdict == Verdict::Deferred => ROUTE_FAILURE_TTL,
+            Route::Scope(..) | Route::Decided(_) => ROUTE_TTL,
+        }
+    }
+}
+
+/// What a tick found for the shell to do.
+#[derive(Default, Debug)]
+pub struct Tick {
+    /// Recipients whose outcome routing decided, for the outcome stage.
+    pub decided: Vec<(u64, Outcome)>,
+    /// Domains to resolve (each once; their recipients are parked until `resolved`).
+    pub to_resolve: Vec<String>,
+}
+
+/// Credit taken: the recipients to render, for whom and to which hosts by default.
+#[derive(Debug)]
+pub struct Taken {
+    pub owner: usize,
+    /// The scope's hosts, for a recipient whose own route has gone from the cache.
+    pub fallback_hosts: Arc<[NextHop]>,
+    pub seqs: Vec<u64>,
+}
+
+/// A home shard's scheduling state.
+pub struct Home {
+    ready: SeqRuns,
+    /// (due Unix ms, sequence number), soonest first.
+    deferred: BinaryHeap<Reverse<(u64, u64)>>,
+    routes: ExpiringMap<Box<str>, Route>,
+    /// Domains being resolved, with the recipients waiting for them.
+    resolving: HashMap<Box<str>, Vec<u64>>,
+    /// Routed recipients per scope, waiting for credit: (scope, owner, sequence numbers).
+    pending: HashMap<String, (Scope, usize, VecDeque<u64>)>,
+    /// Per scope: the owner's view of our demand (what we announced, less the credit it
+    /// granted since) and when we last announced.
+    announced: HashMap<String, (u32, Instant)>,
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Home {
+            ready: SeqRuns::default(),
+            deferred: BinaryHeap::new(),
+            routes: ExpiringMap::new(ROUTES_MAX),
+            resolving: HashMap::new(),
+            pending: HashMap::new(),
+            announced: HashMap::new(),
+        }
+    }
+}
+
+impl Home {
+    /// After recovery: everything live is waiting or deferred.
+    pub fn load(&mut self, index: &Index) {
+        for (seq, e) in index.live_entries() {
+            match e.state {
+                EntryState::Deferred => self.defer(seq, u64::from(e.due_unix_s) * 1000),
+                EntryState::Waiting | EntryState::InFlight | EntryState::Vacant => {
+                    self.ready.push_back(seq)
+                }
+            }
+        }
+    }
+
+    /// Newly queued recipients (consecutive sequence numbers).
+    pub fn add_ready(&mut self, seqs: std::ops::Range<u64>) {
+        self.ready.push_range(seqs);
+    }
+
+    /// A recipient to try again from `due_unix_ms` on.
+    pub fn defer(&mut self, seq: u64, due_unix_ms: u64) {
+        self.deferred.push(Reverse((due_unix_ms, seq)));
+    }
+
+    /// Compaction moved these recipients to new sequence numbers.
+    pub fn requeue_moved(&mut self, index: &Index, moved: &[u64]) {
+        for &seq in moved {
+            match index.entry(seq).map(|e| (e.state, e.due_unix_s)) {
+                Some((EntryState::Deferred, due)) => self.defer(seq, u64::from(due) * 1000),
+                Some((EntryState::Waiting, _)) => self.ready.push_back(seq),
+                Some((EntryState::InFlight | EntryState::Vacant, _)) | None => {}
+            }
+        }
+    }
+
+    /// Moves due retries to ready, then routes up to `ROUTE_PER_TICK_MAX` ready recipients:
+    /// to their scope's pending queue when the route is known, to the outcome stage when
+    /// routing decided, and otherwise parked while their domain is resolved (at most
+    /// `RESOLVING_MAX` domains at once; the others stay ready, in order).
+    pub fn tick(&mut self, index: &Index, now_unix_ms: u64, now: Instant) -> Tick {
+        let mut out = Tick::default();
+        while let Some(&Reverse((due, seq))) = self.deferred.peek() {
+            if due > now_unix_ms {
+                break;
+            }
+            self.deferred.pop();
+            self.ready.push_back(seq);
+        }
+        let mut n = 0;
+        let mut later = Vec::new();
+        while n < ROUTE_PER_TICK_MAX {
+            let Some(seq) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(e) = index.entry(seq) else { continue };
+            if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
+                continue;
+            }
+            n += 1;
+            let domain = &index.domain_names[e.domain as usize];
+            // Borrowed from the route cache: nothing is cloned per recipient unless a scope
+            // gets its first pending entry or routing decided the outcome.
+            match self.routes.get(&**domain, now) {
+                Some(Route::Scope(scope, owner)) => match self.pending.get_mut(&scope.key) {
+                    Some(entry) => entry.2.push_back(seq),
+                    None => {
+                        let entry = (scope.clone(), *owner, VecDeque::from([seq]));
+                        self.pending.insert(scope.key.clone(), entry);
+                    }
+                },
+                Some(Route::Decided(outcome)) => out.decided.push((seq, outcome.clone())),
+                None => {
+                    let busy = self.resolving.len() >= RESOLVING_MAX;
+                    if busy && !self.resolving.contains_key(domain) {
+                        later.push(seq);
+                        continue;
+                    }
+                    let parked = self.resolving.entry(domain.clone()).or_default();
+                    if parked.is_empty() {
+                        out.to_resolve.push(domain.to_string());
+                    }
+                    parked.push(seq);
+                }
+            }
+        }
+        for seq in later.into_iter().rev() {
+            self.ready.push_front(seq);
+        }
+        out
+    }
+
+    /// `domain` resolved to `route`: remembered for its TTL, and the recipients that waited
+    /// for it go back to the front of the ready queue.
+    pub fn resolved(&mut self, domain: &str, route: Route, now: Instant) {
+        let until = now + route.ttl();
+        self.routes.insert(domain.into(), route, until, now);
+        let parked = self.resolving.remove(domain).unwrap_or_default();
+        for seq in parked.into_iter().rev() {
+            self.ready.push_front(seq);
+        }
+    }
+
+    /// The hosts of `domain`'s route, expired or not (a recipient waiting for credit still
+    /// goes to its own destination's hosts).
+    pub fn route_hosts(&self, domain: &str) -> Option<Arc<[NextHop]>> {
+        match self.routes.get_any(domain) {
+            Some(Route::Scope(scope, _)) => Some(Arc::clone(&scope.hosts)),
+            Some(Route::Decided(_)) | None => None,
+        }
+    }
+
+    /// What to tell each owner: (owner, scope, recipients waiting here), for the scopes
+    /// whose count differs from the owner's view, and every `DEMAND_REFRESH` anyway while
+    /// recipients wait, so no drift can leave them waiting. A scope with nothing waiting,
+    /// whose owner has heard so, is forgotten (credit still on its way for it finds no entry
+    /// in `take_credit` and is handed back).
+    pub fn announce(&mut self, now: Instant) -> Vec<(usize, Scope, u32)> {
+        let mut messages = Vec::new();
+        let mut idle = Vec::new();
+        for (key, (scope, owner, q)) in &self.pending {
+            let count = q.len() as u32;
+            let stale = |&(view, at): &(u32, Instant)| {
+                view != count || (count > 0 && now.duration_since(at) >= DEMAND_REFRESH)
+            };
+            if self.announced.get(key).is_none_or(stale) {
+                self.announced.insert(key.clone(), (count, now));
+                messages.push((*owner, scope.clone(), count));
+            }
+            if count == 0 {
+                idle.push(key.clone());
+            }
+        }
+        for key in idle {
+            self.pending.remove(&key);
+            self.announced.remove(&key);
+        }
+        messages
+    }
+
+    /// The owner of `scope` granted `n`: takes up to `n` of its waiting recipients, in the
+    /// order they were routed. `None` when nothing waits for it here any more, or while `draining`: the
+    /// credit goes back to the owner unused.
+    pub fn take_credit(&mut self, scope: &str, n: u32, draining: bool) -> Option<Taken> {
+        // The owner took this credit off its view of our demand; so do we.
+        if let Some((view, _)) = self.announced.get_mut(scope) {
+            *view = view.saturating_sub(n);
+        }
+        if draining {
+            return None;
+        }
+        let (pending_scope, owner, q) = self.pending.get_mut(scope)?;
+        let take = (n as usize).min(q.len());
+        Some(Taken {
+            owner: *owner,
+            fallback_hosts: Arc::clone(&pending_scope.hosts),
+            seqs: q.drain(..take).collect(),
+        })
+    }
+}
+
+/// A queue of sequence numbers kept as runs: recipients are mostly consecutive, so a
+/// million of them waiting cost a few runs, not eight bytes each.
+#[derive(Default)]
+struct SeqRuns {
+    runs: VecDeque<std::ops::Range<u64>>,
+}
+
+impl SeqRuns {
+    fn push_back(&mut self, seq: u64) {
+        self.push_range(seq..seq + 1);
+    }
+
+    fn push_range(&mut self, r: std::ops::Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        match self.runs.back_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => self.runs.push_back(r),
+        }
+    }
+
+    fn push_front(&mut self, seq: u64) {
+        match self.runs.front_mut() {
+            Some(first) if first.start == seq + 1 => first.start = seq,
+            _ => self.runs.push_front(seq..seq + 1),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<u64> {
+        let first = self.runs.front_mut()?;
+        let seq = first.start;
+        first.start += 1;
+        if first.is_empty() {
+            self.runs.pop_front();
+        }
+        Some(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::policy::{BounceCategory, Fault};
+    use crate::queue::record::{OutcomePayload, OutcomeState, RecipientPayload};
+    use crate::queue::store::{Chunk, ChunkAppend, MessageSpec, ShardQueue};
+
+    /// A queue holding `rcpts` (one chunk), and the first recipient's sequence number.
+    fn queue(rcpts: &[&str]) -> (tempfile::TempDir, ShardQueue, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, 1 << 20).unwrap();
+        let mut tails = Vec::new();
+        let mut ends = Vec::new();
+        for r in rcpts {
+            RecipientPayload::encode_tail(r, &[r.as_bytes()], &mut tails);
+            ends.push(tails.len() as u32);
+        }
+        let chunk = Chunk {
+            batch_id: 1,
+            chunk_no: 0,
+            message: Arc::new(MessageSpec {
+                batch_id: 1,
+                created_unix_ms: 0,
+                flags: 0,
+                sender: "s@acme.example".into(),
+                campaign: "c".into(),
+                tenant: "t".into(),
+                var_names: vec!["to".into()],
+                body: b"To: {{ to }}\r\n\r\nhi\r\n".to_vec(),
+            }),
+            tails,
+            ends,
+        };
+        let ChunkAppend::Appended {
+            first_recipient_seq,
+            ..
+        } = q.append_chunk(&chunk).unwrap()
+        else {
+            panic!("appended");
+        };
+        (dir, q, first_recipient_seq)
+    }
+
+    fn scope(key: &str) -> Scope {
+        Scope {
+            key: key.into(),
+            hosts: Arc::from(vec![NextHop {
+                name: format!("mx.{key}"),
+                port: 25,
+                from_route: false,
+            }]),
+        }
+    }
+
+    fn bounce() -> Outcome {
+        Outcome {
+            verdict: Verdict::Bounced,
+            fault: Fault::Message,
+            code: 0,
+            enhanced: None,
+            response: "null MX".into(),
+            category: Some(BounceCategory::BadDomain),
+            pushback: false,
+        }
+    }
+
+    #[test]
+    fn recipients_wait_for_their_route_once_per_domain_then_for_credit() {
+        let (_dir, q, first) = queue(&["a@x.test", "b@x.test", "c@y.test", "d@null.test"]);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.add_ready(first..first + 4);
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(
+            tick.to_resolve,
+            ["x.test", "y.test", "null.test"],
+            "each domain once"
+        );
+        assert!(tick.decided.is_empty());
+        assert!(
+            home.tick(&q.index, 0, t0).to_resolve.is_empty(),
+            "parked, not asked again"
+        );
+        home.resolved("x.test", Route::Scope(scope("s"), 1), t0);
+        home.resolved("y.test", Route::Scope(scope("s"), 1), t0);
+        home.resolved("null.test", Route::Decided(bounce()), t0);
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(
+            tick.decided.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [first + 3],
+            "routing decided the null MX's recipient"
+        );
+        // Both domains share a scope: one announcement of three.
+        let said = home.announce(t0);
+        assert_eq!(said.len(), 1);
+        assert_eq!((said[0].0, said[0].1.key.as_str(), said[0].2), (1, "s", 3));
+        assert!(home.announce(t0).is_empty(), "nothing new to say");
+        let again = home.announce(t0 + DEMAND_REFRESH);
+        assert_eq!(again.len(), 1, "re-announced while recipients wait");
+        // Credit takes them in the order they were routed (those of the route resolved
+        // last went to the front); the owner's view drops with it.
+        let taken = home.take_credit("s", 2, false).unwrap();
+        assert_eq!(taken.owner, 1);
+        assert_eq!(taken.seqs, [first + 2, first]);
+        assert_eq!(&*taken.fallback_hosts, &*scope("s").hosts);
+        assert!(
+            home.announce(t0 + DEMAND_REFRESH).is_empty(),
+            "view 3 - 2 = 1 = count"
+        );
+        assert!(
+            home.take_credit("s", 5, true).is_none(),
+            "draining: handed back"
+        );
+        assert_eq!(home.take_credit("s", 5, false).unwrap().seqs, [first + 1]);
+        // Nothing waits, and the owner's view (less the credit it gave) is already 0: nothing
+        // to say, and the scope is forgotten.
+        assert!(home.announce(t0 + DEMAND_REFRESH).is_empty());
+        assert!(
+            home.take_credit("s", 1, false).is_none(),
+            "forgotten: handed back"
+        );
+    }
+
+    #[test]
+    fn retries_become_ready_when_due_and_final_recipients_are_skipped() {
+        let (_dir, mut q, first) = queue(&["a@x.test", "b@x.test", "c@x.test"]);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.resolved("x.test", Route::Scope(scope("s"), 0), t0);
+        home.defer(first, 5_000);
+        home.defer(first + 1, 1_000);
+        home.add_ready(first + 2..first + 3);
+        // The third was delivered meanwhile: it is not routed.
+        q.append_outcome(OutcomePayload {
+            recipient_seq: first + 2,
+            state: OutcomeState::Delivered,
+            attempts: 1,
+            due_unix_ms: 0,
+            ts_unix_ms: 0,
+        })
+        .unwrap();
+        home.tick(&q.index, 999, t0);
+        assert!(home.announce(t0).is_empty(), "nothing due yet");
+        home.tick(&q.index, 1_000, t0);
+        assert_eq!(home.announce(t0)[0].2, 1);
+        home.tick(&q.index, 10_000, t0);
+        assert_eq!(
+            home.take_credit("s", 9, false).unwrap().seqs,
+            [first + 1, first]
+        );
+    }
+
+    #[test]
+    fn lookups_in_flight_are_bounded_and_the_rest_keep_their_order() {
+        let names: Vec<String> = (0..RESOLVING_MAX + 3)
+            .map(|i| format!("u@d{i}.test"))
+            .collect();
+        let rcpts: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (_dir, q, first) = queue(&rcpts);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.add_ready(first..first + rcpts.len() as u64);
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(tick.to_resolve.len(), RESOLVING_MAX);
+        assert!(
+            home.tick(&q.index, 0, t0).to_resolve.is_empty(),
+            "still full"
+        );
+        home.resolved("d0.test", Route::Decided(bounce()), t0);
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(tick.decided.len(), 1);
+        assert_eq!(
+            tick.to_resolve,
+            [format!("d{RESOLVING_MAX}.test")],
+            "the next in order"
+        );
+    }
+
+    #[test]
+    fn temporary_routing_failures_are_remembered_briefly() {
+        let mut failure = bounce();
+        failure.verdict = Verdict::Deferred;
+        assert_eq!(Route::Decided(failure).ttl(), ROUTE_FAILURE_TTL);
+        assert_eq!(Route::Decided(bounce()).ttl(), ROUTE_TTL);
+        assert_eq!(Route::Scope(scope("s"), 0).ttl(), ROUTE_TTL);
+        let (_dir, q, first) = queue(&["a@x.test"]);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.resolved("x.test", Route::Scope(scope("s"), 0), t0);
+        home.add_ready(first..first + 1);
+        assert!(
+            home.tick(&q.index, 0, t0 + ROUTE_TTL).to_resolve == ["x.test"],
+            "expired"
+        );
+        assert!(
+            home.route_hosts("x.test").is_some(),
+            "hosts kept for those waiting"
+        );
+    }
+
+    #[test]
+    fn seq_runs_keep_order_and_merge() {
+        let mut r = SeqRuns::default();
+        r.push_range(10..13);
+        r.push_back(13);
+        r.push_back(20);
+        r.push_front(9);
+        r.push_front(5);
+        assert_eq!(r.runs.len(), 3, "5, 9..14, 20");
+        let all: Vec<u64> = std::iter::from_fn(|| r.pop_front()).collect();
+        assert_eq!(all, [5, 9, 10, 11, 12, 13, 20]);
+    }
+}
