@@ -13,6 +13,7 @@
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
 //! - [`schedule`]: the home shard's scheduling: ready and deferred recipients, routes,
 //!   demand and credit (sans I/O).
+//! - [`message`]: rendering a recipient's message, with the header fields it lacks (sans I/O).
 //! - [`dns`]: DNS messages, MX planning, the cache and the resolver (hickory-proto wire format).
 //! - [`smtp`]: the SMTP client protocol core (replies, DATA writer, session), sans I/O.
 //! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod intake;
+pub mod message;
 pub mod preflight;
 pub mod queue;
 pub mod schedule;

@@ -15,7 +15,6 @@
 //! Control handlers never wait: anything they send goes out from a spawned task.
 
 use super::{CtlMsg, DataMsg, Shard};
-use crate::bounded::WeightedFifo;
 use crate::config::Config;
 use crate::delivery::connection::{ConnectError, Connection};
 use crate::delivery::owner::{Recipients, Refusal, ScopeLimits, Take};
@@ -30,15 +29,13 @@ use crate::delivery::throttle::Change;
 use crate::delivery::tls::TLS_BROKEN_FOR;
 use crate::delivery_log::LogRecord;
 use crate::dns::resolver::Destination;
-use crate::queue::record::{
-    MessagePayload, OutcomePayload, OutcomeState, RecipientPayload, MESSAGE_VERBATIM,
-};
+use crate::message::Rendering;
+use crate::queue::record::{MessagePayload, OutcomePayload, OutcomeState, RecipientPayload};
 use crate::queue::store::{unix_ms, EntryState};
 use crate::schedule::{Route, Taken, Tick};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
-use crate::template::{header_section_end, Template};
 use glommio::timer::{sleep, timeout};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -48,10 +45,6 @@ use std::time::{Duration, Instant};
 
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
-/// Bytes of parsed templates and pickup bodies a home keeps for rendering, per shard. A
-/// message's entry also goes as soon as it has no live recipient; beyond the bound the oldest
-/// are parsed again from the queue when needed.
-pub const RENDERINGS_BYTES_MAX: usize = 64 << 20;
 /// An idle connection worker closes its connection after this long.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(2);
 /// Addresses one delivery attempt tries at most, across its hosts (Postfix's
@@ -100,23 +93,6 @@ pub enum ItemResult {
     Smtp(RcptResult),
     Decided(Outcome),
 }
-
-/// What rendering a message needs, parsed once per message record.
-pub struct Rendering {
-    template: Template,
-    /// The template's own Message-ID and whether it has a Date, read once, not per message.
-    message_id: Option<String>,
-    has_date: bool,
-    batch_id: u64,
-    sender: String,
-    campaign: String,
-    tenant: String,
-    verbatim: bool,
-}
-
-/// The message stage's cache: parsed templates and pickup bodies by message record, within
-/// `RENDERINGS_BYTES_MAX`.
-pub type Renderings = WeightedFifo<u64, Rc<Rendering>>;
 
 /// How often the scheduler looks for idle scopes to forget.
 pub const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -330,27 +306,14 @@ impl Shard {
         let payload = queue.payload_at(seq, e.offset).map_err(|e| e.to_string())?;
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(&queue, r.message_seq)?;
-        let mut message = Vec::with_capacity(rendering.template.source().len() + 256);
-        let mut message_id = rendering.message_id.clone();
-        if !rendering.verbatim {
-            if message_id.is_none() {
-                let id = format!("<{:x}.{seq}@{}>", rendering.batch_id, config.smtp.helo_name);
-                message.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
-                message_id = Some(id);
-            }
-            if !rendering.has_date {
-                message.extend_from_slice(b"Date: ");
-                message.extend_from_slice(rfc5322_date(unix_ms()).as_bytes());
-                message.extend_from_slice(b"\r\n");
-            }
-        }
-        if r.values.len() != rendering.template.var_names().len() {
-            return Err("values do not match the template".into());
-        }
-        rendering.template.render_into(&r.values, &mut message);
-        if message_id.as_deref().is_some_and(|m| m.contains("{{")) {
-            message_id = find_header(&message, "message-id");
-        }
+        let mut message = Vec::new();
+        let message_id = rendering.render(
+            seq,
+            &r.values,
+            &config.smtp.helo_name,
+            unix_ms(),
+            &mut message,
+        )?;
         queue.index.set_in_flight(seq, true);
         // The recipient's own destination: a provider scope spans domains with MX hosts
         // of their own.
@@ -365,7 +328,7 @@ impl Shard {
             home: self.id,
             mail_from: rendering.sender.clone(),
             message,
-            message_id: message_id.unwrap_or_default(),
+            message_id,
             group: rendering.verbatim.then_some((r.message_seq, e.domain)),
             hosts,
         }))
@@ -414,23 +377,8 @@ impl Shard {
             .payload_at(message_seq, info.offset)
             .map_err(|e| e.to_string())?;
         let m = MessagePayload::decode(&payload).map_err(|e| e.to_string())?;
-        let verbatim = m.flags & MESSAGE_VERBATIM != 0;
-        let template = if verbatim {
-            Template::verbatim(m.body.to_vec())
-        } else {
-            Template::parse(m.body.to_vec()).map_err(|e| e.0)?
-        };
-        let weight = template.source().len() + std::mem::size_of::<Rendering>();
-        let r = Rc::new(Rendering {
-            message_id: find_header(template.source(), "message-id"),
-            has_date: find_header(template.source(), "date").is_some(),
-            template,
-            batch_id: m.batch_id,
-            sender: m.sender.to_string(),
-            campaign: m.campaign.to_string(),
-            tenant: m.tenant.to_string(),
-            verbatim,
-        });
+        let r = Rc::new(Rendering::from_record(&m)?);
+        let weight = r.weight();
         self.renderings
             .borrow_mut()
             .insert(message_seq, Rc::clone(&r), weight);
@@ -1103,56 +1051,6 @@ struct ConnectFailure {
     decided: Option<Outcome>,
 }
 
-/// The value of a header in a message's header section (first occurrence, unfolded).
-pub fn find_header(message: &[u8], name: &str) -> Option<String> {
-    let end = header_section_end(message).unwrap_or(message.len());
-    let head = std::str::from_utf8(&message[..end]).ok()?;
-    let mut lines = head
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .peekable();
-    while let Some(line) = lines.next() {
-        let Some((n, v)) = line.split_once(':') else {
-            continue;
-        };
-        if n.trim().eq_ignore_ascii_case(name) {
-            let mut value = v.trim().to_string();
-            while let Some(next) = lines.peek() {
-                if next.starts_with([' ', '\t']) {
-                    if !value.is_empty() {
-                        value.push(' ');
-                    }
-                    value.push_str(next.trim());
-                    lines.next();
-                } else {
-                    break;
-                }
-            }
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// RFC 5322 date in UTC, e.g. `Sun, 29 Nov 2026 15:44:14 +0000`.
-pub fn rfc5322_date(unix_ms: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let mut iso = Vec::new();
-    crate::delivery_log::rfc3339_utc(unix_ms, &mut iso);
-    let iso = String::from_utf8(iso).expect("ASCII");
-    let (y, m, d) = (&iso[0..4], &iso[5..7], &iso[8..10]);
-    let month = MONTHS[m.parse::<usize>().unwrap_or(1) - 1];
-    let day = DAYS[((unix_ms / 86_400_000) % 7) as usize];
-    format!(
-        "{day}, {} {month} {y} {} +0000",
-        d.trim_start_matches('0'),
-        &iso[11..19]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1179,17 +1077,5 @@ mod tests {
             });
         assert_eq!(caught, Err("bad reply from a peer".to_string()));
         assert_eq!(after, Ok(2));
-    }
-
-    #[test]
-    fn headers_and_dates() {
-        let m = b"From: a@b\r\nMessage-ID:\r\n <x@y>\r\nSubject: s\r\n\r\nMessage-ID: body";
-        assert_eq!(find_header(m, "message-id").as_deref(), Some("<x@y>"));
-        assert_eq!(find_header(m, "date"), None);
-        assert_eq!(
-            rfc5322_date(1_795_967_054_123),
-            "Sun, 29 Nov 2026 15:44:14 +0000"
-        );
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
     }
 }

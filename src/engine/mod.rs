@@ -509,7 +509,7 @@ struct Shard {
     retry: RefCell<Vec<(Instant, Claimed)>>,
     home: RefCell<crate::schedule::Home>,
     /// The message stage's parsed templates and pickup bodies, per message record.
-    renderings: RefCell<deliver::Renderings>,
+    renderings: RefCell<crate::message::Renderings>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -722,7 +722,9 @@ fn open_shard(
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
             home: RefCell::new(crate::schedule::Home::default()),
-            renderings: RefCell::new(deliver::Renderings::new(deliver::RENDERINGS_BYTES_MAX)),
+            renderings: RefCell::new(crate::message::Renderings::new(
+                crate::message::RENDERINGS_BYTES_MAX,
+            )),
             owner: RefCell::new(deliver::Owner::new(shards)),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(
