@@ -187,28 +187,31 @@ impl<M: Recipients> Owner<M> {
         Some(scope.hosts)
     }
 
-    /// Credit where a scope's window has room, round-robin over the homes that want some,
-    /// at most `CREDIT_BATCH_MAX` at a time: appends (home, scope key, n) to `out`.
-    pub fn grant(&mut self, out: &mut Vec<(usize, String, u32)>) {
-        for (key, s) in self.scopes.iter_mut() {
-            let mut room = s.room();
-            let homes = s.demand.len();
-            let mut idle_rounds = 0;
-            while room > 0 && idle_rounds < homes {
-                let h = s.rr % homes;
-                s.rr += 1;
-                let want = s.demand[h];
-                if want == 0 {
-                    idle_rounds += 1;
-                    continue;
-                }
-                idle_rounds = 0;
-                let n = want.min(room).min(CREDIT_BATCH_MAX);
-                s.demand[h] -= n;
-                s.credit_out[h] += n;
-                room -= n;
-                out.push((h, key.clone(), n));
+    /// Credit where `key`'s window has room, round-robin over the homes that want some, at
+    /// most `CREDIT_BATCH_MAX` at a time: appends (home, n) to `out`. Only the scope whose
+    /// demand, messages or workers changed can have new room, so a grant costs that scope's
+    /// homes, not every scope the owner knows.
+    pub fn grant(&mut self, key: &str, out: &mut Vec<(usize, u32)>) {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return;
+        };
+        let mut room = s.room();
+        let homes = s.demand.len();
+        let mut idle_rounds = 0;
+        while room > 0 && idle_rounds < homes {
+            let h = s.rr % homes;
+            s.rr += 1;
+            let want = s.demand[h];
+            if want == 0 {
+                idle_rounds += 1;
+                continue;
             }
+            idle_rounds = 0;
+            let n = want.min(room).min(CREDIT_BATCH_MAX);
+            s.demand[h] -= n;
+            s.credit_out[h] += n;
+            room -= n;
+            out.push((h, n));
         }
     }
 
@@ -390,14 +393,14 @@ mod tests {
         }
     }
 
-    fn grants(owner: &mut Owner<Msg>) -> Vec<(usize, String, u32)> {
+    fn grants(owner: &mut Owner<Msg>) -> Vec<(usize, u32)> {
         let mut out = Vec::new();
-        owner.grant(&mut out);
+        owner.grant("s", &mut out);
         out
     }
 
-    fn total(g: &[(usize, String, u32)], home: usize) -> u32 {
-        g.iter().filter(|c| c.0 == home).map(|c| c.2).sum()
+    fn total(g: &[(usize, u32)], home: usize) -> u32 {
+        g.iter().filter(|c| c.0 == home).map(|c| c.1).sum()
     }
 
     #[test]
@@ -408,7 +411,7 @@ mod tests {
         let g = grants(&mut owner);
         // Window: 2 connections x 4; in batches of at most CREDIT_BATCH_MAX.
         assert_eq!(total(&g, 0), 2 * WINDOW_PER_CONNECTION);
-        assert!(g.iter().all(|c| c.2 <= CREDIT_BATCH_MAX));
+        assert!(g.iter().all(|c| c.1 <= CREDIT_BATCH_MAX));
         assert!(grants(&mut owner).is_empty(), "the window is full");
         // The messages arrive: still full (they wait here) until workers take them.
         let spawn = owner
@@ -426,6 +429,21 @@ mod tests {
             ));
         }
         assert_eq!(total(&grants(&mut owner), 0), 3, "room for what was taken");
+    }
+
+    #[test]
+    fn a_grant_touches_only_its_scope() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(1, None), 0, 10, t0, false);
+        owner.demand(scope("t"), limits(1, None), 0, 10, t0, false);
+        assert_eq!(grants(&mut owner), [(0, 4)]);
+        let mut out = Vec::new();
+        owner.grant("t", &mut out);
+        assert_eq!(out, [(0, 4)], "t's window was untouched by s's grant");
+        out.clear();
+        owner.grant("unknown", &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -197,22 +197,23 @@ impl Shard {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
             self.spawn_into(
                 self.queues.delivery,
-                worker(Rc::clone(self), scope_key, Some(hosts)),
+                worker(Rc::clone(self), scope_key.clone(), Some(hosts)),
             )
             .detach();
         }
-        self.grant();
+        self.grant(&scope_key);
     }
 
-    /// Owner: hands out credit where the window has room, round-robin over homes.
-    fn grant(self: &Rc<Self>) {
+    /// Owner: hands out `scope`'s credit where its window has room, round-robin over homes.
+    fn grant(self: &Rc<Self>, scope: &str) {
         if self.closing.get() {
             // Draining: nothing new starts; what is promised comes back or waits.
             return;
         }
         let mut credits = Vec::new();
-        self.owner.borrow_mut().grant(&mut credits);
-        for (home, scope, n) in credits {
+        self.owner.borrow_mut().grant(scope, &mut credits);
+        for (home, n) in credits {
+            let scope = scope.to_string();
             self.send_ctl(home, CtlMsg::Credit { scope, n });
         }
     }
@@ -398,10 +399,19 @@ impl Shard {
                 .borrow_mut()
                 .prepared(&scope, home, granted, msgs, Instant::now());
         // Credit is out for a scope until its messages arrive, and a scope with credit out
-        // is never forgotten: there is always one to take them.
-        let Ok(spawn) = prepared else {
-            debug_assert!(false, "prepared messages for a forgotten scope {scope}");
-            return;
+        // is never forgotten: there is always one to take them. Should that ever fail, say
+        // so rather than lose track silently.
+        let spawn = match prepared {
+            Ok(spawn) => spawn,
+            Err(msgs) => {
+                eprintln!(
+                    "spate: shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
+                    self.id,
+                    msgs.len(),
+                    printable(&scope)
+                );
+                return;
+            }
         };
         for _ in 0..spawn {
             self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
@@ -413,7 +423,7 @@ impl Shard {
             )
             .detach();
         }
-        self.grant();
+        self.grant(&scope);
     }
 
     /// Home: results from an owner.
@@ -758,7 +768,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                 break;
             }
         };
-        shard.grant();
+        shard.grant(&key);
         if !wait.is_zero() {
             sleep(wait).await;
         }
