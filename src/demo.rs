@@ -146,32 +146,34 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     while !engine.is_ready() && !engine.has_exited() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let started = Instant::now();
+    let clock = std::sync::Arc::clone(&engine.shared().clock);
+    let since = |t: Instant| clock.now().duration_since(t);
+    let started = clock.now();
     std::fs::rename(&staged, incoming.join("demo.jsonl")).map_err(|e| storage(&incoming, e))?;
     let counters = &engine.shared().counters;
     let mut first_durable = None;
-    let mut last_print = Instant::now();
+    let mut last_print = clock.now();
     loop {
         std::thread::sleep(Duration::from_millis(1));
         let queued = counters.queued.load(Ordering::Relaxed);
         if queued > 0 && first_durable.is_none() {
-            first_durable = Some(started.elapsed());
+            first_durable = Some(since(started));
         }
         let done = counters.inputs_done.load(Ordering::Relaxed)
             + counters.inputs_bad.load(Ordering::Relaxed);
-        if last_print.elapsed() >= Duration::from_millis(250) || done > 0 {
-            last_print = Instant::now();
+        if since(last_print) >= Duration::from_millis(250) || done > 0 {
+            last_print = clock.now();
             print!(
                 "\r  queued {queued:>9} / {expected}  {:>6.1} s",
-                started.elapsed().as_secs_f64()
+                since(started).as_secs_f64()
             );
             let _ = std::io::stdout().flush();
         }
-        if done > 0 || engine.has_exited() || started.elapsed() > DEMO_TIMEOUT {
+        if done > 0 || engine.has_exited() || since(started) > DEMO_TIMEOUT {
             break;
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = since(started);
     let queued = counters.queued.load(Ordering::Relaxed);
     engine.request_stop();
     engine.wait()?;

@@ -4,6 +4,7 @@
 //!
 //! Modules in data-flow order, one line each:
 //!
+//! - [`clock`]: the one clock (monotonic and wall time), the system's or a manual one.
 //! - [`config`]: the TOML configuration, validated into typed values (exit 78 on errors).
 //! - [`preflight`]: checks io_uring and the memlock limit before any executor starts (exit 69).
 //! - [`spool`]: the spool directory: scanning, race-free claiming, `bad/` and `done/`.
@@ -27,6 +28,7 @@
 
 pub mod address;
 pub mod bounded;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;

@@ -128,7 +128,7 @@ fn queue_summary(args: &[&str]) -> ExitCode {
     }
     match summary::read_queue(&config.engine.data_dir) {
         Ok(s) => {
-            let now = spate::queue::store::unix_ms();
+            let now = spate::clock::Clock::unix_ms(&spate::clock::SystemClock);
             if json {
                 println!("{}", s.to_json(now, running));
             } else {

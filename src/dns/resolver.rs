@@ -9,11 +9,13 @@
 use super::cache::{DnsCache, CACHE_ENTRIES_MAX};
 use super::message::{build_query, parse_response, Answer, QueryType, CNAME_CHAIN_MAX};
 use super::mx::{self, MxPlan};
+use crate::clock::Clock;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
 use glommio::timer::timeout;
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One attempt at one nameserver waits at most this long.
@@ -54,11 +56,11 @@ pub struct Resolver {
     cache: RefCell<DnsCache>,
     attempt_timeout: Duration,
     rng: Cell<u64>,
-    clock: fn() -> u64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Resolver {
-    pub fn new(nameservers: Vec<SocketAddr>, seed: u64, clock: fn() -> u64) -> Resolver {
+    pub fn new(nameservers: Vec<SocketAddr>, seed: u64, clock: Arc<dyn Clock>) -> Resolver {
         Resolver {
             nameservers,
             cache: RefCell::new(DnsCache::new(CACHE_ENTRIES_MAX)),
@@ -156,7 +158,7 @@ impl Resolver {
     /// A cached or fresh answer; failures come back as `Answer::ServerFailure`. An alias whose
     /// target's records were not in the answer is followed, `CNAME_CHAIN_MAX` queries at most.
     pub async fn query(&self, domain: &str, qtype: QueryType) -> Answer {
-        let now = (self.clock)();
+        let now = self.clock.unix_ms();
         if let Some(a) = self.cache.borrow_mut().get(domain, qtype, now) {
             return a.clone();
         }
@@ -175,7 +177,7 @@ impl Resolver {
         }
         self.cache
             .borrow_mut()
-            .insert(domain, qtype, answer.clone(), (self.clock)());
+            .insert(domain, qtype, answer.clone(), self.clock.unix_ms());
         answer
     }
 
@@ -511,8 +513,9 @@ mod tests {
             .run(f)
     }
 
-    fn now_zero() -> u64 {
-        0
+    /// A clock stopped at the Unix epoch: cache expiry never moves in these tests.
+    fn now_zero() -> Arc<dyn Clock> {
+        Arc::new(crate::clock::ManualClock::new(0))
     }
 
     #[test]
@@ -520,7 +523,7 @@ mod tests {
         let dns = TestDns::start();
         let addr = dns.addr;
         let results = on_executor(async move {
-            let r = Resolver::new(vec![addr], 42, now_zero);
+            let r = Resolver::new(vec![addr], 42, now_zero());
             (
                 r.destination("example.test").await,
                 r.destination("null.test").await,
@@ -565,7 +568,7 @@ mod tests {
         let dns = TestDns::start();
         let addr = dns.addr;
         let results = on_executor(async move {
-            let r = Resolver::new(vec![addr], 42, now_zero);
+            let r = Resolver::new(vec![addr], 42, now_zero());
             (
                 r.destination("alias.test").await,
                 r.destination("partial.test").await,
@@ -602,8 +605,8 @@ mod tests {
 
     #[test]
     fn query_ids_come_from_the_kernel_not_the_seed() {
-        let a = Resolver::new(vec![], 1, now_zero);
-        let b = Resolver::new(vec![], 1, now_zero);
+        let a = Resolver::new(vec![], 1, now_zero());
+        let b = Resolver::new(vec![], 1, now_zero());
         let ids = |r: &Resolver| (0..4).map(|_| r.query_id()).collect::<Vec<_>>();
         assert_ne!(ids(&a), ids(&b), "same seed, different ids");
     }
@@ -613,7 +616,7 @@ mod tests {
         let dns = TestDns::start();
         let (addr, queries) = (dns.addr, Arc::clone(&dns.queries));
         let silent = on_executor(async move {
-            let r = Resolver::new(vec![addr], 7, now_zero)
+            let r = Resolver::new(vec![addr], 7, now_zero())
                 .with_attempt_timeout(Duration::from_millis(100));
             r.destination("example.test").await;
             let before = queries.load(Ordering::SeqCst);

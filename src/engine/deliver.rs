@@ -31,7 +31,7 @@ use crate::delivery_log::LogRecord;
 use crate::dns::resolver::Destination;
 use crate::message::Rendering;
 use crate::queue::record::{MessagePayload, OutcomePayload, OutcomeState, RecipientPayload};
-use crate::queue::store::{unix_ms, EntryState};
+use crate::queue::store::EntryState;
 use crate::schedule::{Route, Taken, Tick};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
@@ -118,13 +118,13 @@ fn retry_policy(config: &Config) -> RetryPolicy {
 /// The home scheduler: due deferrals to ready, ready to routed, demand to owners.
 pub async fn scheduler(shard: Rc<Shard>) {
     let kicks = shard.schedule_rx.borrow_mut().take();
-    let mut last_sweep = Instant::now();
+    let mut last_sweep = shard.shared.clock.now();
     while !shard.closing.get() && !shard.shared.failed() {
         if !shard.config.borrow().delivery.paused {
             shard.schedule();
         }
-        if last_sweep.elapsed() >= SCOPE_SWEEP_INTERVAL {
-            last_sweep = Instant::now();
+        if shard.shared.clock.now().duration_since(last_sweep) >= SCOPE_SWEEP_INTERVAL {
+            last_sweep = shard.shared.clock.now();
             shard.owner.borrow_mut().forget_idle_scopes(last_sweep);
         }
         // The next tick, or sooner when recipients become ready.
@@ -145,10 +145,11 @@ impl Shard {
         let Tick {
             decided,
             to_resolve,
-        } = self
-            .home
-            .borrow_mut()
-            .tick(&self.queue.borrow().index, unix_ms(), Instant::now());
+        } = self.home.borrow_mut().tick(
+            &self.queue.borrow().index,
+            self.shared.clock.unix_ms(),
+            self.shared.clock.now(),
+        );
         // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue and
         // the delivery log with the next group commit: ask for one now, as outcomes from an
         // owner do, or they would wait for unrelated traffic on this shard.
@@ -168,7 +169,7 @@ impl Shard {
     /// Tells each owner how many recipients wait here for its scopes: when that differs from
     /// the owner's view, and now and then anyway, so no drift can leave recipients waiting.
     fn announce_demand(self: &Rc<Self>) {
-        let messages = self.home.borrow_mut().announce(Instant::now());
+        let messages = self.home.borrow_mut().announce(self.shared.clock.now());
         for (owner, scope, count) in messages {
             self.send_ctl(
                 owner,
@@ -190,7 +191,7 @@ impl Shard {
             limits,
             home,
             count,
-            Instant::now(),
+            self.shared.clock.now(),
             self.closing.get(),
         );
         if let Some(hosts) = preconnect {
@@ -312,7 +313,7 @@ impl Shard {
             seq,
             &r.values,
             &config.smtp.helo_name,
-            unix_ms(),
+            self.shared.clock.unix_ms(),
             &mut message,
         )?;
         queue.index.set_in_flight(seq, true);
@@ -397,7 +398,7 @@ impl Shard {
         let prepared =
             self.owner
                 .borrow_mut()
-                .prepared(&scope, home, granted, msgs, Instant::now());
+                .prepared(&scope, home, granted, msgs, self.shared.clock.now());
         // Credit is out for a scope until its messages arrive, and a scope with credit out
         // is never forgotten: there is always one to take them. Should that ever fail, say
         // so rather than lose track silently.
@@ -441,7 +442,7 @@ impl Shard {
     /// Records what happened to one recipient: queue record, delivery log, next step.
     fn finish(&self, seq: u64, o: &Outcome, via: Option<(&OutcomeItem, &str)>) {
         let config = self.config.borrow().clone();
-        let now = unix_ms();
+        let now = self.shared.clock.unix_ms();
         let mut queue = self.queue.borrow_mut();
         let Some(e) = queue.index.entry(seq).copied() else {
             return;
@@ -637,11 +638,12 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
             }
         }
     }
-    let change =
-        shard
-            .owner
-            .borrow_mut()
-            .record_results(key, accepted, pushback.is_some(), Instant::now());
+    let change = shard.owner.borrow_mut().record_results(
+        key,
+        accepted,
+        pushback.is_some(),
+        shard.shared.clock.now(),
+    );
     match change {
         Change::Decreased(rate) => eprintln!(
             "spate: {key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
@@ -662,7 +664,7 @@ fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply
     let refusal = shard
         .owner
         .borrow_mut()
-        .connection_refused(key, Instant::now());
+        .connection_refused(key, shard.shared.clock.now());
     match refusal {
         Refusal::Stay => false,
         Refusal::Leave { lowered_to } => {
@@ -718,7 +720,7 @@ async fn resolve(shard: Rc<Shard>, domain: String) {
     shard
         .home
         .borrow_mut()
-        .resolved(&domain, route, Instant::now());
+        .resolved(&domain, route, shard.shared.clock.now());
     let _ = shard.schedule_kick.try_send(());
 }
 
@@ -741,17 +743,17 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             }
         }
     }
-    let mut idle_since = Instant::now();
+    let mut idle_since = shard.shared.clock.now();
     loop {
         // Taking a message and deciding to exit happen in one borrow, so a message that
         // arrives as this worker leaves always finds the worker count already lowered (and
         // `on_prepared` starts another).
         let stop = shard.shared.failed() || shard.closing.get();
-        let idle = idle_since.elapsed() >= IDLE_CLOSE;
+        let idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
         let next = shard
             .owner
             .borrow_mut()
-            .take(&key, Instant::now(), stop, idle);
+            .take(&key, shard.shared.clock.now(), stop, idle);
         let (mut msg, wait, max_per_connection, tls) = match next {
             Take::Send {
                 msg,
@@ -814,7 +816,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                         }
                     }
                     sleep(CONNECT_FAILURE_PAUSE).await;
-                    idle_since = Instant::now();
+                    idle_since = shard.shared.clock.now();
                     continue;
                 }
             }
@@ -843,7 +845,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         let results = results.into_iter().map(ItemResult::Smtp).collect();
         let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
         send_outcomes(&shard, &key, msg.home, items);
-        idle_since = Instant::now();
+        idle_since = shard.shared.clock.now();
     }
     if let Some((c, _)) = conn.take() {
         c.quit().await;
@@ -980,7 +982,10 @@ async fn connect(
             tried += 1;
             let addr = SocketAddr::new(ip, hop.port);
             let name = &hop.name;
-            let broken = shard.owner.borrow().is_tls_broken(name, Instant::now());
+            let broken = shard
+                .owner
+                .borrow()
+                .is_tls_broken(name, shard.shared.clock.now());
             let effective = match policy {
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
                 other => other,
@@ -1007,7 +1012,7 @@ async fn connect(
                     shard
                         .owner
                         .borrow_mut()
-                        .mark_tls_broken(name, Instant::now());
+                        .mark_tls_broken(name, shard.shared.clock.now());
                     match open(TlsPolicy::Disabled).await {
                         Ok(c) => return Ok(c),
                         Err(e) => last = format!("{name} [{addr}]: {e}"),

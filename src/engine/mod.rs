@@ -25,15 +25,14 @@
 
 mod deliver;
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Runtime};
 use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::dns::resolver::Resolver;
 use crate::intake::{input_kind, Event, Parser, Rejection};
 use crate::preflight;
 use crate::queue::record::Reader;
-use crate::queue::store::{
-    remove_segment_files, unix_ms, Chunk, ChunkAppend, MessageSpec, ShardQueue,
-};
+use crate::queue::store::{remove_segment_files, Chunk, ChunkAppend, MessageSpec, ShardQueue};
 use crate::smtp::reply::printable;
 use crate::spool::{read_claimed, Claimed, IncomingWatch, ReadError, Spool, READ_ATTEMPTS_MAX};
 use futures_lite::future;
@@ -149,6 +148,8 @@ pub struct Shared {
     /// Connection workers running on any shard; the drain waits for them.
     delivery_workers: AtomicUsize,
     pub counters: Counters,
+    /// The one clock every shard reads.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Shared {
@@ -271,6 +272,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         exited: AtomicUsize::new(0),
         delivery_workers: AtomicUsize::new(0),
         counters: Counters::default(),
+        clock: crate::clock::system(),
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
@@ -639,9 +641,10 @@ async fn shard_main(
     }
     // Let transactions in flight finish (up to a deadline) so their outcomes are recorded.
     shard.closing.set(true);
-    let drain_started = Instant::now();
+    let clock = Arc::clone(&shared.clock);
+    let drain_started = clock.now();
     while shared.delivery_workers.load(Ordering::SeqCst) > 0
-        && drain_started.elapsed() < deliver::DRAIN_DEADLINE
+        && clock.now().duration_since(drain_started) < deliver::DRAIN_DEADLINE
         && !shared.failed()
     {
         sleep(Duration::from_millis(5)).await;
@@ -684,8 +687,13 @@ fn open_shard(
         .map(|c| c.batch_id)
         .collect();
     let dir = config.engine.data_dir.join(format!("shard-{id}"));
-    let (mut queue, report) =
-        ShardQueue::open(&dir, id as u32, config.queue.segment_bytes).map_err(|e| e.to_string())?;
+    let (mut queue, report) = ShardQueue::open_with_clock(
+        &dir,
+        id as u32,
+        config.queue.segment_bytes,
+        Arc::clone(&shared.clock),
+    )
+    .map_err(|e| e.to_string())?;
     // Batches whose inputs were released before the restart need no de-duplication.
     queue.forget_batches_except(&claimed);
     for w in &report.warnings {
@@ -730,7 +738,7 @@ fn open_shard(
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),
                 crate::dns::resolver::os_random(),
-                unix_ms,
+                Arc::clone(&shared.clock),
             ),
             queues,
         },
@@ -776,10 +784,10 @@ async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
 /// File creation and deletion run on the blocking thread; compaction's copies are synced by the
 /// group commit before any deletion (`ShardQueue::take_reclaimable` checks).
 async fn maintenance(shard: Rc<Shard>) {
-    let mut last_reclaim = Instant::now();
-    let mut spare_retry_at = Instant::now();
+    let mut last_reclaim = shard.shared.clock.now();
+    let mut spare_retry_at = shard.shared.clock.now();
     while !shard.closing.get() && !shard.shared.failed() {
-        if Instant::now() >= spare_retry_at {
+        if shard.shared.clock.now() >= spare_retry_at {
             let request = shard.queue.borrow_mut().spare_request();
             if let Some(request) = request {
                 match glommio::executor()
@@ -791,13 +799,13 @@ async fn maintenance(shard: Rc<Shard>) {
                         // Not fatal yet: a rollover that finds no space is.
                         shard.queue.borrow_mut().spare_failed();
                         eprintln!("spate: shard {}: {e}; retrying in 5 s", shard.id);
-                        spare_retry_at = Instant::now() + SPARE_RETRY_DELAY;
+                        spare_retry_at = shard.shared.clock.now() + SPARE_RETRY_DELAY;
                     }
                 }
             }
         }
-        if last_reclaim.elapsed() >= MAINTENANCE_INTERVAL {
-            last_reclaim = Instant::now();
+        if shard.shared.clock.now().duration_since(last_reclaim) >= MAINTENANCE_INTERVAL {
+            last_reclaim = shard.shared.clock.now();
             let paths = shard.queue.borrow_mut().take_reclaimable();
             if !paths.is_empty() {
                 let dir = shard.queue.borrow().dir().to_path_buf();
@@ -892,7 +900,7 @@ impl Shard {
                 .map_err(|e| e.to_string())?;
             self.queue.borrow_mut().sync_completed();
         }
-        let now = unix_ms();
+        let now = self.shared.clock.unix_ms();
         let mut queued = 0u64;
         {
             let mut log = self.log.borrow_mut();
@@ -1029,10 +1037,11 @@ async fn intake_loop(shard: &Rc<Shard>) {
     while !shard.shared.stopping() {
         shard.reload_if_changed();
         let due: Vec<Claimed> = {
+            let now = shard.shared.clock.now();
             let mut retry = shard.retry.borrow_mut();
             let (due, later) = retry
                 .drain(..)
-                .partition(|(at, _)| at.elapsed() >= READ_RETRY_DELAY);
+                .partition(|(at, _)| now.duration_since(*at) >= READ_RETRY_DELAY);
             *retry = later;
             due.into_iter().map(|(_, c)| c).collect()
         };
@@ -1043,8 +1052,9 @@ async fn intake_loop(shard: &Rc<Shard>) {
         }
         let scan_interval = shard.config.borrow().spool.scan_interval;
         let hinted = watch.as_ref().is_some_and(IncomingWatch::fired);
-        if hinted || last_scan.is_none_or(|t| t.elapsed() >= scan_interval) {
-            last_scan = Some(Instant::now());
+        let now = shard.shared.clock.now();
+        if hinted || last_scan.is_none_or(|t| now.duration_since(t) >= scan_interval) {
+            last_scan = Some(now);
             let names = match shard.spool.candidates() {
                 Ok(n) => n,
                 Err(e) => {
@@ -1086,7 +1096,7 @@ async fn intake_loop(shard: &Rc<Shard>) {
 
 /// Reads one claimed input into the queue; releases it once every chunk is acknowledged.
 async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted> {
-    let started = Instant::now();
+    let started = shard.shared.clock.now();
     let Some(kind) = input_kind(&c.name) else {
         refuse(
             shard,
@@ -1128,11 +1138,17 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
                 printable(&why),
                 READ_RETRY_DELAY.as_secs()
             );
-            shard.retry.borrow_mut().push((Instant::now(), c));
+            shard.retry.borrow_mut().push((shard.shared.clock.now(), c));
             return Ok(());
         }
     };
-    let mut parser = match Parser::open(&bytes, kind, c.batch_id, shard.shards, unix_ms()) {
+    let mut parser = match Parser::open(
+        &bytes,
+        kind,
+        c.batch_id,
+        shard.shards,
+        shard.shared.clock.unix_ms(),
+    ) {
         Ok(p) => p,
         Err(e) => {
             refuse(shard, &c, &e.to_string());
@@ -1177,7 +1193,7 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
     eprintln!(
         "spate: {}: {queued} recipients queued, {rejected} rejected, in {} ms",
         printable(&c.name),
-        started.elapsed().as_millis()
+        shard.shared.clock.now().duration_since(started).as_millis()
     );
     Ok(())
 }
@@ -1273,7 +1289,7 @@ async fn wait_ack(shard: &Shard, acks: &LocalReceiver<u32>) -> Result<u32, Inter
 fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
     let response = format!("line {}: {}", r.line, r.reason);
     let record = LogRecord {
-        ts_unix_ms: unix_ms(),
+        ts_unix_ms: shard.shared.clock.unix_ms(),
         event: Some(EventType::Rejected),
         recipient: &r.recipient,
         sender: &m.sender,

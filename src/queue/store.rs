@@ -21,6 +21,7 @@ use super::record::{
 use super::segment::{
     list_segments, remove_unfinished_segments, scan_bytes, sync_dir, Segment, SPARE_BASE_SEQ,
 };
+use crate::clock::Clock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
@@ -708,14 +709,27 @@ pub struct ShardQueue {
     /// log's lines for them) reaches the page cache first. A `kill -9` then never leaves a
     /// final outcome in the queue without its log line.
     held_outcomes: Vec<OutcomePayload>,
+    /// Wall time for the records' timestamps and segment headers.
+    clock: Arc<dyn Clock>,
 }
 
 impl ShardQueue {
-    /// Opens (creating if needed) the queue in `dir`, recovering it from its segments.
+    /// Opens (creating if needed) the queue in `dir`, recovering it from its segments, with
+    /// the system clock.
     pub fn open(
         dir: &Path,
         shard: u32,
         segment_bytes: u64,
+    ) -> Result<(ShardQueue, RecoveryReport), QueueError> {
+        Self::open_with_clock(dir, shard, segment_bytes, crate::clock::system())
+    }
+
+    /// `open`, with the clock that stamps what this queue writes.
+    pub fn open_with_clock(
+        dir: &Path,
+        shard: u32,
+        segment_bytes: u64,
+        clock: Arc<dyn Clock>,
     ) -> Result<(ShardQueue, RecoveryReport), QueueError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir, "create directory"))?;
         let mut report = RecoveryReport::default();
@@ -839,6 +853,7 @@ impl ShardQueue {
             dir_dirty: false,
             blocking_rollovers: 0,
             held_outcomes: Vec::new(),
+            clock,
         };
         if queue.segments.is_empty() {
             // The first segment, at startup: blocking here is expected.
@@ -956,7 +971,7 @@ impl ShardQueue {
             chunk: chunk.chunk_no,
             first_seq,
             records,
-            committed_unix_ms: chunk.message.created_unix_ms.max(unix_ms()),
+            committed_unix_ms: chunk.message.created_unix_ms.max(self.clock.unix_ms()),
         };
         self.write_record(Kind::Commit, &commit.encode());
         self.index
@@ -1170,7 +1185,7 @@ impl ShardQueue {
             }
             new_message.insert(*old, seq);
         }
-        let now = unix_ms();
+        let now = self.clock.unix_ms();
         let mut moves = Vec::with_capacity(recipients.len());
         for (old_seq, entry, mut payload) in recipients {
             let message_seq = new_message
@@ -1275,7 +1290,7 @@ impl ShardQueue {
             .filter(|s| s.capacity() as u64 == self.segment_bytes);
         let (seg, dirty) = match spare {
             Some(mut seg) => {
-                seg.activate(&self.dir, self.next_seq, unix_ms())
+                seg.activate(&self.dir, self.next_seq, self.clock.unix_ms())
                     .map_err(io_err(&self.dir, "activate segment"))?;
                 self.dir_dirty = true;
                 (seg, true)
@@ -1286,7 +1301,7 @@ impl ShardQueue {
                 let header = SegmentHeader {
                     shard: self.shard,
                     base_seq: self.next_seq,
-                    created_unix_ms: unix_ms(),
+                    created_unix_ms: self.clock.unix_ms(),
                     segment_bytes: self.segment_bytes,
                 };
                 let seg = Segment::create_durably(&self.dir, header)
@@ -1337,12 +1352,6 @@ pub fn remove_segment_files(dir: &Path, paths: &[PathBuf]) -> Result<(), QueueEr
         sync_dir(dir).map_err(io_err(dir, "fsync directory"))?;
     }
     Ok(())
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
