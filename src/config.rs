@@ -429,6 +429,8 @@ pub const DEFAULT_COMMIT_RECORDS_MAX: usize = 65_536;
 /// A rescan every 250 ms bounds pickup latency even if inotify misses an event.
 pub const DEFAULT_SCAN_INTERVAL_MS: u64 = 250;
 pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+/// Postfix's `smtp_connect_timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_DELIVERIES_PER_CONNECTION: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25_000_000;
 /// One executor per CPU is the design; more shards than this is a typo.
@@ -695,21 +697,30 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
         return Err(err("queue.commit_records_max", "must be at least 1".into()));
     }
 
-    let duration = |field: &str, v: &Option<String>, default: &str| {
-        parse_duration(v.as_deref().unwrap_or(default)).map_err(|m| err(field, m))
+    // Defaults of the retry schedule and the SMTP timeouts live with their types
+    // (`RetryPolicy::default`, `Timeouts::default`), not here as well.
+    let duration = |field: &str, v: &Option<String>, default: Duration| match v {
+        Some(text) => parse_duration(text).map_err(|m| err(field, m)),
+        None => Ok(default),
     };
+    let retry = crate::delivery::policy::RetryPolicy::default();
+    let timeouts = crate::smtp::session::Timeouts::default();
     let delivery = Delivery {
-        retry_first: duration("delivery.retry_first", &raw.delivery.retry_first, "5m")?,
+        retry_first: duration(
+            "delivery.retry_first",
+            &raw.delivery.retry_first,
+            retry.first,
+        )?,
         retry_max_interval: duration(
             "delivery.retry_max_interval",
             &raw.delivery.retry_max_interval,
-            "2h",
+            retry.max_interval,
         )?,
-        max_age: duration("delivery.max_age", &raw.delivery.max_age, "3d")?,
+        max_age: duration("delivery.max_age", &raw.delivery.max_age, retry.max_age)?,
         connect_timeout: duration(
             "delivery.connect_timeout",
             &raw.delivery.connect_timeout,
-            "30s",
+            DEFAULT_CONNECT_TIMEOUT,
         )?,
         site_connection_limit: raw
             .delivery
@@ -726,30 +737,42 @@ fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
             greeting: duration(
                 "delivery.greeting_timeout",
                 &raw.delivery.greeting_timeout,
-                "5m",
+                timeouts.greeting,
             )?,
-            ehlo: duration("delivery.ehlo_timeout", &raw.delivery.ehlo_timeout, "5m")?,
-            mail: duration("delivery.mail_timeout", &raw.delivery.mail_timeout, "5m")?,
-            rcpt: duration("delivery.rcpt_timeout", &raw.delivery.rcpt_timeout, "5m")?,
+            ehlo: duration(
+                "delivery.ehlo_timeout",
+                &raw.delivery.ehlo_timeout,
+                timeouts.ehlo,
+            )?,
+            mail: duration(
+                "delivery.mail_timeout",
+                &raw.delivery.mail_timeout,
+                timeouts.mail,
+            )?,
+            rcpt: duration(
+                "delivery.rcpt_timeout",
+                &raw.delivery.rcpt_timeout,
+                timeouts.rcpt,
+            )?,
             data_init: duration(
                 "delivery.data_init_timeout",
                 &raw.delivery.data_init_timeout,
-                "2m",
+                timeouts.data_init,
             )?,
             data_block: duration(
                 "delivery.data_block_timeout",
                 &raw.delivery.data_block_timeout,
-                "3m",
+                timeouts.data_block,
             )?,
             data_done: duration(
                 "delivery.data_done_timeout",
                 &raw.delivery.data_done_timeout,
-                "10m",
+                timeouts.data_done,
             )?,
             other: duration(
                 "delivery.command_timeout",
                 &raw.delivery.command_timeout,
-                "2m",
+                timeouts.other,
             )?,
         },
     };

@@ -111,7 +111,7 @@ fn retry_policy(config: &Config) -> RetryPolicy {
         first: config.delivery.retry_first,
         max_interval: config.delivery.retry_max_interval,
         max_age: config.delivery.max_age,
-        jitter: 0.1,
+        ..RetryPolicy::default()
     }
 }
 
