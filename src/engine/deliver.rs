@@ -36,6 +36,7 @@ use crate::schedule::{Route, Taken, Tick};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::timer::{sleep, timeout};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -424,6 +425,7 @@ impl Shard {
             )
             .detach();
         }
+        self.wake_workers(&scope);
         self.grant(&scope);
     }
 
@@ -568,6 +570,33 @@ impl Shard {
                         .fetch_add(1, Ordering::Relaxed),
                     _ => self.shared.counters.failed.fetch_add(1, Ordering::Relaxed),
                 };
+            }
+        }
+    }
+
+    /// Wakes the workers of `scope` waiting for a message.
+    fn wake_workers(&self, scope: &str) {
+        let waiting = self.idle_workers.borrow_mut().remove(scope);
+        for w in waiting.into_iter().flatten() {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Wakes every waiting worker (the shard is draining: they leave).
+    pub(super) fn wake_all_workers(&self) {
+        let waiting = std::mem::take(&mut *self.idle_workers.borrow_mut());
+        for w in waiting.into_values().flatten() {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// A worker of `scope` leaves: its wake-up registrations go with it.
+    fn forget_idle_worker(&self, scope: &str, wake: &Rc<LocalSender<()>>) {
+        let mut idle = self.idle_workers.borrow_mut();
+        if let Some(waiting) = idle.get_mut(scope) {
+            waiting.retain(|w| !Rc::ptr_eq(w, wake));
+            if waiting.is_empty() {
+                idle.remove(scope);
             }
         }
     }
@@ -743,6 +772,9 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             }
         }
     }
+    // Woken when messages arrive for the scope or the shard starts draining; no polling.
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    let wake_tx = Rc::new(wake_tx);
     let mut idle_since = shard.shared.clock.now();
     loop {
         // Taking a message and deciding to exit happen in one borrow, so a message that
@@ -762,10 +794,22 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                 tls,
             } => (msg, wait, max_per_connection, tls),
             Take::Wait => {
-                sleep(Duration::from_millis(2)).await;
+                shard
+                    .idle_workers
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(Rc::clone(&wake_tx));
+                let waited = shard.shared.clock.now().duration_since(idle_since);
+                let until_idle = IDLE_CLOSE.saturating_sub(waited);
+                futures_lite::future::or(sleep(until_idle), async {
+                    let _ = wake_rx.recv().await;
+                })
+                .await;
                 continue;
             }
             Take::Exit => {
+                shard.forget_idle_worker(&key, &wake_tx);
                 shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             }

@@ -512,6 +512,8 @@ struct Shard {
     home: RefCell<crate::schedule::Home>,
     /// The message stage's parsed templates and pickup bodies, per message record.
     renderings: RefCell<crate::message::Renderings>,
+    /// Per scope, the connection workers waiting for a message, to wake when one arrives.
+    idle_workers: RefCell<HashMap<String, Vec<Rc<LocalSender<()>>>>>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -641,6 +643,7 @@ async fn shard_main(
     }
     // Let transactions in flight finish (up to a deadline) so their outcomes are recorded.
     shard.closing.set(true);
+    shard.wake_all_workers();
     let clock = Arc::clone(&shared.clock);
     let drain_started = clock.now();
     while shared.delivery_workers.load(Ordering::SeqCst) > 0
@@ -730,6 +733,7 @@ fn open_shard(
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
             home: RefCell::new(crate::schedule::Home::default()),
+            idle_workers: RefCell::new(HashMap::new()),
             renderings: RefCell::new(crate::message::Renderings::new(
                 crate::message::RENDERINGS_BYTES_MAX,
             )),
