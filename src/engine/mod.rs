@@ -1059,7 +1059,11 @@ async fn intake_loop(shard: &Rc<Shard>) {
         let now = shard.shared.clock.now();
         if hinted || last_scan.is_none_or(|t| now.duration_since(t) >= scan_interval) {
             last_scan = Some(now);
-            let names = match shard.spool.candidates() {
+            let spool = shard.spool.clone();
+            let listed = glommio::executor()
+                .spawn_blocking(move || spool.candidates())
+                .await;
+            let names = match listed {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!("spate: {}: {e}", shard.spool.incoming().display());
@@ -1071,7 +1075,11 @@ async fn intake_loop(shard: &Rc<Shard>) {
                     break;
                 }
                 let batch_id = shard.next_batch_id();
-                match shard.spool.claim(&name, batch_id) {
+                let (spool, file) = (shard.spool.clone(), name.clone());
+                let claimed = glommio::executor()
+                    .spawn_blocking(move || spool.claim(&file, batch_id))
+                    .await;
+                match claimed {
                     Ok(Some(c)) => {
                         let spool = shard.spool.clone();
                         let synced = glommio::executor()
@@ -1106,7 +1114,8 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
             shard,
             &c,
             "unknown input type: expected NAME.jsonl or NAME.eml",
-        );
+        )
+        .await;
         return Ok(());
     };
     let path = c.path.clone();
@@ -1116,11 +1125,11 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
     let bytes = match read {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
-            refuse(shard, &c, "empty file");
+            refuse(shard, &c, "empty file").await;
             return Ok(());
         }
         Err(ReadError::Refuse(why)) => {
-            refuse(shard, &c, &why);
+            refuse(shard, &c, &why).await;
             return Ok(());
         }
         Err(ReadError::Retry(why)) => {
@@ -1133,7 +1142,7 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
                     "unreadable after {} attempts: {why} (if it was being resumed after a restart, some recipients may be queued already)",
                     c.read_attempts
                 );
-                refuse(shard, &c, &reason);
+                refuse(shard, &c, &reason).await;
                 return Ok(());
             }
             eprintln!(
@@ -1155,7 +1164,7 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
     ) {
         Ok(p) => p,
         Err(e) => {
-            refuse(shard, &c, &e.to_string());
+            refuse(shard, &c, &e.to_string()).await;
             return Ok(());
         }
     };
@@ -1308,13 +1317,19 @@ fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
     }
 }
 
-fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
+/// Moves a claimed input to bad/ with its reason (on the blocking thread: a rename, a link
+/// and a small write, each of which can wait for the disk).
+async fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
     shard
         .shared
         .counters
         .inputs_bad
         .fetch_add(1, Ordering::Relaxed);
-    match shard.spool.release_bad(c, reason) {
+    let (spool, claimed, why) = (shard.spool.clone(), c.clone(), reason.to_string());
+    let moved = glommio::executor()
+        .spawn_blocking(move || spool.release_bad(&claimed, &why))
+        .await;
+    match moved {
         Ok(path) => eprintln!(
             "spate: {}: refused ({}); moved to {}",
             printable(&c.name),
