@@ -36,7 +36,7 @@ use crate::schedule::{Route, Taken, Tick};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::{sleep, timeout};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -601,28 +601,17 @@ impl Shard {
         }
     }
 
-    fn send_ctl(self: &Rc<Self>, to: usize, msg: CtlMsg) {
-        let shard = Rc::clone(self);
-        self.spawn_into(self.queues.delivery, async move {
-            if to == shard.id {
-                shard.on_control(msg);
-            } else {
-                let _ = shard.ctl_tx.send_to(to, msg).await;
-            }
-        })
-        .detach();
+    /// Queues a control message for shard `to` (this one included). Handlers never send
+    /// from where they run: `outbox_sender` does, in order, per destination.
+    fn send_ctl(&self, to: usize, msg: CtlMsg) {
+        self.outbox[to].borrow_mut().push_back(Outgoing::Ctl(msg));
+        let _ = self.outbox_kick[to].try_send(());
     }
 
-    fn send_data(self: &Rc<Self>, to: usize, msg: DataMsg) {
-        let shard = Rc::clone(self);
-        self.spawn_into(self.queues.delivery, async move {
-            if to == shard.id {
-                shard.on_data(shard.id, msg);
-            } else {
-                let _ = shard.data_tx.send_to(to, msg).await;
-            }
-        })
-        .detach();
+    /// Queues a data message for shard `to`, as `send_ctl`.
+    fn send_data(&self, to: usize, msg: DataMsg) {
+        self.outbox[to].borrow_mut().push_back(Outgoing::Data(msg));
+        let _ = self.outbox_kick[to].try_send(());
     }
 }
 
@@ -942,6 +931,35 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
             items,
         },
     );
+}
+
+/// A message the delivery stages send another shard (or this one).
+pub enum Outgoing {
+    Ctl(CtlMsg),
+    Data(DataMsg),
+}
+
+/// Sends what the delivery stages queued for shard `to`, in the order it was queued, each
+/// time it is kicked: one task per destination instead of one per message. A message for
+/// this shard is handled here, never inside the handler that sent it. A peer that is gone
+/// (shutdown) drops what is sent to it, as before.
+pub(super) async fn outbox_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
+    while kick.recv().await.is_some() {
+        loop {
+            let next = shard.outbox[to].borrow_mut().pop_front();
+            let Some(outgoing) = next else { break };
+            match outgoing {
+                Outgoing::Ctl(msg) if to == shard.id => shard.on_control(msg),
+                Outgoing::Ctl(msg) => {
+                    let _ = shard.ctl_tx.send_to(to, msg).await;
+                }
+                Outgoing::Data(msg) if to == shard.id => shard.on_data(shard.id, msg),
+                Outgoing::Data(msg) => {
+                    let _ = shard.data_tx.send_to(to, msg).await;
+                }
+            }
+        }
+    }
 }
 
 /// Runs a future that handles a peer's bytes (SMTP replies, DNS answers). No byte sequence

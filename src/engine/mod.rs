@@ -41,7 +41,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::sleep;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::future::Future;
@@ -514,6 +514,10 @@ struct Shard {
     renderings: RefCell<crate::message::Renderings>,
     /// Per scope, the connection workers waiting for a message, to wake when one arrives.
     idle_workers: RefCell<HashMap<String, Vec<Rc<LocalSender<()>>>>>,
+    /// Per destination shard (this one included), the messages the delivery stages send
+    /// it, in order; one task per destination sends them (`outbox_sender`).
+    outbox: Vec<RefCell<VecDeque<deliver::Outgoing>>>,
+    outbox_kick: Vec<LocalSender<()>>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -590,8 +594,9 @@ async fn shard_main(
     let shards = data_tx.nr_consumers();
     let config = shared.config();
     let queues = TaskQueues::create(&runtime);
-    let (shard, kick_rx) = match open_shard(id, shards, &shared, &config, data_tx, ctl_tx, queues) {
-        Ok((s, kick_rx)) => (Rc::new(s), kick_rx),
+    let opened = open_shard(id, shards, &shared, &config, data_tx, ctl_tx, queues);
+    let (shard, kick_rx, outbox_rx) = match opened {
+        Ok((s, kick_rx, outbox_rx)) => (Rc::new(s), kick_rx, outbox_rx),
         Err(message) => {
             shared.fail(message);
             shared.intake_running.fetch_sub(1, Ordering::SeqCst);
@@ -614,6 +619,10 @@ async fn shard_main(
         // busy intake; a queue of their own would add a scheduling step and nothing else.
         let receiver = control_receiver(Rc::clone(&shard), Rc::clone(&ctl_rx), peer);
         shard.spawn_into(queues.delivery, receiver).detach();
+    }
+    for (to, kick) in outbox_rx.into_iter().enumerate() {
+        let sender = deliver::outbox_sender(Rc::clone(&shard), to, kick);
+        shard.spawn_into(shard.queues.delivery, sender).detach();
     }
     shard.home.borrow_mut().load(&shard.queue.borrow().index);
     let syncer = shard.spawn_into(queues.background, group_commit(Rc::clone(&shard), kick_rx));
@@ -670,7 +679,8 @@ async fn shard_main(
     }
 }
 
-type Opened = (Shard, LocalReceiver<()>);
+/// A shard, its group commit's kick receiver and its outbox senders' kick receivers.
+type Opened = (Shard, LocalReceiver<()>, Vec<LocalReceiver<()>>);
 
 fn open_shard(
     id: usize,
@@ -710,6 +720,8 @@ fn open_shard(
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
+    let (outbox_kick, outbox_rx): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| local_channel::new_bounded(1)).unzip();
     Ok((
         Shard {
             id,
@@ -744,9 +756,12 @@ fn open_shard(
                 crate::dns::resolver::os_random(),
                 Arc::clone(&shared.clock),
             ),
+            outbox: (0..shards).map(|_| RefCell::new(VecDeque::new())).collect(),
+            outbox_kick,
             queues,
         },
         kick_rx,
+        outbox_rx,
     ))
 }
 
