@@ -68,6 +68,8 @@ pub fn read_claimed(path: &Path) -> Result<Option<Vec<u8>>, ReadError> {
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => ReadError::Refuse("is a symbolic link".into()),
+            // Opening a UNIX socket fails with ENXIO: nothing to read, ever.
+            Some(libc::ENXIO) => ReadError::Refuse("is a socket, not a regular file".into()),
             _ => ReadError::Retry(e.to_string()),
         })?;
     let meta = file

@@ -160,6 +160,11 @@ pub fn read_shards(data_dir: &Path) -> io::Result<Vec<ShardView>> {
                     format!("{}: {why}", path.display()),
                 )
             })?;
+            if header.base_seq == crate::queue::segment::SPARE_BASE_SEQ {
+                // A spare renamed into place whose header is not written yet (a rollover in
+                // progress, or one a power loss interrupted): it holds no records.
+                continue;
+            }
             view.replay.begin_segment(header.base_seq, map.len());
             scan_bytes(&map, |offset, r| view.replay.record(&map, offset, r));
             if let Some((at, why)) = &view.replay.damage {

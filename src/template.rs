@@ -310,7 +310,6 @@ impl HeaderLine {
     }
 }
 
-/// Appends a literal part, split at the end of the header so that no part spans it.
 /// True if a placeholder after `before` (the template up to it, in the header section)
 /// would be part of a field name: at the start of a line (after LF or a bare CR, which the
 /// DATA writer turns into a line break) or before the line's first colon. A continuation
@@ -328,6 +327,7 @@ fn in_field_name(before: &[u8]) -> bool {
     }
 }
 
+/// Appends a literal part, split at the end of the header so that no part spans it.
 fn push_literal(parts: &mut Vec<Part>, range: Range<usize>, header_end: usize) {
     let split = header_end.clamp(range.start, range.end);
     for r in [range.start..split, split..range.end] {

@@ -724,6 +724,9 @@ fn a_symbolic_link_in_incoming_goes_to_bad_naming_the_link() {
     std::fs::create_dir_all(env.path("spool/tmp")).unwrap();
     std::os::unix::fs::symlink(&secret, env.path("spool/tmp/link.jsonl")).unwrap();
     rename_in(&env, "link.jsonl");
+    // A UNIX socket: opening it fails (ENXIO); refused at once, not retried as unreadable.
+    let socket = std::os::unix::net::UnixListener::bind(env.path("spool/tmp/sock.jsonl")).unwrap();
+    rename_in(&env, "sock.jsonl");
     env.drop_input("after.jsonl", &plain_batch(&["after@a.test"]));
     wait_until(SETTLE, "the batch after the link queued", || {
         env.count_events("Reception") == 1
@@ -731,8 +734,12 @@ fn a_symbolic_link_in_incoming_goes_to_bad_naming_the_link() {
     wait_until(
         Duration::from_secs(10),
         "the link refused into bad/",
-        || bad_err(&env, "link.jsonl").contains("symbolic link"),
+        || {
+            bad_err(&env, "link.jsonl").contains("symbolic link")
+                && bad_err(&env, "sock.jsonl").contains("socket")
+        },
     );
+    drop(socket);
     assert!(receptions(&env, "secret").is_empty());
     assert_eq!(
         std::fs::read(&secret).unwrap(),

@@ -12,7 +12,8 @@
 //! `max_deliveries_per_connection`. Every result goes back to the home (`Outcomes`), which
 //! appends it to its queue (group-committed) and to the delivery log, and schedules retries.
 //!
-//! Control handlers never wait: anything they send goes out from a spawned task.
+//! Control handlers never wait: anything they send goes into the destination's outbox, which
+//! a sender task per destination and mesh drains in order.
 
 use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
@@ -38,6 +39,8 @@ use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::{sleep, timeout};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -604,14 +607,17 @@ impl Shard {
     /// Queues a control message for shard `to` (this one included). Handlers never send
     /// from where they run: `outbox_sender` does, in order, per destination.
     fn send_ctl(&self, to: usize, msg: CtlMsg) {
-        self.outbox[to].borrow_mut().push_back(Outgoing::Ctl(msg));
-        let _ = self.outbox_kick[to].try_send(());
+        let outbox = &self.outboxes[to];
+        outbox.ctl.borrow_mut().push_back(msg);
+        let _ = outbox.ctl_kick.try_send(());
     }
 
-    /// Queues a data message for shard `to`, as `send_ctl`.
+    /// Queues a data message for shard `to`, as `send_ctl` (in an outbox of its own: a
+    /// control message never waits behind a data channel that is full).
     fn send_data(&self, to: usize, msg: DataMsg) {
-        self.outbox[to].borrow_mut().push_back(Outgoing::Data(msg));
-        let _ = self.outbox_kick[to].try_send(());
+        let outbox = &self.outboxes[to];
+        outbox.data.borrow_mut().push_back(msg);
+        let _ = outbox.data_kick.try_send(());
     }
 }
 
@@ -933,30 +939,59 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
     );
 }
 
-/// A message the delivery stages send another shard (or this one).
-pub enum Outgoing {
-    Ctl(CtlMsg),
-    Data(DataMsg),
+/// What the delivery stages send one shard (this one included), per mesh, in order.
+pub struct Outbox {
+    ctl: RefCell<VecDeque<CtlMsg>>,
+    data: RefCell<VecDeque<DataMsg>>,
+    ctl_kick: LocalSender<()>,
+    data_kick: LocalSender<()>,
 }
 
-/// Sends what the delivery stages queued for shard `to`, in the order it was queued, each
-/// time it is kicked: one task per destination instead of one per message. A message for
-/// this shard is handled here, never inside the handler that sent it. A peer that is gone
-/// (shutdown) drops what is sent to it, as before.
-pub(super) async fn outbox_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
+impl Outbox {
+    /// An outbox and the kick receivers of its two senders (control, data).
+    pub fn new() -> (Outbox, LocalReceiver<()>, LocalReceiver<()>) {
+        let (ctl_kick, ctl_rx) = local_channel::new_bounded(1);
+        let (data_kick, data_rx) = local_channel::new_bounded(1);
+        let outbox = Outbox {
+            ctl: RefCell::new(VecDeque::new()),
+            data: RefCell::new(VecDeque::new()),
+            ctl_kick,
+            data_kick,
+        };
+        (outbox, ctl_rx, data_rx)
+    }
+}
+
+/// Sends the control messages queued for shard `to`, in order, each time it is kicked: one
+/// task per destination instead of one per message. A message for this shard is handled
+/// here, never inside the handler that sent it. A peer that is gone (shutdown) drops what is
+/// sent to it, as before.
+pub(super) async fn ctl_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
     while kick.recv().await.is_some() {
         loop {
-            let next = shard.outbox[to].borrow_mut().pop_front();
-            let Some(outgoing) = next else { break };
-            match outgoing {
-                Outgoing::Ctl(msg) if to == shard.id => shard.on_control(msg),
-                Outgoing::Ctl(msg) => {
-                    let _ = shard.ctl_tx.send_to(to, msg).await;
-                }
-                Outgoing::Data(msg) if to == shard.id => shard.on_data(shard.id, msg),
-                Outgoing::Data(msg) => {
-                    let _ = shard.data_tx.send_to(to, msg).await;
-                }
+            let next = shard.outboxes[to].ctl.borrow_mut().pop_front();
+            let Some(msg) = next else { break };
+            if to == shard.id {
+                shard.on_control(msg);
+                glommio::yield_if_needed().await;
+            } else {
+                let _ = shard.ctl_tx.send_to(to, msg).await;
+            }
+        }
+    }
+}
+
+/// `ctl_sender` for data messages (rendered messages and credit handed back).
+pub(super) async fn data_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
+    while kick.recv().await.is_some() {
+        loop {
+            let next = shard.outboxes[to].data.borrow_mut().pop_front();
+            let Some(msg) = next else { break };
+            if to == shard.id {
+                shard.on_data(shard.id, msg);
+                glommio::yield_if_needed().await;
+            } else {
+                let _ = shard.data_tx.send_to(to, msg).await;
             }
         }
     }

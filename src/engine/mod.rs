@@ -41,7 +41,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::timer::sleep;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::future::Future;
@@ -515,9 +515,9 @@ struct Shard {
     /// Per scope, the connection workers waiting for a message, to wake when one arrives.
     idle_workers: RefCell<HashMap<String, Vec<Rc<LocalSender<()>>>>>,
     /// Per destination shard (this one included), the messages the delivery stages send
-    /// it, in order; one task per destination sends them (`outbox_sender`).
-    outbox: Vec<RefCell<VecDeque<deliver::Outgoing>>>,
-    outbox_kick: Vec<LocalSender<()>>,
+    /// it, in order; one task per destination and mesh sends them (`deliver::ctl_sender`,
+    /// `deliver::data_sender`).
+    outboxes: Vec<deliver::Outbox>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -620,9 +620,11 @@ async fn shard_main(
         let receiver = control_receiver(Rc::clone(&shard), Rc::clone(&ctl_rx), peer);
         shard.spawn_into(queues.delivery, receiver).detach();
     }
-    for (to, kick) in outbox_rx.into_iter().enumerate() {
-        let sender = deliver::outbox_sender(Rc::clone(&shard), to, kick);
-        shard.spawn_into(shard.queues.delivery, sender).detach();
+    for (to, (ctl_kick, data_kick)) in outbox_rx.into_iter().enumerate() {
+        let ctl = deliver::ctl_sender(Rc::clone(&shard), to, ctl_kick);
+        shard.spawn_into(shard.queues.delivery, ctl).detach();
+        let data = deliver::data_sender(Rc::clone(&shard), to, data_kick);
+        shard.spawn_into(shard.queues.delivery, data).detach();
     }
     shard.home.borrow_mut().load(&shard.queue.borrow().index);
     let syncer = shard.spawn_into(queues.background, group_commit(Rc::clone(&shard), kick_rx));
@@ -677,10 +679,25 @@ async fn shard_main(
     if let Err(e) = flushed {
         shared.fail(format!("delivery log: {e}"));
     }
+    // Outcomes that came after the last commit (a worker past the drain deadline, or any
+    // after a fatal error stopped the group commit): their log lines are written now, so
+    // their records may be too, and synced (blocking: the shard is done).
+    let written = {
+        let mut queue = shard.queue.borrow_mut();
+        queue.write_held_outcomes().and_then(|()| queue.sync_now())
+    };
+    if let Err(e) = written {
+        eprintln!("spate: shard {id}: outcomes after the last commit: {e}");
+    }
 }
 
-/// A shard, its group commit's kick receiver and its outbox senders' kick receivers.
-type Opened = (Shard, LocalReceiver<()>, Vec<LocalReceiver<()>>);
+/// A shard, its group commit's kick receiver and, per destination, its outbox senders'
+/// kick receivers (control, data).
+type Opened = (
+    Shard,
+    LocalReceiver<()>,
+    Vec<(LocalReceiver<()>, LocalReceiver<()>)>,
+);
 
 fn open_shard(
     id: usize,
@@ -720,8 +737,13 @@ fn open_shard(
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
-    let (outbox_kick, outbox_rx): (Vec<_>, Vec<_>) =
-        (0..shards).map(|_| local_channel::new_bounded(1)).unzip();
+    let mut outboxes = Vec::with_capacity(shards);
+    let mut outbox_rx = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (outbox, ctl_rx, data_rx) = deliver::Outbox::new();
+        outboxes.push(outbox);
+        outbox_rx.push((ctl_rx, data_rx));
+    }
     Ok((
         Shard {
             id,
@@ -756,8 +778,7 @@ fn open_shard(
                 crate::dns::resolver::os_random(),
                 Arc::clone(&shared.clock),
             ),
-            outbox: (0..shards).map(|_| RefCell::new(VecDeque::new())).collect(),
-            outbox_kick,
+            outboxes,
             queues,
         },
         kick_rx,
@@ -993,9 +1014,7 @@ impl Shard {
     }
 
     fn next_batch_id(&self) -> u64 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let nanos = self.shared.clock.unix_ms().saturating_mul(1_000_000);
         let candidate = (nanos & !0xff) | self.id as u64;
         let id = if candidate > self.last_batch_id.get() {
             candidate

@@ -983,7 +983,6 @@ impl ShardQueue {
         })
     }
 
-    /// Appends a recipient's state change. Not yet durable.
     /// Applies an outcome to the index at once; its record is written to the segment by the
     /// next `take_sync_job` (durable, like every append, only once that job has run).
     pub fn append_outcome(&mut self, outcome: OutcomePayload) -> Result<(), QueueError> {
@@ -992,19 +991,26 @@ impl ShardQueue {
         Ok(())
     }
 
-    /// Writes the held outcomes' records, in the order they were decided.
-    fn write_held_outcomes(&mut self) -> Result<(), QueueError> {
-        let held = std::mem::take(&mut self.held_outcomes);
+    /// Writes the held outcomes' records, in the order they were decided (not yet
+    /// durable). `take_sync_job` does this; the engine also does at exit, after its last
+    /// delivery-log flush, for outcomes that came after the last commit. On an error the
+    /// outcomes not written stay held.
+    pub fn write_held_outcomes(&mut self) -> Result<(), QueueError> {
         let need = record_len(super::record::OUTCOME_PAYLOAD_BYTES);
-        for outcome in &held {
+        let mut written = 0;
+        let mut result = Ok(());
+        while let Some(&outcome) = self.held_outcomes.get(written) {
             if need > self.active().remaining() {
-                self.roll_over()?;
+                if let Err(e) = self.roll_over() {
+                    result = Err(e);
+                    break;
+                }
             }
             self.write_record(Kind::Outcome, &outcome.encode());
+            written += 1;
         }
-        self.held_outcomes = held;
-        self.held_outcomes.clear();
-        Ok(())
+        self.held_outcomes.drain(..written);
+        result
     }
 
     /// Forgets a batch's de-duplication state once its input file is released.
