@@ -606,7 +606,7 @@ impl Shard {
 
     /// Queues a control message for shard `to` (this one included). Handlers never send
     /// from where they run: `outbox_sender` does, in order, per destination.
-    fn send_ctl(&self, to: usize, msg: CtlMsg) {
+    pub(super) fn send_ctl(&self, to: usize, msg: CtlMsg) {
         let outbox = &self.outboxes[to];
         outbox.ctl.borrow_mut().push_back(msg);
         let _ = outbox.ctl_kick.try_send(());

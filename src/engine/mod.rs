@@ -191,6 +191,10 @@ enum DataMsg {
     },
 }
 
+/// After the drain, how long a shard waits for every shard's Drained marker (one that
+/// failed may never send it); normally they all arrive within milliseconds.
+const DRAINED_WAIT_MAX: Duration = Duration::from_secs(1);
+
 enum CtlMsg {
     Appended {
         batch_id: u64,
@@ -215,6 +219,10 @@ enum CtlMsg {
         scope: String,
         items: Vec<deliver::OutcomeItem>,
     },
+    /// Sent by every shard to every shard (itself included) once no connection worker runs
+    /// anywhere. It travels behind the outcomes queued before it (the outbox keeps order),
+    /// so when a shard has one from every shard, every outcome of the drain is in.
+    Drained,
 }
 
 /// A running engine; `wait` blocks until it stops.
@@ -518,6 +526,10 @@ struct Shard {
     /// it, in order; one task per destination and mesh sends them (`deliver::ctl_sender`,
     /// `deliver::data_sender`).
     outboxes: Vec<deliver::Outbox>,
+    /// Drained markers received (see `CtlMsg::Drained`), and the wake-up for each.
+    drained_from: Cell<usize>,
+    drained_kick: LocalSender<()>,
+    drained_rx: RefCell<Option<LocalReceiver<()>>>,
     owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
@@ -663,8 +675,22 @@ async fn shard_main(
     {
         sleep(Duration::from_millis(5)).await;
     }
-    // Outcomes sent by other shards' last workers arrive through the control mesh.
-    sleep(Duration::from_millis(20)).await;
+    // Outcomes sent by every shard's last workers arrive through the control mesh, ahead of
+    // that shard's Drained marker. A shard that failed may never send one: bounded.
+    for to in 0..shards {
+        shard.send_ctl(to, CtlMsg::Drained);
+    }
+    let drained_rx = shard.drained_rx.borrow_mut().take();
+    if let Some(rx) = drained_rx {
+        let all_in = async {
+            while shard.drained_from.get() < shards {
+                if rx.recv().await.is_none() {
+                    break;
+                }
+            }
+        };
+        futures_lite::future::or(all_in, sleep(DRAINED_WAIT_MAX)).await;
+    }
     // Only now does the group commit make its last pass: every outcome of the drain is in.
     shard.final_commit.set(true);
     let _ = shard.sync_kick.try_send(());
@@ -737,6 +763,7 @@ fn open_shard(
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
+    let (drained_kick, drained_rx) = local_channel::new_bounded(1);
     let mut outboxes = Vec::with_capacity(shards);
     let mut outbox_rx = Vec::with_capacity(shards);
     for _ in 0..shards {
@@ -779,6 +806,9 @@ fn open_shard(
                 Arc::clone(&shared.clock),
             ),
             outboxes,
+            drained_from: Cell::new(0),
+            drained_kick,
+            drained_rx: RefCell::new(Some(drained_rx)),
             queues,
         },
         kick_rx,
@@ -992,6 +1022,10 @@ impl Shard {
             CtlMsg::Demand { scope, home, count } => self.on_demand(scope, home, count),
             CtlMsg::Credit { scope, n } => self.on_credit(scope, n),
             CtlMsg::Outcomes { scope, items } => self.on_outcomes(items, scope),
+            CtlMsg::Drained => {
+                self.drained_from.set(self.drained_from.get() + 1);
+                let _ = self.drained_kick.try_send(());
+            }
         }
     }
 
