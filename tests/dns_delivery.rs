@@ -37,11 +37,23 @@ impl Dnsmasq {
             eprintln!("dnsmasq is not installed: skipping (apt-get install dnsmasq)");
             return None;
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port free for UDP may be taken for TCP (dnsmasq binds both), or taken by another
+        // test between choosing and binding: dnsmasq then exits at once, and a new port is
+        // tried. Bounded: a handful of attempts, 10 s each.
+        for _ in 0..DNSMASQ_ATTEMPTS_MAX {
+            if let Some(d) = Dnsmasq::try_start(dir, zone) {
+                return Some(d);
+            }
+        }
+        panic!(
+            "dnsmasq did not answer in {DNSMASQ_ATTEMPTS_MAX} attempts: {}",
+            std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default()
+        );
+    }
+
+    /// One attempt on a fresh port: `None` if dnsmasq exited (its port was taken).
+    fn try_start(dir: &std::path::Path, zone: &str) -> Option<Dnsmasq> {
+        let port = free_udp_and_tcp_port();
         let conf = dir.join("dnsmasq.conf");
         std::fs::write(
             &conf,
@@ -53,7 +65,7 @@ impl Dnsmasq {
             ),
         )
         .unwrap();
-        let child = Command::new("dnsmasq")
+        let mut child = Command::new("dnsmasq")
             .arg("-k")
             .arg("-C")
             .arg(&conf)
@@ -76,12 +88,34 @@ impl Dnsmasq {
             0, 15, 0, 1,
         ];
         let mut buf = [0u8; 512];
+        let mut exited = false;
         wait_until(Duration::from_secs(10), "dnsmasq to answer", || {
+            if child.try_wait().ok().flatten().is_some() {
+                exited = true;
+                return true;
+            }
             probe.send_to(&query, ("127.0.0.1", port)).unwrap();
             probe.recv_from(&mut buf).is_ok()
         });
+        if exited {
+            return None;
+        }
         Some(Dnsmasq { child, port })
     }
+}
+
+const DNSMASQ_ATTEMPTS_MAX: usize = 5;
+
+/// A loopback port that is free for both UDP and TCP right now.
+fn free_udp_and_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP in 100 tries");
 }
 
 impl Drop for Dnsmasq {
