@@ -507,7 +507,7 @@ fn check_label(field: &str, value: &str) -> Result<(), FileError> {
 /// line (`first_line_no` is the message's first line in the file). Body lines are left to the
 /// DATA writer, which breaks them as any mail system does.
 fn check_pickup_header(message: &[u8], first_line_no: usize) -> Result<(), FileError> {
-    for (i, line) in data_lines(message).enumerate() {
+    for (i, line) in crate::smtp::data::message_lines(message).enumerate() {
         if line.is_empty() {
             return Ok(());
         }
@@ -523,28 +523,6 @@ fn check_pickup_header(message: &[u8], first_line_no: usize) -> Result<(), FileE
         }
     }
     Ok(())
-}
-
-/// The lines of `message` as the DATA writer sends them: each ends at CRLF, a bare LF or a
-/// bare CR (the terminator not included).
-fn data_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = message;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
-            return Some(std::mem::take(&mut rest));
-        };
-        let line = &rest[..end];
-        let terminator = if rest[end..].starts_with(b"\r\n") {
-            2
-        } else {
-            1
-        };
-        rest = &rest[end + terminator..];
-        Some(line)
-    })
 }
 
 /// serde_json's message without its "at line 1 column N" (the line is ours to name).
@@ -806,8 +784,6 @@ mod tests {
         let (chunks, rejections) = run(input.as_bytes(), InputKind::Pickup, 1);
         assert!(rejections.is_empty());
         assert_eq!(recipients(&chunks), vec!["b@example.com"]);
-        let lines: Vec<&[u8]> = data_lines(b"a\r\nb\nc\rd\r\re").collect();
-        assert_eq!(lines, [&b"a"[..], b"b", b"c", b"d", b"", b"e"]);
     }
 
     #[test]

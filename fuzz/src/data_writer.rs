@@ -16,7 +16,7 @@
 //! - `encode_data_sized`'s size is the output less the stuffed dots and the terminator.
 
 use crate::chunks;
-use spate::smtp::data::{encode_data_sized, DataWriter, LINE_OCTETS_MAX};
+use spate::smtp::data::{encode_data_sized, message_lines, DataWriter, LINE_OCTETS_MAX};
 
 pub fn check(input: &[u8]) {
     let (sizes, message) = chunks::split_spec(input);
@@ -69,7 +69,7 @@ pub fn check(input: &[u8]) {
         .collect();
     assert_eq!(
         field_names(&received),
-        field_names(&canonical_lines(message)),
+        field_names(&message_lines(message).collect::<Vec<_>>()),
         "the header fields changed"
     );
 }
@@ -83,22 +83,6 @@ fn output_lines(out: &[u8]) -> Vec<&[u8]> {
         .into_iter()
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .collect()
-}
-
-/// The lines of a message as the DATA writer sees them: CRLF, a bare CR and a bare LF each
-/// end one.
-pub fn canonical_lines(message: &[u8]) -> Vec<&[u8]> {
-    let mut lines = Vec::new();
-    let mut rest = message;
-    while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        lines.push(&rest[..i]);
-        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
-        rest = &rest[i + if crlf { 2 } else { 1 }..];
-    }
-    if !rest.is_empty() {
-        lines.push(rest);
-    }
-    lines
 }
 
 /// A header field's name as it can be compared before and after the writer.

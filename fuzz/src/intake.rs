@@ -229,8 +229,7 @@ fn check_recipient(tail: &[u8], var_names: &[String], template: Option<&Template
 /// The lines of a message's header section, as a receiver reads them (CR, LF and CRLF each
 /// end a line), up to the first empty one.
 pub fn header_lines(message: &[u8]) -> Vec<&[u8]> {
-    crate::data_writer::canonical_lines(message)
-        .into_iter()
+    spate::smtp::data::message_lines(message)
         .take_while(|l| !l.is_empty())
         .collect()
 }

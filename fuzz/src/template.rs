@@ -18,8 +18,8 @@
 //!     line, or before its colon), where a value could choose the field. This is what catches
 //!     a value that smuggles CR or LF into the header.
 
-use crate::data_writer::{canonical_lines, field_names, FieldName};
-use spate::smtp::data::{encode_data, LINE_OCTETS_MAX};
+use crate::data_writer::{field_names, FieldName};
+use spate::smtp::data::{encode_data, message_lines, LINE_OCTETS_MAX};
 use spate::template::{Template, VARS_MAX, VAR_NAME_BYTES_MAX};
 
 pub fn check(input: &[u8]) {
@@ -53,10 +53,7 @@ pub fn check(input: &[u8]) {
     t.render_into(&bytes, &mut alone);
     assert!(alone == rendered, "rendering depends on what `out` held");
 
-    for line in canonical_lines(rendered)
-        .into_iter()
-        .take_while(|l| !l.is_empty())
-    {
+    for line in message_lines(rendered).take_while(|l| !l.is_empty()) {
         assert!(
             line.len() <= LINE_OCTETS_MAX,
             "rendered header line of {}",
@@ -84,7 +81,7 @@ pub fn check(input: &[u8]) {
 fn template_fields(source: &[u8]) -> Vec<Option<Vec<u8>>> {
     let skeleton = skeleton(source);
     let mut fields = Vec::new();
-    for line in canonical_lines(&skeleton) {
+    for line in message_lines(&skeleton) {
         if line.is_empty() {
             break;
         }

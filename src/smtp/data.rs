@@ -117,6 +117,28 @@ impl DataWriter {
     }
 }
 
+/// The lines of a message as the DATA writer sends them: CRLF, a bare CR and a bare LF each
+/// end one (the terminator is not part of the line); an unfinished last line counts.
+pub fn message_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = message;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+            return Some(std::mem::take(&mut rest));
+        };
+        let line = &rest[..end];
+        let terminator = if rest[end..].starts_with(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + terminator..];
+        Some(line)
+    })
+}
+
 /// Encodes a whole message as DATA content, terminator included.
 pub fn encode_data(message: &[u8]) -> Vec<u8> {
     encode_data_sized(message).0
@@ -265,19 +287,12 @@ mod tests {
         out
     }
 
-    /// The input's lines as the writer sees them: CRLF, bare CR and bare LF each end one.
-    fn canonical_lines(input: &[u8]) -> Vec<&[u8]> {
-        let mut lines = Vec::new();
-        let mut rest = input;
-        while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-            lines.push(&rest[..i]);
-            let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
-            rest = &rest[i + if crlf { 2 } else { 1 }..];
-        }
-        if !rest.is_empty() {
-            lines.push(rest);
-        }
-        lines
+    #[test]
+    fn message_lines_end_at_crlf_lf_and_bare_cr() {
+        let lines: Vec<&[u8]> = message_lines(b"a\r\nb\nc\rd\r\re").collect();
+        assert_eq!(lines, [&b"a"[..], b"b", b"c", b"d", b"", b"e"]);
+        assert_eq!(message_lines(b"").count(), 0);
+        assert_eq!(message_lines(b"x\r\n").collect::<Vec<_>>(), [&b"x"[..]]);
     }
 
     /// The field name (text before `:`) of every line that starts a header field, in order;
@@ -401,7 +416,7 @@ mod tests {
         }
         prop_assert_eq!(
             field_names(received_lines(&out)),
-            field_names(canonical_lines(input))
+            field_names(message_lines(input))
         );
         Ok(())
     }

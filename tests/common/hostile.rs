@@ -289,7 +289,7 @@ pub const LINE_OCTETS_MAX: usize = 998;
 pub fn expected_lines(message: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut in_header = true;
-    for line in canonical_lines(message) {
+    for line in spate::smtp::data::message_lines(message) {
         if line.is_empty() {
             in_header = false;
             out.push(Vec::new());
@@ -314,21 +314,6 @@ pub fn expected_lines(message: &[u8]) -> Vec<Vec<u8>> {
         out.push(current);
     }
     out
-}
-
-/// `message` split into lines at CRLF, bare CR and bare LF; an unfinished last line counts.
-pub fn canonical_lines(message: &[u8]) -> Vec<&[u8]> {
-    let mut lines = Vec::new();
-    let mut rest = message;
-    while let Some(i) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        lines.push(&rest[..i]);
-        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
-        rest = &rest[i + if crlf { 2 } else { 1 }..];
-    }
-    if !rest.is_empty() {
-        lines.push(rest);
-    }
-    lines
 }
 
 /// Checks one message as a receiver got it: `received` is the DATA content as sent (still
