@@ -405,9 +405,10 @@ fn rate(c: &mut Criterion) {
     // with an adaptive limit in force (the clock advances 1 ms per message).
     let start = std::time::Instant::now();
     let mut throttle = Throttle::new(Some(5000.0), start);
-    throttle.record(100, false, start + std::time::Duration::from_millis(500));
+    let ms = |n| start + std::time::Duration::from_millis(n);
+    throttle.record(100, false, ms(500), ms(500));
     assert!(matches!(
-        throttle.record(0, true, start + std::time::Duration::from_millis(600)),
+        throttle.record(0, true, ms(600), ms(600)),
         Change::Decreased(_)
     ));
     assert!(throttle.adaptive_limit().is_some());
@@ -415,7 +416,7 @@ fn rate(c: &mut Criterion) {
     g.bench_function("throttle_record_and_interval", |b| {
         b.iter(|| {
             now += std::time::Duration::from_millis(1);
-            throttle.record(black_box(1), false, now);
+            throttle.record(black_box(1), false, now, now);
             black_box(throttle.interval())
         })
     });

@@ -121,6 +121,17 @@ impl Home {
         self.deferred.push(Reverse((due_unix_ms, seq)));
     }
 
+    /// When the soonest deferred recipient becomes due (Unix ms), if any waits.
+    pub fn next_due_unix_ms(&self) -> Option<u64> {
+        self.deferred.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// True when nothing is ready, being resolved or waiting for credit (deferred
+    /// recipients aside): a tick before the next due time finds nothing to do.
+    pub fn is_quiet(&self) -> bool {
+        self.ready.runs.is_empty() && self.resolving.is_empty() && self.pending.is_empty()
+    }
+
     /// Compaction moved these recipients to new sequence numbers.
     pub fn requeue_moved(&mut self, index: &Index, moved: &[u64]) {
         for &seq in moved {
@@ -233,6 +244,9 @@ impl Home {
             self.pending.remove(&key);
             self.announced.remove(&key);
         }
+        // In a stable order, not the map's: the same state always says the same thing in
+        // the same order (the simulation replays a seed exactly; owners see no hash order).
+        messages.sort_unstable_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
         messages
     }
 

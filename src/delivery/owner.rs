@@ -89,6 +89,19 @@ impl<M> OwnerScope<M> {
         }
     }
 
+    /// The limits of the configuration in force. A cap that stood at the old connection
+    /// limit follows the new one (up or down); one the receiver's refusals lowered stays,
+    /// within the new limit.
+    fn set_limits(&mut self, limits: ScopeLimits) {
+        self.conn_cap = if self.conn_cap == self.limits.connection_limit {
+            limits.connection_limit
+        } else {
+            self.conn_cap.min(limits.connection_limit)
+        };
+        self.limits = limits;
+        self.throttle.set_configured(limits.max_rate);
+    }
+
     /// Nothing wanted, promised, waiting or sending.
     fn is_idle(&self) -> bool {
         self.workers == 0
@@ -172,9 +185,7 @@ impl<M: Recipients> Owner<M> {
             .scopes
             .entry(scope.key)
             .or_insert_with(|| OwnerScope::new(limits, homes, now));
-        s.limits = limits;
-        s.conn_cap = s.conn_cap.min(limits.connection_limit);
-        s.throttle.set_configured(limits.max_rate);
+        s.set_limits(limits);
         s.demand[home] = count;
         s.last_busy = now;
         let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !draining;
@@ -185,6 +196,15 @@ impl<M: Recipients> Owner<M> {
         // This demand's hosts: those of the scope's first demand may be stale (an MX change,
         // or a provider whose domains have MX hosts of their own).
         Some(scope.hosts)
+    }
+
+    /// A reload: every known scope takes its limits from the new configuration at once
+    /// (a scope whose messages are all here would otherwise keep the old ones until its next
+    /// demand: the simulation found one sending at a lowered `max_message_rate`'s old pace).
+    pub fn reconfigure(&mut self, limits_of: impl Fn(&str) -> ScopeLimits) {
+        for (key, s) in &mut self.scopes {
+            s.set_limits(limits_of(key));
+        }
     }
 
     /// Credit where `key`'s window has room, round-robin over the homes that want some, at
@@ -254,9 +274,17 @@ impl<M: Recipients> Owner<M> {
             return Take::Exit;
         };
         s.last_busy = now;
-        let msg = if stop { None } else { s.ready.pop_front() };
+        // More workers than the cap (a reload lowered `connection_limit`): this one leaves
+        // before taking another message, so the scope comes down to its limit as the
+        // connections finish what they are sending.
+        let excess = s.workers > s.conn_cap;
+        let msg = if stop || excess {
+            None
+        } else {
+            s.ready.pop_front()
+        };
         let Some(msg) = msg else {
-            if stop || idle {
+            if stop || idle || excess {
                 s.workers = s.workers.saturating_sub(1);
                 return Take::Exit;
             }
@@ -297,17 +325,19 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
-    /// One transaction's results for `key`: `accepted` recipients, and whether the
-    /// receiver pushed back. Says when the throttle changes course.
+    /// One transaction's results for `key`, paced at `paced_at` (when `take` handed it out):
+    /// `accepted` recipients, and whether the receiver pushed back. Says when the throttle
+    /// changes course.
     pub fn record_results(
         &mut self,
         key: &str,
         accepted: u32,
         pushback: bool,
+        paced_at: Instant,
         now: Instant,
     ) -> Change {
         match self.scopes.get_mut(key) {
-            Some(s) => s.throttle.record(accepted, pushback, now),
+            Some(s) => s.throttle.record(accepted, pushback, paced_at, now),
             None => Change::None,
         }
     }
@@ -429,6 +459,60 @@ mod tests {
             ));
         }
         assert_eq!(total(&grants(&mut owner), 0), 3, "room for what was taken");
+    }
+
+    #[test]
+    fn a_lowered_connection_limit_sends_excess_workers_home() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(4, None), 0, 100, t0, false);
+        grants(&mut owner);
+        let msgs = (0..16).map(|_| Msg(1)).collect();
+        assert_eq!(
+            owner.prepared("s", 0, 16, msgs, t0),
+            Ok(3),
+            "four workers in all"
+        );
+        // A reload lowers the limit to 2: two of the four leave at their next take, with
+        // messages still waiting; the other two go on sending them.
+        owner.demand(scope("s"), limits(2, None), 0, 84, t0, false);
+        let takes: Vec<bool> = (0..4)
+            .map(|_| matches!(owner.take("s", t0, false, false), Take::Send { .. }))
+            .collect();
+        assert_eq!(takes, [false, false, true, true]);
+        assert!(matches!(
+            owner.take("s", t0, false, false),
+            Take::Send { .. }
+        ));
+        // Raised again to 6: the cap follows, and new messages start workers up to it.
+        owner.demand(scope("s"), limits(6, None), 0, 84, t0, false);
+        let msgs = (0..8).map(|_| Msg(1)).collect();
+        assert_eq!(
+            owner.prepared("s", 0, 0, msgs, t0),
+            Ok(4),
+            "2 working + 4 = 6"
+        );
+    }
+
+    #[test]
+    fn a_reload_paces_a_scope_at_its_new_rate_without_waiting_for_demand() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(1);
+        owner.demand(scope("s"), limits(1, Some(100.0)), 0, 4, t0, false);
+        grants(&mut owner);
+        let msgs = (0..4).map(|_| Msg(1)).collect();
+        owner.prepared("s", 0, 4, msgs, t0).unwrap();
+        let wait = |owner: &mut Owner<Msg>| match owner.take("s", t0, false, false) {
+            Take::Send { wait, .. } => wait,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(wait(&mut owner), Duration::ZERO);
+        assert_eq!(wait(&mut owner), Duration::from_millis(10));
+        // Every message is here and no demand is left to carry the new limits: the reload
+        // itself applies them.
+        owner.reconfigure(|_| limits(1, Some(2.0)));
+        assert_eq!(wait(&mut owner), Duration::from_millis(20));
+        assert_eq!(wait(&mut owner), Duration::from_millis(520));
     }
 
     #[test]

@@ -103,8 +103,18 @@ impl Throttle {
     }
 
     /// Feeds one transaction's results: recipients accepted, and whether the receiver
-    /// pushed back.
-    pub fn record(&mut self, accepted: u32, pushback: bool, now: Instant) -> Change {
+    /// pushed back; `paced_at` is when its send time was set (taken from the window at the
+    /// rate then in force). Pushback on a transaction paced before the last cut answers the
+    /// old rate, not the new one: it is counted but does not cut again (the simulation found
+    /// three cuts in 700 ms against a receiver whose replies take up to 400 ms, each on
+    /// replies to messages paced before the previous one).
+    pub fn record(
+        &mut self,
+        accepted: u32,
+        pushback: bool,
+        paced_at: Instant,
+        now: Instant,
+    ) -> Change {
         let mut change = self.tick(now);
         self.window_accepted += u64::from(accepted);
         self.since_cut += u64::from(accepted);
@@ -112,6 +122,10 @@ impl Throttle {
         self.since_cut_attempts += 1;
         if pushback {
             self.pushbacks += 1;
+            let stale = self.last_decrease.is_some_and(|t| paced_at < t);
+            if stale {
+                return change;
+            }
             self.last_pushback = Some(now);
             let held = self
                 .last_decrease
@@ -222,9 +236,9 @@ mod tests {
                 if tokens >= 1.0 {
                     tokens -= 1.0;
                     accepted_this_second += 1.0;
-                    t.record(1, false, now);
+                    t.record(1, false, now, now);
                 } else {
-                    t.record(0, true, now);
+                    t.record(0, true, now, now);
                 }
             }
             t.tick(now);
@@ -285,6 +299,29 @@ mod tests {
     }
 
     #[test]
+    fn pushback_on_messages_sent_before_a_cut_does_not_cut_again() {
+        let start = Instant::now();
+        let mut t = Throttle::new(Some(100.0), start);
+        let ms = |n| start + Duration::from_millis(n);
+        t.record(50, false, ms(900), ms(1000));
+        let Change::Decreased(first) = t.record(0, true, ms(1000), ms(1100)) else {
+            panic!("no cut");
+        };
+        // Replies to messages sent before the cut keep coming back pushed back, after the
+        // hold: they say nothing about the new rate.
+        for i in 0..20 {
+            let change = t.record(0, true, ms(1050), ms(1400 + 10 * i));
+            assert_eq!(change, Change::None);
+        }
+        assert_eq!(t.rate(), Some(first));
+        // Pushback on a message sent after the cut does cut.
+        assert!(matches!(
+            t.record(0, true, ms(1200), ms(1700)),
+            Change::Decreased(r) if r < first
+        ));
+    }
+
+    #[test]
     fn a_configured_rate_below_one_a_second_is_paced_exactly() {
         let t = Throttle::new(Some(30.0 / 60.0), Instant::now());
         assert_eq!(t.interval(), Some(Duration::from_secs(2)));
@@ -297,14 +334,29 @@ mod tests {
         let start = Instant::now();
         let mut t = Throttle::new(None, start);
         // Busy for a while, then idle for a minute: the windows close at 0/s.
-        t.record(1000, false, start + Duration::from_millis(900));
+        t.record(
+            1000,
+            false,
+            start + Duration::from_millis(900),
+            start + Duration::from_millis(900),
+        );
         let back = start + Duration::from_secs(60);
         t.tick(back);
         // 20 attempts in 100 ms, the last one pushed back, nothing accepted.
         for i in 0..19 {
-            t.record(0, false, back + Duration::from_millis(5 * i));
+            t.record(
+                0,
+                false,
+                back + Duration::from_millis(5 * i),
+                back + Duration::from_millis(5 * i),
+            );
         }
-        let Change::Decreased(rate) = t.record(0, true, back + Duration::from_millis(100)) else {
+        let Change::Decreased(rate) = t.record(
+            0,
+            true,
+            back + Duration::from_millis(100),
+            back + Duration::from_millis(100),
+        ) else {
             panic!("no cut");
         };
         assert!(rate > 100.0, "cut to {rate}/s, not to the floor");
@@ -316,11 +368,21 @@ mod tests {
         let mut t = Throttle::new(Some(500.0), start);
         assert_eq!(t.rate(), Some(500.0));
         let now = start + Duration::from_millis(1500);
-        t.record(300, false, start + Duration::from_millis(1100));
-        assert!(matches!(t.record(0, true, now), Change::Decreased(_)));
+        t.record(
+            300,
+            false,
+            start + Duration::from_millis(1100),
+            start + Duration::from_millis(1100),
+        );
+        assert!(matches!(t.record(0, true, now, now), Change::Decreased(_)));
         let after_first = t.rate().unwrap();
         for i in 1..50 {
-            t.record(0, true, now + Duration::from_millis(i));
+            t.record(
+                0,
+                true,
+                now + Duration::from_millis(i),
+                now + Duration::from_millis(i),
+            );
         }
         assert_eq!(t.rate().unwrap(), after_first, "held for DECREASE_HOLD");
         assert!(after_first <= 500.0 * DECREASE + 1e-9);

@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
@@ -622,7 +622,7 @@ impl Shard {
 }
 
 /// A scope's limits in the configuration in force.
-fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
+pub(super) fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
     let provider = config.providers.get(scope_key);
     let (connection_limit, max_per_connection, tls) = match provider {
         Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
@@ -647,7 +647,7 @@ fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
 }
 
 /// Feeds one transaction's results to its scope's throttle and says when it changes course.
-fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
+fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult], paced_at: Instant) {
     let mut accepted = 0;
     let mut pushback = None;
     for r in results {
@@ -666,6 +666,7 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult]) {
         key,
         accepted,
         pushback.is_some(),
+        paced_at,
         shard.shared.clock.now(),
     );
     match change {
@@ -809,6 +810,9 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                 break;
             }
         };
+        // The pace this message was sent at was set now: pushback on it is judged against
+        // the rate in force now (`Throttle::record`).
+        let paced_at = shard.shared.clock.now();
         shard.grant(&key);
         if !wait.is_zero() {
             sleep(wait).await;
@@ -880,7 +884,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         if results.len() != msg.rcpts.len() {
             results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
         }
-        throttle_results(&shard, &key, &results);
+        throttle_results(&shard, &key, &results, paced_at);
         let results = results.into_iter().map(ItemResult::Smtp).collect();
         let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
         send_outcomes(&shard, &key, msg.home, items);

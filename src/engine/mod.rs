@@ -8,10 +8,11 @@
 //!   `Released` notices. Control handlers never wait on anything, so acknowledgements always
 //!   flow and the two meshes cannot deadlock each other.
 //!
-//! Each shard's group commit collects appended chunks for `queue.commit_interval_ms` (or until
-//! `queue.commit_records_max` records wait), runs one `fdatasync` per dirty segment on the
-//! executor's blocking thread, then logs `Reception` events and acknowledges. An input file is
-//! released only when every chunk of it is acknowledged.
+//! A chunk's `Reception` events are written to the delivery log just before its records are
+//! appended. Each shard's group commit collects appended chunks for `queue.commit_interval_ms`
+//! (or until `queue.commit_records_max` records wait), runs one `fdatasync` per dirty segment
+//! on the executor's blocking thread, then acknowledges. An input file is released only when
+//! every chunk of it is acknowledged.
 //!
 //! Inside a shard, tasks run in three glommio task queues (`TaskQueues`): delivery (the
 //! scheduler, routing, rendering, connection workers, outcomes and the control receivers;
@@ -912,7 +913,11 @@ impl Shard {
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if generation != self.generation.get() {
             self.generation.set(generation);
-            *self.config.borrow_mut() = self.shared.config();
+            let config = self.shared.config();
+            self.owner
+                .borrow_mut()
+                .reconfigure(|key| deliver::scope_limits(&config, key));
+            *self.config.borrow_mut() = config;
             if let Err(e) = self.log.borrow_mut().reopen() {
                 self.shared
                     .fail(format!("delivery log: reopen failed: {e}"));
@@ -924,6 +929,23 @@ impl Shard {
     fn append(&self, claimer: usize, chunk: Chunk) {
         if self.shared.failed() {
             return;
+        }
+        // The chunk's Reception lines reach the log file before its records reach the
+        // segment's pages: a crash after the append (whose records recovery keeps) can then
+        // never leave recipients queued without their Reception. A crash between the two
+        // repeats the lines when intake replays the chunk (at least once, never none).
+        if !self
+            .queue
+            .borrow()
+            .has_chunk(chunk.batch_id, chunk.chunk_no)
+        {
+            let now = self.shared.clock.unix_ms();
+            let mut log = self.log.borrow_mut();
+            let logged = log_receptions(&mut log, &chunk, now).and_then(|()| log.flush());
+            if let Err(e) = logged {
+                self.shared.fail(format!("delivery log: {e}"));
+                return;
+            }
         }
         let appended = self.queue.borrow_mut().append_chunk(&chunk);
         let fresh = match appended {
@@ -970,20 +992,17 @@ impl Shard {
                 .map_err(|e| e.to_string())?;
             self.queue.borrow_mut().sync_completed();
         }
-        let now = self.shared.clock.unix_ms();
         let mut queued = 0u64;
         {
-            let mut log = self.log.borrow_mut();
-            // A chunk committed before a restart was logged and counted then, and recovery
-            // handed its recipients to the scheduler.
+            // A chunk's Reception lines were written before its records (`append`). One
+            // committed before a restart was counted then, and recovery handed its
+            // recipients to the scheduler.
             let mut home = self.home.borrow_mut();
             for (_, chunk, first) in &done {
                 let Some(first) = *first else { continue };
-                log_receptions(&mut log, chunk, now).map_err(|e| format!("delivery log: {e}"))?;
                 queued += chunk.len() as u64;
                 home.add_ready(first..first + chunk.len() as u64);
             }
-            log.flush().map_err(|e| format!("delivery log: {e}"))?;
         }
         if queued > 0 {
             let _ = self.schedule_kick.try_send(());
