@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::hostile::{assert_received_exactly, polite, send, Act, Event, Hostile};
+use common::hostile::{assert_received_exactly, polite, send, unstuff, Act, Event, Hostile};
 use common::sink::Sink;
 use common::*;
 use std::collections::HashMap;
@@ -335,7 +335,7 @@ fn hostile_replies_cost_only_their_own_destination() {
     );
     assert_eq!(seen.data.len(), 1, "one complete copy");
     assert_received_exactly(
-        &seen.data[0],
+        &unstuff(&seen.data[0], "reset.test"),
         &reset_message,
         &["From", "To", "Subject"],
         "reset.test",
@@ -356,7 +356,7 @@ fn hostile_replies_cost_only_their_own_destination() {
     let seen = tls_reset.seen.lock().unwrap();
     assert_eq!(seen.data.len(), 1, "one copy");
     assert_received_exactly(
-        &seen.data[0],
+        &unstuff(&seen.data[0], "tls-reset.test"),
         &tls_message,
         &["From", "To", "Subject"],
         "tls-reset.test",

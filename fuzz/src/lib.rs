@@ -11,6 +11,7 @@
 //! - [`alloc`]: a counting allocator, for "allocates no more than the input suggests".
 //! - [`reply`]: `smtp::reply::ReplyParser` on raw bytes and on the SMTP reply alphabet.
 //! - [`session`]: `smtp::session::Session` against a scripted, hostile server.
+//! - [`server`]: `smtp::server::Server` against a hostile client.
 //! - [`data_writer`]: `smtp::data::DataWriter` on any bytes in any chunking.
 //! - [`intake`]: `intake::Parser` on `.jsonl` batches and `.eml` pickup messages.
 //! - [`template`]: `template::Template` parsing, value checks and rendering.
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod intake;
 pub mod queue;
 pub mod reply;
+pub mod server;
 pub mod session;
 pub mod template;
 
@@ -39,6 +41,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("reply", reply::check_raw),
     ("reply_alphabet", reply::check_alphabet),
     ("session", session::check),
+    ("smtp_server", server::check),
     ("data_writer", data_writer::check),
     ("batch", intake::check_batch),
     ("batch_lines", intake::check_batch_lines),

@@ -1,13 +1,15 @@
 //! The simulated-ISP SMTP receiver: one glommio executor on its own thread serving every
 //! provider of a [`SinkProfile`].
 //!
-//! It is built never to be what limits a run: replies to pipelined commands go out in one
-//! write, message bodies are scanned for the terminating dot in place and discarded (never
-//! copied), and nothing is allocated per message beyond the recipients' addresses. Every
+//! The protocol is the engine's sans-I/O SMTP server core (`smtp::server`); this module
+//! decides what each provider answers. It is built never to be what limits a run: replies to
+//! pipelined commands go out in one write, message bodies are scanned in place and discarded
+//! (never copied), and nothing is allocated per message beyond the recipients' addresses. Every
 //! accepted recipient is counted, and appended to the receipt log when there is one, so a run
 //! can prove that nothing was lost and count duplicates.
 
 use super::profile::{ProviderProfile, SinkProfile};
+use crate::smtp::server::{Event, Server, ServerConfig};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -20,8 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Longest command line accepted (RFC 5321 says 512; extensions add a little).
-const LINE_MAX: usize = 4096;
 const READ_BUFFER: usize = 64 << 10;
 const IO_MEMORY: usize = 2 << 20;
 
@@ -396,24 +396,17 @@ async fn connection(stream: TcpStream, state: Rc<ProviderState>) {
     }
 }
 
-#[derive(PartialEq)]
-enum Mode {
-    Command,
-    /// In DATA; the scanner's state (see `scan_data`) and whether to drop the connection.
-    Data {
-        state: u8,
-        drop: bool,
-    },
-}
-
 struct Conversation {
     state: Rc<ProviderState>,
     ip: IpAddr,
     rng: u64,
-    tls_active: bool,
-    mode: Mode,
+    /// The protocol (`smtp::server`); this conversation decides senders, recipients and
+    /// message ends as the provider's profile says.
+    server: Server,
     from: Vec<u8>,
     rcpts: Vec<String>,
+    /// Inside a message's body (whether to drop the connection there is decided once).
+    in_message: bool,
     /// Recipients accepted on this connection (tarpitting starts after a number of them).
     conn_rcpts: u32,
     messages: u64,
@@ -429,25 +422,30 @@ enum Next {
 
 impl Conversation {
     fn new(state: Rc<ProviderState>, ip: IpAddr, seed: u64) -> Self {
+        let server = Server::new(ServerConfig {
+            hostname: "sink.test".into(),
+            starttls: state.profile.tls && state.tls.is_some(),
+            ..ServerConfig::default()
+        });
         Conversation {
             id: ProviderStats::get(&state.stats.connections),
             state,
             ip,
             rng: seed,
-            tls_active: false,
-            mode: Mode::Command,
+            server,
             from: Vec::new(),
             rcpts: Vec::new(),
+            in_message: false,
             conn_rcpts: 0,
             messages: 0,
         }
     }
 
     fn reset_after_tls(&mut self) {
-        self.tls_active = true;
-        self.mode = Mode::Command;
+        self.server.tls_started();
         self.from.clear();
         self.rcpts.clear();
+        self.in_message = false;
     }
 
     fn chance(&mut self, fraction: f64) -> bool {
@@ -483,44 +481,51 @@ impl Conversation {
         let mut pending = Duration::ZERO;
         if greet {
             pending += self.delay();
-            out.extend_from_slice(b"220 sink.test ESMTP simulated\r\n");
+            self.server.greeting(&mut out);
         }
         loop {
             // Everything complete in the buffer is handled before replies go out together.
             let mut next = Next::Continue;
-            while start < end {
-                match &mut self.mode {
-                    Mode::Data { state, drop } => {
-                        if *drop {
-                            bump(&self.state.stats.dropped);
-                            return Ok(false);
-                        }
-                        match scan_data(state, &buf[start..end]) {
-                            Some(used) => {
-                                start += used;
-                                self.mode = Mode::Command;
-                                pending += self.delay();
-                                self.end_of_data(&mut out);
+            loop {
+                let commands = self.server.commands();
+                let (used, event) = self.server.advance(&buf[start..end], &mut out);
+                let handled = self.server.commands() - commands;
+                pending += self.delay() * handled as u32;
+                match event {
+                    Event::NeedMore => {
+                        start += used;
+                        break;
+                    }
+                    Event::Mail { from, .. } => {
+                        self.from.clear();
+                        self.from.extend_from_slice(from.as_bytes());
+                        self.rcpts.clear();
+                        self.server.reply(250, "2.1.0 OK", &mut out);
+                    }
+                    Event::Rcpt { to } => {
+                        let (code, text) = self.rcpt(to);
+                        self.server.reply(code, &text, &mut out);
+                    }
+                    Event::Body(_) => {
+                        if !self.in_message {
+                            self.in_message = true;
+                            if self.chance(self.state.profile.drop_mid_data) {
+                                bump(&self.state.stats.dropped);
+                                return Ok(false);
                             }
-                            None => start = end,
                         }
                     }
-                    Mode::Command => {
-                        let Some(nl) = memchr::memchr(b'\n', &buf[start..end]) else {
-                            if end - start > LINE_MAX {
-                                out.extend_from_slice(b"500 5.5.2 Line too long\r\n");
-                                next = Next::Close;
-                            }
-                            break;
-                        };
-                        let line = &buf[start..start + nl + 1];
-                        start += nl + 1;
+                    Event::MessageEnd => {
                         pending += self.delay();
-                        next = self.command(line, &mut out);
-                        if !matches!(next, Next::Continue) {
-                            break;
-                        }
+                        self.end_of_data(&mut out);
                     }
+                    Event::MessageTooBig => self.in_message = false,
+                    Event::StartTls => next = Next::StartTls,
+                    Event::Close => next = Next::Close,
+                }
+                start += used;
+                if !matches!(next, Next::Continue) {
+                    break;
                 }
             }
             if !out.is_empty() {
@@ -553,112 +558,47 @@ impl Conversation {
         }
     }
 
-    fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Next {
-        let text = trim_crlf(line);
-        // The verb upper-cased in place (no allocation per command).
-        let verb: Option<[u8; 4]> = text
-            .get(..4)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(|v| v.map(|b| b.to_ascii_uppercase()));
-        let arg = text.get(4..).unwrap_or_default();
-        match verb.as_ref() {
-            Some(b"EHLO") => {
-                out.extend_from_slice(b"250-sink.test\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n");
-                if self.state.profile.tls && !self.tls_active && self.state.tls.is_some() {
-                    out.extend_from_slice(b"250-STARTTLS\r\n");
-                }
-                out.extend_from_slice(b"250 SMTPUTF8\r\n");
-            }
-            Some(b"HELO") => out.extend_from_slice(b"250 sink.test\r\n"),
-            Some(b"MAIL") => {
-                self.from.clear();
-                self.from.extend_from_slice(path_of(arg));
-                self.rcpts.clear();
-                out.extend_from_slice(b"250 2.1.0 OK\r\n");
-            }
-            Some(b"RCPT") => return self.rcpt(arg, out),
-            Some(b"DATA") => {
-                if self.rcpts.is_empty() {
-                    out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n");
-                } else {
-                    let drop = self.chance(self.state.profile.drop_mid_data);
-                    self.mode = Mode::Data { state: 2, drop };
-                    out.extend_from_slice(b"354 Go ahead\r\n");
-                }
-            }
-            Some(b"RSET") => {
-                self.from.clear();
-                self.rcpts.clear();
-                out.extend_from_slice(b"250 2.0.0 OK\r\n");
-            }
-            Some(b"NOOP") => out.extend_from_slice(b"250 2.0.0 OK\r\n"),
-            Some(b"QUIT") => {
-                out.extend_from_slice(b"221 2.0.0 Bye\r\n");
-                return Next::Close;
-            }
-            Some(b"STAR")
-                if text.eq_ignore_ascii_case(b"STARTTLS")
-                    && self.state.tls.is_some()
-                    && self.state.profile.tls
-                    && !self.tls_active =>
-            {
-                out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
-                return Next::StartTls;
-            }
-            _ => out.extend_from_slice(b"502 5.5.2 Command not recognized\r\n"),
-        }
-        Next::Continue
-    }
-
-    fn rcpt(&mut self, arg: &[u8], out: &mut Vec<u8>) -> Next {
+    /// The provider's answer to `RCPT TO:<addr>`.
+    fn rcpt(&mut self, addr: &str) -> (u16, String) {
         let state = Rc::clone(&self.state);
         let (p, stats) = (&state.profile, &state.stats);
-        let addr = path_of(arg);
         if !state.admit(self.ip) {
             bump(&stats.throttled);
             let code = p.throttle_code();
-            let text = p.style.throttle_text(code, self.ip);
-            out.extend_from_slice(format!("{code} {text}\r\n").as_bytes());
-            return if code == 421 {
-                Next::Close
-            } else {
-                Next::Continue
-            };
+            return (code, p.style.throttle_text(code, self.ip));
         }
-        if p.greylist_s > 0 && state.greylisted(greylist_key(self.ip, &self.from, addr)) {
+        let key = greylist_key(self.ip, &self.from, addr.as_bytes());
+        if p.greylist_s > 0 && state.greylisted(key) {
             bump(&stats.deferred);
-            out.extend_from_slice(b"451 4.7.1 Greylisted, please try again later\r\n");
-            return Next::Continue;
+            return (451, "4.7.1 Greylisted, please try again later".into());
         }
-        if p.unknown_user > 0.0 && (fnv(addr) % 10_000) < (p.unknown_user * 10_000.0) as u64 {
+        let unknown = (fnv(addr.as_bytes()) % 10_000) < (p.unknown_user * 10_000.0) as u64;
+        if p.unknown_user > 0.0 && unknown {
             bump(&stats.rejected);
-            out.extend_from_slice(format!("550 {}\r\n", p.style.unknown_user_text()).as_bytes());
-            return Next::Continue;
+            return (550, p.style.unknown_user_text().to_string());
         }
         let (temp, perm) = (p.temp_fail, p.perm_fail);
         if self.chance(temp) {
             bump(&stats.deferred);
-            out.extend_from_slice(b"451 4.3.0 Temporary local problem, try again later\r\n");
-            return Next::Continue;
+            return (451, "4.3.0 Temporary local problem, try again later".into());
         }
         if self.chance(perm) {
             bump(&stats.rejected);
-            out.extend_from_slice(b"550 5.7.1 Message rejected by policy\r\n");
-            return Next::Continue;
+            return (550, "5.7.1 Message rejected by policy".into());
         }
         // The address is only kept for the receipt log; without one it is only counted.
         let keep = state.receipts.borrow().is_some();
         self.rcpts.push(if keep {
-            String::from_utf8_lossy(addr).into_owned()
+            addr.to_string()
         } else {
             String::new()
         });
         self.conn_rcpts += 1;
-        out.extend_from_slice(b"250 2.1.5 OK\r\n");
-        Next::Continue
+        (250, "2.1.5 OK".into())
     }
 
     fn end_of_data(&mut self, out: &mut Vec<u8>) {
+        self.in_message = false;
         let stats = &self.state.stats;
         stats
             .accepted
@@ -667,21 +607,8 @@ impl Conversation {
         self.state.receipt(&self.rcpts);
         self.rcpts.clear();
         self.messages += 1;
-        // Written straight into the reply buffer (std::io::Write for Vec cannot fail).
-        let _ = write!(out, "250 2.0.0 OK {:x}.{}\r\n", self.id, self.messages);
-    }
-}
-
-fn trim_crlf(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-/// The address inside `FROM:<...>` / `TO:<...>` (without parameters).
-fn path_of(arg: &[u8]) -> &[u8] {
-    match (memchr::memchr(b'<', arg), memchr::memchr(b'>', arg)) {
-        (Some(a), Some(b)) if a < b => &arg[a + 1..b],
-        _ => arg,
+        let text = format!("2.0.0 OK {:x}.{}", self.id, self.messages);
+        self.server.reply(250, &text, out);
     }
 }
 
@@ -695,39 +622,6 @@ fn greylist_key(ip: IpAddr, from: &[u8], rcpt: &[u8]) -> u64 {
     let mut h = fnv(ip.to_string().as_bytes());
     h ^= fnv(from).rotate_left(17);
     h ^ fnv(rcpt).rotate_left(41)
-}
-
-/// Finds the end of DATA (`CRLF . CRLF`) in `bytes`, carrying `state` across reads:
-/// 0 nothing, 1 after CR, 2 after CRLF (a line starts), 3 after CRLF ".", 4 after CRLF "." CR.
-/// Returns how many bytes up to and including the terminator, or None if it is not here.
-pub fn scan_data(state: &mut u8, bytes: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < bytes.len() {
-        if *state == 0 {
-            match memchr::memchr(b'\r', &bytes[i..]) {
-                Some(p) => {
-                    i += p + 1;
-                    *state = 1;
-                    continue;
-                }
-                None => return None,
-            }
-        }
-        let b = bytes[i];
-        i += 1;
-        *state = match (*state, b) {
-            (1, b'\n') => 2,
-            (2, b'.') => 3,
-            (3, b'\r') => 4,
-            (4, b'\n') => {
-                *state = 0;
-                return Some(i);
-            }
-            (_, b'\r') => 1,
-            _ => 0,
-        };
-    }
-    None
 }
 
 #[cfg(test)]
@@ -892,32 +786,5 @@ mod tests {
         assert!(rest.is_empty(), "closed without a reply");
         assert_eq!(ProviderStats::get(&s.stats[0].1.dropped), 1);
         assert_eq!(s.accepted(), 0);
-    }
-
-    fn find_all(chunks: &[&[u8]]) -> Option<usize> {
-        let mut state = 2;
-        let mut offset = 0;
-        for c in chunks {
-            if let Some(n) = scan_data(&mut state, c) {
-                return Some(offset + n);
-            }
-            offset += c.len();
-        }
-        None
-    }
-
-    #[test]
-    fn finds_the_terminator_across_any_split() {
-        let msg = b"Subject: x\r\n\r\n..stuffed\r\n.\r\nQUIT\r\n";
-        let end = msg.len() - 6;
-        for cut in 0..msg.len() {
-            assert_eq!(
-                find_all(&[&msg[..cut], &msg[cut..]]),
-                Some(end),
-                "cut {cut}"
-            );
-        }
-        assert_eq!(find_all(&[b".\r\n"]), Some(3), "empty body");
-        assert_eq!(find_all(&[b"a\r\n.x\r\n..\r\n"]), None);
     }
 }

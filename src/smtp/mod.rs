@@ -8,4 +8,5 @@
 
 pub mod data;
 pub mod reply;
+pub mod server;
 pub mod session;

@@ -316,11 +316,26 @@ pub fn expected_lines(message: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Checks one message as a receiver got it: `received` is the DATA content as sent (still
-/// dot-stuffed, the final `.` line excluded, as `Seen::data` and the sink's bodies hold it).
-/// It must be well-formed (CRLF line endings only, no line over 998 octets, every line that
-/// starts with a dot stuffed, so no early end of data), carry exactly the header fields
-/// `fields` in order, and be exactly `meant` once dot-stuffing is undone (`expected_lines`).
+/// The DATA content as sent (dot-stuffed, the final `.` line excluded, as `Seen::data` holds
+/// it) as the recipient gets it: no line may be a lone dot (that would have ended the data
+/// early), and each line's leading dot is stuffing.
+pub fn unstuff(wire: &[u8], what: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    for (n, line) in wire.split_inclusive(|&b| b == b'\n').enumerate() {
+        assert!(
+            line != b".\r\n" && line != b".",
+            "{what}: an unstuffed lone dot on line {}",
+            n + 1
+        );
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+/// Checks one message as a recipient got it (`received`: dot-stuffing undone, by the sink's
+/// SMTP server or by `unstuff`). It must be well-formed (CRLF line endings only, no line over
+/// 998 octets on the wire, where a leading dot was doubled), carry exactly the header fields
+/// `fields` in order, and be exactly `meant` as `expected_lines` cuts it.
 pub fn assert_received_exactly(received: &[u8], meant: &[u8], fields: &[&str], what: &str) {
     for (i, &b) in received.iter().enumerate() {
         if b == b'\n' {
@@ -337,24 +352,19 @@ pub fn assert_received_exactly(received: &[u8], meant: &[u8], fields: &[&str], w
         received.ends_with(b"\r\n"),
         "{what}: does not end with CRLF"
     );
-    let mut wire: Vec<&[u8]> = received.split(|&b| b == b'\n').collect();
-    wire.pop();
-    let mut got = Vec::with_capacity(wire.len());
-    for (n, line) in wire.iter().enumerate() {
+    let mut lines: Vec<&[u8]> = received.split(|&b| b == b'\n').collect();
+    lines.pop();
+    let mut got = Vec::with_capacity(lines.len());
+    for (n, line) in lines.iter().enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let on_wire = line.len() + usize::from(line.starts_with(b"."));
         assert!(
-            line.len() <= LINE_OCTETS_MAX,
-            "{what}: line {} is {} octets",
+            on_wire <= LINE_OCTETS_MAX,
+            "{what}: line {} is {} octets on the wire",
             n + 1,
-            line.len()
+            on_wire
         );
-        assert_ne!(
-            line,
-            b".",
-            "{what}: an unstuffed lone dot on line {}",
-            n + 1
-        );
-        got.push(line.strip_prefix(b".").unwrap_or(line));
+        got.push(line);
     }
     let want = expected_lines(meant);
     let shown = |l: &[u8]| {

@@ -1,10 +1,12 @@
-//! A scriptable SMTP receiver on loopback for tests: accepts mail (PIPELINING-capable, one
-//! thread per connection, optional STARTTLS), answers per recipient domain as scripted, and
-//! records what it accepted. Stopped (and its threads joined) by `stop` or on drop; every wait
+//! A scriptable SMTP receiver on loopback for tests: the engine's sans-I/O SMTP server core
+//! (`smtp::server`) on blocking sockets, one thread per connection (PIPELINING, optional
+//! STARTTLS), answering recipients per domain as scripted and recording what it accepted
+//! (bodies as the recipient gets them, dot-stuffing undone). Stopped (and its threads joined) by `stop` or on drop; every wait
 //! is bounded.
 
+use spate::smtp::server::{Event, Server, ServerConfig};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,131 +198,151 @@ fn serve(
     delay: Duration,
     tls: SinkTls,
 ) {
-    // Replies go out one write each; without this, Nagle holds each one back until the
-    // client's delayed ACK (40 ms), which real servers avoid by batching pipelined replies.
+    // Replies to pipelined commands go out in one write; without NODELAY, Nagle would hold
+    // a lone reply back until the client's delayed ACK (40 ms).
     let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut r = BufReader::new(Conn::Plain(conn));
-    let _ = r.get_mut().write_all(b"220 sink.test ESMTP\r\n");
-    let mut secure = false;
+    let mut conn = Conn::Plain(conn);
+    let mut server = Server::new(ServerConfig {
+        hostname: "sink.test".into(),
+        starttls: !matches!(tls, SinkTls::None),
+        ..ServerConfig::default()
+    });
+    let mut out = Vec::new();
+    server.greeting(&mut out);
+    let mut input: Vec<u8> = Vec::new();
+    let mut read = vec![0u8; 16 << 10];
     let mut rcpts: Vec<String> = Vec::new();
-    let mut data: Option<String> = None;
-    let mut line = String::new();
+    let mut body: Vec<u8> = Vec::new();
     loop {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        match r.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
-        if !line.ends_with('\n') {
-            continue;
-        }
-        let cmd = std::mem::take(&mut line);
-        if let Some(body) = data.as_mut() {
-            if cmd == ".\r\n" {
-                std::thread::sleep(delay);
-                let mut got = received.lock().unwrap();
-                got.transactions.push(rcpts.len());
-                for rcpt in rcpts.drain(..) {
-                    *got.deliveries.entry(rcpt.clone()).or_default() += 1;
-                    if secure {
-                        got.tls_deliveries += 1;
-                    }
-                    got.bodies.insert(rcpt, body.clone());
-                }
-                data = None;
-                let _ = r.get_mut().write_all(b"250 2.0.0 queued\r\n");
-            } else {
-                body.push_str(&cmd);
-            }
-            continue;
-        }
-        let upper = cmd.to_ascii_uppercase();
-        let offers_tls = !secure && !matches!(tls, SinkTls::None);
-        let answer: String = if upper.starts_with("EHLO") {
-            let starttls = if offers_tls { "250-STARTTLS\r\n" } else { "" };
-            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
-        } else if upper.starts_with("STARTTLS") && offers_tls {
-            let _ = r.get_mut().write_all(b"220 2.0.0 ready to start TLS\r\n");
-            let Conn::Plain(tcp) = r.into_inner() else {
-                return;
-            };
-            match &tls {
-                SinkTls::Offer(config) => {
-                    let server = rustls::ServerConnection::new(Arc::clone(config)).unwrap();
-                    r = BufReader::new(Conn::Tls(Box::new(rustls::StreamOwned::new(server, tcp))));
-                    secure = true;
+        // Everything complete in the input first; the replies then go out together.
+        loop {
+            let (used, event) = server.advance(&input, &mut out);
+            let mut starttls = false;
+            let mut close = false;
+            let need_more = event == Event::NeedMore;
+            match event {
+                Event::NeedMore => {}
+                Event::Mail { .. } => {
                     rcpts.clear();
-                    continue;
+                    server.reply(250, "2.1.0 ok", &mut out);
                 }
-                SinkTls::Broken | SinkTls::None => {
-                    // Read the client's hello, answer with something that is not TLS.
-                    let mut tcp = tcp;
-                    let mut hello = [0u8; 512];
-                    let _ = tcp.read(&mut hello);
-                    let _ = tcp.write_all(b"this is not a TLS server hello\r\n");
+                Event::Rcpt { to } => {
+                    let (code, text) = rcpt(to, script, received);
+                    if code == 250 {
+                        rcpts.push(to.to_string());
+                    }
+                    server.reply(code, text, &mut out);
+                }
+                Event::Body(b) => body.extend_from_slice(b),
+                Event::MessageEnd => {
+                    std::thread::sleep(delay);
+                    let text = String::from_utf8_lossy(&std::mem::take(&mut body)).into_owned();
+                    let mut got = received.lock().unwrap();
+                    got.transactions.push(rcpts.len());
+                    for rcpt in rcpts.drain(..) {
+                        *got.deliveries.entry(rcpt.clone()).or_default() += 1;
+                        if server.is_tls() {
+                            got.tls_deliveries += 1;
+                        }
+                        got.bodies.insert(rcpt, text.clone());
+                    }
+                    drop(got);
+                    server.reply(250, "2.0.0 queued", &mut out);
+                }
+                Event::MessageTooBig => body.clear(),
+                Event::StartTls => starttls = true,
+                Event::Close => close = true,
+            }
+            input.drain(..used);
+            if close {
+                let _ = conn.write_all(&out);
+                let _ = conn.flush();
+                return;
+            }
+            if starttls {
+                let _ = conn.write_all(&std::mem::take(&mut out));
+                // Bytes pipelined behind STARTTLS were sent in the clear: dropped (RFC 3207).
+                input.clear();
+                let Conn::Plain(tcp) = conn else {
                     return;
+                };
+                match &tls {
+                    SinkTls::Offer(config) => {
+                        let session = rustls::ServerConnection::new(Arc::clone(config)).unwrap();
+                        conn = Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp)));
+                        server.tls_started();
+                        rcpts.clear();
+                        continue;
+                    }
+                    SinkTls::Broken | SinkTls::None => {
+                        // Read the client's hello, answer with something that is not TLS.
+                        let mut tcp = tcp;
+                        let mut hello = [0u8; 512];
+                        let _ = tcp.read(&mut hello);
+                        let _ = tcp.write_all(b"this is not a TLS server hello\r\n");
+                        return;
+                    }
                 }
             }
-        } else if upper.starts_with("MAIL FROM") {
-            rcpts.clear();
-            "250 2.1.0 ok\r\n".into()
-        } else if upper.starts_with("RCPT TO:<") {
-            let rcpt = cmd[9..].trim_end().trim_end_matches('>').to_string();
-            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d).to_string();
-            let attempts = {
-                let mut got = received.lock().unwrap();
-                let n = got.rcpt_attempts.entry(rcpt.clone()).or_default();
-                *n += 1;
-                *n
-            };
-            match script.get(&domain).copied().unwrap_or(Behaviour::Accept) {
-                Behaviour::UnknownUser => {
-                    "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".into()
-                }
-                Behaviour::DeferOnce if attempts == 1 => "450 4.7.1 try again later\r\n".into(),
-                Behaviour::AlwaysDefer => "451 4.3.0 mailbox temporarily unavailable\r\n".into(),
-                Behaviour::CloseOnce if attempts == 1 => {
-                    let _ = r.get_mut().write_all(
-                        b"421 4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume\r\n",
-                    );
-                    return;
-                }
-                Behaviour::Accept | Behaviour::DeferOnce | Behaviour::CloseOnce => {
-                    rcpts.push(rcpt);
-                    "250 2.1.5 ok\r\n".into()
-                }
+            if need_more {
+                break;
             }
-        } else if upper.starts_with("DATA") {
-            if rcpts.is_empty() {
-                "554 5.5.1 no valid recipients\r\n".into()
-            } else {
-                data = Some(String::new());
-                "354 end with .\r\n".into()
+        }
+        if !out.is_empty() {
+            if conn.write_all(&out).is_err() || conn.flush().is_err() {
+                return;
             }
-        } else if upper.starts_with("RSET") {
-            rcpts.clear();
-            "250 2.0.0 ok\r\n".into()
-        } else if upper.starts_with("QUIT") {
-            let _ = r.get_mut().write_all(b"221 2.0.0 bye\r\n");
-            let _ = r.get_mut().flush();
-            return;
-        } else if upper.starts_with("NOOP") {
-            "250 2.0.0 ok\r\n".into()
-        } else {
-            "502 5.5.2 not implemented\r\n".into()
-        };
-        let _ = r.get_mut().write_all(answer.as_bytes());
-        let _ = r.get_mut().flush();
+            out.clear();
+        }
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match conn.read(&mut read) {
+                Ok(0) => return,
+                Ok(n) => {
+                    input.extend_from_slice(&read[..n]);
+                    break;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The scripted answer to `RCPT TO:<to>`, counting the attempt.
+fn rcpt(
+    to: &str,
+    script: &HashMap<String, Behaviour>,
+    received: &Mutex<Received>,
+) -> (u16, &'static str) {
+    let domain = to.rsplit_once('@').map_or("", |(_, d)| d);
+    let attempts = {
+        let mut got = received.lock().unwrap();
+        let n = got.rcpt_attempts.entry(to.to_string()).or_default();
+        *n += 1;
+        *n
+    };
+    match script.get(domain).copied().unwrap_or(Behaviour::Accept) {
+        Behaviour::UnknownUser => (
+            550,
+            "5.1.1 <rcpt>: Recipient address rejected: User unknown",
+        ),
+        Behaviour::DeferOnce if attempts == 1 => (450, "4.7.1 try again later"),
+        Behaviour::AlwaysDefer => (451, "4.3.0 mailbox temporarily unavailable"),
+        // An ISP shedding load: 421 and hang up.
+        Behaviour::CloseOnce if attempts == 1 => (
+            421,
+            "4.7.0 [TSS04] Messages temporarily deferred due to unexpected volume",
+        ),
+        Behaviour::Accept | Behaviour::DeferOnce | Behaviour::CloseOnce => (250, "2.1.5 ok"),
     }
 }

@@ -1,0 +1,783 @@
+//! The SMTP server's protocol, sans I/O: commands in, replies and events out.
+//!
+//! The shell reads bytes and hands them to [`Server::advance`], which works through every
+//! complete command line (PIPELINING: the replies pile up in one buffer, written when the
+//! input runs dry), answers what the protocol alone decides (EHLO, sequence and syntax
+//! errors, limits, DATA's 354, RSET, NOOP, QUIT) and stops at each point where the shell
+//! decides: a sender, a recipient, the end of a message, STARTTLS. Message bodies come out
+//! as slices of the input, dot-unstuffed, never copied; a shell that discards them (a sink)
+//! pays for nothing but the scan.
+//!
+//! Bounds: a command line is at most `COMMAND_LINE_MAX` octets (longer: 500 and close, no
+//! buffering beyond it), recipients per transaction at most `ServerConfig::max_recipients`
+//! (452 beyond), a message at most `ServerConfig::max_message_bytes` (552, counted as it
+//! streams; the body is still read to its end so the session stays in step).
+
+use std::fmt::Write as _;
+
+/// Longest command line read, CRLF included (RFC 5321 allows 512; extension parameters make
+/// real ones longer, and a client that sends more is not speaking SMTP).
+pub const COMMAND_LINE_MAX: usize = 4096;
+
+/// What the server offers and allows.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name in the greeting and the EHLO reply.
+    pub hostname: String,
+    /// Advertised with SIZE; a bigger message is refused with 552.
+    pub max_message_bytes: usize,
+    pub max_recipients: usize,
+    /// Whether STARTTLS is offered (the shell has a certificate).
+    pub starttls: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            max_message_bytes: 50 << 20,
+            max_recipients: 1000,
+            starttls: false,
+        }
+    }
+}
+
+/// What the shell does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Every complete command was handled: write the replies, read more.
+    NeedMore,
+    /// `MAIL FROM:<from>`: answer with [`Server::reply`] (2xx opens the transaction).
+    Mail { from: &'a str, size: Option<u64> },
+    /// `RCPT TO:<to>`: answer with [`Server::reply`] (2xx adds the recipient).
+    Rcpt { to: &'a str },
+    /// Message bytes, dot-unstuffed (the message's own line endings, its last CRLF too).
+    Body(&'a [u8]),
+    /// The final dot: answer with [`Server::reply`]; the transaction ends either way.
+    MessageEnd,
+    /// The final dot of a message over `max_message_bytes`: 552 was written; discard what
+    /// was collected.
+    MessageTooBig,
+    /// 220 was written for STARTTLS: write it, discard any input after the command (RFC
+    /// 3207: it was sent in the clear and must not count), run the handshake, then call
+    /// [`Server::tls_started`].
+    StartTls,
+    /// Write what is pending and close (QUIT, a 421, or a line too long).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before EHLO/HELO.
+    Fresh,
+    Greeted,
+    /// MAIL accepted.
+    Mail,
+    /// Reading the message; the scanner's state (see `scan_body`).
+    Data(u8),
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Nothing,
+    Mail,
+    Rcpt,
+    MessageEnd,
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    phase: Phase,
+    awaiting: Awaiting,
+    tls: bool,
+    /// Recipients accepted in this transaction.
+    rcpts: usize,
+    /// Octets of the current message so far.
+    size: usize,
+    commands: u64,
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Server {
+        Server {
+            config,
+            phase: Phase::Fresh,
+            awaiting: Awaiting::Nothing,
+            tls: false,
+            rcpts: 0,
+            size: 0,
+            commands: 0,
+        }
+    }
+
+    /// A session that starts inside TLS (implicit TLS, port 465).
+    pub fn new_tls(config: ServerConfig) -> Server {
+        Server {
+            tls: true,
+            ..Server::new(config)
+        }
+    }
+
+    /// The 220 greeting.
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        let _ = write!(Line(out), "220 {} ESMTP\r\n", self.config.hostname);
+    }
+
+    /// True once STARTTLS completed (or the session began in TLS).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Command lines handled so far (a shell that adds latency per command counts them).
+    pub fn commands(&self) -> u64 {
+        self.commands
+    }
+
+    /// Recipients accepted in the current transaction.
+    pub fn recipients(&self) -> usize {
+        self.rcpts
+    }
+
+    /// The handshake after STARTTLS succeeded: the session starts over (RFC 3207: the
+    /// client must send EHLO again).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.phase = Phase::Fresh;
+        self.awaiting = Awaiting::Nothing;
+        self.rcpts = 0;
+    }
+
+    /// Answers the decision the last event asked for: `code` and `text` (an enhanced code
+    /// first, by convention), one line. A 421 closes the session.
+    pub fn reply(&mut self, code: u16, text: &str, out: &mut Vec<u8>) {
+        let positive = (200..300).contains(&code);
+        match self.awaiting {
+            Awaiting::Mail if positive => {
+                self.phase = Phase::Mail;
+                self.rcpts = 0;
+            }
+            Awaiting::Rcpt if positive => self.rcpts += 1,
+            Awaiting::MessageEnd => {
+                self.phase = Phase::Greeted;
+                self.rcpts = 0;
+            }
+            Awaiting::Mail | Awaiting::Rcpt | Awaiting::Nothing => {}
+        }
+        self.awaiting = Awaiting::Nothing;
+        let code = code.clamp(200, 599);
+        out.extend_from_slice(code.to_string().as_bytes());
+        out.push(b' ');
+        // One line, whatever the text holds.
+        out.extend(text.bytes().filter(|b| *b != b'\r' && *b != b'\n'));
+        out.extend_from_slice(b"\r\n");
+        if code == 421 {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// Works through `input`: returns how many bytes were used and what the shell does
+    /// next. Replies the protocol decides are appended to `out`. Bytes not used (an
+    /// incomplete line) are offered again with more behind them.
+    pub fn advance<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Event<'a>) {
+        if self.awaiting != Awaiting::Nothing {
+            // The shell did not answer the last decision: the protocol's default.
+            let (code, text) = match self.awaiting {
+                Awaiting::Mail => (250, "2.1.0 OK"),
+                Awaiting::Rcpt => (250, "2.1.5 OK"),
+                _ => (250, "2.0.0 OK"),
+            };
+            self.reply(code, text, out);
+        }
+        let mut used = 0;
+        loop {
+            if self.phase == Phase::Closing {
+                return (used, Event::Close);
+            }
+            if let Phase::Data(state) = self.phase {
+                let (n, event) = self.body(state, &input[used..], out);
+                used += n;
+                match event {
+                    Some(event) => return (used, event),
+                    None if used == input.len() => return (used, Event::NeedMore),
+                    None => continue,
+                }
+            }
+            let rest = &input[used..];
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                if rest.len() >= COMMAND_LINE_MAX {
+                    self.line(500, "5.5.2 Line too long", out);
+                    self.phase = Phase::Closing;
+                    continue;
+                }
+                return (used, Event::NeedMore);
+            };
+            let line = &rest[..nl + 1];
+            used += nl + 1;
+            if line.len() > COMMAND_LINE_MAX {
+                self.line(500, "5.5.2 Line too long", out);
+                self.phase = Phase::Closing;
+                continue;
+            }
+            self.commands += 1;
+            if let Some(event) = self.command(trim_crlf(line), out) {
+                return (used, event);
+            }
+        }
+    }
+
+    fn line(&self, code: u16, text: &str, out: &mut Vec<u8>) {
+        let _ = write!(Line(out), "{code} {text}\r\n");
+    }
+
+    /// One command line (without its line ending): replies to what the protocol decides,
+    /// or the event for the shell.
+    fn command<'a>(&mut self, line: &'a [u8], out: &mut Vec<u8>) -> Option<Event<'a>> {
+        let verb_end = line.iter().position(|b| *b == b' ').unwrap_or(line.len());
+        let verb = &line[..verb_end];
+        let arg = line.get(verb_end + 1..).unwrap_or_default();
+        let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
+        if is("EHLO") || is("HELO") {
+            if arg.is_empty() {
+                self.line(501, "5.5.4 Syntax: EHLO hostname", out);
+                return None;
+            }
+            self.phase = Phase::Greeted;
+            self.rcpts = 0;
+            if is("HELO") {
+                self.line(250, &self.config.hostname, out);
+                return None;
+            }
+            let c = &self.config;
+            let mut w = Line(out);
+            let _ = write!(w, "250-{}\r\n250-PIPELINING\r\n", c.hostname);
+            let _ = write!(w, "250-SIZE {}\r\n250-8BITMIME\r\n", c.max_message_bytes);
+            let _ = write!(w, "250-ENHANCEDSTATUSCODES\r\n");
+            if c.starttls && !self.tls {
+                let _ = write!(w, "250-STARTTLS\r\n");
+            }
+            let _ = write!(w, "250 SMTPUTF8\r\n");
+            return None;
+        }
+        if is("QUIT") {
+            self.line(221, "2.0.0 Bye", out);
+            self.phase = Phase::Closing;
+            return Some(Event::Close);
+        }
+        if is("NOOP") {
+            self.line(250, "2.0.0 OK", out);
+            return None;
+        }
+        if is("RSET") {
+            if self.phase != Phase::Fresh {
+                self.phase = Phase::Greeted;
+            }
+            self.rcpts = 0;
+            self.line(250, "2.0.0 OK", out);
+            return None;
+        }
+        if is("VRFY") {
+            self.line(252, "2.5.2 Cannot VRFY user", out);
+            return None;
+        }
+        if is("STARTTLS") {
+            if !self.config.starttls || self.tls {
+                self.line(502, "5.5.1 STARTTLS not offered", out);
+                return None;
+            }
+            if !arg.is_empty() {
+                self.line(501, "5.5.4 Syntax: STARTTLS", out);
+                return None;
+            }
+            self.line(220, "2.0.0 Ready to start TLS", out);
+            return Some(Event::StartTls);
+        }
+        if is("MAIL") {
+            if self.phase == Phase::Fresh {
+                self.line(503, "5.5.1 EHLO first", out);
+                return None;
+            }
+            if self.phase == Phase::Mail {
+                self.line(503, "5.5.1 Nested MAIL command", out);
+                return None;
+            }
+            let Some((from, params)) = path(arg, b"FROM:") else {
+                self.line(501, "5.5.4 Syntax: MAIL FROM:<address>", out);
+                return None;
+            };
+            let mut size = None;
+            for p in params.split(|b| *b == b' ').filter(|p| !p.is_empty()) {
+                let (key, value) = match p.iter().position(|b| *b == b'=') {
+                    Some(i) => (&p[..i], &p[i + 1..]),
+                    None => (p, &b""[..]),
+                };
+                if key.eq_ignore_ascii_case(b"SIZE") {
+                    size = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                    if size.is_none() {
+                        self.line(501, "5.5.4 Bad SIZE parameter", out);
+                        return None;
+                    }
+                }
+            }
+            if size.is_some_and(|s: u64| s > self.config.max_message_bytes as u64) {
+                self.line(552, "5.3.4 Message size exceeds fixed limit", out);
+                return None;
+            }
+            let Ok(from) = std::str::from_utf8(from) else {
+                self.line(501, "5.6.7 Address is not UTF-8", out);
+                return None;
+            };
+            self.awaiting = Awaiting::Mail;
+            return Some(Event::Mail { from, size });
+        }
+        if is("RCPT") {
+            if self.phase != Phase::Mail {
+                self.line(503, "5.5.1 MAIL first", out);
+                return None;
+            }
+            let Some((to, _)) = path(arg, b"TO:").filter(|(to, _)| !to.is_empty()) else {
+                self.line(501, "5.5.4 Syntax: RCPT TO:<address>", out);
+                return None;
+            };
+            if self.rcpts >= self.config.max_recipients {
+                self.line(452, "4.5.3 Too many recipients", out);
+                return None;
+            }
+            let Ok(to) = std::str::from_utf8(to) else {
+                self.line(501, "5.6.7 Address is not UTF-8", out);
+                return None;
+            };
+            self.awaiting = Awaiting::Rcpt;
+            return Some(Event::Rcpt { to });
+        }
+        if is("DATA") {
+            if self.phase != Phase::Mail {
+                self.line(503, "5.5.1 MAIL first", out);
+            } else if self.rcpts == 0 {
+                self.line(554, "5.5.1 No valid recipients", out);
+            } else {
+                self.size = 0;
+                // The body starts at a line start.
+                self.phase = Phase::Data(2);
+                self.line(354, "End data with <CR><LF>.<CR><LF>", out);
+            }
+            return None;
+        }
+        self.line(500, "5.5.2 Command not recognized", out);
+        None
+    }
+
+    /// Scans message bytes: the next run of body bytes, or the end of the message; `None`
+    /// when the bytes used held neither (a stuffing dot, or bytes past the size limit).
+    fn body<'a>(
+        &mut self,
+        mut state: u8,
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> (usize, Option<Event<'a>>) {
+        if state == HELD_CR {
+            // A line-start dot, then CR, then not LF: the dot was stuffing, the CR is the
+            // message's.
+            self.phase = Phase::Data(1);
+            self.size = self.size.saturating_add(1);
+            let within = self.size <= self.config.max_message_bytes;
+            return (0, within.then_some(Event::Body(b"\r")));
+        }
+        let (used, run, end) = scan_body(&mut state, input);
+        self.phase = Phase::Data(state);
+        let run = &input[run.0..run.1];
+        if !run.is_empty() {
+            self.size = self.size.saturating_add(run.len());
+            // Past the limit nothing more is handed out; the end still has to be found.
+            if self.size <= self.config.max_message_bytes {
+                return (used, Some(Event::Body(run)));
+            }
+        }
+        if !end {
+            return (used, None);
+        }
+        self.rcpts = 0;
+        if self.size > self.config.max_message_bytes {
+            self.phase = Phase::Greeted;
+            self.line(552, "5.3.4 Message size exceeds fixed limit", out);
+            return (used, Some(Event::MessageTooBig));
+        }
+        self.phase = Phase::Mail;
+        self.awaiting = Awaiting::MessageEnd;
+        (used, Some(Event::MessageEnd))
+    }
+}
+
+/// `scan_body`'s state for a CR held back after a line-start dot.
+const HELD_CR: u8 = 5;
+
+/// Scans message bytes from `state` (0 mid-line, 1 after CR, 2 at a line start, 3 after a
+/// line-start dot, 4 after a line-start dot and CR; 5 is a CR held back, handled by the
+/// caller). Returns how many bytes were used, the run of body bytes among them (start,
+/// end), and whether the terminating line was found. A run stops before a line-start dot
+/// (the dot is stuffing or the terminator's, never the message's).
+fn scan_body(state: &mut u8, input: &[u8]) -> (usize, (usize, usize), bool) {
+    let mut i = 0;
+    // A run cannot begin with a dot at a line start: skip it.
+    if *state == 2 {
+        match input.first() {
+            Some(b'.') => {
+                *state = 3;
+                i = 1;
+            }
+            Some(_) => {}
+            None => return (0, (0, 0), false),
+        }
+    }
+    if *state == 3 {
+        match input.get(i) {
+            Some(b'\r') => {
+                *state = 4;
+                i += 1;
+            }
+            // A stuffed dot: the line goes on from here.
+            Some(_) => *state = 0,
+            None => return (i, (i, i), false),
+        }
+    }
+    if *state == 4 {
+        match input.get(i) {
+            Some(b'\n') => {
+                *state = 2;
+                return (i + 1, (i + 1, i + 1), true);
+            }
+            // ".\r" then something else: the dot was stuffing, the CR is the message's.
+            Some(_) => {
+                *state = HELD_CR;
+                return (i, (i, i), false);
+            }
+            None => return (i, (i, i), false),
+        }
+    }
+    let start = i;
+    while i < input.len() {
+        if *state == 0 {
+            match memchr::memchr(b'\r', &input[i..]) {
+                Some(p) => {
+                    i += p + 1;
+                    *state = 1;
+                    continue;
+                }
+                None => {
+                    i = input.len();
+                    break;
+                }
+            }
+        }
+        let b = input[i];
+        match (*state, b) {
+            (1, b'\n') => {
+                *state = 2;
+                i += 1;
+                // Stop before a line-start dot so it never reaches a run.
+                if input.get(i) == Some(&b'.') {
+                    return (i, (start, i), false);
+                }
+            }
+            (_, b'\r') => {
+                *state = 1;
+                i += 1;
+            }
+            _ => {
+                *state = 0;
+                i += 1;
+            }
+        }
+    }
+    (i, (start, i), false)
+}
+
+/// The address in `FROM:<addr> params` (or `TO:`), and the parameters after it. The
+/// keyword is matched without case; a space after the colon is tolerated.
+fn path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let head = arg.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = arg[keyword.len()..]
+        .strip_prefix(b" ")
+        .unwrap_or(&arg[keyword.len()..]);
+    let rest = rest.strip_prefix(b"<")?;
+    let close = memchr::memchr(b'>', rest)?;
+    let addr = &rest[..close];
+    let params = rest[close + 1..]
+        .strip_prefix(b" ")
+        .unwrap_or(&rest[close + 1..]);
+    if addr.iter().any(|b| *b == b'<' || b.is_ascii_control()) {
+        return None;
+    }
+    Some((addr, params))
+}
+
+fn trim_crlf(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// `fmt::Write` into a byte buffer (replies are ASCII).
+struct Line<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Line<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::data::encode_data;
+
+    /// Feeds `input` in pieces of `step` bytes, answering every decision with 250 (or 550
+    /// for recipients at `bad.example`); returns the replies and the bodies received.
+    fn run(config: ServerConfig, input: &[u8], step: usize) -> (String, Vec<Vec<u8>>, Vec<String>) {
+        let mut s = Server::new(config);
+        let mut out = Vec::new();
+        s.greeting(&mut out);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut bodies = Vec::new();
+        let mut body = Vec::new();
+        let mut events = Vec::new();
+        'feed: for piece in input.chunks(step.max(1)) {
+            pending.extend_from_slice(piece);
+            loop {
+                let (used, ev) = s.advance(&pending, &mut out);
+                let done = matches!(ev, Event::NeedMore);
+                match ev {
+                    Event::NeedMore => {}
+                    Event::Mail { from, .. } => {
+                        events.push(format!("mail {from}"));
+                        s.reply(250, "2.1.0 OK", &mut out);
+                    }
+                    Event::Rcpt { to } => {
+                        events.push(format!("rcpt {to}"));
+                        if to.ends_with("@bad.example") {
+                            s.reply(550, "5.1.1 unknown", &mut out);
+                        } else {
+                            s.reply(250, "2.1.5 OK", &mut out);
+                        }
+                    }
+                    Event::Body(b) => body.extend_from_slice(b),
+                    Event::MessageEnd => {
+                        bodies.push(std::mem::take(&mut body));
+                        s.reply(250, "2.0.0 queued", &mut out);
+                    }
+                    Event::MessageTooBig => {
+                        events.push("too big".into());
+                        body.clear();
+                    }
+                    Event::StartTls => {
+                        events.push("starttls".into());
+                        pending.clear();
+                        s.tls_started();
+                        continue 'feed;
+                    }
+                    Event::Close => {
+                        events.push("close".into());
+                        break 'feed;
+                    }
+                }
+                pending.drain(..used);
+                if done {
+                    break;
+                }
+            }
+        }
+        (String::from_utf8(out).unwrap(), bodies, events)
+    }
+
+    fn codes(replies: &str) -> Vec<&str> {
+        replies
+            .split("\r\n")
+            .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+            .map(|l| &l[..3])
+            .collect()
+    }
+
+    #[test]
+    fn a_pipelined_session_in_any_split_gets_the_same_replies_and_bodies() {
+        let message = b"Subject: hi\r\n\r\n.leading dot\r\n..two\r\nend\r\n.\r\nnot the end\r\n";
+        let data = encode_data(message);
+        let mut input = b"EHLO client.example\r\nMAIL FROM:<a@b.example> SIZE=100\r\nRCPT TO:<x@y.example>\r\nRCPT TO:<u@bad.example>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(&data);
+        input.extend_from_slice(b"RSET\r\nQUIT\r\n");
+        let (whole, bodies, events) = run(ServerConfig::default(), &input, input.len());
+        assert_eq!(
+            codes(&whole),
+            ["220", "250", "250", "250", "550", "354", "250", "250", "221"]
+        );
+        assert_eq!(bodies, [message.to_vec()], "dot-unstuffed, byte for byte");
+        assert_eq!(
+            events,
+            [
+                "mail a@b.example",
+                "rcpt x@y.example",
+                "rcpt u@bad.example",
+                "close"
+            ]
+        );
+        for step in [1, 2, 3, 5, 7, 64] {
+            let split = run(ServerConfig::default(), &input, step);
+            assert_eq!(split.0, whole, "step {step}");
+            assert_eq!(split.1, bodies, "step {step}");
+        }
+    }
+
+    /// RFC 5321 4.5.2, read the simple way: the lines before the final `.` line, each
+    /// without a leading dot.
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        let content = wire.strip_suffix(b".\r\n").expect("terminated");
+        let mut out = Vec::new();
+        for line in content.split_inclusive(|b| *b == b'\n') {
+            out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bodies_are_unstuffed_exactly_in_any_split(
+            message in proptest::collection::vec(
+                proptest::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..200),
+            step in 1usize..20,
+        ) {
+            let data = encode_data(&message);
+            let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\n".to_vec();
+            input.extend_from_slice(&data);
+            let (_, bodies, _) = run(ServerConfig::default(), &input, step);
+            proptest::prop_assert_eq!(bodies, vec![unstuff(&data)]);
+        }
+    }
+
+    #[test]
+    fn the_protocol_answers_sequence_and_syntax_errors_itself() {
+        let cases: &[(&str, &[&str])] = &[
+            ("MAIL FROM:<a@b>\r\n", &["220", "503"]),
+            ("EHLO\r\n", &["220", "501"]),
+            ("EHLO c\r\nRCPT TO:<x@y>\r\n", &["220", "250", "503"]),
+            ("EHLO c\r\nDATA\r\n", &["220", "250", "503"]),
+            ("EHLO c\r\nMAIL FROM:a@b\r\n", &["220", "250", "501"]),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\n",
+                &["220", "250", "250", "503"],
+            ),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nDATA\r\n",
+                &["220", "250", "250", "554"],
+            ),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<>\r\n",
+                &["220", "250", "250", "501"],
+            ),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b> SIZE=x\r\n",
+                &["220", "250", "501"],
+            ),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b> SIZE=999999999999\r\n",
+                &["220", "250", "552"],
+            ),
+            ("EHLO c\r\nSTARTTLS\r\n", &["220", "250", "502"]),
+            (
+                "EHLO c\r\nVRFY x\r\nNOOP\r\nHELP\r\n",
+                &["220", "250", "252", "250", "500"],
+            ),
+            (
+                "HELO c\r\nMAIL FROM:<>\r\nRSET\r\nRCPT TO:<x@y>\r\n",
+                &["220", "250", "250", "250", "503"],
+            ),
+        ];
+        for (input, want) in cases {
+            let (out, _, _) = run(ServerConfig::default(), input.as_bytes(), 1000);
+            assert_eq!(codes(&out), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn limits_hold_and_nothing_is_buffered_beyond_them() {
+        let config = ServerConfig {
+            max_recipients: 2,
+            max_message_bytes: 10,
+            ..ServerConfig::default()
+        };
+        let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@y>\r\nRCPT TO:<2@y>\r\nRCPT TO:<3@y>\r\nDATA\r\n0123456789abcdef\r\n.\r\nQUIT\r\n";
+        let (out, bodies, events) = run(config.clone(), input, 4);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "452", "354", "552", "221"]
+        );
+        assert!(bodies.is_empty());
+        assert!(events.contains(&"too big".to_string()));
+        // A line that never ends is refused at the bound and the session closes.
+        let mut s = Server::new(config);
+        let mut out = Vec::new();
+        let long = vec![b'A'; COMMAND_LINE_MAX];
+        assert_eq!(s.advance(&long[..100], &mut out), (0, Event::NeedMore));
+        assert_eq!(s.advance(&long, &mut out), (0, Event::Close));
+        assert!(String::from_utf8(out).unwrap().starts_with("500 5.5.2"));
+    }
+
+    #[test]
+    fn starttls_is_offered_once_and_resets_the_session() {
+        let config = ServerConfig {
+            starttls: true,
+            ..ServerConfig::default()
+        };
+        let mut s = Server::new(config);
+        let mut out = Vec::new();
+        let input = b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<injected@x>\r\n";
+        let (used, ev) = s.advance(input, &mut out);
+        assert_eq!(ev, Event::StartTls);
+        assert_eq!(
+            &input[..used],
+            b"EHLO c\r\nSTARTTLS\r\n",
+            "what follows is the shell's to drop"
+        );
+        assert!(String::from_utf8_lossy(&out).contains("250-STARTTLS"));
+        s.tls_started();
+        out.clear();
+        let (_, ev) = s.advance(b"MAIL FROM:<a@b>\r\n", &mut out);
+        assert_eq!(ev, Event::NeedMore);
+        assert_eq!(
+            codes(&String::from_utf8(out.clone()).unwrap()),
+            ["503"],
+            "EHLO again first"
+        );
+        out.clear();
+        s.advance(b"EHLO c\r\n", &mut out);
+        let ehlo = String::from_utf8(out).unwrap();
+        assert!(!ehlo.contains("STARTTLS") && s.is_tls());
+    }
+
+    #[test]
+    fn a_421_closes_and_reply_text_stays_one_line() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut out = Vec::new();
+        let (_, ev) = s.advance(
+            b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nRCPT TO:<z@y>\r\n",
+            &mut out,
+        );
+        assert_eq!(
+            ev,
+            Event::Mail {
+                from: "a@b",
+                size: None
+            }
+        );
+        s.reply(250, "2.1.0 OK", &mut out);
+        out.clear();
+        let (_, ev) = s.advance(b"RCPT TO:<x@y>\r\nRCPT TO:<z@y>\r\n", &mut out);
+        assert_eq!(ev, Event::Rcpt { to: "x@y" });
+        s.reply(421, "4.7.0 slow down\r\n250 injected", &mut out);
+        assert_eq!(out, b"421 4.7.0 slow down250 injected\r\n");
+        assert_eq!(s.advance(b"RCPT TO:<z@y>\r\n", &mut out), (0, Event::Close));
+    }
+}
