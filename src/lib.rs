@@ -1,4 +1,5 @@
-//! Spate: a high-throughput bulk email sending engine.
+//! Spate: a high-throughput bulk email sending engine (this library is the engine; the
+//! `spate` command is `crates/cli`, and the simulated ISPs and `spate demo` are `crates/sim`).
 //!
 //! # Layout
 //!
@@ -16,15 +17,13 @@
 //!   demand and credit (sans I/O).
 //! - [`message`]: rendering a recipient's message, with the header fields it lacks (sans I/O).
 //! - [`dns`]: DNS messages, MX planning, the cache and the resolver (hickory-proto wire format).
-//! - [`smtp`]: the SMTP client protocol core (replies, DATA writer, session), sans I/O.
+//! - [`smtp`]: SMTP's protocol cores, sans I/O: replies, DATA writer, client and server sessions.
 //! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
 //!   connections, throttles, outcome decisions (classification, bounces, retries).
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
 //! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
 //! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
-//! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
-//! - [`sim`]: simulated receiving ISPs and DNS on loopback, for the demo, `loadtest/` and tests.
 
 pub mod address;
 pub mod bounded;
@@ -32,7 +31,6 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;
-pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod intake;
@@ -40,7 +38,6 @@ pub mod message;
 pub mod preflight;
 pub mod queue;
 pub mod schedule;
-pub mod sim;
 pub mod smtp;
 pub mod spool;
 pub mod summary;

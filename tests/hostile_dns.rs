@@ -9,7 +9,7 @@ mod common;
 
 use common::sink::Sink;
 use common::*;
-use spate::sim::dns::{DnsResponder, Zone};
+use spate_sim::dns::{DnsResponder, Zone};
 use std::collections::HashMap;
 use std::time::Duration;
 

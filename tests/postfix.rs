@@ -5,11 +5,11 @@
 mod common;
 
 use common::*;
-use spate::sim::postfix::{Postfix, PostfixError};
+use spate_sim::postfix::{Postfix, PostfixError};
 use std::path::Path;
 use std::time::Duration;
 
-/// The private instance (spate::sim::postfix) relaying `pf.test` to its `discard:` transport,
+/// The private instance (spate_sim::postfix) relaying `pf.test` to its `discard:` transport,
 /// STARTTLS offered with a certificate made here; None (the test skips) where Postfix or root
 /// is missing outside CI.
 fn start_postfix(dir: &Path) -> Option<Postfix> {

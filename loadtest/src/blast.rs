@@ -9,10 +9,10 @@ use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use spate::sim::scenario::Scenario;
 use spate::smtp::data::DataWriter;
 use spate::smtp::reply::ReplyParser;
 use spate::template::Template;
+use spate_sim::scenario::Scenario;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -165,7 +165,7 @@ pub fn blast(
                     }
                     let t = totals.borrow();
                     // This executor thread's own CPU (the sink runs on another thread).
-                    let cpu = spate::sim::run::proc_cpu_s("thread-self");
+                    let cpu = spate_sim::run::proc_cpu_s("thread-self");
                     (t.delivered, t.failed, t.connections, t.hist.clone(), cpu)
                 })
                 .map_err(|e| format!("blast executor: {e}"))?,
@@ -221,7 +221,7 @@ async fn connection(
     addr: SocketAddr,
     queue: Rc<RefCell<VecDeque<u64>>>,
     template: Arc<Template>,
-    campaign: Arc<spate::sim::campaign::Campaign>,
+    campaign: Arc<spate_sim::campaign::Campaign>,
     totals: Rc<RefCell<Totals>>,
 ) {
     let mut rendered = Vec::with_capacity(template.source().len() + 256);
@@ -263,7 +263,7 @@ async fn connection(
             };
             let t0 = Instant::now();
             let to = campaign.address(i);
-            let (name, code) = spate::sim::campaign::Campaign::vars(i);
+            let (name, code) = spate_sim::campaign::Campaign::vars(i);
             commands.clear();
             commands.extend_from_slice(b"MAIL FROM:<bounces@acme.example>\r\nRCPT TO:<");
             commands.extend_from_slice(to.as_bytes());

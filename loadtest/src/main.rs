@@ -5,11 +5,11 @@ mod plot;
 mod postfix;
 
 use serde::Serialize;
-use spate::sim::dns::{DnsResponder, Zone};
-use spate::sim::profile::SinkProfile;
-use spate::sim::run::{self, EngineMode, RunOptions, RunReport};
-use spate::sim::scenario::Scenario;
-use spate::sim::sink::Sink;
+use spate_sim::dns::{DnsResponder, Zone};
+use spate_sim::profile::SinkProfile;
+use spate_sim::run::{self, EngineMode, RunOptions, RunReport};
+use spate_sim::scenario::Scenario;
+use spate_sim::sink::Sink;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -320,7 +320,7 @@ fn postfix_run(o: &Options, dir: &Path) -> Result<PostfixReport, String> {
             + sink
                 .stats
                 .iter()
-                .map(|(_, p)| spate::sim::sink::ProviderStats::get(&p.rejected))
+                .map(|(_, p)| spate_sim::sink::ProviderStats::get(&p.rejected))
                 .sum::<u64>()
     };
     while settled(&sink) < valid {

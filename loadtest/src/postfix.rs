@@ -4,8 +4,8 @@
 //! IP literals (no DNS at all), tuned for throughput. Settings in `main_cf` are documented in
 //! docs/benchmarks.md.
 
-use spate::sim::postfix::Postfix;
-use spate::sim::scenario::Scenario;
+use spate_sim::postfix::Postfix;
+use spate_sim::scenario::Scenario;
 use std::path::Path;
 
 /// The throughput settings (beyond the private-instance plumbing), one per line.

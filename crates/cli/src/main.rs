@@ -2,7 +2,8 @@
 
 use spate::config::Config;
 use spate::engine::{self, EngineError};
-use spate::{demo, summary};
+use spate::summary;
+use spate_sim::demo;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -154,7 +154,7 @@ pub fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::message::{build_query, parse_response, Answer, QueryType};
+    use spate::dns::message::{build_query, parse_response, Answer, QueryType};
 
     #[test]
     fn answers_mx_a_and_nxdomain_as_the_resolver_reads_them() {

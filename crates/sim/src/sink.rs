@@ -9,10 +9,10 @@
 //! can prove that nothing was lost and count duplicates.
 
 use super::profile::{ProviderProfile, SinkProfile};
-use crate::smtp::server::{Event, Server, ServerConfig};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+use spate::smtp::server::{Event, Server, ServerConfig};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
@@ -627,7 +627,7 @@ fn greylist_key(ip: IpAddr, from: &[u8], rcpt: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::profile::SinkProfile;
+    use crate::profile::SinkProfile;
     use std::io::{BufRead, BufReader, Read as _};
     use std::net::TcpStream as StdStream;
 

@@ -4,14 +4,14 @@
 //! A 100,000-recipient campaign (a realistic mix of large providers and a long tail, with a
 //! few bad recipients) is delivered to simulated Gmail-, Yahoo- and Microsoft-like providers
 //! and a long tail of small sites, all on loopback addresses, resolved through a simulated DNS
-//! server on loopback (see [`crate::sim`]); the Yahoo-like provider accepts fewer messages per
+//! server on loopback (see the crate's root); the Yahoo-like provider accepts fewer messages per
 //! second than the engine would send and answers the excess with its `421 4.7.0 [TSS04]`.
 //! Progress is shown per provider; the report checks every recipient against the receipts the
 //! simulated providers wrote. The engine runs on this process's threads.
 
-use crate::engine::EngineError;
-use crate::sim::run::{self, EngineMode, RunOptions};
-use crate::sim::scenario::Scenario;
+use crate::run::{self, EngineMode, RunOptions};
+use crate::scenario::Scenario;
+use spate::engine::EngineError;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ pub fn run(options: &Options) -> Result<(), EngineError> {
 fn run_in(base: &std::path::Path, options: &Options) -> Result<(), EngineError> {
     let mut scenario = Scenario::demo();
     scenario.recipients = options.recipients;
-    let shards = crate::config::Config::defaults_under(base).engine.shards;
+    let shards = spate::config::Config::defaults_under(base).engine.shards;
     println!(
         "Spate demo: {} recipients, {} B personalised template, {} domains, {} shards, everything under {}",
         scenario.recipients,
@@ -123,7 +123,7 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     use std::io::Write;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
-    let config = crate::config::Config::defaults_under(base);
+    let config = spate::config::Config::defaults_under(base);
     println!(
         "Spate demo, queue only: {} recipients, {} shards, delivery paused, everything under {}",
         options.recipients,
@@ -142,7 +142,7 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     let incoming = config.spool.dir.join("incoming");
     std::fs::create_dir_all(&incoming).map_err(|e| storage(&incoming, e))?;
     let data_dir = config.engine.data_dir.clone();
-    let engine = crate::engine::start(config, None)?;
+    let engine = spate::engine::start(config, None)?;
     while !engine.is_ready() && !engine.has_exited() {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -189,7 +189,7 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
             first.as_secs_f64() * 1000.0
         );
     }
-    let s = crate::summary::read_queue(&data_dir).map_err(|e| storage(&data_dir, e))?;
+    let s = spate::summary::read_queue(&data_dir).map_err(|e| storage(&data_dir, e))?;
     if queued != expected || s.live_recipients() != expected {
         return Err(EngineError::Storage(format!(
             "demo check failed: expected {expected} queued, counted {queued}, the queue holds {}",

@@ -236,7 +236,7 @@ pub struct SinkProfile {
 impl SinkProfile {
     pub fn parse(text: &str, source: &str) -> Result<SinkProfile, String> {
         let mut p: SinkProfile =
-            toml::from_str(text).map_err(|e| crate::config::toml_error(text, source, &e))?;
+            toml::from_str(text).map_err(|e| spate::config::toml_error(text, source, &e))?;
         p.validate().map_err(|e| format!("{source}: {e}"))?;
         p.providers.iter_mut().for_each(ProviderProfile::expand);
         p.validate().map_err(|e| format!("{source}: {e}"))?;

@@ -111,7 +111,7 @@ connections = 4
 impl Scenario {
     pub fn parse(text: &str, source: &str) -> Result<Scenario, String> {
         let mut s: Scenario =
-            toml::from_str(text).map_err(|e| crate::config::toml_error(text, source, &e))?;
+            toml::from_str(text).map_err(|e| spate::config::toml_error(text, source, &e))?;
         if s.recipients == 0 {
             return Err(format!("{source}: recipients must be positive"));
         }
@@ -206,7 +206,7 @@ mod tests {
         let s = Scenario::demo();
         assert_eq!(s.domain_count(), 48);
         let text = s.engine_config(Path::new("/tmp/x"), "127.0.0.1:5353".parse().unwrap(), 2525);
-        let c = crate::config::Config::parse(&text, "t").unwrap();
+        let c = spate::config::Config::parse(&text, "t").unwrap();
         assert_eq!(c.smtp.port, 2525);
         assert_eq!(c.providers["yahoo"].connection_limit, 10);
         assert!(c.dns.nameservers.iter().all(|a| a.ip().is_loopback()));

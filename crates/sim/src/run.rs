@@ -117,7 +117,7 @@ impl RunReport {
 
 /// The engine being measured.
 enum Running {
-    InProcess(crate::engine::Engine),
+    InProcess(spate::engine::Engine),
     Child(std::process::Child),
 }
 
@@ -283,11 +283,11 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     let config_text = s.engine_config(base, dns.addr, sink.port);
     let config_path = base.join("spate.toml");
     std::fs::write(&config_path, &config_text).map_err(|e| io(&config_path, e))?;
-    let config = crate::config::Config::parse(&config_text, &config_path.display().to_string())
+    let config = spate::config::Config::parse(&config_text, &config_path.display().to_string())
         .map_err(|e| e.0)?;
     stays_on_loopback(&config)?;
     let shards = config.engine.shards;
-    let log_path = config.log.dir.join(crate::delivery_log::LOG_FILE_NAME);
+    let log_path = config.log.dir.join(spate::delivery_log::LOG_FILE_NAME);
     let tmp = config.spool.dir.join("tmp");
     let incoming = config.spool.dir.join("incoming");
     for d in [&tmp, &incoming] {
@@ -305,7 +305,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
 
     let mut engine = match &options.engine {
         EngineMode::InProcess => Running::InProcess(
-            crate::engine::start(config, Some(config_path.clone())).map_err(|e| e.to_string())?,
+            spate::engine::start(config, Some(config_path.clone())).map_err(|e| e.to_string())?,
         ),
         EngineMode::Binary(bin) => {
             let stderr = std::fs::File::create(base.join("engine.stderr"))
@@ -324,7 +324,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     };
     // Ready: the engine has claimed its data directory and created its spool and log.
     let ready_by = Instant::now() + Duration::from_secs(30);
-    while !(log_path.exists() && crate::engine::engine_running(&base.join("data"))) {
+    while !(log_path.exists() && spate::engine::engine_running(&base.join("data"))) {
         if engine.exited() || Instant::now() > ready_by {
             let err = std::fs::read_to_string(base.join("engine.stderr")).unwrap_or_default();
             let _ = engine.stop();
@@ -762,7 +762,7 @@ impl Drop for StderrCapture {
 /// Refuses an engine configuration that could send anything off this machine: every
 /// nameserver and every static route must be a loopback address (extra keys given to a
 /// scenario could add either).
-fn stays_on_loopback(config: &crate::config::Config) -> Result<(), String> {
+fn stays_on_loopback(config: &spate::config::Config) -> Result<(), String> {
     if let Some(ns) = config
         .dns
         .nameservers
@@ -773,7 +773,7 @@ fn stays_on_loopback(config: &crate::config::Config) -> Result<(), String> {
     }
     for r in &config.routes {
         for h in &r.hosts {
-            let (host, _) = crate::delivery::scope::host_port(h, config.smtp.port);
+            let (host, _) = spate::delivery::scope::host_port(h, config.smtp.port);
             let ip: Option<std::net::IpAddr> = host.trim_matches(['[', ']']).parse().ok();
             if !ip.is_some_and(|ip| ip.is_loopback()) {
                 return Err(format!(
@@ -790,10 +790,10 @@ fn stays_on_loopback(config: &crate::config::Config) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn config(extra: &str) -> crate::config::Config {
+    fn config(extra: &str) -> spate::config::Config {
         let text =
             format!("[dns]\nnameservers = [\"127.0.0.1:5353\"]\n[smtp]\nport = 2525\n{extra}");
-        crate::config::Config::parse(&text, "t").unwrap()
+        spate::config::Config::parse(&text, "t").unwrap()
     }
 
     #[test]
@@ -810,7 +810,7 @@ mod tests {
             "a name could resolve anywhere"
         );
         let text = "[dns]\nnameservers = [\"10.0.0.53:53\"]\n";
-        let c = crate::config::Config::parse(text, "t").unwrap();
+        let c = spate::config::Config::parse(text, "t").unwrap();
         assert!(stays_on_loopback(&c).unwrap_err().contains("nameserver"));
     }
 }

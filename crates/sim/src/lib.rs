@@ -1,5 +1,6 @@
 //! Simulated receiving ISPs on loopback, for `spate demo`, the load-test harness
-//! (`loadtest/`) and tests. Nothing here is used by the engine itself.
+//! (`loadtest/`) and tests: a crate of its own, so the engine's library carries only the
+//! product. The `spate` command (`crates/cli`) depends on both.
 //!
 //! - [`profile`]: what each simulated provider does (TOML): domains, addresses, accepted rate
 //!   per sending IP and the throttling replies real ISPs send beyond it, connection limits,
@@ -14,8 +15,10 @@
 //! - [`postfix`]: a private Postfix instance on loopback (the harness's baseline, a test's
 //!   real receiver).
 //! - [`run`]: one whole run of a scenario with its report (the demo and the harness).
+//! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
 
 pub mod campaign;
+pub mod demo;
 pub mod dns;
 pub mod postfix;
 pub mod profile;
