@@ -4,6 +4,8 @@ mod blast;
 mod plot;
 mod postfix;
 
+use clap::error::ErrorKind;
+use clap::{Args, Parser};
 use serde::Serialize;
 use spate_sim::dns::{DnsResponder, Zone};
 use spate_sim::profile::SinkProfile;
@@ -15,16 +17,63 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage:
-  spate-loadtest run SCENARIO [OPTIONS]        the engine through a scenario: report.md, report.json, plots
-  spate-loadtest blast SCENARIO [OPTIONS]      the no-queue limit of this machine for the same messages
-  spate-loadtest compare SCENARIO [OPTIONS] [--no-postfix]
-                                               blast, Spate and Postfix in one run, side by side
-  spate-loadtest sink PROFILE.toml [--for SECS] simulated providers and their DNS, standalone
-SCENARIO: a file, or a name in loadtest/scenarios/ (standard, small, throttle, ...)
-OPTIONS: --recipients N  --template-bytes N  --shards N  --engine-keys 'key = value'
-         --out DIR (default target/loadtest/<scenario>)  --bin PATH (default: spate next to this binary)
-         --timeout SECS";
+#[derive(Parser)]
+#[command(
+    name = "spate-loadtest",
+    version,
+    about = "Spate's benchmark harness (docs/benchmarks.md)",
+    after_help = "SCENARIO: a file, or a name in loadtest/scenarios/ (standard, small, throttle, ...).\n\
+                  Exit codes: 0 success; 1 a run failed or its receipts did not add up; 64 usage error."
+)]
+enum Cli {
+    /// The engine through a scenario: report.md, report.json, plots
+    Run(ScenarioArgs),
+    /// The no-queue limit of this machine for the same messages
+    Blast(ScenarioArgs),
+    /// Blast, Spate and Postfix in one run, side by side
+    Compare {
+        #[command(flatten)]
+        args: ScenarioArgs,
+        /// Leave Postfix out
+        #[arg(long)]
+        no_postfix: bool,
+    },
+    /// Simulated providers and their DNS, standalone
+    Sink {
+        /// A provider profile (TOML)
+        profile: PathBuf,
+        /// Serve this many seconds
+        #[arg(long = "for", value_name = "SECS", default_value_t = 3600)]
+        seconds: u64,
+    },
+}
+
+#[derive(Args)]
+struct ScenarioArgs {
+    /// A scenario file, or a name in loadtest/scenarios/
+    scenario: String,
+    /// Recipients in the campaign (the scenario's own count otherwise)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    recipients: Option<u64>,
+    /// Template size in bytes
+    #[arg(long, value_name = "N")]
+    template_bytes: Option<usize>,
+    /// Engine shards (0: one per CPU)
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Extra engine configuration lines, appended (repeatable)
+    #[arg(long, value_name = "TOML")]
+    engine_keys: Vec<String>,
+    /// Output directory (default target/loadtest/<scenario>)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The spate binary (default: the one next to this binary)
+    #[arg(long = "bin", value_name = "PATH")]
+    bin: Option<PathBuf>,
+    /// Give up on a run after this long
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    timeout: u64,
+}
 
 struct Options {
     scenario: Scenario,
@@ -34,18 +83,27 @@ struct Options {
     postfix: bool,
 }
 
+/// EX_USAGE from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("run") => options(&args[1..]).and_then(|o| cmd_run(&o)),
-        Some("blast") => options(&args[1..]).and_then(|o| cmd_blast(&o)),
-        Some("compare") => options(&args[1..]).and_then(|o| cmd_compare(&o)),
-        Some("sink") => cmd_sink(&args[1..]),
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(())
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_USAGE),
+            };
         }
-        _ => Err(format!("unknown or missing command\n{USAGE}")),
+    };
+    let result = match cli {
+        Cli::Run(a) => options(a, true).and_then(|o| cmd_run(&o)),
+        Cli::Blast(a) => options(a, true).and_then(|o| cmd_blast(&o)),
+        Cli::Compare { args, no_postfix } => {
+            options(args, !no_postfix).and_then(|o| cmd_compare(&o))
+        }
+        Cli::Sink { profile, seconds } => cmd_sink(&profile, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,39 +124,25 @@ fn scenario_path(name: &str) -> PathBuf {
         .join(format!("{name}.toml"))
 }
 
-fn options(args: &[String]) -> Result<Options, String> {
-    let name = args.first().ok_or("missing SCENARIO")?;
-    let mut scenario = Scenario::load(&scenario_path(name))?;
-    let mut out = None;
-    let mut bin = None;
-    let mut timeout = Duration::from_secs(1800);
-    let mut postfix = true;
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().ok_or(format!("{a} needs a value"));
-        let number = |v: &String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{a}: {v:?} is not a number"))
-        };
-        match a.as_str() {
-            "--recipients" => scenario.recipients = number(value()?)?.max(1),
-            "--template-bytes" => scenario.template_bytes = number(value()?)? as usize,
-            "--shards" => scenario.shards = number(value()?)? as usize,
-            "--engine-keys" => {
-                scenario.engine_keys = format!("{}\n{}\n", scenario.engine_keys, value()?)
-            }
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--bin" => bin = Some(PathBuf::from(value()?)),
-            "--timeout" => timeout = Duration::from_secs(number(value()?)?),
-            "--no-postfix" => postfix = false,
-            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
-        }
+fn options(a: ScenarioArgs, postfix: bool) -> Result<Options, String> {
+    let mut scenario = Scenario::load(&scenario_path(&a.scenario))?;
+    if let Some(n) = a.recipients {
+        scenario.recipients = n;
     }
-    let bin = match bin {
+    if let Some(n) = a.template_bytes {
+        scenario.template_bytes = n;
+    }
+    if let Some(n) = a.shards {
+        scenario.shards = n;
+    }
+    for keys in &a.engine_keys {
+        scenario.engine_keys = format!("{}\n{}\n", scenario.engine_keys, keys);
+    }
+    let bin = match a.bin {
         Some(b) => b,
         None => engine_binary()?,
     };
-    let out = out.unwrap_or_else(|| {
+    let out = a.out.unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/loadtest")
             .join(&scenario.name)
@@ -109,7 +153,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         scenario,
         out,
         bin,
-        timeout,
+        timeout: Duration::from_secs(a.timeout),
         postfix,
     })
 }
@@ -438,14 +482,9 @@ fn cmd_compare(o: &Options) -> Result<(), String> {
     }
 }
 
-fn cmd_sink(args: &[String]) -> Result<(), String> {
-    let path = args.first().ok_or("missing PROFILE.toml")?;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let profile = SinkProfile::parse(&text, path)?;
-    let seconds: u64 = match args.get(1..3) {
-        Some([flag, n]) if flag == "--for" => n.parse().map_err(|_| "--for needs seconds")?,
-        _ => 3600,
-    };
+fn cmd_sink(path: &Path, seconds: u64) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let profile = SinkProfile::parse(&text, &path.display().to_string())?;
     let zone = Zone::for_sink(&profile);
     let sink = Sink::start(profile)?;
     let dns = DnsResponder::start("127.0.0.1:0".parse().expect("address"), zone)?;

@@ -1,53 +1,121 @@
 //! The `spate` command line (INTERFACE.md, "Binary and commands").
 
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
 use spate::config::Config;
 use spate::engine::{self, EngineError};
 use spate::summary;
 use spate_sim::demo;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage:
-  spate run -c FILE                         run the engine until SIGTERM/SIGINT (SIGHUP reloads)
-  spate check-config -c FILE                validate a configuration and print what it resolved
-  spate queue summary -c FILE [--json] [--offline]
-                                            what is queued, per domain
-  spate demo [--recipients N] [--keep] [--queue-only]
-                                            a campaign on this machine with no setup
-  spate hash-password                       (not available yet)";
-
-/// EX_USAGE from sysexits.h.
+/// EX_USAGE from sysexits.h: a usage error (unknown command or option, missing argument).
 const EXIT_USAGE: u8 = 64;
 
+#[derive(Parser)]
+#[command(
+    name = "spate",
+    version,
+    about = "Spate: a high-throughput bulk email sending engine",
+    after_help = "Exit codes: 0 success; 64 usage error; 69 runtime unavailable or engine not \
+                  running; 74 storage failure; 78 configuration error (INTERFACE.md)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine in the foreground until SIGTERM/SIGINT (SIGHUP reloads)
+    Run(ConfigArg),
+    /// Validate a configuration and print what it resolved
+    CheckConfig(ConfigArg),
+    /// Look at the queue
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Run a campaign on this machine with no setup (simulated ISPs on loopback)
+    Demo {
+        /// Recipients in the campaign
+        #[arg(long, value_name = "N", default_value_t = demo::DEFAULT_RECIPIENTS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        recipients: u64,
+        /// Keep the demo's directory (queue, spool, log) afterwards
+        #[arg(long)]
+        keep: bool,
+        /// Queue only, delivery paused: how fast a campaign becomes durable
+        #[arg(long)]
+        queue_only: bool,
+    },
+    /// Read a password on stdin and print a password_hash for [[users]] (not available yet)
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// What is queued, per domain
+    Summary {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+        /// Read the queue files directly, the engine being stopped
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The configuration file
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: PathBuf,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["run", rest @ ..] => with_config(rest, |config, path| {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    match cli.command {
+        Command::Run(c) => with_config(&c.config, |config, path| {
             engine::run_until_signalled(config, Some(path)).map_err(|e| report(&e))
         }),
-        ["check-config", rest @ ..] => with_config(rest, |config, _| {
+        Command::CheckConfig(c) => with_config(&c.config, |config, _| {
             print!("{}", config.describe());
             Ok(())
         }),
-        ["queue", "summary", rest @ ..] => queue_summary(rest),
-        ["demo", rest @ ..] => match demo::Options::parse(rest) {
-            Ok(options) => match demo::run(&options) {
+        Command::Queue(QueueCommand::Summary {
+            config,
+            json,
+            offline,
+        }) => queue_summary(&config.config, json, offline),
+        Command::Demo {
+            recipients,
+            keep,
+            queue_only,
+        } => {
+            let options = demo::Options {
+                recipients,
+                keep,
+                queue_only,
+            };
+            match demo::run(&options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => ExitCode::from(report(&e)),
-            },
-            Err(message) => usage_error(&message),
-        },
-        ["hash-password", ..] => {
+            }
+        }
+        Command::HashPassword => {
             eprintln!("spate: hash-password is not available yet: SMTP submission ([[listeners]], [[users]]) is not implemented in this build");
             ExitCode::from(69)
         }
-        ["help" | "--help" | "-h"] => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        [] => usage_error("no command given"),
-        [other, ..] => usage_error(&format!("unknown command {other:?}")),
     }
 }
 
@@ -56,39 +124,9 @@ fn report(e: &EngineError) -> u8 {
     e.exit_code() as u8
 }
 
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("spate: {message}\n{USAGE}");
-    ExitCode::from(EXIT_USAGE)
-}
-
-/// Splits `-c FILE` out of `args`; the rest are flags.
-fn config_arg<'a>(args: &[&'a str]) -> Result<(PathBuf, Vec<&'a str>), String> {
-    let mut path = None;
-    let mut flags = Vec::new();
-    let mut it = args.iter();
-    while let Some(&a) = it.next() {
-        match a {
-            "-c" | "--config" => match it.next() {
-                Some(p) => path = Some(PathBuf::from(p)),
-                None => return Err("-c needs a file".into()),
-            },
-            _ => flags.push(a),
-        }
-    }
-    path.map(|p| (p, flags))
-        .ok_or_else(|| "missing -c FILE".to_string())
-}
-
-fn with_config(args: &[&str], f: impl FnOnce(Config, PathBuf) -> Result<(), u8>) -> ExitCode {
-    let (path, flags) = match config_arg(args) {
-        Ok(v) => v,
-        Err(m) => return usage_error(&m),
-    };
-    if let Some(flag) = flags.first() {
-        return usage_error(&format!("unknown option {flag:?}"));
-    }
-    match Config::load(&path) {
-        Ok(config) => match f(config, path) {
+fn with_config(path: &Path, f: impl FnOnce(Config, PathBuf) -> Result<(), u8>) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => match f(config, path.to_path_buf()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(code) => ExitCode::from(code),
         },
@@ -99,20 +137,8 @@ fn with_config(args: &[&str], f: impl FnOnce(Config, PathBuf) -> Result<(), u8>)
     }
 }
 
-fn queue_summary(args: &[&str]) -> ExitCode {
-    let (path, flags) = match config_arg(args) {
-        Ok(v) => v,
-        Err(m) => return usage_error(&m),
-    };
-    let (mut json, mut offline) = (false, false);
-    for flag in flags {
-        match flag {
-            "--json" => json = true,
-            "--offline" => offline = true,
-            other => return usage_error(&format!("unknown option {other:?}")),
-        }
-    }
-    let config = match Config::load(&path) {
+fn queue_summary(path: &Path, json: bool, offline: bool) -> ExitCode {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("spate: {e}");

@@ -26,32 +26,6 @@ pub struct Options {
     pub queue_only: bool,
 }
 
-impl Options {
-    pub fn parse(args: &[&str]) -> Result<Options, String> {
-        let mut o = Options {
-            recipients: DEFAULT_RECIPIENTS,
-            keep: false,
-            queue_only: false,
-        };
-        let mut it = args.iter();
-        while let Some(&a) = it.next() {
-            match a {
-                "--recipients" => {
-                    o.recipients = it
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|&n| n > 0)
-                        .ok_or("--recipients needs a positive number")?;
-                }
-                "--keep" => o.keep = true,
-                "--queue-only" => o.queue_only = true,
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        Ok(o)
-    }
-}
-
 pub fn run(options: &Options) -> Result<(), EngineError> {
     let base = std::env::temp_dir().join(format!("spate-demo-{}", std::process::id()));
     let result = if options.queue_only {
