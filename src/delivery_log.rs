@@ -212,38 +212,49 @@ pub fn json_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-29T15:44:14.123Z`.
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-29T15:44:14.123Z` (always three digits,
+/// so the field has one width).
 pub fn rfc3339_utc(unix_ms: u64, out: &mut Vec<u8>) {
-    let secs = unix_ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let s = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_ms % 1000
+    use std::io::Write;
+    let t = utc(unix_ms);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     );
-    out.extend_from_slice(s.as_bytes());
 }
 
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// Milliseconds since the Unix epoch as a UTC date and time (the `time` crate does the
+/// calendar). Beyond year 9999, which no clock here reaches, the last representable instant.
+pub fn utc(unix_ms: u64) -> time::OffsetDateTime {
+    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let nanos = i128::from(unix_ms.min(MAX_MS)) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_one_width_from_the_epoch_to_year_9999() {
+        let at = |ms| {
+            let mut out = Vec::new();
+            rfc3339_utc(ms, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_795_967_054_123), "2026-11-29T15:44:14.123Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn formats_a_parseable_line() {

@@ -133,21 +133,12 @@ pub fn find_header(message: &[u8], name: &str) -> Option<String> {
 
 /// RFC 5322 date in UTC, e.g. `Sun, 29 Nov 2026 15:44:14 +0000`.
 pub fn rfc5322_date(unix_ms: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let mut iso = Vec::new();
-    crate::delivery_log::rfc3339_utc(unix_ms, &mut iso);
-    let iso = String::from_utf8(iso).expect("ASCII");
-    let (y, m, d) = (&iso[0..4], &iso[5..7], &iso[8..10]);
-    let month = MONTHS[m.parse::<usize>().unwrap_or(1) - 1];
-    let day = DAYS[((unix_ms / 86_400_000) % 7) as usize];
-    format!(
-        "{day}, {} {month} {y} {} +0000",
-        d.trim_start_matches('0'),
-        &iso[11..19]
-    )
+    use time::format_description::well_known::Rfc2822;
+    // RFC 2822's date is RFC 5322's; only years before 1900 cannot be written, and no clock
+    // here is set that far back.
+    crate::delivery_log::utc(unix_ms)
+        .format(&Rfc2822)
+        .unwrap_or_else(|_| "Mon, 01 Jan 1900 00:00:00 +0000".into())
 }
 
 #[cfg(test)]
@@ -163,7 +154,7 @@ mod tests {
             rfc5322_date(1_795_967_054_123),
             "Sun, 29 Nov 2026 15:44:14 +0000"
         );
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
     }
 
     fn record<'a>(flags: u8, body: &'a [u8], vars: &'a [&'a str]) -> MessagePayload<'a> {
@@ -194,7 +185,7 @@ mod tests {
         assert_eq!(id, "<ab.7@mta.acme.example>");
         assert_eq!(
             text,
-            "Message-ID: <ab.7@mta.acme.example>\r\nDate: Thu, 1 Jan 1970 00:00:00 +0000\r\nTo: a@x.test\r\n\r\nHi\r\n"
+            "Message-ID: <ab.7@mta.acme.example>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nTo: a@x.test\r\n\r\nHi\r\n"
         );
     }
 
