@@ -68,3 +68,45 @@ fn a_configuration_error_exits_78_naming_the_file() {
     assert_eq!(code, 78, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn diagnostics_are_human_lines_or_json_objects() {
+    let env = common::Env::new(1, "", "");
+    // Human lines: time, level, message.
+    let engine = env.start();
+    let path = engine.stderr_path.clone();
+    assert!(engine.stop(std::time::Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(path).unwrap();
+    let running = text
+        .lines()
+        .find(|l| l.contains("running: 1 shards"))
+        .unwrap();
+    assert!(
+        running.contains(" INFO ") && running.starts_with("20"),
+        "{running}"
+    );
+    let engine = env.start_with(&["--log-format", "json"]);
+    let path = engine.stderr_path.clone();
+    let status = engine.stop(std::time::Duration::from_secs(30));
+    assert!(status.success());
+    let text = std::fs::read_to_string(path).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|e| e["fields"]["message"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.starts_with("running: 1 shards")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("stopping")),
+        "{messages:?}"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+}

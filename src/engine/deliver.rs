@@ -268,10 +268,7 @@ impl Shard {
         // A recipient that cannot be rendered (a damaged record, a template that no longer
         // parses) will not render later either: it bounces rather than waits forever.
         for (seq, why) in failed {
-            eprintln!(
-                "spate: shard {}: cannot render recipient {seq}: {why}",
-                self.id
-            );
+            tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
             let outcome = Outcome {
                 verdict: Verdict::Bounced,
                 fault: Fault::Message,
@@ -409,8 +406,8 @@ impl Shard {
         let spawn = match prepared {
             Ok(spawn) => spawn,
             Err(msgs) => {
-                eprintln!(
-                    "spate: shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
+                tracing::error!(
+                    "shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
                     self.id,
                     msgs.len(),
                     printable(&scope)
@@ -670,12 +667,12 @@ fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult], paced_at: 
         shard.shared.clock.now(),
     );
     match change {
-        Change::Decreased(rate) => eprintln!(
-            "spate: {key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
+        Change::Decreased(rate) => tracing::warn!(
+            "{key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
             printable(&pushback.unwrap_or_default())
         ),
-        Change::Cleared => eprintln!(
-            "spate: {key}: no pushback for {} s; adaptive limit lifted",
+        Change::Cleared => tracing::info!(
+            "{key}: no pushback for {} s; adaptive limit lifted",
             crate::delivery::throttle::CLEAR_AFTER.as_secs()
         ),
         Change::None => {}
@@ -694,8 +691,8 @@ fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply
         Refusal::Stay => false,
         Refusal::Leave { lowered_to } => {
             if let Some(cap) = lowered_to {
-                eprintln!(
-                    "spate: {key}: connection refused ({}); holding at {cap} connections",
+                tracing::warn!(
+                    "{key}: connection refused ({}); holding at {cap} connections",
                     printable(&reply.to_log_string()),
                 );
             }
@@ -1017,7 +1014,7 @@ async fn contained<T>(f: impl std::future::Future<Output = T>) -> Result<T, Stri
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            eprintln!("spate: internal error contained: {}", printable(&why));
+            tracing::error!("internal error contained: {}", printable(&why));
             why
         })
 }
@@ -1105,8 +1102,8 @@ async fn connect(
             match open(effective).await {
                 Ok(c) => return Ok(c),
                 Err(ConnectError::Tls(why)) if effective == TlsPolicy::Opportunistic => {
-                    eprintln!(
-                        "spate: {name} [{addr}]: {}; plaintext for {} s",
+                    tracing::warn!(
+                        "{name} [{addr}]: {}; plaintext for {} s",
                         printable(&why),
                         TLS_BROKEN_FOR.as_secs()
                     );

@@ -162,7 +162,7 @@ impl Shared {
     fn fail(&self, message: String) {
         let mut f = self.fatal.lock().expect("fatal lock");
         if f.is_none() {
-            eprintln!("spate: {message}");
+            tracing::error!("{message}");
             *f = Some(message);
         }
         self.has_fatal.store(true, Ordering::SeqCst);
@@ -251,8 +251,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     }
     match crate::delivery_log::repair_torn_tail(&config.log.dir) {
         Ok(0) => {}
-        Ok(cut) => eprintln!(
-            "spate: {}: cut {cut} bytes of a record torn by a crash",
+        Ok(cut) => tracing::warn!(
+            "{}: cut {cut} bytes of a record torn by a crash",
             config
                 .log
                 .dir
@@ -267,7 +267,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         }
     }
     for note in config.inactive_features() {
-        eprintln!("spate: note: {note}");
+        tracing::warn!("note: {note}");
     }
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
@@ -333,7 +333,7 @@ impl Engine {
     /// Loads the configuration file again; an invalid one is refused and the old stays.
     pub fn reload(&self) {
         let Some(path) = &self.config_path else {
-            eprintln!("spate: reload ignored: the embedded configuration has no file");
+            tracing::warn!("reload ignored: the embedded configuration has no file");
             return;
         };
         match Config::load(path) {
@@ -341,16 +341,13 @@ impl Engine {
                 let old = self.shared.config();
                 let later = old.restart_only_changes(&new);
                 if !later.is_empty() {
-                    eprintln!(
-                        "spate: reload: {} take effect at the next start",
-                        later.join(", ")
-                    );
+                    tracing::warn!("reload: {} take effect at the next start", later.join(", "));
                 }
                 *self.shared.config.lock().expect("config lock") = Arc::new(new);
                 self.shared.generation.fetch_add(1, Ordering::SeqCst);
-                eprintln!("spate: configuration reloaded from {}", path.display());
+                tracing::info!("configuration reloaded from {}", path.display());
             }
-            Err(e) => eprintln!("spate: reload refused, previous configuration stays: {e}"),
+            Err(e) => tracing::warn!("reload refused, previous configuration stays: {e}"),
         }
     }
 
@@ -397,14 +394,14 @@ pub fn run_until_signalled(
         if !announced && engine.is_ready() {
             announced = true;
             let c = &engine.shared.counters;
-            eprintln!(
-                "spate: running: {} shards, {} recipients queued from before",
+            tracing::info!(
+                "running: {} shards, {} recipients queued from before",
                 engine.handles.len(),
                 c.live_recipients.load(Ordering::SeqCst)
             );
         }
         if term.swap(false, Ordering::SeqCst) {
-            eprintln!("spate: stopping: intake stops, queue syncs");
+            tracing::info!("stopping: intake stops, queue syncs");
             engine.request_stop();
         }
         if hup.swap(false, Ordering::SeqCst) {
@@ -698,8 +695,8 @@ async fn shard_main(
     syncer.await;
     let blocking = shard.queue.borrow().blocking_rollovers;
     if blocking > 0 {
-        eprintln!(
-            "spate: shard {id}: {blocking} segment rollovers found no spare and blocked the executor"
+        tracing::warn!(
+            "shard {id}: {blocking} segment rollovers found no spare and blocked the executor"
         );
     }
     let flushed = shard.log.borrow_mut().flush();
@@ -714,7 +711,7 @@ async fn shard_main(
         queue.write_held_outcomes().and_then(|()| queue.sync_now())
     };
     if let Err(e) = written {
-        eprintln!("spate: shard {id}: outcomes after the last commit: {e}");
+        tracing::error!("shard {id}: outcomes after the last commit: {e}");
     }
 }
 
@@ -754,7 +751,7 @@ fn open_shard(
     // Batches whose inputs were released before the restart need no de-duplication.
     queue.forget_batches_except(&claimed);
     for w in &report.warnings {
-        eprintln!("spate: shard {id}: recovery: {w}");
+        tracing::warn!("shard {id}: recovery: {w}");
     }
     shared
         .counters
@@ -869,7 +866,7 @@ async fn maintenance(shard: Rc<Shard>) {
                     Err(e) => {
                         // Not fatal yet: a rollover that finds no space is.
                         shard.queue.borrow_mut().spare_failed();
-                        eprintln!("spate: shard {}: {e}; retrying in 5 s", shard.id);
+                        tracing::warn!("shard {}: {e}; retrying in 5 s", shard.id);
                         spare_retry_at = shard.shared.clock.now() + SPARE_RETRY_DELAY;
                     }
                 }
@@ -1114,8 +1111,8 @@ async fn intake_loop(shard: &Rc<Shard>) {
         .into_iter()
         .filter(|c| (c.batch_id % shard.shards as u64) as usize == shard.id)
     {
-        eprintln!(
-            "spate: shard {}: resuming {} after a restart",
+        tracing::info!(
+            "shard {}: resuming {} after a restart",
             shard.id,
             printable(&c.name)
         );
@@ -1153,7 +1150,7 @@ async fn intake_loop(shard: &Rc<Shard>) {
             let names = match listed {
                 Ok(n) => n,
                 Err(e) => {
-                    eprintln!("spate: {}: {e}", shard.spool.incoming().display());
+                    tracing::warn!("{}: {e}", shard.spool.incoming().display());
                     Vec::new()
                 }
             };
@@ -1185,7 +1182,7 @@ async fn intake_loop(shard: &Rc<Shard>) {
                         last_scan = None;
                     }
                     Ok(None) => {}
-                    Err(e) => eprintln!("spate: cannot claim {}: {e}", printable(&name)),
+                    Err(e) => tracing::warn!("cannot claim {}: {e}", printable(&name)),
                 }
             }
         }
@@ -1232,8 +1229,8 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
                 refuse(shard, &c, &reason).await;
                 return Ok(());
             }
-            eprintln!(
-                "spate: cannot read {}: {}; retrying in {} s",
+            tracing::warn!(
+                "cannot read {}: {}; retrying in {} s",
                 printable(&c.name),
                 printable(&why),
                 READ_RETRY_DELAY.as_secs()
@@ -1290,8 +1287,8 @@ async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), Interrupted>
         .counters
         .inputs_done
         .fetch_add(1, Ordering::Relaxed);
-    eprintln!(
-        "spate: {}: {queued} recipients queued, {rejected} rejected, in {} ms",
+    tracing::info!(
+        "{}: {queued} recipients queued, {rejected} rejected, in {} ms",
         printable(&c.name),
         shard.shared.clock.now().duration_since(started).as_millis()
     );
@@ -1417,14 +1414,14 @@ async fn refuse(shard: &Shard, c: &Claimed, reason: &str) {
         .spawn_blocking(move || spool.release_bad(&claimed, &why))
         .await;
     match moved {
-        Ok(path) => eprintln!(
-            "spate: {}: refused ({}); moved to {}",
+        Ok(path) => tracing::warn!(
+            "{}: refused ({}); moved to {}",
             printable(&c.name),
             printable(reason),
             printable(&path.display().to_string())
         ),
-        Err(e) => eprintln!(
-            "spate: {}: refused ({}) but cannot move it to bad/: {e}",
+        Err(e) => tracing::error!(
+            "{}: refused ({}) but cannot move it to bad/: {e}",
             printable(&c.name),
             printable(reason)
         ),

@@ -65,6 +65,11 @@ impl Env {
     }
 
     pub fn start(&self) -> EngineProcess {
+        self.start_with(&[])
+    }
+
+    /// `spate [ARGS] run -c CONFIG`, ready when its stderr says so.
+    pub fn start_with(&self, args: &[&str]) -> EngineProcess {
         let stderr_path = self.path(&format!(
             "engine-{}.stderr",
             std::time::SystemTime::now()
@@ -73,6 +78,7 @@ impl Env {
                 .as_nanos()
         ));
         let child = Command::new(BIN)
+            .args(args)
             .args(["run", "-c"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -85,7 +91,7 @@ impl Env {
             stderr_path,
         };
         wait_until(Duration::from_secs(30), "engine ready", || {
-            engine.stderr().contains("spate: running")
+            engine.stderr().contains("running: ")
         });
         engine
     }

@@ -1,7 +1,7 @@
 //! The `spate` command line (INTERFACE.md, "Binary and commands").
 
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use spate::config::Config;
 use spate::engine::{self, EngineError};
 use spate::summary;
@@ -23,6 +23,32 @@ const EXIT_USAGE: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the engine's diagnostics are written to stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One line per event: time, level, message, fields
+    Human,
+    /// One JSON object per event
+    Json,
+}
+
+/// Sends the engine's diagnostics (`tracing` events, INFO and above) to stderr.
+fn init_diagnostics(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let installed = match format {
+        LogFormat::Human => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
+    };
+    if let Err(e) = installed {
+        eprintln!("spate: diagnostics: {e}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,6 +110,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    init_diagnostics(cli.log_format);
     match cli.command {
         Command::Run(c) => with_config(&c.config, |config, path| {
             engine::run_until_signalled(config, Some(path)).map_err(|e| report(&e))
