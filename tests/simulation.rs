@@ -165,7 +165,9 @@ struct Receiver {
 impl Receiver {
     fn new(rng: &mut Rng, now: Instant) -> Receiver {
         Receiver {
-            max_conns: rng.range(1, 6) as u32,
+            // Sometimes below the scope's connection limit (refusals lower the cap),
+            // sometimes above it (only the engine's own limit holds it back).
+            max_conns: rng.range(1, 12) as u32,
             open: 0,
             rate: [20.0, 50.0, 200.0, 1000.0][rng.below(4) as usize],
             tokens: 5.0,
@@ -1309,7 +1311,7 @@ impl Sim {
                 // Every shard reads the new configuration (the engine's `reload_if_changed`).
                 for shard in &mut self.shards {
                     let limits = &self.config.limits;
-                    shard.owner.reconfigure(|k| limits[k]);
+                    shard.owner.reconfigure(|k| limits[k], now);
                 }
             }
             5 => {
@@ -1329,7 +1331,7 @@ impl Sim {
                 let key = &keys[self.rng.below(keys.len() as u64) as usize];
                 let r = self.receivers.get_mut(key).unwrap();
                 r.rate = [20.0, 50.0, 200.0, 1000.0][self.rng.below(4) as usize];
-                r.max_conns = self.rng.range(1, 6) as u32;
+                r.max_conns = self.rng.range(1, 12) as u32;
                 r.p_drop = [0.0, 0.01, 0.05][self.rng.below(3) as usize];
                 let note = format!(
                     "receiver {key}: {} msg/s, {} connections",
@@ -1525,13 +1527,14 @@ impl Sim {
             return Ok(());
         };
         // Within the grace after a reload, the higher of the old and new rates holds (no
-        // limit at all if either had none).
-        let rate = match self.lowered.get(key).filter(|l| l.2 > now) {
-            Some(&(_, Some(p), _)) => rate.max(p),
+        // limit at all if either had none), and the messages workers had already taken at
+        // the old pace (one each, at most the old connection limit) come on top.
+        let (rate, taken) = match self.lowered.get(key).filter(|l| l.2 > now) {
+            Some(&(limit, Some(p), _)) => (rate.max(p), limit as usize),
             Some(&(_, None, _)) => return Ok(()),
-            None => rate,
+            None => (rate, 0),
         };
-        let allowed = rate.ceil() as usize + 1;
+        let allowed = rate.ceil() as usize + 1 + taken;
         if sent.len() > allowed {
             return Err(format!(
                 "{key}: {} messages sent within a second, max_message_rate {rate}/s",

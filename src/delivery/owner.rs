@@ -92,14 +92,21 @@ impl<M> OwnerScope<M> {
     /// The limits of the configuration in force. A cap that stood at the old connection
     /// limit follows the new one (up or down); one the receiver's refusals lowered stays,
     /// within the new limit.
-    fn set_limits(&mut self, limits: ScopeLimits) {
+    /// When the new rate is faster, the next send is paced from it: the slot reserved at
+    /// the slower old pace is brought forward.
+    fn set_limits(&mut self, limits: ScopeLimits, now: Instant) {
         self.conn_cap = if self.conn_cap == self.limits.connection_limit {
             limits.connection_limit
         } else {
             self.conn_cap.min(limits.connection_limit)
         };
         self.limits = limits;
+        let before = self.throttle.interval().unwrap_or(Duration::ZERO);
         self.throttle.set_configured(limits.max_rate);
+        let after = self.throttle.interval().unwrap_or(Duration::ZERO);
+        if after < before {
+            self.next_send = self.next_send.min(now + after);
+        }
     }
 
     /// Nothing wanted, promised, waiting or sending.
@@ -185,7 +192,7 @@ impl<M: Recipients> Owner<M> {
             .scopes
             .entry(scope.key)
             .or_insert_with(|| OwnerScope::new(limits, homes, now));
-        s.set_limits(limits);
+        s.set_limits(limits, now);
         s.demand[home] = count;
         s.last_busy = now;
         let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !draining;
@@ -201,9 +208,9 @@ impl<M: Recipients> Owner<M> {
     /// A reload: every known scope takes its limits from the new configuration at once
     /// (a scope whose messages are all here would otherwise keep the old ones until its next
     /// demand: the simulation found one sending at a lowered `max_message_rate`'s old pace).
-    pub fn reconfigure(&mut self, limits_of: impl Fn(&str) -> ScopeLimits) {
+    pub fn reconfigure(&mut self, limits_of: impl Fn(&str) -> ScopeLimits, now: Instant) {
         for (key, s) in &mut self.scopes {
-            s.set_limits(limits_of(key));
+            s.set_limits(limits_of(key), now);
         }
     }
 
@@ -510,9 +517,14 @@ mod tests {
         assert_eq!(wait(&mut owner), Duration::from_millis(10));
         // Every message is here and no demand is left to carry the new limits: the reload
         // itself applies them.
-        owner.reconfigure(|_| limits(1, Some(2.0)));
+        owner.reconfigure(|_| limits(1, Some(2.0)), t0);
         assert_eq!(wait(&mut owner), Duration::from_millis(20));
         assert_eq!(wait(&mut owner), Duration::from_millis(520));
+        // Raised again: the slot reserved at 2/s comes forward to the new pace.
+        owner.reconfigure(|_| limits(1, Some(1000.0)), t0);
+        let msgs = (0..1).map(|_| Msg(1)).collect();
+        owner.prepared("s", 0, 0, msgs, t0).unwrap();
+        assert_eq!(wait(&mut owner), Duration::from_millis(1));
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub async fn scheduler(shard: Rc<Shard>) {
     let kicks = shard.schedule_rx.borrow_mut().take();
     let mut last_sweep = shard.shared.clock.now();
     while !shard.closing.get() && !shard.shared.failed() {
+        // A reload reaches the owner's scopes within a tick, even while this shard's intake
+        // works through a long input (the intake loop looks only between inputs).
+        shard.reload_if_changed();
         if !shard.config.borrow().delivery.paused {
             shard.schedule();
         }

@@ -911,9 +911,10 @@ impl Shard {
         if generation != self.generation.get() {
             self.generation.set(generation);
             let config = self.shared.config();
-            self.owner
-                .borrow_mut()
-                .reconfigure(|key| deliver::scope_limits(&config, key));
+            self.owner.borrow_mut().reconfigure(
+                |key| deliver::scope_limits(&config, key),
+                self.shared.clock.now(),
+            );
             *self.config.borrow_mut() = config;
             if let Err(e) = self.log.borrow_mut().reopen() {
                 self.shared
@@ -941,6 +942,13 @@ impl Shard {
             let logged = log_receptions(&mut log, &chunk, now).and_then(|()| log.flush());
             if let Err(e) = logged {
                 self.shared.fail(format!("delivery log: {e}"));
+                return;
+            }
+            // The flush also wrote the lines of outcomes decided since the last commit: their
+            // records follow at once, as in `commit`, so a crash here repeats no final line
+            // more often than a crash there.
+            if let Err(e) = self.queue.borrow_mut().write_held_outcomes() {
+                self.shared.fail(e.to_string());
                 return;
             }
         }

@@ -150,9 +150,15 @@ impl Server {
         self.rcpts = 0;
     }
 
-    /// Answers the decision the last event asked for: `code` and `text` (an enhanced code
-    /// first, by convention), one line. A 421 closes the session.
+    /// Answers the decision the last event asked for: `code` (200-599) and `text` (an
+    /// enhanced code first, by convention), one line. A 421 closes the session. With no
+    /// decision pending it writes nothing: a reply nobody asked for would put every
+    /// pipelined reply after it out of step.
     pub fn reply(&mut self, code: u16, text: &str, out: &mut Vec<u8>) {
+        if self.awaiting == Awaiting::Nothing {
+            return;
+        }
+        let code = code.clamp(200, 599);
         let positive = (200..300).contains(&code);
         match self.awaiting {
             Awaiting::Mail if positive => {
@@ -167,7 +173,6 @@ impl Server {
             Awaiting::Mail | Awaiting::Rcpt | Awaiting::Nothing => {}
         }
         self.awaiting = Awaiting::Nothing;
-        let code = code.clamp(200, 599);
         out.extend_from_slice(code.to_string().as_bytes());
         out.push(b' ');
         // One line, whatever the text holds.
@@ -183,13 +188,9 @@ impl Server {
     /// incomplete line) are offered again with more behind them.
     pub fn advance<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Event<'a>) {
         if self.awaiting != Awaiting::Nothing {
-            // The shell did not answer the last decision: the protocol's default.
-            let (code, text) = match self.awaiting {
-                Awaiting::Mail => (250, "2.1.0 OK"),
-                Awaiting::Rcpt => (250, "2.1.5 OK"),
-                _ => (250, "2.0.0 OK"),
-            };
-            self.reply(code, text, out);
+            // The shell did not answer the last decision (a bug in it): refuse for now
+            // rather than accept what nobody decided to take, and keep the replies in step.
+            self.reply(451, "4.3.0 Not decided, try again later", out);
         }
         let mut used = 0;
         loop {
@@ -398,8 +399,8 @@ impl Server {
         if !end {
             return (used, None);
         }
-        self.rcpts = 0;
         if self.size > self.config.max_message_bytes {
+            self.rcpts = 0;
             self.phase = Phase::Greeted;
             self.line(552, "5.3.4 Message size exceeds fixed limit", out);
             return (used, Some(Event::MessageTooBig));
@@ -755,6 +756,25 @@ mod tests {
         s.advance(b"EHLO c\r\n", &mut out);
         let ehlo = String::from_utf8(out).unwrap();
         assert!(!ehlo.contains("STARTTLS") && s.is_tls());
+    }
+
+    #[test]
+    fn an_unanswered_decision_is_refused_and_a_stray_reply_is_not_written() {
+        let mut s = Server::new(ServerConfig::default());
+        let mut out = Vec::new();
+        let (_, ev) = s.advance(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", &mut out);
+        assert!(matches!(ev, Event::Mail { .. }));
+        out.clear();
+        // The shell forgot to answer: 451, not a 250 nobody decided on.
+        let (_, ev) = s.advance(b"RCPT TO:<x@y>\r\n", &mut out);
+        assert_eq!(ev, Event::NeedMore);
+        assert_eq!(
+            codes(&String::from_utf8(out.clone()).unwrap()),
+            ["451", "503"]
+        );
+        out.clear();
+        s.reply(250, "2.0.0 stray", &mut out);
+        assert!(out.is_empty(), "nothing was asked");
     }
 
     #[test]
