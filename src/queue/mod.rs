@@ -2,11 +2,17 @@
 //!
 //! - `record`: the byte format (sans-I/O codec).
 //! - `segment`: one preallocated, mapped segment file; scanning and torn-tail truncation.
-//! - `store`: one shard's queue: recovery, chunk appends with commit records, group-commit
-//!   sync jobs, the in-memory index, outcomes, compaction and segment reclamation.
+//! - `index`: the in-memory index (a slot per sequence number, messages, domains, batches).
+//! - `replay`: recovery's core: records in, index out (sans I/O).
+//! - `store`: one shard's queue: opening and recovery, chunk appends with commit records,
+//!   outcomes, group-commit sync jobs, spare segments.
+//! - `compaction`: reclaiming finished segments and copying stragglers forward.
 //!
 //! Read-only views of the queue files (for `spate queue summary`) are in `crate::summary`.
 
+pub mod compaction;
+pub mod index;
 pub mod record;
+pub mod replay;
 pub mod segment;
 pub mod store;

@@ -13,16 +13,24 @@
 //!   and no live recipient needs a message record they hold. Deleting oldest first means a
 //!   recipient record never outlives the outcome record (always later) that finalises it.
 
+use super::index::BatchState;
 use super::record::{
-    record_len, seal_record_in_place, CommitPayload, Kind, MessagePayload, OutcomePayload,
-    OutcomeState, Reader, RecipientPayload, RecordRef, SegmentHeader, COMMIT_PAYLOAD_BYTES,
-    OUTCOME_PAYLOAD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    record_len, seal_record_in_place, CommitPayload, Kind, MessagePayload, OutcomePayload, Reader,
+    SegmentHeader, COMMIT_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
 };
 use super::segment::{
     list_segments, remove_unfinished_segments, scan_bytes, sync_dir, Segment, SPARE_BASE_SEQ,
 };
 use crate::clock::Clock;
-use std::collections::{HashMap, HashSet, VecDeque};
+
+// The queue's parts, where the rest of the engine has always found them.
+pub use super::compaction::{
+    remove_segment_files, COMPACTION_BATCH_ID, COMPACTION_BYTES_MAX, COMPACTION_LIVE_DIVISOR,
+    COMPACTION_RECIPIENTS_MAX,
+};
+pub use super::index::{DomainCounts, Entry, EntryState, Index, MessageInfo};
+pub use super::replay::{Replay, SKIPPED_SEQS_PER_RECORD_SLOT};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -52,7 +60,10 @@ impl fmt::Display for QueueError {
 
 impl std::error::Error for QueueError {}
 
-fn io_err<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(io::Error) -> QueueError + 'p {
+pub(super) fn io_err<'p>(
+    path: &'p Path,
+    op: &'static str,
+) -> impl FnOnce(io::Error) -> QueueError + 'p {
     move |source| QueueError {
         path: path.to_path_buf(),
         op,
@@ -135,497 +146,6 @@ pub enum ChunkAppend {
     AlreadyCommitted,
 }
 
-/// Recipient state in the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum EntryState {
-    /// Not a recipient record (message, commit, outcome) or already final.
-    Vacant = 0,
-    Waiting = 1,
-    Deferred = 2,
-    /// Handed to delivery; in memory only (a restart makes it waiting again).
-    InFlight = 3,
-}
-
-/// One sequence number's slot in the index: 24 bytes per queued recipient.
-#[derive(Debug, Clone, Copy)]
-pub struct Entry {
-    pub message_seq: u64,
-    /// Offset of the recipient record in its segment.
-    pub offset: u32,
-    pub domain: u32,
-    /// For deferred recipients: seconds since the Unix epoch before which not to retry.
-    pub due_unix_s: u32,
-    pub state: EntryState,
-    pub attempts: u8,
-}
-
-const VACANT: Entry = Entry {
-    message_seq: 0,
-    offset: 0,
-    domain: 0,
-    due_unix_s: 0,
-    state: EntryState::Vacant,
-    attempts: 0,
-};
-
-#[derive(Debug, Clone)]
-pub struct MessageInfo {
-    pub batch_id: u64,
-    pub created_unix_ms: u64,
-    /// Offset of the message record in its segment.
-    pub offset: u32,
-    /// Live recipients that need this message record.
-    pub live: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DomainCounts {
-    pub queued: u64,
-    pub deferred: u64,
-}
-
-/// The derived state of a shard's queue; rebuilt from the segments at every start.
-#[derive(Default)]
-pub struct Index {
-    first_seq: u64,
-    entries: VecDeque<Entry>,
-    pub messages: HashMap<u64, MessageInfo>,
-    domain_ids: HashMap<Box<str>, u32>,
-    /// Indexed by an entry's `domain`. A domain's slot is freed when its last live recipient
-    /// goes and reused for the next new domain, so these hold the domains with queued mail,
-    /// not every domain ever seen.
-    pub domain_names: Vec<Box<str>>,
-    pub domain_counts: Vec<DomainCounts>,
-    free_domain_ids: Vec<u32>,
-    /// Committed chunks per batch (for de-duplication after a crash) and its message record.
-    batches: HashMap<u64, BatchState>,
-    live: u64,
-}
-
-#[derive(Default, Debug)]
-struct BatchState {
-    message_seq: Option<u64>,
-    chunks: HashSet<u32>,
-    /// First record of the batch's first committed chunk on this shard.
-    first_seq: u64,
-}
-
-impl Index {
-    fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
-        let i = seq.checked_sub(self.first_seq)?;
-        self.entries.get_mut(i as usize)
-    }
-
-    pub fn entry(&self, seq: u64) -> Option<&Entry> {
-        let i = seq.checked_sub(self.first_seq)?;
-        self.entries.get(i as usize)
-    }
-
-    fn place(&mut self, seq: u64, e: Entry) {
-        if self.entries.is_empty() {
-            self.first_seq = seq;
-        }
-        let i = (seq - self.first_seq) as usize;
-        while self.entries.len() < i {
-            self.entries.push_back(VACANT);
-        }
-        assert_eq!(
-            self.entries.len(),
-            i,
-            "index sequence numbers go forward only"
-        );
-        self.entries.push_back(e);
-    }
-
-    fn domain_id(&mut self, domain: &str) -> u32 {
-        if let Some(&id) = self.domain_ids.get(domain) {
-            return id;
-        }
-        let id = match self.free_domain_ids.pop() {
-            Some(id) => {
-                self.domain_names[id as usize] = domain.into();
-                self.domain_counts[id as usize] = DomainCounts::default();
-                id
-            }
-            None => {
-                self.domain_names.push(domain.into());
-                self.domain_counts.push(DomainCounts::default());
-                (self.domain_names.len() - 1) as u32
-            }
-        };
-        self.domain_ids.insert(domain.into(), id);
-        id
-    }
-
-    /// Frees a domain's slot once no live recipient refers to it.
-    fn release_domain_if_unused(&mut self, id: u32) {
-        let i = id as usize;
-        if self.domain_counts[i].queued > 0 || self.domain_names[i].is_empty() {
-            return;
-        }
-        let name = std::mem::take(&mut self.domain_names[i]);
-        self.domain_ids.remove(&name);
-        self.free_domain_ids.push(id);
-    }
-
-    /// Domain slots in use (live domains), for tests of the bound.
-    pub fn domains_in_use(&self) -> usize {
-        self.domain_ids.len()
-    }
-
-    fn add_recipient(&mut self, seq: u64, offset: u32, message_seq: u64, recipient: &str) {
-        let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
-        let domain = self.domain_id(domain);
-        self.place(
-            seq,
-            Entry {
-                message_seq,
-                offset,
-                domain,
-                due_unix_s: 0,
-                state: EntryState::Waiting,
-                attempts: 0,
-            },
-        );
-        self.domain_counts[domain as usize].queued += 1;
-        if let Some(m) = self.messages.get_mut(&message_seq) {
-            m.live += 1;
-        }
-        self.live += 1;
-    }
-
-    fn apply_outcome(&mut self, o: &OutcomePayload) {
-        let Some(e) = self.entry_mut(o.recipient_seq) else {
-            return;
-        };
-        let before = e.state;
-        if before == EntryState::Vacant {
-            return;
-        }
-        let (domain, message_seq) = (e.domain as usize, e.message_seq);
-        e.attempts = o.attempts.min(u8::MAX as u16) as u8;
-        match o.state {
-            OutcomeState::Deferred => {
-                e.state = EntryState::Deferred;
-                e.due_unix_s = (o.due_unix_ms / 1000).min(u32::MAX as u64) as u32;
-                if before != EntryState::Deferred {
-                    self.domain_counts[domain].deferred += 1;
-                }
-            }
-            OutcomeState::Delivered
-            | OutcomeState::Bounced
-            | OutcomeState::Expired
-            | OutcomeState::Moved => {
-                *e = VACANT;
-                let counts = &mut self.domain_counts[domain];
-                counts.queued -= 1;
-                if before == EntryState::Deferred {
-                    counts.deferred -= 1;
-                }
-                self.live -= 1;
-                if let Some(m) = self.messages.get_mut(&message_seq) {
-                    m.live -= 1;
-                }
-                // A move places the recipient again at once, under the same domain.
-                if o.state != OutcomeState::Moved {
-                    self.release_domain_if_unused(domain as u32);
-                }
-            }
-        }
-        while matches!(self.entries.front(), Some(e) if e.state == EntryState::Vacant) {
-            self.entries.pop_front();
-            self.first_seq += 1;
-        }
-    }
-
-    /// Moves a live recipient to its compacted copy, keeping its state.
-    fn move_entry(&mut self, old: u64, new: u64, offset: u32, message_seq: u64, entry: Entry) {
-        self.apply_outcome(&OutcomePayload {
-            recipient_seq: old,
-            state: OutcomeState::Moved,
-            attempts: 0,
-            due_unix_ms: 0,
-            ts_unix_ms: 0,
-        });
-        self.place(
-            new,
-            Entry {
-                message_seq,
-                offset,
-                ..entry
-            },
-        );
-        let counts = &mut self.domain_counts[entry.domain as usize];
-        counts.queued += 1;
-        if entry.state == EntryState::Deferred {
-            counts.deferred += 1;
-        }
-        if let Some(m) = self.messages.get_mut(&message_seq) {
-            m.live += 1;
-        }
-        self.live += 1;
-    }
-
-    /// Marks a live recipient as handed to delivery (`true`) or back in the queue (`false`).
-    /// Returns false if the recipient is not live (or already in that state).
-    pub fn set_in_flight(&mut self, seq: u64, in_flight: bool) -> bool {
-        let Some(e) = self.entry_mut(seq) else {
-            return false;
-        };
-        match (e.state, in_flight) {
-            (EntryState::Waiting | EntryState::Deferred, true) => {
-                let was_deferred = e.state == EntryState::Deferred;
-                let domain = e.domain as usize;
-                e.state = EntryState::InFlight;
-                if was_deferred {
-                    self.domain_counts[domain].deferred -= 1;
-                }
-                true
-            }
-            (EntryState::InFlight, false) => {
-                e.state = EntryState::Waiting;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn note_chunk(&mut self, batch_id: u64, chunk: u32, first_seq: u64) {
-        let batch = self.batches.entry(batch_id).or_insert_with(|| BatchState {
-            first_seq,
-            ..Default::default()
-        });
-        batch.first_seq = batch.first_seq.min(first_seq);
-        batch.chunks.insert(chunk);
-    }
-
-    /// True if a batch whose input is not yet released has records in `range`: its
-    /// de-duplication state must outlive a crash, so that segment must stay.
-    fn unreleased_batch_in(&self, range: &std::ops::Range<u64>) -> bool {
-        self.batches
-            .values()
-            .any(|b| !b.chunks.is_empty() && b.first_seq < range.end)
-    }
-
-    /// Recipients not yet final.
-    pub fn live(&self) -> u64 {
-        self.live
-    }
-
-    /// Live recipients with their sequence numbers, oldest first.
-    pub fn live_entries(&self) -> impl Iterator<Item = (u64, &Entry)> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.state != EntryState::Vacant)
-            .map(|(i, e)| (self.first_seq + i as u64, e))
-    }
-
-    pub fn has_chunk(&self, batch_id: u64, chunk: u32) -> bool {
-        self.batches
-            .get(&batch_id)
-            .is_some_and(|b| b.chunks.contains(&chunk))
-    }
-}
-
-/// Rebuilds an index from records, applying each chunk only at its commit record.
-#[derive(Default)]
-pub struct Replay {
-    pub index: Index,
-    /// Records seen since the last commit: (offset, seq, kind, payload length).
-    pending: Vec<(usize, u64, Kind, usize)>,
-    /// End of the last record that is durable state (a commit or an outcome).
-    pub valid_end: usize,
-    /// Committed-but-discarded anomalies, for the recovery report.
-    pub anomalies: Vec<String>,
-    pub next_seq: u64,
-    /// Recipient records applied so far (live or not).
-    pub committed_recipients: u64,
-    /// A record's sequence number went backwards in this segment: what follows is stale
-    /// data from an earlier write, and is ignored.
-    stale: bool,
-    /// Sequence numbers skipped by forward jumps so far, and how many the segments begun so
-    /// far could account for (see `SKIPPED_SEQS_PER_RECORD_SLOT`).
-    skipped_seqs: u64,
-    skip_budget: u64,
-    /// Records taken in order so far (stale ones not counted).
-    records_seen: u64,
-    /// Set when the segments cannot be what Spate wrote (a sequence number jumps further
-    /// than any crash could have skipped): at which byte of the current segment, and why.
-    /// Replay stops there; `ShardQueue::open` refuses to start on it.
-    pub damage: Option<(usize, String)>,
-}
-
-/// How many sequence numbers recovery lets forward jumps skip, per record a segment could
-/// hold (its bytes over `RECORD_HEADER_BYTES`). A crash leaves a gap as long as its torn
-/// tail (the store carries on after the last record it read, committed or not), at most a
-/// segment's worth, and repeated crashes can leave several; every skipped number costs an
-/// index entry, so the allowance keeps recovery's memory proportional to the queue's bytes
-/// whatever a damaged or crafted segment says.
-pub const SKIPPED_SEQS_PER_RECORD_SLOT: u64 = 4;
-
-impl Replay {
-    /// Starts a new segment of `len` bytes whose header says it begins at `base_seq`:
-    /// anything pending in the previous one was never committed.
-    pub fn begin_segment(&mut self, base_seq: u64, len: usize) {
-        self.pending.clear();
-        self.valid_end = SEGMENT_HEADER_BYTES;
-        self.stale = false;
-        self.skip_budget = self
-            .skip_budget
-            .saturating_add((len / RECORD_HEADER_BYTES) as u64 * SKIPPED_SEQS_PER_RECORD_SLOT);
-        if base_seq > self.next_seq {
-            // Before the first record a jump costs nothing (the index starts where its first
-            // recipient is); after it, every skipped number can become an entry, even while
-            // the index is empty (a pending chunk's recipients are placed below the jump).
-            if self.records_seen > 0 {
-                self.skip(base_seq - self.next_seq, 0, base_seq);
-            }
-            if self.damage.is_none() {
-                self.next_seq = base_seq;
-            }
-        }
-    }
-
-    /// Charges a forward jump of `by` sequence numbers (to `seq`, at byte `offset`) to the
-    /// allowance, marking the replay damaged when it is spent.
-    fn skip(&mut self, by: u64, offset: usize, seq: u64) {
-        self.skipped_seqs = self.skipped_seqs.saturating_add(by);
-        if self.skipped_seqs > self.skip_budget && self.damage.is_none() {
-            self.damage = Some((
-                offset,
-                format!(
-                    "sequence number {seq} jumps {by} ahead of {}, further than the segments' records could have skipped",
-                    self.next_seq
-                ),
-            ));
-        }
-    }
-
-    /// Feeds the record at `offset` of `segment` (the whole segment's bytes).
-    pub fn record(&mut self, segment: &[u8], offset: usize, r: RecordRef<'_>) {
-        let record_bytes = record_len(r.payload.len());
-        // Sequence numbers only go forward. One that does not is a valid-looking record left
-        // from an earlier write (a power loss can leave such bytes past a zeroed gap): it and
-        // everything after it are not state. Recovery clears them with the torn tail.
-        if self.damage.is_some() {
-            return;
-        }
-        if self.stale || r.seq < self.next_seq {
-            if !self.stale {
-                self.anomalies.push(format!(
-                    "record {} at byte {offset} goes back from {}: stale data ignored",
-                    r.seq, self.next_seq
-                ));
-            }
-            self.stale = true;
-            return;
-        }
-        if r.seq > self.next_seq && self.records_seen > 0 {
-            self.skip(r.seq - self.next_seq, offset, r.seq);
-            if self.damage.is_some() {
-                return;
-            }
-        }
-        let Some(next_seq) = r.seq.checked_add(1) else {
-            self.damage = Some((offset, "sequence number at the end of its range".into()));
-            return;
-        };
-        self.next_seq = next_seq;
-        self.records_seen += 1;
-        match r.kind {
-            Kind::Message | Kind::Recipient => {
-                self.pending.push((offset, r.seq, r.kind, r.payload.len()));
-            }
-            Kind::Commit => {
-                match CommitPayload::decode(r.payload) {
-                    Ok(c) if self.commit_matches(&c) => self.apply_pending(segment, &c),
-                    Ok(c) => self.anomalies.push(format!(
-                        "commit record {} does not match the {} records before it; chunk {} of batch {} dropped",
-                        r.seq,
-                        self.pending.len(),
-                        c.chunk,
-                        c.batch_id
-                    )),
-                    Err(e) => self.anomalies.push(format!("commit record {}: {e}", r.seq)),
-                }
-                self.pending.clear();
-                self.valid_end = offset + record_bytes;
-            }
-            // Inside a chunk (compaction writes its Moved markers there), an outcome waits
-            // for the chunk's commit like the records before it.
-            Kind::Outcome if !self.pending.is_empty() => {
-                self.pending.push((offset, r.seq, r.kind, r.payload.len()));
-            }
-            Kind::Outcome => {
-                if let Ok(o) = OutcomePayload::decode(r.payload) {
-                    self.index.apply_outcome(&o);
-                }
-                self.valid_end = offset + record_bytes;
-            }
-        }
-    }
-
-    fn commit_matches(&self, c: &CommitPayload) -> bool {
-        self.pending.len() == c.records as usize
-            && self
-                .pending
-                .iter()
-                .enumerate()
-                .all(|(i, p)| p.1 == c.first_seq + i as u64)
-    }
-
-    fn apply_pending(&mut self, segment: &[u8], c: &CommitPayload) {
-        let pending = std::mem::take(&mut self.pending);
-        if c.batch_id != COMPACTION_BATCH_ID {
-            self.index.note_chunk(c.batch_id, c.chunk, c.first_seq);
-        }
-        for &(offset, seq, kind, len) in &pending {
-            let start = offset + RECORD_HEADER_BYTES;
-            let payload = &segment[start..start + len];
-            match kind {
-                Kind::Message => {
-                    if let Ok(m) = MessagePayload::decode(payload) {
-                        self.index.messages.insert(
-                            seq,
-                            MessageInfo {
-                                batch_id: m.batch_id,
-                                created_unix_ms: m.created_unix_ms,
-                                offset: offset as u32,
-                                live: 0,
-                            },
-                        );
-                        if c.batch_id != COMPACTION_BATCH_ID {
-                            self.index
-                                .batches
-                                .entry(c.batch_id)
-                                .or_default()
-                                .message_seq = Some(seq);
-                        }
-                    }
-                }
-                Kind::Recipient => match RecipientPayload::decode_recipient(payload) {
-                    Ok((message_seq, rcpt)) => {
-                        self.committed_recipients += 1;
-                        self.index
-                            .add_recipient(seq, offset as u32, message_seq, rcpt)
-                    }
-                    Err(e) => self.anomalies.push(format!("recipient record {seq}: {e}")),
-                },
-                Kind::Outcome => {
-                    if let Ok(o) = OutcomePayload::decode(payload) {
-                        self.index.apply_outcome(&o);
-                    }
-                }
-                Kind::Commit => unreachable!("a commit never pends"),
-            }
-        }
-        self.pending = pending;
-        self.pending.clear();
-    }
-}
-
 /// What recovery found, for the startup log.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
@@ -633,14 +153,6 @@ pub struct RecoveryReport {
     pub live_recipients: u64,
     pub warnings: Vec<String>,
 }
-
-/// Batch id of the chunks compaction writes; real batch ids come from the clock.
-pub const COMPACTION_BATCH_ID: u64 = 0;
-/// Compaction starts once at most 1/8 of the oldest segment's recipients still depend on it.
-pub const COMPACTION_LIVE_DIVISOR: u64 = 8;
-/// Recipients one compaction round copies at most, and roughly how many bytes.
-pub const COMPACTION_RECIPIENTS_MAX: usize = 4096;
-pub const COMPACTION_BYTES_MAX: usize = 8 << 20;
 
 /// A group commit's work: `fdatasync` on every segment written since the last one.
 pub struct SyncJob {
@@ -679,21 +191,21 @@ impl SpareRequest {
     }
 }
 
-struct SegmentSlot {
-    seg: Segment,
-    dirty: bool,
+pub(super) struct SegmentSlot {
+    pub(super) seg: Segment,
+    pub(super) dirty: bool,
     /// Recipient records committed in this segment (live or not).
-    recipients: u64,
+    pub(super) recipients: u64,
 }
 
 pub struct ShardQueue {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     shard: u32,
     segment_bytes: u64,
-    segments: VecDeque<SegmentSlot>,
-    next_seq: u64,
+    pub(super) segments: VecDeque<SegmentSlot>,
+    pub(super) next_seq: u64,
     pub index: Index,
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
     /// Sync jobs taken and not yet reported complete: until they are, appended records may
     /// not be on disk even though no segment is marked dirty.
     syncs_in_flight: u32,
@@ -710,7 +222,7 @@ pub struct ShardQueue {
     /// final outcome in the queue without its log line.
     held_outcomes: Vec<OutcomePayload>,
     /// Wall time for the records' timestamps and segment headers.
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl ShardQueue {
@@ -872,7 +384,7 @@ impl ShardQueue {
     }
 
     /// Bytes one chunk needs in a segment.
-    fn chunk_bytes(&self, chunk: &Chunk, with_message: bool) -> usize {
+    pub(super) fn chunk_bytes(&self, chunk: &Chunk, with_message: bool) -> usize {
         let message = if with_message {
             let m = &chunk.message;
             let names: usize = m.var_names.iter().map(|n| 2 + n.len()).sum();
@@ -1065,178 +577,10 @@ impl ShardQueue {
     }
 
     /// True when every appended record is known to be on disk.
-    fn all_durable(&self) -> bool {
+    pub(super) fn all_durable(&self) -> bool {
         self.syncs_in_flight == 0
             && self.held_outcomes.is_empty()
             && self.segments.iter().all(|s| !s.dirty)
-    }
-
-    /// Deletes the oldest segments whose recipients are all final and whose message records
-    /// no live recipient needs. Returns how many were deleted.
-    pub fn reclaim_segments(&mut self) -> Result<usize, QueueError> {
-        let paths = self.take_reclaimable();
-        remove_segment_files(&self.dir, &paths)?;
-        Ok(paths.len())
-    }
-
-    /// Drops the reclaimable segments from the queue and returns their files, for
-    /// `remove_segment_files` on a blocking thread. A crash before the files are removed is
-    /// harmless: recovery finds nothing live in them.
-    pub fn take_reclaimable(&mut self) -> Vec<PathBuf> {
-        let mut deleted = Vec::new();
-        // Copies made by compaction must be durable before their originals can go.
-        if !self.all_durable() {
-            return deleted;
-        }
-        while self.segments.len() > 1 {
-            let end_seq = self.segments[1].seg.header.base_seq;
-            let oldest_live = self.index.live_entries().next().map(|(seq, _)| seq);
-            if oldest_live.is_some_and(|seq| seq < end_seq) {
-                break;
-            }
-            let start_seq = self.segments[0].seg.header.base_seq;
-            let needed = self
-                .index
-                .messages
-                .iter()
-                .any(|(&seq, m)| (start_seq..end_seq).contains(&seq) && m.live > 0);
-            if needed || self.index.unreleased_batch_in(&(start_seq..end_seq)) {
-                break;
-            }
-            let slot = self.segments.pop_front().expect("checked len");
-            self.index
-                .messages
-                .retain(|&seq, _| !(start_seq..end_seq).contains(&seq));
-            deleted.push(slot.seg.path.clone());
-        }
-        deleted
-    }
-
-    pub fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
-
-    /// Compaction of stragglers: when few live recipients still depend on the oldest segment
-    /// (their record is in it, or their message record is), copies up to
-    /// `COMPACTION_RECIPIENTS_MAX` of them forward as one committed chunk that also marks the
-    /// originals `Moved`, so the move is atomic across a crash. The segment is deleted by
-    /// `reclaim_segments` after the copies are synced. Returns the copies' new sequence
-    /// numbers (the scheduler must look at those, not the old ones). Recipients in flight
-    /// are never moved: while any dependent is in flight, nothing is.
-    pub fn compact_oldest(&mut self) -> Result<Vec<u64>, QueueError> {
-        if self.segments.len() < 2 || !self.all_durable() {
-            return Ok(Vec::new());
-        }
-        let range = self.segments[0].seg.header.base_seq..self.segments[1].seg.header.base_seq;
-        if self.index.unreleased_batch_in(&range) {
-            return Ok(Vec::new());
-        }
-        let dependents: Vec<(u64, Entry)> = self
-            .index
-            .live_entries()
-            .filter(|(seq, e)| range.contains(seq) || range.contains(&e.message_seq))
-            .map(|(seq, e)| (seq, *e))
-            .collect();
-        let threshold = (self.segments[0].recipients / COMPACTION_LIVE_DIVISOR).max(1);
-        let in_flight = dependents
-            .iter()
-            .any(|(_, e)| e.state == EntryState::InFlight);
-        if dependents.is_empty() || dependents.len() as u64 > threshold || in_flight {
-            return Ok(Vec::new());
-        }
-
-        // Gather what to copy (bounded), reading from the old segments before writing.
-        let mut messages: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut recipients: Vec<(u64, Entry, Vec<u8>)> = Vec::new();
-        let mut bytes = 0usize;
-        for (seq, e) in dependents.into_iter().take(COMPACTION_RECIPIENTS_MAX) {
-            if bytes > COMPACTION_BYTES_MAX {
-                break;
-            }
-            let payload = self.payload_at(seq, e.offset)?;
-            if range.contains(&e.message_seq) && !messages.iter().any(|(m, _)| *m == e.message_seq)
-            {
-                let offset = self
-                    .index
-                    .messages
-                    .get(&e.message_seq)
-                    .map_or(0, |m| m.offset);
-                let message = self.payload_at(e.message_seq, offset)?;
-                bytes += record_len(message.len());
-                messages.push((e.message_seq, message));
-            }
-            bytes += record_len(payload.len()) + 2 * record_len(OUTCOME_PAYLOAD_BYTES);
-            recipients.push((seq, e, payload));
-        }
-        let need = bytes + record_len(COMMIT_PAYLOAD_BYTES);
-        if need > self.active().remaining() {
-            self.roll_over()?;
-        }
-
-        let first_seq = self.next_seq;
-        let mut new_message: HashMap<u64, u64> = HashMap::new();
-        for (old, payload) in &messages {
-            let offset = self.active().write_offset as u32;
-            let seq = self.write_record(Kind::Message, payload);
-            let info = self.index.messages.get(old).cloned();
-            if let Some(info) = info {
-                self.index.messages.insert(
-                    seq,
-                    MessageInfo {
-                        offset,
-                        live: 0,
-                        ..info
-                    },
-                );
-            }
-            new_message.insert(*old, seq);
-        }
-        let now = self.clock.unix_ms();
-        let mut moves = Vec::with_capacity(recipients.len());
-        for (old_seq, entry, mut payload) in recipients {
-            let message_seq = new_message
-                .get(&entry.message_seq)
-                .copied()
-                .unwrap_or(entry.message_seq);
-            payload[..8].copy_from_slice(&message_seq.to_le_bytes());
-            let offset = self.active().write_offset as u32;
-            let new_seq = self.write_record(Kind::Recipient, &payload);
-            moves.push((old_seq, new_seq, offset, message_seq, entry));
-        }
-        for &(old_seq, new_seq, _, _, entry) in &moves {
-            let moved = OutcomePayload {
-                recipient_seq: old_seq,
-                state: OutcomeState::Moved,
-                attempts: u16::from(entry.attempts),
-                due_unix_ms: 0,
-                ts_unix_ms: now,
-            };
-            self.write_record(Kind::Outcome, &moved.encode());
-            if entry.state == EntryState::Deferred {
-                let deferred = OutcomePayload {
-                    recipient_seq: new_seq,
-                    state: OutcomeState::Deferred,
-                    attempts: u16::from(entry.attempts),
-                    due_unix_ms: u64::from(entry.due_unix_s) * 1000,
-                    ts_unix_ms: now,
-                };
-                self.write_record(Kind::Outcome, &deferred.encode());
-            }
-        }
-        let commit = CommitPayload {
-            batch_id: COMPACTION_BATCH_ID,
-            chunk: 0,
-            first_seq,
-            records: (self.next_seq - first_seq) as u32,
-            committed_unix_ms: now,
-        };
-        self.write_record(Kind::Commit, &commit.encode());
-        self.segments.back_mut().expect("active").recipients += moves.len() as u64;
-        for &(old_seq, new_seq, offset, message_seq, entry) in &moves {
-            self.index
-                .move_entry(old_seq, new_seq, offset, message_seq, entry);
-        }
-        Ok(moves.iter().map(|m| m.1).collect())
     }
 
     /// The payload of the record `seq` at `offset` in whichever segment holds it.
@@ -1259,7 +603,7 @@ impl ShardQueue {
         }
     }
 
-    fn active(&self) -> &Segment {
+    pub(super) fn active(&self) -> &Segment {
         &self
             .segments
             .back()
@@ -1267,7 +611,7 @@ impl ShardQueue {
             .seg
     }
 
-    fn active_mut(&mut self) -> &mut Segment {
+    pub(super) fn active_mut(&mut self) -> &mut Segment {
         let slot = self
             .segments
             .back_mut()
@@ -1276,12 +620,12 @@ impl ShardQueue {
         &mut slot.seg
     }
 
-    fn advance(&mut self, n: usize) {
+    pub(super) fn advance(&mut self, n: usize) {
         self.active_mut().write_offset += n;
         self.next_seq += 1;
     }
 
-    fn write_record(&mut self, kind: Kind, payload: &[u8]) -> u64 {
+    pub(super) fn write_record(&mut self, kind: Kind, payload: &[u8]) -> u64 {
         let seq = self.next_seq;
         let n = super::record::encode_record(self.active_mut().tail_mut(), seq, kind, payload);
         self.advance(n);
@@ -1289,7 +633,7 @@ impl ShardQueue {
     }
 
     /// Seals the active segment (its tail stays zero) and starts a new one.
-    fn roll_over(&mut self) -> Result<(), QueueError> {
+    pub(super) fn roll_over(&mut self) -> Result<(), QueueError> {
         let spare = self
             .spare
             .take()
@@ -1349,20 +693,10 @@ impl ShardQueue {
     }
 }
 
-/// Deletes reclaimed segment files and makes that durable. Blocking.
-pub fn remove_segment_files(dir: &Path, paths: &[PathBuf]) -> Result<(), QueueError> {
-    for path in paths {
-        std::fs::remove_file(path).map_err(io_err(path, "delete"))?;
-    }
-    if !paths.is_empty() {
-        sync_dir(dir).map_err(io_err(dir, "fsync directory"))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::record::{OutcomeState, RecipientPayload, SEGMENT_HEADER_BYTES};
     use proptest::prelude::*;
 
     const SEG: u64 = 1 << 20;
