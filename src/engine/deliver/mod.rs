@@ -14,6 +14,17 @@
 //!
 //! Control handlers never wait: anything they send goes into the destination's outbox, which
 //! a sender task per destination and mesh drains in order.
+//!
+//! Files: this one is the owner's shell (demand, grants, prepared messages, connection
+//! workers, connecting); `schedule` the home's (ticks, routing, demand, rendering on credit);
+//! `outcome` the outcome stage's (`finish`); `outbox` the per-destination outboxes.
+
+mod outbox;
+mod outcome;
+mod schedule;
+
+pub(super) use outbox::{ctl_sender, data_sender, Outbox};
+pub(super) use schedule::scheduler;
 
 use super::{CtlMsg, DataMsg, Shard};
 use crate::config::Config;
@@ -110,85 +121,7 @@ impl Recipients for Prepared {
     }
 }
 
-fn retry_policy(config: &Config) -> RetryPolicy {
-    RetryPolicy {
-        first: config.delivery.retry_first,
-        max_interval: config.delivery.retry_max_interval,
-        max_age: config.delivery.max_age,
-        ..RetryPolicy::default()
-    }
-}
-
-/// The home scheduler: due deferrals to ready, ready to routed, demand to owners.
-pub async fn scheduler(shard: Rc<Shard>) {
-    let kicks = shard.schedule_rx.borrow_mut().take();
-    let mut last_sweep = shard.shared.clock.now();
-    while !shard.closing.get() && !shard.shared.failed() {
-        // A reload reaches the owner's scopes within a tick, even while this shard's intake
-        // works through a long input (the intake loop looks only between inputs).
-        shard.reload_if_changed();
-        if !shard.config.borrow().delivery.paused {
-            shard.schedule();
-        }
-        if shard.shared.clock.now().duration_since(last_sweep) >= SCOPE_SWEEP_INTERVAL {
-            last_sweep = shard.shared.clock.now();
-            shard.owner.borrow_mut().forget_idle_scopes(last_sweep);
-        }
-        // The next tick, or sooner when recipients become ready.
-        match &kicks {
-            Some(rx) => {
-                futures_lite::future::or(sleep(SCHEDULE_TICK), async {
-                    let _ = rx.recv().await;
-                })
-                .await
-            }
-            None => sleep(SCHEDULE_TICK).await,
-        }
-    }
-}
-
 impl Shard {
-    fn schedule(self: &Rc<Self>) {
-        let Tick {
-            decided,
-            to_resolve,
-        } = self.home.borrow_mut().tick(
-            &self.queue.borrow().index,
-            self.shared.clock.unix_ms(),
-            self.shared.clock.now(),
-        );
-        // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue and
-        // the delivery log with the next group commit: ask for one now, as outcomes from an
-        // owner do, or they would wait for unrelated traffic on this shard.
-        if !decided.is_empty() {
-            let _ = self.sync_kick.try_send(());
-        }
-        for (seq, outcome) in decided {
-            self.finish(seq, &outcome, None);
-        }
-        for domain in to_resolve {
-            self.spawn_into(self.queues.delivery, resolve(Rc::clone(self), domain))
-                .detach();
-        }
-        self.announce_demand();
-    }
-
-    /// Tells each owner how many recipients wait here for its scopes: when that differs from
-    /// the owner's view, and now and then anyway, so no drift can leave recipients waiting.
-    fn announce_demand(self: &Rc<Self>) {
-        let messages = self.home.borrow_mut().announce(self.shared.clock.now());
-        for (owner, scope, count) in messages {
-            self.send_ctl(
-                owner,
-                CtlMsg::Demand {
-                    scope,
-                    home: self.id,
-                    count,
-                },
-            );
-        }
-    }
-
     /// Owner: a home's demand changed.
     pub(super) fn on_demand(self: &Rc<Self>, scope: Scope, home: usize, count: u32) {
         let scope_key = scope.key.clone();
@@ -224,171 +157,6 @@ impl Shard {
             let scope = scope.to_string();
             self.send_ctl(home, CtlMsg::Credit { scope, n });
         }
-    }
-
-    /// Home: renders up to `n` waiting recipients of `scope` and sends them to its owner.
-    pub(super) fn on_credit(self: &Rc<Self>, scope: String, n: u32) {
-        let config = self.config.borrow().clone();
-        let mut msgs = Vec::new();
-        let mut failed = Vec::new();
-        let taken = self
-            .home
-            .borrow_mut()
-            .take_credit(&scope, n, self.closing.get());
-        let Some(Taken {
-            owner,
-            fallback_hosts,
-            seqs,
-        }) = taken
-        else {
-            // Nothing here any more, or draining: give the credit back.
-            self.send_data(
-                owner_shard(&scope, self.shards),
-                DataMsg::Prepared {
-                    scope,
-                    home: self.id,
-                    granted: n,
-                    msgs,
-                },
-            );
-            return;
-        };
-        let max_rcpts = config.delivery.recipients_per_transaction as usize;
-        for seq in seqs {
-            let joined = match msgs.last_mut() {
-                Some(last) if last.rcpts.len() < max_rcpts => self.join(seq, last),
-                _ => false,
-            };
-            if joined {
-                continue;
-            }
-            match self.render(seq, &config, &fallback_hosts) {
-                Ok(Some(p)) => msgs.push(p),
-                Ok(None) => {}
-                Err(why) => failed.push((seq, why)),
-            }
-        }
-        // A recipient that cannot be rendered (a damaged record, a template that no longer
-        // parses) will not render later either: it bounces rather than waits forever.
-        for (seq, why) in failed {
-            tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
-            let outcome = Outcome {
-                verdict: Verdict::Bounced,
-                fault: Fault::Message,
-                code: 0,
-                enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 3, 0)),
-                response: format!("cannot render the message: {why}"),
-                category: Some(BounceCategory::Other),
-                pushback: false,
-            };
-            self.finish(seq, &outcome, None);
-            let _ = self.sync_kick.try_send(());
-        }
-        self.send_data(
-            owner,
-            DataMsg::Prepared {
-                scope,
-                home: self.id,
-                granted: n,
-                msgs,
-            },
-        );
-    }
-
-    /// Renders one recipient's message, marking it in flight; `None` if it is no longer due.
-    fn render(
-        &self,
-        seq: u64,
-        config: &Config,
-        fallback_hosts: &Arc<[NextHop]>,
-    ) -> Result<Option<Prepared>, String> {
-        let mut queue = self.queue.borrow_mut();
-        let Some(e) = queue.index.entry(seq).copied() else {
-            return Ok(None);
-        };
-        if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
-            return Ok(None);
-        }
-        let payload = queue.payload_at(seq, e.offset).map_err(|e| e.to_string())?;
-        let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
-        let rendering = self.rendering(&queue, r.message_seq)?;
-        let mut message = Vec::new();
-        let message_id = rendering.render(
-            seq,
-            &r.values,
-            &config.smtp.helo_name,
-            self.shared.clock.unix_ms(),
-            &mut message,
-        )?;
-        queue.index.set_in_flight(seq, true);
-        // The recipient's own destination: a provider scope spans domains with MX hosts
-        // of their own.
-        let domain = &queue.index.domain_names[e.domain as usize];
-        let hosts = self
-            .home
-            .borrow()
-            .route_hosts(domain)
-            .unwrap_or_else(|| Arc::clone(fallback_hosts));
-        Ok(Some(Prepared {
-            rcpts: vec![(seq, r.recipient.to_string())],
-            home: self.id,
-            mail_from: rendering.sender.clone(),
-            message,
-            message_id,
-            group: rendering.verbatim.then_some((r.message_seq, e.domain)),
-            hosts,
-        }))
-    }
-
-    /// Adds `seq` to `p`'s transaction if it is another recipient of the same verbatim
-    /// message at the same domain (personalised messages go one per transaction).
-    fn join(&self, seq: u64, p: &mut Prepared) -> bool {
-        let Some((message_seq, domain)) = p.group else {
-            return false;
-        };
-        let mut queue = self.queue.borrow_mut();
-        let Some(e) = queue.index.entry(seq).copied() else {
-            return false;
-        };
-        let due = matches!(e.state, EntryState::Waiting | EntryState::Deferred);
-        if !due || e.message_seq != message_seq || e.domain != domain {
-            return false;
-        }
-        let Some(rcpt) = queue.payload_at(seq, e.offset).ok().and_then(|b| {
-            RecipientPayload::decode_recipient(&b)
-                .ok()
-                .map(|(_, r)| r.to_string())
-        }) else {
-            return false;
-        };
-        queue.index.set_in_flight(seq, true);
-        p.rcpts.push((seq, rcpt));
-        true
-    }
-
-    fn rendering(
-        &self,
-        queue: &crate::queue::store::ShardQueue,
-        message_seq: u64,
-    ) -> Result<Rc<Rendering>, String> {
-        if let Some(r) = self.renderings.borrow().get(&message_seq) {
-            return Ok(Rc::clone(r));
-        }
-        let info = queue
-            .index
-            .messages
-            .get(&message_seq)
-            .ok_or("message record missing")?;
-        let payload = queue
-            .payload_at(message_seq, info.offset)
-            .map_err(|e| e.to_string())?;
-        let m = MessagePayload::decode(&payload).map_err(|e| e.to_string())?;
-        let r = Rc::new(Rendering::from_record(&m)?);
-        let weight = r.weight();
-        self.renderings
-            .borrow_mut()
-            .insert(message_seq, Rc::clone(&r), weight);
-        Ok(r)
     }
 
     /// Owner: rendered messages arrived from a home.
@@ -432,151 +200,6 @@ impl Shard {
         self.grant(&scope);
     }
 
-    /// Home: results from an owner.
-    pub(super) fn on_outcomes(self: &Rc<Self>, items: Vec<OutcomeItem>, scope: String) {
-        for item in items {
-            let outcome = match &item.result {
-                ItemResult::Smtp(result) => classify(result),
-                ItemResult::Decided(outcome) => outcome.clone(),
-            };
-            self.finish(item.seq, &outcome, Some((&item, scope.as_str())));
-        }
-        let _ = self.sync_kick.try_send(());
-    }
-
-    /// Records what happened to one recipient: queue record, delivery log, next step.
-    fn finish(&self, seq: u64, o: &Outcome, via: Option<(&OutcomeItem, &str)>) {
-        let config = self.config.borrow().clone();
-        let now = self.shared.clock.unix_ms();
-        let mut queue = self.queue.borrow_mut();
-        let Some(e) = queue.index.entry(seq).copied() else {
-            return;
-        };
-        if e.state == EntryState::Vacant {
-            return;
-        }
-        let attempt = u32::from(e.attempts) + 1;
-        let message = queue.index.messages.get(&e.message_seq).cloned();
-        let queued_ms = message.as_ref().map_or(now, |m| m.created_unix_ms);
-        let domain = queue.index.domain_names[e.domain as usize].to_string();
-        let Decision {
-            event,
-            state,
-            due_unix_ms: due_ms,
-            category,
-            attempts,
-        } = decide(
-            o,
-            Attempted {
-                seq,
-                attempts: e.attempts,
-                queued_unix_ms: queued_ms,
-            },
-            now,
-            &retry_policy(&config),
-        );
-        if let Err(err) = queue.append_outcome(OutcomePayload {
-            recipient_seq: seq,
-            state,
-            attempts: u16::from(attempts),
-            due_unix_ms: due_ms,
-            ts_unix_ms: now,
-        }) {
-            self.shared.fail(err.to_string());
-            return;
-        }
-        let rcpt_from_queue;
-        let (rcpt, message_id, mx, ip, tls, provider) = match via {
-            Some((item, scope)) => (
-                item.rcpt.as_str(),
-                item.message_id.as_str(),
-                item.mx.as_str(),
-                item.ip.as_str(),
-                item.tls.as_str(),
-                scope,
-            ),
-            None => {
-                rcpt_from_queue = queue
-                    .payload_at(seq, e.offset)
-                    .ok()
-                    .and_then(|p| {
-                        RecipientPayload::decode_recipient(&p)
-                            .ok()
-                            .map(|(_, r)| r.to_string())
-                    })
-                    .unwrap_or_default();
-                (rcpt_from_queue.as_str(), "", "", "", "", "")
-            }
-        };
-        // Outcomes decided before rendering (DNS) still name their sender and campaign: from
-        // the parsed message if there is one, else from its record (no template is parsed
-        // for this).
-        let cached = self.renderings.borrow().get(&e.message_seq).cloned();
-        let from_record = match cached {
-            Some(_) => None,
-            None => message_labels(&queue, e.message_seq),
-        };
-        // A message with no live recipient left is never rendered again.
-        let message_done = state != OutcomeState::Deferred
-            && queue
-                .index
-                .messages
-                .get(&e.message_seq)
-                .is_none_or(|m| m.live == 0);
-        drop(queue);
-        if message_done {
-            self.renderings.borrow_mut().remove(&e.message_seq);
-        }
-        let (sender, campaign, tenant) = match (&cached, &from_record) {
-            (Some(r), _) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
-            (None, Some((s, c, t))) => (s.as_str(), c.as_str(), t.as_str()),
-            (None, None) => ("", "", ""),
-        };
-        let enhanced = o.enhanced.map(|c| c.to_string()).unwrap_or_default();
-        let record = LogRecord {
-            ts_unix_ms: now,
-            event: Some(event),
-            recipient: rcpt,
-            sender,
-            campaign,
-            tenant,
-            domain: &domain,
-            provider,
-            mx,
-            ip,
-            tls,
-            code: Some(o.code),
-            enhanced: &enhanced,
-            response: &o.response,
-            attempt: Some(attempt),
-            message_id,
-            bounce_category: category.map_or("", BounceCategory::as_str),
-        };
-        if let Err(err) = self.log.borrow_mut().append(&record) {
-            self.shared.fail(format!("delivery log: {err}"));
-        }
-        match state {
-            OutcomeState::Deferred => self.home.borrow_mut().defer(seq, due_ms),
-            OutcomeState::Delivered
-            | OutcomeState::Bounced
-            | OutcomeState::Expired
-            | OutcomeState::Moved => {
-                self.shared
-                    .counters
-                    .live_recipients
-                    .fetch_sub(1, Ordering::Relaxed);
-                match state {
-                    OutcomeState::Delivered => self
-                        .shared
-                        .counters
-                        .delivered
-                        .fetch_add(1, Ordering::Relaxed),
-                    _ => self.shared.counters.failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }
-    }
-
     /// Wakes the workers of `scope` waiting for a message.
     fn wake_workers(&self, scope: &str) {
         let waiting = self.idle_workers.borrow_mut().remove(scope);
@@ -602,22 +225,6 @@ impl Shard {
                 idle.remove(scope);
             }
         }
-    }
-
-    /// Queues a control message for shard `to` (this one included). Handlers never send
-    /// from where they run: `outbox_sender` does, in order, per destination.
-    pub(super) fn send_ctl(&self, to: usize, msg: CtlMsg) {
-        let outbox = &self.outboxes[to];
-        outbox.ctl.borrow_mut().push_back(msg);
-        let _ = outbox.ctl_kick.try_send(());
-    }
-
-    /// Queues a data message for shard `to`, as `send_ctl` (in an outbox of its own: a
-    /// control message never waits behind a data channel that is full).
-    fn send_data(&self, to: usize, msg: DataMsg) {
-        let outbox = &self.outboxes[to];
-        outbox.data.borrow_mut().push_back(msg);
-        let _ = outbox.data_kick.try_send(());
     }
 }
 
@@ -703,50 +310,6 @@ fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply
             true
         }
     }
-}
-
-/// Resolves a domain to its scope (or a routing decision), then releases the recipients that
-/// waited for it.
-async fn resolve(shard: Rc<Shard>, domain: String) {
-    let config = shard.config.borrow().clone();
-    let route = match static_route(&config.routes, &domain) {
-        Some(route) => {
-            let scope = scope_for_route(&config, route);
-            let owner = owner_shard(&scope.key, shard.shards);
-            Route::Scope(scope, owner)
-        }
-        None => {
-            let d = contained(shard.resolver.destination(&domain))
-                .await
-                .unwrap_or_else(|why| {
-                    Destination::TemporaryFailure(format!("internal error resolving: {why}"))
-                });
-            match (&d, classify_destination(&domain, &d)) {
-                (Destination::Hosts(hosts), None) => {
-                    let scope = scope_for_mx(&config, hosts);
-                    let owner = owner_shard(&scope.key, shard.shards);
-                    Route::Scope(scope, owner)
-                }
-                (_, Some(o)) => Route::Decided(o),
-                (_, None) => Route::Decided(Outcome {
-                    verdict: Verdict::Deferred,
-                    fault: Fault::Connection,
-                    code: 0,
-                    enhanced: None,
-                    response: format!("no route to {domain}"),
-                    category: None,
-                    pushback: false,
-                }),
-            }
-        }
-    };
-    // The recipients that waited go back to the front: the scheduler, woken now, routes
-    // them from the cache.
-    shard
-        .home
-        .borrow_mut()
-        .resolved(&domain, route, shard.shared.clock.now());
-    let _ = shard.schedule_kick.try_send(());
 }
 
 /// One connection's worth of sending for a scope, on its owner shard.
@@ -895,21 +458,6 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
     }
 }
 
-/// A message's sender, campaign and tenant, read from its queue record.
-fn message_labels(
-    queue: &crate::queue::store::ShardQueue,
-    message_seq: u64,
-) -> Option<(String, String, String)> {
-    let info = queue.index.messages.get(&message_seq)?;
-    let payload = queue.payload_at(message_seq, info.offset).ok()?;
-    let m = MessagePayload::decode(&payload).ok()?;
-    Some((
-        m.sender.to_string(),
-        m.campaign.to_string(),
-        m.tenant.to_string(),
-    ))
-}
-
 /// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
 fn outcome_items(
     msg: &Prepared,
@@ -941,64 +489,6 @@ fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<Outcome
             items,
         },
     );
-}
-
-/// What the delivery stages send one shard (this one included), per mesh, in order.
-pub struct Outbox {
-    ctl: RefCell<VecDeque<CtlMsg>>,
-    data: RefCell<VecDeque<DataMsg>>,
-    ctl_kick: LocalSender<()>,
-    data_kick: LocalSender<()>,
-}
-
-impl Outbox {
-    /// An outbox and the kick receivers of its two senders (control, data).
-    pub fn new() -> (Outbox, LocalReceiver<()>, LocalReceiver<()>) {
-        let (ctl_kick, ctl_rx) = local_channel::new_bounded(1);
-        let (data_kick, data_rx) = local_channel::new_bounded(1);
-        let outbox = Outbox {
-            ctl: RefCell::new(VecDeque::new()),
-            data: RefCell::new(VecDeque::new()),
-            ctl_kick,
-            data_kick,
-        };
-        (outbox, ctl_rx, data_rx)
-    }
-}
-
-/// Sends the control messages queued for shard `to`, in order, each time it is kicked: one
-/// task per destination instead of one per message. A message for this shard is handled
-/// here, never inside the handler that sent it. A peer that is gone (shutdown) drops what is
-/// sent to it, as before.
-pub(super) async fn ctl_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
-    while kick.recv().await.is_some() {
-        loop {
-            let next = shard.outboxes[to].ctl.borrow_mut().pop_front();
-            let Some(msg) = next else { break };
-            if to == shard.id {
-                shard.on_control(msg);
-                glommio::yield_if_needed().await;
-            } else {
-                let _ = shard.ctl_tx.send_to(to, msg).await;
-            }
-        }
-    }
-}
-
-/// `ctl_sender` for data messages (rendered messages and credit handed back).
-pub(super) async fn data_sender(shard: Rc<Shard>, to: usize, kick: LocalReceiver<()>) {
-    while kick.recv().await.is_some() {
-        loop {
-            let next = shard.outboxes[to].data.borrow_mut().pop_front();
-            let Some(msg) = next else { break };
-            if to == shard.id {
-                shard.on_data(shard.id, msg);
-                glommio::yield_if_needed().await;
-            } else {
-                let _ = shard.data_tx.send_to(to, msg).await;
-            }
-        }
-    }
 }
 
 /// Runs a future that handles a peer's bytes (SMTP replies, DNS answers). No byte sequence
