@@ -65,12 +65,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         self.map.retain(|_, (_, until)| *until > now);
     }
 
-    #[cfg(test)]
+    /// Entries held, expired ones included until swept or evicted.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -70,6 +70,23 @@ pub struct Taken {
     pub seqs: Vec<u64>,
 }
 
+/// A home's queues, for a status snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HomeStatus {
+    /// Recipients ready to be routed.
+    pub ready: u64,
+    /// Recipients waiting for a retry time.
+    pub deferred: u64,
+    /// Domains being resolved, and the recipients waiting for them.
+    pub resolving_domains: u64,
+    pub resolving: u64,
+    /// Recipients routed and waiting for their scope's credit, and in how many scopes.
+    pub pending: u64,
+    pub pending_scopes: u64,
+    /// Domains whose route is remembered.
+    pub routes: u64,
+}
+
 /// A home shard's scheduling state.
 pub struct Home {
     ready: SeqRuns,
@@ -119,6 +136,19 @@ impl Home {
     /// A recipient to try again from `due_unix_ms` on.
     pub fn defer(&mut self, seq: u64, due_unix_ms: u64) {
         self.deferred.push(Reverse((due_unix_ms, seq)));
+    }
+
+    /// How many recipients wait where, now.
+    pub fn status(&self) -> HomeStatus {
+        HomeStatus {
+            ready: self.ready.runs.iter().map(|r| r.end - r.start).sum(),
+            deferred: self.deferred.len() as u64,
+            resolving_domains: self.resolving.len() as u64,
+            resolving: self.resolving.values().map(|v| v.len() as u64).sum(),
+            pending: self.pending.values().map(|p| p.2.len() as u64).sum(),
+            pending_scopes: self.pending.len() as u64,
+            routes: self.routes.len() as u64,
+        }
     }
 
     /// When the soonest deferred recipient becomes due (Unix ms), if any waits.
@@ -522,5 +552,27 @@ mod tests {
         assert_eq!(r.runs.len(), 3, "5, 9..14, 20");
         let all: Vec<u64> = std::iter::from_fn(|| r.pop_front()).collect();
         assert_eq!(all, [5, 9, 10, 11, 12, 13, 20]);
+    }
+
+    #[test]
+    fn the_status_counts_where_recipients_wait() {
+        let (_dir, q, first) = queue(&["a@x.test", "b@x.test", "c@y.test"]);
+        let mut home = Home::default();
+        home.add_ready(first..first + 3);
+        home.defer(first + 100, 1);
+        assert_eq!(home.status().ready, 3);
+        let t0 = Instant::now();
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(tick.to_resolve.len(), 2);
+        let s = home.status();
+        assert_eq!((s.ready, s.resolving_domains, s.resolving), (0, 2, 3));
+        home.resolved("x.test", Route::Scope(scope("s"), 0), t0);
+        home.tick(&q.index, 0, t0);
+        let s = home.status();
+        assert_eq!(
+            (s.pending, s.pending_scopes, s.resolving, s.routes),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(s.deferred, 1, "the deferral is due later");
     }
 }

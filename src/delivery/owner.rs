@@ -125,6 +125,28 @@ impl<M> OwnerScope<M> {
     }
 }
 
+/// One scope as its owner sees it, for a status snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeStatus {
+    pub key: String,
+    pub limits: ScopeLimits,
+    /// Connections the receiver accepts now (`connection_limit` unless refusals lowered it).
+    pub connection_cap: u32,
+    pub workers: u32,
+    /// Rendered messages here, waiting for a worker.
+    pub ready: u32,
+    /// Credit granted whose messages have not arrived.
+    pub credit_out: u32,
+    /// Recipients the homes said are waiting (less the credit granted since).
+    pub demand: u32,
+    /// The rate in force (messages a second), if any: the configured ceiling or the
+    /// receiver's pushback beneath it.
+    pub rate: Option<f64>,
+    /// The adaptive limit alone, while the receiver's pushback holds the scope back.
+    pub adaptive_limit: Option<f64>,
+    pub pushbacks: u64,
+}
+
 /// What a connection worker does next.
 #[derive(Debug, PartialEq)]
 pub enum Take<M> {
@@ -349,6 +371,31 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
+    /// Every known scope's state, busiest first (by messages here and promised, then key).
+    pub fn status(&self) -> Vec<ScopeStatus> {
+        let mut out: Vec<ScopeStatus> = self
+            .scopes
+            .iter()
+            .map(|(key, s)| ScopeStatus {
+                key: key.clone(),
+                limits: s.limits,
+                connection_cap: s.conn_cap,
+                workers: s.workers,
+                ready: s.ready.len() as u32,
+                credit_out: s.credit_out.iter().sum(),
+                demand: s.demand.iter().sum(),
+                rate: s.throttle.rate(),
+                adaptive_limit: s.throttle.adaptive_limit(),
+                pushbacks: s.throttle.pushbacks,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            let load = |x: &ScopeStatus| x.ready + x.credit_out + x.demand;
+            load(b).cmp(&load(a)).then_with(|| a.key.cmp(&b.key))
+        });
+        out
+    }
+
     /// The TLS policy of `key`, if the scope is known.
     pub fn tls_policy(&self, key: &str) -> Option<TlsPolicy> {
         self.scopes.get(key).map(|s| s.limits.tls)
@@ -525,6 +572,38 @@ mod tests {
         let msgs = (0..1).map(|_| Msg(1)).collect();
         owner.prepared("s", 0, 0, msgs, t0).unwrap();
         assert_eq!(wait(&mut owner), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn the_status_says_what_each_scope_holds_busiest_first() {
+        let t0 = Instant::now();
+        let mut owner = Owner::<Msg>::new(2);
+        owner.demand(scope("quiet"), limits(1, None), 0, 1, t0, false);
+        owner.demand(scope("busy"), limits(2, Some(50.0)), 1, 100, t0, false);
+        let mut out = Vec::new();
+        owner.grant("busy", &mut out);
+        owner
+            .prepared("busy", 1, 3, (0..3).map(|_| Msg(1)).collect(), t0)
+            .unwrap();
+        let status = owner.status();
+        let keys: Vec<&str> = status.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["busy", "quiet"]);
+        let busy = &status[0];
+        assert_eq!(
+            (
+                busy.connection_cap,
+                busy.ready,
+                busy.credit_out,
+                busy.demand
+            ),
+            (2, 3, 5, 92),
+            "8 granted of 100, 3 of them arrived"
+        );
+        assert_eq!((busy.rate, busy.adaptive_limit), (Some(50.0), None));
+        assert_eq!(
+            busy.workers, 2,
+            "the preconnected one and one for the messages"
+        );
     }
 
     #[test]

@@ -142,6 +142,25 @@ pub struct Counters {
     pub failed: AtomicU64,
 }
 
+/// What one shard holds, published by its scheduler every `STATUS_INTERVAL` for whoever
+/// watches the engine (`Engine::status`; the admin API to come reads it). A copy: reading it
+/// never touches a shard.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub shard: usize,
+    /// When it was taken (Unix ms).
+    pub at_unix_ms: u64,
+    /// Recipients of this home not yet final (waiting, deferred or in flight).
+    pub live_recipients: u64,
+    pub segments: usize,
+    pub home: crate::schedule::HomeStatus,
+    /// The scopes this shard owns, busiest first.
+    pub scopes: Vec<crate::delivery::owner::ScopeStatus>,
+}
+
+/// How often each shard publishes its `ShardStatus`.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// State shared by the main thread and every shard: flags and counters only, never touched
 /// per recipient.
 pub struct Shared {
@@ -160,9 +179,24 @@ pub struct Shared {
     pub counters: Counters,
     /// The one clock every shard reads.
     pub clock: Arc<dyn Clock>,
+    /// Each shard's last published status.
+    status: Mutex<Vec<Option<ShardStatus>>>,
 }
 
 impl Shared {
+    /// Every shard's last published status (a shard that has not published yet is left out).
+    pub fn status(&self) -> Vec<ShardStatus> {
+        let all = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().flatten().cloned().collect()
+    }
+
+    fn publish_status(&self, status: ShardStatus) {
+        let mut all = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = all.get_mut(status.shard) {
+            *slot = Some(status);
+        }
+    }
+
     fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.lock().expect("config lock"))
     }
@@ -291,6 +325,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         delivery_workers: AtomicUsize::new(0),
         counters: Counters::default(),
         clock: crate::clock::system(),
+        status: Mutex::new(vec![None; shards]),
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);

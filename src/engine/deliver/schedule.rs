@@ -7,12 +7,18 @@ use super::*;
 pub(in crate::engine) async fn scheduler(shard: Rc<Shard>) {
     let kicks = shard.schedule_rx.borrow_mut().take();
     let mut last_sweep = shard.shared.clock.now();
+    let mut last_status: Option<Instant> = None;
     while !shard.closing.get() && !shard.shared.failed() {
         // A reload reaches the owner's scopes within a tick, even while this shard's intake
         // works through a long input (the intake loop looks only between inputs).
         shard.reload_if_changed();
         if !shard.config.borrow().delivery.paused {
             shard.schedule();
+        }
+        let now = shard.shared.clock.now();
+        if last_status.is_none_or(|t| now.duration_since(t) >= super::super::STATUS_INTERVAL) {
+            last_status = Some(now);
+            shard.publish_status();
         }
         if shard.shared.clock.now().duration_since(last_sweep) >= SCOPE_SWEEP_INTERVAL {
             last_sweep = shard.shared.clock.now();
@@ -32,6 +38,21 @@ pub(in crate::engine) async fn scheduler(shard: Rc<Shard>) {
 }
 
 impl Shard {
+    /// Publishes this shard's `ShardStatus` (a copy of its home's and owner's state).
+    pub(in crate::engine) fn publish_status(&self) {
+        let queue = self.queue.borrow();
+        let status = super::super::ShardStatus {
+            shard: self.id,
+            at_unix_ms: self.shared.clock.unix_ms(),
+            live_recipients: queue.index.live(),
+            segments: queue.segment_count(),
+            home: self.home.borrow().status(),
+            scopes: self.owner.borrow().status(),
+        };
+        drop(queue);
+        self.shared.publish_status(status);
+    }
+
     pub(in crate::engine) fn schedule(self: &Rc<Self>) {
         let Tick {
             decided,
