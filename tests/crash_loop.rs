@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::rng::Rng;
 use common::sink::{Behaviour, Sink};
 use common::tmpfs::{privileged, Tmpfs};
 use common::*;
@@ -44,31 +45,6 @@ const FSYNC_MS_MAX: u64 = 100;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// SplitMix64: a seeded generator, so a failing crash loop can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.range(0, i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-}
 
 fn seed() -> u64 {
     std::env::var("SPATE_CRASH_SEED")

@@ -257,6 +257,7 @@ pub fn is_file(p: &Path) -> bool {
 }
 
 pub mod hostile;
+pub mod rng;
 pub mod sink;
 pub mod tmpfs;
 
