@@ -38,6 +38,7 @@ pub mod message;
 pub mod preflight;
 pub mod queue;
 pub mod schedule;
+pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod summary;

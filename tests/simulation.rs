@@ -1,15 +1,21 @@
 //! A seeded, deterministic simulation of the control plane.
 //!
-//! Several shards, each with the engine's own cores: a real `ShardQueue` (on tmpfs when the
-//! machine has one), the home's `schedule::Home`, the owner's `delivery::owner::Owner`, and the
-//! outcome stage's `classify` and `decide`. Around them, the glue of `engine::deliver` (ticks,
-//! demand, credit, prepared messages, workers, outcomes, group commit) is replayed step by
-//! step against simulated receivers that answer with latency, 421 at the greeting, 450
-//! rate pushback, other 4xx and 5xx, dropped connections and greylisting, and whose limits
-//! change. Between the shards, messages travel over per-pair FIFO channels (as glommio's
-//! meshes do) delivered in an order the seed chooses. Chaos: crashes (the process dies: what
-//! was written to the queue's pages survives, nothing in memory does) and recovery, failed
-//! fsyncs (fatal, as in the engine), configuration reloads, wall-clock jumps, graceful drains.
+//! Several shards, each the engine's own `spate::shard::Core`: a real `ShardQueue` (on tmpfs
+//! when the machine has one), the home, the owner, the renderings, the outcome stage and the
+//! glue between them, the very code the glommio runtime drives. The simulation is the other
+//! shell around it: it plays the runtime's part (ticks, group commits and their fsyncs,
+//! route lookups, connection workers and their pacing waits, the outboxes between shards)
+//! step by step, against simulated receivers that answer with latency, 421 at the greeting,
+//! 450 rate pushback, other 4xx and 5xx, dropped connections and greylisting, and whose
+//! limits change. Between the shards, messages travel over per-pair FIFO channels (as
+//! glommio's meshes do) delivered in an order the seed chooses. Chaos: crashes (the process
+//! dies: what was written to the queue's pages survives, nothing in memory does) and
+//! recovery, failed fsyncs (fatal, as in the engine), configuration reloads, wall-clock
+//! jumps, graceful drains.
+//!
+//! Not modelled: connections opened ahead of the first message (preconnect), the kicks that
+//! run a tick or a commit early (both run on timers here), power loss (the page cache
+//! survives every crash), and a full disk apart from a failed fsync.
 //!
 //! Everything comes from one seed, so a failure replays exactly:
 //!
@@ -32,86 +38,72 @@ mod common;
 
 use common::rng::Rng;
 use spate::clock::{Clock, ManualClock};
-use spate::delivery::owner::{Owner, Recipients, Refusal, ScopeLimits, Take};
+use spate::config::{Config, Provider, Rate};
+use spate::delivery::owner::{ScopeLimits, Take};
 use spate::delivery::owner::{IDLE_SCOPES_MAX, WINDOW_PER_CONNECTION};
-use spate::delivery::policy::RetryPolicy;
-use spate::delivery::policy::{classify, classify_destination, decide, Attempted, Outcome};
-use spate::delivery::scope::{owner_shard, NextHop, Scope};
-use spate::delivery_log::EventType;
+use spate::delivery_log::{EventType, LogRecord};
 use spate::dns::resolver::Destination;
-use spate::queue::record::{OutcomePayload, OutcomeState, RecipientPayload};
-use spate::queue::store::{Chunk, ChunkAppend, EntryState, MessageSpec, ShardQueue};
-use spate::schedule::{Home, Route, Taken, Tick};
+use spate::queue::record::RecipientPayload;
+use spate::queue::store::{Chunk, MessageSpec, ShardQueue};
+use spate::shard::{
+    route_by_dns, route_statically, scope_limits, Core, Counters, Effect, ItemResult, LogSink, Msg,
+    Prepared,
+};
 use spate::smtp::reply::Reply;
 use spate::smtp::session::{RcptResult, TlsPolicy};
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Seeds CI runs (each a few thousand recipients through crashes, reloads and jumps).
 const CI_SEEDS: u64 = 500;
-/// The engine's constants the glue uses (engine::deliver); the sim keeps its own copy
-/// because the engine's module is private, and says so here.
+/// The runtime's timings (engine::deliver, private to the engine), which this shell plays.
 const SCHEDULE_TICK: Duration = Duration::from_millis(10);
 const IDLE_CLOSE: Duration = Duration::from_secs(2);
 const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// A receiver answers a transaction within this long.
 const LATENCY_MAX_MS: u64 = 400;
 /// Steps one seed may take at most (a run that does not end is a failure, not a hang).
 const STEPS_MAX: u64 = 3_000_000;
 
+/// The mesh a message travels on: control (0) or data (1), as in the engine.
+fn mesh(msg: &Msg) -> usize {
+    usize::from(msg.is_data())
+}
+
 // ---------------------------------------------------------------------------------------
-// What travels between shards.
+// The delivery log, as the core writes it.
 
-/// A rendered message, as the owner holds it: one recipient (the sim's campaigns are
-/// personalised, so each goes alone, as in the engine).
-#[derive(Debug)]
-struct SimMsg {
-    home: usize,
-    seq: u64,
-    rcpt: String,
+/// Lines the core appended wait here until it flushes (a crash loses them); flushed lines
+/// go to `written`, where the simulation checks them.
+struct SimLog {
+    pending: Vec<(String, EventType)>,
+    written: Rc<RefCell<Vec<(String, EventType)>>>,
 }
 
-impl Recipients for SimMsg {
-    fn recipients(&self) -> u32 {
-        1
+impl LogSink for SimLog {
+    fn append(&mut self, r: &LogRecord<'_>) -> std::io::Result<()> {
+        let event = r.event.expect("every line the core writes has an event");
+        self.pending.push((r.recipient.to_string(), event));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.written.borrow_mut().append(&mut self.pending);
+        Ok(())
     }
 }
 
-#[derive(Debug)]
-enum Msg {
-    Demand {
-        scope: Scope,
-        home: usize,
-        count: u32,
-    },
-    Credit {
-        scope: String,
-        n: u32,
-    },
-    Prepared {
-        scope: String,
-        home: usize,
-        granted: u32,
-        msgs: Vec<SimMsg>,
-    },
-    Outcomes {
-        items: Vec<(u64, String, RcptResult)>,
-    },
-}
-
-impl Msg {
-    /// The mesh it travels on: control (0) or data (1), as in the engine.
-    fn mesh(&self) -> usize {
-        match self {
-            Msg::Prepared { .. } => 1,
-            _ => 0,
-        }
-    }
+fn is_final(e: &EventType) -> bool {
+    matches!(
+        e,
+        EventType::Delivery | EventType::Bounce | EventType::Expiration
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -214,7 +206,7 @@ impl Receiver {
 }
 
 // ---------------------------------------------------------------------------------------
-// Workers: one connection's worth of sending, on the owner shard.
+// Workers: one connection's worth of sending, on the owner shard (the runtime's part).
 
 #[derive(Debug)]
 enum WorkerState {
@@ -223,9 +215,9 @@ enum WorkerState {
     /// Registered as idle: woken by prepared messages, or closes at `IDLE_CLOSE`.
     Waiting,
     /// Took a message (at the instant); sends it when the throttle's wait is over.
-    Paced(SimMsg, Instant),
+    Paced(Prepared, Instant),
     /// Sent (paced at the instant); the receiver's answer arrives when the timer fires.
-    Sending(SimMsg, RcptResult, bool, Instant),
+    Sending(Prepared, RcptResult, bool, Instant),
 }
 
 struct Worker {
@@ -239,20 +231,11 @@ struct Worker {
 }
 
 // ---------------------------------------------------------------------------------------
-// A shard: the engine's cores and the glue's state.
+// A shard: the engine's core, and the workers this shell runs for it.
 
 struct Shard {
-    queue: ShardQueue,
-    home: Home,
-    owner: Owner<SimMsg>,
+    core: Core<SimLog>,
     workers: BTreeMap<u64, Worker>,
-    /// Delivery-log lines decided since the last commit (rcpt, event): lost in a crash.
-    pending_log: Vec<(String, EventType)>,
-    /// Chunks appended since the last commit: (batch index, chunk index, fresh first seq).
-    unsynced: Vec<(usize, usize, Option<u64>)>,
-    /// Messages the owner holds per scope (for the window checker).
-    owner_ready: HashMap<String, u32>,
-    last_sweep: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -283,11 +266,6 @@ enum Dns {
     Flaky(String, f64),
 }
 
-struct Config {
-    limits: BTreeMap<String, ScopeLimits>,
-    retry: RetryPolicy,
-}
-
 struct Sim {
     seed: u64,
     rng: Rng,
@@ -302,12 +280,18 @@ struct Sim {
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
     timer_seq: u64,
     next_worker: u64,
-    config: Config,
+    /// The configuration in force; a reload replaces it.
+    config: Arc<Config>,
+    counters: Arc<Counters>,
     dns: BTreeMap<String, Dns>,
     receivers: BTreeMap<String, Receiver>,
     batches: Vec<Batch>,
     /// Next (batch, chunk) to feed for the first time.
     feed_at: (usize, usize),
+    /// Chunks appended and not acknowledged yet (intake waits for them, as the engine's).
+    appending: HashSet<(usize, usize)>,
+    /// Lines the cores flushed, not yet checked.
+    flushed: Rc<RefCell<Vec<(String, EventType)>>>,
     /// The delivery log as written (flushed lines), per recipient in order.
     log: HashMap<String, Vec<EventType>>,
     /// Recipients appended to a queue so far (each once).
@@ -355,6 +339,21 @@ struct Stats {
 
 type Check = Result<(), String>;
 
+/// The provider entry for limits `l` of the simulated ISP `key` (its MX hosts are
+/// `mx.<key>.example`).
+fn provider(key: &str, l: ScopeLimits) -> Provider {
+    Provider {
+        mx_suffixes: vec![format!(".{key}.example")],
+        tls: l.tls,
+        connection_limit: l.connection_limit,
+        max_message_rate: l.max_rate.map(|r| Rate {
+            messages: r as u64,
+            per: Duration::from_secs(1),
+        }),
+        max_deliveries_per_connection: l.max_per_connection,
+    }
+}
+
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed);
@@ -369,12 +368,14 @@ impl Sim {
         let n = rng.range(1, 5) as usize;
         let now = clock.now();
         let scopes = rng.range(1, 7);
-        let mut limits = BTreeMap::new();
+        let mut config = Config::defaults_under(&path);
+        config.delivery.paused = false;
         let mut receivers = BTreeMap::new();
         let mut dns = BTreeMap::new();
         for p in 0..scopes {
             let key = format!("provider{p}");
-            limits.insert(key.clone(), random_limits(&mut rng));
+            let limits = random_limits(&mut rng);
+            config.providers.insert(key.clone(), provider(&key, limits));
             receivers.insert(key.clone(), Receiver::new(&mut rng, now));
             for d in 0..rng.range(1, 5) {
                 let domain = format!("d{d}.p{p}.example");
@@ -387,12 +388,9 @@ impl Sim {
             }
         }
         dns.insert("nowhere.example".into(), Dns::NoSuchDomain);
-        let retry = RetryPolicy {
-            first: Duration::from_secs(rng.range(5, 31)),
-            max_interval: Duration::from_secs(60),
-            max_age: Duration::from_secs(rng.range(120, 601)),
-            jitter: 0.1,
-        };
+        config.delivery.retry_first = Duration::from_secs(rng.range(5, 31));
+        config.delivery.retry_max_interval = Duration::from_secs(60);
+        config.delivery.max_age = Duration::from_secs(rng.range(120, 601));
         let segment_bytes = [64u64 << 10, 256 << 10, 1 << 20][rng.below(3) as usize];
         let mut sim = Sim {
             seed,
@@ -408,11 +406,14 @@ impl Sim {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             next_worker: 0,
-            config: Config { limits, retry },
+            config: Arc::new(config),
+            counters: Arc::new(Counters::default()),
             dns,
             receivers,
             batches: Vec::new(),
             feed_at: (0, 0),
+            appending: HashSet::new(),
+            flushed: Rc::new(RefCell::new(Vec::new())),
             log: HashMap::new(),
             appended: HashSet::new(),
             finals: 0,
@@ -442,9 +443,6 @@ impl Sim {
         let mut sim = Sim::new(seed);
         let now = sim.clock.now();
         sim.timers.clear();
-        for ch in &mut sim.channels {
-            ch.clear();
-        }
         sim.n = 2;
         sim.channels = (0..sim.n * sim.n * 2).map(|_| VecDeque::new()).collect();
         sim.chaos_until = now;
@@ -456,7 +454,9 @@ impl Sim {
             tls: TlsPolicy::Opportunistic,
             max_rate: None,
         };
-        sim.config.limits = BTreeMap::from([(key.clone(), limits)]);
+        let mut config = (*sim.config).clone();
+        config.providers = BTreeMap::from([(key.clone(), provider(&key, limits))]);
+        sim.config = Arc::new(config);
         let mut receiver = Receiver::new(&mut sim.rng, now);
         receiver.max_conns = 50;
         receiver.rate = rate;
@@ -524,7 +524,8 @@ impl Sim {
                 campaign: format!("c{b}"),
                 tenant: "t".into(),
                 var_names: vec!["to".into()],
-                body: b"To: {{ to }}\r\n\r\nhi\r\n".to_vec(),
+                body: b"From: news@sender.example\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nhi\r\n"
+                    .to_vec(),
             });
             self.batches.push(Batch {
                 id,
@@ -538,23 +539,29 @@ impl Sim {
     fn start(&mut self) {
         let now = self.clock.now();
         self.shards.clear();
+        self.appending.clear();
         for id in 0..self.n {
             let dir = self.dir.join(format!("shard-{id}"));
             let clock: Arc<dyn Clock> = self.clock.clone();
             let (queue, _report) =
-                ShardQueue::open_with_clock(&dir, id as u32, self.segment_bytes, clock)
+                ShardQueue::open_with_clock(&dir, id as u32, self.segment_bytes, clock.clone())
                     .unwrap_or_else(|e| panic!("seed {}: recovery failed: {e}", self.seed));
-            let mut home = Home::default();
-            home.load(&queue.index);
-            self.shards.push(Shard {
+            let log = SimLog {
+                pending: Vec::new(),
+                written: Rc::clone(&self.flushed),
+            };
+            let core = Core::new(
+                id,
+                self.n,
+                Arc::clone(&self.config),
+                clock,
+                Arc::clone(&self.counters),
                 queue,
-                home,
-                owner: Owner::new(self.n),
+                log,
+            );
+            self.shards.push(Shard {
+                core,
                 workers: BTreeMap::new(),
-                pending_log: Vec::new(),
-                unsynced: Vec::new(),
-                owner_ready: HashMap::new(),
-                last_sweep: now,
             });
             self.at(now, Timer::Tick(id));
             self.at(now + Duration::from_millis(5), Timer::Commit(id));
@@ -572,7 +579,7 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
-        let ch = (from * self.n + to) * 2 + msg.mesh();
+        let ch = (from * self.n + to) * 2 + mesh(&msg);
         self.channels[ch].push_back(msg);
     }
 
@@ -581,6 +588,48 @@ impl Sim {
             self.trace.pop_front();
         }
         self.trace.push_back(format!("step {}: {s}", self.steps));
+    }
+
+    /// After every call into shard `s`'s core: checks the lines it flushed, then does what
+    /// it asked for, as the engine's `Shard::apply` does.
+    fn effects(&mut self, s: usize) -> Check {
+        let lines = std::mem::take(&mut *self.flushed.borrow_mut());
+        for (rcpt, event) in lines {
+            self.write_log(rcpt, event)?;
+        }
+        for effect in self.shards[s].core.take_effects() {
+            match effect {
+                Effect::Send(to, msg) => {
+                    if let Msg::Credit { scope, .. } = &msg {
+                        self.grants.push(scope.clone());
+                    }
+                    self.send(s, to, msg);
+                }
+                Effect::SpawnWorker { scope, .. } => self.spawn_worker(s, &scope),
+                Effect::WakeWorkers(scope) => {
+                    let now = self.clock.now();
+                    let waiting: Vec<u64> = self.shards[s]
+                        .workers
+                        .iter()
+                        .filter(|(_, w)| {
+                            w.scope == scope && matches!(w.state, WorkerState::Waiting)
+                        })
+                        .map(|(&id, _)| id)
+                        .collect();
+                    for id in waiting {
+                        self.schedule_worker(s, id, now);
+                    }
+                }
+                Effect::Resolve(domain) => {
+                    let when = self.clock.now() + Duration::from_millis(self.rng.range(1, 51));
+                    self.at(when, Timer::Resolved(s, domain));
+                }
+                // Ticks and commits run on their own timers here.
+                Effect::Commit | Effect::Schedule => {}
+                Effect::Fatal(why) => return Err(format!("shard {s}: fatal: {why}")),
+            }
+        }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------
@@ -605,7 +654,8 @@ impl Sim {
             let ch = busy[self.rng.below(busy.len() as u64) as usize];
             let msg = self.channels[ch].pop_front().expect("busy");
             let to = (ch / 2) % self.n;
-            self.deliver(to, msg)?;
+            self.shards[to].core.on_message(msg);
+            self.effects(to)?;
         } else {
             let Some(Reverse((when, _, timer))) = self.timers.pop() else {
                 return Err("no timer and nothing in flight".into());
@@ -626,17 +676,17 @@ impl Sim {
     fn fire(&mut self, timer: Timer) -> Result<bool, String> {
         let now = self.clock.now();
         match timer {
-            Timer::Tick(s) => self.tick(s),
+            Timer::Tick(s) => self.tick(s)?,
             Timer::Commit(s) => self.commit(s)?,
             Timer::Maintenance(s) => self.maintenance(s)?,
-            Timer::Resolved(s, domain) => self.resolved(s, domain),
+            Timer::Resolved(s, domain) => self.resolved(s, domain)?,
             Timer::Worker(s, w, generation) => {
                 let current = self.shards[s].workers.get(&w).map(|w| w.generation);
                 if current == Some(generation) {
                     self.worker(s, w)?;
                 }
             }
-            Timer::Feed => self.feed(),
+            Timer::Feed => self.feed()?,
             Timer::Chaos => self.chaos()?,
             Timer::DrainCheck => self.drain_check()?,
         }
@@ -648,33 +698,25 @@ impl Sim {
 
     fn finished(&self) -> bool {
         let fed = self.feed_at.0 >= self.batches.len();
-        let live: u64 = self.shards.iter().map(|s| s.queue.index.live()).sum();
-        fed && live == 0 && self.shards.iter().all(|s| s.pending_log.is_empty())
+        let live: u64 = self.shards.iter().map(|s| s.core.queue.index.live()).sum();
+        fed && live == 0 && self.shards.iter().all(|s| s.core.log.pending.is_empty())
     }
 
     // -----------------------------------------------------------------------------------
-    // Intake and group commit.
+    // Intake and group commit (the runtime's timing; the core's glue).
 
-    fn feed(&mut self) {
+    fn feed(&mut self) -> Check {
         let now = self.clock.now();
         // After a restart, what was appended but not acknowledged is fed again first.
-        let mut replays = Vec::new();
+        let mut todo = Vec::new();
         for (b, batch) in self.batches.iter().enumerate() {
             for (c, chunk) in batch.chunks.iter().enumerate() {
-                if !chunk.2 && (b, c) < self.feed_at {
-                    replays.push((b, c));
+                let replay = !chunk.2 && (b, c) < self.feed_at;
+                if replay && !self.appending.contains(&(b, c)) {
+                    todo.push((b, c));
                 }
             }
         }
-        let unsynced: HashSet<(usize, usize)> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.unsynced.iter().map(|&(b, c, _)| (b, c)))
-            .collect();
-        let mut todo: Vec<(usize, usize)> = replays
-            .into_iter()
-            .filter(|bc| !unsynced.contains(bc))
-            .collect();
         if !self.draining && self.feed_at.0 < self.batches.len() {
             todo.push(self.feed_at);
             let (b, c) = self.feed_at;
@@ -685,15 +727,16 @@ impl Sim {
             };
         }
         for (b, c) in todo {
-            self.append(b, c);
+            self.append(b, c)?;
         }
         if self.feed_at.0 < self.batches.len() {
             let next = now + Duration::from_millis(self.rng.range(1, 81));
             self.at(next, Timer::Feed);
         }
+        Ok(())
     }
 
-    fn append(&mut self, b: usize, c: usize) {
+    fn append(&mut self, b: usize, c: usize) -> Check {
         let batch = &self.batches[b];
         let (home, rcpts) = (batch.chunks[c].0, batch.chunks[c].1.clone());
         let mut tails = Vec::new();
@@ -709,48 +752,20 @@ impl Sim {
             tails,
             ends,
         };
-        // The engine's `append`: Reception lines first, then the records.
-        if !self.shards[home]
-            .queue
-            .has_chunk(chunk.batch_id, chunk.chunk_no)
-        {
-            for r in &rcpts {
-                self.write_log(r.clone(), EventType::Reception)
-                    .unwrap_or_else(|e| panic!("seed {}: {e}", self.seed));
-            }
-        }
-        let appended = self.shards[home]
-            .queue
-            .append_chunk(&chunk)
-            .unwrap_or_else(|e| panic!("seed {}: append: {e}", self.seed));
-        let fresh = match appended {
-            ChunkAppend::Appended {
-                first_recipient_seq,
-                ..
-            } => {
-                for r in rcpts {
-                    self.appended.insert(r.clone());
-                }
-                Some(first_recipient_seq)
-            }
-            ChunkAppend::AlreadyCommitted => None,
-        };
-        self.shards[home].unsynced.push((b, c, fresh));
+        self.shards[home].core.append(home, chunk);
+        self.effects(home)?;
+        self.appended.extend(rcpts);
+        self.appending.insert((b, c));
+        Ok(())
     }
 
-    /// The engine's `commit`: the log's lines reach the file, then the held outcomes the
-    /// segment, then fdatasync; then new recipients go to the home and chunks are
-    /// acknowledged.
+    /// The engine's group commit: `begin_commit`, the fdatasync (which may fail: fatal, as
+    /// in the engine), `end_commit`, acknowledgements.
     fn commit(&mut self, s: usize) -> Check {
         let now = self.clock.now();
-        let lines = std::mem::take(&mut self.shards[s].pending_log);
-        for (rcpt, event) in lines {
-            self.write_log(rcpt, event)?;
-        }
-        let job = self.shards[s]
-            .queue
-            .take_sync_job()
-            .map_err(|e| e.to_string())?;
+        let job = self.shards[s].core.begin_commit()?;
+        self.effects(s)?;
+        let synced = job.is_some();
         if let Some(job) = job {
             // A failed fsync is fatal in the engine (the page cache may have dropped the
             // pages): the process stops, and the restart recovers from what is on disk.
@@ -760,17 +775,13 @@ impl Sim {
                 return self.crash();
             }
             job.fdatasync().map_err(|e| e.to_string())?;
-            self.shards[s].queue.sync_completed();
         }
-        let done = std::mem::take(&mut self.shards[s].unsynced);
-        for (b, c, fresh) in done {
-            let rcpts = self.batches[b].chunks[c].1.clone();
-            if let Some(first) = fresh {
-                self.shards[s]
-                    .home
-                    .add_ready(first..first + rcpts.len() as u64);
-            }
+        let acks = self.shards[s].core.end_commit(synced);
+        self.effects(s)?;
+        for ack in acks {
+            let (b, c) = ((ack.batch_id - 1_000) as usize, ack.chunk_no as usize);
             self.batches[b].chunks[c].2 = true;
+            self.appending.remove(&(b, c));
         }
         let next = now + Duration::from_millis(self.rng.range(1, 21));
         self.at(next, Timer::Commit(s));
@@ -779,260 +790,62 @@ impl Sim {
 
     fn maintenance(&mut self, s: usize) -> Check {
         let now = self.clock.now();
-        let shard = &mut self.shards[s];
-        shard.queue.reclaim_segments().map_err(|e| e.to_string())?;
-        let moved = shard.queue.compact_oldest().map_err(|e| e.to_string())?;
-        if !moved.is_empty() {
-            shard.home.requeue_moved(&shard.queue.index, &moved);
-        }
+        let core = &mut self.shards[s].core;
+        core.queue.reclaim_segments().map_err(|e| e.to_string())?;
+        core.compact()?;
+        self.effects(s)?;
         self.at(now + MAINTENANCE_INTERVAL, Timer::Maintenance(s));
         Ok(())
     }
 
     // -----------------------------------------------------------------------------------
-    // The home: ticks, routing, credit, outcomes.
+    // The home: ticks and route lookups.
 
-    fn tick(&mut self, s: usize) {
+    fn tick(&mut self, s: usize) -> Check {
         let now = self.clock.now();
         let unix = self.clock.unix_ms();
         if self.draining {
-            return;
+            return Ok(());
         }
-        let Tick {
-            decided,
-            to_resolve,
-        } = {
-            let shard = &mut self.shards[s];
-            shard.home.tick(&shard.queue.index, unix, now)
-        };
-        for (seq, outcome) in decided {
-            self.finish(s, seq, &outcome);
-        }
-        for domain in to_resolve {
-            let when = now + Duration::from_millis(self.rng.range(1, 51));
-            self.at(when, Timer::Resolved(s, domain));
-        }
-        let messages = self.shards[s].home.announce(now);
-        for (owner, scope, count) in messages {
-            self.send(
-                s,
-                owner,
-                Msg::Demand {
-                    scope,
-                    home: s,
-                    count,
-                },
-            );
-        }
-        if now.duration_since(self.shards[s].last_sweep) >= SCOPE_SWEEP_INTERVAL {
-            self.shards[s].last_sweep = now;
-            self.shards[s].owner.forget_idle_scopes(now);
-        }
+        self.shards[s].core.tick();
+        self.effects(s)?;
         // While nothing is ready here, the next tick is the next due retry (the engine ticks
         // every 10 ms regardless; skipping empty ticks only saves the simulation time).
         let mut next = now + SCHEDULE_TICK;
-        let quiet = self.shards[s].home.is_quiet() && self.channels.iter().all(|c| c.is_empty());
+        let home = &self.shards[s].core.home;
+        let quiet = home.is_quiet() && self.channels.iter().all(|c| c.is_empty());
         if quiet {
-            let due = self.shards[s].home.next_due_unix_ms().unwrap_or(u64::MAX);
+            let due = home.next_due_unix_ms().unwrap_or(u64::MAX);
             let wait = due.saturating_sub(unix).min(1_000);
             next = now + Duration::from_millis(wait).max(SCHEDULE_TICK);
         }
         self.at(next, Timer::Tick(s));
+        Ok(())
     }
 
-    fn resolved(&mut self, s: usize, domain: String) {
-        let now = self.clock.now();
+    /// A route lookup the core asked for answers: from the simulated DNS, through the
+    /// engine's own routing.
+    fn resolved(&mut self, s: usize, domain: String) -> Check {
         let how = self.dns.get(&domain).cloned().unwrap_or(Dns::NoSuchDomain);
-        let route = match how {
-            Dns::NoSuchDomain => {
-                let o = classify_destination(&domain, &Destination::NoSuchDomain)
-                    .expect("NXDOMAIN decides");
-                Route::Decided(o)
-            }
+        let d = match how {
+            Dns::NoSuchDomain => Destination::NoSuchDomain,
             Dns::Flaky(_, p) if self.rng.chance(p) => {
-                let d = Destination::TemporaryFailure("SERVFAIL (simulated)".into());
-                Route::Decided(classify_destination(&domain, &d).expect("decided"))
+                Destination::TemporaryFailure("SERVFAIL (simulated)".into())
             }
             Dns::Scope(key) | Dns::Flaky(key, _) => {
-                let hosts: Arc<[NextHop]> = Arc::from(vec![NextHop {
-                    name: format!("mx.{key}.example"),
-                    port: 25,
-                    from_route: false,
-                }]);
-                let owner = owner_shard(&key, self.n);
-                Route::Scope(Scope { key, hosts }, owner)
+                Destination::Hosts(vec![format!("mx.{key}.example")])
             }
         };
-        self.shards[s].home.resolved(&domain, route, now);
-    }
-
-    fn on_credit(&mut self, s: usize, scope: String, n: u32) {
-        let taken = self.shards[s].home.take_credit(&scope, n, self.draining);
-        let Some(Taken { owner, seqs, .. }) = taken else {
-            let owner = owner_shard(&scope, self.n);
-            let back = Msg::Prepared {
-                scope,
-                home: s,
-                granted: n,
-                msgs: Vec::new(),
-            };
-            self.send(s, owner, back);
-            return;
-        };
-        let mut msgs = Vec::new();
-        let queue = &mut self.shards[s].queue;
-        for seq in seqs {
-            let Some(e) = queue.index.entry(seq).copied() else {
-                continue;
-            };
-            if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
-                continue;
-            }
-            let payload = queue.payload_at(seq, e.offset).expect("payload");
-            let (_, rcpt) = RecipientPayload::decode_recipient(&payload).expect("recipient");
-            let rcpt = rcpt.to_string();
-            queue.index.set_in_flight(seq, true);
-            msgs.push(SimMsg { home: s, seq, rcpt });
-        }
-        let prepared = Msg::Prepared {
-            scope,
-            home: s,
-            granted: n,
-            msgs,
-        };
-        self.send(s, owner, prepared);
-    }
-
-    fn on_outcomes(&mut self, s: usize, items: Vec<(u64, String, RcptResult)>) {
-        for (seq, _, result) in items {
-            let outcome = classify(&result);
-            self.finish(s, seq, &outcome);
-        }
-    }
-
-    /// The engine's `finish`: decide, append the outcome, log it, defer or count it.
-    fn finish(&mut self, s: usize, seq: u64, o: &Outcome) {
-        let now = self.clock.unix_ms();
-        let shard = &mut self.shards[s];
-        let Some(e) = shard.queue.index.entry(seq).copied() else {
-            return;
-        };
-        if e.state == EntryState::Vacant {
-            return;
-        }
-        let queued = shard
-            .queue
-            .index
-            .messages
-            .get(&e.message_seq)
-            .map_or(now, |m| m.created_unix_ms);
-        let d = decide(
-            o,
-            Attempted {
-                seq,
-                attempts: e.attempts,
-                queued_unix_ms: queued,
-            },
-            now,
-            &self.config.retry,
-        );
-        let payload = shard.queue.payload_at(seq, e.offset).expect("payload");
-        let (_, rcpt) = RecipientPayload::decode_recipient(&payload).expect("recipient");
-        let rcpt = rcpt.to_string();
-        shard
-            .queue
-            .append_outcome(OutcomePayload {
-                recipient_seq: seq,
-                state: d.state,
-                attempts: u16::from(d.attempts),
-                due_unix_ms: d.due_unix_ms,
-                ts_unix_ms: now,
-            })
-            .expect("append outcome");
-        shard.pending_log.push((rcpt, d.event));
-        if d.state == OutcomeState::Deferred {
-            shard.home.defer(seq, d.due_unix_ms);
-        }
+        let core = &mut self.shards[s].core;
+        let config = Arc::clone(core.config());
+        let route = route_statically(&config, self.n, &domain)
+            .unwrap_or_else(|| route_by_dns(&config, self.n, &domain, &d));
+        core.resolved(&domain, route);
+        self.effects(s)
     }
 
     // -----------------------------------------------------------------------------------
-    // The owner: demand, grants, prepared messages, workers.
-
-    fn limits(&self, key: &str) -> ScopeLimits {
-        self.config.limits[key]
-    }
-
-    fn on_demand(&mut self, s: usize, scope: Scope, home: usize, count: u32) {
-        let now = self.clock.now();
-        let key = scope.key.clone();
-        let limits = self.limits(&key);
-        let draining = self.draining;
-        let warm = self.shards[s]
-            .owner
-            .demand(scope, limits, home, count, now, draining);
-        if warm.is_some() {
-            self.spawn_worker(s, &key);
-        }
-        self.grant(s, &key);
-    }
-
-    fn grant(&mut self, s: usize, key: &str) {
-        if self.draining {
-            return;
-        }
-        let mut out = Vec::new();
-        self.shards[s].owner.grant(key, &mut out);
-        if !out.is_empty() {
-            self.grants.push(key.to_string());
-        }
-        for (home, n) in out {
-            self.send(
-                s,
-                home,
-                Msg::Credit {
-                    scope: key.to_string(),
-                    n,
-                },
-            );
-        }
-    }
-
-    fn on_prepared(
-        &mut self,
-        s: usize,
-        scope: String,
-        home: usize,
-        granted: u32,
-        msgs: Vec<SimMsg>,
-    ) -> Check {
-        let now = self.clock.now();
-        let count = msgs.len() as u32;
-        let spawn = self.shards[s]
-            .owner
-            .prepared(&scope, home, granted, msgs, now)
-            .map_err(|m| {
-                format!(
-                    "{} messages for scope {scope} arrived after it was forgotten",
-                    m.len()
-                )
-            })?;
-        *self.shards[s].owner_ready.entry(scope.clone()).or_default() += count;
-        for _ in 0..spawn {
-            self.spawn_worker(s, &scope);
-        }
-        // Wake the scope's idle workers.
-        let waiting: Vec<u64> = self.shards[s]
-            .workers
-            .iter()
-            .filter(|(_, w)| w.scope == scope && matches!(w.state, WorkerState::Waiting))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in waiting {
-            self.schedule_worker(s, id, now);
-        }
-        self.grant(s, &scope);
-        Ok(())
-    }
+    // The owner's workers.
 
     fn spawn_worker(&mut self, s: usize, key: &str) {
         let now = self.clock.now();
@@ -1072,7 +885,7 @@ impl Sim {
             WorkerState::Ready | WorkerState::Waiting => self.take(s, id),
             WorkerState::Paced(msg, paced_at) => self.transmit(s, id, msg, paced_at),
             WorkerState::Sending(msg, result, alive, paced_at) => {
-                self.done(s, id, msg, result, alive, paced_at);
+                self.done(s, id, msg, result, alive, paced_at)?;
                 self.schedule_worker(s, id, now);
                 Ok(())
             }
@@ -1086,7 +899,8 @@ impl Sim {
             (w.scope.clone(), w.idle_since)
         };
         let idle = now.duration_since(idle_since) >= IDLE_CLOSE;
-        let next = self.shards[s].owner.take(&key, now, self.draining, idle);
+        let next = self.shards[s].core.take(&key, false, idle);
+        self.effects(s)?;
         match next {
             Take::Send {
                 msg,
@@ -1094,8 +908,6 @@ impl Sim {
                 max_per_connection,
                 ..
             } => {
-                *self.shards[s].owner_ready.get_mut(&key).expect("ready") -= 1;
-                self.grant(s, &key);
                 let w = self.shards[s].workers.get_mut(&id).expect("worker");
                 w.max_per_connection = max_per_connection;
                 w.state = WorkerState::Paced(msg, now);
@@ -1119,13 +931,14 @@ impl Sim {
         Ok(())
     }
 
-    fn transmit(&mut self, s: usize, id: u64, msg: SimMsg, paced_at: Instant) -> Check {
+    fn transmit(&mut self, s: usize, id: u64, msg: Prepared, paced_at: Instant) -> Check {
         let now = self.clock.now();
         let (key, reusable) = {
             let w = &self.shards[s].workers[&id];
             let reusable = w.connected.is_some_and(|d| d < w.max_per_connection);
             (w.scope.clone(), reusable)
         };
+        let rcpt = msg.rcpts[0].1.clone();
         if !reusable {
             let receiver = self.receivers.get_mut(&key).expect("receiver");
             let w = self.shards[s].workers.get_mut(&id).expect("worker");
@@ -1135,17 +948,17 @@ impl Sim {
             if !receiver.connect() {
                 self.stats.refused_connections += 1;
                 let reply = Reply::new(421, "4.7.0 Too many connections, slow down");
-                let items = vec![(msg.seq, msg.rcpt, RcptResult::ServiceClosing(reply))];
-                self.send(s, msg.home, Msg::Outcomes { items });
-                match self.shards[s].owner.connection_refused(&key, now) {
-                    Refusal::Leave { .. } => {
-                        self.shards[s].workers.remove(&id);
-                    }
-                    Refusal::Stay => {
-                        let w = self.shards[s].workers.get_mut(&id).unwrap();
-                        w.idle_since = now + CONNECT_FAILURE_PAUSE;
-                        self.schedule_worker(s, id, now + CONNECT_FAILURE_PAUSE);
-                    }
+                let lost = vec![ItemResult::Smtp(RcptResult::ServiceClosing(reply.clone()))];
+                let leave = self.shards[s]
+                    .core
+                    .connect_failed(&key, &msg, lost, Some(&reply));
+                self.effects(s)?;
+                if leave {
+                    self.shards[s].workers.remove(&id);
+                } else {
+                    let w = self.shards[s].workers.get_mut(&id).unwrap();
+                    w.idle_since = now + CONNECT_FAILURE_PAUSE;
+                    self.schedule_worker(s, id, now + CONNECT_FAILURE_PAUSE);
                 }
                 return Ok(());
             }
@@ -1156,15 +969,14 @@ impl Sim {
         let at = now.duration_since(self.started).as_micros();
         if self.verbose {
             self.note(format!(
-                "shard {s} worker {id}: sends {} to {key} at {at} µs",
-                msg.rcpt
+                "shard {s} worker {id}: sends {rcpt} to {key} at {at} µs"
             ));
         }
-        self.digest = fold(self.digest, &format!("send {key} {} {at}", msg.rcpt));
+        self.digest = fold(self.digest, &format!("send {key} {rcpt} {at}"));
         self.check_rate(&key)?;
         self.stats.transactions += 1;
         let receiver = self.receivers.get_mut(&key).expect("receiver");
-        let (result, alive) = receiver.transaction(&msg.rcpt, now, &mut self.rng);
+        let (result, alive) = receiver.transaction(&rcpt, now, &mut self.rng);
         let latency = Duration::from_millis(self.rng.range(1, LATENCY_MAX_MS + 1));
         let w = self.shards[s].workers.get_mut(&id).unwrap();
         w.state = WorkerState::Sending(msg, result, alive, paced_at);
@@ -1176,25 +988,18 @@ impl Sim {
         &mut self,
         s: usize,
         id: u64,
-        msg: SimMsg,
+        msg: Prepared,
         result: RcptResult,
         alive: bool,
         paced_at: Instant,
-    ) {
+    ) -> Check {
         let now = self.clock.now();
         let key = self.shards[s].workers[&id].scope.clone();
-        let (accepted, pushback) = match &result {
-            RcptResult::Reply(r) if r.code / 100 == 2 => (1, false),
-            RcptResult::ConnectionLost(_) => (0, false),
-            other => (0, classify(other).pushback),
-        };
-        let change = self.shards[s]
-            .owner
-            .record_results(&key, accepted, pushback, paced_at, now);
-        if self.verbose && change != spate::delivery::throttle::Change::None {
-            let at = now.duration_since(self.started).as_millis();
-            println!("{at} ms: {key}: {change:?}");
-        }
+        let mx = format!("mx.{key}.example");
+        self.shards[s]
+            .core
+            .sent(&key, &msg, vec![result], paced_at, (&mx, "192.0.2.1", ""));
+        self.effects(s)?;
         let w = self.shards[s].workers.get_mut(&id).unwrap();
         w.idle_since = now;
         match (alive, w.connected) {
@@ -1204,22 +1009,6 @@ impl Sim {
                 self.receivers.get_mut(&key).unwrap().close();
             }
             _ => {}
-        }
-        let items = vec![(msg.seq, msg.rcpt, result)];
-        self.send(s, msg.home, Msg::Outcomes { items });
-    }
-
-    fn deliver(&mut self, to: usize, msg: Msg) -> Check {
-        match msg {
-            Msg::Demand { scope, home, count } => self.on_demand(to, scope, home, count),
-            Msg::Credit { scope, n } => self.on_credit(to, scope, n),
-            Msg::Prepared {
-                scope,
-                home,
-                granted,
-                msgs,
-            } => self.on_prepared(to, scope, home, granted, msgs)?,
-            Msg::Outcomes { items } => self.on_outcomes(to, items),
         }
         Ok(())
     }
@@ -1253,6 +1042,9 @@ impl Sim {
                 self.stats.drains += 1;
                 self.draining = true;
                 self.drain_started = Some(now);
+                for shard in &mut self.shards {
+                    shard.core.close();
+                }
                 let waiting: Vec<(usize, u64)> = (0..self.n)
                     .flat_map(|s| {
                         self.shards[s]
@@ -1270,9 +1062,9 @@ impl Sim {
                 return Ok(());
             }
             3 | 4 => {
-                let keys: Vec<String> = self.config.limits.keys().cloned().collect();
+                let keys: Vec<String> = self.config.providers.keys().cloned().collect();
                 let key = keys[self.rng.below(keys.len() as u64) as usize].clone();
-                let old = self.config.limits[&key];
+                let old = self.limits(&key);
                 let new = random_limits(&mut self.rng);
                 self.note(format!("reload {key}: {old:?} -> {new:?}"));
                 self.stats.reloads += 1;
@@ -1288,11 +1080,12 @@ impl Sim {
                     None => old.max_rate,
                 };
                 self.lowered.insert(key.clone(), (limit, rate, grace));
-                self.config.limits.insert(key, new);
+                let mut config = (*self.config).clone();
+                config.providers.insert(key.clone(), provider(&key, new));
+                self.config = Arc::new(config);
                 // Every shard reads the new configuration (the engine's `reload_if_changed`).
                 for shard in &mut self.shards {
-                    let limits = &self.config.limits;
-                    shard.owner.reconfigure(|k| limits[k], now);
+                    shard.core.reconfigure(Arc::clone(&self.config));
                 }
             }
             5 => {
@@ -1356,11 +1149,8 @@ impl Sim {
         if workers == 0 && !in_flight {
             // Drained: the last commit, then the engine exits and starts again.
             for s in 0..self.n {
-                let lines = std::mem::take(&mut self.shards[s].pending_log);
-                for (rcpt, event) in lines {
-                    self.write_log(rcpt, event)?;
-                }
-                self.shards[s].queue.sync_now().map_err(|e| e.to_string())?;
+                self.shards[s].core.final_flush()?;
+                self.effects(s)?;
             }
             self.note(format!("drained in {:?}", now - started));
             return self.crash();
@@ -1379,12 +1169,6 @@ impl Sim {
 
     fn write_log(&mut self, rcpt: String, event: EventType) -> Check {
         let events = self.log.entry(rcpt.clone()).or_default();
-        let is_final = |e: &EventType| {
-            matches!(
-                e,
-                EventType::Delivery | EventType::Bounce | EventType::Expiration
-            )
-        };
         if let Some(last) = events.iter().find(|e| is_final(e)) {
             return Err(format!("{rcpt}: {event:?} logged after its final {last:?}"));
         }
@@ -1412,15 +1196,10 @@ impl Sim {
         let pending: u64 = self
             .shards
             .iter()
-            .flat_map(|s| &s.pending_log)
-            .filter(|(_, e)| {
-                matches!(
-                    e,
-                    EventType::Delivery | EventType::Bounce | EventType::Expiration
-                )
-            })
+            .flat_map(|s| &s.core.log.pending)
+            .filter(|(_, e)| is_final(e))
             .count() as u64;
-        let live: u64 = self.shards.iter().map(|s| s.queue.index.live()).sum();
+        let live: u64 = self.shards.iter().map(|s| s.core.queue.index.live()).sum();
         let appended = self.appended.len() as u64;
         if appended != self.finals + pending + live {
             return Err(format!(
@@ -1433,11 +1212,9 @@ impl Sim {
         }
         let mut live_rcpts = HashSet::new();
         for shard in &self.shards {
-            for (seq, e) in shard.queue.index.live_entries() {
-                let payload = shard
-                    .queue
-                    .payload_at(seq, e.offset)
-                    .map_err(|e| e.to_string())?;
+            let queue = &shard.core.queue;
+            for (seq, e) in queue.index.live_entries() {
+                let payload = queue.payload_at(seq, e.offset).map_err(|e| e.to_string())?;
                 let (_, rcpt) =
                     RecipientPayload::decode_recipient(&payload).map_err(|e| e.to_string())?;
                 if !live_rcpts.insert(rcpt.to_string()) {
@@ -1448,24 +1225,13 @@ impl Sim {
         let pending_final: HashSet<&str> = self
             .shards
             .iter()
-            .flat_map(|s| &s.pending_log)
-            .filter(|(_, e)| {
-                matches!(
-                    e,
-                    EventType::Delivery | EventType::Bounce | EventType::Expiration
-                )
-            })
+            .flat_map(|s| &s.core.log.pending)
+            .filter(|(_, e)| is_final(e))
             .map(|(r, _)| r.as_str())
             .collect();
         for rcpt in &self.appended {
-            let final_logged = self.log.get(rcpt).is_some_and(|ev| {
-                ev.iter().any(|e| {
-                    matches!(
-                        e,
-                        EventType::Delivery | EventType::Bounce | EventType::Expiration
-                    )
-                })
-            }) || pending_final.contains(rcpt.as_str());
+            let final_logged = self.log.get(rcpt).is_some_and(|ev| ev.iter().any(is_final))
+                || pending_final.contains(rcpt.as_str());
             let live = live_rcpts.contains(rcpt);
             if final_logged == live {
                 return Err(format!("{rcpt}: final {final_logged}, live {live}"));
@@ -1474,9 +1240,14 @@ impl Sim {
         Ok(())
     }
 
+    /// A scope's limits in the configuration in force, as the engine reads them.
+    fn limits(&self, key: &str) -> ScopeLimits {
+        scope_limits(&self.config, key)
+    }
+
     fn limit_allowed(&self, key: &str) -> u32 {
         let now = self.clock.now();
-        let limit = self.config.limits[key].connection_limit;
+        let limit = self.limits(key).connection_limit;
         match self.lowered.get(key) {
             Some(&(old, _, until)) if until > now => limit.max(old),
             _ => limit,
@@ -1496,7 +1267,7 @@ impl Sim {
 
     fn check_rate(&mut self, key: &str) -> Check {
         let now = self.clock.now();
-        let configured = self.config.limits[key].max_rate;
+        let configured = self.limits(key).max_rate;
         let sent = self.sent_at.get_mut(key).expect("sent");
         while sent
             .front()
@@ -1546,10 +1317,14 @@ impl Sim {
                 }
             }
         }
-        for shard in &self.shards {
-            for (scope, n) in &shard.owner_ready {
-                *outstanding.entry(scope).or_default() += n;
-            }
+        let ready: Vec<(String, u32)> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.core.owner.status())
+            .map(|scope| (scope.key, scope.ready))
+            .collect();
+        for (scope, n) in &ready {
+            *outstanding.entry(scope).or_default() += n;
         }
         for scope in &granted {
             let n = outstanding.get(scope.as_str()).copied().unwrap_or(0);
@@ -1615,21 +1390,13 @@ impl Sim {
     fn end_checks(&mut self) -> Check {
         self.check_accounting(true)?;
         for rcpt in &self.appended {
-            let finals = self.log[rcpt]
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e,
-                        EventType::Delivery | EventType::Bounce | EventType::Expiration
-                    )
-                })
-                .count();
+            let finals = self.log[rcpt].iter().filter(|e| is_final(e)).count();
             if finals != 1 {
                 return Err(format!("{rcpt}: {finals} final events at the end"));
             }
         }
         for shard in &self.shards {
-            if shard.owner.scopes() > IDLE_SCOPES_MAX {
+            if shard.core.owner.scopes() > IDLE_SCOPES_MAX {
                 return Err("owner keeps more scopes than its bound".into());
             }
         }

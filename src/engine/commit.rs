@@ -1,6 +1,7 @@
-//! The queue's shell on each shard: appending chunks (their Reception lines first), the group
-//! commit that makes them durable and acknowledges them, and the maintenance task (spare
-//! segments, reclaim, compaction). The queue itself is `crate::queue`.
+//! The queue's shell on each shard: the group commit's timing and its `fdatasync` (off the
+//! executor) and acknowledgements, and the maintenance task (spare segments, reclaim,
+//! compaction). Appending and what a commit means are the core's (`crate::shard`); the queue
+//! itself is `crate::queue`.
 
 use super::*;
 
@@ -8,7 +9,7 @@ use super::*;
 pub(super) async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
     while kick.recv().await.is_some() {
         let config = shard.config.borrow().clone();
-        if shard.unsynced_records.get() < config.queue.commit_records_max {
+        if shard.core.borrow().unsynced_records() < config.queue.commit_records_max {
             sleep(config.queue.commit_interval).await;
         }
         if let Err(message) = shard.commit().await {
@@ -32,18 +33,18 @@ pub(super) async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
 pub(super) async fn maintenance(shard: Rc<Shard>) {
     let mut last_reclaim = shard.shared.clock.now();
     let mut spare_retry_at = shard.shared.clock.now();
-    while !shard.closing.get() && !shard.shared.failed() {
+    while !shard.core.borrow().is_closing() && !shard.shared.failed() {
         if shard.shared.clock.now() >= spare_retry_at {
-            let request = shard.queue.borrow_mut().spare_request();
+            let request = shard.core.borrow_mut().queue.spare_request();
             if let Some(request) = request {
                 match glommio::executor()
                     .spawn_blocking(move || request.create())
                     .await
                 {
-                    Ok(spare) => shard.queue.borrow_mut().install_spare(spare),
+                    Ok(spare) => shard.core.borrow_mut().queue.install_spare(spare),
                     Err(e) => {
                         // Not fatal yet: a rollover that finds no space is.
-                        shard.queue.borrow_mut().spare_failed();
+                        shard.core.borrow_mut().queue.spare_failed();
                         tracing::warn!("shard {}: {e}; retrying in 5 s", shard.id);
                         spare_retry_at = shard.shared.clock.now() + SPARE_RETRY_DELAY;
                     }
@@ -52,9 +53,9 @@ pub(super) async fn maintenance(shard: Rc<Shard>) {
         }
         if shard.shared.clock.now().duration_since(last_reclaim) >= MAINTENANCE_INTERVAL {
             last_reclaim = shard.shared.clock.now();
-            let paths = shard.queue.borrow_mut().take_reclaimable();
+            let paths = shard.core.borrow_mut().queue.take_reclaimable();
             if !paths.is_empty() {
-                let dir = shard.queue.borrow().dir().to_path_buf();
+                let dir = shard.core.borrow().queue.dir().to_path_buf();
                 let removed = glommio::executor()
                     .spawn_blocking(move || remove_segment_files(&dir, &paths))
                     .await;
@@ -63,20 +64,9 @@ pub(super) async fn maintenance(shard: Rc<Shard>) {
                     return;
                 }
             }
-            let compacted = shard.queue.borrow_mut().compact_oldest();
-            match compacted {
-                Ok(moved) if moved.is_empty() => {}
-                Ok(moved) => {
-                    shard
-                        .home
-                        .borrow_mut()
-                        .requeue_moved(&shard.queue.borrow().index, &moved);
-                    let _ = shard.sync_kick.try_send(());
-                }
-                Err(e) => {
-                    shard.shared.fail(e.to_string());
-                    return;
-                }
+            if let Err(e) = shard.with_core(|core| core.compact()) {
+                shard.shared.fail(e);
+                return;
             }
         }
         sleep(SPARE_CHECK_INTERVAL).await;
@@ -84,138 +74,38 @@ pub(super) async fn maintenance(shard: Rc<Shard>) {
 }
 
 impl Shard {
-    /// Appends a chunk to this shard's queue and schedules it for the next group commit.
-    pub(super) fn append(&self, claimer: usize, chunk: Chunk) {
-        if self.shared.failed() {
-            return;
+    /// Appends a chunk to this shard's queue for the next group commit (`Core::append`),
+    /// unless the engine has failed.
+    pub(super) fn append(self: &Rc<Self>, claimer: usize, chunk: Chunk) {
+        if !self.shared.failed() {
+            self.with_core(|core| core.append(claimer, chunk));
         }
-        // The chunk's Reception lines reach the log file before its records reach the
-        // segment's pages: a crash after the append (whose records recovery keeps) can then
-        // never leave recipients queued without their Reception. A crash between the two
-        // repeats the lines when intake replays the chunk (at least once, never none).
-        if !self
-            .queue
-            .borrow()
-            .has_chunk(chunk.batch_id, chunk.chunk_no)
-        {
-            let now = self.shared.clock.unix_ms();
-            let mut log = self.log.borrow_mut();
-            let logged = log_receptions(&mut log, &chunk, now).and_then(|()| log.flush());
-            if let Err(e) = logged {
-                self.shared.fail(format!("delivery log: {e}"));
-                return;
-            }
-            // The flush also wrote the lines of outcomes decided since the last commit: their
-            // records follow at once, as in `commit`, so a crash here repeats no final line
-            // more often than a crash there.
-            if let Err(e) = self.queue.borrow_mut().write_held_outcomes() {
-                self.shared.fail(e.to_string());
-                return;
-            }
-        }
-        let appended = self.queue.borrow_mut().append_chunk(&chunk);
-        let fresh = match appended {
-            Ok(ChunkAppend::Appended {
-                recipients,
-                first_recipient_seq,
-                ..
-            }) => {
-                self.unsynced_records
-                    .set(self.unsynced_records.get() + recipients as usize);
-                Some(first_recipient_seq)
-            }
-            Ok(ChunkAppend::AlreadyCommitted) => None,
-            Err(e) => {
-                self.shared.fail(e.to_string());
-                return;
-            }
-        };
-        self.unsynced.borrow_mut().push((claimer, chunk, fresh));
-        let _ = self.sync_kick.try_send(());
     }
 
-    /// Syncs what was appended, then logs receptions and acknowledges to the claimers.
-    pub(super) async fn commit(&self) -> Result<(), String> {
-        let done = std::mem::take(&mut *self.unsynced.borrow_mut());
-        self.unsynced_records.set(0);
-        // The log lines of the outcomes decided since the last commit go to the page cache
-        // before those outcomes' records reach the segment (`take_sync_job` writes them): a
-        // kill -9 never keeps a final outcome whose line was lost. A crash between the two
-        // writes repeats lines after the restart instead (at least once, never none).
-        self.log
-            .borrow_mut()
-            .flush()
-            .map_err(|e| format!("delivery log: {e}"))?;
-        let job = self
-            .queue
-            .borrow_mut()
-            .take_sync_job()
-            .map_err(|e| e.to_string())?;
+    /// Syncs what was appended, then hands its recipients to the home and acknowledges the
+    /// chunks to their claimers (`Core::begin_commit`, `Core::end_commit`).
+    pub(super) async fn commit(self: &Rc<Self>) -> Result<(), String> {
+        let job = self.core.borrow_mut().begin_commit()?;
+        let synced = job.is_some();
         if let Some(job) = job {
             glommio::executor()
                 .spawn_blocking(move || job.fdatasync())
                 .await
                 .map_err(|e| e.to_string())?;
-            self.queue.borrow_mut().sync_completed();
         }
-        let mut queued = 0u64;
-        {
-            // A chunk's Reception lines were written before its records (`append`). One
-            // committed before a restart was counted then, and recovery handed its
-            // recipients to the scheduler.
-            let mut home = self.home.borrow_mut();
-            for (_, chunk, first) in &done {
-                let Some(first) = *first else { continue };
-                queued += chunk.len() as u64;
-                home.add_ready(first..first + chunk.len() as u64);
-            }
-        }
-        if queued > 0 {
-            let _ = self.schedule_kick.try_send(());
-        }
-        self.shared
-            .counters
-            .queued
-            .fetch_add(queued, Ordering::Relaxed);
-        self.shared
-            .counters
-            .live_recipients
-            .fetch_add(queued, Ordering::Relaxed);
-        for (claimer, chunk, _) in done {
-            let recipients = chunk.len() as u32;
-            if claimer == self.id {
-                self.route_ack(chunk.batch_id, recipients);
+        let acks = self.with_core(|core| core.end_commit(synced));
+        for ack in acks {
+            if ack.claimer == self.id {
+                self.route_ack(ack.batch_id, ack.recipients);
             } else {
                 let msg = CtlMsg::Appended {
-                    batch_id: chunk.batch_id,
-                    recipients,
+                    batch_id: ack.batch_id,
+                    recipients: ack.recipients,
                 };
                 // A closed channel means the claimer is gone (shutdown): it no longer waits.
-                let _ = self.ctl_tx.send_to(claimer, msg).await;
+                let _ = self.ctl_tx.send_to(ack.claimer, msg).await;
             }
         }
         Ok(())
     }
-}
-
-pub(super) fn log_receptions(
-    log: &mut DeliveryLog,
-    chunk: &Chunk,
-    now: u64,
-) -> std::io::Result<()> {
-    let m: &MessageSpec = &chunk.message;
-    for tail in chunk.recipients() {
-        let rcpt = Reader::new(tail).str16().unwrap_or("");
-        log.append(&LogRecord {
-            ts_unix_ms: now,
-            event: Some(EventType::Reception),
-            recipient: rcpt,
-            sender: &m.sender,
-            campaign: &m.campaign,
-            tenant: &m.tenant,
-            domain: rcpt.rsplit_once('@').map_or("", |(_, d)| d),
-            ..Default::default()
-        })?;
-    }
-    Ok(())
 }

@@ -205,7 +205,7 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
             )
             .await;
     }
-    shard.queue.borrow_mut().release_batch(c.batch_id);
+    shard.core.borrow_mut().queue.release_batch(c.batch_id);
     shard
         .shared
         .counters
@@ -283,7 +283,7 @@ impl Shard {
             .counters
             .rejected
             .fetch_add(n, Ordering::Relaxed);
-        if let Err(e) = self.log.borrow_mut().flush() {
+        if let Err(e) = self.core.borrow_mut().log.flush() {
             self.shared.fail(format!("delivery log: {e}"));
         }
     }
@@ -320,7 +320,7 @@ pub(super) fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
         response: &response,
         ..Default::default()
     };
-    if let Err(e) = shard.log.borrow_mut().append(&record) {
+    if let Err(e) = shard.core.borrow_mut().log.append(&record) {
         shard.shared.fail(format!("delivery log: {e}"));
     }
 }

@@ -41,8 +41,8 @@ use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::dns::resolver::Resolver;
 use crate::intake::{input_kind, Event, Parser, Rejection};
 use crate::preflight;
-use crate::queue::record::Reader;
-use crate::queue::store::{remove_segment_files, Chunk, ChunkAppend, MessageSpec, ShardQueue};
+use crate::queue::store::{remove_segment_files, Chunk, MessageSpec, ShardQueue};
+use crate::shard::{Core, Effect, Msg};
 use crate::smtp::reply::printable;
 use crate::spool::{read_claimed, Claimed, IncomingWatch, ReadError, Spool, READ_ATTEMPTS_MAX};
 use futures_lite::future;
@@ -129,34 +129,7 @@ impl From<ConfigError> for EngineError {
     }
 }
 
-/// Totals across shards, for progress and the final report.
-#[derive(Default, Debug)]
-pub struct Counters {
-    pub queued: AtomicU64,
-    pub rejected: AtomicU64,
-    pub inputs_done: AtomicU64,
-    pub inputs_bad: AtomicU64,
-    pub live_recipients: AtomicU64,
-    pub delivered: AtomicU64,
-    /// Bounced or expired.
-    pub failed: AtomicU64,
-}
-
-/// What one shard holds, published by its scheduler every `STATUS_INTERVAL` for whoever
-/// watches the engine (`Engine::status`; the admin API to come reads it). A copy: reading it
-/// never touches a shard.
-#[derive(Debug, Clone)]
-pub struct ShardStatus {
-    pub shard: usize,
-    /// When it was taken (Unix ms).
-    pub at_unix_ms: u64,
-    /// Recipients of this home not yet final (waiting, deferred or in flight).
-    pub live_recipients: u64,
-    pub segments: usize,
-    pub home: crate::schedule::HomeStatus,
-    /// The scopes this shard owns, busiest first.
-    pub scopes: Vec<crate::delivery::owner::ScopeStatus>,
-}
+pub use crate::shard::{Counters, ShardStatus};
 
 /// How often each shard publishes its `ShardStatus`.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -176,7 +149,7 @@ pub struct Shared {
     exited: AtomicUsize,
     /// Connection workers running on any shard; the drain waits for them.
     delivery_workers: AtomicUsize,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     /// The one clock every shard reads.
     pub clock: Arc<dyn Clock>,
     /// Each shard's last published status.
@@ -226,13 +199,8 @@ enum DataMsg {
         claimer: usize,
         chunk: Chunk,
     },
-    /// Home to owner: rendered messages for `granted` credit (possibly fewer).
-    Prepared {
-        scope: String,
-        home: usize,
-        granted: u32,
-        msgs: Vec<deliver::Prepared>,
-    },
+    /// Between the delivery stages (`Msg::is_data`).
+    Delivery(Msg),
 }
 
 /// After the drain, how long a shard waits for every shard's Drained marker (one that
@@ -247,22 +215,8 @@ enum CtlMsg {
     Released {
         batch_id: u64,
     },
-    /// Home to owner: how many recipients wait at `home` for `scope`.
-    Demand {
-        scope: crate::delivery::scope::Scope,
-        home: usize,
-        count: u32,
-    },
-    /// Owner to home: send up to `n` messages for `scope`.
-    Credit {
-        scope: String,
-        n: u32,
-    },
-    /// Owner to home: results.
-    Outcomes {
-        scope: String,
-        items: Vec<deliver::OutcomeItem>,
-    },
+    /// Between the delivery stages (not `Msg::is_data`).
+    Delivery(Msg),
     /// Sent by every shard to every shard (itself included) once no connection worker runs
     /// anywhere. It travels behind the outcomes queued before it (the outbox keeps order),
     /// so when a shard has one from every shard, every outcome of the drain is in.
@@ -323,7 +277,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         intake_running: AtomicUsize::new(shards),
         exited: AtomicUsize::new(0),
         delivery_workers: AtomicUsize::new(0),
-        counters: Counters::default(),
+        counters: Arc::new(Counters::default()),
         clock: crate::clock::system(),
         status: Mutex::new(vec![None; shards]),
     });
@@ -528,30 +482,24 @@ fn check_shard_count(config: &Config) -> Result<(), EngineError> {
         .map_err(|e| EngineError::Storage(format!("{}: {e}", meta.display())))
 }
 
-/// One shard's state. Lives on its executor only; `RefCell`s are never held across `.await`.
+/// One shard's shell: its core (`crate::shard::Core`: queue, home, owner, renderings,
+/// delivery log and the glue between them) and the runtime around it. Lives on its executor
+/// only; `RefCell`s are never held across `.await`.
 struct Shard {
     id: usize,
     shards: usize,
     shared: Arc<Shared>,
     config: RefCell<Arc<Config>>,
     generation: Cell<u64>,
-    queue: RefCell<ShardQueue>,
-    log: RefCell<DeliveryLog>,
+    core: RefCell<Core<DeliveryLog>>,
     spool: Spool,
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
-    /// Chunks appended and waiting for the next group commit.
-    /// (claiming shard, chunk, its first recipient's seq; None if it was committed before a
-    /// restart).
-    unsynced: RefCell<Vec<(usize, Chunk, Option<u64>)>>,
-    unsynced_records: Cell<usize>,
     sync_kick: LocalSender<()>,
     /// Wakes the delivery scheduler before its next tick: recipients became ready (a group
     /// commit, a resolved domain), so the first deliveries do not wait for a tick.
     schedule_kick: LocalSender<()>,
     schedule_rx: RefCell<Option<LocalReceiver<()>>>,
-    /// Set at shutdown: the group commit makes a last pass and ends.
-    closing: Cell<bool>,
     /// Set after the drain: the group commit makes its last pass and ends.
     final_commit: Cell<bool>,
     /// Acknowledgement routes of the inputs this shard is claiming.
@@ -559,9 +507,6 @@ struct Shard {
     last_batch_id: Cell<u64>,
     /// Claimed inputs that could not be read, with when that happened.
     retry: RefCell<Vec<(Instant, Claimed)>>,
-    home: RefCell<crate::schedule::Home>,
-    /// The message stage's parsed templates and pickup bodies, per message record.
-    renderings: RefCell<crate::message::Renderings>,
     /// Per scope, the connection workers waiting for a message, to wake when one arrives.
     idle_workers: RefCell<HashMap<String, Vec<Rc<LocalSender<()>>>>>,
     /// Per destination shard (this one included), the messages the delivery stages send
@@ -572,7 +517,6 @@ struct Shard {
     drained_from: Cell<usize>,
     drained_kick: LocalSender<()>,
     drained_rx: RefCell<Option<LocalReceiver<()>>>,
-    owner: RefCell<deliver::Owner>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
     /// Where this shard's tasks run; spawn sites pick one explicitly, because a plain
@@ -680,7 +624,6 @@ async fn shard_main(
         let data = deliver::data_sender(Rc::clone(&shard), to, data_kick);
         shard.spawn_into(shard.queues.delivery, data).detach();
     }
-    shard.home.borrow_mut().load(&shard.queue.borrow().index);
     let syncer = shard.spawn_into(queues.background, group_commit(Rc::clone(&shard), kick_rx));
     shard
         .spawn_into(queues.background, maintenance(Rc::clone(&shard)))
@@ -707,7 +650,7 @@ async fn shard_main(
         sleep(Duration::from_millis(5)).await;
     }
     // Let transactions in flight finish (up to a deadline) so their outcomes are recorded.
-    shard.closing.set(true);
+    shard.core.borrow_mut().close();
     shard.wake_all_workers();
     let clock = Arc::clone(&shared.clock);
     let drain_started = clock.now();
@@ -737,25 +680,18 @@ async fn shard_main(
     shard.final_commit.set(true);
     let _ = shard.sync_kick.try_send(());
     syncer.await;
-    let blocking = shard.queue.borrow().blocking_rollovers;
+    let blocking = shard.core.borrow().queue.blocking_rollovers;
     if blocking > 0 {
         tracing::warn!(
             "shard {id}: {blocking} segment rollovers found no spare and blocked the executor"
         );
     }
-    let flushed = shard.log.borrow_mut().flush();
-    if let Err(e) = flushed {
-        shared.fail(format!("delivery log: {e}"));
-    }
     // Outcomes that came after the last commit (a worker past the drain deadline, or any
-    // after a fatal error stopped the group commit): their log lines are written now, so
-    // their records may be too, and synced (blocking: the shard is done).
-    let written = {
-        let mut queue = shard.queue.borrow_mut();
-        queue.write_held_outcomes().and_then(|()| queue.sync_now())
-    };
-    if let Err(e) = written {
-        tracing::error!("shard {id}: outcomes after the last commit: {e}");
+    // after a fatal error stopped the group commit): their log lines are written now, then
+    // their records, synced.
+    let flushed = shard.core.borrow_mut().final_flush();
+    if let Err(e) = flushed {
+        shared.fail(format!("shard {id}: {e}"));
     }
 }
 
@@ -803,6 +739,15 @@ fn open_shard(
         .fetch_add(report.live_recipients, Ordering::SeqCst);
     let log = DeliveryLog::open(&config.log.dir)
         .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
+    let core = Core::new(
+        id,
+        shards,
+        Arc::clone(config),
+        Arc::clone(&shared.clock),
+        Arc::clone(&shared.counters),
+        queue,
+        log,
+    );
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
     let (drained_kick, drained_rx) = local_channel::new_bounded(1);
@@ -820,27 +765,18 @@ fn open_shard(
             shared: Arc::clone(shared),
             config: RefCell::new(Arc::clone(config)),
             generation: Cell::new(shared.generation.load(Ordering::SeqCst)),
-            queue: RefCell::new(queue),
-            log: RefCell::new(log),
+            core: RefCell::new(core),
             spool,
             data_tx,
             ctl_tx,
-            unsynced: RefCell::new(Vec::new()),
-            unsynced_records: Cell::new(0),
             sync_kick,
             schedule_kick,
             schedule_rx: RefCell::new(Some(schedule_rx)),
-            closing: Cell::new(false),
             final_commit: Cell::new(false),
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
             retry: RefCell::new(Vec::new()),
-            home: RefCell::new(crate::schedule::Home::default()),
             idle_workers: RefCell::new(HashMap::new()),
-            renderings: RefCell::new(crate::message::Renderings::new(
-                crate::message::RENDERINGS_BYTES_MAX,
-            )),
-            owner: RefCell::new(deliver::Owner::new(shards)),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),
@@ -876,12 +812,10 @@ impl Shard {
         if generation != self.generation.get() {
             self.generation.set(generation);
             let config = self.shared.config();
-            self.owner.borrow_mut().reconfigure(
-                |key| deliver::scope_limits(&config, key),
-                self.shared.clock.now(),
-            );
+            let mut core = self.core.borrow_mut();
+            core.reconfigure(Arc::clone(&config));
             *self.config.borrow_mut() = config;
-            if let Err(e) = self.log.borrow_mut().reopen() {
+            if let Err(e) = core.log.reopen() {
                 self.shared
                     .fail(format!("delivery log: reopen failed: {e}"));
             }
@@ -894,10 +828,8 @@ impl Shard {
                 batch_id,
                 recipients,
             } => self.route_ack(batch_id, recipients),
-            CtlMsg::Released { batch_id } => self.queue.borrow_mut().release_batch(batch_id),
-            CtlMsg::Demand { scope, home, count } => self.on_demand(scope, home, count),
-            CtlMsg::Credit { scope, n } => self.on_credit(scope, n),
-            CtlMsg::Outcomes { scope, items } => self.on_outcomes(items, scope),
+            CtlMsg::Released { batch_id } => self.core.borrow_mut().queue.release_batch(batch_id),
+            CtlMsg::Delivery(msg) => self.with_core(|core| core.on_message(msg)),
             CtlMsg::Drained => {
                 self.drained_from.set(self.drained_from.get() + 1);
                 let _ = self.drained_kick.try_send(());
@@ -908,12 +840,40 @@ impl Shard {
     fn on_data(self: &Rc<Self>, _from: usize, msg: DataMsg) {
         match msg {
             DataMsg::Append { claimer, chunk } => self.append(claimer, chunk),
-            DataMsg::Prepared {
-                scope,
-                home,
-                granted,
-                msgs,
-            } => self.on_prepared(scope, home, granted, msgs),
+            DataMsg::Delivery(msg) => self.with_core(|core| core.on_message(msg)),
+        }
+    }
+
+    /// Calls into the core, then does what it asked for (its `Effect`s), outside its borrow.
+    fn with_core<T>(self: &Rc<Self>, f: impl FnOnce(&mut Core<DeliveryLog>) -> T) -> T {
+        let (result, effects) = {
+            let mut core = self.core.borrow_mut();
+            let result = f(&mut core);
+            (result, core.take_effects())
+        };
+        for effect in effects {
+            self.apply(effect);
+        }
+        result
+    }
+
+    fn apply(self: &Rc<Self>, effect: Effect) {
+        match effect {
+            Effect::Send(to, msg) if msg.is_data() => self.send_data(to, DataMsg::Delivery(msg)),
+            Effect::Send(to, msg) => self.send_ctl(to, CtlMsg::Delivery(msg)),
+            Effect::SpawnWorker { scope, preconnect } => self.spawn_worker(scope, preconnect),
+            Effect::WakeWorkers(scope) => self.wake_workers(&scope),
+            Effect::Resolve(domain) => {
+                let resolve = deliver::resolve(Rc::clone(self), domain);
+                self.spawn_into(self.queues.delivery, resolve).detach();
+            }
+            Effect::Commit => {
+                let _ = self.sync_kick.try_send(());
+            }
+            Effect::Schedule => {
+                let _ = self.schedule_kick.try_send(());
+            }
+            Effect::Fatal(why) => self.shared.fail(why),
         }
     }
 

@@ -1,62 +1,40 @@
-//! The delivery runtime: home shards schedule, route and render their recipients; the owner
-//! shard of each throttle scope holds its connections and limits and pulls rendered messages
-//! from the homes with bounded credit (DESIGN.md, "Home shards store and prepare; owner shards
-//! send").
-//!
-//! Home side: due recipients are routed (static route, else MX through the shard's resolver)
-//! to a scope; the home tells the scope's owner how many it has waiting (`Demand`). Owner side:
-//! the owner grants `Credit` while its window (`connection_limit` x `WINDOW_PER_CONNECTION`
-//! messages ready or promised) has room; the home renders that many messages and sends them
-//! (`Prepared`). Owner workers, at most `connection_limit` per scope, each keep one persistent
-//! connection, pace sends to `max_message_rate` and reconnect after
-//! `max_deliveries_per_connection`. Every result goes back to the home (`Outcomes`), which
-//! appends it to its queue (group-committed) and to the delivery log, and schedules retries.
+//! The delivery runtime: the shells around the shard core's delivery stages
+//! (`crate::shard`). Home shards schedule, route and render their recipients; the owner shard
+//! of each throttle scope holds its connections and limits and pulls rendered messages from
+//! the homes with bounded credit (DESIGN.md, "Home shards store and prepare; owner shards
+//! send"). What to send whom, when to start a worker, what a result means: the core decides.
+//! Here: the scheduler's ticks, DNS lookups, the connection workers (connecting, pacing
+//! waits, SMTP transactions), and the outboxes that carry the core's messages to shards.
 //!
 //! Control handlers never wait: anything they send goes into the destination's outbox, which
 //! a sender task per destination and mesh drains in order.
 //!
-//! Files: this one is the owner's shell (demand, grants, prepared messages, connection
-//! workers, connecting); `schedule` the home's (ticks, routing, demand, rendering on credit);
-//! `outcome` the outcome stage's (`finish`); `outbox` the per-destination outboxes.
+//! Files: this one is the owner's shell (connection workers, connecting); `schedule` the
+//! home's (ticks, route lookups); `outbox` the per-destination outboxes.
 
 mod outbox;
-mod outcome;
 mod schedule;
 
 pub(super) use outbox::{ctl_sender, data_sender, Outbox};
-pub(super) use schedule::scheduler;
+pub(super) use schedule::{resolve, scheduler};
 
-use super::{CtlMsg, DataMsg, Shard};
-use crate::config::Config;
+use super::Shard;
 use crate::delivery::connection::{ConnectError, Connection};
-use crate::delivery::owner::{Recipients, Refusal, ScopeLimits, Take};
-use crate::delivery::policy::{
-    classify, classify_destination, decide, no_host_address, refused_destination, Attempted,
-    BounceCategory, Decision, Fault, Outcome, RetryPolicy, Verdict,
-};
-use crate::delivery::scope::{
-    owner_shard, scope_for_mx, scope_for_route, static_route, NextHop, Scope,
-};
-use crate::delivery::throttle::Change;
+use crate::delivery::owner::Take;
+use crate::delivery::policy::{no_host_address, refused_destination, Outcome};
+use crate::delivery::scope::NextHop;
 use crate::delivery::tls::TLS_BROKEN_FOR;
-use crate::delivery_log::LogRecord;
-use crate::dns::resolver::Destination;
-use crate::message::Rendering;
-use crate::queue::record::{MessagePayload, OutcomePayload, OutcomeState, RecipientPayload};
-use crate::queue::store::EntryState;
-use crate::schedule::{Route, Taken, Tick};
+use crate::shard::ItemResult;
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::timer::{sleep, timeout};
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
@@ -75,133 +53,17 @@ pub const PRECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// At shutdown, in-flight transactions get this long to finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A rendered message for one recipient, on its way from home to owner.
-pub struct Prepared {
-    /// (sequence number, address) per recipient: several only for one verbatim message to
-    /// one domain, which share a transaction.
-    pub rcpts: Vec<(u64, String)>,
-    pub home: usize,
-    pub mail_from: String,
-    pub message: Vec<u8>,
-    pub message_id: String,
-    /// (message record, domain) when more recipients may join this transaction.
-    group: Option<(u64, u32)>,
-    /// The destination's hosts (MX or route), in the order to try; shared, not copied,
-    /// per message.
-    pub hosts: Arc<[NextHop]>,
-}
-
-/// One recipient's result, on its way from owner to home.
-pub struct OutcomeItem {
-    pub seq: u64,
-    pub rcpt: String,
-    pub message_id: String,
-    pub result: ItemResult,
-    pub mx: String,
-    pub ip: String,
-    pub tls: String,
-}
-
-/// What happened to one recipient on the owner: the receiver's answer, or a decision made
-/// before any connection (a destination refused by `delivery::guard`).
-pub enum ItemResult {
-    Smtp(RcptResult),
-    Decided(Outcome),
-}
-
-/// How often the scheduler looks for idle scopes to forget.
-pub const SCOPE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The owner's core, holding the messages prepared for its scopes.
-pub type Owner = crate::delivery::owner::Owner<Prepared>;
-
-impl Recipients for Prepared {
-    fn recipients(&self) -> u32 {
-        self.rcpts.len() as u32
-    }
-}
-
 impl Shard {
-    /// Owner: a home's demand changed.
-    pub(super) fn on_demand(self: &Rc<Self>, scope: Scope, home: usize, count: u32) {
-        let scope_key = scope.key.clone();
-        let limits = scope_limits(&self.config.borrow(), &scope.key);
-        let preconnect = self.owner.borrow_mut().demand(
-            scope,
-            limits,
-            home,
-            count,
-            self.shared.clock.now(),
-            self.closing.get(),
-        );
-        if let Some(hosts) = preconnect {
-            self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
-            self.spawn_into(
-                self.queues.delivery,
-                worker(Rc::clone(self), scope_key.clone(), Some(hosts)),
-            )
-            .detach();
-        }
-        self.grant(&scope_key);
-    }
-
-    /// Owner: hands out `scope`'s credit where its window has room, round-robin over homes.
-    fn grant(self: &Rc<Self>, scope: &str) {
-        if self.closing.get() {
-            // Draining: nothing new starts; what is promised comes back or waits.
-            return;
-        }
-        let mut credits = Vec::new();
-        self.owner.borrow_mut().grant(scope, &mut credits);
-        for (home, n) in credits {
-            let scope = scope.to_string();
-            self.send_ctl(home, CtlMsg::Credit { scope, n });
-        }
-    }
-
-    /// Owner: rendered messages arrived from a home.
-    pub(super) fn on_prepared(
-        self: &Rc<Self>,
-        scope: String,
-        home: usize,
-        granted: u32,
-        msgs: Vec<Prepared>,
-    ) {
-        let prepared =
-            self.owner
-                .borrow_mut()
-                .prepared(&scope, home, granted, msgs, self.shared.clock.now());
-        // Credit is out for a scope until its messages arrive, and a scope with credit out
-        // is never forgotten: there is always one to take them. Should that ever fail, say
-        // so rather than lose track silently.
-        let spawn = match prepared {
-            Ok(spawn) => spawn,
-            Err(msgs) => {
-                tracing::error!(
-                    "shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
-                    self.id,
-                    msgs.len(),
-                    printable(&scope)
-                );
-                return;
-            }
-        };
-        for _ in 0..spawn {
-            self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
-            // `on_prepared` runs in a data receiver (the intake queue): place the worker
-            // explicitly.
-            self.spawn_into(
-                self.queues.delivery,
-                worker(Rc::clone(self), scope.clone(), None),
-            )
-            .detach();
-        }
-        self.wake_workers(&scope);
-        self.grant(&scope);
+    /// Starts a connection worker for `scope` (the owner counted it already).
+    pub(super) fn spawn_worker(self: &Rc<Self>, scope: String, preconnect: Option<Arc<[NextHop]>>) {
+        self.shared.delivery_workers.fetch_add(1, Ordering::SeqCst);
+        // Placed explicitly: the call may come from a data receiver (the intake queue).
+        let w = worker(Rc::clone(self), scope, preconnect);
+        self.spawn_into(self.queues.delivery, w).detach();
     }
 
     /// Wakes the workers of `scope` waiting for a message.
-    fn wake_workers(&self, scope: &str) {
+    pub(super) fn wake_workers(&self, scope: &str) {
         let waiting = self.idle_workers.borrow_mut().remove(scope);
         for w in waiting.into_iter().flatten() {
             let _ = w.try_send(());
@@ -228,96 +90,12 @@ impl Shard {
     }
 }
 
-/// A scope's limits in the configuration in force.
-pub(super) fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
-    let provider = config.providers.get(scope_key);
-    let (connection_limit, max_per_connection, tls) = match provider {
-        Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
-        None => (
-            config.delivery.site_connection_limit,
-            crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
-            config.delivery.tls,
-        ),
-    };
-    ScopeLimits {
-        connection_limit,
-        max_per_connection,
-        tls,
-        max_rate: configured_rate(config, scope_key),
-    }
-}
-
-/// A provider's `max_message_rate` in messages per second.
-fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
-    let r = config.providers.get(scope_key)?.max_message_rate?;
-    Some(r.messages as f64 / r.per.as_secs_f64().max(1e-9))
-}
-
-/// Feeds one transaction's results to its scope's throttle and says when it changes course.
-fn throttle_results(shard: &Shard, key: &str, results: &[RcptResult], paced_at: Instant) {
-    let mut accepted = 0;
-    let mut pushback = None;
-    for r in results {
-        match r {
-            RcptResult::Reply(reply) if reply.code / 100 == 2 => accepted += 1,
-            RcptResult::ConnectionLost(_) => {}
-            other => {
-                let o = classify(other);
-                if o.pushback && pushback.is_none() {
-                    pushback = Some(o.response);
-                }
-            }
-        }
-    }
-    let change = shard.owner.borrow_mut().record_results(
-        key,
-        accepted,
-        pushback.is_some(),
-        paced_at,
-        shard.shared.clock.now(),
-    );
-    match change {
-        Change::Decreased(rate) => tracing::warn!(
-            "{key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
-            printable(&pushback.unwrap_or_default())
-        ),
-        Change::Cleared => tracing::info!(
-            "{key}: no pushback for {} s; adaptive limit lifted",
-            crate::delivery::throttle::CLEAR_AFTER.as_secs()
-        ),
-        Change::None => {}
-    }
-}
-
-/// A worker of `key` was refused a connection with 421: lowers the scope's connection cap to
-/// the workers still open and counts this one out. False (the worker stays) when it is the
-/// last one.
-fn fewer_connections(shard: &Shard, key: &str, reply: &crate::smtp::reply::Reply) -> bool {
-    let refusal = shard
-        .owner
-        .borrow_mut()
-        .connection_refused(key, shard.shared.clock.now());
-    match refusal {
-        Refusal::Stay => false,
-        Refusal::Leave { lowered_to } => {
-            if let Some(cap) = lowered_to {
-                tracing::warn!(
-                    "{key}: connection refused ({}); holding at {cap} connections",
-                    printable(&reply.to_log_string()),
-                );
-            }
-            shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
-            true
-        }
-    }
-}
-
 /// One connection's worth of sending for a scope, on its owner shard.
 /// `preconnect`: connect to these hosts before the first message arrives.
 async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>>) {
     let mut conn: Option<(Connection, Arc<[NextHop]>)> = None;
     if let Some(hosts) = preconnect {
-        let settings = shard.owner.borrow().tls_policy(&key);
+        let settings = shard.core.borrow().owner.tls_policy(&key);
         if let Some(tls) = settings {
             // A failure here is not a message's: the first message connects again and
             // records what happens then. Bounded, so a dead host cannot hold the worker (and
@@ -339,12 +117,9 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         // Taking a message and deciding to exit happen in one borrow, so a message that
         // arrives as this worker leaves always finds the worker count already lowered (and
         // `on_prepared` starts another).
-        let stop = shard.shared.failed() || shard.closing.get();
+        let stop = shard.shared.failed();
         let idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
-        let next = shard
-            .owner
-            .borrow_mut()
-            .take(&key, shard.shared.clock.now(), stop, idle);
+        let next = shard.with_core(|core| core.take(&key, stop, idle));
         let (mut msg, wait, max_per_connection, tls) = match next {
             Take::Send {
                 msg,
@@ -376,7 +151,6 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         // The pace this message was sent at was set now: pushback on it is judged against
         // the rate in force now (`Throttle::record`).
         let paced_at = shard.shared.clock.now();
-        shard.grant(&key);
         if !wait.is_zero() {
             sleep(wait).await;
         }
@@ -408,18 +182,13 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                             .map(ItemResult::Smtp)
                             .collect(),
                     };
-                    send_outcomes(
-                        &shard,
-                        &key,
-                        msg.home,
-                        outcome_items(&msg, lost, "", "", ""),
-                    );
                     // Refused at the greeting: the receiver takes no more connections than
                     // are open, so this worker leaves and the scope holds at that count.
-                    if let Some(reply) = refused {
-                        if fewer_connections(&shard, &key, &reply) {
-                            break;
-                        }
+                    let leave = shard
+                        .with_core(|core| core.connect_failed(&key, &msg, lost, refused.as_ref()));
+                    if leave {
+                        shard.shared.delivery_workers.fetch_sub(1, Ordering::SeqCst);
+                        break;
                     }
                     sleep(CONNECT_FAILURE_PAUSE).await;
                     idle_since = shard.shared.clock.now();
@@ -447,48 +216,13 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         if results.len() != msg.rcpts.len() {
             results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
         }
-        throttle_results(&shard, &key, &results, paced_at);
-        let results = results.into_iter().map(ItemResult::Smtp).collect();
-        let items = outcome_items(&msg, results, &mx, &ip, &tls_info);
-        send_outcomes(&shard, &key, msg.home, items);
+        let via = (mx.as_str(), ip.as_str(), tls_info.as_str());
+        shard.with_core(|core| core.sent(&key, &msg, results, paced_at, via));
         idle_since = shard.shared.clock.now();
     }
     if let Some((c, _)) = conn.take() {
         c.quit().await;
     }
-}
-
-/// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`.
-fn outcome_items(
-    msg: &Prepared,
-    results: Vec<ItemResult>,
-    mx: &str,
-    ip: &str,
-    tls: &str,
-) -> Vec<OutcomeItem> {
-    msg.rcpts
-        .iter()
-        .zip(results)
-        .map(|((seq, rcpt), result)| OutcomeItem {
-            seq: *seq,
-            rcpt: rcpt.clone(),
-            message_id: msg.message_id.clone(),
-            result,
-            mx: mx.to_string(),
-            ip: ip.to_string(),
-            tls: tls.to_string(),
-        })
-        .collect()
-}
-
-fn send_outcomes(shard: &Rc<Shard>, scope: &str, home: usize, items: Vec<OutcomeItem>) {
-    shard.send_ctl(
-        home,
-        CtlMsg::Outcomes {
-            scope: scope.to_string(),
-            items,
-        },
-    );
 }
 
 /// Runs a future that handles a peer's bytes (SMTP replies, DNS answers). No byte sequence
@@ -574,8 +308,9 @@ async fn connect(
             let addr = SocketAddr::new(ip, hop.port);
             let name = &hop.name;
             let broken = shard
-                .owner
+                .core
                 .borrow()
+                .owner
                 .is_tls_broken(name, shard.shared.clock.now());
             let effective = match policy {
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
@@ -601,8 +336,9 @@ async fn connect(
                         TLS_BROKEN_FOR.as_secs()
                     );
                     shard
-                        .owner
+                        .core
                         .borrow_mut()
+                        .owner
                         .mark_tls_broken(name, shard.shared.clock.now());
                     match open(TlsPolicy::Disabled).await {
                         Ok(c) => return Ok(c),

@@ -2,6 +2,10 @@
 //! mesh, drained in order by one sender task each.
 
 use super::*;
+use crate::engine::{CtlMsg, DataMsg};
+use glommio::channels::local_channel::LocalReceiver;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 
 impl Shard {
     /// Queues a control message for shard `to` (this one included). Handlers never send

@@ -1,10 +1,14 @@
-//! The outcome stage's shell: what a transaction's results (or routing) make of each
-//! recipient, by `crate::delivery::policy::decide`: the queue record, the delivery-log line,
-//! the retry time.
+//! The outcome stage: what a transaction's results (or routing) make of each recipient, by
+//! `crate::delivery::policy::decide`: the queue record, the delivery-log line, the retry time.
 
 use super::*;
+use crate::delivery::policy::{classify, decide, Attempted, BounceCategory, Decision, RetryPolicy};
+use crate::queue::record::{MessagePayload, OutcomePayload, OutcomeState, RecipientPayload};
+use crate::queue::store::EntryState;
+use std::sync::atomic::Ordering;
 
-pub(in crate::engine) fn retry_policy(config: &Config) -> RetryPolicy {
+/// The retry schedule of a configuration.
+pub fn retry_policy(config: &Config) -> RetryPolicy {
     RetryPolicy {
         first: config.delivery.retry_first,
         max_interval: config.delivery.retry_max_interval,
@@ -13,39 +17,38 @@ pub(in crate::engine) fn retry_policy(config: &Config) -> RetryPolicy {
     }
 }
 
-impl Shard {
-    /// Home: results from an owner.
-    pub(in crate::engine) fn on_outcomes(self: &Rc<Self>, items: Vec<OutcomeItem>, scope: String) {
+impl<L: LogSink> Core<L> {
+    /// Results from an owner, for recipients of this home.
+    pub(super) fn on_outcomes(&mut self, items: Vec<OutcomeItem>, scope: &str) {
         for item in items {
             let outcome = match &item.result {
                 ItemResult::Smtp(result) => classify(result),
                 ItemResult::Decided(outcome) => outcome.clone(),
             };
-            self.finish(item.seq, &outcome, Some((&item, scope.as_str())));
+            self.finish(item.seq, &outcome, Some((&item, scope)));
         }
-        let _ = self.sync_kick.try_send(());
+        self.effects.push(Effect::Commit);
     }
 
-    /// Records what happened to one recipient: queue record, delivery log, next step.
-    pub(in crate::engine) fn finish(
-        &self,
-        seq: u64,
-        o: &Outcome,
-        via: Option<(&OutcomeItem, &str)>,
-    ) {
-        let config = self.config.borrow().clone();
-        let now = self.shared.clock.unix_ms();
-        let mut queue = self.queue.borrow_mut();
-        let Some(e) = queue.index.entry(seq).copied() else {
+    /// Records what happened to one recipient: queue record (written with the next group
+    /// commit, after its log line), delivery-log line, and the next step (a retry time, or
+    /// final).
+    pub(super) fn finish(&mut self, seq: u64, o: &Outcome, via: Option<(&OutcomeItem, &str)>) {
+        let now = self.clock.unix_ms();
+        let Some(e) = self.queue.index.entry(seq).copied() else {
             return;
         };
         if e.state == EntryState::Vacant {
             return;
         }
         let attempt = u32::from(e.attempts) + 1;
-        let message = queue.index.messages.get(&e.message_seq).cloned();
-        let queued_ms = message.as_ref().map_or(now, |m| m.created_unix_ms);
-        let domain = queue.index.domain_names[e.domain as usize].to_string();
+        let queued_ms = self
+            .queue
+            .index
+            .messages
+            .get(&e.message_seq)
+            .map_or(now, |m| m.created_unix_ms);
+        let domain = self.queue.index.domain_names[e.domain as usize].to_string();
         let Decision {
             event,
             state,
@@ -60,16 +63,16 @@ impl Shard {
                 queued_unix_ms: queued_ms,
             },
             now,
-            &retry_policy(&config),
+            &retry_policy(&self.config),
         );
-        if let Err(err) = queue.append_outcome(OutcomePayload {
+        if let Err(err) = self.queue.append_outcome(OutcomePayload {
             recipient_seq: seq,
             state,
             attempts: u16::from(attempts),
             due_unix_ms: due_ms,
             ts_unix_ms: now,
         }) {
-            self.shared.fail(err.to_string());
+            self.fatal(err.to_string());
             return;
         }
         let rcpt_from_queue;
@@ -83,7 +86,8 @@ impl Shard {
                 scope,
             ),
             None => {
-                rcpt_from_queue = queue
+                rcpt_from_queue = self
+                    .queue
                     .payload_at(seq, e.offset)
                     .ok()
                     .and_then(|p| {
@@ -98,21 +102,21 @@ impl Shard {
         // Outcomes decided before rendering (DNS) still name their sender and campaign: from
         // the parsed message if there is one, else from its record (no template is parsed
         // for this).
-        let cached = self.renderings.borrow().get(&e.message_seq).cloned();
+        let cached = self.renderings.get(&e.message_seq).cloned();
         let from_record = match cached {
             Some(_) => None,
-            None => message_labels(&queue, e.message_seq),
+            None => message_labels(&self.queue, e.message_seq),
         };
         // A message with no live recipient left is never rendered again.
         let message_done = state != OutcomeState::Deferred
-            && queue
+            && self
+                .queue
                 .index
                 .messages
                 .get(&e.message_seq)
                 .is_none_or(|m| m.live == 0);
-        drop(queue);
         if message_done {
-            self.renderings.borrow_mut().remove(&e.message_seq);
+            self.renderings.remove(&e.message_seq);
         }
         let (sender, campaign, tenant) = match (&cached, &from_record) {
             (Some(r), _) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
@@ -139,26 +143,20 @@ impl Shard {
             message_id,
             bounce_category: category.map_or("", BounceCategory::as_str),
         };
-        if let Err(err) = self.log.borrow_mut().append(&record) {
-            self.shared.fail(format!("delivery log: {err}"));
+        if let Err(err) = self.log.append(&record) {
+            self.fatal(format!("delivery log: {err}"));
         }
         match state {
-            OutcomeState::Deferred => self.home.borrow_mut().defer(seq, due_ms),
+            OutcomeState::Deferred => self.home.defer(seq, due_ms),
             OutcomeState::Delivered
             | OutcomeState::Bounced
             | OutcomeState::Expired
             | OutcomeState::Moved => {
-                self.shared
-                    .counters
-                    .live_recipients
-                    .fetch_sub(1, Ordering::Relaxed);
+                let c = &self.counters;
+                c.live_recipients.fetch_sub(1, Ordering::Relaxed);
                 match state {
-                    OutcomeState::Delivered => self
-                        .shared
-                        .counters
-                        .delivered
-                        .fetch_add(1, Ordering::Relaxed),
-                    _ => self.shared.counters.failed.fetch_add(1, Ordering::Relaxed),
+                    OutcomeState::Delivered => c.delivered.fetch_add(1, Ordering::Relaxed),
+                    _ => c.failed.fetch_add(1, Ordering::Relaxed),
                 };
             }
         }
@@ -166,10 +164,7 @@ impl Shard {
 }
 
 /// A message's sender, campaign and tenant, read from its queue record.
-pub(in crate::engine) fn message_labels(
-    queue: &crate::queue::store::ShardQueue,
-    message_seq: u64,
-) -> Option<(String, String, String)> {
+fn message_labels(queue: &ShardQueue, message_seq: u64) -> Option<(String, String, String)> {
     let info = queue.index.messages.get(&message_seq)?;
     let payload = queue.payload_at(message_seq, info.offset).ok()?;
     let m = MessagePayload::decode(&payload).ok()?;

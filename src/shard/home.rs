@@ -1,0 +1,249 @@
+//! The home side: the scheduler's tick (`crate::schedule::Home`), routing, announcing
+//! demand, and rendering what an owner's credit allows (the message stage runs here, so the
+//! bytes sent are the bytes rendered on the home shard).
+
+use super::*;
+use crate::delivery::policy::{classify_destination, BounceCategory, Fault, Verdict};
+use crate::delivery::scope::{owner_shard, scope_for_mx, scope_for_route, static_route};
+use crate::dns::resolver::Destination;
+use crate::message::Rendering;
+use crate::queue::record::{MessagePayload, RecipientPayload};
+use crate::queue::store::EntryState;
+use crate::schedule::{Route, Taken, Tick};
+use std::rc::Rc;
+
+/// Where `domain`'s mail goes by a static `[[routes]]` entry, if one matches (no DNS then).
+pub fn route_statically(config: &Config, shards: usize, domain: &str) -> Option<Route> {
+    let route = static_route(&config.routes, domain)?;
+    let scope = scope_for_route(config, route);
+    let owner = owner_shard(&scope.key, shards);
+    Some(Route::Scope(scope, owner))
+}
+
+/// Where `domain`'s mail goes by what DNS said of it: a scope and its owner, or an outcome
+/// for every recipient (null MX, NXDOMAIN, a temporary failure).
+pub fn route_by_dns(config: &Config, shards: usize, domain: &str, d: &Destination) -> Route {
+    match (d, classify_destination(domain, d)) {
+        (Destination::Hosts(hosts), None) => {
+            let scope = scope_for_mx(config, hosts);
+            let owner = owner_shard(&scope.key, shards);
+            Route::Scope(scope, owner)
+        }
+        (_, Some(o)) => Route::Decided(o),
+        (_, None) => Route::Decided(Outcome {
+            verdict: Verdict::Deferred,
+            fault: Fault::Connection,
+            code: 0,
+            enhanced: None,
+            response: format!("no route to {domain}"),
+            category: None,
+            pushback: false,
+        }),
+    }
+}
+
+impl<L: LogSink> Core<L> {
+    /// The scheduler's tick: due deferrals to ready, ready to routed (`Resolve` effects for
+    /// domains not known yet), demand to owners; and, now and then, idle scopes forgotten.
+    /// Nothing is scheduled while `[delivery] paused` or draining.
+    pub fn tick(&mut self) {
+        let now = self.clock.now();
+        if !self.config.delivery.paused && !self.closing {
+            let Tick {
+                decided,
+                to_resolve,
+            } = self.home.tick(&self.queue.index, self.clock.unix_ms(), now);
+            // Outcomes decided by routing (null MX, NXDOMAIN, a refused MX) reach the queue
+            // and the delivery log with the next group commit: ask for one now, as outcomes
+            // from an owner do, or they would wait for unrelated traffic on this shard.
+            if !decided.is_empty() {
+                self.effects.push(Effect::Commit);
+            }
+            for (seq, outcome) in decided {
+                self.finish(seq, &outcome, None);
+            }
+            for domain in to_resolve {
+                self.effects.push(Effect::Resolve(domain));
+            }
+            self.announce_demand();
+        }
+        if now.duration_since(self.last_sweep) >= SCOPE_SWEEP_INTERVAL {
+            self.last_sweep = now;
+            self.owner.forget_idle_scopes(now);
+        }
+    }
+
+    /// Tells each owner how many recipients wait here for its scopes: when that differs from
+    /// the owner's view, and now and then anyway, so no drift can leave recipients waiting.
+    fn announce_demand(&mut self) {
+        let messages = self.home.announce(self.clock.now());
+        for (owner, scope, count) in messages {
+            let home = self.id;
+            self.send(owner, Msg::Demand { scope, home, count });
+        }
+    }
+
+    /// Where `domain` goes is known now: the recipients that waited for it go back to the
+    /// front, and the scheduler routes them from the cache at once.
+    pub fn resolved(&mut self, domain: &str, route: Route) {
+        self.home.resolved(domain, route, self.clock.now());
+        self.effects.push(Effect::Schedule);
+    }
+
+    /// Renders up to `n` waiting recipients of `scope` and sends them to its owner.
+    pub(super) fn on_credit(&mut self, scope: String, n: u32) {
+        let mut msgs = Vec::new();
+        let mut failed = Vec::new();
+        let taken = self.home.take_credit(&scope, n, self.closing);
+        let Some(Taken {
+            owner,
+            fallback_hosts,
+            seqs,
+        }) = taken
+        else {
+            // Nothing here any more, or draining: give the credit back.
+            let owner = owner_shard(&scope, self.shards);
+            let home = self.id;
+            let back = Msg::Prepared {
+                scope,
+                home,
+                granted: n,
+                msgs,
+            };
+            self.send(owner, back);
+            return;
+        };
+        let max_rcpts = self.config.delivery.recipients_per_transaction as usize;
+        for seq in seqs {
+            let joined = match msgs.last_mut() {
+                Some(last) if last.rcpts.len() < max_rcpts => self.join(seq, last),
+                _ => false,
+            };
+            if joined {
+                continue;
+            }
+            match self.render(seq, &fallback_hosts) {
+                Ok(Some(p)) => msgs.push(p),
+                Ok(None) => {}
+                Err(why) => failed.push((seq, why)),
+            }
+        }
+        // A recipient that cannot be rendered (a damaged record, a template that no longer
+        // parses) will not render later either: it bounces rather than waits forever.
+        for (seq, why) in failed {
+            tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
+            let outcome = Outcome {
+                verdict: Verdict::Bounced,
+                fault: Fault::Message,
+                code: 0,
+                enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 3, 0)),
+                response: format!("cannot render the message: {why}"),
+                category: Some(BounceCategory::Other),
+                pushback: false,
+            };
+            self.finish(seq, &outcome, None);
+            self.effects.push(Effect::Commit);
+        }
+        let home = self.id;
+        let prepared = Msg::Prepared {
+            scope,
+            home,
+            granted: n,
+            msgs,
+        };
+        self.send(owner, prepared);
+    }
+
+    /// Renders one recipient's message, marking it in flight; `None` if it is no longer due.
+    fn render(
+        &mut self,
+        seq: u64,
+        fallback_hosts: &Arc<[NextHop]>,
+    ) -> Result<Option<Prepared>, String> {
+        let Some(e) = self.queue.index.entry(seq).copied() else {
+            return Ok(None);
+        };
+        if !matches!(e.state, EntryState::Waiting | EntryState::Deferred) {
+            return Ok(None);
+        }
+        let payload = self
+            .queue
+            .payload_at(seq, e.offset)
+            .map_err(|e| e.to_string())?;
+        let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
+        let rendering = self.rendering(r.message_seq)?;
+        let mut message = Vec::new();
+        let message_id = rendering.render(
+            seq,
+            &r.values,
+            &self.config.smtp.helo_name,
+            self.clock.unix_ms(),
+            &mut message,
+        )?;
+        let rcpt = r.recipient.to_string();
+        self.queue.index.set_in_flight(seq, true);
+        // The recipient's own destination: a provider scope spans domains with MX hosts
+        // of their own.
+        let domain = &self.queue.index.domain_names[e.domain as usize];
+        let hosts = self
+            .home
+            .route_hosts(domain)
+            .unwrap_or_else(|| Arc::clone(fallback_hosts));
+        Ok(Some(Prepared {
+            rcpts: vec![(seq, rcpt)],
+            home: self.id,
+            mail_from: rendering.sender.clone(),
+            message,
+            message_id,
+            group: rendering.verbatim.then_some((r.message_seq, e.domain)),
+            hosts,
+        }))
+    }
+
+    /// Adds `seq` to `p`'s transaction if it is another recipient of the same verbatim
+    /// message at the same domain (personalised messages go one per transaction).
+    fn join(&mut self, seq: u64, p: &mut Prepared) -> bool {
+        let Some((message_seq, domain)) = p.group else {
+            return false;
+        };
+        let Some(e) = self.queue.index.entry(seq).copied() else {
+            return false;
+        };
+        let due = matches!(e.state, EntryState::Waiting | EntryState::Deferred);
+        if !due || e.message_seq != message_seq || e.domain != domain {
+            return false;
+        }
+        let Some(rcpt) = self.queue.payload_at(seq, e.offset).ok().and_then(|b| {
+            RecipientPayload::decode_recipient(&b)
+                .ok()
+                .map(|(_, r)| r.to_string())
+        }) else {
+            return false;
+        };
+        self.queue.index.set_in_flight(seq, true);
+        p.rcpts.push((seq, rcpt));
+        true
+    }
+
+    /// The parsed message of `message_seq`, from the cache or its queue record.
+    fn rendering(&mut self, message_seq: u64) -> Result<Rc<Rendering>, String> {
+        if let Some(r) = self.renderings.get(&message_seq) {
+            return Ok(Rc::clone(r));
+        }
+        let info = self
+            .queue
+            .index
+            .messages
+            .get(&message_seq)
+            .ok_or("message record missing")?;
+        let payload = self
+            .queue
+            .payload_at(message_seq, info.offset)
+            .map_err(|e| e.to_string())?;
+        let m = MessagePayload::decode(&payload).map_err(|e| e.to_string())?;
+        let r = Rc::new(Rendering::from_record(&m)?);
+        let weight = r.weight();
+        self.renderings.insert(message_seq, Rc::clone(&r), weight);
+        Ok(r)
+    }
+}

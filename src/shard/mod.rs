@@ -1,0 +1,317 @@
+//! One shard's core: its queue, its home (`crate::schedule::Home`), its owner
+//! (`crate::delivery::owner::Owner`), its renderings and its delivery-log writer, and the glue
+//! between them: what the shard does with an appended chunk, a group commit, a scheduler
+//! tick, a resolved domain, demand, credit, prepared messages, a worker's take and its
+//! results, and outcomes. Sans-I/O in the sense that matters: it never waits, never touches a
+//! socket or a timer, and reads time from the clock it is given. What the shell must do
+//! (send a message to a shard, start or wake a connection worker, look a domain up, run a
+//! group commit soon, stop on a fatal error) comes out as `Effect`s, which the shell drains
+//! with `take_effects` after each call.
+//!
+//! Two shells drive it: the glommio runtime (`crate::engine`), and the seeded simulation
+//! (`tests/simulation.rs`), which runs the same code against simulated receivers, crashes,
+//! reloads and clock jumps. The queue's writes go to its memory-mapped segments (tmpfs in the
+//! simulation); only `fdatasync` is the shell's (`begin_commit` hands it the job).
+//!
+//! Files: this one holds the core and what crosses its edge; `home` the home side (ticks,
+//! routing, credit, rendering); `send` the owner side (demand, grants, prepared messages,
+//! workers' takes and results); `outcome` what a result makes of a recipient; `commit` the
+//! queue's glue (append, group commit, compaction).
+
+mod commit;
+mod home;
+mod outcome;
+mod send;
+
+pub use commit::Committed;
+pub use home::{route_by_dns, route_statically};
+pub use outcome::retry_policy;
+pub use send::scope_limits;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::policy::Outcome;
+use crate::delivery::scope::{NextHop, Scope};
+use crate::delivery_log::{DeliveryLog, LogRecord};
+use crate::message::Renderings;
+use crate::queue::store::{Chunk, ShardQueue};
+use crate::schedule::Home;
+use crate::smtp::session::RcptResult;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How often the owner looks for idle scopes to forget.
+pub const SCOPE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the core writes delivery-log lines: the file (`DeliveryLog`), or the simulation's
+/// record of what reached it. Lines appended are not written until `flush`; a crash loses
+/// them, which the commit ordering accounts for (`commit`).
+pub trait LogSink {
+    fn append(&mut self, r: &LogRecord<'_>) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+impl LogSink for DeliveryLog {
+    fn append(&mut self, r: &LogRecord<'_>) -> std::io::Result<()> {
+        DeliveryLog::append(self, r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        DeliveryLog::flush(self)
+    }
+}
+
+/// Totals across shards, for progress and the final report.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub queued: AtomicU64,
+    pub rejected: AtomicU64,
+    pub inputs_done: AtomicU64,
+    pub inputs_bad: AtomicU64,
+    pub live_recipients: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Bounced or expired.
+    pub failed: AtomicU64,
+}
+
+/// What one shard holds, published by its shell now and then for whoever watches the engine
+/// (`Engine::status`; the admin API to come reads it). A copy: reading it never touches a
+/// shard.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub shard: usize,
+    /// When it was taken (Unix ms).
+    pub at_unix_ms: u64,
+    /// Recipients of this home not yet final (waiting, deferred or in flight).
+    pub live_recipients: u64,
+    pub segments: usize,
+    pub home: crate::schedule::HomeStatus,
+    /// The scopes this shard owns, busiest first.
+    pub scopes: Vec<crate::delivery::owner::ScopeStatus>,
+}
+
+/// A rendered message for one recipient, on its way from home to owner.
+#[derive(Debug)]
+pub struct Prepared {
+    /// (sequence number, address) per recipient: several only for one verbatim message to
+    /// one domain, which share a transaction.
+    pub rcpts: Vec<(u64, String)>,
+    pub home: usize,
+    pub mail_from: String,
+    pub message: Vec<u8>,
+    pub message_id: String,
+    /// (message record, domain) when more recipients may join this transaction.
+    group: Option<(u64, u32)>,
+    /// The destination's hosts (MX or route), in the order to try; shared, not copied,
+    /// per message.
+    pub hosts: Arc<[NextHop]>,
+}
+
+impl crate::delivery::owner::Recipients for Prepared {
+    fn recipients(&self) -> u32 {
+        self.rcpts.len() as u32
+    }
+}
+
+/// The owner's core, holding the messages prepared for its scopes.
+pub type Owner = crate::delivery::owner::Owner<Prepared>;
+
+/// One recipient's result, on its way from owner to home.
+#[derive(Debug)]
+pub struct OutcomeItem {
+    pub seq: u64,
+    pub rcpt: String,
+    pub message_id: String,
+    pub result: ItemResult,
+    pub mx: String,
+    pub ip: String,
+    pub tls: String,
+}
+
+/// What happened to one recipient on the owner: the receiver's answer, or a decision made
+/// before any connection (a destination refused by `delivery::guard`).
+#[derive(Debug)]
+pub enum ItemResult {
+    Smtp(RcptResult),
+    Decided(Outcome),
+}
+
+/// What the delivery stages send between shards (a shard sends itself some too).
+#[derive(Debug)]
+pub enum Msg {
+    /// Home to owner: how many recipients wait at `home` for `scope`.
+    Demand {
+        scope: Scope,
+        home: usize,
+        count: u32,
+    },
+    /// Owner to home: send up to `n` messages for `scope`.
+    Credit { scope: String, n: u32 },
+    /// Home to owner: rendered messages for `granted` credit (possibly fewer, none when the
+    /// credit is handed back).
+    Prepared {
+        scope: String,
+        home: usize,
+        granted: u32,
+        msgs: Vec<Prepared>,
+    },
+    /// Owner to home: results.
+    Outcomes {
+        scope: String,
+        items: Vec<OutcomeItem>,
+    },
+}
+
+impl Msg {
+    /// Carried by the data mesh (bulky, may wait for room) rather than the control mesh
+    /// (small, never waits behind data).
+    pub fn is_data(&self) -> bool {
+        matches!(self, Msg::Prepared { .. })
+    }
+}
+
+/// What the shell must do after a call into the core.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send `Msg` to shard `to` (possibly this one), after everything sent to it before.
+    Send(usize, Msg),
+    /// Start a connection worker for the scope (counted by the owner already); with hosts,
+    /// it connects to them before its first message arrives.
+    SpawnWorker {
+        scope: String,
+        preconnect: Option<Arc<[NextHop]>>,
+    },
+    /// Messages arrived for the scope: wake its idle workers.
+    WakeWorkers(String),
+    /// Find where the domain's mail goes (`route_statically`, else DNS and `route_by_dns`),
+    /// then call `resolved`.
+    Resolve(String),
+    /// Run a group commit soon: outcomes or appended chunks wait for it.
+    Commit,
+    /// Run the scheduler before its next tick: recipients became ready.
+    Schedule,
+    /// Storage or the delivery log failed: the engine stops (nothing is lost; the queue
+    /// recovers at the next start).
+    Fatal(String),
+}
+
+/// One shard's core. See the module documentation.
+pub struct Core<L> {
+    pub id: usize,
+    pub shards: usize,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    counters: Arc<Counters>,
+    pub queue: ShardQueue,
+    pub log: L,
+    pub home: Home,
+    pub owner: Owner,
+    /// The message stage's parsed templates and pickup bodies, per message record.
+    renderings: Renderings,
+    /// Chunks appended and waiting for the next group commit: (claiming shard, chunk, its
+    /// first recipient's seq; None if it was committed before a restart).
+    unsynced: Vec<(usize, Chunk, Option<u64>)>,
+    unsynced_records: usize,
+    /// Chunks whose group commit is under way (between `begin_commit` and `end_commit`).
+    committing: Vec<(usize, Chunk, Option<u64>)>,
+    /// Draining: nothing new is rendered or granted; in-flight work finishes.
+    closing: bool,
+    last_sweep: Instant,
+    effects: Vec<Effect>,
+}
+
+impl<L: LogSink> Core<L> {
+    /// A shard's core over its recovered queue: the home learns what the queue holds.
+    pub fn new(
+        id: usize,
+        shards: usize,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        counters: Arc<Counters>,
+        queue: ShardQueue,
+        log: L,
+    ) -> Core<L> {
+        let mut home = Home::default();
+        home.load(&queue.index);
+        let now = clock.now();
+        Core {
+            id,
+            shards,
+            config,
+            clock,
+            counters,
+            queue,
+            log,
+            home,
+            owner: Owner::new(shards),
+            renderings: Renderings::new(crate::message::RENDERINGS_BYTES_MAX),
+            unsynced: Vec::new(),
+            unsynced_records: 0,
+            committing: Vec::new(),
+            closing: false,
+            last_sweep: now,
+            effects: Vec::new(),
+        }
+    }
+
+    /// What the shell has to do since it last asked, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// A reloaded configuration: every scope this shard owns takes its limits at once.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        let now = self.clock.now();
+        self.owner
+            .reconfigure(|key| scope_limits(&config, key), now);
+        self.config = config;
+    }
+
+    /// The shard drains: nothing new is rendered or granted, waiting workers leave.
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// A message from a shard (possibly this one).
+    pub fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Demand { scope, home, count } => self.on_demand(scope, home, count),
+            Msg::Credit { scope, n } => self.on_credit(scope, n),
+            Msg::Prepared {
+                scope,
+                home,
+                granted,
+                msgs,
+            } => self.on_prepared(scope, home, granted, msgs),
+            Msg::Outcomes { scope, items } => self.on_outcomes(items, &scope),
+        }
+    }
+
+    /// A copy of this shard's state (`ShardStatus`).
+    pub fn status(&self) -> ShardStatus {
+        ShardStatus {
+            shard: self.id,
+            at_unix_ms: self.clock.unix_ms(),
+            live_recipients: self.queue.index.live(),
+            segments: self.queue.segment_count(),
+            home: self.home.status(),
+            scopes: self.owner.status(),
+        }
+    }
+
+    fn send(&mut self, to: usize, msg: Msg) {
+        self.effects.push(Effect::Send(to, msg));
+    }
+
+    fn fatal(&mut self, why: String) {
+        self.effects.push(Effect::Fatal(why));
+    }
+}

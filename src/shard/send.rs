@@ -1,0 +1,221 @@
+//! The owner side: demand from homes, credit grants, prepared messages, and what connection
+//! workers take and report. The workers themselves (connections, pacing waits) are the
+//! shell's; everything they decide goes through here.
+
+use super::*;
+use crate::delivery::owner::{Refusal, ScopeLimits, Take};
+use crate::delivery::policy::classify;
+use crate::delivery::throttle::Change;
+use crate::smtp::reply::{printable, Reply};
+
+/// A scope's limits in the configuration in force.
+pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
+    let provider = config.providers.get(scope_key);
+    let (connection_limit, max_per_connection, tls) = match provider {
+        Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
+        None => (
+            config.delivery.site_connection_limit,
+            crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+            config.delivery.tls,
+        ),
+    };
+    ScopeLimits {
+        connection_limit,
+        max_per_connection,
+        tls,
+        max_rate: configured_rate(config, scope_key),
+    }
+}
+
+/// A provider's `max_message_rate` in messages per second.
+fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
+    let r = config.providers.get(scope_key)?.max_message_rate?;
+    Some(r.messages as f64 / r.per.as_secs_f64().max(1e-9))
+}
+
+impl<L: LogSink> Core<L> {
+    /// A home's demand for `scope` changed.
+    pub(super) fn on_demand(&mut self, scope: Scope, home: usize, count: u32) {
+        let key = scope.key.clone();
+        let limits = scope_limits(&self.config, &key);
+        let now = self.clock.now();
+        let preconnect = self
+            .owner
+            .demand(scope, limits, home, count, now, self.closing);
+        if let Some(hosts) = preconnect {
+            self.effects.push(Effect::SpawnWorker {
+                scope: key.clone(),
+                preconnect: Some(hosts),
+            });
+        }
+        self.grant(&key);
+    }
+
+    /// Hands out `scope`'s credit where its window has room, round-robin over homes.
+    fn grant(&mut self, scope: &str) {
+        if self.closing {
+            // Draining: nothing new starts; what is promised comes back or waits.
+            return;
+        }
+        let mut credits = Vec::new();
+        self.owner.grant(scope, &mut credits);
+        for (home, n) in credits {
+            let scope = scope.to_string();
+            self.send(home, Msg::Credit { scope, n });
+        }
+    }
+
+    /// Rendered messages arrived from a home.
+    pub(super) fn on_prepared(
+        &mut self,
+        scope: String,
+        home: usize,
+        granted: u32,
+        msgs: Vec<Prepared>,
+    ) {
+        let now = self.clock.now();
+        // Credit is out for a scope until its messages arrive, and a scope with credit out
+        // is never forgotten: there is always one to take them. Should that ever fail, say
+        // so rather than lose track silently.
+        let spawn = match self.owner.prepared(&scope, home, granted, msgs, now) {
+            Ok(spawn) => spawn,
+            Err(msgs) => {
+                tracing::error!(
+                    "shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
+                    self.id,
+                    msgs.len(),
+                    printable(&scope)
+                );
+                return;
+            }
+        };
+        for _ in 0..spawn {
+            self.effects.push(Effect::SpawnWorker {
+                scope: scope.clone(),
+                preconnect: None,
+            });
+        }
+        self.effects.push(Effect::WakeWorkers(scope.clone()));
+        self.grant(&scope);
+    }
+
+    /// A worker of `scope` asks for its next message (`Owner::take`). `stop`: the engine
+    /// stops or failed; `idle`: the worker has had nothing to send for long enough to close.
+    /// A message taken makes room in the window: more credit goes out.
+    pub fn take(&mut self, scope: &str, stop: bool, idle: bool) -> Take<Prepared> {
+        let stop = stop || self.closing;
+        let next = self.owner.take(scope, self.clock.now(), stop, idle);
+        if matches!(next, Take::Send { .. }) {
+            self.grant(scope);
+        }
+        next
+    }
+
+    /// A worker of `scope` sent `msg` (paced at `paced_at`) over a connection to `mx` at
+    /// `ip` and got `results`, one per recipient: the throttle learns from them and the
+    /// recipients' home gets them.
+    pub fn sent(
+        &mut self,
+        scope: &str,
+        msg: &Prepared,
+        results: Vec<RcptResult>,
+        paced_at: Instant,
+        via: (&str, &str, &str),
+    ) {
+        self.throttle_results(scope, &results, paced_at);
+        let results = results.into_iter().map(ItemResult::Smtp).collect();
+        self.outcomes(scope, msg, results, via);
+    }
+
+    /// A worker of `scope` could not connect for `msg`: `results` is what that means for
+    /// each recipient. `refused` is the 421 a host answered at the greeting, if one did: the
+    /// receiver takes no more connections than are open, so the worker leaves (true) and the
+    /// scope holds at that count, unless it is the scope's last worker.
+    pub fn connect_failed(
+        &mut self,
+        scope: &str,
+        msg: &Prepared,
+        results: Vec<ItemResult>,
+        refused: Option<&Reply>,
+    ) -> bool {
+        self.outcomes(scope, msg, results, ("", "", ""));
+        let Some(reply) = refused else {
+            return false;
+        };
+        match self.owner.connection_refused(scope, self.clock.now()) {
+            Refusal::Stay => false,
+            Refusal::Leave { lowered_to } => {
+                if let Some(cap) = lowered_to {
+                    tracing::warn!(
+                        "{scope}: connection refused ({}); holding at {cap} connections",
+                        printable(&reply.to_log_string()),
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    /// One outcome per recipient of `msg`, `results` aligned with `msg.rcpts`, to its home.
+    fn outcomes(
+        &mut self,
+        scope: &str,
+        msg: &Prepared,
+        results: Vec<ItemResult>,
+        (mx, ip, tls): (&str, &str, &str),
+    ) {
+        let items = msg
+            .rcpts
+            .iter()
+            .zip(results)
+            .map(|((seq, rcpt), result)| OutcomeItem {
+                seq: *seq,
+                rcpt: rcpt.clone(),
+                message_id: msg.message_id.clone(),
+                result,
+                mx: mx.to_string(),
+                ip: ip.to_string(),
+                tls: tls.to_string(),
+            })
+            .collect();
+        let scope = scope.to_string();
+        self.send(msg.home, Msg::Outcomes { scope, items });
+    }
+
+    /// Feeds one transaction's results to its scope's throttle and says when it changes
+    /// course.
+    fn throttle_results(&mut self, key: &str, results: &[RcptResult], paced_at: Instant) {
+        let mut accepted = 0;
+        let mut pushback = None;
+        for r in results {
+            match r {
+                RcptResult::Reply(reply) if reply.code / 100 == 2 => accepted += 1,
+                RcptResult::ConnectionLost(_) => {}
+                other => {
+                    let o = classify(other);
+                    if o.pushback && pushback.is_none() {
+                        pushback = Some(o.response);
+                    }
+                }
+            }
+        }
+        let change = self.owner.record_results(
+            key,
+            accepted,
+            pushback.is_some(),
+            paced_at,
+            self.clock.now(),
+        );
+        match change {
+            Change::Decreased(rate) => tracing::warn!(
+                "{key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",
+                printable(&pushback.unwrap_or_default())
+            ),
+            Change::Cleared => tracing::info!(
+                "{key}: no pushback for {} s; adaptive limit lifted",
+                crate::delivery::throttle::CLEAR_AFTER.as_secs()
+            ),
+            Change::None => {}
+        }
+    }
+}
