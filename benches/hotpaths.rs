@@ -1,5 +1,6 @@
 //! Per-message hot paths: SMTP reply parsing, the client session, the DATA writer, template
-//! rendering, DNS messages, and the per-recipient delivery policy.
+//! rendering, DNS messages, the per-recipient delivery policy, and the delivery log's JSON
+//! (the hand-written writer against serde_json, the question of whether to adopt serde).
 //!
 //! cargo bench --bench hotpaths
 //!
@@ -12,6 +13,7 @@ use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use spate::delivery::policy::{classify, is_rate_limit, Verdict};
 use spate::delivery::throttle::{Change, Throttle};
+use spate::delivery_log::{format_record, rfc3339_utc, EventType, LogRecord};
 use spate::dns::message::{build_query, parse_response, Answer, QueryType};
 use spate::smtp::data::{encode_data, DataWriter};
 use spate::smtp::reply::{EnhancedCode, Reply, ReplyParser};
@@ -423,6 +425,116 @@ fn rate(c: &mut Criterion) {
     g.finish();
 }
 
+// --- The delivery log's JSON ------------------------------------------------------------
+
+/// A delivery-log line as serde would write it: the same fields, in the same order, empty
+/// optional ones left out, so both writers produce the same bytes (checked before timing).
+#[derive(serde::Serialize)]
+struct SerdeRecord<'a> {
+    ts: &'a str,
+    #[serde(rename = "type")]
+    event: &'a str,
+    recipient: &'a str,
+    sender: &'a str,
+    campaign: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tenant: &'a str,
+    domain: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    provider: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    mx: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    ip: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tls: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    enhanced: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    response: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    bounce_category: &'a str,
+}
+
+fn serde_line(r: &LogRecord<'_>, ts: &mut Vec<u8>, out: &mut Vec<u8>) {
+    ts.clear();
+    rfc3339_utc(r.ts_unix_ms, ts);
+    let line = SerdeRecord {
+        ts: std::str::from_utf8(ts).expect("ASCII"),
+        event: r.event.map_or("", EventType::as_str),
+        recipient: r.recipient,
+        sender: r.sender,
+        campaign: r.campaign,
+        tenant: r.tenant,
+        domain: r.domain,
+        provider: r.provider,
+        mx: r.mx,
+        ip: r.ip,
+        tls: r.tls,
+        code: r.code,
+        enhanced: r.enhanced,
+        response: r.response,
+        attempt: r.attempt,
+        message_id: r.message_id,
+        bounce_category: r.bounce_category,
+    };
+    serde_json::to_writer(&mut *out, &line).expect("writing to a Vec");
+    out.push(b'\n');
+}
+
+fn delivery_log(c: &mut Criterion) {
+    let record = LogRecord {
+        ts_unix_ms: 1_800_000_000_123,
+        event: Some(EventType::Delivery),
+        recipient: "jane.doe+news@example.com",
+        sender: "bounces@sender.example",
+        campaign: "spring-sale",
+        tenant: "acme",
+        domain: "example.com",
+        provider: "gmail",
+        mx: "gmail-smtp-in.l.google.com",
+        ip: "142.250.102.27",
+        tls: "TLSv1.3",
+        code: Some(250),
+        enhanced: "2.0.0",
+        response: "2.0.0 OK  1700000000 a1b2c3d4e5f6-1234567890abcdef.123 - gsmtp \"quoted\"",
+        attempt: Some(1),
+        message_id: "<1800000000123.42@mta.acme.example>",
+        bounce_category: "",
+    };
+    let (mut a, mut b, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+    format_record(&record, &mut a);
+    serde_line(&record, &mut ts, &mut b);
+    assert_eq!(
+        String::from_utf8_lossy(&a),
+        String::from_utf8_lossy(&b),
+        "the two writers differ"
+    );
+    let mut g = c.benchmark_group("delivery_log");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("hand_written", |bench| {
+        bench.iter(|| {
+            a.clear();
+            format_record(black_box(&record), &mut a);
+            black_box(a.len())
+        })
+    });
+    g.bench_function("serde_json", |bench| {
+        bench.iter(|| {
+            b.clear();
+            serde_line(black_box(&record), &mut ts, &mut b);
+            black_box(b.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     reply_parsing,
@@ -430,6 +542,7 @@ criterion_group!(
     data_writer,
     template,
     dns,
-    rate
+    rate,
+    delivery_log
 );
 criterion_main!(benches);

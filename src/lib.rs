@@ -21,7 +21,10 @@
 //! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
 //!   connections, throttles, outcome decisions (classification, bounces, retries).
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
-//! - [`engine`]: the thread-per-core runtime: shards, routing, signals, drain, reload.
+//! - [`shard`]: one shard's core: its queue, home, owner and log, and the glue between the
+//!   stages, answering each event with effects for its shell (sans I/O; the engine and the
+//!   simulation drive it).
+//! - [`engine`]: the thread-per-core runtime: shards, meshes, workers, signals, drain, reload.
 //! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 

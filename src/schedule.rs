@@ -2,9 +2,9 @@
 //! retry time, which wait for their domain's route, and which wait for credit from their
 //! scope's owner; and what to tell each owner of that demand.
 //!
-//! The shell (`engine::deliver`) runs `tick` every few milliseconds and when recipients
-//! become ready, resolves the domains it is asked to, renders what credit allows and sends
-//! the demand messages. Every method takes `now`; the queue's index is read, never changed.
+//! The shard's core (`crate::shard`) runs `tick` every few milliseconds and when recipients
+//! become ready, asks its shell to resolve the domains it is asked to, renders what credit
+//! allows and sends the demand messages. Every method takes `now`; the queue's index is read, never changed.
 
 use crate::bounded::ExpiringMap;
 use crate::delivery::policy::{Outcome, Verdict};

@@ -15,7 +15,8 @@
 //!
 //! Not modelled: connections opened ahead of the first message (preconnect), the kicks that
 //! run a tick or a commit early (both run on timers here), power loss (the page cache
-//! survives every crash), and a full disk apart from a failed fsync.
+//! survives every crash), and a full disk (`tests/crash_loop.rs` fills a real tmpfs under
+//! the engine).
 //!
 //! Everything comes from one seed, so a failure replays exactly:
 //!

@@ -4,8 +4,8 @@
 //! receiver slows down), the prepared messages waiting for a connection, the connection cap
 //! that follows the receiver's refusals, and the pacing of the scope's throttle.
 //!
-//! The shell (`engine::deliver`) turns its answers into messages to homes and into
-//! connection workers. Every method takes `now`; nothing here reads a clock or does I/O.
+//! The shard's core (`crate::shard`) turns its answers into messages to homes and into
+//! connection workers, which the engine's shell runs. Every method takes `now`; nothing here reads a clock or does I/O.
 
 use crate::delivery::scope::{NextHop, Scope};
 use crate::delivery::throttle::{Change, Throttle};

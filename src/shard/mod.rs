@@ -22,6 +22,8 @@ mod commit;
 mod home;
 mod outcome;
 mod send;
+#[cfg(test)]
+mod tests;
 
 pub use commit::Committed;
 pub use home::{route_by_dns, route_statically};

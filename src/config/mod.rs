@@ -1,0 +1,464 @@
+//! The TOML configuration of INTERFACE.md: every key has a default, unknown keys are refused,
+//! and every error is one line naming the file and the line or field at fault.
+//!
+//! Parsing is two steps: serde reads the raw shape (with `deny_unknown_fields`), then
+//! `validate` turns strings such as `"300/s"` or `"25MB"` into typed values, so the rest of
+//! the engine never sees an unchecked value.
+//!
+//! Files: this one holds the typed configuration, its defaults and what is said about it
+//! (`describe`, reload notes); `raw` the raw shape and its validation; `units` the values
+//! written as text (rates, durations, sizes, addresses).
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod units;
+
+pub use units::{parse_duration, parse_rate, parse_size};
+
+use raw::{validate, RawConfig};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use units::duration_text;
+
+/// A configuration error: one line, naming the file and the line or field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration the engine runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (`<embedded>` for the demo's).
+    pub source: String,
+    pub engine: Engine,
+    pub queue: Queue,
+    pub delivery: Delivery,
+    pub spool: Spool,
+    pub log: Log,
+    pub dns: Dns,
+    pub smtp: Smtp,
+    pub admin: Admin,
+    pub routes: Vec<Route>,
+    pub providers: BTreeMap<String, Provider>,
+    pub listeners: Vec<Listener>,
+    pub users: Vec<User>,
+    pub dkim: Vec<Dkim>,
+    pub suppression: Suppression,
+    pub unsubscribe: Unsubscribe,
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Executors, pinned one per CPU. Default: every online CPU.
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    /// How each shard's executor polls, preempts and shares its CPU (startup-only).
+    pub runtime: Runtime,
+}
+
+/// `[engine]` runtime tuning (an extension of INTERFACE.md): the glommio knobs of each shard's
+/// executor and the CPU shares of its three task queues. Read when the shards start; a reload
+/// that changes them takes effect at the next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// How long an idle executor busy-polls for I/O before it sleeps; zero sleeps at once.
+    pub spin_before_park: Duration,
+    /// How long a task queue may run before the others get a turn, while no latency-sensitive
+    /// (delivery) work is runnable.
+    pub preempt_timer: Duration,
+    /// Buffer memory each executor preallocates and registers with io_uring.
+    pub io_memory_bytes: usize,
+    /// CPU shares of the delivery queue: scheduler, routing, rendering, connection workers,
+    /// outcomes, control messages.
+    pub delivery_shares: usize,
+    /// CPU shares of the intake queue: spool scanning, parsing, appending chunks.
+    pub intake_shares: usize,
+    /// CPU shares of the background queue: group commit, spare segments, reclaim, compaction.
+    pub background_shares: usize,
+}
+
+/// `[queue]`: the durable queue's knobs (an extension of INTERFACE.md).
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// Size each segment file is preallocated to.
+    pub segment_bytes: u64,
+    /// Longest a queued record waits for its group commit.
+    pub commit_interval: Duration,
+    /// A group commit starts early once this many records wait for it.
+    pub commit_records_max: usize,
+}
+
+/// `[delivery]`: retry schedule and timeouts (an extension of INTERFACE.md).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub retry_first: Duration,
+    pub retry_max_interval: Duration,
+    pub max_age: Duration,
+    pub connect_timeout: Duration,
+    /// Connections per site (a destination that matches no provider).
+    pub site_connection_limit: u32,
+    /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
+    /// exist). Reloadable.
+    pub paused: bool,
+    /// TLS policy for destinations that match no provider.
+    pub tls: crate::smtp::session::TlsPolicy,
+    /// Recipients of one verbatim message at one domain that share a transaction.
+    pub recipients_per_transaction: u32,
+    /// SMTP client timeouts per phase (RFC 5321 4.5.3.2 defaults).
+    pub timeouts: crate::smtp::session::Timeouts,
+    /// Connect to addresses from DNS in loopback, private, link-local and other non-public
+    /// ranges (`delivery::guard`). Off in production; tests and the demo, whose receivers
+    /// are on loopback, turn it on. `[[routes]]` are never checked.
+    pub allow_private_destinations: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub keep_done: bool,
+    /// Full rescan of `incoming/` (the truth; inotify only wakes the scanner early).
+    pub scan_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub helo_name: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// A domain, or `*.suffix`.
+    pub domain: String,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub mx_suffixes: Vec<String>,
+    pub tls: crate::smtp::session::TlsPolicy,
+    pub connection_limit: u32,
+    pub max_message_rate: Option<Rate>,
+    pub max_deliveries_per_connection: u32,
+}
+
+/// A rate such as `300/s`, kept as messages per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub messages: u64,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerTls {
+    Starttls,
+    Implicit,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub listen: SocketAddr,
+    pub tls: ListenerTls,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub relay_networks: Vec<String>,
+    pub max_message_size_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    pub allowed_from: Vec<String>,
+    pub daily_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dkim {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Suppression {
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Unsubscribe {
+    pub url: Option<String>,
+    pub mailto: Option<String>,
+}
+
+// ---- Defaults, named in one place. ----
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/spate";
+pub const DEFAULT_SPOOL_DIR: &str = "/var/spool/spate";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/spate";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8025";
+pub const DEFAULT_SMTP_PORT: u16 = 25;
+/// 64 MiB: large enough that a million-recipient batch spans a handful of segments, small
+/// enough that a finished segment is freed soon.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest segment that holds a largest message record (16 MiB template) plus a full
+/// chunk in an empty segment, with room to spare.
+pub const SEGMENT_BYTES_MIN: u64 = 32 << 20;
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 4;
+pub const DEFAULT_COMMIT_RECORDS_MAX: usize = 65_536;
+/// A rescan every 250 ms bounds pickup latency even if inotify misses an event.
+pub const DEFAULT_SCAN_INTERVAL_MS: u64 = 250;
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+/// Postfix's `smtp_connect_timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_DELIVERIES_PER_CONNECTION: u32 = 100;
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25_000_000;
+/// One executor per CPU is the design; more shards than this is a typo.
+pub const SHARDS_MAX: usize = 256;
+/// An idle shard sleeps at once, as glommio does by default: spinning burns a core that may
+/// have other work (a shared machine, the blocking thread's fsyncs).
+pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::ZERO;
+/// The engine's timers fire every 10 ms, so a shard that spins longer than that never sleeps
+/// at all; beyond this bound a value is a typo.
+pub const SPIN_BEFORE_PARK_MAX: Duration = Duration::from_millis(100);
+/// glommio's default: throughput work (intake, background) runs in long slices, and the
+/// delivery queue's latency bound preempts it sooner when delivery has work.
+pub const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
+/// Below 1 ms a shard spends its time switching task queues; above 1 s, control messages
+/// could wait that long behind a parse.
+pub const PREEMPT_TIMER_MIN: Duration = Duration::from_millis(1);
+pub const PREEMPT_TIMER_MAX: Duration = Duration::from_secs(1);
+/// What the engine has always registered per shard (see `preflight`).
+pub const DEFAULT_IO_MEMORY_BYTES: usize = crate::preflight::IO_MEMORY_BYTES_PER_SHARD;
+/// glommio rounds anything smaller up to 64 KiB; the memory is pinned per shard and the
+/// engine's io_uring buffers are socket reads, so more than 256 MiB is a typo.
+pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
+pub const IO_MEMORY_BYTES_MAX: usize = 256 << 20;
+/// Task-queue shares: glommio accepts 1..=1000. They divide a shard's CPU only while more
+/// than one queue has runnable work; a queue that wakes after sleeping is served next.
+pub const SHARES_MAX: usize = 1000;
+/// Delivery keeps connections busy and credit flowing; it gets the most.
+pub const DEFAULT_DELIVERY_SHARES: usize = 1000;
+/// Intake parses at half delivery's rate under contention: the queue is the buffer, so
+/// producers can wait a little while sending goes on at full speed.
+pub const DEFAULT_INTAKE_SHARES: usize = 500;
+/// Background work is mostly waiting for fsyncs on the blocking thread, but the group
+/// commit's CPU part (reception log lines, acknowledgements) is a stage of intake, so it gets
+/// half of intake's shares rather than a token amount that would pace intake to it.
+pub const DEFAULT_BACKGROUND_SHARES: usize = 250;
+
+/// A TOML error as one line naming the source and the line at fault.
+pub fn toml_error(text: &str, source: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{source}: line {line}: {message}")
+        }
+        None => format!("{source}: {message}"),
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(toml_error(text, source, &e)))?;
+        validate(raw, source)
+    }
+
+    /// The embedded defaults, rooted at `base` (used by `spate demo` and tests).
+    /// Delivery is paused: the demo has no simulated receivers yet, and must never send mail
+    /// (or DNS queries) off this machine.
+    pub fn defaults_under(base: &Path) -> Config {
+        let text = format!(
+            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n",
+            base.join("data"),
+            base.join("spool"),
+            base.join("log")
+        );
+        Config::parse(&text, "<embedded>").expect("embedded configuration is valid")
+    }
+
+    /// What `check-config` prints: the values the engine will run with.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!("configuration: {} (valid)", self.source));
+        line(format!("shards: {}", self.engine.shards));
+        line(format!("data_dir: {}", self.engine.data_dir.display()));
+        let rt = &self.engine.runtime;
+        line(format!(
+            "runtime: spin_before_park={} preempt_timer={} io_memory={} bytes (startup-only)",
+            duration_text(rt.spin_before_park),
+            duration_text(rt.preempt_timer),
+            rt.io_memory_bytes
+        ));
+        line(format!(
+            "task queue shares: delivery_shares={} intake_shares={} background_shares={}",
+            rt.delivery_shares, rt.intake_shares, rt.background_shares
+        ));
+        line(format!(
+            "queue: segment_bytes={} commit_interval_ms={} commit_records_max={}",
+            self.queue.segment_bytes,
+            self.queue.commit_interval.as_millis(),
+            self.queue.commit_records_max
+        ));
+        line(format!(
+            "delivery: paused={} allow_private_destinations={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={}",
+            self.delivery.paused,
+            self.delivery.allow_private_destinations,
+            self.delivery.retry_first,
+            self.delivery.retry_max_interval,
+            self.delivery.max_age,
+            self.delivery.connect_timeout,
+            self.delivery.site_connection_limit
+        ));
+        line(format!(
+            "spool: {} (keep_done={}, rescan every {} ms)",
+            self.spool.dir.display(),
+            self.spool.keep_done,
+            self.spool.scan_interval.as_millis()
+        ));
+        line(format!("log: {}", self.log.dir.display()));
+        let ns: Vec<String> = self.dns.nameservers.iter().map(|a| a.to_string()).collect();
+        line(format!("dns: nameservers [{}]", ns.join(", ")));
+        line(format!(
+            "smtp: helo_name={} port={}",
+            self.smtp.helo_name, self.smtp.port
+        ));
+        line(format!("admin: {}", self.admin.listen));
+        for r in &self.routes {
+            line(format!("route: {} -> {}", r.domain, r.hosts.join(", ")));
+        }
+        for (name, p) in &self.providers {
+            let rate = p
+                .max_message_rate
+                .map(|r| format!("{}/{}s", r.messages, r.per.as_secs()))
+                .unwrap_or_else(|| "unlimited".into());
+            line(format!(
+                "provider {name}: mx_suffixes [{}] connection_limit={} max_message_rate={rate} max_deliveries_per_connection={}",
+                p.mx_suffixes.join(", "),
+                p.connection_limit,
+                p.max_deliveries_per_connection
+            ));
+        }
+        for l in &self.listeners {
+            line(format!("listener: {} tls={:?}", l.listen, l.tls));
+        }
+        line(format!(
+            "users: {}, dkim signatures: {}, suppression files: {}",
+            self.users.len(),
+            self.dkim.len(),
+            self.suppression.files.len()
+        ));
+        for missing in self.inactive_features() {
+            line(format!("note: {missing}"));
+        }
+        out
+    }
+
+    /// The keys that differ between `self` and `new` but apply only at the next start, named
+    /// as in the file, for the reload message.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let (old_rt, new_rt) = (&self.engine.runtime, &new.engine.runtime);
+        [
+            (self.engine.shards != new.engine.shards, "engine.shards"),
+            (
+                self.engine.data_dir != new.engine.data_dir,
+                "engine.data_dir",
+            ),
+            (
+                old_rt.spin_before_park != new_rt.spin_before_park,
+                "engine.spin_before_park",
+            ),
+            (
+                old_rt.preempt_timer != new_rt.preempt_timer,
+                "engine.preempt_timer",
+            ),
+            (
+                old_rt.io_memory_bytes != new_rt.io_memory_bytes,
+                "engine.io_memory",
+            ),
+            (
+                old_rt.delivery_shares != new_rt.delivery_shares,
+                "engine.delivery_shares",
+            ),
+            (
+                old_rt.intake_shares != new_rt.intake_shares,
+                "engine.intake_shares",
+            ),
+            (
+                old_rt.background_shares != new_rt.background_shares,
+                "engine.background_shares",
+            ),
+            (self.spool.dir != new.spool.dir, "spool.dir"),
+            (self.log.dir != new.log.dir, "log.dir"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
+
+    /// Configured features this build accepts but does not act on yet, so that operators are
+    /// told rather than left to guess.
+    pub fn inactive_features(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut note = |present: bool, what: &str| {
+            if present {
+                notes.push(format!(
+                    "{what} is configured but not implemented in this build yet"
+                ));
+            }
+        };
+        note(
+            !self.listeners.is_empty(),
+            "[[listeners]] (SMTP submission)",
+        );
+        note(!self.users.is_empty(), "[[users]]");
+        note(!self.dkim.is_empty(), "[[dkim]] signing");
+        note(!self.suppression.files.is_empty(), "[suppression]");
+        note(
+            self.unsubscribe.url.is_some() || self.unsubscribe.mailto.is_some(),
+            "[unsubscribe]",
+        );
+        notes
+    }
+}

@@ -1,0 +1,236 @@
+//! The configuration's tests: INTERFACE.md's example, defaults, errors, units.
+
+use super::*;
+
+#[test]
+fn interface_example_parses() {
+    let text = r#"
+[engine]
+shards = 2
+data_dir = "/var/lib/spate"
+[spool]
+dir = "/var/spool/spate"
+keep_done = false
+[log]
+dir = "/var/log/spate"
+[dns]
+nameservers = ["127.0.0.1:53"]
+[smtp]
+helo_name = "mta1.example.com"
+port = 25
+[admin]
+listen = "127.0.0.1:8025"
+[[routes]]
+domain = "example.test"
+hosts = ["127.0.0.1:2525"]
+[providers.yahoo]
+mx_suffixes = [".yahoodns.net"]
+connection_limit = 20
+max_message_rate = "300/s"
+max_deliveries_per_connection = 100
+[[listeners]]
+listen = "0.0.0.0:587"
+tls = "starttls"
+cert = "/etc/spate/tls/fullchain.pem"
+key = "/etc/spate/tls/key.pem"
+relay_networks = []
+max_message_size = "25MB"
+[[users]]
+name = "billing-app"
+password_hash = "$argon2id$..."
+allowed_from = ["@acme.example"]
+daily_limit = 100000
+[[dkim]]
+domain = "acme.example"
+selector = "s2026"
+key = "/etc/spate/dkim/acme.s2026.pem"
+[suppression]
+files = ["/etc/spate/suppressed.txt"]
+[unsubscribe]
+url = "https://unsub.acme.example/u?r={{ to }}&c={{ campaign }}"
+mailto = "unsubscribe@acme.example"
+"#;
+    let c = Config::parse(text, "t.toml").unwrap();
+    assert_eq!(c.engine.shards, 2);
+    let y = &c.providers["yahoo"];
+    assert_eq!(
+        y.max_message_rate,
+        Some(Rate {
+            messages: 300,
+            per: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(y.connection_limit, 20);
+    assert_eq!(c.listeners[0].max_message_size_bytes, 25_000_000);
+    assert_eq!(c.dns.nameservers[0].to_string(), "127.0.0.1:53");
+}
+
+#[test]
+fn empty_file_gives_documented_defaults() {
+    let c = Config::parse("", "t.toml").unwrap();
+    assert_eq!(c.engine.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    assert_eq!(c.spool.dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+    assert_eq!(c.log.dir, PathBuf::from(DEFAULT_LOG_DIR));
+    assert_eq!(c.smtp.port, 25);
+    assert_eq!(c.queue.segment_bytes, DEFAULT_SEGMENT_BYTES);
+    assert!(c.engine.shards >= 1);
+    assert!(!c.spool.keep_done);
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_line() {
+    let e = Config::parse("[engine]\nshards = 1\nshardz = 2\n", "x.toml").unwrap_err();
+    assert!(e.0.starts_with("x.toml: line 3:"), "{e}");
+    assert!(e.0.contains("shardz"), "{e}");
+    assert!(!e.0.contains('\n'));
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let cases = [
+        (
+            "[providers.g]\nmax_message_rate = \"3/x\"\n",
+            "providers.g.max_message_rate",
+        ),
+        ("[engine]\nshards = 0\n", "engine.shards"),
+        ("[queue]\nsegment_bytes = \"1KB\"\n", "queue.segment_bytes"),
+        ("[admin]\nlisten = \"nope\"\n", "admin.listen"),
+        (
+            "[[listeners]]\nlisten = \"0.0.0.0:25\"\ntls = \"none\"\n",
+            "listeners[0].tls",
+        ),
+        ("[dns]\nnameservers = [\"x\"]\n", "dns.nameservers"),
+    ];
+    for (text, field) in cases {
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
+    }
+}
+
+#[test]
+fn type_errors_name_the_line() {
+    let e = Config::parse("[engine]\n\nshards = \"two\"\n", "c.toml").unwrap_err();
+    assert!(e.0.starts_with("c.toml: line 3:"), "{e}");
+}
+
+#[test]
+fn rates_and_sizes() {
+    assert_eq!(parse_rate("20/min").unwrap().per, Duration::from_secs(60));
+    assert_eq!(parse_rate("5/h").unwrap().messages, 5);
+    assert!(parse_rate("0/s").is_err());
+    assert!(parse_rate("5").is_err());
+    assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert!(parse_size("12XB").is_err());
+    assert!(parse_size("99999999999999GB").is_err());
+    assert_eq!(
+        parse_duration("3d").unwrap(),
+        Duration::from_secs(3 * 86_400)
+    );
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert!(parse_duration("5 minutes").is_err());
+    let c = Config::parse("[delivery]\nretry_first = \"1s\"\n", "t").unwrap();
+    assert_eq!(c.delivery.retry_first, Duration::from_secs(1));
+    assert_eq!(c.delivery.max_age, Duration::from_secs(3 * 86_400));
+    let e = Config::parse("[delivery]\nmax_age = \"3 days\"\n", "t").unwrap_err();
+    assert!(e.0.starts_with("t: delivery.max_age:"), "{e}");
+    assert_eq!(parse_duration("50us").unwrap(), Duration::from_micros(50));
+    assert_eq!(parse_duration("0ms").unwrap(), Duration::ZERO);
+    assert!(parse_duration("99999999999999999d").is_err());
+    for text in ["0s", "50us", "1500us", "20ms", "2s"] {
+        assert_eq!(duration_text(parse_duration(text).unwrap()), text);
+    }
+}
+
+#[test]
+fn engine_runtime_defaults() {
+    let c = Config::parse("", "t.toml").unwrap();
+    let rt = c.engine.runtime;
+    assert_eq!(rt.spin_before_park, Duration::ZERO);
+    assert_eq!(rt.preempt_timer, Duration::from_millis(100));
+    assert_eq!(
+        rt.io_memory_bytes,
+        crate::preflight::IO_MEMORY_BYTES_PER_SHARD
+    );
+    assert_eq!(
+        (rt.delivery_shares, rt.intake_shares, rt.background_shares),
+        (1000, 500, 250)
+    );
+    let out = c.describe();
+    assert!(
+        out.contains("spin_before_park=0s preempt_timer=100ms io_memory=2097152 bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("delivery_shares=1000 intake_shares=500 background_shares=250"),
+        "{out}"
+    );
+}
+
+#[test]
+fn engine_runtime_values() {
+    let text = "[engine]\nspin_before_park = \"50us\"\npreempt_timer = \"20ms\"\nio_memory = \"8MiB\"\ndelivery_shares = 800\nintake_shares = 1\nbackground_shares = 1000\n";
+    let rt = Config::parse(text, "t.toml").unwrap().engine.runtime;
+    assert_eq!(rt.spin_before_park, Duration::from_micros(50));
+    assert_eq!(rt.preempt_timer, Duration::from_millis(20));
+    assert_eq!(rt.io_memory_bytes, 8 << 20);
+    assert_eq!(
+        (rt.delivery_shares, rt.intake_shares, rt.background_shares),
+        (800, 1, 1000)
+    );
+    // A plain byte count works too, and the range ends are included.
+    let text =
+        "[engine]\nio_memory = 65536\nspin_before_park = \"100ms\"\npreempt_timer = \"1s\"\n";
+    let rt = Config::parse(text, "t.toml").unwrap().engine.runtime;
+    assert_eq!(rt.io_memory_bytes, 65536);
+    assert_eq!(rt.spin_before_park, Duration::from_millis(100));
+    assert_eq!(rt.preempt_timer, Duration::from_secs(1));
+}
+
+#[test]
+fn engine_runtime_out_of_range_names_its_field() {
+    let cases = [
+        ("spin_before_park = \"101ms\"", "engine.spin_before_park"),
+        ("spin_before_park = \"5 ms\"", "engine.spin_before_park"),
+        ("preempt_timer = \"999us\"", "engine.preempt_timer"),
+        ("preempt_timer = \"2s\"", "engine.preempt_timer"),
+        ("io_memory = \"1KiB\"", "engine.io_memory"),
+        ("io_memory = \"257MiB\"", "engine.io_memory"),
+        ("io_memory = 0", "engine.io_memory"),
+        ("io_memory = \"8XB\"", "engine.io_memory"),
+        ("delivery_shares = 0", "engine.delivery_shares"),
+        ("intake_shares = 1001", "engine.intake_shares"),
+        ("background_shares = 0", "engine.background_shares"),
+    ];
+    for (line, field) in cases {
+        let text = format!("[engine]\n{line}\n");
+        let e = Config::parse(&text, "c.toml").unwrap_err();
+        assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
+        assert!(!e.0.contains('\n'), "{e}");
+    }
+    // Wrong types are serde's to report, with the line.
+    for line in ["io_memory = -1", "io_memory = true", "intake_shares = -5"] {
+        let e = Config::parse(&format!("[engine]\n\n{line}\n"), "c.toml").unwrap_err();
+        assert!(e.0.starts_with("c.toml: line 3:"), "{e}");
+        assert!(!e.0.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn runtime_keys_are_restart_only() {
+    let old = Config::parse("[engine]\nshards = 2\n", "t.toml").unwrap();
+    assert!(old.restart_only_changes(&old).is_empty());
+    let new = Config::parse(
+            "[engine]\nshards = 2\npreempt_timer = \"50ms\"\nintake_shares = 100\nio_memory = \"4MiB\"\n[delivery]\npaused = true\n",
+            "t.toml",
+        )
+        .unwrap();
+    assert_eq!(
+        old.restart_only_changes(&new),
+        [
+            "engine.preempt_timer",
+            "engine.io_memory",
+            "engine.intake_shares"
+        ]
+    );
+}
