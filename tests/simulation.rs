@@ -89,6 +89,12 @@ struct SimLog {
 
 impl LogSink for SimLog {
     fn append(&mut self, r: &LogRecord<'_>) -> std::io::Result<()> {
+        // Every simulated message renders; a recipient bounced because it did not is a bug,
+        // which this turns into a fatal error the run reports.
+        if r.response.starts_with("cannot render") {
+            let why = format!("{}: {}", r.recipient, r.response);
+            return Err(std::io::Error::other(why));
+        }
         let event = r.event.expect("every line the core writes has an event");
         self.pending.push((r.recipient.to_string(), event));
         Ok(())
@@ -628,6 +634,7 @@ impl Sim {
                 // Ticks and commits run on their own timers here.
                 Effect::Commit | Effect::Schedule => {}
                 Effect::Fatal(why) => return Err(format!("shard {s}: fatal: {why}")),
+                Effect::Bug(why) => return Err(format!("shard {s}: {why}")),
             }
         }
         Ok(())
@@ -940,6 +947,11 @@ impl Sim {
             (w.scope.clone(), reusable)
         };
         let rcpt = msg.rcpts[0].1.clone();
+        // The rendered message is this recipient's: its own merge value, in its own header.
+        let to = format!("\r\nTo: {rcpt}\r\n");
+        if !msg.message.windows(to.len()).any(|w| w == to.as_bytes()) {
+            return Err(format!("the message sent to {rcpt} is not its own"));
+        }
         if !reusable {
             let receiver = self.receivers.get_mut(&key).expect("receiver");
             let w = self.shards[s].workers.get_mut(&id).expect("worker");

@@ -283,7 +283,8 @@ impl Shard {
             .counters
             .rejected
             .fetch_add(n, Ordering::Relaxed);
-        if let Err(e) = self.core.borrow_mut().log.flush() {
+        let flushed = self.core.borrow_mut().log.flush();
+        if let Err(e) = flushed {
             self.shared.fail(format!("delivery log: {e}"));
         }
     }
@@ -320,7 +321,8 @@ pub(super) fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
         response: &response,
         ..Default::default()
     };
-    if let Err(e) = shard.core.borrow_mut().log.append(&record) {
+    let logged = shard.core.borrow_mut().log.append(&record);
+    if let Err(e) = logged {
         shard.shared.fail(format!("delivery log: {e}"));
     }
 }

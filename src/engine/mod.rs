@@ -24,9 +24,13 @@
 //! chunks, outstanding chunks are synced and acknowledged, an interrupted input stays claimed
 //! and is replayed at the next start), SIGHUP reloads the configuration.
 //!
+//! Each shard's state and the glue between its stages are its core (`crate::shard::Core`);
+//! the shard here is the shell around it (`Shard::with_core`, `Shard::apply`).
+//!
 //! Files: this one is the runtime (engine, shards, meshes, drain, signals, reload);
-//! `intake` the intake shell; `commit` the queue's shell (append, group commit,
-//! maintenance); `deliver` the shells of scheduling, sending and outcomes.
+//! `intake` the intake shell; `commit` the queue's shell (group commit's timing and
+//! fdatasync, maintenance); `deliver` the shells of scheduling (ticks, route lookups) and
+//! sending (connection workers, outboxes).
 
 mod commit;
 mod deliver;
@@ -874,6 +878,7 @@ impl Shard {
                 let _ = self.schedule_kick.try_send(());
             }
             Effect::Fatal(why) => self.shared.fail(why),
+            Effect::Bug(why) => tracing::error!("{why}"),
         }
     }
 

@@ -2,8 +2,9 @@
 //! (`crate::delivery::owner::Owner`), its renderings and its delivery-log writer, and the glue
 //! between them: what the shard does with an appended chunk, a group commit, a scheduler
 //! tick, a resolved domain, demand, credit, prepared messages, a worker's take and its
-//! results, and outcomes. Sans-I/O in the sense that matters: it never waits, never touches a
-//! socket or a timer, and reads time from the clock it is given. What the shell must do
+//! results, and outcomes. Sans-I/O in the sense that matters: it never touches a socket or a
+//! timer, reads time from the clock it is given, and never waits (but for `final_flush`, the
+//! one blocking sync, when the shard is done). What the shell must do
 //! (send a message to a shard, start or wake a connection worker, look a domain up, run a
 //! group commit soon, stop on a fatal error) comes out as `Effect`s, which the shell drains
 //! with `take_effects` after each call.
@@ -195,6 +196,9 @@ pub enum Effect {
     /// Storage or the delivery log failed: the engine stops (nothing is lost; the queue
     /// recovers at the next start).
     Fatal(String),
+    /// The core caught itself in a state it should never reach (a bug): the shell reports
+    /// it; the engine goes on (the simulation fails).
+    Bug(String),
 }
 
 /// One shard's core. See the module documentation.

@@ -80,12 +80,12 @@ impl<L: LogSink> Core<L> {
         let spawn = match self.owner.prepared(&scope, home, granted, msgs, now) {
             Ok(spawn) => spawn,
             Err(msgs) => {
-                tracing::error!(
+                self.effects.push(Effect::Bug(format!(
                     "shard {}: {} messages arrived for scope {} after it was forgotten (a bug); their recipients stay in flight until a restart",
                     self.id,
                     msgs.len(),
                     printable(&scope)
-                );
+                )));
                 return;
             }
         };
