@@ -205,6 +205,8 @@ enum DataMsg {
     },
     /// Between the delivery stages (`Msg::is_data`).
     Delivery(Msg),
+    /// Several of the above, in order: an outbox's batch (`deliver::BATCH_MAX`).
+    Batch(Vec<DataMsg>),
 }
 
 /// After the drain, how long a shard waits for every shard's Drained marker (one that
@@ -221,6 +223,8 @@ enum CtlMsg {
     },
     /// Between the delivery stages (not `Msg::is_data`).
     Delivery(Msg),
+    /// Several of these, in order: an outbox's batch (`deliver::BATCH_MAX`).
+    Batch(Vec<CtlMsg>),
     /// Sent by every shard to every shard (itself included) once no connection worker runs
     /// anywhere. It travels behind the outcomes queued before it (the outbox keeps order),
     /// so when a shard has one from every shard, every outcome of the drain is in.
@@ -517,6 +521,8 @@ struct Shard {
     /// it, in order; one task per destination and mesh sends them (`deliver::ctl_sender`,
     /// `deliver::data_sender`).
     outboxes: Vec<deliver::Outbox>,
+    /// Sends to other shards from the outboxes, and the messages they carried.
+    peer_traffic: Cell<(u64, u64)>,
     /// Drained markers received (see `CtlMsg::Drained`), and the wake-up for each.
     drained_from: Cell<usize>,
     drained_kick: LocalSender<()>,
@@ -684,6 +690,13 @@ async fn shard_main(
     shard.final_commit.set(true);
     let _ = shard.sync_kick.try_send(());
     syncer.await;
+    let (sends, messages) = shard.peer_traffic.get();
+    if sends > 0 {
+        tracing::info!(
+            "shard {id}: {messages} messages to other shards in {sends} sends ({:.1} a send)",
+            messages as f64 / sends as f64
+        );
+    }
     let blocking = shard.core.borrow().queue.blocking_rollovers;
     if blocking > 0 {
         tracing::warn!(
@@ -788,6 +801,7 @@ fn open_shard(
                 Arc::clone(&shared.clock),
             ),
             outboxes,
+            peer_traffic: Cell::new((0, 0)),
             drained_from: Cell::new(0),
             drained_kick,
             drained_rx: RefCell::new(Some(drained_rx)),
@@ -800,7 +814,7 @@ fn open_shard(
 
 async fn data_receiver(shard: Rc<Shard>, rx: Rc<Receivers<DataMsg>>, peer: usize) {
     while let Ok(Some(msg)) = rx.recv_from(peer).await {
-        shard.on_data(peer, msg);
+        shard.on_data(msg);
     }
 }
 
@@ -838,13 +852,23 @@ impl Shard {
                 self.drained_from.set(self.drained_from.get() + 1);
                 let _ = self.drained_kick.try_send(());
             }
+            CtlMsg::Batch(msgs) => {
+                for msg in msgs {
+                    self.on_control(msg);
+                }
+            }
         }
     }
 
-    fn on_data(self: &Rc<Self>, _from: usize, msg: DataMsg) {
+    fn on_data(self: &Rc<Self>, msg: DataMsg) {
         match msg {
             DataMsg::Append { claimer, chunk } => self.append(claimer, chunk),
             DataMsg::Delivery(msg) => self.with_core(|core| core.on_message(msg)),
+            DataMsg::Batch(msgs) => {
+                for msg in msgs {
+                    self.on_data(msg);
+                }
+            }
         }
     }
 
