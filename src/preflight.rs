@@ -107,6 +107,50 @@ fn ensure_memlock(need: u64) -> Result<Preflight, PreflightError> {
     )))
 }
 
+/// Descriptors kept out of the connection budget for the whole engine: queue segments and
+/// their spares, the delivery log, spool files, the listeners to come, and slack.
+pub const DESCRIPTORS_RESERVED: u64 = 1024;
+/// Descriptors kept out per shard: its DNS lookups in flight (a socket each,
+/// `schedule::RESOLVING_MAX`) and slack.
+pub const DESCRIPTORS_RESERVED_PER_SHARD: u64 = 512;
+/// Outbound connections one shard holds at most, whatever the descriptor limit.
+pub const CONNECTIONS_PER_SHARD_MAX: u32 = 2_000;
+/// Fewer connections per shard than this and the engine says the descriptor limit is low.
+pub const CONNECTIONS_PER_SHARD_LOW: u32 = 100;
+
+/// The connection budget: raises the soft open-files limit to the hard one, then gives each
+/// of `shards` shards three quarters of the descriptors the reserves leave (at least one
+/// connection each), so that connections can never take the descriptors the queue and the
+/// log need (a long tail of sites once ran the engine out of them mid-fsync). Returns the
+/// connections per shard and the limit it was computed from.
+pub fn connections_per_shard(shards: usize) -> (u32, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        lim.rlim_cur = 1024;
+        lim.rlim_max = 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let limit = lim.rlim_cur;
+    let shards = shards.max(1) as u64;
+    let left = limit.saturating_sub(DESCRIPTORS_RESERVED + DESCRIPTORS_RESERVED_PER_SHARD * shards);
+    let per_shard = (left * 3 / 4 / shards).clamp(1, u64::from(CONNECTIONS_PER_SHARD_MAX));
+    (per_shard as u32, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

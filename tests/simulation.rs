@@ -289,6 +289,9 @@ struct Sim {
     next_worker: u64,
     /// The configuration in force; a reload replaces it.
     config: Arc<Config>,
+    /// Connections each shard's owner may hold (the engine's comes from the open-files
+    /// limit): sometimes fewer than the scopes want, so they wait in line.
+    connections_max: u32,
     counters: Arc<Counters>,
     dns: BTreeMap<String, Dns>,
     receivers: BTreeMap<String, Receiver>,
@@ -399,6 +402,9 @@ impl Sim {
         config.delivery.retry_max_interval = Duration::from_secs(60);
         config.delivery.max_age = Duration::from_secs(rng.range(120, 601));
         let segment_bytes = [64u64 << 10, 256 << 10, 1 << 20][rng.below(3) as usize];
+        // Drawn from a stream of its own, so that adding it left every other draw (and the
+        // throttle test's figures) as they were.
+        let connections_max = [2, 3, 5, 8, 1_000][Rng(seed ^ 0x5eed_c0de).below(5) as usize];
         let mut sim = Sim {
             seed,
             chaos_until: now + Duration::from_secs(rng.range(20, 91)),
@@ -414,6 +420,7 @@ impl Sim {
             timer_seq: 0,
             next_worker: 0,
             config: Arc::new(config),
+            connections_max,
             counters: Arc::new(Counters::default()),
             dns,
             receivers,
@@ -454,6 +461,7 @@ impl Sim {
         sim.channels = (0..sim.n * sim.n * 2).map(|_| VecDeque::new()).collect();
         sim.chaos_until = now;
         sim.chaos = false;
+        sim.connections_max = 1_000;
         let key = "steady".to_string();
         let limits = ScopeLimits {
             connection_limit: 40,
@@ -560,6 +568,7 @@ impl Sim {
             let core = Core::new(
                 id,
                 self.n,
+                self.connections_max,
                 Arc::clone(&self.config),
                 clock,
                 Arc::clone(&self.counters),
@@ -1200,7 +1209,38 @@ impl Sim {
 
     fn check_step(&mut self) -> Check {
         self.check_accounting(self.steps % 5_000 == 0)?;
+        self.check_budgets()?;
         self.check_windows()
+    }
+
+    /// Each owner runs no more workers than its budget, counts exactly the workers running,
+    /// and its shared window holds what its scopes hold.
+    fn check_budgets(&self) -> Check {
+        for (s, shard) in self.shards.iter().enumerate() {
+            let owner = &shard.core.owner;
+            let (workers, max) = owner.workers();
+            if workers > max {
+                return Err(format!("shard {s}: {workers} workers, budget {max}"));
+            }
+            if workers as usize != shard.workers.len() {
+                return Err(format!(
+                    "shard {s}: the owner counts {workers} workers, {} run",
+                    shard.workers.len()
+                ));
+            }
+            let (used, window) = owner.window();
+            let held: u32 = owner
+                .status()
+                .iter()
+                .map(|scope| scope.ready + scope.credit_out)
+                .sum();
+            if used != held || used > window {
+                return Err(format!(
+                    "shard {s}: shared window {used} of {window}, the scopes hold {held}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Appended = final in the log (written or about to be) + live in a queue. With

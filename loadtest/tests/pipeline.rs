@@ -210,3 +210,71 @@ fn blast_delivers_the_same_messages() {
     assert_eq!(report["delivered"], 3000 - 6);
     assert_eq!(report["failed"], 0);
 }
+
+/// A long tail under a low open-files limit: 600 sites of 10 connections each would want
+/// 6,000 connections from a process allowed 3,000 descriptors. The engine once opened them
+/// until a group commit's `dup` failed with EMFILE (exit 74); its connection budget now keeps
+/// them within its share of the limit, and every recipient arrives once.
+#[test]
+fn a_long_tail_stays_within_the_open_files_limit() {
+    assert!(
+        engine_built(),
+        "the spate binary must be built next to spate-loadtest (cargo test --workspace)"
+    );
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have prlimit (util-linux)"
+        );
+        eprintln!("prlimit is not installed: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("tail.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "tail"
+recipients = 6000
+template_bytes = 1024
+shards = 2
+site_connections = 10
+
+[[provider]]
+name = "tail"
+domains = []
+tail = 600
+listen = ["127.0.0.5"]
+share = 1.0
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    // The harness, its simulated receiver and the engine it starts all live under the limit.
+    let out = Command::new("prlimit")
+        .arg("--nofile=3000")
+        .arg(BIN)
+        .args([
+            "run",
+            scenario.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--timeout",
+            "240",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("prlimit runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    let n = |k: &str| report[k].as_u64().unwrap();
+    assert_eq!(n("delivered"), 6000);
+    assert_eq!(n("duplicates"), 0);
+    assert_eq!(n("missing"), 0);
+}

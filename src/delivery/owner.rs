@@ -4,8 +4,17 @@
 //! receiver slows down), the prepared messages waiting for a connection, the connection cap
 //! that follows the receiver's refusals, and the pacing of the scope's throttle.
 //!
+//! Across its scopes, an owner keeps two budgets, so that a long tail of destinations (tens
+//! of thousands of sites, each wanting its own connections and window) costs a bounded number
+//! of descriptors and bytes: at most `connections_max` workers (connections) at once, and at
+//! most `connections_max x WINDOW_PER_CONNECTION` messages ready or promised. A scope that
+//! wants a worker when none is free waits in line for the next one that leaves (and while
+//! scopes wait, a worker with nothing to send leaves at once instead of idling); a scope
+//! whose credit the shared window cannot cover waits in line for room.
+//!
 //! The shard's core (`crate::shard`) turns its answers into messages to homes and into
-//! connection workers, which the engine's shell runs. Every method takes `now`; nothing here reads a clock or does I/O.
+//! connection workers, which the engine's shell runs. Every method takes `now`; nothing here
+//! reads a clock or does I/O.
 
 use crate::delivery::scope::{NextHop, Scope};
 use crate::delivery::throttle::{Change, Throttle};
@@ -70,6 +79,10 @@ struct OwnerScope<M> {
     rr: usize,
     /// Last time this scope had demand, messages or workers; idle scopes are forgotten.
     last_busy: Instant,
+    /// In the owner's line for a worker (`Owner::starved`) or for window room
+    /// (`Owner::blocked`).
+    starved: bool,
+    blocked: bool,
 }
 
 impl<M> OwnerScope<M> {
@@ -86,7 +99,14 @@ impl<M> OwnerScope<M> {
             next_send: now,
             rr: 0,
             last_busy: now,
+            starved: false,
+            blocked: false,
         }
+    }
+
+    /// Workers this scope could use now: one per message waiting, within its cap.
+    fn workers_wanted(&self) -> u32 {
+        (self.ready.len() as u32).min(self.conn_cap)
     }
 
     /// The limits of the configuration in force. A cap that stood at the old connection
@@ -177,18 +197,52 @@ pub enum Refusal {
 pub struct Owner<M> {
     homes: usize,
     scopes: HashMap<String, OwnerScope<M>>,
+    /// Workers (connections) this shard may run at once, across its scopes.
+    connections_max: u32,
+    /// Workers running, across scopes.
+    workers_total: u32,
+    /// Messages ready or promised (credit out), across scopes.
+    window_used: u32,
+    /// Scopes that want a worker the budget could not give, in the order they asked.
+    starved: VecDeque<String>,
+    /// Scopes with demand the shared window could not cover, in the order they asked.
+    blocked: VecDeque<String>,
     /// Hosts whose opportunistic TLS handshake failed, until when they get plaintext.
     tls_broken: HashMap<String, Instant>,
 }
 
 impl<M: Recipients> Owner<M> {
-    /// An owner for an engine of `homes` shards.
-    pub fn new(homes: usize) -> Self {
+    /// An owner for an engine of `homes` shards, running at most `connections_max`
+    /// connections at once (at least one).
+    pub fn new(homes: usize, connections_max: u32) -> Self {
         Owner {
             homes,
             scopes: HashMap::new(),
+            connections_max: connections_max.max(1),
+            workers_total: 0,
+            window_used: 0,
+            starved: VecDeque::new(),
+            blocked: VecDeque::new(),
             tls_broken: HashMap::new(),
         }
+    }
+
+    /// Workers running across scopes, and the most allowed.
+    pub fn workers(&self) -> (u32, u32) {
+        (self.workers_total, self.connections_max)
+    }
+
+    /// Messages ready or promised across scopes, and the most allowed.
+    pub fn window(&self) -> (u32, u32) {
+        (
+            self.window_used,
+            self.connections_max * WINDOW_PER_CONNECTION,
+        )
+    }
+
+    /// Room left in the shared window.
+    fn window_room(&self) -> u32 {
+        (self.connections_max * WINDOW_PER_CONNECTION).saturating_sub(self.window_used)
     }
 
     /// Scopes known (busy or idle within the bounds).
@@ -218,10 +272,11 @@ impl<M: Recipients> Owner<M> {
         s.demand[home] = count;
         s.last_busy = now;
         let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !draining;
-        if !warm {
+        if !warm || self.workers_total >= self.connections_max {
             return None;
         }
         s.workers += 1;
+        self.workers_total += 1;
         // This demand's hosts: those of the scope's first demand may be stale (an MX change,
         // or a provider whose domains have MX hosts of their own).
         Some(scope.hosts)
@@ -241,10 +296,13 @@ impl<M: Recipients> Owner<M> {
     /// demand, messages or workers changed can have new room, so a grant costs that scope's
     /// homes, not every scope the owner knows.
     pub fn grant(&mut self, key: &str, out: &mut Vec<(usize, u32)>) {
+        let shared_room = self.window_room();
         let Some(s) = self.scopes.get_mut(key) else {
             return;
         };
-        let mut room = s.room();
+        let own_room = s.room();
+        let mut room = own_room.min(shared_room);
+        let granted_before = out.len();
         let homes = s.demand.len();
         let mut idle_rounds = 0;
         while room > 0 && idle_rounds < homes {
@@ -261,6 +319,32 @@ impl<M: Recipients> Owner<M> {
             s.credit_out[h] += n;
             room -= n;
             out.push((h, n));
+        }
+        let granted: u32 = out[granted_before..].iter().map(|(_, n)| n).sum();
+        self.window_used += granted;
+        // Demand left that the scope's own window had room for: the shared window held it
+        // back, and this scope waits in line for room.
+        let wants_more = s.demand.iter().any(|&d| d > 0);
+        if wants_more && own_room > granted && !s.blocked {
+            s.blocked = true;
+            self.blocked.push_back(key.to_string());
+        }
+    }
+
+    /// Credit for the scopes waiting in line for window room, while there is room: appends
+    /// (scope, home, n) to `out`. Call when messages leave the window (taken or handed back).
+    pub fn grant_waiting(&mut self, out: &mut Vec<(String, usize, u32)>) {
+        let mut credits = Vec::new();
+        while self.window_room() > 0 {
+            let Some(key) = self.blocked.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.scopes.get_mut(&key) {
+                s.blocked = false;
+            }
+            credits.clear();
+            self.grant(&key, &mut credits);
+            out.extend(credits.iter().map(|&(home, n)| (key.clone(), home, n)));
         }
     }
 
@@ -279,19 +363,55 @@ impl<M: Recipients> Owner<M> {
         let Some(s) = self.scopes.get_mut(key) else {
             return Err(msgs);
         };
-        s.credit_out[home] = s.credit_out[home].saturating_sub(granted);
+        let returned = s.credit_out[home].min(granted);
+        s.credit_out[home] -= returned;
+        let arrived = msgs.len() as u32;
         s.ready.extend(msgs);
         s.last_busy = now;
+        self.window_used = self.window_used.saturating_sub(returned) + arrived;
         if s.conn_cap < s.limits.connection_limit
             && now.duration_since(s.conn_cap_at) >= CONN_CAP_RAISE
         {
             s.conn_cap += 1;
             s.conn_cap_at = now;
         }
-        let wanted = (s.ready.len() as u32).min(s.conn_cap);
-        let spawn = wanted.saturating_sub(s.workers);
+        let wanted = s.workers_wanted().saturating_sub(s.workers);
+        let free = self.connections_max.saturating_sub(self.workers_total);
+        let spawn = wanted.min(free);
         s.workers += spawn;
+        self.workers_total += spawn;
+        if spawn < wanted && !s.starved {
+            s.starved = true;
+            self.starved.push_back(key.to_string());
+        }
         Ok(spawn)
+    }
+
+    /// Scopes waiting in line for a worker, one worker each while the budget allows: the
+    /// scopes to start a worker for (counted in). Call when a worker leaves.
+    pub fn spawn_starved(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.workers_total < self.connections_max {
+            let Some(key) = self.starved.pop_front() else {
+                break;
+            };
+            let Some(s) = self.scopes.get_mut(&key) else {
+                continue;
+            };
+            s.starved = false;
+            if s.workers >= s.workers_wanted() {
+                continue;
+            }
+            s.workers += 1;
+            self.workers_total += 1;
+            // Still short: back in line behind the others.
+            if s.workers < s.workers_wanted() {
+                s.starved = true;
+                self.starved.push_back(key.clone());
+            }
+            out.push(key);
+        }
+        out
     }
 
     /// A worker of `key` asks for its next message. `stop`: the engine stops or failed;
@@ -313,12 +433,18 @@ impl<M: Recipients> Owner<M> {
             s.ready.pop_front()
         };
         let Some(msg) = msg else {
-            if stop || idle || excess {
+            // With other scopes in line for a worker, one with nothing to send and nothing on
+            // its way gives its connection up at once rather than idling on it.
+            let coming = s.credit_out.iter().any(|&c| c > 0);
+            let give_up = !self.starved.is_empty() && !coming;
+            if stop || idle || excess || give_up {
                 s.workers = s.workers.saturating_sub(1);
+                self.workers_total = self.workers_total.saturating_sub(1);
                 return Take::Exit;
             }
             return Take::Wait;
         };
+        self.window_used = self.window_used.saturating_sub(1);
         let wait = match s.throttle.interval() {
             Some(interval) => {
                 let at = s.next_send.max(now);
@@ -346,6 +472,7 @@ impl<M: Recipients> Owner<M> {
             return Refusal::Stay;
         }
         s.workers -= 1;
+        self.workers_total = self.workers_total.saturating_sub(1);
         let before = s.conn_cap;
         s.conn_cap = s.conn_cap.min(s.workers).max(1);
         s.conn_cap_at = now;
@@ -487,10 +614,101 @@ mod tests {
         g.iter().filter(|c| c.0 == home).map(|c| c.1).sum()
     }
 
+    /// Credit granted to `key` by `owner`, in total.
+    fn granted(owner: &mut Owner<Msg>, key: &str) -> u32 {
+        let mut out = Vec::new();
+        owner.grant(key, &mut out);
+        out.iter().map(|c| c.1).sum()
+    }
+
+    #[test]
+    fn the_connection_budget_holds_across_scopes_and_its_line_is_served_in_order() {
+        let t0 = Instant::now();
+        // Two connections for the whole shard; three scopes of two connections each.
+        let mut owner = Owner::<Msg>::new(1, 2);
+        for key in ["a", "b", "c"] {
+            let warm = owner.demand(scope(key), limits(2, None), 0, 4, t0, false);
+            // Preconnecting counts against the budget too: only two scopes get one.
+            assert_eq!(warm.is_some(), key != "c", "{key}");
+        }
+        assert_eq!(owner.workers(), (2, 2));
+        let msgs = || (0..2).map(|_| Msg(1)).collect::<Vec<_>>();
+        // Each scope's messages arrive: nobody can get a second worker, c none at all.
+        assert_eq!(owner.prepared("a", 0, 2, msgs(), t0), Ok(0));
+        assert_eq!(owner.prepared("b", 0, 2, msgs(), t0), Ok(0));
+        assert_eq!(owner.prepared("c", 0, 2, msgs(), t0), Ok(0));
+        assert!(owner.spawn_starved().is_empty(), "no worker is free");
+        // a's worker sends both of its messages, then, with others in line, leaves at once
+        // instead of idling; its slot goes to the first scope in line.
+        for _ in 0..2 {
+            assert!(matches!(
+                owner.take("a", t0, false, false),
+                Take::Send { .. }
+            ));
+        }
+        assert_eq!(owner.take("a", t0, false, false), Take::Exit);
+        assert_eq!(owner.spawn_starved(), ["b"]);
+        assert_eq!(owner.workers(), (2, 2));
+        assert!(owner.spawn_starved().is_empty());
+        // b's two workers finish; the line then serves c, twice.
+        for _ in 0..2 {
+            assert!(matches!(
+                owner.take("b", t0, false, false),
+                Take::Send { .. }
+            ));
+        }
+        assert_eq!(owner.take("b", t0, false, false), Take::Exit);
+        assert_eq!(owner.take("b", t0, false, false), Take::Exit);
+        assert_eq!(owner.spawn_starved(), ["c", "c"]);
+        assert_eq!(owner.workers(), (2, 2));
+    }
+
+    #[test]
+    fn the_shared_window_holds_across_scopes_and_waiting_scopes_get_the_room_that_opens() {
+        let t0 = Instant::now();
+        // One connection for the shard: a shared window of WINDOW_PER_CONNECTION messages.
+        let mut owner = Owner::<Msg>::new(1, 1);
+        owner.demand(scope("a"), limits(2, None), 0, 100, t0, false);
+        owner.demand(scope("b"), limits(2, None), 0, 100, t0, false);
+        assert_eq!(granted(&mut owner, "a"), WINDOW_PER_CONNECTION);
+        assert_eq!(granted(&mut owner, "b"), 0, "the shared window is full");
+        assert_eq!(
+            owner.window(),
+            (WINDOW_PER_CONNECTION, WINDOW_PER_CONNECTION)
+        );
+        let msgs = (0..WINDOW_PER_CONNECTION).map(|_| Msg(1)).collect();
+        owner
+            .prepared("a", 0, WINDOW_PER_CONNECTION, msgs, t0)
+            .unwrap();
+        // Both wait in line for room, a first (it asked first, and wants more than it got).
+        // Messages leave the window one at a time: the room goes round the line.
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            assert!(matches!(
+                owner.take("a", t0, false, false),
+                Take::Send { .. }
+            ));
+            owner.grant_waiting(&mut waiting);
+        }
+        let order: Vec<&str> = waiting.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(order, ["a", "b", "a"]);
+        assert!(waiting.iter().all(|&(_, home, n)| home == 0 && n == 1));
+        assert_eq!(
+            owner.window(),
+            (WINDOW_PER_CONNECTION, WINDOW_PER_CONNECTION)
+        );
+        // Credit handed back (nothing was due any more) frees its room.
+        owner.prepared("b", 0, 1, Vec::new(), t0).unwrap();
+        assert_eq!(owner.window().0, WINDOW_PER_CONNECTION - 1);
+        let mut waiting = Vec::new();
+        owner.grant_waiting(&mut waiting);
+        assert_eq!(waiting, [("b".to_string(), 0, 1)]);
+    }
+
     #[test]
     fn credit_fills_the_window_and_no_more_until_messages_leave() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(2, None), 0, 100, t0, false);
         let g = grants(&mut owner);
         // Window: 2 connections x 4; in batches of at most CREDIT_BATCH_MAX.
@@ -518,7 +736,7 @@ mod tests {
     #[test]
     fn a_lowered_connection_limit_sends_excess_workers_home() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(4, None), 0, 100, t0, false);
         grants(&mut owner);
         let msgs = (0..16).map(|_| Msg(1)).collect();
@@ -551,7 +769,7 @@ mod tests {
     #[test]
     fn a_reload_paces_a_scope_at_its_new_rate_without_waiting_for_demand() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(1, Some(100.0)), 0, 4, t0, false);
         grants(&mut owner);
         let msgs = (0..4).map(|_| Msg(1)).collect();
@@ -577,7 +795,7 @@ mod tests {
     #[test]
     fn the_status_says_what_each_scope_holds_busiest_first() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(2);
+        let mut owner = Owner::<Msg>::new(2, 1_000);
         owner.demand(scope("quiet"), limits(1, None), 0, 1, t0, false);
         owner.demand(scope("busy"), limits(2, Some(50.0)), 1, 100, t0, false);
         let mut out = Vec::new();
@@ -609,7 +827,7 @@ mod tests {
     #[test]
     fn a_grant_touches_only_its_scope() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(1, None), 0, 10, t0, false);
         owner.demand(scope("t"), limits(1, None), 0, 10, t0, false);
         assert_eq!(grants(&mut owner), [(0, 4)]);
@@ -624,7 +842,7 @@ mod tests {
     #[test]
     fn homes_share_a_window_round_robin() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(3);
+        let mut owner = Owner::<Msg>::new(3, 1_000);
         let l = limits(10, None);
         for home in 0..3 {
             owner.demand(scope("s"), l, home, 1_000, t0, false);
@@ -637,7 +855,7 @@ mod tests {
             "{shares:?}"
         );
         // A home that wants little gets what it wants; the others share the rest.
-        let mut owner = Owner::<Msg>::new(2);
+        let mut owner = Owner::<Msg>::new(2, 1_000);
         owner.demand(scope("s"), l, 0, 3, t0, false);
         owner.demand(scope("s"), l, 1, 1_000, t0, false);
         let g = grants(&mut owner);
@@ -647,7 +865,7 @@ mod tests {
     #[test]
     fn credit_handed_back_frees_the_window() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(1, None), 0, 10, t0, false);
         assert_eq!(total(&grants(&mut owner), 0), 4);
         // The home had nothing left to send for it: no messages, the credit comes back.
@@ -663,7 +881,7 @@ mod tests {
     #[test]
     fn first_demand_opens_a_connection_once() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(2);
+        let mut owner = Owner::<Msg>::new(2, 1_000);
         let l = limits(4, None);
         assert_eq!(
             owner.demand(scope("s"), l, 0, 0, t0, false),
@@ -677,7 +895,7 @@ mod tests {
             None,
             "a worker is on it"
         );
-        let mut other = Owner::<Msg>::new(1);
+        let mut other = Owner::<Msg>::new(1, 1_000);
         assert_eq!(
             other.demand(scope("s"), l, 0, 5, t0, true),
             None,
@@ -691,7 +909,7 @@ mod tests {
     #[test]
     fn a_refusal_holds_connections_at_the_open_count_then_raises_one_at_a_time() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(5, None), 0, 100, t0, false);
         grants(&mut owner);
         let msgs = (0..20).map(|_| Msg(1)).collect();
@@ -738,7 +956,7 @@ mod tests {
     #[test]
     fn pacing_spaces_sends_by_recipients_at_the_configured_rate() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(2, Some(10.0)), 0, 10, t0, false);
         grants(&mut owner);
         owner
@@ -767,7 +985,7 @@ mod tests {
     #[test]
     fn workers_wait_when_empty_and_leave_when_idle_or_stopping() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.demand(scope("s"), limits(1, None), 0, 1, t0, false);
         assert_eq!(owner.take("s", t0, false, false), Take::Wait);
         owner.prepared("s", 0, 0, vec![Msg(1)], t0).unwrap();
@@ -797,7 +1015,7 @@ mod tests {
     #[test]
     fn idle_scopes_are_forgotten_busy_ones_never() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(2);
+        let mut owner = Owner::<Msg>::new(2, 1_000);
         for i in 0..(IDLE_SCOPES_MAX + 50) {
             owner.demand(
                 scope(&format!("site:mx{i}.example")),
@@ -826,7 +1044,7 @@ mod tests {
     #[test]
     fn tls_broken_hosts_lapse_and_stay_bounded() {
         let t0 = Instant::now();
-        let mut owner = Owner::<Msg>::new(1);
+        let mut owner = Owner::<Msg>::new(1, 1_000);
         owner.mark_tls_broken("mx.a", t0);
         assert!(owner.is_tls_broken("mx.a", t0));
         assert!(!owner.is_tls_broken("mx.a", t0 + TLS_BROKEN_FOR));

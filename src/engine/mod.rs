@@ -158,6 +158,8 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Each shard's last published status.
     status: Mutex<Vec<Option<ShardStatus>>>,
+    /// Outbound connections each shard may hold (`preflight::connections_per_shard`).
+    pub connections_per_shard: u32,
 }
 
 impl Shared {
@@ -274,6 +276,12 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     for note in config.inactive_features() {
         tracing::warn!("note: {note}");
     }
+    let (connections_per_shard, open_files) = preflight::connections_per_shard(shards);
+    if connections_per_shard < preflight::CONNECTIONS_PER_SHARD_LOW {
+        tracing::warn!(
+            "the open-files limit ({open_files}) leaves {connections_per_shard} connections per shard; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
+        );
+    }
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
@@ -288,6 +296,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         counters: Arc::new(Counters::default()),
         clock: crate::clock::system(),
         status: Mutex::new(vec![None; shards]),
+        connections_per_shard,
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
@@ -759,6 +768,7 @@ fn open_shard(
     let core = Core::new(
         id,
         shards,
+        shared.connections_per_shard,
         Arc::clone(config),
         Arc::clone(&shared.clock),
         Arc::clone(&shared.counters),

@@ -67,6 +67,9 @@ impl<L: LogSink> Core<L> {
             }
             self.announce_demand();
         }
+        // Whatever is waiting in the owner's lines gets served now and then even if no event
+        // came to do it (they are served on every take, prepared messages and refusal).
+        self.serve_waiting();
         if now.duration_since(self.last_sweep) >= SCOPE_SWEEP_INTERVAL {
             self.last_sweep = now;
             self.owner.forget_idle_scopes(now);

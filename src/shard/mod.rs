@@ -227,10 +227,13 @@ pub struct Core<L> {
 }
 
 impl<L: LogSink> Core<L> {
-    /// A shard's core over its recovered queue: the home learns what the queue holds.
+    /// A shard's core over its recovered queue: the home learns what the queue holds. The
+    /// owner runs at most `connections_max` connections at once (`Owner::new`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         shards: usize,
+        connections_max: u32,
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
         counters: Arc<Counters>,
@@ -249,7 +252,7 @@ impl<L: LogSink> Core<L> {
             queue,
             log,
             home,
-            owner: Owner::new(shards),
+            owner: Owner::new(shards, connections_max),
             renderings: Renderings::new(crate::message::RENDERINGS_BYTES_MAX),
             unsynced: Vec::new(),
             unsynced_records: 0,

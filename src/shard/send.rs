@@ -65,6 +65,25 @@ impl<L: LogSink> Core<L> {
         }
     }
 
+    /// Room opened in the owner's shared window or a worker left: the scopes waiting in line
+    /// for room get credit, those waiting for a worker get one.
+    pub(super) fn serve_waiting(&mut self) {
+        if self.closing {
+            return;
+        }
+        let mut credits = Vec::new();
+        self.owner.grant_waiting(&mut credits);
+        for (scope, home, n) in credits {
+            self.send(home, Msg::Credit { scope, n });
+        }
+        for scope in self.owner.spawn_starved() {
+            self.effects.push(Effect::SpawnWorker {
+                scope,
+                preconnect: None,
+            });
+        }
+    }
+
     /// Rendered messages arrived from a home.
     pub(super) fn on_prepared(
         &mut self,
@@ -97,6 +116,7 @@ impl<L: LogSink> Core<L> {
         }
         self.effects.push(Effect::WakeWorkers(scope.clone()));
         self.grant(&scope);
+        self.serve_waiting();
     }
 
     /// A worker of `scope` asks for its next message (`Owner::take`). `stop`: the engine
@@ -108,6 +128,8 @@ impl<L: LogSink> Core<L> {
         if matches!(next, Take::Send { .. }) {
             self.grant(scope);
         }
+        // A message left the window, or a worker left its slot.
+        self.serve_waiting();
         next
     }
 
@@ -151,6 +173,7 @@ impl<L: LogSink> Core<L> {
                         printable(&reply.to_log_string()),
                     );
                 }
+                self.serve_waiting();
                 true
             }
         }

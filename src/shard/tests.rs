@@ -49,6 +49,7 @@ fn fixture() -> Fixture {
     let core = Core::new(
         0,
         1,
+        100,
         Arc::new(config),
         shared_clock,
         Arc::clone(&counters),
