@@ -63,6 +63,10 @@ pub struct Engine {
     /// Executors, pinned one per CPU. Default: every online CPU.
     pub shards: usize,
     pub data_dir: PathBuf,
+    /// Outbound connections across all shards at most (an extension; startup-only). `None`:
+    /// what the open-files limit allows (`preflight::connections_per_shard`); a value above
+    /// that is held to it.
+    pub connections_max: Option<u32>,
     /// How each shard's executor polls, preempts and shares its CPU (startup-only).
     pub runtime: Runtime,
 }
@@ -324,6 +328,10 @@ impl Config {
         line(format!("configuration: {} (valid)", self.source));
         line(format!("shards: {}", self.engine.shards));
         line(format!("data_dir: {}", self.engine.data_dir.display()));
+        line(match self.engine.connections_max {
+            Some(n) => format!("connections_max: {n} (startup-only)"),
+            None => "connections_max: from the open-files limit (startup-only)".into(),
+        });
         let rt = &self.engine.runtime;
         line(format!(
             "runtime: spin_before_park={} preempt_timer={} io_memory={} bytes (startup-only)",
@@ -401,6 +409,10 @@ impl Config {
         let (old_rt, new_rt) = (&self.engine.runtime, &new.engine.runtime);
         [
             (self.engine.shards != new.engine.shards, "engine.shards"),
+            (
+                self.engine.connections_max != new.engine.connections_max,
+                "engine.connections_max",
+            ),
             (
                 self.engine.data_dir != new.engine.data_dir,
                 "engine.data_dir",

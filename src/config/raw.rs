@@ -45,6 +45,7 @@ pub(super) struct RawConfig {
 struct RawEngine {
     shards: Option<usize>,
     data_dir: Option<PathBuf>,
+    connections_max: Option<u32>,
     spin_before_park: Option<String>,
     preempt_timer: Option<String>,
     io_memory: Option<RawSize>,
@@ -510,10 +511,20 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         })
         .collect();
 
+    let connections_max = match raw.engine.connections_max {
+        Some(n) if (n as usize) < shards => {
+            return Err(err(
+                "engine.connections_max",
+                format!("at least one connection per shard ({shards} shards), got {n}"),
+            ))
+        }
+        other => other,
+    };
     Ok(Config {
         source: source.to_string(),
         engine: Engine {
             shards,
+            connections_max,
             data_dir: raw
                 .engine
                 .data_dir

@@ -93,6 +93,10 @@ fn bad_values_name_their_field() {
             "providers.g.max_message_rate",
         ),
         ("[engine]\nshards = 0\n", "engine.shards"),
+        (
+            "[engine]\nshards = 4\nconnections_max = 3\n",
+            "engine.connections_max",
+        ),
         ("[queue]\nsegment_bytes = \"1KB\"\n", "queue.segment_bytes"),
         ("[admin]\nlisten = \"nope\"\n", "admin.listen"),
         (
@@ -105,6 +109,15 @@ fn bad_values_name_their_field() {
         let e = Config::parse(text, "c.toml").unwrap_err();
         assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
     }
+}
+
+#[test]
+fn connections_max_is_optional_and_restart_only() {
+    let unset = Config::parse("[engine]\nshards = 2\n", "c.toml").unwrap();
+    assert_eq!(unset.engine.connections_max, None);
+    let set = Config::parse("[engine]\nshards = 2\nconnections_max = 500\n", "c.toml").unwrap();
+    assert_eq!(set.engine.connections_max, Some(500));
+    assert_eq!(unset.restart_only_changes(&set), ["engine.connections_max"]);
 }
 
 #[test]

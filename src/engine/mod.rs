@@ -276,8 +276,22 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     for note in config.inactive_features() {
         tracing::warn!("note: {note}");
     }
-    let (connections_per_shard, open_files) = preflight::connections_per_shard(shards);
-    if connections_per_shard < preflight::CONNECTIONS_PER_SHARD_LOW {
+    let (allowed, open_files) = preflight::connections_per_shard(shards);
+    let connections_per_shard = match config.engine.connections_max {
+        Some(total) => {
+            let wanted = total / shards as u32;
+            if wanted > allowed {
+                tracing::warn!(
+                    "engine.connections_max = {total}: the open-files limit ({open_files}) allows {allowed} per shard; holding at that"
+                );
+            }
+            wanted.min(allowed).max(1)
+        }
+        None => allowed,
+    };
+    if connections_per_shard < preflight::CONNECTIONS_PER_SHARD_LOW
+        && config.engine.connections_max.is_none()
+    {
         tracing::warn!(
             "the open-files limit ({open_files}) leaves {connections_per_shard} connections per shard; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         );
