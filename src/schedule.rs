@@ -31,6 +31,12 @@ pub const ROUTES_MAX: usize = 100_000;
 /// DNS lookups a home runs at once. Each is a task with its own socket; a burst of new
 /// domains waits its turn instead of opening thousands of sockets.
 pub const RESOLVING_MAX: usize = 256;
+/// A lookup that fails for now (a timeout, SERVFAIL) is tried again this many times, after
+/// `QUIET_RETRY_FIRST` and then twice as long each time, while its recipients stay parked:
+/// no outcome, no log line, no attempt counted. A nameserver that dropped a burst of queries
+/// costs seconds, not a retry interval. Only then is the failure their outcome (deferred).
+pub const QUIET_RETRIES: u32 = 3;
+pub const QUIET_RETRY_FIRST: Duration = Duration::from_secs(2);
 
 /// Where a domain's recipients go.
 #[derive(Clone, Debug)]
@@ -95,6 +101,11 @@ pub struct Home {
     routes: ExpiringMap<Box<str>, Route>,
     /// Domains being resolved, with the recipients waiting for them.
     resolving: HashMap<Box<str>, Vec<u64>>,
+    /// Domains whose lookup failed for now, their recipients still parked in `resolving`:
+    /// (when to look again, domain), soonest first; and the failures so far per domain.
+    /// Both hold only domains in `resolving`, so `RESOLVING_MAX` bounds them.
+    quiet_retries: BinaryHeap<Reverse<(Instant, Box<str>)>>,
+    failures: HashMap<Box<str>, u32>,
     /// Routed recipients per scope, waiting for credit: (scope, owner, sequence numbers).
     pending: HashMap<String, (Scope, usize, VecDeque<u64>)>,
     /// Per scope: the owner's view of our demand (what we announced, less the credit it
@@ -109,6 +120,8 @@ impl Default for Home {
             deferred: BinaryHeap::new(),
             routes: ExpiringMap::new(ROUTES_MAX),
             resolving: HashMap::new(),
+            quiet_retries: BinaryHeap::new(),
+            failures: HashMap::new(),
             pending: HashMap::new(),
             announced: HashMap::new(),
         }
@@ -186,6 +199,15 @@ impl Home {
             self.deferred.pop();
             self.ready.push_back(seq);
         }
+        while let Some(Reverse((due, _))) = self.quiet_retries.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, domain))) = self.quiet_retries.pop() else {
+                break;
+            };
+            out.to_resolve.push(domain.to_string());
+        }
         let mut n = 0;
         let mut later = Vec::new();
         while n < ROUTE_PER_TICK_MAX {
@@ -230,8 +252,21 @@ impl Home {
     }
 
     /// `domain` resolved to `route`: remembered for its TTL, and the recipients that waited
-    /// for it go back to the front of the ready queue.
+    /// for it go back to the front of the ready queue. A temporary failure is first tried
+    /// again quietly (`QUIET_RETRIES`), its recipients left parked.
     pub fn resolved(&mut self, domain: &str, route: Route, now: Instant) {
+        let temporary = matches!(&route, Route::Decided(o) if o.verdict == Verdict::Deferred);
+        if temporary && self.resolving.contains_key(domain) {
+            let failures = self.failures.entry(domain.into()).or_insert(0);
+            *failures += 1;
+            if *failures <= QUIET_RETRIES {
+                let wait = QUIET_RETRY_FIRST * (1 << (*failures - 1));
+                self.quiet_retries
+                    .push(Reverse((now + wait, domain.into())));
+                return;
+            }
+        }
+        self.failures.remove(domain);
         let until = now + route.ttl();
         self.routes.insert(domain.into(), route, until, now);
         let parked = self.resolving.remove(domain).unwrap_or_default();
@@ -517,6 +552,46 @@ mod tests {
             [format!("d{RESOLVING_MAX}.test")],
             "the next in order"
         );
+    }
+
+    #[test]
+    fn a_failed_lookup_is_retried_quietly_before_it_decides_anything() {
+        let mut failure = bounce();
+        failure.verdict = Verdict::Deferred;
+        let (_dir, q, first) = queue(&["a@x.test", "b@x.test"]);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.add_ready(first..first + 2);
+        assert_eq!(home.tick(&q.index, 0, t0).to_resolve, ["x.test"]);
+        // Three failures: each time the recipients stay parked (no outcome), and the lookup
+        // comes back after 2, 4, then 8 s.
+        let mut t = t0;
+        for wait in [2, 4, 8] {
+            home.resolved("x.test", Route::Decided(failure.clone()), t);
+            let early = home.tick(&q.index, 0, t + Duration::from_secs(wait) / 2);
+            assert!(early.decided.is_empty() && early.to_resolve.is_empty());
+            assert_eq!(home.status().resolving, 2, "still parked");
+            t += Duration::from_secs(wait);
+            let due = home.tick(&q.index, 0, t);
+            assert!(due.decided.is_empty(), "no outcome yet");
+            assert_eq!(due.to_resolve, ["x.test"], "after {wait} s");
+        }
+        // The fourth failure is their outcome, counted as usual.
+        home.resolved("x.test", Route::Decided(failure.clone()), t);
+        let decided = home.tick(&q.index, 0, t).decided;
+        assert_eq!(decided.len(), 2);
+        assert!(decided.iter().all(|(_, o)| o.verdict == Verdict::Deferred));
+        // A lookup that succeeds on a quiet retry routes them, and the count starts over.
+        let (_dir, q, first) = queue(&["c@y.test"]);
+        home.add_ready(first..first + 1);
+        assert_eq!(home.tick(&q.index, 0, t).to_resolve, ["y.test"]);
+        home.resolved("y.test", Route::Decided(failure.clone()), t);
+        let t = t + QUIET_RETRY_FIRST;
+        assert_eq!(home.tick(&q.index, 0, t).to_resolve, ["y.test"]);
+        home.resolved("y.test", Route::Scope(scope("s"), 0), t);
+        home.tick(&q.index, 0, t);
+        assert_eq!(home.status().pending, 1);
+        assert!(home.failures.is_empty() && home.quiet_retries.is_empty());
     }
 
     #[test]

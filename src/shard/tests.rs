@@ -213,10 +213,26 @@ fn a_deferred_recipient_waits_for_its_retry_time() {
     f.core.tick();
     f.core.take_effects();
     let d = Destination::TemporaryFailure("SERVFAIL".into());
-    let route = route_by_dns(f.core.config(), 1, "d.example", &d);
-    f.core.resolved("d.example", route);
-    f.core.tick();
-    settle(&mut f.core);
+    // The lookup is tried again quietly first (`schedule::QUIET_RETRIES`): no outcome, no
+    // log line until it has failed that many times more.
+    for retry in 0..=crate::schedule::QUIET_RETRIES {
+        let route = route_by_dns(f.core.config(), 1, "d.example", &d);
+        f.core.resolved("d.example", route);
+        f.core.tick();
+        settle(&mut f.core);
+        if retry < crate::schedule::QUIET_RETRIES {
+            assert!(f.core.log.pending.is_empty(), "retry {retry}");
+            f.clock.advance(std::time::Duration::from_secs(60));
+            f.core.tick();
+            let effects = f.core.take_effects();
+            assert!(
+                effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::Resolve(d) if d == "d.example")),
+                "{effects:?}"
+            );
+        }
+    }
     assert_eq!(
         f.core.log.pending.last(),
         Some(&("a@d.example".to_string(), EventType::TransientFailure))
