@@ -567,6 +567,10 @@ impl<M: Recipients> Owner<M> {
                 self.scopes.remove(&key);
             }
         }
+        // The lines hold each known scope once at most; a forgotten one leaves them too.
+        let scopes = &self.scopes;
+        self.starved.retain(|k| scopes.contains_key(k));
+        self.blocked.retain(|k| scopes.contains_key(k));
     }
 }
 
