@@ -112,7 +112,7 @@ fn ensure_memlock(need: u64) -> Result<Preflight, PreflightError> {
 pub const DESCRIPTORS_RESERVED: u64 = 1024;
 /// Descriptors kept out per shard: its DNS lookups in flight (a socket each,
 /// `schedule::RESOLVING_MAX`) and slack.
-pub const DESCRIPTORS_RESERVED_PER_SHARD: u64 = 512;
+pub const DESCRIPTORS_RESERVED_PER_SHARD: u64 = crate::schedule::RESOLVING_MAX as u64 + 64;
 /// Outbound connections one shard holds at most, whatever the descriptor limit.
 pub const CONNECTIONS_PER_SHARD_MAX: u32 = 2_000;
 /// Fewer connections per shard than this and the engine says the descriptor limit is low.
@@ -147,7 +147,7 @@ pub fn connections_per_shard(shards: usize) -> (u32, u64) {
     let limit = lim.rlim_cur;
     let shards = shards.max(1) as u64;
     let left = limit.saturating_sub(DESCRIPTORS_RESERVED + DESCRIPTORS_RESERVED_PER_SHARD * shards);
-    let per_shard = (left * 3 / 4 / shards).clamp(1, u64::from(CONNECTIONS_PER_SHARD_MAX));
+    let per_shard = (left / shards * 3 / 4).clamp(1, u64::from(CONNECTIONS_PER_SHARD_MAX));
     (per_shard as u32, limit)
 }
 

@@ -36,7 +36,13 @@ pub const RESOLVING_MAX: usize = 256;
 /// no outcome, no log line, no attempt counted. A nameserver that dropped a burst of queries
 /// costs seconds, not a retry interval. Only then is the failure their outcome (deferred).
 pub const QUIET_RETRIES: u32 = 3;
-pub const QUIET_RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Just past the resolver's memory of a failure (`dns::cache::FAILURE_TTL_S`), so that the
+/// first retry asks the nameserver again rather than the cache.
+pub const QUIET_RETRY_FIRST: Duration =
+    Duration::from_secs(crate::dns::cache::FAILURE_TTL_S as u64 + 1);
+/// Domains waiting for a quiet retry at most (they hold no socket, so they do not count
+/// against `RESOLVING_MAX`); beyond it a failure is the recipients' outcome at once.
+pub const QUIET_DOMAINS_MAX: usize = 4 * RESOLVING_MAX;
 
 /// Where a domain's recipients go.
 #[derive(Clone, Debug)]
@@ -232,7 +238,12 @@ impl Home {
                 },
                 Some(Route::Decided(outcome)) => out.decided.push((seq, outcome.clone())),
                 None => {
-                    let busy = self.resolving.len() >= RESOLVING_MAX;
+                    // Lookups in flight: domains waiting for a quiet retry hold no socket.
+                    let in_flight = self
+                        .resolving
+                        .len()
+                        .saturating_sub(self.quiet_retries.len());
+                    let busy = in_flight >= RESOLVING_MAX;
                     if busy && !self.resolving.contains_key(domain) {
                         later.push(seq);
                         continue;
@@ -256,7 +267,8 @@ impl Home {
     /// again quietly (`QUIET_RETRIES`), its recipients left parked.
     pub fn resolved(&mut self, domain: &str, route: Route, now: Instant) {
         let temporary = matches!(&route, Route::Decided(o) if o.verdict == Verdict::Deferred);
-        if temporary && self.resolving.contains_key(domain) {
+        let room = self.quiet_retries.len() < QUIET_DOMAINS_MAX;
+        if temporary && room && self.resolving.contains_key(domain) {
             let failures = self.failures.entry(domain.into()).or_insert(0);
             *failures += 1;
             if *failures <= QUIET_RETRIES {
@@ -564,17 +576,19 @@ mod tests {
         home.add_ready(first..first + 2);
         assert_eq!(home.tick(&q.index, 0, t0).to_resolve, ["x.test"]);
         // Three failures: each time the recipients stay parked (no outcome), and the lookup
-        // comes back after 2, 4, then 8 s.
+        // comes back after 6, 12, then 24 s (past the resolver's 5 s memory of a failure).
+        assert_eq!(QUIET_RETRY_FIRST, Duration::from_secs(6));
         let mut t = t0;
-        for wait in [2, 4, 8] {
+        for wait in [1, 2, 4] {
+            let wait = QUIET_RETRY_FIRST * wait;
             home.resolved("x.test", Route::Decided(failure.clone()), t);
-            let early = home.tick(&q.index, 0, t + Duration::from_secs(wait) / 2);
+            let early = home.tick(&q.index, 0, t + wait / 2);
             assert!(early.decided.is_empty() && early.to_resolve.is_empty());
             assert_eq!(home.status().resolving, 2, "still parked");
-            t += Duration::from_secs(wait);
+            t += wait;
             let due = home.tick(&q.index, 0, t);
             assert!(due.decided.is_empty(), "no outcome yet");
-            assert_eq!(due.to_resolve, ["x.test"], "after {wait} s");
+            assert_eq!(due.to_resolve, ["x.test"], "after {wait:?}");
         }
         // The fourth failure is their outcome, counted as usual.
         home.resolved("x.test", Route::Decided(failure.clone()), t);

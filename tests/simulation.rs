@@ -252,6 +252,8 @@ enum Timer {
     Maintenance(usize),
     Resolved(usize, String),
     Worker(usize, u64, u64),
+    /// A worker that left has closed its connection (shard, scope).
+    Closed(usize, String),
     Feed,
     Chaos,
     DrainCheck,
@@ -703,6 +705,11 @@ impl Sim {
                     self.worker(s, w)?;
                 }
             }
+            Timer::Closed(s, key) => {
+                self.receivers.get_mut(&key).expect("receiver").close();
+                self.shards[s].core.connection_closed(&key);
+                self.effects(s)?;
+            }
             Timer::Feed => self.feed()?,
             Timer::Chaos => self.chaos()?,
             Timer::DrainCheck => self.drain_check()?,
@@ -916,7 +923,8 @@ impl Sim {
             (w.scope.clone(), w.idle_since)
         };
         let idle = now.duration_since(idle_since) >= IDLE_CLOSE;
-        let next = self.shards[s].core.take(&key, false, idle);
+        let connected = self.shards[s].workers[&id].connected.is_some();
+        let next = self.shards[s].core.take(&key, false, idle, connected);
         self.effects(s)?;
         match next {
             Take::Send {
@@ -941,7 +949,10 @@ impl Sim {
             Take::Exit => {
                 let w = self.shards[s].workers.remove(&id).expect("worker");
                 if w.connected.is_some() {
-                    self.receivers.get_mut(&key).expect("receiver").close();
+                    // QUIT takes a round trip: the connection stays open, and counted
+                    // against the budget, until it is closed.
+                    let latency = Duration::from_millis(self.rng.range(1, LATENCY_MAX_MS + 1));
+                    self.at(now + latency, Timer::Closed(s, key));
                 }
             }
         }
@@ -1219,8 +1230,11 @@ impl Sim {
         for (s, shard) in self.shards.iter().enumerate() {
             let owner = &shard.core.owner;
             let (workers, max) = owner.workers();
-            if workers > max {
-                return Err(format!("shard {s}: {workers} workers, budget {max}"));
+            if owner.connections() > max {
+                return Err(format!(
+                    "shard {s}: {} connections ({workers} workers), budget {max}",
+                    owner.connections()
+                ));
             }
             if workers as usize != shard.workers.len() {
                 return Err(format!(

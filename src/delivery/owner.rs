@@ -74,6 +74,9 @@ struct OwnerScope<M> {
     credit_out: Vec<u32>,
     ready: VecDeque<M>,
     workers: u32,
+    /// Connections of this scope's workers that left, still closing: the receiver counts
+    /// them, so the scope's cap does too.
+    closing: u32,
     next_send: Instant,
     /// The home the next grant starts with.
     rr: usize,
@@ -96,6 +99,7 @@ impl<M> OwnerScope<M> {
             credit_out: vec![0; homes],
             ready: VecDeque::new(),
             workers: 0,
+            closing: 0,
             next_send: now,
             rr: 0,
             last_busy: now,
@@ -104,9 +108,10 @@ impl<M> OwnerScope<M> {
         }
     }
 
-    /// Workers this scope could use now: one per message waiting, within its cap.
+    /// Workers this scope could use now: one per message waiting, within its cap less the
+    /// connections still closing.
     fn workers_wanted(&self) -> u32 {
-        (self.ready.len() as u32).min(self.conn_cap)
+        (self.ready.len() as u32).min(self.conn_cap.saturating_sub(self.closing))
     }
 
     /// The limits of the configuration in force. A cap that stood at the old connection
@@ -132,6 +137,7 @@ impl<M> OwnerScope<M> {
     /// Nothing wanted, promised, waiting or sending.
     fn is_idle(&self) -> bool {
         self.workers == 0
+            && self.closing == 0
             && self.ready.is_empty()
             && self.demand.iter().all(|&d| d == 0)
             && self.credit_out.iter().all(|&c| c == 0)
@@ -201,6 +207,9 @@ pub struct Owner<M> {
     connections_max: u32,
     /// Workers running, across scopes.
     workers_total: u32,
+    /// Connections of workers that left, still closing (QUIT sent, socket open): they count
+    /// against the budget until closed.
+    closing: u32,
     /// Messages ready or promised (credit out), across scopes.
     window_used: u32,
     /// Scopes that want a worker the budget could not give, in the order they asked.
@@ -220,6 +229,7 @@ impl<M: Recipients> Owner<M> {
             scopes: HashMap::new(),
             connections_max: connections_max.max(1),
             workers_total: 0,
+            closing: 0,
             window_used: 0,
             starved: VecDeque::new(),
             blocked: VecDeque::new(),
@@ -230,6 +240,57 @@ impl<M: Recipients> Owner<M> {
     /// Workers running across scopes, and the most allowed.
     pub fn workers(&self) -> (u32, u32) {
         (self.workers_total, self.connections_max)
+    }
+
+    /// Connections counted against the budget: workers running, and connections of workers
+    /// that left still closing.
+    pub fn connections(&self) -> u32 {
+        self.workers_total + self.closing
+    }
+
+    /// A worker of `key` that left (`Take::Exit`) is closing its connection: it still holds
+    /// a descriptor and the receiver still counts it, so the budget and the scope's cap
+    /// count it until `connection_closed`.
+    pub fn connection_closing(&mut self, key: &str) {
+        self.closing += 1;
+        if let Some(s) = self.scopes.get_mut(key) {
+            s.closing += 1;
+        }
+    }
+
+    /// A connection counted by `connection_closing` is closed. True when `key` has
+    /// messages its closing connections held a worker back from: one is started for it
+    /// (counted in); if the budget has no room, the scope waits in line.
+    pub fn connection_closed(&mut self, key: &str) -> bool {
+        self.closing = self.closing.saturating_sub(1);
+        let free = self.connections_free();
+        let Some(s) = self.scopes.get_mut(key) else {
+            return false;
+        };
+        s.closing = s.closing.saturating_sub(1);
+        if s.workers >= s.workers_wanted() {
+            return false;
+        }
+        if free > 0 {
+            s.workers += 1;
+            self.workers_total += 1;
+            return true;
+        }
+        if !s.starved {
+            s.starved = true;
+            self.starved.push_back(key.to_string());
+        }
+        false
+    }
+
+    /// True when `key` has messages here waiting for a worker.
+    pub fn has_ready(&self, key: &str) -> bool {
+        self.scopes.get(key).is_some_and(|s| !s.ready.is_empty())
+    }
+
+    /// Slots left in the connection budget.
+    fn connections_free(&self) -> u32 {
+        self.connections_max.saturating_sub(self.connections())
     }
 
     /// Messages ready or promised across scopes, and the most allowed.
@@ -271,8 +332,12 @@ impl<M: Recipients> Owner<M> {
         s.set_limits(limits, now);
         s.demand[home] = count;
         s.last_busy = now;
-        let warm = count > 0 && s.workers == 0 && s.ready.is_empty() && !draining;
-        if !warm || self.workers_total >= self.connections_max {
+        let warm = count > 0
+            && s.workers == 0
+            && s.closing < s.conn_cap
+            && s.ready.is_empty()
+            && !draining;
+        if !warm || self.workers_total + self.closing >= self.connections_max {
             return None;
         }
         s.workers += 1;
@@ -376,7 +441,9 @@ impl<M: Recipients> Owner<M> {
             s.conn_cap_at = now;
         }
         let wanted = s.workers_wanted().saturating_sub(s.workers);
-        let free = self.connections_max.saturating_sub(self.workers_total);
+        let free = self
+            .connections_max
+            .saturating_sub(self.workers_total + self.closing);
         let spawn = wanted.min(free);
         s.workers += spawn;
         self.workers_total += spawn;
@@ -391,7 +458,7 @@ impl<M: Recipients> Owner<M> {
     /// scopes to start a worker for (counted in). Call when a worker leaves.
     pub fn spawn_starved(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        while self.workers_total < self.connections_max {
+        while self.connections_free() > 0 {
             let Some(key) = self.starved.pop_front() else {
                 break;
             };

@@ -115,22 +115,49 @@ impl<L: LogSink> Core<L> {
             });
         }
         self.effects.push(Effect::WakeWorkers(scope.clone()));
-        self.grant(&scope);
+        // Room handed back goes to the scopes in line first, as in `take`.
         self.serve_waiting();
+        self.grant(&scope);
     }
 
     /// A worker of `scope` asks for its next message (`Owner::take`). `stop`: the engine
     /// stops or failed; `idle`: the worker has had nothing to send for long enough to close.
     /// A message taken makes room in the window: more credit goes out.
-    pub fn take(&mut self, scope: &str, stop: bool, idle: bool) -> Take<Prepared> {
+    /// `connected`: the worker holds a connection, which it closes if it leaves; the budget
+    /// counts it until the shell says so (`connection_closed`).
+    pub fn take(&mut self, scope: &str, stop: bool, idle: bool, connected: bool) -> Take<Prepared> {
         let stop = stop || self.closing;
         let next = self.owner.take(scope, self.clock.now(), stop, idle);
-        if matches!(next, Take::Send { .. }) {
-            self.grant(scope);
+        match next {
+            // The room this message leaves refills this scope first while its queue here
+            // runs dry (so its connection keeps working rather than closing for want of a
+            // message); while it still has messages waiting, the room goes to the scopes in
+            // line first, and this scope, if it wants more, joins the line behind them.
+            Take::Send { .. } if self.owner.has_ready(scope) => {
+                self.serve_waiting();
+                self.grant(scope);
+            }
+            Take::Send { .. } => {
+                self.grant(scope);
+                self.serve_waiting();
+            }
+            Take::Exit if connected => self.owner.connection_closing(scope),
+            Take::Exit => self.serve_waiting(),
+            Take::Wait => {}
         }
-        // A message left the window, or a worker left its slot.
-        self.serve_waiting();
         next
+    }
+
+    /// A worker of `scope` that left has closed its connection: if the scope's messages
+    /// waited for that, a worker starts for them; otherwise the slot goes to a scope in line.
+    pub fn connection_closed(&mut self, scope: &str) {
+        if self.owner.connection_closed(scope) {
+            self.effects.push(Effect::SpawnWorker {
+                scope: scope.to_string(),
+                preconnect: None,
+            });
+        }
+        self.serve_waiting();
     }
 
     /// A worker of `scope` sent `msg` (paced at `paced_at`) over a connection to `mx` at

@@ -119,7 +119,8 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         // `on_prepared` starts another).
         let stop = shard.shared.failed();
         let idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
-        let next = shard.with_core(|core| core.take(&key, stop, idle));
+        let connected = conn.is_some();
+        let next = shard.with_core(|core| core.take(&key, stop, idle, connected));
         let (mut msg, wait, max_per_connection, tls) = match next {
             Take::Send {
                 msg,
@@ -220,8 +221,10 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         shard.with_core(|core| core.sent(&key, &msg, results, paced_at, via));
         idle_since = shard.shared.clock.now();
     }
+    // Leaving with a connection (`Take::Exit`): the budget counts it until it is closed.
     if let Some((c, _)) = conn.take() {
         c.quit().await;
+        shard.with_core(|core| core.connection_closed(&key));
     }
 }
 
