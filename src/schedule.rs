@@ -609,6 +609,35 @@ mod tests {
     }
 
     #[test]
+    fn domains_waiting_for_a_quiet_retry_free_their_lookup_slot_within_a_bound() {
+        let mut failure = bounce();
+        failure.verdict = Verdict::Deferred;
+        let n = QUIET_DOMAINS_MAX + 1;
+        let names: Vec<String> = (0..n).map(|i| format!("u@d{i}.test")).collect();
+        let rcpts: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (_dir, q, first) = queue(&rcpts);
+        let t0 = Instant::now();
+        let mut home = Home::default();
+        home.add_ready(first..first + n as u64);
+        let mut failed = 0;
+        while failed < n {
+            let tick = home.tick(&q.index, 0, t0);
+            assert!(tick.to_resolve.len() <= RESOLVING_MAX);
+            assert!(!tick.to_resolve.is_empty(), "waiting domains hold no slot");
+            for domain in tick.to_resolve {
+                home.resolved(&domain, Route::Decided(failure.clone()), t0);
+                failed += 1;
+            }
+        }
+        // All but the last wait quietly; the last found the waiting room full, and its
+        // failure is its recipient's outcome at once.
+        assert_eq!(home.quiet_retries.len(), QUIET_DOMAINS_MAX);
+        let tick = home.tick(&q.index, 0, t0);
+        assert_eq!(tick.decided.len(), 1);
+        assert_eq!(home.status().resolving, QUIET_DOMAINS_MAX as u64);
+    }
+
+    #[test]
     fn temporary_routing_failures_are_remembered_briefly() {
         let mut failure = bounce();
         failure.verdict = Verdict::Deferred;

@@ -93,29 +93,33 @@ impl<L: LogSink> Core<L> {
         self.effects.push(Effect::Schedule);
     }
 
-    /// Renders up to `n` waiting recipients of `scope` and sends them to its owner.
+    /// Renders up to `n` waiting recipients of `scope` and sends them to its owner; with
+    /// nothing here any more, or draining, the credit goes back unused.
     pub(super) fn on_credit(&mut self, scope: String, n: u32) {
-        let mut msgs = Vec::new();
-        let mut failed = Vec::new();
-        let taken = self.home.take_credit(&scope, n, self.closing);
-        let Some(Taken {
-            owner,
+        let (owner, msgs) = match self.home.take_credit(&scope, n, self.closing) {
+            Some(taken) => (taken.owner, self.prepare(taken)),
+            None => (owner_shard(&scope, self.shards), Vec::new()),
+        };
+        let home = self.id;
+        let prepared = Msg::Prepared {
+            scope,
+            home,
+            granted: n,
+            msgs,
+        };
+        self.send(owner, prepared);
+    }
+
+    /// The messages for the recipients credit took: verbatim ones joined into shared
+    /// transactions, the rest rendered one each.
+    fn prepare(&mut self, taken: Taken) -> Vec<Prepared> {
+        let Taken {
             fallback_hosts,
             seqs,
-        }) = taken
-        else {
-            // Nothing here any more, or draining: give the credit back.
-            let owner = owner_shard(&scope, self.shards);
-            let home = self.id;
-            let back = Msg::Prepared {
-                scope,
-                home,
-                granted: n,
-                msgs,
-            };
-            self.send(owner, back);
-            return;
-        };
+            ..
+        } = taken;
+        let mut msgs: Vec<Prepared> = Vec::new();
+        let mut failed = Vec::new();
         let max_rcpts = self.config.delivery.recipients_per_transaction as usize;
         for seq in seqs {
             let joined = match msgs.last_mut() {
@@ -133,6 +137,9 @@ impl<L: LogSink> Core<L> {
         }
         // A recipient that cannot be rendered (a damaged record, a template that no longer
         // parses) will not render later either: it bounces rather than waits forever.
+        if !failed.is_empty() {
+            self.effects.push(Effect::Commit);
+        }
         for (seq, why) in failed {
             tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
             let outcome = Outcome {
@@ -145,16 +152,8 @@ impl<L: LogSink> Core<L> {
                 pushback: false,
             };
             self.finish(seq, &outcome, None);
-            self.effects.push(Effect::Commit);
         }
-        let home = self.id;
-        let prepared = Msg::Prepared {
-            scope,
-            home,
-            granted: n,
-            msgs,
-        };
-        self.send(owner, prepared);
+        msgs
     }
 
     /// Renders one recipient's message, marking it in flight; `None` if it is no longer due.
