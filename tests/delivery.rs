@@ -362,3 +362,48 @@ fn a_unilateral_421_closes_the_connection_and_retries_without_counting_an_attemp
     );
     sink.stop();
 }
+
+/// Thirty sites behind one address (as the customer domains of one hosted-mail provider
+/// are), each allowed two connections: together they get no more than `ip_connection_limit`
+/// connections to the address, and a connection one site's worker is done with serves the
+/// next site instead of closing.
+#[test]
+fn sites_behind_one_address_share_its_connections_within_the_cap() {
+    let sink = Sink::start(HashMap::new());
+    const SITES: usize = 30;
+    const PER_SITE: usize = 6;
+    let routes: String = (0..SITES)
+        .map(|i| {
+            format!(
+                "[[routes]]\ndomain = \"d{i}.test\"\nhosts = [\"{}\"]\n",
+                sink.addr
+            )
+        })
+        .collect();
+    let extra = format!(
+        "[delivery]\nsite_connection_limit = 2\nip_connection_limit = 2\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n{routes}"
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for i in 0..SITES {
+        for j in 0..PER_SITE {
+            s.push_str(&format!("{{\"to\":\"u{j}@d{i}.test\"}}\n"));
+        }
+    }
+    env.drop_input("tail.jsonl", s.as_bytes());
+    wait_final(&env, &engine, SITES * PER_SITE, Duration::from_secs(60));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(env.count_events("Delivery"), SITES * PER_SITE);
+    assert_eq!(env.count_events("TransientFailure"), 0);
+    let got = sink.received.lock().unwrap();
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    assert!(got.open_max <= 2, "{} open at once", got.open_max);
+    assert!(
+        got.connections < SITES / 2,
+        "{} connections for {SITES} sites",
+        got.connections
+    );
+    drop(got);
+    sink.stop();
+}

@@ -47,8 +47,8 @@ use spate::dns::resolver::Destination;
 use spate::queue::record::RecipientPayload;
 use spate::queue::store::{Chunk, MessageSpec, ShardQueue};
 use spate::shard::{
-    route_by_dns, route_statically, scope_limits, Core, Counters, Effect, ItemResult, LogSink, Msg,
-    Prepared,
+    route_by_dns, route_statically, scope_limits, Core, Counters, Effect, Held, ItemResult,
+    LogSink, Msg, Prepared,
 };
 use spate::smtp::reply::Reply;
 use spate::smtp::session::{RcptResult, TlsPolicy};
@@ -644,6 +644,11 @@ impl Sim {
                 }
                 // Ticks and commits run on their own timers here.
                 Effect::Commit | Effect::Schedule => {}
+                // Workers here never park (`Held::Closing`), so the owner never has a
+                // parked connection to close.
+                Effect::CloseParked(n) => {
+                    return Err(format!("shard {s}: asked to close {n} parked connections"))
+                }
                 Effect::Fatal(why) => return Err(format!("shard {s}: fatal: {why}")),
                 Effect::Bug(why) => return Err(format!("shard {s}: {why}")),
             }
@@ -923,8 +928,14 @@ impl Sim {
             (w.scope.clone(), w.idle_since)
         };
         let idle = now.duration_since(idle_since) >= IDLE_CLOSE;
-        let connected = self.shards[s].workers[&id].connected.is_some();
-        let next = self.shards[s].core.take(&key, false, idle, connected);
+        // The simulated receivers are one per scope, so no connection could serve another:
+        // workers close theirs (`Held::Closing`); parking is tested in `delivery::endpoints`,
+        // `delivery::owner` and the engine's loopback tests.
+        let held = match self.shards[s].workers[&id].connected {
+            Some(_) => Held::Closing,
+            None => Held::Nothing,
+        };
+        let next = self.shards[s].core.take(&key, false, idle, held);
         self.effects(s)?;
         match next {
             Take::Send {

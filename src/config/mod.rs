@@ -112,6 +112,9 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     /// Connections per site (a destination that matches no provider).
     pub site_connection_limit: u32,
+    /// Connections to one remote address (IP and port) at most, across scopes, engine-wide
+    /// (each shard gets its share). Restart only.
+    pub ip_connection_limit: u32,
     /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
     /// exist). Reloadable.
     pub paused: bool,
@@ -350,14 +353,15 @@ impl Config {
             self.queue.commit_records_max
         ));
         line(format!(
-            "delivery: paused={} allow_private_destinations={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={}",
+            "delivery: paused={} allow_private_destinations={} retry_first={:?} retry_max_interval={:?} max_age={:?} connect_timeout={:?} site_connection_limit={} ip_connection_limit={}",
             self.delivery.paused,
             self.delivery.allow_private_destinations,
             self.delivery.retry_first,
             self.delivery.retry_max_interval,
             self.delivery.max_age,
             self.delivery.connect_timeout,
-            self.delivery.site_connection_limit
+            self.delivery.site_connection_limit,
+            self.delivery.ip_connection_limit
         ));
         line(format!(
             "spool: {} (keep_done={}, rescan every {} ms)",

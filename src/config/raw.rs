@@ -100,6 +100,7 @@ struct RawDelivery {
     max_age: Option<String>,
     connect_timeout: Option<String>,
     site_connection_limit: Option<u32>,
+    ip_connection_limit: Option<u32>,
     paused: Option<bool>,
     allow_private_destinations: Option<bool>,
     tls: Option<String>,
@@ -279,6 +280,10 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             .delivery
             .site_connection_limit
             .unwrap_or(DEFAULT_CONNECTION_LIMIT),
+        ip_connection_limit: raw
+            .delivery
+            .ip_connection_limit
+            .unwrap_or(crate::delivery::endpoints::IP_CONNECTION_LIMIT),
         paused: raw.delivery.paused.unwrap_or(false),
         allow_private_destinations: raw.delivery.allow_private_destinations.unwrap_or(false),
         tls: crate::delivery::tls::parse_policy(
@@ -341,6 +346,12 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
     if delivery.site_connection_limit == 0 {
         return Err(err(
             "delivery.site_connection_limit",
+            "must be at least 1".into(),
+        ));
+    }
+    if delivery.ip_connection_limit == 0 {
+        return Err(err(
+            "delivery.ip_connection_limit",
             "must be at least 1".into(),
         ));
     }

@@ -95,12 +95,16 @@ pub struct Connection {
     tls_config: Arc<rustls::ClientConfig>,
     /// What TLS negotiated and whether the certificate verified, for the delivery log.
     pub tls: Option<String>,
+    /// What TLS negotiated: protocol version and cipher suite.
+    tls_session: String,
     /// The TLS handshake failed (the caller may retry in plaintext).
     pub tls_failed: bool,
     /// Why the connection was lost, for the delivery log.
     lost_why: Option<String>,
     pub mx: String,
     pub addr: SocketAddr,
+    /// The TLS policy the connection was made under (the cache key of a parked one).
+    pub policy: TlsPolicy,
     pub deliveries: u32,
     buf: Vec<u8>,
     closed: Option<CloseReason>,
@@ -128,10 +132,12 @@ impl Connection {
             tls_clients: Rc::clone(tls),
             tls_config: tls.config_for(policy),
             tls: None,
+            tls_session: String::new(),
             tls_failed: false,
             lost_why: None,
             mx: mx.to_string(),
             addr,
+            policy,
             deliveries: 0,
             buf: vec![0u8; READ_CHUNK_BYTES],
             closed: None,
@@ -172,6 +178,20 @@ impl Connection {
         }
     }
 
+    /// The connection, parked by another site's worker, now serves `mx` (another name for
+    /// the same address): the delivery log names it, and a certificate is judged against it.
+    pub fn retarget(&mut self, mx: &str) {
+        if self.mx == mx {
+            return;
+        }
+        self.mx = mx.to_string();
+        if let Stream::Tls(tls) = &self.stream {
+            let (_, conn) = tls.get_ref();
+            let verified = self.verified(conn.peer_certificates());
+            self.tls = Some(format!("{} {verified}", self.tls_session));
+        }
+    }
+
     /// QUIT, best effort and bounded.
     pub async fn quit(mut self) {
         if self.is_usable() {
@@ -206,16 +226,23 @@ impl Connection {
         let suite = conn
             .negotiated_cipher_suite()
             .map_or(String::new(), |c| format!("{:?}", c.suite()));
-        let verified = match conn.peer_certificates() {
+        self.tls_session = format!("{version} {suite}");
+        let verified = self.verified(conn.peer_certificates());
+        self.tls = Some(format!("{} {verified}", self.tls_session));
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Whether the server's certificate verifies for the MX name served now, as the delivery
+    /// log says it.
+    fn verified(&self, certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> String {
+        match certs {
             Some(certs) => match self.tls_clients.verification(&self.mx, certs) {
                 Ok(()) => "certificate verified".to_string(),
                 Err(why) => format!("certificate not verified: {why}"),
             },
             None => "no certificate".to_string(),
-        };
-        self.tls = Some(format!("{version} {suite} {verified}"));
-        self.stream = Stream::Tls(Box::new(tls));
-        Ok(())
+        }
     }
 
     /// Performs the session's actions until something the caller must know happens. Every

@@ -5,11 +5,14 @@
 //! - `guard`: what DNS may make Spate connect to (host names only, public addresses) (pure).
 //! - `owner`: the owner's side of sending: demand, credit windows, connection caps, pacing
 //!   (sans I/O).
+//! - `endpoints`: connections by remote address across scopes: a cap per address, and
+//!   parked connections any scope can reuse (sans I/O).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
 //! - `throttle`: adaptive throttling per scope: ease off on pushback, ramp back up (pure).
 //! - `tls`: STARTTLS policies and rustls client configurations.
 
 pub mod connection;
+pub mod endpoints;
 pub mod guard;
 pub mod owner;
 pub mod policy;

@@ -552,6 +552,9 @@ struct Shard {
     drained_rx: RefCell<Option<LocalReceiver<()>>>,
     resolver: Resolver,
     tls: Rc<crate::delivery::tls::TlsClients>,
+    /// Connections by remote address across scopes: the cap per address, and connections
+    /// parked for any scope to reuse (`delivery::endpoints`).
+    endpoints: RefCell<deliver::Endpoints>,
     /// Where this shard's tasks run; spawn sites pick one explicitly, because a plain
     /// `spawn_local` inherits the queue of whatever task happens to spawn.
     queues: TaskQueues,
@@ -664,6 +667,9 @@ async fn shard_main(
     shard
         .spawn_into(queues.delivery, deliver::scheduler(Rc::clone(&shard)))
         .detach();
+    shard
+        .spawn_into(queues.delivery, deliver::park_sweeper(Rc::clone(&shard)))
+        .detach();
     shared.ready.fetch_add(1, Ordering::SeqCst);
     while shared.ready.load(Ordering::SeqCst) < shards && !shared.failed() {
         sleep(Duration::from_millis(2)).await;
@@ -693,6 +699,16 @@ async fn shard_main(
     {
         sleep(Duration::from_millis(5)).await;
     }
+    // Parked connections are nobody's: QUIT them, bounded like a worker's.
+    let parked = shard.endpoints.borrow_mut().drain();
+    let closing = shard.close_parked(parked);
+    let _ = glommio::timer::timeout(deliver::QUIT_WAIT_MAX, async {
+        for c in closing {
+            c.await;
+        }
+        Ok(())
+    })
+    .await;
     // Outcomes sent by every shard's last workers arrive through the control mesh, ahead of
     // that shard's Drained marker. A shard that failed may never send one: bounded.
     for to in 0..shards {
@@ -819,6 +835,10 @@ fn open_shard(
             retry: RefCell::new(Vec::new()),
             idle_workers: RefCell::new(HashMap::new()),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
+            endpoints: RefCell::new(deliver::Endpoints::new(
+                config.delivery.ip_connection_limit.div_ceil(shards as u32),
+                deliver::IDLE_CLOSE,
+            )),
             resolver: Resolver::new(
                 config.dns.nameservers.clone(),
                 crate::dns::resolver::os_random(),
@@ -915,6 +935,12 @@ impl Shard {
             Effect::Send(to, msg) => self.send_ctl(to, CtlMsg::Delivery(msg)),
             Effect::SpawnWorker { scope, preconnect } => self.spawn_worker(scope, preconnect),
             Effect::WakeWorkers(scope) => self.wake_workers(&scope),
+            Effect::CloseParked(n) => {
+                let evicted = self.endpoints.borrow_mut().evict(n as usize);
+                for task in self.close_parked(evicted) {
+                    task.detach();
+                }
+            }
             Effect::Resolve(domain) => {
                 let resolve = deliver::resolve(Rc::clone(self), domain);
                 self.spawn_into(self.queues.delivery, resolve).detach();

@@ -29,7 +29,7 @@ mod tests;
 pub use commit::Committed;
 pub use home::{route_by_dns, route_statically};
 pub use outcome::retry_policy;
-pub use send::scope_limits;
+pub use send::{scope_limits, Held};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -186,6 +186,10 @@ pub enum Effect {
     },
     /// Messages arrived for the scope: wake its idle workers.
     WakeWorkers(String),
+    /// Scopes wait for a worker and only parked connections hold the budget: close up to
+    /// this many of them (longest idle first), then call `parked_closing` with the number
+    /// taken out to close.
+    CloseParked(u32),
     /// Find where the domain's mail goes (`route_statically`, else DNS and `route_by_dns`),
     /// then call `resolved`.
     Resolve(String),

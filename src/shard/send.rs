@@ -33,6 +33,17 @@ fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
     Some(r.messages as f64 / r.per.as_secs_f64().max(1e-9))
 }
 
+/// What a connection worker holds, and will do with it should it leave (`Core::take`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// No connection.
+    Nothing,
+    /// A connection it closes.
+    Closing,
+    /// A connection it parks for any scope to reuse (`delivery::endpoints`).
+    Parking,
+}
+
 impl<L: LogSink> Core<L> {
     /// A home's demand for `scope` changed.
     pub(super) fn on_demand(&mut self, scope: Scope, home: usize, count: u32) {
@@ -82,6 +93,10 @@ impl<L: LogSink> Core<L> {
                 preconnect: None,
             });
         }
+        let evict = self.owner.parked_to_evict();
+        if evict > 0 {
+            self.effects.push(Effect::CloseParked(evict));
+        }
     }
 
     /// Rendered messages arrived from a home.
@@ -123,9 +138,10 @@ impl<L: LogSink> Core<L> {
     /// A worker of `scope` asks for its next message (`Owner::take`). `stop`: the engine
     /// stops or failed; `idle`: the worker has had nothing to send for long enough to close.
     /// A message taken makes room in the window: more credit goes out.
-    /// `connected`: the worker holds a connection, which it closes if it leaves; the budget
-    /// counts it until the shell says so (`connection_closed`).
-    pub fn take(&mut self, scope: &str, stop: bool, idle: bool, connected: bool) -> Take<Prepared> {
+    /// `held`: what becomes of the worker's connection if it leaves. One it closes counts
+    /// against the budget until the shell says it is closed (`connection_closed`); one it
+    /// parks, until a worker takes it (`unparked`) or it closes (`parked_closing`).
+    pub fn take(&mut self, scope: &str, stop: bool, idle: bool, held: Held) -> Take<Prepared> {
         let stop = stop || self.closing;
         let next = self.owner.take(scope, self.clock.now(), stop, idle);
         match next {
@@ -141,8 +157,13 @@ impl<L: LogSink> Core<L> {
                 self.grant(scope);
                 self.serve_waiting();
             }
-            Take::Exit if connected => self.owner.connection_closing(scope),
-            Take::Exit => self.serve_waiting(),
+            Take::Exit if held == Held::Closing => self.owner.connection_closing(scope),
+            Take::Exit => {
+                if held == Held::Parking {
+                    self.owner.park();
+                }
+                self.serve_waiting();
+            }
             Take::Wait => {}
         }
         next
@@ -157,6 +178,25 @@ impl<L: LogSink> Core<L> {
                 preconnect: None,
             });
         }
+        self.serve_waiting();
+    }
+
+    /// A worker took a parked connection instead of opening one: the budget has the room
+    /// its own connection would have taken.
+    pub fn unparked(&mut self) {
+        self.owner.unpark();
+        self.serve_waiting();
+    }
+
+    /// `n` parked connections are being closed (idle too long, the budget needs their room,
+    /// or the shard stops); `parked_closed` for each when it is.
+    pub fn parked_closing(&mut self, n: u32) {
+        self.owner.parked_closing(n);
+    }
+
+    /// A parked connection taken out to close is closed: its slot goes to a scope in line.
+    pub fn parked_closed(&mut self) {
+        self.owner.parked_closed();
         self.serve_waiting();
     }
 

@@ -178,7 +178,10 @@ fn a_recipient_goes_from_the_queue_to_a_worker_and_its_outcome_back_to_the_log()
         .filter(|e| matches!(e, Effect::SpawnWorker { .. }))
         .count();
     assert_eq!(spawned, 1, "{effects:?}");
-    let Take::Send { msg, .. } = f.core.take("site:mx.d.example", false, false, false) else {
+    let Take::Send { msg, .. } = f
+        .core
+        .take("site:mx.d.example", false, false, Held::Nothing)
+    else {
         panic!("a message for the worker");
     };
     assert_eq!(msg.rcpts, [(msg.rcpts[0].0, "a@d.example".to_string())]);

@@ -64,6 +64,9 @@ pub struct Received {
     pub bodies: HashMap<String, String>,
     pub rcpt_attempts: HashMap<String, usize>,
     pub connections: usize,
+    /// Connections open now, and the most open at once.
+    pub open: usize,
+    pub open_max: usize,
     /// Recipients of each accepted transaction, in order.
     pub transactions: Vec<usize>,
 }
@@ -117,7 +120,12 @@ impl Sink {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        r.lock().unwrap().connections += 1;
+                        {
+                            let mut r = r.lock().unwrap();
+                            r.connections += 1;
+                            r.open += 1;
+                            r.open_max = r.open_max.max(r.open);
+                        }
                         let (r, s, script, tls) = (
                             Arc::clone(&r),
                             Arc::clone(&s),
@@ -125,7 +133,8 @@ impl Sink {
                             tls.clone(),
                         );
                         handlers.push(std::thread::spawn(move || {
-                            serve(conn, &script, &r, &s, delay, tls)
+                            serve(conn, &script, &r, &s, delay, tls);
+                            r.lock().unwrap().open -= 1;
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),

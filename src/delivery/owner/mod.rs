@@ -210,6 +210,9 @@ pub struct Owner<M> {
     /// Connections of workers that left, still closing (QUIT sent, socket open): they count
     /// against the budget until closed.
     closing: u32,
+    /// Connections parked for any scope to reuse (`delivery::endpoints`): they count against
+    /// the budget, and are the first closed when it needs room.
+    parked: u32,
     /// Messages ready or promised (credit out), across scopes.
     window_used: u32,
     /// Scopes that want a worker the budget could not give, in the order they asked.
@@ -230,6 +233,7 @@ impl<M: Recipients> Owner<M> {
             connections_max: connections_max.max(1),
             workers_total: 0,
             closing: 0,
+            parked: 0,
             window_used: 0,
             starved: VecDeque::new(),
             blocked: VecDeque::new(),
@@ -242,10 +246,49 @@ impl<M: Recipients> Owner<M> {
         (self.workers_total, self.connections_max)
     }
 
-    /// Connections counted against the budget: workers running, and connections of workers
-    /// that left still closing.
+    /// Connections counted against the budget: workers running, connections parked, and
+    /// connections of workers that left still closing.
     pub fn connections(&self) -> u32 {
-        self.workers_total + self.closing
+        self.workers_total + self.closing + self.parked
+    }
+
+    /// Connections parked now.
+    pub fn parked(&self) -> u32 {
+        self.parked
+    }
+
+    /// A worker that left (`Take::Exit`) parked its connection for any scope to reuse.
+    pub fn park(&mut self) {
+        self.parked += 1;
+    }
+
+    /// A worker (counted already) took a parked connection.
+    pub fn unpark(&mut self) {
+        self.parked = self.parked.saturating_sub(1);
+    }
+
+    /// A parked connection taken out to close (`parked_closing`) is closed.
+    pub fn parked_closed(&mut self) {
+        self.closing = self.closing.saturating_sub(1);
+    }
+
+    /// `n` parked connections are closing (idle too long, or the shard stops): they count
+    /// until `connection_closed` for each.
+    pub fn parked_closing(&mut self, n: u32) {
+        let n = n.min(self.parked);
+        self.parked -= n;
+        self.closing += n;
+    }
+
+    /// Parked connections to close so that scopes in line for a worker get one, when the
+    /// budget has no other room: one per scope in line beyond the connections already
+    /// closing. The shell closes what it can and says so (`parked_closing`).
+    pub fn parked_to_evict(&self) -> u32 {
+        if self.connections_free() > 0 {
+            return 0;
+        }
+        let short = (self.starved.len() as u32).saturating_sub(self.closing);
+        self.parked.min(short)
     }
 
     /// A worker of `key` that left (`Take::Exit`) is closing its connection: it still holds
@@ -258,9 +301,10 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
-    /// A connection counted by `connection_closing` is closed. True when `key` has
-    /// messages its closing connections held a worker back from: one is started for it
-    /// (counted in); if the budget has no room, the scope waits in line.
+    /// A connection counted by `connection_closing` (or `parked_closing`, with no scope) is
+    /// closed. True when `key` has messages its closing connections held a worker back from:
+    /// one is started for it (counted in); if the budget has no room, the scope waits in
+    /// line.
     pub fn connection_closed(&mut self, key: &str) -> bool {
         self.closing = self.closing.saturating_sub(1);
         let free = self.connections_free();
@@ -325,6 +369,7 @@ impl<M: Recipients> Owner<M> {
         draining: bool,
     ) -> Option<Arc<[NextHop]>> {
         let homes = self.homes;
+        let free = self.connections_free();
         let s = self
             .scopes
             .entry(scope.key)
@@ -337,7 +382,7 @@ impl<M: Recipients> Owner<M> {
             && s.closing < s.conn_cap
             && s.ready.is_empty()
             && !draining;
-        if !warm || self.workers_total + self.closing >= self.connections_max {
+        if !warm || free == 0 {
             return None;
         }
         s.workers += 1;
@@ -425,6 +470,7 @@ impl<M: Recipients> Owner<M> {
         msgs: Vec<M>,
         now: Instant,
     ) -> Result<u32, Vec<M>> {
+        let free = self.connections_free();
         let Some(s) = self.scopes.get_mut(key) else {
             return Err(msgs);
         };
@@ -441,9 +487,6 @@ impl<M: Recipients> Owner<M> {
             s.conn_cap_at = now;
         }
         let wanted = s.workers_wanted().saturating_sub(s.workers);
-        let free = self
-            .connections_max
-            .saturating_sub(self.workers_total + self.closing);
         let spawn = wanted.min(free);
         s.workers += spawn;
         self.workers_total += spawn;

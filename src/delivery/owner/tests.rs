@@ -483,3 +483,46 @@ fn tls_broken_hosts_lapse_and_stay_bounded() {
     assert_eq!(owner.tls_broken.len(), TLS_BROKEN_HOSTS_MAX);
     assert!(owner.is_tls_broken(&format!("mx{}", TLS_BROKEN_HOSTS_MAX + 9), t0));
 }
+
+#[test]
+fn parked_connections_count_against_the_budget_and_make_room_for_scopes_in_line() {
+    let t0 = Instant::now();
+    let mut owner = Owner::<Msg>::new(1, 2);
+    assert!(owner
+        .demand(scope("a"), limits(1, None), 0, 1, t0, false)
+        .is_some());
+    assert!(owner
+        .demand(scope("b"), limits(1, None), 0, 1, t0, false)
+        .is_some());
+    // a's worker leaves and parks its connection: the budget still counts it.
+    assert_eq!(owner.take("a", t0, false, true), Take::Exit);
+    owner.park();
+    assert_eq!((owner.connections(), owner.parked()), (2, 1));
+    // Nobody waits: nothing to evict.
+    assert_eq!(owner.parked_to_evict(), 0);
+    // c has messages and no worker can start: the parked connection is the room.
+    owner.demand(scope("c"), limits(1, None), 0, 1, t0, false);
+    assert_eq!(owner.prepared("c", 0, 1, vec![Msg(1)], t0), Ok(0));
+    assert_eq!(owner.parked_to_evict(), 1);
+    owner.parked_closing(1);
+    assert_eq!(owner.parked_to_evict(), 0, "one closing already covers c");
+    assert_eq!(owner.connections(), 2);
+    owner.parked_closed();
+    assert_eq!(owner.spawn_starved(), ["c"]);
+    assert_eq!((owner.connections(), owner.parked()), (2, 0));
+    // A worker that takes a parked connection frees the parked slot it held.
+    assert_eq!(
+        owner.take("c", t0, false, false),
+        Take::Send {
+            msg: Msg(1),
+            wait: Duration::ZERO,
+            max_per_connection: 100,
+            tls: TlsPolicy::Opportunistic,
+        }
+    );
+    assert_eq!(owner.take("c", t0, true, false), Take::Exit);
+    owner.park();
+    assert_eq!(owner.connections(), 2);
+    owner.unpark();
+    assert_eq!((owner.connections(), owner.parked()), (1, 0));
+}

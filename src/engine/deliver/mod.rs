@@ -20,11 +20,12 @@ pub(super) use schedule::{resolve, scheduler};
 
 use super::Shard;
 use crate::delivery::connection::{ConnectError, Connection};
+use crate::delivery::endpoints::{reusable_policy, Acquire};
 use crate::delivery::owner::Take;
 use crate::delivery::policy::{no_host_address, refused_destination, Outcome};
 use crate::delivery::scope::NextHop;
 use crate::delivery::tls::TLS_BROKEN_FOR;
-use crate::shard::ItemResult;
+use crate::shard::{Held, ItemResult};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
@@ -52,6 +53,13 @@ pub const CONNECT_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 pub const PRECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// At shutdown, in-flight transactions get this long to finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// At shutdown, parked connections get this long for their QUIT.
+pub const QUIT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often parked connections idle for `IDLE_CLOSE` are looked for and closed.
+pub const PARK_SWEEP: Duration = Duration::from_millis(250);
+
+/// A shard's connections by remote address; a worker in line waits on its wake-up channel.
+pub type Endpoints = crate::delivery::endpoints::Endpoints<Connection, Rc<LocalSender<()>>>;
 
 impl Shard {
     /// Starts a connection worker for `scope` (the owner counted it already).
@@ -78,6 +86,40 @@ impl Shard {
         }
     }
 
+    /// A connection to `addr` is closed: its slot frees for the first worker in line.
+    fn endpoint_closed(&self, addr: SocketAddr) {
+        let waiter = self.endpoints.borrow_mut().closed(addr);
+        if let Some(w) = waiter {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Closes connections taken out of the parked set (counted as closing from now until
+    /// each is closed); returns the tasks closing them, which a dropped handle would cancel:
+    /// detach or await each.
+    #[must_use = "a dropped task is cancelled, and its connection never counted closed"]
+    pub(super) fn close_parked(
+        self: &Rc<Self>,
+        conns: Vec<(SocketAddr, Connection)>,
+    ) -> Vec<glommio::Task<()>> {
+        if conns.is_empty() {
+            return Vec::new();
+        }
+        let n = conns.len() as u32;
+        self.with_core(|core| core.parked_closing(n));
+        conns
+            .into_iter()
+            .map(|(addr, c)| {
+                let shard = Rc::clone(self);
+                self.spawn_into(self.queues.delivery, async move {
+                    c.quit().await;
+                    shard.endpoint_closed(addr);
+                    shard.with_core(|core| core.parked_closed());
+                })
+            })
+            .collect()
+    }
+
     /// A worker of `scope` leaves: its wake-up registrations go with it.
     fn forget_idle_worker(&self, scope: &str, wake: &Rc<LocalSender<()>>) {
         let mut idle = self.idle_workers.borrow_mut();
@@ -88,6 +130,28 @@ impl Shard {
             }
         }
     }
+}
+
+/// Closes parked connections idle for `IDLE_CLOSE`, until the shard stops (the drain closes
+/// the rest).
+pub(super) async fn park_sweeper(shard: Rc<Shard>) {
+    while !shard.core.borrow().is_closing() && !shard.shared.failed() {
+        sleep(PARK_SWEEP).await;
+        let expired = shard
+            .endpoints
+            .borrow_mut()
+            .expired(shard.shared.clock.now());
+        for task in shard.close_parked(expired) {
+            task.detach();
+        }
+    }
+}
+
+/// Closes a worker's connection (QUIT, bounded) and frees its slot at the address.
+async fn close(shard: &Shard, c: Connection) {
+    let addr = c.addr;
+    c.quit().await;
+    shard.endpoint_closed(addr);
 }
 
 /// One connection's worth of sending for a scope, on its owner shard.
@@ -118,9 +182,39 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         // arrives as this worker leaves always finds the worker count already lowered (and
         // `on_prepared` starts another).
         let stop = shard.shared.failed();
-        let idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
-        let connected = conn.is_some();
-        let next = shard.with_core(|core| core.take(&key, stop, idle, connected));
+        let mut idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
+        // Should this worker leave, its connection is parked for any scope to reuse if it
+        // can serve another; it leaves at once when workers wait in line for its address.
+        let held = match &conn {
+            None => Held::Nothing,
+            Some((c, _)) => {
+                idle |= shard.endpoints.borrow().has_waiters(c.addr);
+                let reusable = c.is_usable()
+                    && reusable_policy(c.policy)
+                    && c.deliveries < crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION;
+                if reusable && !stop && !shard.core.borrow().is_closing() {
+                    Held::Parking
+                } else {
+                    Held::Closing
+                }
+            }
+        };
+        // Taking, leaving and parking happen in one call: the budget counts the parked
+        // connection before any effect of the call is applied.
+        let next = shard.with_core(|core| {
+            let next = core.take(&key, stop, idle, held);
+            if matches!(next, Take::Exit) && held == Held::Parking {
+                if let Some((c, _)) = conn.take() {
+                    let (addr, policy) = (c.addr, c.policy);
+                    let now = shard.shared.clock.now();
+                    let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
+                    if let Ok(Some(w)) = released {
+                        let _ = w.try_send(());
+                    }
+                }
+            }
+            next
+        });
         let (mut msg, wait, max_per_connection, tls) = match next {
             Take::Send {
                 msg,
@@ -163,7 +257,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         });
         if !reusable {
             if let Some((c, _)) = conn.take() {
-                c.quit().await;
+                close(&shard, c).await;
             }
             match connect_contained(&shard, &msg.hosts, tls).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
@@ -209,7 +303,11 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             Ok(results) => results,
             Err(why) => {
                 // The connection's state is unknown after a bug: drop it, never reuse it.
-                conn = None;
+                if let Some((c, _)) = conn.take() {
+                    let addr = c.addr;
+                    drop(c);
+                    shard.endpoint_closed(addr);
+                }
                 let why = format!("internal error while sending (a bug, reported): {why}");
                 vec![RcptResult::ConnectionLost(why); msg.rcpts.len()]
             }
@@ -221,9 +319,10 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         shard.with_core(|core| core.sent(&key, &msg, results, paced_at, via));
         idle_since = shard.shared.clock.now();
     }
-    // Leaving with a connection (`Take::Exit`): the budget counts it until it is closed.
+    // Leaving with a connection it did not park (`Take::Exit`): the budget counts it until
+    // it is closed.
     if let Some((c, _)) = conn.take() {
-        c.quit().await;
+        close(&shard, c).await;
         shard.with_core(|core| core.connection_closed(&key));
     }
 }
@@ -319,47 +418,49 @@ async fn connect(
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
                 other => other,
             };
-            let open = |p| {
-                Connection::open(
-                    name,
-                    addr,
-                    &config.smtp.helo_name,
-                    p,
-                    &shard.tls,
-                    config.delivery.timeouts,
-                    config.delivery.connect_timeout,
-                )
-            };
-            match open(effective).await {
-                Ok(c) => return Ok(c),
-                Err(ConnectError::Tls(why)) if effective == TlsPolicy::Opportunistic => {
-                    tracing::warn!(
-                        "{name} [{addr}]: {}; plaintext for {} s",
-                        printable(&why),
-                        TLS_BROKEN_FOR.as_secs()
-                    );
-                    shard
-                        .core
-                        .borrow_mut()
-                        .owner
-                        .mark_tls_broken(name, shard.shared.clock.now());
-                    match open(TlsPolicy::Disabled).await {
-                        Ok(c) => return Ok(c),
-                        Err(e) => last = format!("{name} [{addr}]: {e}"),
-                    }
-                }
-                Err(e) => {
-                    match &e {
-                        ConnectError::Refused(CloseReason::ServiceClosing(reply)) => {
-                            closing = Some(reply.clone());
-                            sessions += 1;
+            let mut c = match endpoint(shard, addr, effective, config.delivery.connect_timeout)
+                .await
+            {
+                Slot::Parked(c) => *c,
+                Slot::Open => {
+                    // The slot frees if the connect fails, or if this future is dropped
+                    // while connecting (the preconnect's bound).
+                    let mut slot = SlotGuard {
+                        shard,
+                        addr,
+                        armed: true,
+                    };
+                    match open(shard, &config, hop, addr, effective).await {
+                        Ok(c) => {
+                            slot.armed = false;
+                            c
                         }
-                        ConnectError::Refused(_) | ConnectError::Tls(_) => sessions += 1,
-                        ConnectError::Unreachable(_) => {}
+                        Err(e) => {
+                            match &e {
+                                ConnectError::Refused(CloseReason::ServiceClosing(reply)) => {
+                                    closing = Some(reply.clone());
+                                    sessions += 1;
+                                }
+                                ConnectError::Refused(_) | ConnectError::Tls(_) => sessions += 1,
+                                ConnectError::Unreachable(_) => {}
+                            }
+                            last = format!("{} [{addr}]: {e}", hop.name);
+                            continue;
+                        }
                     }
-                    last = format!("{name} [{addr}]: {e}");
                 }
-            }
+                Slot::Full => {
+                    last = format!(
+                        "{} [{addr}]: {} connections to the address already (ip_connection_limit); none came free within {:?}",
+                        hop.name,
+                        shard.endpoints.borrow().open(addr),
+                        config.delivery.connect_timeout
+                    );
+                    continue;
+                }
+            };
+            c.retarget(&hop.name);
+            return Ok(c);
         }
     }
     // Nothing was tried: say why for good when DNS or the guard decided it.
@@ -385,6 +486,135 @@ async fn connect(
         closing,
         decided,
     })
+}
+
+/// What a worker gets at an address.
+enum Slot {
+    /// A connection another worker parked there.
+    Parked(Box<Connection>),
+    /// A slot to open a connection in (`endpoint_closed` if it fails).
+    Open,
+    /// None within the wait: the address stayed at its cap.
+    Full,
+}
+
+/// A slot at an address, freed when dropped armed.
+struct SlotGuard<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shard.endpoint_closed(self.addr);
+        }
+    }
+}
+
+/// A place in line at an address, left when dropped (also when the waiting future is).
+struct InLine<'a> {
+    shard: &'a Shard,
+    addr: SocketAddr,
+    wake: Rc<LocalSender<()>>,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let wake = &self.wake;
+        self.shard
+            .endpoints
+            .borrow_mut()
+            .unwait(self.addr, |w| Rc::ptr_eq(w, wake));
+    }
+}
+
+/// A parked connection to `addr` made under `policy`, else a slot to open one, waiting in
+/// line up to `wait` while the address is at its cap.
+async fn endpoint(shard: &Rc<Shard>, addr: SocketAddr, policy: TlsPolicy, wait: Duration) -> Slot {
+    let started = shard.shared.clock.now();
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    let line = InLine {
+        shard,
+        addr,
+        wake: Rc::new(wake_tx),
+    };
+    loop {
+        let got = shard.endpoints.borrow_mut().acquire(addr, policy);
+        match got {
+            Acquire::Parked(c) if c.is_usable() => {
+                shard.with_core(|core| core.unparked());
+                return Slot::Parked(Box::new(c));
+            }
+            Acquire::Parked(c) => {
+                // Closed while parked (a 421 read after its last transaction): gone.
+                shard.with_core(|core| core.unparked());
+                drop(c);
+                shard.endpoint_closed(addr);
+                continue;
+            }
+            Acquire::Open => return Slot::Open,
+            Acquire::Full => {}
+        }
+        let left = wait.saturating_sub(shard.shared.clock.now().duration_since(started));
+        if left.is_zero() || shard.shared.failed() || shard.core.borrow().is_closing() {
+            return Slot::Full;
+        }
+        // In line once: a wake-up takes the entry out, a timeout leaves it for `line`'s drop.
+        let wake = Rc::clone(&line.wake);
+        shard
+            .endpoints
+            .borrow_mut()
+            .unwait(addr, |w| Rc::ptr_eq(w, &wake));
+        shard.endpoints.borrow_mut().wait(addr, wake);
+        futures_lite::future::or(
+            async {
+                let _ = wake_rx.recv().await;
+            },
+            sleep(left),
+        )
+        .await;
+    }
+}
+
+/// Opens a connection to `hop` at `addr`. An opportunistic handshake that fails is retried in
+/// plaintext at once (in the same slot), and the host gets plaintext for `TLS_BROKEN_FOR`.
+async fn open(
+    shard: &Rc<Shard>,
+    config: &crate::config::Config,
+    hop: &NextHop,
+    addr: SocketAddr,
+    policy: TlsPolicy,
+) -> Result<Connection, ConnectError> {
+    let name = &hop.name;
+    let open = |p| {
+        Connection::open(
+            name,
+            addr,
+            &config.smtp.helo_name,
+            p,
+            &shard.tls,
+            config.delivery.timeouts,
+            config.delivery.connect_timeout,
+        )
+    };
+    match open(policy).await {
+        Err(ConnectError::Tls(why)) if policy == TlsPolicy::Opportunistic => {
+            tracing::warn!(
+                "{name} [{addr}]: {}; plaintext for {} s",
+                printable(&why),
+                TLS_BROKEN_FOR.as_secs()
+            );
+            shard
+                .core
+                .borrow_mut()
+                .owner
+                .mark_tls_broken(name, shard.shared.clock.now());
+            open(TlsPolicy::Disabled).await
+        }
+        other => other,
+    }
 }
 
 /// Why no connection could be made, and the 421 a host answered with, if one did (a
