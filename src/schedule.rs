@@ -112,8 +112,14 @@ pub struct Home {
     /// Both hold only domains in `resolving`, so `RESOLVING_MAX` bounds them.
     quiet_retries: BinaryHeap<Reverse<(Instant, Box<str>)>>,
     failures: HashMap<Box<str>, u32>,
-    /// Routed recipients per scope, waiting for credit: (scope, owner, sequence numbers).
-    pending: HashMap<String, (Scope, usize, VecDeque<u64>)>,
+    /// Routed recipients per scope, waiting for credit: (scope, owner, sequence numbers,
+    /// changed since the last announcement).
+    pending: HashMap<String, (Scope, usize, VecDeque<u64>, bool)>,
+    /// The scopes marked changed in `pending`: an announcement looks at these, not at every
+    /// scope waiting here (tens of thousands in a long tail).
+    changed: Vec<String>,
+    /// When `announce` last looked at every scope (for the periodic refresh).
+    last_full: Option<Instant>,
     /// Per scope: the owner's view of our demand (what we announced, less the credit it
     /// granted since) and when we last announced.
     announced: HashMap<String, (u32, Instant)>,
@@ -129,6 +135,8 @@ impl Default for Home {
             quiet_retries: BinaryHeap::new(),
             failures: HashMap::new(),
             pending: HashMap::new(),
+            changed: Vec::new(),
+            last_full: None,
             announced: HashMap::new(),
         }
     }
@@ -230,10 +238,17 @@ impl Home {
             // gets its first pending entry or routing decided the outcome.
             match self.routes.get(&**domain, now) {
                 Some(Route::Scope(scope, owner)) => match self.pending.get_mut(&scope.key) {
-                    Some(entry) => entry.2.push_back(seq),
+                    Some(entry) => {
+                        entry.2.push_back(seq);
+                        if !entry.3 {
+                            entry.3 = true;
+                            self.changed.push(scope.key.clone());
+                        }
+                    }
                     None => {
-                        let entry = (scope.clone(), *owner, VecDeque::from([seq]));
+                        let entry = (scope.clone(), *owner, VecDeque::from([seq]), true);
                         self.pending.insert(scope.key.clone(), entry);
+                        self.changed.push(scope.key.clone());
                     }
                 },
                 Some(Route::Decided(outcome)) => out.decided.push((seq, outcome.clone())),
@@ -297,29 +312,41 @@ impl Home {
     }
 
     /// What to tell each owner: (owner, scope, recipients waiting here), for the scopes
-    /// whose count differs from the owner's view, and every `DEMAND_REFRESH` anyway while
-    /// recipients wait, so no drift can leave them waiting. A scope with nothing waiting,
-    /// whose owner has heard so, is forgotten (credit still on its way for it finds no entry
-    /// in `take_credit` and is handed back).
+    /// whose count differs from the owner's view, and every `DEMAND_REFRESH` or so anyway
+    /// while recipients wait, so no drift can leave them waiting. A scope with nothing
+    /// waiting, whose owner has heard so, is forgotten (credit still on its way for it finds
+    /// no entry in `take_credit` and is handed back). Only the scopes whose count changed
+    /// since the last call are looked at, and every scope twice per `DEMAND_REFRESH`: the
+    /// cost of a call follows what changed, not how many scopes wait.
     pub fn announce(&mut self, now: Instant) -> Vec<(usize, Scope, u32)> {
+        let full = self
+            .last_full
+            .is_none_or(|at| now.duration_since(at) >= DEMAND_REFRESH / 2);
+        let keys: Vec<String> = if full {
+            self.last_full = Some(now);
+            self.changed.clear();
+            self.pending.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.changed)
+        };
         let mut messages = Vec::new();
-        let mut idle = Vec::new();
-        for (key, (scope, owner, q)) in &self.pending {
+        for key in keys {
+            let Some((scope, owner, q, changed)) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            *changed = false;
             let count = q.len() as u32;
             let stale = |&(view, at): &(u32, Instant)| {
                 view != count || (count > 0 && now.duration_since(at) >= DEMAND_REFRESH)
             };
-            if self.announced.get(key).is_none_or(stale) {
+            if self.announced.get(&key).is_none_or(stale) {
                 self.announced.insert(key.clone(), (count, now));
                 messages.push((*owner, scope.clone(), count));
             }
             if count == 0 {
-                idle.push(key.clone());
+                self.pending.remove(&key);
+                self.announced.remove(&key);
             }
-        }
-        for key in idle {
-            self.pending.remove(&key);
-            self.announced.remove(&key);
         }
         // In a stable order, not the map's: the same state always says the same thing in
         // the same order (the simulation replays a seed exactly; owners see no hash order).
@@ -338,7 +365,11 @@ impl Home {
         if draining {
             return None;
         }
-        let (pending_scope, owner, q) = self.pending.get_mut(scope)?;
+        let (pending_scope, owner, q, changed) = self.pending.get_mut(scope)?;
+        if !*changed {
+            *changed = true;
+            self.changed.push(scope.to_string());
+        }
         let take = (n as usize).min(q.len());
         Some(Taken {
             owner: *owner,
