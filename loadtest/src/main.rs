@@ -1,5 +1,6 @@
 //! `spate-loadtest`: Spate's benchmark harness (see docs/benchmarks.md).
 
+mod against;
 mod blast;
 mod plot;
 mod postfix;
@@ -38,6 +39,8 @@ enum Cli {
         #[arg(long)]
         no_postfix: bool,
     },
+    /// smtp-source, then Spate with 1 shard and with the scenario's, against Postfix's smtp-sink
+    SmtpSink(ScenarioArgs),
     /// Simulated providers and their DNS, standalone
     Sink {
         /// A provider profile (TOML)
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Cli::Compare { args, no_postfix } => {
             options(args, !no_postfix).and_then(|o| cmd_compare(&o))
         }
+        Cli::SmtpSink(a) => options(a, false).and_then(|o| against::cmd_smtp_sink(&o)),
         Cli::Sink { profile, seconds } => cmd_sink(&profile, seconds),
     };
     match result {
@@ -191,6 +195,7 @@ fn spate_run(o: &Options, dir: &Path) -> Result<RunReport, String> {
     let live = stdout.is_terminal();
     run::run(
         RunOptions {
+            external: None,
             scenario: o.scenario.clone(),
             base: fresh(dir)?,
             engine: EngineMode::Binary(o.bin.clone()),

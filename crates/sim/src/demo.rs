@@ -58,6 +58,7 @@ fn run_in(base: &std::path::Path, options: &Options) -> Result<(), EngineError> 
     let live = stdout.is_terminal();
     let report = run::run(
         RunOptions {
+            external: None,
             scenario,
             base: base.to_path_buf(),
             engine: EngineMode::InProcess,

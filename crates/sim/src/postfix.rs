@@ -154,3 +154,107 @@ impl Drop for Postfix {
         self.postfix("stop");
     }
 }
+
+/// Postfix's `smtp-sink` (a receiver not written here), one process per loopback address, all
+/// on one port, each counting the messages it accepted (`-c`, read back from its output).
+/// Killed, by their own process ids, when dropped.
+pub struct SmtpSinks {
+    pub port: u16,
+    children: Vec<(std::process::Child, PathBuf)>,
+}
+
+/// Where Debian's postfix package puts the test tools.
+pub const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+pub const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
+
+impl SmtpSinks {
+    /// Starts `smtp-sink` on each of `addrs` (loopback only) at one free port, its counter
+    /// output under `dir`; returns once every one accepts connections.
+    pub fn start(dir: &Path, addrs: &[std::net::IpAddr]) -> Result<SmtpSinks, String> {
+        if addrs.iter().any(|a| !a.is_loopback()) {
+            return Err("smtp-sink is only ever started on loopback addresses".into());
+        }
+        if !Path::new(SMTP_SINK).exists() {
+            return Err(format!(
+                "{SMTP_SINK} not found (Debian's postfix package has it)"
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let port = {
+            let l = std::net::TcpListener::bind((addrs[0], 0)).map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let mut sinks = SmtpSinks {
+            port,
+            children: Vec::new(),
+        };
+        for (i, ip) in addrs.iter().enumerate() {
+            let out = dir.join(format!("smtp-sink-{i}.out"));
+            let file =
+                std::fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            // -c: count messages; -u: the user to run as when started by root; -m: most
+            // sessions at once; 1024: the listen backlog.
+            let child = Command::new(SMTP_SINK)
+                .args(["-c", "-u", "nobody", "-m", "2000"])
+                .arg(format!("{ip}:{port}"))
+                .arg("1024")
+                .stdout(file)
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{SMTP_SINK}: {e}"))?;
+            sinks.children.push((child, out));
+        }
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        for ip in addrs {
+            while std::net::TcpStream::connect((*ip, port)).is_err() {
+                if Instant::now() > ready_by {
+                    return Err(format!("smtp-sink did not listen on {ip}:{port}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // The readiness probes count as sessions, not messages.
+        Ok(sinks)
+    }
+
+    /// Messages accepted so far, per address in the order given to `start`.
+    pub fn messages(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .map(|(_, out)| last_count(&std::fs::read(out).unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// The last `mesg=N` of an `smtp-sink -c` output (counters separated by carriage returns).
+fn last_count(out: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(out);
+    text.rsplit("mesg=")
+        .next()
+        .filter(|_| text.contains("mesg="))
+        .and_then(|t| {
+            let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+impl Drop for SmtpSinks {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_last_message_count_of_smtp_sink_output() {
+        let out = b"sess=1 quit=0 mesg=1\rsess=2 quit=1 mesg=2\rsess=2 quit=2 mesg=13";
+        assert_eq!(super::last_count(out), 13);
+        assert_eq!(super::last_count(b""), 0);
+        assert_eq!(super::last_count(b"sess=1 quit=0"), 0);
+    }
+}
