@@ -363,6 +363,7 @@ fn provider(key: &str, l: ScopeLimits) -> Provider {
             per: Duration::from_secs(1),
         }),
         max_deliveries_per_connection: l.max_per_connection,
+        pipeline_transactions: None,
     }
 }
 

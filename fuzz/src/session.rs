@@ -31,7 +31,8 @@
 //! - after `Close` (or a lost connection) nothing is sent, and there is no second `Close`;
 //! - between `StartTls` and `tls_established` nothing is sent in plaintext;
 //! - after `quit` the session sends nothing but `QUIT` and never becomes ready again;
-//! - at most one transaction is in progress, and `Ready` is never reported while one is.
+//! - at most two transactions are in progress, the second only where `can_pipeline` allowed
+//!   it; their `Done`s come in the order started, and `Ready` is never reported while one is.
 
 use spate::smtp::data::encode_data;
 use spate::smtp::session::{Action, RcptResult, Session, Timeouts, TlsPolicy, Transaction};
@@ -89,7 +90,7 @@ pub fn check(input: &[u8]) {
     shell.deliver(&mut server);
     shell.lose("fuzz: end of input");
     assert!(
-        shell.active.is_none(),
+        shell.active.is_empty(),
         "a transaction never got its results"
     );
 }
@@ -117,9 +118,9 @@ fn transaction(rcpts: usize, utf8: bool, large: bool, eight_bit: bool) -> Transa
 
 struct Shell {
     session: Session,
-    /// The transaction in progress: its recipient count, its DATA content, and whether that
-    /// content has been sent.
-    active: Option<Active>,
+    /// The transactions in progress, oldest first: each one's recipient count, its DATA
+    /// content, and whether that content has been sent.
+    active: std::collections::VecDeque<Active>,
     /// A `Close` was performed, or the connection was lost.
     closed: bool,
     /// The session asked for a TLS handshake and `tls_established` was not called yet.
@@ -137,7 +138,7 @@ impl Shell {
     fn new(policy: TlsPolicy) -> Shell {
         Shell {
             session: Session::new("mta.example", policy, Timeouts::default()),
-            active: None,
+            active: std::collections::VecDeque::new(),
             closed: false,
             awaiting_tls: false,
             quit_called: false,
@@ -155,7 +156,8 @@ impl Shell {
     fn start(&mut self, tx: Transaction) {
         let rcpts = tx.rcpts.len();
         let content = encode_data(&tx.message);
-        if !self.session.is_ready() {
+        let behind = self.session.can_pipeline();
+        if !self.session.is_ready() && !behind {
             self.session.start(tx);
             let action = self.session.next_action();
             match &action {
@@ -177,12 +179,13 @@ impl Shell {
             );
             return;
         }
-        assert!(!self.closed, "a closed session is ready");
-        assert!(
-            self.active.is_none(),
-            "ready with a transaction in progress"
+        assert!(!self.closed, "a closed session takes a transaction");
+        assert_eq!(
+            self.active.len(),
+            usize::from(behind),
+            "ready with a transaction in progress, or pipelining without one"
         );
-        self.active = Some(Active {
+        self.active.push_back(Active {
             rcpts,
             content,
             content_sent: false,
@@ -213,7 +216,8 @@ impl Shell {
                     if self.quit_called {
                         assert_eq!(bytes, b"QUIT\r\n", "sent after quit");
                     }
-                    if let Some(a) = self.active.as_mut() {
+                    // Content goes out in the order transactions started.
+                    if let Some(a) = self.active.iter_mut().find(|a| !a.content_sent) {
                         a.content_sent |= bytes == a.content;
                     }
                 }
@@ -226,12 +230,12 @@ impl Shell {
                     assert!(!self.closed, "Ready after the session closed");
                     assert!(!self.quit_called, "Ready after quit");
                     assert!(
-                        self.active.is_none(),
+                        self.active.is_empty(),
                         "Ready with a transaction in progress"
                     );
                 }
                 Action::Done(results) => {
-                    let a = self.active.take().expect("Done without a transaction");
+                    let a = self.active.pop_front().expect("Done without a transaction");
                     assert_eq!(results.len(), a.rcpts, "one result per recipient");
                     for r in &results {
                         let code = match r {
@@ -259,7 +263,7 @@ impl Shell {
         if self.session.is_closed() {
             self.closed = true;
             assert!(
-                self.active.is_none(),
+                self.active.is_empty(),
                 "closed with a transaction in progress"
             );
         }

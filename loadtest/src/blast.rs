@@ -217,6 +217,13 @@ impl Replies {
     }
 }
 
+/// MAIL, RCPT and DATA for one recipient, pipelined.
+fn push_commands(out: &mut Vec<u8>, to: &str) {
+    out.extend_from_slice(b"MAIL FROM:<bounces@acme.example>\r\nRCPT TO:<");
+    out.extend_from_slice(to.as_bytes());
+    out.extend_from_slice(b">\r\nDATA\r\n");
+}
+
 async fn connection(
     addr: SocketAddr,
     queue: Rc<RefCell<VecDeque<u64>>>,
@@ -255,21 +262,31 @@ async fn connection(
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
         }
+        // The transaction whose commands went out behind the previous one's final dot, as the
+        // engine pipelines them (`[delivery] pipeline_transactions`, on by default).
+        let mut behind: Option<(u64, Instant)> = None;
         loop {
-            let Some(i) = queue.borrow_mut().pop_front() else {
-                let _ = s.write_all(b"QUIT\r\n").await;
-                let _ = r.next(&mut s).await;
-                break 'connect;
+            let (i, t0) = match behind.take() {
+                Some(b) => b,
+                None => {
+                    let Some(i) = queue.borrow_mut().pop_front() else {
+                        let _ = s.write_all(b"QUIT\r\n").await;
+                        let _ = r.next(&mut s).await;
+                        break 'connect;
+                    };
+                    commands.clear();
+                    push_commands(&mut commands, &campaign.address(i));
+                    if s.write_all(&commands).await.is_err() {
+                        queue.borrow_mut().push_front(i);
+                        continue 'connect;
+                    }
+                    (i, Instant::now())
+                }
             };
-            let t0 = Instant::now();
             let to = campaign.address(i);
             let (name, code) = spate_sim::campaign::Campaign::vars(i);
-            commands.clear();
-            commands.extend_from_slice(b"MAIL FROM:<bounces@acme.example>\r\nRCPT TO:<");
-            commands.extend_from_slice(to.as_bytes());
-            commands.extend_from_slice(b">\r\nDATA\r\n");
+            let mut next = None;
             let sent = async {
-                s.write_all(&commands).await?;
                 let (mail, rcpt, data) = (
                     r.next(&mut s).await?,
                     r.next(&mut s).await?,
@@ -295,6 +312,11 @@ async fn connection(
                 let mut w = DataWriter::new();
                 w.write(&rendered, &mut body);
                 w.finish(&mut body);
+                // The next message's commands right behind this one's final dot.
+                next = queue.borrow_mut().pop_front();
+                if let Some(j) = next {
+                    push_commands(&mut body, &campaign.address(j));
+                }
                 s.write_all(&body).await?;
                 let done = r.next(&mut s).await?;
                 Ok((done / 100 == 2, done))
@@ -309,18 +331,26 @@ async fn connection(
                 }
                 sent
             };
-            match outcome {
-                Ok((true, _)) => failures_in_a_row = 0,
-                Ok((false, code)) => {
-                    if code == 421 {
-                        continue 'connect;
-                    }
+            match (outcome, next) {
+                (Ok((true, _)), Some(j)) => {
+                    failures_in_a_row = 0;
+                    behind = Some((j, Instant::now()));
+                }
+                (Ok((true, _)), None) => failures_in_a_row = 0,
+                // Refused after its content: the next one's commands are on their way.
+                (Ok((false, code)), Some(j)) if code != 421 => {
+                    behind = Some((j, Instant::now()));
+                }
+                (Ok((false, code)), None) if code != 421 => {
                     let _ = s.write_all(b"RSET\r\n").await;
                     if r.next(&mut s).await.is_err() {
                         continue 'connect;
                     }
                 }
-                Err(_) => {
+                (_, next) => {
+                    if let Some(j) = next {
+                        queue.borrow_mut().push_front(j);
+                    }
                     continue 'connect;
                 }
             }

@@ -67,6 +67,9 @@ struct ScenarioArgs {
     /// Extra engine configuration lines, appended (repeatable)
     #[arg(long, value_name = "TOML")]
     engine_keys: Vec<String>,
+    /// Extra lines for the engine's [delivery] section (repeatable)
+    #[arg(long, value_name = "TOML")]
+    delivery_keys: Vec<String>,
     /// Output directory (default target/loadtest/<scenario>)
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -138,6 +141,9 @@ fn options(a: ScenarioArgs, postfix: bool) -> Result<Options, String> {
     }
     if let Some(n) = a.shards {
         scenario.shards = n;
+    }
+    for keys in &a.delivery_keys {
+        scenario.delivery_keys = format!("{}\n{}\n", scenario.delivery_keys, keys);
     }
     for keys in &a.engine_keys {
         scenario.engine_keys = format!("{}\n{}\n", scenario.engine_keys, keys);

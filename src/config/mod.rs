@@ -115,6 +115,9 @@ pub struct Delivery {
     /// Connections to one remote address (IP and port) at most, across scopes, engine-wide
     /// (each shard gets its share). Restart only.
     pub ip_connection_limit: u32,
+    /// Where the receiver offers PIPELINING, send the next transaction's MAIL, RCPT and DATA
+    /// right behind the previous one's final dot (RFC 2920). Reloadable.
+    pub pipeline_transactions: bool,
     /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
     /// exist). Reloadable.
     pub paused: bool,
@@ -173,6 +176,9 @@ pub struct Provider {
     pub connection_limit: u32,
     pub max_message_rate: Option<Rate>,
     pub max_deliveries_per_connection: u32,
+    /// Send the next transaction's commands behind the previous one's final dot (extension;
+    /// `[delivery] pipeline_transactions` when unset).
+    pub pipeline_transactions: Option<bool>,
 }
 
 /// A rate such as `300/s`, kept as messages per `per`.

@@ -101,6 +101,7 @@ struct RawDelivery {
     connect_timeout: Option<String>,
     site_connection_limit: Option<u32>,
     ip_connection_limit: Option<u32>,
+    pipeline_transactions: Option<bool>,
     paused: Option<bool>,
     allow_private_destinations: Option<bool>,
     tls: Option<String>,
@@ -164,6 +165,7 @@ struct RawProvider {
     connection_limit: Option<u32>,
     max_message_rate: Option<String>,
     max_deliveries_per_connection: Option<u32>,
+    pipeline_transactions: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +286,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             .delivery
             .ip_connection_limit
             .unwrap_or(crate::delivery::endpoints::IP_CONNECTION_LIMIT),
+        pipeline_transactions: raw.delivery.pipeline_transactions.unwrap_or(true),
         paused: raw.delivery.paused.unwrap_or(false),
         allow_private_destinations: raw.delivery.allow_private_destinations.unwrap_or(false),
         tls: crate::delivery::tls::parse_policy(
@@ -452,6 +455,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 connection_limit,
                 max_message_rate,
                 max_deliveries_per_connection,
+                pipeline_transactions: p.pipeline_transactions,
             },
         );
     }

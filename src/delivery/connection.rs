@@ -107,6 +107,13 @@ pub struct Connection {
     pub policy: TlsPolicy,
     pub deliveries: u32,
     buf: Vec<u8>,
+    /// Bytes the session asked to send in one pass, written together: a message's content
+    /// and the next transaction's commands behind it go out in one write.
+    out: Vec<u8>,
+    /// Results of transactions done and not yet handed out, oldest first; and the recipient
+    /// count of each transaction started and not yet handed out.
+    done: std::collections::VecDeque<Vec<RcptResult>>,
+    started: std::collections::VecDeque<usize>,
     closed: Option<CloseReason>,
 }
 
@@ -140,6 +147,9 @@ impl Connection {
             policy,
             deliveries: 0,
             buf: vec![0u8; READ_CHUNK_BYTES],
+            out: Vec::new(),
+            done: std::collections::VecDeque::new(),
+            started: std::collections::VecDeque::new(),
             closed: None,
         };
         match c.drive().await {
@@ -147,7 +157,7 @@ impl Connection {
             Step::Closed(reason) => Err(ConnectError::Refused(reason)),
             Step::Lost(why) if c.tls_failed => Err(ConnectError::Tls(why)),
             Step::Lost(why) => Err(ConnectError::Unreachable(why)),
-            Step::Done(_) => Err(ConnectError::Unreachable(
+            Step::Done => Err(ConnectError::Unreachable(
                 "transaction before one was started".into(),
             )),
         }
@@ -158,24 +168,62 @@ impl Connection {
         self.closed.is_none() && self.session.is_ready()
     }
 
-    /// Sends one transaction; one result per recipient, in order.
+    /// True when another transaction can start now: the connection is idle, or the server
+    /// offers PIPELINING and one transaction is in progress (`Session::can_pipeline`).
+    pub fn can_start(&self) -> bool {
+        self.closed.is_none() && (self.session.is_ready() || self.session.can_pipeline())
+    }
+
+    /// Transactions started and not yet handed out by `next_done`.
+    pub fn in_progress(&self) -> usize {
+        self.started.len()
+    }
+
+    /// Starts a transaction (behind the one in progress, if pipelining); its results come
+    /// from `next_done`, in the order started. On a connection that cannot take it, its
+    /// recipients get `ConnectionLost` there.
+    pub fn start(&mut self, tx: Transaction) {
+        self.started.push_back(tx.rcpts.len());
+        self.session.start(tx);
+    }
+
+    /// The results of the oldest transaction started and not yet handed out, one per
+    /// recipient, in order.
+    pub async fn next_done(&mut self) -> Vec<RcptResult> {
+        let Some(&n) = self.started.front() else {
+            return Vec::new();
+        };
+        loop {
+            if let Some(results) = self.done.pop_front() {
+                self.started.pop_front();
+                self.deliveries += 1;
+                if results.len() != n {
+                    return vec![RcptResult::ConnectionLost("no result".into()); n];
+                }
+                return results;
+            }
+            match self.drive().await {
+                Step::Done => {}
+                // The session reports a transaction's results before it closes; if we get
+                // here without them, nothing was decided.
+                Step::Ready | Step::Closed(_) | Step::Lost(_) => {
+                    if self.done.is_empty() {
+                        self.started.pop_front();
+                        return vec![RcptResult::ConnectionLost("connection closed".into()); n];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one transaction and waits for its results (nothing else in progress).
     pub async fn send(&mut self, tx: Transaction) -> Vec<RcptResult> {
         let n = tx.rcpts.len();
-        if !self.is_usable() {
+        if !self.is_usable() || !self.started.is_empty() {
             return vec![RcptResult::ConnectionLost("connection not usable".into()); n];
         }
-        self.session.start(tx);
-        match self.drive().await {
-            Step::Done(results) => {
-                self.deliveries += 1;
-                results
-            }
-            // The session reports its transaction's results before it closes; if we get here
-            // without them, nothing was decided.
-            Step::Ready | Step::Closed(_) | Step::Lost(_) => {
-                vec![RcptResult::ConnectionLost("connection closed".into()); n]
-            }
-        }
+        self.start(tx);
+        self.next_done().await
     }
 
     /// The connection, parked by another site's worker, now serves `mx` (another name for
@@ -249,7 +297,6 @@ impl Connection {
     /// action the session has queued is performed before deciding, so a server that makes the
     /// session ready and closes it in the same packet yields `Closed`, never `Ready`.
     async fn drive(&mut self) -> Step {
-        let mut done = None;
         let mut ready = false;
         // The deadline of the reply awaited now, and which reply that is: a server that
         // dribbles bytes cannot stretch one reply past its phase's timeout.
@@ -261,32 +308,42 @@ impl Connection {
                     // behind a 354) must not have them sent: the content above all.
                     Action::Send(_) if self.session.is_closed() => {}
                     Action::Send(bytes) => {
-                        let t = self.session.timeout();
-                        let wrote = timeout(t, async {
-                            self.stream.write_all(&bytes).await.map_err(Into::into)
-                        })
-                        .await;
-                        if let Err(e) = wrote {
-                            self.lose(format!("write to {}: {e}", self.addr));
+                        if self.out.is_empty() {
+                            self.out = bytes;
+                        } else {
+                            self.out.extend_from_slice(&bytes);
                         }
                     }
-                    Action::StartTls => match self.handshake().await {
-                        Ok(()) => self.session.tls_established(),
-                        Err(why) => {
-                            self.tls_failed = true;
-                            self.lose(why);
+                    Action::StartTls => {
+                        // Nothing is queued behind STARTTLS (the session sends it alone),
+                        // but what is pending goes first should that ever change.
+                        self.flush_out().await;
+                        match self.handshake().await {
+                            Ok(()) => self.session.tls_established(),
+                            Err(why) => {
+                                self.tls_failed = true;
+                                self.lose(why);
+                            }
                         }
-                    },
+                    }
                     Action::Ready => ready = true,
-                    Action::Done(results) => done = Some(results),
+                    Action::Done(results) => self.done.push_back(results),
                     Action::Close(reason) => {
                         self.closed.get_or_insert(reason);
                     }
                 }
             }
+            if self.session.is_closed() {
+                self.out.clear();
+            }
+            if !self.out.is_empty() {
+                self.flush_out().await;
+                // A failed write has consequences queued in the session: handle them first.
+                continue;
+            }
             // A transaction's results come first: the session reports them before it closes.
-            if let Some(results) = done.take() {
-                return Step::Done(results);
+            if !self.done.is_empty() {
+                return Step::Done;
             }
             if let Some(reason) = &self.closed {
                 return Step::Closed(reason.clone());
@@ -342,6 +399,25 @@ impl Connection {
         }
     }
 
+    /// Writes what the session asked to send, bounded by the current phase's timeout.
+    async fn flush_out(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.out);
+        let t = self.session.timeout();
+        let wrote = timeout(t, async {
+            self.stream.write_all(&bytes).await.map_err(Into::into)
+        })
+        .await;
+        if let Err(e) = wrote {
+            self.lose(format!("write to {}: {e}", self.addr));
+        }
+        // The buffer is kept for the next write.
+        self.out = bytes;
+        self.out.clear();
+    }
+
     /// The connection is gone: the session learns why, and so does the caller.
     fn lose(&mut self, why: String) {
         self.session.connection_lost(&why);
@@ -351,7 +427,8 @@ impl Connection {
 
 enum Step {
     Ready,
-    Done(Vec<RcptResult>),
+    /// Results are waiting in `done`.
+    Done,
     Closed(CloseReason),
     Lost(String),
 }
@@ -409,6 +486,7 @@ mod tests {
             "RCPT TO:<nobody@x.test>" => "550 5.1.1 no such user\r\n",
             c if c.starts_with("RCPT") => "250 2.1.5 ok\r\n",
             "DATA" => "354 go ahead\r\n",
+            "RSET" => "250 2.0.0 reset\r\n",
             "QUIT" => "221 bye\r\n",
             _ => "500 what\r\n",
         })
@@ -471,6 +549,56 @@ mod tests {
             "{seen}"
         );
         assert!(seen.ends_with("QUIT\r\n"));
+    }
+
+    /// Two transactions in flight on one connection: the second's commands go out behind the
+    /// first's content, and the results come back in order.
+    #[test]
+    fn pipelines_the_next_transaction_behind_the_final_dot() {
+        let (addr, server) = server(script);
+        let (first, second, third) = run(async move {
+            let mut c = Connection::open(
+                "mx.x.test",
+                addr,
+                "mta.test",
+                TlsPolicy::Disabled,
+                &Rc::new(TlsClients::new()),
+                Timeouts::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let tx = |to: &str, body: &str| Transaction {
+                mail_from: "b@acme.test".into(),
+                rcpts: vec![to.into()],
+                message: body.as_bytes().to_vec(),
+            };
+            assert!(c.can_start());
+            c.start(tx("a@x.test", "Subject: one\r\n\r\n1\r\n"));
+            assert!(c.can_start(), "the server offers PIPELINING");
+            c.start(tx("nobody@x.test", "Subject: two\r\n\r\n2\r\n"));
+            assert!(!c.can_start(), "two at most");
+            let first = c.next_done().await;
+            c.start(tx("c@x.test", "Subject: three\r\n\r\n3\r\n"));
+            let second = c.next_done().await;
+            let third = c.next_done().await;
+            assert_eq!((c.deliveries, c.in_progress()), (3, 0));
+            assert!(c.is_usable());
+            c.quit().await;
+            (first, second, third)
+        });
+        let seen = server.join().unwrap();
+        let code = |r: &[RcptResult]| match &r[0] {
+            RcptResult::Reply(r) => r.code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((code(&first), code(&second), code(&third)), (250, 550, 250));
+        let one = seen.find("Subject: one").unwrap();
+        let two = seen
+            .find("MAIL FROM:<b@acme.test>\r\nRCPT TO:<nobody@x.test>")
+            .unwrap();
+        assert!(one < two, "{seen}");
+        assert!(seen.contains("Subject: three\r\n\r\n3\r\n.\r\n"), "{seen}");
     }
 
     /// The remote crash of the hostile-input review, through real sockets: EHLO answered

@@ -169,6 +169,23 @@ impl<L: LogSink> Core<L> {
         next
     }
 
+    /// A worker of `scope` with a transaction in flight asks for a message to pipeline
+    /// behind it (`Owner::take_now`); room it leaves in the window goes out as in `take`.
+    pub fn take_now(&mut self, scope: &str) -> Option<Prepared> {
+        if self.closing {
+            return None;
+        }
+        let msg = self.owner.take_now(scope, self.clock.now())?;
+        if self.owner.has_ready(scope) {
+            self.serve_waiting();
+            self.grant(scope);
+        } else {
+            self.grant(scope);
+            self.serve_waiting();
+        }
+        Some(msg)
+    }
+
     /// A worker of `scope` that left has closed its connection: if the scope's messages
     /// waited for that, a worker starts for them; otherwise the slot goes to a scope in line.
     pub fn connection_closed(&mut self, scope: &str) {

@@ -162,12 +162,14 @@ enum Phase {
 }
 
 struct Active {
-    tx: Transaction,
     /// The message as DATA content (canonical, dot-stuffed, terminated), encoded once at
-    /// `start` so that `SIZE=` declares what is sent; `tx.message` is emptied then.
+    /// `start` so that `SIZE=` declares what is sent.
     data: Vec<u8>,
     results: Vec<Option<RcptResult>>,
     mail_failed: Option<Reply>,
+    /// Decided here (SIZE, SMTPUTF8) when started behind another: nothing is sent for it,
+    /// and its results come when the one before it is done, in order.
+    decided: bool,
 }
 
 pub struct Session {
@@ -182,7 +184,13 @@ pub struct Session {
     in_flight: VecDeque<Expect>,
     /// Commands not yet written (without PIPELINING they go one at a time).
     queued: VecDeque<(Vec<u8>, Expect)>,
-    active: Option<Active>,
+    /// Transactions in progress, oldest first: the replies being read are the front one's.
+    /// A second one only with PIPELINING (`can_pipeline`).
+    actives: VecDeque<Active>,
+    /// The second transaction's commands, held until the first one's content goes out
+    /// (after its 354) or it ends: MAIL must never reach a server that may still hold the
+    /// first transaction open.
+    held: VecDeque<(Vec<u8>, Expect)>,
     actions: VecDeque<Action>,
     /// The last transaction did not end cleanly; RSET before the next.
     needs_rset: bool,
@@ -206,7 +214,8 @@ impl Session {
             tls_active: false,
             in_flight: VecDeque::from([Expect::Greeting]),
             queued: VecDeque::new(),
-            active: None,
+            actives: VecDeque::new(),
+            held: VecDeque::new(),
             actions: VecDeque::new(),
             needs_rset: false,
             replies_received: 0,
@@ -228,6 +237,19 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
+    }
+
+    /// True when `start` may add a second transaction behind the one in progress (RFC 2920:
+    /// its MAIL, RCPT and DATA go out right behind the first one's content and final dot,
+    /// saving a round trip per message). The server offers PIPELINING, and one transaction
+    /// only is in progress.
+    pub fn can_pipeline(&self) -> bool {
+        self.phase == Phase::Transaction && self.caps.pipelining && self.actives.len() == 1
+    }
+
+    /// Transactions started and not done.
+    pub fn in_progress(&self) -> usize {
+        self.actives.len()
     }
 
     /// The next thing for the shell to do, if any.
@@ -309,7 +331,8 @@ impl Session {
     /// `ConnectionLost` at once: what a peer sends can end a session, never panic it.
     pub fn start(&mut self, tx: Transaction) {
         let n = tx.rcpts.len();
-        if self.phase != Phase::Ready || n == 0 {
+        let behind = self.can_pipeline();
+        if (self.phase != Phase::Ready && !behind) || n == 0 {
             let why = format!(
                 "the session is not ready for a transaction ({:?})",
                 self.phase
@@ -318,17 +341,9 @@ impl Session {
             self.actions.push_back(Action::Done(results));
             return;
         }
-        self.phase = Phase::Transaction;
         let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
         let eight_bit = !tx.message.is_ascii();
-        let mut tx = tx;
-        let (data, size) = encode_data_sized(&std::mem::take(&mut tx.message));
-        let mut active = Active {
-            tx,
-            data,
-            results: vec![None; n],
-            mail_failed: None,
-        };
+        let (data, size) = encode_data_sized(&tx.message);
         let local = if needs_utf8 && !self.caps.smtputf8 {
             Some(Reply::new(
                 553,
@@ -343,16 +358,24 @@ impl Session {
             None
         };
         if let Some(reply) = local {
-            active.results = vec![Some(RcptResult::Reply(reply)); n];
-            self.active = Some(active);
-            self.finish_transaction();
+            // Decided here: nothing is sent, and the session stays as it was. Behind another
+            // transaction, its results wait for that one's, so results come in order.
+            if behind {
+                self.actives.push_back(Active {
+                    data: Vec::new(),
+                    results: vec![Some(RcptResult::Reply(reply)); n],
+                    mail_failed: None,
+                    decided: true,
+                });
+            } else {
+                self.actions
+                    .push_back(Action::Done(vec![RcptResult::Reply(reply); n]));
+                self.actions.push_back(Action::Ready);
+            }
             return;
         }
-        if self.needs_rset {
-            self.needs_rset = false;
-            self.queue(b"RSET\r\n".to_vec(), Expect::Rset);
-        }
-        let mut mail = format!("MAIL FROM:<{}>", active.tx.mail_from);
+        let mut commands = Vec::with_capacity(n + 2);
+        let mut mail = format!("MAIL FROM:<{}>", tx.mail_from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={size}"));
         }
@@ -363,15 +386,45 @@ impl Session {
             mail.push_str(" SMTPUTF8");
         }
         mail.push_str("\r\n");
-        self.queue(mail.into_bytes(), Expect::Mail);
-        for (i, rcpt) in active.tx.rcpts.iter().enumerate() {
-            self.queue(
+        commands.push((mail.into_bytes(), Expect::Mail));
+        for (i, rcpt) in tx.rcpts.iter().enumerate() {
+            commands.push((
                 format!("RCPT TO:<{rcpt}>\r\n").into_bytes(),
                 Expect::Rcpt(i),
-            );
+            ));
         }
-        self.queue(b"DATA\r\n".to_vec(), Expect::Data);
-        self.active = Some(active);
+        commands.push((b"DATA\r\n".to_vec(), Expect::Data));
+        self.actives.push_back(Active {
+            data,
+            results: vec![None; n],
+            mail_failed: None,
+            decided: false,
+        });
+        if behind {
+            self.held.extend(commands);
+            return;
+        }
+        self.phase = Phase::Transaction;
+        if self.needs_rset {
+            self.needs_rset = false;
+            self.queue(b"RSET\r\n".to_vec(), Expect::Rset);
+        }
+        self.queued.extend(commands);
+        self.flush();
+    }
+
+    /// The held second transaction's commands go out (behind an RSET if the first one left
+    /// the server's transaction open).
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        if self.needs_rset {
+            self.needs_rset = false;
+            self.queue(b"RSET\r\n".to_vec(), Expect::Rset);
+        }
+        let held = std::mem::take(&mut self.held);
+        self.queued.extend(held);
         self.flush();
     }
 
@@ -416,13 +469,14 @@ impl Session {
             // message's reply (an attempt, retried on the usual schedule), not load shed
             // before it. Otherwise a server that 421s every message would have it resent
             // every few seconds, uncounted, until it expires.
-            if let Some(a) = self.active.as_mut() {
+            if let Some(a) = self.actives.front_mut() {
                 for r in a.results.iter_mut().filter(|r| r.is_none()) {
                     *r = Some(RcptResult::Reply(reply.clone()));
                 }
             }
             self.finish_transaction();
-            self.close_with(CloseReason::ServiceClosing(reply), None);
+            // A transaction pipelined behind it was not reached: retried without blame.
+            self.close_with(CloseReason::ServiceClosing(reply.clone()), Some(reply));
             return;
         }
         if reply.code == 421 && expect != Expect::Quit {
@@ -484,13 +538,13 @@ impl Session {
             Expect::Mail => {
                 if !reply.is_positive() {
                     self.needs_rset = true;
-                    if let Some(a) = self.active.as_mut() {
+                    if let Some(a) = self.actives.front_mut() {
                         a.mail_failed = Some(reply);
                     }
                 }
             }
             Expect::Rcpt(i) => {
-                if let Some(a) = self.active.as_mut() {
+                if let Some(a) = self.actives.front_mut() {
                     if let Some(mail) = &a.mail_failed {
                         a.results[i] = Some(RcptResult::Reply(mail.clone()));
                     } else if !reply.is_positive() {
@@ -501,7 +555,7 @@ impl Session {
             Expect::Data => self.on_data_reply(reply),
             Expect::EmptyDataEnd => self.finish_transaction(),
             Expect::DataEnd => {
-                if let Some(a) = self.active.as_mut() {
+                if let Some(a) = self.actives.front_mut() {
                     for r in a.results.iter_mut().filter(|r| r.is_none()) {
                         *r = Some(RcptResult::Reply(reply.clone()));
                     }
@@ -517,7 +571,7 @@ impl Session {
     }
 
     fn on_data_reply(&mut self, reply: Reply) {
-        let Some(a) = self.active.as_mut() else {
+        let Some(a) = self.actives.front_mut() else {
             return;
         };
         let accepted = a.results.iter().filter(|r| r.is_none()).count();
@@ -530,6 +584,9 @@ impl Session {
                 let data = std::mem::take(&mut a.data);
                 self.send(data, Expect::DataEnd);
                 self.data_queued = true;
+                // The content ends the server's transaction: the next one's commands can go
+                // right behind it.
+                self.release_held();
             }
             return;
         }
@@ -568,7 +625,9 @@ impl Session {
     }
 
     fn finish_transaction(&mut self) {
-        let Some(a) = self.active.take() else { return };
+        let Some(a) = self.actives.pop_front() else {
+            return;
+        };
         // Every recipient has a result by now; should one not, it is retried, not lost.
         let results = a
             .results
@@ -576,12 +635,19 @@ impl Session {
             .map(|r| r.unwrap_or_else(|| RcptResult::ConnectionLost("no reply".into())))
             .collect();
         self.actions.push_back(Action::Done(results));
-        self.become_ready();
+        if self.actives.front().is_some_and(|a| a.decided) {
+            self.finish_transaction();
+        } else if self.actives.is_empty() {
+            self.become_ready();
+        } else {
+            // The next transaction is in flight (or held until now).
+            self.release_held();
+        }
     }
 
     /// Gives every recipient without a result one, and drops the transaction.
     fn fail_in_flight(&mut self, result: impl Fn() -> RcptResult) {
-        if let Some(a) = self.active.take() {
+        while let Some(a) = self.actives.pop_front() {
             let results = a
                 .results
                 .into_iter()
@@ -596,6 +662,7 @@ impl Session {
         }
         self.in_flight.clear();
         self.queued.clear();
+        self.held.clear();
     }
 
     fn close_with(&mut self, reason: CloseReason, service_closing: Option<Reply>) {
@@ -743,6 +810,132 @@ mod tests {
         assert_eq!(h.take_sent(), "QUIT\r\n");
         h.server("221 bye\r\n");
         assert_eq!(h.closed, Some(CloseReason::Quit));
+    }
+
+    #[test]
+    fn the_next_transaction_goes_right_behind_the_content_and_final_dot() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "one"));
+        h.drain();
+        h.take_sent();
+        assert!(h.s.can_pipeline());
+        // Started while the first waits for its 354: held, nothing sent yet.
+        h.s.start(tx(&["b@x.test", "c@x.test"], "two"));
+        h.drain();
+        assert_eq!(h.take_sent(), "");
+        assert_eq!(h.s.in_progress(), 2);
+        assert!(!h.s.can_pipeline(), "two at most");
+        // The 354: the first's content, then the second's commands, before any reply.
+        h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(
+            h.take_sent(),
+            "one\r\n.\r\nMAIL FROM:<bounces@acme.example> SIZE=5\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n"
+        );
+        // One packet answers the first's dot and the second's commands.
+        h.server("250 queued 1\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(h.done.len(), 1);
+        assert_eq!(codes(&h.done[0]), vec![250]);
+        assert_eq!(h.take_sent(), "two\r\n.\r\n");
+        assert_eq!(h.ready, 1, "not ready while the second is in progress");
+        h.server("250 queued 2\r\n");
+        assert_eq!(codes(&h.done[1]), vec![550, 250]);
+        assert_eq!(h.ready, 2);
+    }
+
+    #[test]
+    fn a_first_transaction_refused_at_data_leaves_the_second_behind_an_rset() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "one"));
+        h.s.start(tx(&["b@x.test"], "two"));
+        h.drain();
+        h.take_sent();
+        // DATA refused: the server may still hold MAIL and RCPT, so the second's MAIL goes
+        // out behind an RSET, and only now.
+        h.server("250 ok\r\n250 ok\r\n451 4.3.0 try later\r\n");
+        assert_eq!(codes(&h.done[0]), vec![451]);
+        assert_eq!(
+            h.take_sent(),
+            "RSET\r\nMAIL FROM:<bounces@acme.example> SIZE=5\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+        );
+        h.server("250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(h.take_sent(), "two\r\n.\r\n");
+        h.server("250 queued\r\n");
+        assert_eq!(codes(&h.done[1]), vec![250]);
+    }
+
+    #[test]
+    fn a_421_or_a_lost_connection_decides_both_transactions_in_progress() {
+        for lost in [false, true] {
+            let mut h = Harness::new(TlsPolicy::Disabled);
+            h.server("220 hi\r\n");
+            h.server(EHLO_PIPE);
+            h.s.start(tx(&["a@x.test"], "one"));
+            h.s.start(tx(&["b@x.test"], "two"));
+            h.drain();
+            h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+            h.take_sent();
+            if lost {
+                h.s.connection_lost("reset");
+                h.drain();
+            } else {
+                h.server("421 4.7.0 closing\r\n");
+            }
+            assert_eq!(h.done.len(), 2, "one Done each, in order");
+            for (i, d) in h.done.iter().enumerate() {
+                assert_eq!(d.len(), 1);
+                match (lost, i, &d[0]) {
+                    (true, _, RcptResult::ConnectionLost(_)) => {}
+                    // The first's content was sent: the 421 is its answer (an attempt); the
+                    // second was not reached (retried without blame).
+                    (false, 0, RcptResult::Reply(r)) if r.code == 421 => {}
+                    (false, 1, RcptResult::ServiceClosing(_)) => {}
+                    (_, _, other) => panic!("{i}: {other:?}"),
+                }
+            }
+            assert_eq!(h.take_sent(), "", "nothing after the end");
+        }
+    }
+
+    #[test]
+    fn a_transaction_refused_here_behind_another_gets_its_results_after_it() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server(EHLO_PIPE);
+        h.s.start(tx(&["a@x.test"], "one"));
+        // Over the server's SIZE (1000): decided here, nothing sent for it.
+        h.s.start(tx(&["b@x.test"], &"x".repeat(2000)));
+        h.drain();
+        h.take_sent();
+        assert!(h.done.is_empty(), "not before the first");
+        h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(h.take_sent(), "one\r\n.\r\n");
+        h.server("250 queued\r\n");
+        assert_eq!(codes(&h.done[0]), vec![250]);
+        assert_eq!(codes(&h.done[1]), vec![552]);
+        assert_eq!(h.ready, 2);
+        assert!(h.s.is_ready());
+    }
+
+    #[test]
+    fn without_pipelining_a_second_transaction_waits_its_turn() {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.server("220 hi\r\n");
+        h.server("250 mx.test\r\n");
+        h.s.start(tx(&["a@x.test"], "one"));
+        h.drain();
+        assert!(!h.s.can_pipeline());
+        h.s.start(tx(&["b@x.test"], "two"));
+        h.drain();
+        assert!(
+            matches!(h.done[0][0], RcptResult::ConnectionLost(_)),
+            "refused at once: {:?}",
+            h.done
+        );
+        assert_eq!(h.s.in_progress(), 1);
     }
 
     #[test]

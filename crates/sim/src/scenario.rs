@@ -36,6 +36,9 @@ pub struct Scenario {
     /// Extra keys for the engine's `[engine]` section, e.g. `spin_before_park = "50us"`.
     #[serde(default)]
     pub engine_keys: String,
+    /// Extra keys for the engine's `[delivery]` section, e.g. `pipeline_transactions = false`.
+    #[serde(default)]
+    pub delivery_keys: String,
     /// PEM certificate and key for providers with `tls = true` (they offer STARTTLS).
     #[serde(default)]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -179,6 +182,8 @@ impl Scenario {
             "[delivery]\nretry_first = {:?}\nsite_connection_limit = {}\n# The simulated providers live on loopback.\nallow_private_destinations = true",
             self.retry_first, self.site_connections
         );
+        c.push_str(&self.delivery_keys);
+        c.push('\n');
         for p in &self.providers {
             let Some(mx) = &p.mx else {
                 continue;

@@ -571,6 +571,27 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
+    /// A worker of `key` with a transaction in flight asks for one more to pipeline behind
+    /// it: the next message if one is here and may go now (no pacing wait, the scope within
+    /// its cap). Never counts the worker out; `take` does that once nothing is in flight.
+    pub fn take_now(&mut self, key: &str, now: Instant) -> Option<M> {
+        let s = self.scopes.get_mut(key)?;
+        if s.workers > s.conn_cap {
+            return None;
+        }
+        let interval = s.throttle.interval();
+        if interval.is_some() && s.next_send > now {
+            return None;
+        }
+        let msg = s.ready.pop_front()?;
+        s.last_busy = now;
+        if let Some(interval) = interval {
+            s.next_send = s.next_send.max(now) + interval * msg.recipients();
+        }
+        self.window_used = self.window_used.saturating_sub(1);
+        Some(msg)
+    }
+
     /// A worker of `key` was refused a connection with 421 at the greeting: the receiver
     /// takes no more connections than are open, so the cap holds at the other workers'
     /// count and this one leaves, unless it is the last.

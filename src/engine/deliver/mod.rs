@@ -25,17 +25,18 @@ use crate::delivery::owner::Take;
 use crate::delivery::policy::{no_host_address, refused_destination, Outcome};
 use crate::delivery::scope::NextHop;
 use crate::delivery::tls::TLS_BROKEN_FOR;
-use crate::shard::{Held, ItemResult};
+use crate::shard::{Held, ItemResult, Prepared};
 use crate::smtp::reply::printable;
 use crate::smtp::session::TlsPolicy;
 use crate::smtp::session::{CloseReason, RcptResult, Transaction};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::timer::{sleep, timeout};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the scheduler looks for due recipients.
 pub const SCHEDULE_TICK: Duration = Duration::from_millis(10);
@@ -177,45 +178,20 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let wake_tx = Rc::new(wake_tx);
     let mut idle_since = shard.shared.clock.now();
+    // A message taken to pipeline that could not go on this connection (another host set):
+    // it goes next, after what is in flight.
+    let mut later: Option<(Prepared, u32, TlsPolicy)> = None;
     loop {
-        // Taking a message and deciding to exit happen in one borrow, so a message that
-        // arrives as this worker leaves always finds the worker count already lowered (and
-        // `on_prepared` starts another).
-        let stop = shard.shared.failed();
-        let mut idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
-        // Should this worker leave, its connection is parked for any scope to reuse if it
-        // can serve another; it leaves at once when workers wait in line for its address.
-        let held = match &conn {
-            None => Held::Nothing,
-            Some((c, _)) => {
-                idle |= shard.endpoints.borrow().has_waiters(c.addr);
-                let reusable = c.is_usable()
-                    && reusable_policy(c.policy)
-                    && c.deliveries < crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION;
-                if reusable && !stop && !shard.core.borrow().is_closing() {
-                    Held::Parking
-                } else {
-                    Held::Closing
-                }
-            }
+        let next = match later.take() {
+            Some((msg, max_per_connection, tls)) => Take::Send {
+                msg,
+                wait: Duration::ZERO,
+                max_per_connection,
+                tls,
+            },
+            None => take(&shard, &key, &mut conn, idle_since),
         };
-        // Taking, leaving and parking happen in one call: the budget counts the parked
-        // connection before any effect of the call is applied.
-        let next = shard.with_core(|core| {
-            let next = core.take(&key, stop, idle, held);
-            if matches!(next, Take::Exit) && held == Held::Parking {
-                if let Some((c, _)) = conn.take() {
-                    let (addr, policy) = (c.addr, c.policy);
-                    let now = shard.shared.clock.now();
-                    let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
-                    if let Ok(Some(w)) = released {
-                        let _ = w.try_send(());
-                    }
-                }
-            }
-            next
-        });
-        let (mut msg, wait, max_per_connection, tls) = match next {
+        let (msg, wait, max_per_connection, tls) = match next {
             Take::Send {
                 msg,
                 wait,
@@ -291,32 +267,17 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
                 }
             }
         }
-        let (c, _) = conn.as_mut().expect("connected above");
-        let (mx, ip) = (c.mx.clone(), c.addr.ip().to_string());
-        let tls_info = c.tls.clone().unwrap_or_default();
-        let tx = Transaction {
-            mail_from: msg.mail_from.clone(),
-            rcpts: msg.rcpts.iter().map(|(_, r)| r.clone()).collect(),
-            message: std::mem::take(&mut msg.message),
-        };
-        let mut results = match contained(c.send(tx)).await {
-            Ok(results) => results,
-            Err(why) => {
-                // The connection's state is unknown after a bug: drop it, never reuse it.
-                if let Some((c, _)) = conn.take() {
-                    let addr = c.addr;
-                    drop(c);
-                    shard.endpoint_closed(addr);
-                }
-                let why = format!("internal error while sending (a bug, reported): {why}");
-                vec![RcptResult::ConnectionLost(why); msg.rcpts.len()]
-            }
-        };
-        if results.len() != msg.rcpts.len() {
-            results = vec![RcptResult::ConnectionLost("no result".into()); msg.rcpts.len()];
-        }
-        let via = (mx.as_str(), ip.as_str(), tls_info.as_str());
-        shard.with_core(|core| core.sent(&key, &msg, results, paced_at, via));
+        send(
+            &shard,
+            &key,
+            &mut conn,
+            msg,
+            paced_at,
+            max_per_connection,
+            tls,
+            &mut later,
+        )
+        .await;
         idle_since = shard.shared.clock.now();
     }
     // Leaving with a connection it did not park (`Take::Exit`): the budget counts it until
@@ -325,6 +286,144 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
         close(&shard, c).await;
         shard.with_core(|core| core.connection_closed(&key));
     }
+}
+
+/// Sends `msg` (paced at `paced_at`) on the worker's connection and, while the receiver
+/// offers PIPELINING and the scope has messages that may go now, the next ones behind it
+/// (RFC 2920: each one's MAIL, RCPT and DATA right behind the previous one's final dot, one
+/// round trip a message instead of two), at most two in flight. Reports each transaction's
+/// results as they come, in order. A message taken for another host set waits in `later`.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    shard: &Rc<Shard>,
+    key: &str,
+    conn: &mut Option<(Connection, Arc<[NextHop]>)>,
+    msg: Prepared,
+    paced_at: Instant,
+    max_per_connection: u32,
+    tls: TlsPolicy,
+    later: &mut Option<(Prepared, u32, TlsPolicy)>,
+) {
+    let Some((c, _)) = conn.as_ref() else {
+        return;
+    };
+    let (mx, ip) = (c.mx.clone(), c.addr.ip().to_string());
+    let tls_info = c.tls.clone().unwrap_or_default();
+    let via = (mx.as_str(), ip.as_str(), tls_info.as_str());
+    let mut in_flight: VecDeque<(Prepared, Instant)> = VecDeque::new();
+    let mut first = Some((msg, paced_at));
+    while let Some((c, hosts)) = conn.as_mut() {
+        if let Some((mut m, at)) = first.take() {
+            c.start(transaction(&mut m));
+            in_flight.push_back((m, at));
+        }
+        let pipelining = {
+            let config = shard.config.borrow();
+            let provider = config.providers.get(key);
+            provider
+                .and_then(|p| p.pipeline_transactions)
+                .unwrap_or(config.delivery.pipeline_transactions)
+        };
+        while pipelining
+            && later.is_none()
+            && in_flight.len() < 2
+            && c.can_start()
+            && c.deliveries + (in_flight.len() as u32) < max_per_connection
+        {
+            let Some(mut next) = shard.with_core(|core| core.take_now(key)) else {
+                break;
+            };
+            if !(Arc::ptr_eq(hosts, &next.hosts) || **hosts == *next.hosts) {
+                *later = Some((next, max_per_connection, tls));
+                break;
+            }
+            c.start(transaction(&mut next));
+            in_flight.push_back((next, shard.shared.clock.now()));
+        }
+        let Some((m, at)) = in_flight.pop_front() else {
+            break;
+        };
+        let n = m.rcpts.len();
+        match contained(c.next_done()).await {
+            Ok(mut results) => {
+                if results.len() != n {
+                    results = vec![RcptResult::ConnectionLost("no result".into()); n];
+                }
+                shard.with_core(|core| core.sent(key, &m, results, at, via));
+            }
+            Err(why) => {
+                // The connection's state is unknown after a bug: drop it, never reuse it;
+                // whatever was in flight on it is retried.
+                if let Some((c, _)) = conn.take() {
+                    let addr = c.addr;
+                    drop(c);
+                    shard.endpoint_closed(addr);
+                }
+                let why = format!("internal error while sending (a bug, reported): {why}");
+                for (m, at) in std::iter::once((m, at)).chain(in_flight.drain(..)) {
+                    let lost = vec![RcptResult::ConnectionLost(why.clone()); m.rcpts.len()];
+                    shard.with_core(|core| core.sent(key, &m, lost, at, via));
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// The transaction for `msg`; its rendered content moves into it.
+fn transaction(msg: &mut Prepared) -> Transaction {
+    Transaction {
+        mail_from: msg.mail_from.clone(),
+        rcpts: msg.rcpts.iter().map(|(_, r)| r.clone()).collect(),
+        message: std::mem::take(&mut msg.message),
+    }
+}
+
+/// A worker's next step (`Core::take`), with what becomes of its connection should it leave.
+fn take(
+    shard: &Rc<Shard>,
+    key: &str,
+    conn: &mut Option<(Connection, Arc<[NextHop]>)>,
+    idle_since: Instant,
+) -> Take<Prepared> {
+    // Taking a message and deciding to exit happen in one borrow, so a message that
+    // arrives as this worker leaves always finds the worker count already lowered (and
+    // `on_prepared` starts another).
+    let stop = shard.shared.failed();
+    let mut idle = shard.shared.clock.now().duration_since(idle_since) >= IDLE_CLOSE;
+    // Should this worker leave, its connection is parked for any scope to reuse if it
+    // can serve another; it leaves at once when workers wait in line for its address.
+    let held = match &*conn {
+        None => Held::Nothing,
+        Some((c, _)) => {
+            idle |= shard.endpoints.borrow().has_waiters(c.addr);
+            let reusable = c.is_usable()
+                && reusable_policy(c.policy)
+                && c.deliveries < crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION;
+            if reusable && !stop && !shard.core.borrow().is_closing() {
+                Held::Parking
+            } else {
+                Held::Closing
+            }
+        }
+    };
+    // Taking, leaving and parking happen in one call: the budget counts the parked
+    // connection before any effect of the call is applied.
+    let next = shard.with_core(|core| {
+        let next = core.take(key, stop, idle, held);
+        if matches!(next, Take::Exit) && held == Held::Parking {
+            if let Some((c, _)) = conn.take() {
+                let (addr, policy) = (c.addr, c.policy);
+                let now = shard.shared.clock.now();
+                let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
+                if let Ok(Some(w)) = released {
+                    let _ = w.try_send(());
+                }
+            }
+        }
+        next
+    });
+    next
 }
 
 /// Runs a future that handles a peer's bytes (SMTP replies, DNS answers). No byte sequence
