@@ -46,7 +46,8 @@ struct Endpoint<C, W> {
     /// Connections open to the address: in use, parked, or closing.
     open: u32,
     parked: VecDeque<Parked<C>>,
-    waiters: VecDeque<W>,
+    /// Workers in line, with the TLS policy each wants.
+    waiters: VecDeque<(W, TlsPolicy)>,
 }
 
 impl<C, W> Default for Endpoint<C, W> {
@@ -130,20 +131,34 @@ impl<C, W> Endpoints<C, W> {
         Acquire::Full
     }
 
-    /// Waits in line for `addr` (after `Acquire::Full`): `waiter` is handed the next
-    /// connection parked for the address (`release`) or woken when a slot frees (`closed`).
-    pub fn wait(&mut self, addr: SocketAddr, waiter: W) {
+    /// Waits in line for `addr` wanting `policy` (after `Acquire::Full`): woken for the next
+    /// connection parked there under that policy (`release`), or when a slot frees
+    /// (`closed`, `wake_if_room`).
+    pub fn wait(&mut self, addr: SocketAddr, policy: TlsPolicy, waiter: W) {
         self.by_addr
             .entry(addr)
             .or_default()
             .waiters
-            .push_back(waiter);
+            .push_back((waiter, policy));
+    }
+
+    /// The first worker in line for `addr`, to wake, if the address has a free slot: after a
+    /// woken worker took a parked connection instead of the slot it was woken for, or gave up.
+    pub fn wake_if_room(&mut self, addr: SocketAddr) -> Option<W> {
+        let cap = self.cap;
+        let e = self.by_addr.get_mut(&addr)?;
+        if e.open < cap {
+            e.waiters.pop_front().map(|(w, _)| w)
+        } else {
+            None
+        }
     }
 
     /// A worker is done with its connection to `addr`, which is usable and was made under
-    /// `policy`: parked, and the first worker in line for the address, if any, is returned to
-    /// be woken (it acquires again and finds it). A connection under a policy that cannot
-    /// serve another scope (`reusable_policy`) comes back as `Err`: close it.
+    /// `policy`: parked, and the first worker in line for the address wanting that policy,
+    /// if any, is returned to be woken (it acquires again and finds it). A connection under a
+    /// policy that cannot serve another scope (`reusable_policy`) comes back as `Err`: close
+    /// it.
     pub fn release(
         &mut self,
         addr: SocketAddr,
@@ -155,7 +170,12 @@ impl<C, W> Endpoints<C, W> {
             return Err(conn);
         }
         let e = self.by_addr.entry(addr).or_default();
-        let waiter = e.waiters.pop_front();
+        let waiter = e
+            .waiters
+            .iter()
+            .position(|(_, p)| *p == policy)
+            .and_then(|i| e.waiters.remove(i))
+            .map(|(w, _)| w);
         e.parked.push_back(Parked {
             conn,
             policy,
@@ -169,7 +189,7 @@ impl<C, W> Endpoints<C, W> {
     /// A worker in line for `addr` gives up waiting: `is_mine` picks its entry out.
     pub fn unwait(&mut self, addr: SocketAddr, is_mine: impl Fn(&W) -> bool) {
         if let Some(e) = self.by_addr.get_mut(&addr) {
-            e.waiters.retain(|w| !is_mine(w));
+            e.waiters.retain(|(w, _)| !is_mine(w));
             if e.open == 0 && e.waiters.is_empty() {
                 self.by_addr.remove(&addr);
             }
@@ -182,7 +202,7 @@ impl<C, W> Endpoints<C, W> {
     pub fn closed(&mut self, addr: SocketAddr) -> Option<W> {
         let e = self.by_addr.get_mut(&addr)?;
         e.open = e.open.saturating_sub(1);
-        let w = e.waiters.pop_front();
+        let w = e.waiters.pop_front().map(|(w, _)| w);
         if e.open == 0 && e.waiters.is_empty() {
             self.by_addr.remove(&addr);
         }
@@ -276,8 +296,8 @@ mod tests {
         assert_eq!(t.acquire(a, P), Acquire::Full);
         // Another address has its own cap.
         assert_eq!(t.acquire(addr(2), P), Acquire::Open);
-        t.wait(a, 7);
-        t.wait(a, 8);
+        t.wait(a, P, 7);
+        t.wait(a, P, 8);
         assert!(t.has_waiters(a));
         assert_eq!(t.closed(a), Some(7));
         assert_eq!(t.open(a), 1);
@@ -294,8 +314,8 @@ mod tests {
         let a = addr(1);
         assert_eq!(t.acquire(a, P), Acquire::Open);
         assert_eq!(t.acquire(a, P), Acquire::Full);
-        t.wait(a, 1);
-        t.wait(a, 2);
+        t.wait(a, P, 1);
+        t.wait(a, P, 2);
         t.unwait(a, |w| *w == 1);
         // Parked, and the worker still in line is woken; still one connection open.
         assert_eq!(t.release(a, "c1", P, t0), Ok(Some(2)));
@@ -305,7 +325,15 @@ mod tests {
         assert_eq!(t.acquire(a, TlsPolicy::Disabled), Acquire::Full);
         assert_eq!(t.acquire(a, P), Acquire::Parked("c1"));
         assert_eq!((t.open(a), t.parked()), (1, 0));
+        // A worker in line for another TLS policy is not woken for it.
+        t.wait(a, TlsPolicy::Disabled, 3);
         assert_eq!(t.release(a, "c1", P, t0), Ok(None));
+        assert!(t.has_waiters(a));
+        assert_eq!(t.wake_if_room(a), None, "at its cap");
+        assert_eq!(t.acquire(a, P), Acquire::Parked("c1"));
+        // c1 is closed: its slot goes to the worker in line.
+        assert_eq!(t.closed(a), Some(3));
+        assert_eq!(t.wake_if_room(a), None, "nobody left in line");
     }
 
     #[test]
@@ -331,7 +359,7 @@ mod tests {
             t.release(a, name, P, t0 + s * i as u32).unwrap();
         }
         // Someone waits for the oldest one's address: it is spared.
-        t.wait(addr(1), 9);
+        t.wait(addr(1), P, 9);
         assert_eq!(t.evict(1), vec![(addr(2), "mid")]);
         t.unwait(addr(1), |_| true);
         assert_eq!(t.evict(1), vec![(addr(1), "old")]);
@@ -340,7 +368,7 @@ mod tests {
         let c = addr(5);
         assert_eq!(t.acquire(c, P), Acquire::Open);
         assert_eq!(t.acquire(c, P), Acquire::Open);
-        t.wait(c, 1);
+        t.wait(c, P, 1);
         assert_eq!(t.release(c, "promised", P, t0), Ok(Some(1)));
         assert_eq!(t.evict(8), vec![(addr(3), "new")]);
         assert_eq!(t.acquire(c, P), Acquire::Parked("promised"));

@@ -699,16 +699,26 @@ async fn shard_main(
     {
         sleep(Duration::from_millis(5)).await;
     }
-    // Parked connections are nobody's: QUIT them, bounded like a worker's.
+    // Parked connections are nobody's: QUIT them, bounded like a worker's. The tasks are
+    // detached (a dropped handle would cancel them) and counted as they finish.
     let parked = shard.endpoints.borrow_mut().drain();
     let closing = shard.close_parked(parked);
-    let _ = glommio::timer::timeout(deliver::QUIT_WAIT_MAX, async {
-        for c in closing {
-            c.await;
-        }
-        Ok(())
-    })
-    .await;
+    let total = closing.len();
+    let closed = Rc::new(Cell::new(0usize));
+    for task in closing {
+        let closed = Rc::clone(&closed);
+        shard
+            .spawn_into(queues.delivery, async move {
+                task.await;
+                closed.set(closed.get() + 1);
+            })
+            .detach();
+    }
+    let quit_started = clock.now();
+    while closed.get() < total && clock.now().duration_since(quit_started) < deliver::QUIT_WAIT_MAX
+    {
+        sleep(Duration::from_millis(5)).await;
+    }
     // Outcomes sent by every shard's last workers arrive through the control mesh, ahead of
     // that shard's Drained marker. A shard that failed may never send one: bounded.
     for to in 0..shards {

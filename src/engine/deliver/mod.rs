@@ -110,15 +110,19 @@ impl Shard {
         self.with_core(|core| core.parked_closing(n));
         conns
             .into_iter()
-            .map(|(addr, c)| {
-                let shard = Rc::clone(self);
-                self.spawn_into(self.queues.delivery, async move {
-                    c.quit().await;
-                    shard.endpoint_closed(addr);
-                    shard.with_core(|core| core.parked_closed());
-                })
-            })
+            .map(|(addr, c)| self.quit_parked(addr, c))
             .collect()
+    }
+
+    /// The task that QUITs a parked connection counted as closing, then frees its slot and
+    /// its place in the budget.
+    fn quit_parked(self: &Rc<Self>, addr: SocketAddr, c: Connection) -> glommio::Task<()> {
+        let shard = Rc::clone(self);
+        self.spawn_into(self.queues.delivery, async move {
+            c.quit().await;
+            shard.endpoint_closed(addr);
+            shard.with_core(|core| core.parked_closed());
+        })
     }
 
     /// A worker of `scope` leaves: its wake-up registrations go with it.
@@ -166,7 +170,9 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             // records what happens then. Bounded, so a dead host cannot hold the worker (and
             // with it the scope's only connection slot) for the whole connect timeout.
             if let Ok(Ok(c)) = timeout(PRECONNECT_TIMEOUT, async {
-                Ok(connect_contained(&shard, &hosts, tls).await)
+                // The first message checks the connection against its scope's deliveries
+                // per connection (`reusable`, below).
+                Ok(connect_contained(&shard, &hosts, tls, u32::MAX).await)
             })
             .await
             {
@@ -235,7 +241,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             if let Some((c, _)) = conn.take() {
                 close(&shard, c).await;
             }
-            match connect_contained(&shard, &msg.hosts, tls).await {
+            match connect_contained(&shard, &msg.hosts, tls, max_per_connection).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
                 Err(failure) => {
                     let refused = failure.closing.clone();
@@ -325,6 +331,7 @@ async fn send(
                 .unwrap_or(config.delivery.pipeline_transactions)
         };
         while pipelining
+            && !shard.shared.failed()
             && later.is_none()
             && in_flight.len() < 2
             && c.can_start()
@@ -416,8 +423,17 @@ fn take(
                 let (addr, policy) = (c.addr, c.policy);
                 let now = shard.shared.clock.now();
                 let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
-                if let Ok(Some(w)) = released {
-                    let _ = w.try_send(());
+                match released {
+                    Ok(Some(w)) => {
+                        let _ = w.try_send(());
+                    }
+                    Ok(None) => {}
+                    // Counted as parked already: closed as a parked one is (inside the
+                    // core's borrow here, so told directly).
+                    Err(c) => {
+                        core.parked_closing(1);
+                        shard.quit_parked(addr, c).detach();
+                    }
                 }
             }
         }
@@ -452,8 +468,9 @@ async fn connect_contained(
     shard: &Rc<Shard>,
     hosts: &[NextHop],
     policy: TlsPolicy,
+    max_deliveries: u32,
 ) -> Result<Connection, ConnectFailure> {
-    contained(connect(shard, hosts, policy))
+    contained(connect(shard, hosts, policy, max_deliveries))
         .await
         .unwrap_or_else(|why| {
             Err(ConnectFailure {
@@ -476,6 +493,7 @@ async fn connect(
     shard: &Rc<Shard>,
     hosts: &[NextHop],
     policy: TlsPolicy,
+    max_deliveries: u32,
 ) -> Result<Connection, ConnectFailure> {
     let config = shard.config.borrow().clone();
     let allow_private = config.delivery.allow_private_destinations;
@@ -517,9 +535,8 @@ async fn connect(
                 TlsPolicy::Opportunistic if broken => TlsPolicy::Disabled,
                 other => other,
             };
-            let mut c = match endpoint(shard, addr, effective, config.delivery.connect_timeout)
-                .await
-            {
+            let wait = config.delivery.connect_timeout;
+            let mut c = match endpoint(shard, addr, effective, max_deliveries, wait).await {
                 Slot::Parked(c) => *c,
                 Slot::Open => {
                     // The slot frees if the connect fails, or if this future is dropped
@@ -612,7 +629,9 @@ impl Drop for SlotGuard<'_> {
     }
 }
 
-/// A place in line at an address, left when dropped (also when the waiting future is).
+/// A place in line at an address, left when dropped (also when the waiting future is). A
+/// worker that leaves may have been woken for a slot it did not take: the next in line gets
+/// it.
 struct InLine<'a> {
     shard: &'a Shard,
     addr: SocketAddr,
@@ -622,16 +641,27 @@ struct InLine<'a> {
 impl Drop for InLine<'_> {
     fn drop(&mut self) {
         let wake = &self.wake;
-        self.shard
-            .endpoints
-            .borrow_mut()
-            .unwait(self.addr, |w| Rc::ptr_eq(w, wake));
+        let next = {
+            let mut endpoints = self.shard.endpoints.borrow_mut();
+            endpoints.unwait(self.addr, |w| Rc::ptr_eq(w, wake));
+            endpoints.wake_if_room(self.addr)
+        };
+        if let Some(w) = next {
+            let _ = w.try_send(());
+        }
     }
 }
 
-/// A parked connection to `addr` made under `policy`, else a slot to open one, waiting in
-/// line up to `wait` while the address is at its cap.
-async fn endpoint(shard: &Rc<Shard>, addr: SocketAddr, policy: TlsPolicy, wait: Duration) -> Slot {
+/// A parked connection to `addr` made under `policy` with fewer than `max_deliveries`
+/// deliveries, else a slot to open one, waiting in line up to `wait` while the address is at
+/// its cap.
+async fn endpoint(
+    shard: &Rc<Shard>,
+    addr: SocketAddr,
+    policy: TlsPolicy,
+    max_deliveries: u32,
+    wait: Duration,
+) -> Slot {
     let started = shard.shared.clock.now();
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let line = InLine {
@@ -642,15 +672,20 @@ async fn endpoint(shard: &Rc<Shard>, addr: SocketAddr, policy: TlsPolicy, wait: 
     loop {
         let got = shard.endpoints.borrow_mut().acquire(addr, policy);
         match got {
-            Acquire::Parked(c) if c.is_usable() => {
+            Acquire::Parked(c) if c.is_usable() && c.deliveries < max_deliveries => {
                 shard.with_core(|core| core.unparked());
+                // Woken for a slot, perhaps, and took this instead: the slot goes on.
+                let next = shard.endpoints.borrow_mut().wake_if_room(addr);
+                if let Some(w) = next {
+                    let _ = w.try_send(());
+                }
                 return Slot::Parked(Box::new(c));
             }
             Acquire::Parked(c) => {
-                // Closed while parked (a 421 read after its last transaction): gone.
+                // Closed while parked, or past this scope's deliveries per connection: the
+                // worker holds its slot while it closes (QUIT), then tries again.
                 shard.with_core(|core| core.unparked());
-                drop(c);
-                shard.endpoint_closed(addr);
+                close(shard, c).await;
                 continue;
             }
             Acquire::Open => return Slot::Open,
@@ -666,7 +701,7 @@ async fn endpoint(shard: &Rc<Shard>, addr: SocketAddr, policy: TlsPolicy, wait: 
             .endpoints
             .borrow_mut()
             .unwait(addr, |w| Rc::ptr_eq(w, &wake));
-        shard.endpoints.borrow_mut().wait(addr, wake);
+        shard.endpoints.borrow_mut().wait(addr, policy, wake);
         futures_lite::future::or(
             async {
                 let _ = wake_rx.recv().await;
