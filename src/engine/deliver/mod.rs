@@ -116,7 +116,11 @@ impl Shard {
 
     /// The task that QUITs a parked connection counted as closing, then frees its slot and
     /// its place in the budget.
-    fn quit_parked(self: &Rc<Self>, addr: SocketAddr, c: Connection) -> glommio::Task<()> {
+    pub(super) fn quit_parked(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        c: Connection,
+    ) -> glommio::Task<()> {
         let shard = Rc::clone(self);
         self.spawn_into(self.queues.delivery, async move {
             c.quit().await;
@@ -682,10 +686,12 @@ async fn endpoint(
                 return Slot::Parked(Box::new(c));
             }
             Acquire::Parked(c) => {
-                // Closed while parked, or past this scope's deliveries per connection: the
-                // worker holds its slot while it closes (QUIT), then tries again.
-                shard.with_core(|core| core.unparked());
-                close(shard, c).await;
+                // Closed while parked, or past this scope's deliveries per connection: closed
+                // as a parked one is (counted in the budget until its QUIT is done, by a task
+                // of its own, so even a dropped future frees its slot); then the worker
+                // tries again.
+                shard.with_core(|core| core.parked_closing(1));
+                shard.quit_parked(addr, c).detach();
                 continue;
             }
             Acquire::Open => return Slot::Open,
