@@ -247,3 +247,17 @@ fn runtime_keys_are_restart_only() {
         ]
     );
 }
+
+#[test]
+fn connections_per_address_and_pipelining_keys() {
+    let c = Config::parse("", "t").unwrap();
+    assert_eq!(c.delivery.ip_connection_limit, 100);
+    assert!(c.delivery.pipeline_transactions);
+    let text = "[delivery]\nip_connection_limit = 7\npipeline_transactions = false\n[providers.x]\nmx_suffixes = [\".x.test\"]\npipeline_transactions = true\n";
+    let c = Config::parse(text, "t").unwrap();
+    assert_eq!(c.delivery.ip_connection_limit, 7);
+    assert!(!c.delivery.pipeline_transactions);
+    assert_eq!(c.providers["x"].pipeline_transactions, Some(true));
+    let e = Config::parse("[delivery]\nip_connection_limit = 0\n", "t").unwrap_err();
+    assert!(e.0.contains("delivery.ip_connection_limit"), "{}", e.0);
+}

@@ -322,18 +322,19 @@ async fn send(
     let via = (mx.as_str(), ip.as_str(), tls_info.as_str());
     let mut in_flight: VecDeque<(Prepared, Instant)> = VecDeque::new();
     let mut first = Some((msg, paced_at));
+    // Once per call, not per message: a reload applies from the worker's next call.
+    let pipelining = {
+        let config = shard.config.borrow();
+        let provider = config.providers.get(key);
+        provider
+            .and_then(|p| p.pipeline_transactions)
+            .unwrap_or(config.delivery.pipeline_transactions)
+    };
     while let Some((c, hosts)) = conn.as_mut() {
         if let Some((mut m, at)) = first.take() {
             c.start(transaction(&mut m));
             in_flight.push_back((m, at));
         }
-        let pipelining = {
-            let config = shard.config.borrow();
-            let provider = config.providers.get(key);
-            provider
-                .and_then(|p| p.pipeline_transactions)
-                .unwrap_or(config.delivery.pipeline_transactions)
-        };
         while pipelining
             && !shard.shared.failed()
             && later.is_none()
