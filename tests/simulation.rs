@@ -323,7 +323,7 @@ struct Sim {
     stats: Stats,
     started: Instant,
     /// Scopes granted credit since the last check.
-    grants: Vec<String>,
+    grants: Vec<(usize, String)>,
     /// False for a run with no chaos at all (not even the receivers healing).
     chaos: bool,
     /// Trace every send and outcome (`SPATE_SIM_TRACE=1`), not only chaos.
@@ -620,7 +620,7 @@ impl Sim {
             match effect {
                 Effect::Send(to, msg) => {
                     if let Msg::Credit { scope, .. } = &msg {
-                        self.grants.push(scope.clone());
+                        self.grants.push((s, scope.clone()));
                     }
                     self.send(s, to, msg);
                 }
@@ -868,8 +868,8 @@ impl Sim {
         };
         let core = &mut self.shards[s].core;
         let config = Arc::clone(core.config());
-        let route = route_statically(&config, self.n, &domain)
-            .unwrap_or_else(|| route_by_dns(&config, self.n, &domain, &d));
+        let route = route_statically(&config, s, &domain)
+            .unwrap_or_else(|| route_by_dns(&config, s, &domain, &d));
         core.resolved(&domain, route);
         self.effects(s)
     }
@@ -1377,40 +1377,49 @@ impl Sim {
 
     /// An owner grants credit only while its outstanding credit (credit and prepared
     /// messages on their way, messages waiting for a worker) stays within `connection_limit
-    /// x WINDOW_PER_CONNECTION` (credit granted before a reload lowered the limit is not
-    /// taken back: it drains).
+    /// x WINDOW_PER_CONNECTION` (its share of the connections is never more; credit granted
+    /// before a reload lowered the limit or a share shrank is not taken back: it drains).
     fn check_windows(&mut self) -> Check {
         let granted = std::mem::take(&mut self.grants);
         if granted.is_empty() {
             return Ok(());
         }
-        let mut outstanding: HashMap<&str, u32> = HashMap::new();
-        for ch in &self.channels {
+        // Per owner shard: credit goes out from it, prepared messages come back to it.
+        let mut outstanding: HashMap<(usize, &str), u32> = HashMap::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let (from, to) = (i / 2 / self.n, i / 2 % self.n);
             for m in ch {
                 match m {
-                    Msg::Credit { scope, n } => *outstanding.entry(scope).or_default() += n,
+                    Msg::Credit { scope, n } => *outstanding.entry((from, scope)).or_default() += n,
                     Msg::Prepared { scope, granted, .. } => {
-                        *outstanding.entry(scope).or_default() += granted
+                        *outstanding.entry((to, scope)).or_default() += granted
                     }
                     _ => {}
                 }
             }
         }
-        let ready: Vec<(String, u32)> = self
+        let ready: Vec<(usize, String, u32)> = self
             .shards
             .iter()
-            .flat_map(|s| s.core.owner.status())
-            .map(|scope| (scope.key, scope.ready))
+            .enumerate()
+            .flat_map(|(s, shard)| {
+                shard
+                    .core
+                    .owner
+                    .status()
+                    .into_iter()
+                    .map(move |scope| (s, scope.key, scope.ready))
+            })
             .collect();
-        for (scope, n) in &ready {
-            *outstanding.entry(scope).or_default() += n;
+        for (s, scope, n) in &ready {
+            *outstanding.entry((*s, scope)).or_default() += n;
         }
-        for scope in &granted {
-            let n = outstanding.get(scope.as_str()).copied().unwrap_or(0);
+        for (s, scope) in &granted {
+            let n = outstanding.get(&(*s, scope.as_str())).copied().unwrap_or(0);
             let window = self.limit_allowed(scope) * WINDOW_PER_CONNECTION;
             if n > window {
                 return Err(format!(
-                    "{scope}: {n} messages of credit out, window {window}"
+                    "shard {s}, {scope}: {n} messages of credit out, window {window}"
                 ));
             }
         }

@@ -17,5 +17,6 @@ pub mod guard;
 pub mod owner;
 pub mod policy;
 pub mod scope;
+pub mod shares;
 pub mod throttle;
 pub mod tls;

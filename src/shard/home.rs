@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::delivery::policy::{classify_destination, BounceCategory, Fault, Verdict};
-use crate::delivery::scope::{owner_shard, scope_for_mx, scope_for_route, static_route};
+use crate::delivery::scope::{scope_for_mx, scope_for_route, static_route};
 use crate::dns::resolver::Destination;
 use crate::message::Rendering;
 use crate::queue::record::{MessagePayload, RecipientPayload};
@@ -13,22 +13,19 @@ use crate::schedule::{Route, Taken, Tick};
 use std::rc::Rc;
 
 /// Where `domain`'s mail goes by a static `[[routes]]` entry, if one matches (no DNS then).
-pub fn route_statically(config: &Config, shards: usize, domain: &str) -> Option<Route> {
+/// `shard` is the one routing: its own owner side sends its recipients, over its share of
+/// the scope's connections (`delivery::shares`).
+pub fn route_statically(config: &Config, shard: usize, domain: &str) -> Option<Route> {
     let route = static_route(&config.routes, domain)?;
-    let scope = scope_for_route(config, route);
-    let owner = owner_shard(&scope.key, shards);
-    Some(Route::Scope(scope, owner))
+    Some(Route::Scope(scope_for_route(config, route), shard))
 }
 
-/// Where `domain`'s mail goes by what DNS said of it: a scope and its owner, or an outcome
-/// for every recipient (null MX, NXDOMAIN, a temporary failure).
-pub fn route_by_dns(config: &Config, shards: usize, domain: &str, d: &Destination) -> Route {
+/// Where `domain`'s mail goes by what DNS said of it: a scope and the shard that sends for
+/// it (`shard`, the one routing), or an outcome for every recipient (null MX, NXDOMAIN, a
+/// temporary failure).
+pub fn route_by_dns(config: &Config, shard: usize, domain: &str, d: &Destination) -> Route {
     match (d, classify_destination(domain, d)) {
-        (Destination::Hosts(hosts), None) => {
-            let scope = scope_for_mx(config, hosts);
-            let owner = owner_shard(&scope.key, shards);
-            Route::Scope(scope, owner)
-        }
+        (Destination::Hosts(hosts), None) => Route::Scope(scope_for_mx(config, hosts), shard),
         (_, Some(o)) => Route::Decided(o),
         (_, None) => Route::Decided(Outcome {
             verdict: Verdict::Deferred,
@@ -72,7 +69,15 @@ impl<L: LogSink> Core<L> {
         self.serve_waiting();
         if now.duration_since(self.last_sweep) >= SCOPE_SWEEP_INTERVAL {
             self.last_sweep = now;
-            self.owner.forget_idle_scopes(now);
+            for key in self.owner.forget_idle_scopes(now) {
+                if let Some(report) = self.shares.forget(&key) {
+                    self.report_share(key, report);
+                }
+            }
+        }
+        if now.duration_since(self.last_share_tick) >= SHARE_TICK {
+            self.last_share_tick = now;
+            self.share_tick(now);
         }
     }
 
@@ -98,7 +103,7 @@ impl<L: LogSink> Core<L> {
     pub(super) fn on_credit(&mut self, scope: String, n: u32) {
         let (owner, msgs) = match self.home.take_credit(&scope, n, self.closing) {
             Some(taken) => (taken.owner, self.prepare(taken)),
-            None => (owner_shard(&scope, self.shards), Vec::new()),
+            None => (self.id, Vec::new()),
         };
         let home = self.id;
         let prepared = Msg::Prepared {

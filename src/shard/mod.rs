@@ -29,7 +29,7 @@ mod tests;
 pub use commit::Committed;
 pub use home::{route_by_dns, route_statically};
 pub use outcome::retry_policy;
-pub use send::{scope_limits, Held};
+pub use send::{scope_limits, share_limits, Held};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -46,6 +46,9 @@ use std::time::Instant;
 
 /// How often the owner looks for idle scopes to forget.
 pub const SCOPE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a shard tells the coordinators of the scopes it no longer has recipients for,
+/// and its own coordinator moves turns and applies reloaded limits (`delivery::shares`).
+pub const SHARE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where the core writes delivery-log lines: the file (`DeliveryLog`), or the simulation's
 /// record of what reached it. Lines appended are not written until `flush`; a crash loses
@@ -163,6 +166,24 @@ pub enum Msg {
         scope: String,
         items: Vec<OutcomeItem>,
     },
+    /// A shard to the coordinator of `scope` (`delivery::shares`): whether it wants the
+    /// scope, what it released, or its share handed back.
+    Share {
+        scope: String,
+        shard: usize,
+        report: crate::delivery::shares::Report,
+    },
+    /// A shard to the others: `host`'s opportunistic TLS handshake failed; it gets
+    /// plaintext for a while (`delivery::tls::TLS_BROKEN_FOR`) from every shard.
+    TlsBroken { host: String },
+    /// The coordinator of `scope` to a shard: the connections it may hold now (and the pace
+    /// to follow, when a paced scope's turn comes to it).
+    Granted {
+        scope: String,
+        connections: u32,
+        returned: bool,
+        pace: Option<crate::delivery::shares::Pace>,
+    },
 }
 
 impl Msg {
@@ -216,6 +237,10 @@ pub struct Core<L> {
     pub log: L,
     pub home: Home,
     pub owner: Owner,
+    /// This shard's shares of scopes' connections, and the shares of the scopes it
+    /// coordinates (`delivery::shares`).
+    shares: crate::delivery::shares::Shares,
+    ledger: crate::delivery::shares::Ledger,
     /// The message stage's parsed templates and pickup bodies, per message record.
     renderings: Renderings,
     /// Chunks appended and waiting for the next group commit: (claiming shard, chunk, its
@@ -227,6 +252,7 @@ pub struct Core<L> {
     /// Draining: nothing new is rendered or granted; in-flight work finishes.
     closing: bool,
     last_sweep: Instant,
+    last_share_tick: Instant,
     effects: Vec<Effect>,
 }
 
@@ -257,12 +283,15 @@ impl<L: LogSink> Core<L> {
             log,
             home,
             owner: Owner::new(shards, connections_max),
+            shares: Default::default(),
+            ledger: crate::delivery::shares::Ledger::new(shards),
             renderings: Renderings::new(crate::message::RENDERINGS_BYTES_MAX),
             unsynced: Vec::new(),
             unsynced_records: 0,
             committing: Vec::new(),
             closing: false,
             last_sweep: now,
+            last_share_tick: now,
             effects: Vec::new(),
         }
     }
@@ -279,8 +308,9 @@ impl<L: LogSink> Core<L> {
     /// A reloaded configuration: every scope this shard owns takes its limits at once.
     pub fn reconfigure(&mut self, config: Arc<Config>) {
         let now = self.clock.now();
+        let shares = &self.shares;
         self.owner
-            .reconfigure(|key| scope_limits(&config, key), now);
+            .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
         self.config = config;
     }
 
@@ -305,6 +335,21 @@ impl<L: LogSink> Core<L> {
                 msgs,
             } => self.on_prepared(scope, home, granted, msgs),
             Msg::Outcomes { scope, items } => self.on_outcomes(items, &scope),
+            Msg::Share {
+                scope,
+                shard,
+                report,
+            } => self.on_share(scope, shard, report),
+            Msg::Granted {
+                scope,
+                connections,
+                returned,
+                pace,
+            } => self.on_granted(scope, connections, returned, pace),
+            Msg::TlsBroken { host } => {
+                let now = self.clock.now();
+                self.owner.mark_tls_broken(&host, now);
+            }
         }
     }
 

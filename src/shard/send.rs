@@ -5,6 +5,7 @@
 use super::*;
 use crate::delivery::owner::{Refusal, ScopeLimits, Take};
 use crate::delivery::policy::classify;
+use crate::delivery::shares;
 use crate::delivery::throttle::Change;
 use crate::smtp::reply::{printable, Reply};
 
@@ -24,6 +25,26 @@ pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
         max_per_connection,
         tls,
         max_rate: configured_rate(config, scope_key),
+    }
+}
+
+/// This shard's share of a scope's limits: `granted` of its connections (never more than
+/// the configuration in force allows). The rate is the scope's: a paced scope is held by one
+/// shard at a time (`delivery::shares`).
+pub fn share_limits(config: &Config, scope_key: &str, granted: u32) -> ScopeLimits {
+    let full = scope_limits(config, scope_key);
+    ScopeLimits {
+        connection_limit: granted.min(full.connection_limit),
+        ..full
+    }
+}
+
+/// A scope's limits as its coordinator splits them.
+fn share_limit(config: &Config, scope_key: &str) -> shares::Limit {
+    let full = scope_limits(config, scope_key);
+    shares::Limit {
+        connections: full.connection_limit,
+        paced: full.max_rate.is_some(),
     }
 }
 
@@ -48,7 +69,7 @@ impl<L: LogSink> Core<L> {
     /// A home's demand for `scope` changed.
     pub(super) fn on_demand(&mut self, scope: Scope, home: usize, count: u32) {
         let key = scope.key.clone();
-        let limits = scope_limits(&self.config, &key);
+        let limits = share_limits(&self.config, &key, self.shares.granted(&key));
         let now = self.clock.now();
         let preconnect = self
             .owner
@@ -59,7 +80,147 @@ impl<L: LogSink> Core<L> {
                 preconnect: Some(hosts),
             });
         }
+        self.report_load(&key);
         self.grant(&key);
+    }
+
+    /// Tells `scope`'s coordinator whether this shard has recipients for it, when it has
+    /// not heard so (a shard without a share asks for one this way).
+    fn report_load(&mut self, scope: &str) {
+        let busy = self.owner.is_busy(scope);
+        if let Some(report) = self.shares.load(scope, busy) {
+            self.report_share(scope.to_string(), report);
+        }
+    }
+
+    /// Sends `report` on `scope` to its coordinator (this shard, perhaps). A release down
+    /// to no connection carries the scope's pace, for the shard whose turn comes next.
+    pub(super) fn report_share(&mut self, scope: String, report: shares::Report) {
+        let report = match report {
+            shares::Report::Released { to: 0, pace: None } => shares::Report::Released {
+                to: 0,
+                pace: self.owner.pace(&scope),
+            },
+            other => other,
+        };
+        let to = shares::coordinator(&scope, self.shards);
+        let shard = self.id;
+        self.send(
+            to,
+            Msg::Share {
+                scope,
+                shard,
+                report,
+            },
+        );
+    }
+
+    /// A lowered share waited for this shard's connections of `scope` to close: says so
+    /// once they have.
+    fn check_release(&mut self, scope: &str) {
+        let holding = self.owner.holding(scope);
+        if let Some(report) = self.shares.holding(scope, holding) {
+            self.report_share(scope.to_string(), report);
+        }
+    }
+
+    /// As the coordinator of `scope`: a shard's report, and the grants it changes.
+    pub(super) fn on_share(&mut self, scope: String, shard: usize, report: shares::Report) {
+        let limit = share_limit(&self.config, &scope);
+        let mut grants = Vec::new();
+        self.ledger
+            .report(&scope, shard, report, limit, self.clock.now(), &mut grants);
+        self.send_grants(grants);
+    }
+
+    fn send_grants(&mut self, grants: Vec<shares::Grant>) {
+        for g in grants {
+            let msg = Msg::Granted {
+                scope: g.scope,
+                connections: g.connections,
+                returned: g.returned,
+                pace: g.pace,
+            };
+            self.send(g.shard, msg);
+        }
+    }
+
+    /// This shard's share of `scope` changed: the owner takes the new limits at once, a
+    /// connection opens if the scope waited for one, and credit goes out where there is
+    /// room. A lowered share is released once the connections beyond it have closed.
+    pub(super) fn on_granted(
+        &mut self,
+        scope: String,
+        connections: u32,
+        returned: bool,
+        pace: Option<shares::Pace>,
+    ) {
+        let holding = self.owner.holding(&scope);
+        let (granted, release) = self.shares.on_grant(&scope, connections, returned, holding);
+        if let Some(report) = release {
+            self.report_share(scope.clone(), report);
+        }
+        match granted {
+            shares::Granted::Set(n) => {
+                if let Some(pace) = pace {
+                    self.owner.adopt_pace(&scope, pace);
+                }
+                let limits = share_limits(&self.config, &scope, n);
+                let now = self.clock.now();
+                let (preconnect, spawn) = self.owner.relimit(&scope, limits, now, self.closing);
+                if preconnect.is_some() || spawn > 0 {
+                    for _ in 0..spawn {
+                        self.effects.push(Effect::SpawnWorker {
+                            scope: scope.clone(),
+                            preconnect: None,
+                        });
+                    }
+                    if let Some(hosts) = preconnect {
+                        self.effects.push(Effect::SpawnWorker {
+                            scope: scope.clone(),
+                            preconnect: Some(hosts),
+                        });
+                    }
+                }
+                self.grant(&scope);
+                self.serve_waiting();
+            }
+            // Forgotten here and at the coordinator; recipients that came since ask again.
+            shares::Granted::Returned => self.report_load(&scope),
+            shares::Granted::Ignored => {}
+        }
+    }
+
+    /// `host`'s opportunistic TLS handshake failed: it gets plaintext from this shard and,
+    /// once they hear, from the others (each sends over connections of its own).
+    pub fn tls_broken(&mut self, host: &str) {
+        let now = self.clock.now();
+        self.owner.mark_tls_broken(host, now);
+        let me = self.id;
+        for to in (0..self.shards).filter(|&s| s != me) {
+            let host = host.to_string();
+            self.send(to, Msg::TlsBroken { host });
+        }
+    }
+
+    /// Every `SHARE_TICK`: the coordinators of the scopes this shard no longer has
+    /// recipients for hear so (another shard may need the room), and this shard's own
+    /// coordinator moves turns and applies reloaded limits.
+    pub(super) fn share_tick(&mut self, now: Instant) {
+        let idle: Vec<String> = self
+            .shares
+            .wanted()
+            .filter(|key| !self.owner.is_busy(key))
+            .map(str::to_string)
+            .collect();
+        for key in idle {
+            self.report_load(&key);
+        }
+        let mut grants = Vec::new();
+        let config = &self.config;
+        self.ledger
+            .tick(|key| share_limit(config, key), now, &mut grants);
+        self.send_grants(grants);
     }
 
     /// Hands out `scope`'s credit where its window has room, round-robin over homes.
@@ -162,6 +323,7 @@ impl<L: LogSink> Core<L> {
                 if held == Held::Parking {
                     self.owner.park();
                 }
+                self.check_release(scope);
                 self.serve_waiting();
             }
             Take::Wait => {}
@@ -195,6 +357,7 @@ impl<L: LogSink> Core<L> {
                 preconnect: None,
             });
         }
+        self.check_release(scope);
         self.serve_waiting();
     }
 
@@ -251,6 +414,7 @@ impl<L: LogSink> Core<L> {
         match self.owner.connection_refused(scope, self.clock.now()) {
             Refusal::Stay => false,
             Refusal::Leave { lowered_to } => {
+                self.check_release(scope);
                 if let Some(cap) = lowered_to {
                     tracing::warn!(
                         "{scope}: connection refused ({}); holding at {cap} connections",

@@ -165,7 +165,7 @@ fn a_recipient_goes_from_the_queue_to_a_worker_and_its_outcome_back_to_the_log()
     f.core.take_effects();
     let route = route_by_dns(
         f.core.config(),
-        1,
+        0,
         "d.example",
         &Destination::Hosts(vec!["mx.d.example".into()]),
     );
@@ -219,7 +219,7 @@ fn a_deferred_recipient_waits_for_its_retry_time() {
     // The lookup is tried again quietly first (`schedule::QUIET_RETRIES`): no outcome, no
     // log line until it has failed that many times more.
     for retry in 0..=crate::schedule::QUIET_RETRIES {
-        let route = route_by_dns(f.core.config(), 1, "d.example", &d);
+        let route = route_by_dns(f.core.config(), 0, "d.example", &d);
         f.core.resolved("d.example", route);
         f.core.tick();
         settle(&mut f.core);

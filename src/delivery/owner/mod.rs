@@ -86,6 +86,9 @@ struct OwnerScope<M> {
     /// (`Owner::blocked`).
     starved: bool,
     blocked: bool,
+    /// The hosts of the scope's latest demand, for a connection opened before messages
+    /// arrive.
+    hosts: Option<Arc<[NextHop]>>,
 }
 
 impl<M> OwnerScope<M> {
@@ -105,6 +108,7 @@ impl<M> OwnerScope<M> {
             last_busy: now,
             starved: false,
             blocked: false,
+            hosts: None,
         }
     }
 
@@ -370,14 +374,57 @@ impl<M: Recipients> Owner<M> {
     ) -> Option<Arc<[NextHop]>> {
         let homes = self.homes;
         let free = self.connections_free();
+        let Scope { key, hosts } = scope;
         let s = self
             .scopes
-            .entry(scope.key)
+            .entry(key.clone())
             .or_insert_with(|| OwnerScope::new(limits, homes, now));
         s.set_limits(limits, now);
         s.demand[home] = count;
         s.last_busy = now;
-        let warm = count > 0
+        // This demand's hosts: those of the scope's first demand may be stale (an MX change,
+        // or a provider whose domains have MX hosts of their own).
+        s.hosts = Some(hosts);
+        self.warm_up(&key, free, draining)
+    }
+
+    /// New limits for `key` (its share of connections changed): when they let an idle scope
+    /// with demand open a connection, returns the hosts to open it to (a worker is counted
+    /// for it), as `demand` does; with messages waiting here, how many workers to start for
+    /// them (counted in), as `prepared` does.
+    pub fn relimit(
+        &mut self,
+        key: &str,
+        limits: ScopeLimits,
+        now: Instant,
+        draining: bool,
+    ) -> (Option<Arc<[NextHop]>>, u32) {
+        let free = self.connections_free();
+        let Some(s) = self.scopes.get_mut(key) else {
+            return (None, 0);
+        };
+        s.set_limits(limits, now);
+        if s.ready.is_empty() {
+            return (self.warm_up(key, free, draining), 0);
+        }
+        // Messages that waited for a share (a turn that moved away and back): workers for
+        // them, as when messages arrive.
+        let wanted = s.workers_wanted().saturating_sub(s.workers);
+        let spawn = wanted.min(free);
+        s.workers += spawn;
+        self.workers_total += spawn;
+        if spawn < wanted && !s.starved {
+            s.starved = true;
+            self.starved.push_back(key.to_string());
+        }
+        (None, spawn)
+    }
+
+    /// A worker for `key` to connect before its messages arrive, if it has demand, no worker
+    /// and room for one.
+    fn warm_up(&mut self, key: &str, free: u32, draining: bool) -> Option<Arc<[NextHop]>> {
+        let s = self.scopes.get_mut(key)?;
+        let warm = s.demand.iter().any(|&d| d > 0)
             && s.workers == 0
             && s.closing < s.conn_cap
             && s.ready.is_empty()
@@ -387,9 +434,37 @@ impl<M: Recipients> Owner<M> {
         }
         s.workers += 1;
         self.workers_total += 1;
-        // This demand's hosts: those of the scope's first demand may be stale (an MX change,
-        // or a provider whose domains have MX hosts of their own).
-        Some(scope.hosts)
+        s.hosts.clone()
+    }
+
+    /// True while `key` has recipients here or on their way: demand, credit out, messages
+    /// ready, or workers.
+    pub fn is_busy(&self, key: &str) -> bool {
+        self.scopes.get(key).is_some_and(|s| !s.is_idle())
+    }
+
+    /// `key`'s pace (its throttle and next send), for the shard whose turn comes next.
+    pub fn pace(&self, key: &str) -> Option<crate::delivery::shares::Pace> {
+        let s = self.scopes.get(key)?;
+        Some(crate::delivery::shares::Pace {
+            throttle: s.throttle.clone(),
+            next_send: s.next_send,
+        })
+    }
+
+    /// Follows the pace another shard's turn ended with: its throttle (the adaptive limit
+    /// included; the ceiling stays this configuration's) and no send before its next slot.
+    pub fn adopt_pace(&mut self, key: &str, pace: crate::delivery::shares::Pace) {
+        if let Some(s) = self.scopes.get_mut(key) {
+            s.throttle = pace.throttle;
+            s.throttle.set_configured(s.limits.max_rate);
+            s.next_send = s.next_send.max(pace.next_send);
+        }
+    }
+
+    /// Connections of `key` held now: its workers' and those still closing.
+    pub fn holding(&self, key: &str) -> u32 {
+        self.scopes.get(key).map_or(0, |s| s.workers + s.closing)
     }
 
     /// A reload: every known scope takes its limits from the new configuration at once
@@ -682,9 +757,16 @@ impl<M: Recipients> Owner<M> {
     /// Forgets scopes idle for `SCOPE_IDLE_FORGET`, and the longest idle beyond
     /// `IDLE_SCOPES_MAX`. A scope in use (demand, credit out, messages, workers) is never
     /// forgotten; one that is forgotten is made again by its next demand.
-    pub fn forget_idle_scopes(&mut self, now: Instant) {
-        self.scopes
-            .retain(|_, s| !(s.is_idle() && now.duration_since(s.last_busy) >= SCOPE_IDLE_FORGET));
+    /// Returns the scopes forgotten.
+    pub fn forget_idle_scopes(&mut self, now: Instant) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        self.scopes.retain(|key, s| {
+            let keep = !(s.is_idle() && now.duration_since(s.last_busy) >= SCOPE_IDLE_FORGET);
+            if !keep {
+                forgotten.push(key.clone());
+            }
+            keep
+        });
         let mut idle: Vec<(Instant, String)> = self
             .scopes
             .iter()
@@ -696,12 +778,14 @@ impl<M: Recipients> Owner<M> {
             idle.sort_unstable();
             for (_, key) in idle.into_iter().take(excess) {
                 self.scopes.remove(&key);
+                forgotten.push(key);
             }
         }
         // The lines hold each known scope once at most; a forgotten one leaves them too.
         let scopes = &self.scopes;
         self.starved.retain(|k| scopes.contains_key(k));
         self.blocked.retain(|k| scopes.contains_key(k));
+        forgotten
     }
 }
 

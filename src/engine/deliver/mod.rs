@@ -747,11 +747,7 @@ async fn open(
                 printable(&why),
                 TLS_BROKEN_FOR.as_secs()
             );
-            shard
-                .core
-                .borrow_mut()
-                .owner
-                .mark_tls_broken(name, shard.shared.clock.now());
+            shard.with_core(|core| core.tls_broken(name));
             open(TlsPolicy::Disabled).await
         }
         other => other,

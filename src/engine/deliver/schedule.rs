@@ -38,7 +38,7 @@ pub(in crate::engine) async fn scheduler(shard: Rc<Shard>) {
 /// waited for it.
 pub(in crate::engine) async fn resolve(shard: Rc<Shard>, domain: String) {
     let config = shard.config.borrow().clone();
-    let route = match route_statically(&config, shard.shards, &domain) {
+    let route = match route_statically(&config, shard.id, &domain) {
         Some(route) => route,
         None => {
             let d = contained(shard.resolver.destination(&domain))
@@ -46,7 +46,7 @@ pub(in crate::engine) async fn resolve(shard: Rc<Shard>, domain: String) {
                 .unwrap_or_else(|why| {
                     Destination::TemporaryFailure(format!("internal error resolving: {why}"))
                 });
-            route_by_dns(&config, shard.shards, &domain, &d)
+            route_by_dns(&config, shard.id, &domain, &d)
         }
     };
     shard.with_core(|core| core.resolved(&domain, route));
