@@ -36,6 +36,7 @@ pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
 pub mod engine;
+pub mod hash;
 pub mod intake;
 pub mod message;
 pub mod preflight;

@@ -11,8 +11,9 @@
 //! - chunks are bounded: a home's first chunk holds at most `FIRST_CHUNK_RECIPIENTS`, later
 //!   ones `CHUNK_RECIPIENTS_MAX`; a chunk's encoded recipients pass `CHUNK_TAIL_BYTES_MAX`
 //!   only by its last one; every record fits `PAYLOAD_BYTES_MAX`;
-//! - chunks are numbered 0, 1, 2... per home, every home below the shard count; batch
-//!   recipient `i` goes to home `(batch_id + i) % shards`, pickup ones to one home;
+//! - chunks are numbered 0, 1, 2... per home, every home below the shard count; a batch's
+//!   `k`th recipient at a domain goes to home
+//!   `(batch_id + hash(domain) + k / DOMAIN_BLOCK) % shards`, pickup ones to one home;
 //! - every recipient record decodes, holds one value per template variable, and holds an
 //!   address that parses back to itself;
 //! - every accepted recipient renders (the values passed `check_values`) with header lines
@@ -21,12 +22,14 @@
 
 use spate::address::parse_address;
 use spate::intake::{
-    Event, InputKind, Parser, CHUNK_RECIPIENTS_MAX, CHUNK_TAIL_BYTES_MAX, FIRST_CHUNK_RECIPIENTS,
-    LABEL_BYTES_MAX, MESSAGE_BYTES_MAX, PICKUP_RECIPIENTS_MAX,
+    Event, InputKind, Parser, CHUNK_RECIPIENTS_MAX, CHUNK_TAIL_BYTES_MAX, DOMAIN_BLOCK,
+    DOMAIN_COUNTS_MAX, FIRST_CHUNK_RECIPIENTS, LABEL_BYTES_MAX, MESSAGE_BYTES_MAX,
+    PICKUP_RECIPIENTS_MAX,
 };
 use spate::queue::record::{record_len, RecipientPayload, MESSAGE_VERBATIM, PAYLOAD_BYTES_MAX};
 use spate::smtp::data::LINE_OCTETS_MAX;
 use spate::template::Template;
+use std::collections::HashMap;
 
 /// Valid batch header lines for `check_batch_lines`: placeholders in the header and body, a
 /// template with many variables, and one with none.
@@ -89,6 +92,8 @@ fn parse(file: &[u8], kind: InputKind, batch_id: u64, shards: usize) -> Result<P
     let lines = file.split(|&b| b == b'\n').count();
     let mut next_chunk_no = vec![0u32; shards];
     let mut per_home = vec![0usize; shards];
+    // Per domain, recipients on each home (the batch split is by blocks per domain).
+    let mut per_domain: HashMap<String, Vec<usize>> = HashMap::new();
     let mut accepted = 0usize;
     let mut rejected = 0usize;
     let mut out = Parsed::new();
@@ -117,6 +122,13 @@ fn parse(file: &[u8], kind: InputKind, batch_id: u64, shards: usize) -> Result<P
                 for tail in chunk.recipients() {
                     check_recipient(tail, &message.var_names, template.as_ref());
                     last_len = tail.len();
+                    let rcpt = spate::queue::record::Reader::new(tail)
+                        .str16()
+                        .expect("a recipient");
+                    let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+                    per_domain
+                        .entry(domain.to_string())
+                        .or_insert_with(|| vec![0; shards])[home] += 1;
                 }
                 assert_eq!(
                     chunk.ends.last().map(|&e| e as usize),
@@ -145,15 +157,32 @@ fn parse(file: &[u8], kind: InputKind, batch_id: u64, shards: usize) -> Result<P
         assert!(accepted + rejected <= lines, "more recipients than lines");
     }
     assert!(parser.next_event().is_none(), "events after the end");
+    if kind == InputKind::Batch && per_domain.len() < DOMAIN_COUNTS_MAX {
+        // The `k`th recipient at a domain goes to `(batch + hash(domain) + k / block) % shards`.
+        for (domain, homes) in &per_domain {
+            let n: usize = homes.iter().sum();
+            let h = spate::hash::stable_hash(domain.as_bytes());
+            for (home, &got) in homes.iter().enumerate() {
+                let want = (0..n as u64)
+                    .filter(|k| {
+                        let spread = batch_id
+                            .wrapping_add(h)
+                            .wrapping_add(k / u64::from(DOMAIN_BLOCK));
+                        (spread % shards as u64) as usize == home
+                    })
+                    .count();
+                assert_eq!(got, want, "recipients at {domain} on home {home}");
+            }
+        }
+    }
     for (home, &n) in per_home.iter().enumerate() {
-        let want = match kind {
-            InputKind::Batch => (0..accepted)
-                .filter(|i| (batch_id as usize + i) % shards == home)
-                .count(),
-            InputKind::Pickup if home == batch_id as usize % shards => accepted,
-            InputKind::Pickup => 0,
-        };
-        assert_eq!(n, want, "recipients of home {home}");
+        match kind {
+            InputKind::Batch => {}
+            InputKind::Pickup if home == batch_id as usize % shards => {
+                assert_eq!(n, accepted, "recipients of home {home}")
+            }
+            InputKind::Pickup => assert_eq!(n, 0, "recipients of home {home}"),
+        }
     }
     if kind == InputKind::Pickup {
         assert!(accepted + rejected <= PICKUP_RECIPIENTS_MAX);

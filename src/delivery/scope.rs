@@ -1,7 +1,8 @@
 //! Throttle scopes: every destination belongs to one. A static `[[routes]]` entry is its own
 //! scope; otherwise a destination whose MX hosts match a provider's `mx_suffixes` rolls up to
-//! that provider; otherwise its scope is its site, keyed by its MX host set. Each scope has one
-//! owner shard, which holds all its connections and limits. Pure code.
+//! that provider; otherwise its scope is its site, keyed by its MX host set. A scope's limits
+//! hold across shards: each shard sends over its share of its connections
+//! (`delivery::shares`). Pure code.
 
 use crate::config::{Config, Route};
 
@@ -88,16 +89,6 @@ pub fn scope_for_route(config: &Config, route: &Route) -> Scope {
         key: format!("route:{}", route.domain),
         hosts,
     }
-}
-
-/// The shard that owns a scope: a stable hash (FNV-1a), so every shard agrees.
-pub fn owner_shard(scope_key: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in scope_key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards as u64) as usize
 }
 
 /// Splits a static route's `host:port` (or `[v6]:port`), defaulting the port. Never for
@@ -189,11 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_spread_and_agree() {
-        let keys: Vec<String> = (0..1000).map(|i| format!("site:mx{i}.example")).collect();
-        let on_zero = keys.iter().filter(|k| owner_shard(k, 2) == 0).count();
-        assert!((400..600).contains(&on_zero), "{on_zero}");
-        assert_eq!(owner_shard("yahoo", 4), owner_shard("yahoo", 4));
+    fn host_and_port_split() {
         assert_eq!(host_port("127.0.0.1:2525", 25), ("127.0.0.1".into(), 2525));
         assert_eq!(host_port("mx.example", 25), ("mx.example".into(), 25));
         assert_eq!(host_port("[::1]:26", 25), ("::1".into(), 26));

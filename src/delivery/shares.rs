@@ -54,15 +54,10 @@ pub struct Limit {
     pub paced: bool,
 }
 
-/// The shard that coordinates a scope's shares: a stable hash (FNV-1a), so every shard
+/// The shard that coordinates a scope's shares: a stable hash of its key, so every shard
 /// agrees.
 pub fn coordinator(scope_key: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in scope_key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards.max(1) as u64) as usize
+    (crate::hash::stable_hash(scope_key.as_bytes()) % shards.max(1) as u64) as usize
 }
 
 /// What a shard tells a scope's coordinator.

@@ -229,7 +229,19 @@ pub(super) async fn feed_chunks(
 ) -> Result<(u64, u64), Interrupted> {
     let (mut sent, mut acked, mut queued, mut rejected) = (0u64, 0u64, 0u64, 0u64);
     let mut interrupted = None;
-    while let Some(event) = parser.next_event() {
+    let mut slice = Instant::now();
+    loop {
+        let event = match parser.next_within(PARSE_PAUSE_LINES) {
+            Step::Event(e) => e,
+            Step::Pause => {
+                if slice.elapsed() >= INTAKE_SLICE {
+                    sleep(Duration::from_micros(1)).await;
+                    slice = Instant::now();
+                }
+                continue;
+            }
+            Step::Done => break,
+        };
         match event {
             Event::Rejected(r) => {
                 rejected += 1;
@@ -264,7 +276,17 @@ pub(super) async fn feed_chunks(
             });
             break;
         }
-        glommio::yield_if_needed().await;
+        // Parsing a big batch is the longest CPU-bound run a shard has. Messages from other
+        // shards, timers and socket completions are only noticed when the executor polls,
+        // which glommio does on its own only every `preempt_timer` while nothing else is
+        // runnable: a peer's request for a share, or this shard's own first deliveries,
+        // waited 100 ms. A short sleep every INTAKE_SLICE makes it poll.
+        if slice.elapsed() >= INTAKE_SLICE {
+            sleep(Duration::from_micros(1)).await;
+            slice = Instant::now();
+        } else {
+            glommio::yield_if_needed().await;
+        }
     }
     shard.rejected_total(rejected);
     while acked < sent {

@@ -43,7 +43,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Runtime};
 use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::dns::resolver::Resolver;
-use crate::intake::{input_kind, Event, Parser, Rejection};
+use crate::intake::{input_kind, Event, Parser, Rejection, Step};
 use crate::preflight;
 use crate::queue::store::{remove_segment_files, Chunk, MessageSpec, ShardQueue};
 use crate::shard::{Core, Effect, Msg};
@@ -74,6 +74,10 @@ pub const CONTROL_CHANNEL_MESSAGES: usize = 1024;
 pub const CHUNKS_IN_FLIGHT_MAX: u64 = 32;
 /// How often an idle intake loop looks at its inotify hint.
 pub const INTAKE_TICK: Duration = Duration::from_millis(10);
+/// Intake parsing a batch hands the executor back at least this often (`feed_chunks`),
+/// looking at the time every `PARSE_PAUSE_LINES` recipients.
+pub const INTAKE_SLICE: Duration = Duration::from_millis(2);
+pub const PARSE_PAUSE_LINES: u32 = 256;
 /// How often waits re-check the stop and fatal flags.
 pub const FLAG_POLL: Duration = Duration::from_millis(50);
 /// A claimed input that could not be read is tried again after this long.

@@ -159,6 +159,10 @@ impl<L: LogSink> Core<L> {
         let (granted, release) = self.shares.on_grant(&scope, connections, returned, holding);
         if let Some(report) = release {
             self.report_share(scope.clone(), report);
+        } else if connections < holding && !returned {
+            // Lowered below what is open: idle workers beyond it leave now, not when their
+            // idle timer next asks.
+            self.effects.push(Effect::WakeWorkers(scope.clone()));
         }
         match granted {
             shares::Granted::Set(n) => {

@@ -312,3 +312,12 @@ fn a_paced_scope_is_held_by_one_shard_and_its_pace_moves_with_the_turn() {
     let handed = out[0].pace.as_ref().expect("the pace comes with the turn");
     assert_eq!(handed.next_send, next_send);
 }
+
+#[test]
+fn coordinators_spread_and_agree() {
+    let keys: Vec<String> = (0..1000).map(|i| format!("site:mx{i}.example")).collect();
+    let on_zero = keys.iter().filter(|k| coordinator(k, 2) == 0).count();
+    assert!((400..600).contains(&on_zero), "{on_zero}");
+    assert_eq!(coordinator("yahoo", 4), coordinator("yahoo", 4));
+    assert_eq!(coordinator("yahoo", 1), 0);
+}
