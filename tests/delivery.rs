@@ -407,3 +407,52 @@ fn sites_behind_one_address_share_its_connections_within_the_cap() {
     drop(got);
     sink.stop();
 }
+
+/// One scope (a route to one receiver, three connections) with recipients on both shards:
+/// each shard sends its own over its share of the three, so the receiver never sees more
+/// than three at once, every recipient arrives once, and the messages themselves never
+/// cross between shards (each shard says at exit how many messages it sent the others).
+#[test]
+fn a_scope_with_recipients_on_both_shards_shares_its_connection_limit() {
+    const N: usize = 1200;
+    let sink = Sink::start_with_delay(HashMap::new(), Duration::from_millis(1));
+    let extra = format!(
+        "[delivery]\nsite_connection_limit = 3\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n",
+        sink.addr
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let mut s = format!("{HEADER}\n");
+    for i in 0..N {
+        s.push_str(&format!("{{\"to\":\"user{i}@d{}.test\"}}\n", i % 40));
+    }
+    env.drop_input("c.jsonl", s.as_bytes());
+    wait_final(&env, &engine, N, Duration::from_secs(120));
+    let stderr_path = engine.stderr_path.clone();
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+    assert_eq!(env.count_events("Delivery"), N);
+    let got = sink.received.lock().unwrap();
+    assert_eq!(got.deliveries.len(), N);
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    assert!(got.open_max <= 3, "{} open at once, limit 3", got.open_max);
+    drop(got);
+    // Shares and acknowledgements cross, a few per scope; 1,200 messages do not.
+    let crossed: usize = stderr
+        .lines()
+        .filter(|l| l.contains("messages to other shards"))
+        .filter_map(|l| {
+            l.split("shard ")
+                .nth(1)?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        crossed < N / 10,
+        "{crossed} messages crossed shards\n{stderr}"
+    );
+    sink.stop();
+}

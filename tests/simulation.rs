@@ -646,10 +646,12 @@ impl Sim {
                 // Ticks and commits run on their own timers here.
                 Effect::Commit | Effect::Schedule => {}
                 // Workers here never park (`Held::Closing`), so the owner never has a
-                // parked connection to close.
+                // parked connection to close (parking is `delivery::endpoints`' and the
+                // owner's tests, and tests/delivery.rs end to end).
                 Effect::CloseParked(n) => {
                     return Err(format!("shard {s}: asked to close {n} parked connections"))
                 }
+                Effect::CloseParkedOf(_) => {}
                 Effect::Fatal(why) => return Err(format!("shard {s}: fatal: {why}")),
                 Effect::Bug(why) => return Err(format!("shard {s}: {why}")),
             }

@@ -115,6 +115,9 @@ pub struct Connection {
     done: std::collections::VecDeque<Vec<RcptResult>>,
     started: std::collections::VecDeque<usize>,
     closed: Option<CloseReason>,
+    /// The scope whose worker parked this connection (`delivery::endpoints`): it counts
+    /// among that scope's connections until another scope's worker takes it or it closes.
+    pub parked_by: Option<String>,
 }
 
 impl Connection {
@@ -151,6 +154,7 @@ impl Connection {
             done: std::collections::VecDeque::new(),
             started: std::collections::VecDeque::new(),
             closed: None,
+            parked_by: None,
         };
         match c.drive().await {
             Step::Ready => Ok(c),

@@ -254,6 +254,12 @@ impl<C, W> Endpoints<C, W> {
         out
     }
 
+    /// Takes the parked connections `pick` chooses out to be closed, except those promised
+    /// to a worker in line (it takes them soon).
+    pub fn take_where(&mut self, pick: impl Fn(&C) -> bool) -> Vec<(SocketAddr, C)> {
+        self.take_parked(|p| !p.promised && pick(&p.conn))
+    }
+
     /// Takes every parked connection out to be closed (the shard is stopping).
     pub fn drain(&mut self) -> Vec<(SocketAddr, C)> {
         self.take_parked(|_| true)

@@ -1,7 +1,9 @@
 //! Delivery: from a queued recipient to an outcome.
 //!
 //! - `policy`: outcome classification, bounce categories, the retry schedule (pure).
-//! - `scope`: static routes, provider rollup, sites, owner shards (pure).
+//! - `scope`: static routes, provider rollup, sites (pure).
+//! - `shares`: each shard's share of a scope's connections, split exactly by the scope's
+//!   coordinator (sans I/O).
 //! - `guard`: what DNS may make Spate connect to (host names only, public addresses) (pure).
 //! - `owner`: the owner's side of sending: demand, credit windows, connection caps, pacing
 //!   (sans I/O).

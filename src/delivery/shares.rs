@@ -17,7 +17,8 @@
 //! The totals are exact, never only eventually: a shard's grant is raised only out of
 //! connections no shard holds, and one that is lowered counts at its old size until the
 //! shard says its connections are down to the new one (`Report::Released`), which it does
-//! once the workers beyond it have finished their transaction and closed. Messages between a
+//! once the workers beyond it have finished their transaction and closed, and the
+//! connections its workers parked for reuse have closed or been taken by another scope. Messages between a
 //! shard and a coordinator arrive in the order sent, which is what lets a shard hand a whole
 //! grant back (`Report::Return`, when it forgets an idle scope) without a grant already on
 //! its way being used after it.
@@ -183,6 +184,17 @@ impl Entry {
         };
         let used: u32 = self.held.iter().sum();
         let mut free = self.limit.saturating_sub(used);
+        // A paced scope's next turn starts only once the last holder has let go of all it
+        // held (and handed its pace over): never two pacers at once.
+        if self.paced {
+            let holders = (0..targets.len()).filter(|&s| self.held[s] > 0);
+            let others_hold = holders
+                .filter(|&s| targets[s] == 0 || self.grant[s] == 0)
+                .count();
+            if others_hold > 0 {
+                free = 0;
+            }
+        }
         let mut short = false;
         for (s, &target) in targets.iter().enumerate() {
             if self.grant[s] >= target {
@@ -196,9 +208,12 @@ impl Entry {
                 } else {
                     None
                 };
+                // A shard still holding more than its grant uses no new room for the part
+                // of the raise it already holds.
+                let held_before = self.held[s];
                 self.grant[s] += add;
                 self.held[s] = self.held[s].max(self.grant[s]);
-                free -= add;
+                free -= self.held[s] - held_before;
                 out.push(Grant {
                     pace,
                     ..grant(s, key, self.grant[s], false)
@@ -456,7 +471,9 @@ impl Shares {
         let lowered = connections < local.granted;
         local.granted = connections;
         let mut release = None;
-        if lowered {
+        if lowered || local.releasing {
+            // Lowered, or raised while a lowered grant was still being released: what is
+            // held now may already be within it.
             if holding <= connections {
                 local.releasing = false;
                 release = Some(Report::Released {

@@ -955,6 +955,15 @@ impl Shard {
                     task.detach();
                 }
             }
+            Effect::CloseParkedOf(scope) => {
+                let theirs = self
+                    .endpoints
+                    .borrow_mut()
+                    .take_where(|c| c.parked_by.as_deref() == Some(scope.as_str()));
+                for task in self.close_parked(theirs) {
+                    task.detach();
+                }
+            }
             Effect::Resolve(domain) => {
                 let resolve = deliver::resolve(Rc::clone(self), domain);
                 self.spawn_into(self.queues.delivery, resolve).detach();

@@ -211,6 +211,9 @@ pub enum Effect {
     /// this many of them (longest idle first), then call `parked_closing` with the number
     /// taken out to close.
     CloseParked(u32),
+    /// A scope's share went below what it holds: close the connections its workers parked
+    /// (`parked_closing` and `parked_closed` for each, with the scope).
+    CloseParkedOf(String),
     /// Find where the domain's mail goes (`route_statically`, else DNS and `route_by_dns`),
     /// then call `resolved`.
     Resolve(String),

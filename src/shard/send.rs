@@ -147,7 +147,8 @@ impl<L: LogSink> Core<L> {
 
     /// This shard's share of `scope` changed: the owner takes the new limits at once, a
     /// connection opens if the scope waited for one, and credit goes out where there is
-    /// room. A lowered share is released once the connections beyond it have closed.
+    /// room. A lowered share is released once the connections beyond it have closed (its
+    /// workers' and those they parked).
     pub(super) fn on_granted(
         &mut self,
         scope: String,
@@ -161,8 +162,9 @@ impl<L: LogSink> Core<L> {
             self.report_share(scope.clone(), report);
         } else if connections < holding && !returned {
             // Lowered below what is open: idle workers beyond it leave now, not when their
-            // idle timer next asks.
+            // idle timer next asks, and the connections its workers parked close.
             self.effects.push(Effect::WakeWorkers(scope.clone()));
+            self.effects.push(Effect::CloseParkedOf(scope.clone()));
         }
         match granted {
             shares::Granted::Set(n) => {
@@ -325,7 +327,7 @@ impl<L: LogSink> Core<L> {
             Take::Exit if held == Held::Closing => self.owner.connection_closing(scope),
             Take::Exit => {
                 if held == Held::Parking {
-                    self.owner.park();
+                    self.owner.park(scope);
                 }
                 self.check_release(scope);
                 self.serve_waiting();
@@ -365,23 +367,38 @@ impl<L: LogSink> Core<L> {
         self.serve_waiting();
     }
 
-    /// A worker took a parked connection instead of opening one: the budget has the room
-    /// its own connection would have taken.
-    pub fn unparked(&mut self) {
-        self.owner.unpark();
+    /// A worker took a connection `parked_by` a scope's worker instead of opening one: the
+    /// budget has the room its own connection would have taken, and the scope that parked
+    /// it no longer counts it.
+    pub fn unparked(&mut self, parked_by: Option<&str>) {
+        self.owner.unpark(parked_by);
+        if let Some(scope) = parked_by {
+            self.check_release(scope);
+        }
         self.serve_waiting();
     }
 
-    /// `n` parked connections are being closed (idle too long, the budget needs their room,
-    /// or the shard stops); `parked_closed` for each when it is.
-    pub fn parked_closing(&mut self, n: u32) {
-        self.owner.parked_closing(n);
+    /// A connection `parked_by` a scope's worker is being closed (idle too long, the budget
+    /// needs its room, its scope's share went down, or the shard stops); `parked_closed`
+    /// when it is.
+    pub fn parked_closing(&mut self, parked_by: Option<&str>) {
+        self.owner.parked_closing(parked_by);
     }
 
-    /// A parked connection taken out to close is closed: its slot goes to a scope in line.
-    pub fn parked_closed(&mut self) {
-        self.owner.parked_closed();
+    /// A parked connection taken out to close is closed: its slot goes to a scope in line,
+    /// and the scope that parked it may release its share.
+    pub fn parked_closed(&mut self, parked_by: Option<&str>) {
+        self.owner.parked_closed(parked_by);
+        if let Some(scope) = parked_by {
+            self.check_release(scope);
+        }
         self.serve_waiting();
+    }
+
+    /// True when `scope` holds more connections here than its share allows: a worker that
+    /// leaves now closes its connection rather than park it.
+    pub fn over_share(&self, scope: &str) -> bool {
+        self.owner.over_cap(scope)
     }
 
     /// A worker of `scope` sent `msg` (paced at `paced_at`) over a connection to `mx` at

@@ -1,5 +1,5 @@
-//! The owner's side of sending, sans I/O. Each throttle scope has one owner shard; per scope
-//! it keeps the homes' demand, the credit granted against it (a window of
+//! The owner's side of sending, sans I/O. Every shard runs one, for its own recipients, over
+//! its share of each scope's connections (`delivery::shares`); per scope it keeps the demand, the credit granted against it (a window of
 //! `WINDOW_PER_CONNECTION` messages per allowed connection, so nothing piles up when a
 //! receiver slows down), the prepared messages waiting for a connection, the connection cap
 //! that follows the receiver's refusals, and the pacing of the scope's throttle.
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Messages an owner keeps ready or promised per allowed connection. Enough to cover a
-/// credit round trip between shards; every one is a rendered message in memory, so more only
+/// credit round trip (within the shard now, through its outbox); every one is a rendered message in memory, so more only
 /// costs memory (16 held 540 MiB of 100 KiB messages in the standard scenario, 4 hold 200).
 pub const WINDOW_PER_CONNECTION: u32 = 4;
 /// Most messages granted to one home at once (recipients of one pickup message that share a
@@ -77,6 +77,9 @@ struct OwnerScope<M> {
     /// Connections of this scope's workers that left, still closing: the receiver counts
     /// them, so the scope's cap does too.
     closing: u32,
+    /// Connections this scope's workers parked (`delivery::endpoints`), until another
+    /// scope's worker takes them or they close: the receiver counts them too.
+    parked: u32,
     next_send: Instant,
     /// The home the next grant starts with.
     rr: usize,
@@ -103,6 +106,7 @@ impl<M> OwnerScope<M> {
             ready: VecDeque::new(),
             workers: 0,
             closing: 0,
+            parked: 0,
             next_send: now,
             rr: 0,
             last_busy: now,
@@ -113,9 +117,10 @@ impl<M> OwnerScope<M> {
     }
 
     /// Workers this scope could use now: one per message waiting, within its cap less the
-    /// connections still closing.
+    /// connections still closing or parked.
     fn workers_wanted(&self) -> u32 {
-        (self.ready.len() as u32).min(self.conn_cap.saturating_sub(self.closing))
+        let held = self.closing + self.parked;
+        (self.ready.len() as u32).min(self.conn_cap.saturating_sub(held))
     }
 
     /// The limits of the configuration in force. A cap that stood at the old connection
@@ -142,6 +147,7 @@ impl<M> OwnerScope<M> {
     fn is_idle(&self) -> bool {
         self.workers == 0
             && self.closing == 0
+            && self.parked == 0
             && self.ready.is_empty()
             && self.demand.iter().all(|&d| d == 0)
             && self.credit_out.iter().all(|&c| c == 0)
@@ -261,27 +267,43 @@ impl<M: Recipients> Owner<M> {
         self.parked
     }
 
-    /// A worker that left (`Take::Exit`) parked its connection for any scope to reuse.
-    pub fn park(&mut self) {
+    /// A worker of `key` that left (`Take::Exit`) parked its connection for any scope to
+    /// reuse; it counts for `key` until taken or closed.
+    pub fn park(&mut self, key: &str) {
         self.parked += 1;
+        if let Some(s) = self.scopes.get_mut(key) {
+            s.parked += 1;
+        }
     }
 
-    /// A worker (counted already) took a parked connection.
-    pub fn unpark(&mut self) {
+    /// A worker (counted already) took a connection `parked_by` a scope's worker.
+    pub fn unpark(&mut self, parked_by: Option<&str>) {
         self.parked = self.parked.saturating_sub(1);
+        if let Some(s) = parked_by.and_then(|k| self.scopes.get_mut(k)) {
+            s.parked = s.parked.saturating_sub(1);
+        }
     }
 
     /// A parked connection taken out to close (`parked_closing`) is closed.
-    pub fn parked_closed(&mut self) {
+    pub fn parked_closed(&mut self, parked_by: Option<&str>) {
         self.closing = self.closing.saturating_sub(1);
+        if let Some(s) = parked_by.and_then(|k| self.scopes.get_mut(k)) {
+            s.closing = s.closing.saturating_sub(1);
+        }
     }
 
-    /// `n` parked connections are closing (idle too long, or the shard stops): they count
-    /// until `connection_closed` for each.
-    pub fn parked_closing(&mut self, n: u32) {
-        let n = n.min(self.parked);
-        self.parked -= n;
-        self.closing += n;
+    /// A parked connection is closing (idle too long, the budget needs its room, its scope's
+    /// share went down, or the shard stops): it counts until `parked_closed`.
+    pub fn parked_closing(&mut self, parked_by: Option<&str>) {
+        if self.parked == 0 {
+            return;
+        }
+        self.parked -= 1;
+        self.closing += 1;
+        if let Some(s) = parked_by.and_then(|k| self.scopes.get_mut(k)) {
+            s.parked = s.parked.saturating_sub(1);
+            s.closing += 1;
+        }
     }
 
     /// Parked connections to close so that scopes in line for a worker get one, when the
@@ -404,7 +426,7 @@ impl<M: Recipients> Owner<M> {
             return (None, 0);
         };
         s.set_limits(limits, now);
-        if s.ready.is_empty() {
+        if s.ready.is_empty() || draining {
             return (self.warm_up(key, free, draining), 0);
         }
         // Messages that waited for a share (a turn that moved away and back): workers for
@@ -426,7 +448,7 @@ impl<M: Recipients> Owner<M> {
         let s = self.scopes.get_mut(key)?;
         let warm = s.demand.iter().any(|&d| d > 0)
             && s.workers == 0
-            && s.closing < s.conn_cap
+            && s.closing + s.parked < s.conn_cap
             && s.ready.is_empty()
             && !draining;
         if !warm || free == 0 {
@@ -441,6 +463,11 @@ impl<M: Recipients> Owner<M> {
     /// ready, or workers.
     pub fn is_busy(&self, key: &str) -> bool {
         self.scopes.get(key).is_some_and(|s| !s.is_idle())
+    }
+
+    /// True when `key` runs more workers than its cap (a lowered share or limit).
+    pub fn over_cap(&self, key: &str) -> bool {
+        self.scopes.get(key).is_some_and(|s| s.workers > s.conn_cap)
     }
 
     /// `key`'s pace (its throttle and next send), for the shard whose turn comes next.
@@ -462,9 +489,12 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
-    /// Connections of `key` held now: its workers' and those still closing.
+    /// Connections of `key` held now: its workers', those it parked and those still
+    /// closing.
     pub fn holding(&self, key: &str) -> u32 {
-        self.scopes.get(key).map_or(0, |s| s.workers + s.closing)
+        self.scopes
+            .get(key)
+            .map_or(0, |s| s.workers + s.closing + s.parked)
     }
 
     /// A reload: every known scope takes its limits from the new configuration at once

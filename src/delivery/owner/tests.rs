@@ -496,18 +496,25 @@ fn parked_connections_count_against_the_budget_and_make_room_for_scopes_in_line(
         .is_some());
     // a's worker leaves and parks its connection: the budget still counts it.
     assert_eq!(owner.take("a", t0, false, true), Take::Exit);
-    owner.park();
+    owner.park("a");
     assert_eq!((owner.connections(), owner.parked()), (2, 1));
+    assert_eq!(
+        owner.holding("a"),
+        1,
+        "a still counts the connection it parked"
+    );
     // Nobody waits: nothing to evict.
     assert_eq!(owner.parked_to_evict(), 0);
     // c has messages and no worker can start: the parked connection is the room.
     owner.demand(scope("c"), limits(1, None), 0, 1, t0, false);
     assert_eq!(owner.prepared("c", 0, 1, vec![Msg(1)], t0), Ok(0));
     assert_eq!(owner.parked_to_evict(), 1);
-    owner.parked_closing(1);
+    owner.parked_closing(Some("a"));
     assert_eq!(owner.parked_to_evict(), 0, "one closing already covers c");
     assert_eq!(owner.connections(), 2);
-    owner.parked_closed();
+    assert_eq!(owner.holding("a"), 1, "until it is closed");
+    owner.parked_closed(Some("a"));
+    assert_eq!(owner.holding("a"), 0);
     assert_eq!(owner.spawn_starved(), ["c"]);
     assert_eq!((owner.connections(), owner.parked()), (2, 0));
     // A worker that takes a parked connection frees the parked slot it held.
@@ -521,8 +528,13 @@ fn parked_connections_count_against_the_budget_and_make_room_for_scopes_in_line(
         }
     );
     assert_eq!(owner.take("c", t0, true, false), Take::Exit);
-    owner.park();
+    owner.park("c");
     assert_eq!(owner.connections(), 2);
-    owner.unpark();
+    owner.unpark(Some("c"));
     assert_eq!((owner.connections(), owner.parked()), (1, 0));
+    assert_eq!(
+        owner.holding("c"),
+        0,
+        "taken by another worker: no longer c's"
+    );
 }

@@ -1,8 +1,7 @@
 //! The delivery runtime: the shells around the shard core's delivery stages
-//! (`crate::shard`). Home shards schedule, route and render their recipients; the owner shard
-//! of each throttle scope holds its connections and limits and pulls rendered messages from
-//! the homes with bounded credit (DESIGN.md, "Home shards store and prepare; owner shards
-//! send"). What to send whom, when to start a worker, what a result means: the core decides.
+//! (`crate::shard`). Each shard schedules, routes, renders and sends its own recipients, over
+//! its share of each throttle scope's connections (`delivery::shares`), pulling rendered
+//! messages from its home side with bounded credit. What to send whom, when to start a worker, what a result means: the core decides.
 //! Here: the scheduler's ticks, DNS lookups, the connection workers (connecting, pacing
 //! waits, SMTP transactions), and the outboxes that carry the core's messages to shards.
 //!
@@ -106,8 +105,11 @@ impl Shard {
         if conns.is_empty() {
             return Vec::new();
         }
-        let n = conns.len() as u32;
-        self.with_core(|core| core.parked_closing(n));
+        self.with_core(|core| {
+            for (_, c) in &conns {
+                core.parked_closing(c.parked_by.as_deref());
+            }
+        });
         conns
             .into_iter()
             .map(|(addr, c)| self.quit_parked(addr, c))
@@ -123,9 +125,10 @@ impl Shard {
     ) -> glommio::Task<()> {
         let shard = Rc::clone(self);
         self.spawn_into(self.queues.delivery, async move {
+            let parked_by = c.parked_by.clone();
             c.quit().await;
             shard.endpoint_closed(addr);
-            shard.with_core(|core| core.parked_closed());
+            shard.with_core(|core| core.parked_closed(parked_by.as_deref()));
         })
     }
 
@@ -163,7 +166,7 @@ async fn close(shard: &Shard, c: Connection) {
     shard.endpoint_closed(addr);
 }
 
-/// One connection's worth of sending for a scope, on its owner shard.
+/// One connection's worth of sending for a scope, within this shard's share of it.
 /// `preconnect`: connect to these hosts before the first message arrives.
 async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>>) {
     let mut conn: Option<(Connection, Arc<[NextHop]>)> = None;
@@ -412,7 +415,8 @@ fn take(
             let reusable = c.is_usable()
                 && reusable_policy(c.policy)
                 && c.deliveries < crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION;
-            if reusable && !stop && !shard.core.borrow().is_closing() {
+            let core = shard.core.borrow();
+            if reusable && !stop && !core.is_closing() && !core.over_share(key) {
                 Held::Parking
             } else {
                 Held::Closing
@@ -424,7 +428,8 @@ fn take(
     let next = shard.with_core(|core| {
         let next = core.take(key, stop, idle, held);
         if matches!(next, Take::Exit) && held == Held::Parking {
-            if let Some((c, _)) = conn.take() {
+            if let Some((mut c, _)) = conn.take() {
+                c.parked_by = Some(key.to_string());
                 let (addr, policy) = (c.addr, c.policy);
                 let now = shard.shared.clock.now();
                 let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
@@ -436,7 +441,7 @@ fn take(
                     // Counted as parked already: closed as a parked one is (inside the
                     // core's borrow here, so told directly).
                     Err(c) => {
-                        core.parked_closing(1);
+                        core.parked_closing(Some(key));
                         shard.quit_parked(addr, c).detach();
                     }
                 }
@@ -677,8 +682,9 @@ async fn endpoint(
     loop {
         let got = shard.endpoints.borrow_mut().acquire(addr, policy);
         match got {
-            Acquire::Parked(c) if c.is_usable() && c.deliveries < max_deliveries => {
-                shard.with_core(|core| core.unparked());
+            Acquire::Parked(mut c) if c.is_usable() && c.deliveries < max_deliveries => {
+                let parked_by = c.parked_by.take();
+                shard.with_core(|core| core.unparked(parked_by.as_deref()));
                 // Woken for a slot, perhaps, and took this instead: the slot goes on.
                 let next = shard.endpoints.borrow_mut().wake_if_room(addr);
                 if let Some(w) = next {
@@ -691,7 +697,7 @@ async fn endpoint(
                 // as a parked one is (counted in the budget until its QUIT is done, by a task
                 // of its own, so even a dropped future frees its slot); then the worker
                 // tries again.
-                shard.with_core(|core| core.parked_closing(1));
+                shard.with_core(|core| core.parked_closing(c.parked_by.as_deref()));
                 shard.quit_parked(addr, c).detach();
                 continue;
             }
