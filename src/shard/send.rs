@@ -174,19 +174,17 @@ impl<L: LogSink> Core<L> {
                 let limits = share_limits(&self.config, &scope, n);
                 let now = self.clock.now();
                 let (preconnect, spawn) = self.owner.relimit(&scope, limits, now, self.closing);
-                if preconnect.is_some() || spawn > 0 {
-                    for _ in 0..spawn {
-                        self.effects.push(Effect::SpawnWorker {
-                            scope: scope.clone(),
-                            preconnect: None,
-                        });
-                    }
-                    if let Some(hosts) = preconnect {
-                        self.effects.push(Effect::SpawnWorker {
-                            scope: scope.clone(),
-                            preconnect: Some(hosts),
-                        });
-                    }
+                for _ in 0..spawn {
+                    self.effects.push(Effect::SpawnWorker {
+                        scope: scope.clone(),
+                        preconnect: None,
+                    });
+                }
+                if let Some(hosts) = preconnect {
+                    self.effects.push(Effect::SpawnWorker {
+                        scope: scope.clone(),
+                        preconnect: Some(hosts),
+                    });
                 }
                 self.grant(&scope);
                 self.serve_waiting();

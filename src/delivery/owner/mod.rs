@@ -431,6 +431,15 @@ impl<M: Recipients> Owner<M> {
         }
         // Messages that waited for a share (a turn that moved away and back): workers for
         // them, as when messages arrive.
+        (None, self.start_workers(key, free))
+    }
+
+    /// Counts in the workers `key`'s waiting messages want, as many as `free` slots allow;
+    /// if that is fewer, the scope waits in line for the rest. Returns how many to start.
+    fn start_workers(&mut self, key: &str, free: u32) -> u32 {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return 0;
+        };
         let wanted = s.workers_wanted().saturating_sub(s.workers);
         let spawn = wanted.min(free);
         s.workers += spawn;
@@ -439,7 +448,7 @@ impl<M: Recipients> Owner<M> {
             s.starved = true;
             self.starved.push_back(key.to_string());
         }
-        (None, spawn)
+        spawn
     }
 
     /// A worker for `key` to connect before its messages arrive, if it has demand, no worker
@@ -591,15 +600,7 @@ impl<M: Recipients> Owner<M> {
             s.conn_cap += 1;
             s.conn_cap_at = now;
         }
-        let wanted = s.workers_wanted().saturating_sub(s.workers);
-        let spawn = wanted.min(free);
-        s.workers += spawn;
-        self.workers_total += spawn;
-        if spawn < wanted && !s.starved {
-            s.starved = true;
-            self.starved.push_back(key.to_string());
-        }
-        Ok(spawn)
+        Ok(self.start_workers(key, free))
     }
 
     /// Scopes waiting in line for a worker, one worker each while the budget allows: the
