@@ -15,7 +15,7 @@ use spate::delivery::policy::{classify, is_rate_limit, Verdict};
 use spate::delivery::throttle::{Change, Throttle};
 use spate::delivery_log::{format_record, rfc3339_utc, EventType, LogRecord};
 use spate::dns::message::{build_query, parse_response, Answer, QueryType};
-use spate::smtp::data::{encode_data, DataWriter};
+use spate::smtp::data::{encode_data, Data, DataWriter};
 use spate::smtp::reply::{EnhancedCode, Reply, ReplyParser};
 use spate::smtp::session::{Action, RcptResult, Session, Timeouts, TlsPolicy, Transaction};
 use spate::template::Template;
@@ -176,7 +176,8 @@ fn session(c: &mut Criterion) {
     let tx = Transaction {
         mail_from: "bounces@acme.example".into(),
         rcpts: vec!["user1@d1.example".into()],
-        message: message_of(10 << 10),
+        // Encoded beforehand, as the home shard renders it: the session only sends it.
+        data: Data::encode(&message_of(10 << 10)),
     };
 
     // Correctness, once, untimed: the full exchange and the recipient's 250.
@@ -197,13 +198,13 @@ fn session(c: &mut Criterion) {
     drain(&mut s, &mut sent, &mut done);
     let envelope = format!(
         "MAIL FROM:<bounces@acme.example> SIZE={}\r\nRCPT TO:<user1@d1.example>\r\nDATA\r\n",
-        tx.message.len()
+        tx.data.size()
     );
     assert_eq!(sent, envelope.as_bytes(), "one pipelined write");
     sent.clear();
     s.receive(PIPELINED_1_RCPT);
     drain(&mut s, &mut sent, &mut done);
-    assert_eq!(sent, encode_data(&tx.message));
+    assert_eq!(sent, tx.data.bytes());
     s.receive(SINGLE_250);
     drain(&mut s, &mut sent, &mut done);
     assert_eq!(done.len(), 1);
@@ -301,12 +302,33 @@ fn template(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    // As the engine's render step does it: a fresh Vec per recipient.
-    g.bench_function("render_10k_template_3_vars_fresh_vec", |b| {
+    // As the engine rendered until 2026-12-01: a fresh Vec per recipient, encoded for DATA
+    // into another.
+    g.bench_function("render_then_encode_10k_template_fresh_vecs", |b| {
         b.iter(|| {
             let mut out = Vec::with_capacity(t.source().len() + 256);
             t.render_into(black_box(&values), &mut out);
-            out
+            Data::encode(&out)
+        })
+    });
+    // As the engine renders now: straight into DATA form, in a buffer reused (the pool's).
+    let mut expected = Vec::new();
+    t.render_into(&values, &mut expected);
+    let expected = Data::encode(&expected);
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut w = DataWriter::new();
+    t.render_data(&values, &mut w, &mut out, &mut scratch);
+    assert_eq!(w.finish_data(out), expected);
+    g.bench_function("render_data_10k_template_reused_buffer", |b| {
+        let (mut out, mut scratch) = (Vec::with_capacity(12 << 10), Vec::new());
+        b.iter(|| {
+            out.clear();
+            let mut w = DataWriter::new();
+            t.render_data(black_box(&values), &mut w, &mut out, &mut scratch);
+            let data = w.finish_data(std::mem::take(&mut out));
+            let size = data.size();
+            out = data.into_bytes();
+            size
         })
     });
     g.finish();

@@ -26,10 +26,13 @@
 //!   simulation drive it).
 //! - [`engine`]: the thread-per-core runtime: shards, meshes, workers, signals, drain, reload.
 //! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
+//! - [`buffers`]: message buffers reused per thread, from rendering to the socket.
+//! - [`hash`]: the stable hash that places scopes and recipients on shards.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 
 pub mod address;
 pub mod bounded;
+pub mod buffers;
 pub mod clock;
 pub mod config;
 pub mod delivery;

@@ -4,12 +4,14 @@
 //! then each recipient's message is rendered with the header fields a campaign template may
 //! lack (Message-ID, Date). Pickup messages are verbatim: sent as they are.
 //!
-//! What `render` produces is what the DATA writer sends (apart from CRLF normalisation and
-//! dot-stuffing, which are `smtp::data`'s), so a signature computed over it later covers
-//! exactly the bytes sent.
+//! What `render` produces is the DATA content itself (line endings canonical, long lines
+//! folded or broken, dot-stuffed, terminated), rendered in one pass through `smtp::data`'s
+//! writer: the bytes sent, so a signature computed over it (without the stuffed dots, as
+//! the receiver sees the message) covers exactly what goes on the wire.
 
 use crate::bounded::WeightedFifo;
 use crate::queue::record::{MessagePayload, MESSAGE_VERBATIM};
+use crate::smtp::data::{Data, DataWriter};
 use crate::template::{header_section_end, Template};
 use std::rc::Rc;
 
@@ -61,42 +63,44 @@ impl Rendering {
         self.template.source().len() + std::mem::size_of::<Rendering>()
     }
 
-    /// Renders the message of recipient `seq` with its `values` into `out` (cleared first)
-    /// and returns its Message-ID (empty if a verbatim message has none). A campaign message
-    /// without a Message-ID gets `<batch.seq@helo_name>`, one without a Date gets
-    /// `now_unix_ms`.
+    /// Renders the message of recipient `seq` with its `values` straight into DATA form (in
+    /// a buffer from `buffers`, which the connection gives back once it is written) and
+    /// returns it with its Message-ID (empty if a verbatim message has none). A campaign
+    /// message without a Message-ID gets `<batch.seq@helo_name>`, one without a Date gets
+    /// `now_unix_ms`. `scratch` is any buffer kept between calls.
     pub fn render(
         &self,
         seq: u64,
         values: &[&[u8]],
         helo_name: &str,
         now_unix_ms: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<String, String> {
+        scratch: &mut Vec<u8>,
+    ) -> Result<(Data, String), String> {
         if values.len() != self.template.var_names().len() {
             return Err("values do not match the template".into());
         }
-        out.clear();
-        out.reserve(self.template.source().len() + 256);
+        let mut out = crate::buffers::take();
+        out.reserve(self.template.source().len() + self.template.source().len() / 64 + 256);
+        let mut w = DataWriter::new();
         let mut message_id = self.message_id.clone();
         if !self.verbatim {
             if message_id.is_none() {
                 let id = format!("<{:x}.{seq}@{helo_name}>", self.batch_id);
-                out.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
+                w.write(format!("Message-ID: {id}\r\n").as_bytes(), &mut out);
                 message_id = Some(id);
             }
             if !self.has_date {
-                out.extend_from_slice(b"Date: ");
-                out.extend_from_slice(rfc5322_date(now_unix_ms).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                w.write(b"Date: ", &mut out);
+                w.write(rfc5322_date(now_unix_ms).as_bytes(), &mut out);
+                w.write(b"\r\n", &mut out);
             }
         }
-        self.template.render_into(values, out);
+        self.template.render_data(values, &mut w, &mut out, scratch);
         // A Message-ID made of placeholders is known only once rendered.
         if message_id.as_deref().is_some_and(|m| m.contains("{{")) {
-            message_id = find_header(out, "message-id");
+            message_id = find_header(&out, "message-id");
         }
-        Ok(message_id.unwrap_or_default())
+        Ok((w.finish_data(out), message_id.unwrap_or_default()))
     }
 }
 
@@ -170,12 +174,13 @@ mod tests {
         }
     }
 
+    /// The Message-ID and the rendered message as DATA content.
     fn rendered(r: &Rendering, values: &[&[u8]]) -> (String, String) {
-        let mut out = b"left over".to_vec();
-        let id = r
-            .render(7, values, "mta.acme.example", 0, &mut out)
+        let mut scratch = b"left over".to_vec();
+        let (data, id) = r
+            .render(7, values, "mta.acme.example", 0, &mut scratch)
             .unwrap();
-        (id, String::from_utf8(out).unwrap())
+        (id, String::from_utf8(data.into_bytes()).unwrap())
     }
 
     #[test]
@@ -185,7 +190,7 @@ mod tests {
         assert_eq!(id, "<ab.7@mta.acme.example>");
         assert_eq!(
             text,
-            "Message-ID: <ab.7@mta.acme.example>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nTo: a@x.test\r\n\r\nHi\r\n"
+            "Message-ID: <ab.7@mta.acme.example>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\nTo: a@x.test\r\n\r\nHi\r\n.\r\n"
         );
     }
 
@@ -204,18 +209,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("Date:").count(), 1);
-        let mut out = Vec::new();
         assert_eq!(
-            r.render(7, &[], "h", 0, &mut out),
+            r.render(7, &[], "h", 0, &mut Vec::new()),
             Err("values do not match the template".into())
         );
     }
 
     #[test]
     fn a_pickup_message_is_sent_as_it_is() {
-        let body = b"Subject: {{ not a placeholder }}\r\n\r\nbody\r\n";
+        let body = b"Subject: {{ not a placeholder }}\r\n\r\nbody\n.dot\r\n";
         let r = Rendering::from_record(&record(MESSAGE_VERBATIM, body, &[])).unwrap();
         let (id, text) = rendered(&r, &[]);
-        assert_eq!((id.as_str(), text.as_bytes()), ("", &body[..]));
+        assert_eq!(id, "");
+        assert_eq!(text.as_bytes(), Data::encode(body).bytes());
+        assert!(text.ends_with("body\r\n..dot\r\n.\r\n"), "{text}");
     }
 }

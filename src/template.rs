@@ -14,7 +14,7 @@
 //!
 //! Pure code; no I/O.
 
-use crate::smtp::data::LINE_OCTETS_MAX;
+use crate::smtp::data::{DataWriter, LINE_OCTETS_MAX};
 use std::fmt;
 use std::ops::Range;
 
@@ -239,6 +239,23 @@ impl Template {
             fold_header_section(&unfolded, out);
         }
         render_parts(&self.source, body, values, out);
+    }
+
+    /// Renders the message for one recipient's values into DATA form: rendered into
+    /// `scratch` (any buffer kept between calls), then fed through `w` onto `out` whole.
+    /// Feeding the writer each part in turn instead, so the body is copied once, measured
+    /// twice as slow on a template personalised on every line (280 parts): the writer's work
+    /// per call outweighs a 10 KiB copy that stays in cache.
+    pub fn render_data(
+        &self,
+        values: &[&[u8]],
+        w: &mut DataWriter,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) {
+        scratch.clear();
+        self.render_into(values, scratch);
+        w.write(scratch, out);
     }
 
     /// The rendered size for these values, folds included, without rendering the message.
@@ -857,6 +874,42 @@ mod tests {
                     prop_assert_eq!(field_names(&data), ["From", "Subject", "X-Tag"]);
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// Rendering straight into DATA form is byte for byte rendering and then encoding,
+        /// whatever the template and values hold (dots at line starts, bare CR and LF, long
+        /// lines in the header and in the body, 8-bit octets), with the same size and 8-bit
+        /// flag.
+        #[test]
+        fn rendering_into_data_form_is_rendering_then_encoding(
+            source in proptest::collection::vec(prop_oneof![
+                20 => Just("x".to_string()), 3 => Just(".".to_string()), 3 => Just("\r\n".to_string()),
+                1 => Just("\n".to_string()), 1 => Just("\r".to_string()), 2 => Just(": ".to_string()),
+                2 => Just(" ".to_string()), 1 => Just("\u{e9}".to_string()),
+                1 => Just("y".repeat(700)), 3 => Just("{{ a }}".to_string()), 3 => Just("{{ b }}".to_string()),
+            ], 0..60),
+            a in proptest::collection::vec(prop_oneof![Just(b'v'), Just(b'.'), Just(b'\n'), Just(b' '), Just(0xff)], 0..1200),
+            b in proptest::collection::vec(prop_oneof![Just(b'w'), Just(b'.'), Just(b'\r'), Just(b' ')], 0..40),
+        ) {
+            let Ok(t) = Template::parse(source.concat().into_bytes()) else {
+                return Ok(());
+            };
+            let ours: [(&str, &[u8]); 2] = [("a", &a), ("b", &b)];
+            let values: Vec<&[u8]> = t
+                .var_names()
+                .iter()
+                .map(|n| ours.iter().find(|(k, _)| k == n).map_or(&b""[..], |(_, v)| *v))
+                .collect();
+            let mut rendered = Vec::new();
+            t.render_into(&values, &mut rendered);
+            let expected = crate::smtp::data::Data::encode(&rendered);
+            let (mut out, mut scratch) = (b"left over".to_vec(), Vec::new());
+            out.clear();
+            let mut w = DataWriter::new();
+            t.render_data(&values, &mut w, &mut out, &mut scratch);
+            prop_assert_eq!(w.finish_data(out), expected);
         }
     }
 

@@ -983,7 +983,12 @@ impl Sim {
         let rcpt = msg.rcpts[0].1.clone();
         // The rendered message is this recipient's: its own merge value, in its own header.
         let to = format!("\r\nTo: {rcpt}\r\n");
-        if !msg.message.windows(to.len()).any(|w| w == to.as_bytes()) {
+        if !msg
+            .data
+            .bytes()
+            .windows(to.len())
+            .any(|w| w == to.as_bytes())
+        {
             return Err(format!("the message sent to {rcpt} is not its own"));
         }
         if !reusable {

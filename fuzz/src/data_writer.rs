@@ -13,10 +13,11 @@
 //!   first empty line that do not start with SP or HT; text before `:`) the server reads are
 //!   those of the input with its line endings made canonical (a name too long to fit on one
 //!   998-octet line compares as "long");
-//! - `encode_data_sized`'s size is the output less the stuffed dots and the terminator.
+//! - `Data`'s size is the output less the stuffed dots and the terminator, and it is 8-bit
+//!   exactly when the input has an octet above 127.
 
 use crate::chunks;
-use spate::smtp::data::{encode_data_sized, message_lines, DataWriter, LINE_OCTETS_MAX};
+use spate::smtp::data::{message_lines, Data, DataWriter, LINE_OCTETS_MAX};
 
 pub fn check(input: &[u8]) {
     let (sizes, message) = chunks::split_spec(input);
@@ -25,9 +26,12 @@ pub fn check(input: &[u8]) {
     for piece in chunks::pieces(sizes, message) {
         writer.write(piece, &mut out);
     }
-    writer.finish(&mut out);
-    let (whole, size) = encode_data_sized(message);
-    assert!(out == whole, "the chunking changed the output");
+    let data = writer.finish_data(out);
+    let whole = Data::encode(message);
+    assert!(data == whole, "the chunking changed the output");
+    assert_eq!(data.eight_bit(), !message.is_ascii(), "8-bit flag");
+    let size = data.size();
+    let out = data.into_bytes();
 
     let mut stream = b"\r\n".to_vec();
     stream.extend_from_slice(&out);

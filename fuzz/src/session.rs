@@ -34,7 +34,7 @@
 //! - at most two transactions are in progress, the second only where `can_pipeline` allowed
 //!   it; their `Done`s come in the order started, and `Ready` is never reported while one is.
 
-use spate::smtp::data::encode_data;
+use spate::smtp::data::Data;
 use spate::smtp::session::{Action, RcptResult, Session, Timeouts, TlsPolicy, Transaction};
 
 const DELIVER: u8 = 0x00;
@@ -112,7 +112,7 @@ fn transaction(rcpts: usize, utf8: bool, large: bool, eight_bit: bool) -> Transa
     Transaction {
         mail_from: "bounces@acme.example".into(),
         rcpts: to,
-        message,
+        data: Data::encode(&message),
     }
 }
 
@@ -155,7 +155,7 @@ impl Shell {
 
     fn start(&mut self, tx: Transaction) {
         let rcpts = tx.rcpts.len();
-        let content = encode_data(&tx.message);
+        let content = tx.data.bytes().to_vec();
         let behind = self.session.can_pipeline();
         if !self.session.is_ready() && !behind {
             self.session.start(tx);

@@ -1,8 +1,8 @@
 //! `blast`: the practical limit of this machine. A pipelined SMTP client with no queue, no
 //! DNS and no durability pushes the scenario's messages (the same recipients, rendered from
-//! the same template, dot-stuffed by the same writer) straight to the simulated providers over
-//! the same number of connections the engine may open, on as many executors as the engine has
-//! shards.
+//! the same template straight into DATA form by the same writer) to the simulated providers
+//! over the same number of connections the engine may open, on as many executors as the
+//! engine has shards.
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -231,7 +231,8 @@ async fn connection(
     campaign: Arc<spate_sim::campaign::Campaign>,
     totals: Rc<RefCell<Totals>>,
 ) {
-    let mut rendered = Vec::with_capacity(template.source().len() + 256);
+    // The header section, rendered before it joins the body.
+    let mut rendered = Vec::with_capacity(1024);
     let mut body = Vec::with_capacity(template.source().len() + 512);
     let mut commands = Vec::with_capacity(256);
     // Where each of the template's variables comes from, worked out once: to, first_name,
@@ -301,16 +302,15 @@ async fn connection(
                     let _ = mail;
                     return Ok::<(bool, u16), std::io::Error>((false, rcpt));
                 }
-                rendered.clear();
                 let ours = [to.as_bytes(), name.as_bytes(), code.as_bytes()];
                 let values: Vec<&[u8]> = order
                     .iter()
                     .map(|&k| k.map_or(b"" as &[u8], |k| ours[k]))
                     .collect();
-                template.render_into(&values, &mut rendered);
+                // Straight into DATA form in one pass, as the engine renders.
                 body.clear();
                 let mut w = DataWriter::new();
-                w.write(&rendered, &mut body);
+                template.render_data(&values, &mut w, &mut body, &mut rendered);
                 w.finish(&mut body);
                 // The next message's commands right behind this one's final dot.
                 next = queue.borrow_mut().pop_front();

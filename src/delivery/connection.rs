@@ -5,6 +5,7 @@
 //! session's.
 
 use super::tls::TlsClients;
+use crate::buffers;
 use crate::smtp::session::{
     Action, CloseReason, RcptResult, Session, Timeouts, TlsPolicy, Transaction,
 };
@@ -311,12 +312,14 @@ impl Connection {
                     // A session that closed since it queued these bytes (a protocol error
                     // behind a 354) must not have them sent: the content above all.
                     Action::Send(_) if self.session.is_closed() => {}
+                    // A message's content is written from the buffer it was rendered into;
+                    // whichever buffer is left over goes back to the pool.
+                    Action::Send(bytes) if self.out.is_empty() => {
+                        buffers::give(std::mem::replace(&mut self.out, bytes));
+                    }
                     Action::Send(bytes) => {
-                        if self.out.is_empty() {
-                            self.out = bytes;
-                        } else {
-                            self.out.extend_from_slice(&bytes);
-                        }
+                        self.out.extend_from_slice(&bytes);
+                        buffers::give(bytes);
                     }
                     Action::StartTls => {
                         // Nothing is queued behind STARTTLS (the session sends it alone),
@@ -440,6 +443,7 @@ enum Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::data::Data;
     use std::io::{BufRead, BufReader, Write};
 
     /// A one-connection scripted SMTP server on loopback; returns what it received.
@@ -523,14 +527,14 @@ mod tests {
                 .send(Transaction {
                     mail_from: "b@acme.test".into(),
                     rcpts: vec!["a@x.test".into(), "nobody@x.test".into()],
-                    message: b"Subject: one\r\n\r\nbody\r\n".to_vec(),
+                    data: Data::encode(b"Subject: one\r\n\r\nbody\r\n"),
                 })
                 .await;
             let second = c
                 .send(Transaction {
                     mail_from: "b@acme.test".into(),
                     rcpts: vec!["c@x.test".into()],
-                    message: b"Subject: two\n\n.leading dot\n".to_vec(),
+                    data: Data::encode(b"Subject: two\n\n.leading dot\n"),
                 })
                 .await;
             assert_eq!(c.deliveries, 2);
@@ -575,7 +579,7 @@ mod tests {
             let tx = |to: &str, body: &str| Transaction {
                 mail_from: "b@acme.test".into(),
                 rcpts: vec![to.into()],
-                message: body.as_bytes().to_vec(),
+                data: Data::encode(body.as_bytes()),
             };
             assert!(c.can_start());
             c.start(tx("a@x.test", "Subject: one\r\n\r\n1\r\n"));

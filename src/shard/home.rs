@@ -179,13 +179,12 @@ impl<L: LogSink> Core<L> {
             .map_err(|e| e.to_string())?;
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(r.message_seq)?;
-        let mut message = Vec::new();
-        let message_id = rendering.render(
+        let (data, message_id) = rendering.render(
             seq,
             &r.values,
             &self.config.smtp.helo_name,
             self.clock.unix_ms(),
-            &mut message,
+            &mut self.render_scratch,
         )?;
         let rcpt = r.recipient.to_string();
         self.queue.index.set_in_flight(seq, true);
@@ -200,7 +199,7 @@ impl<L: LogSink> Core<L> {
             rcpts: vec![(seq, rcpt)],
             home: self.id,
             mail_from: rendering.sender.clone(),
-            message,
+            data,
             message_id,
             group: rendering.verbatim.then_some((r.message_seq, e.domain)),
             hosts,

@@ -39,6 +39,7 @@ use crate::delivery_log::{DeliveryLog, LogRecord};
 use crate::message::Renderings;
 use crate::queue::store::{Chunk, ShardQueue};
 use crate::schedule::Home;
+use crate::smtp::data::Data;
 use crate::smtp::session::RcptResult;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -104,7 +105,8 @@ pub struct Prepared {
     pub rcpts: Vec<(u64, String)>,
     pub home: usize,
     pub mail_from: String,
-    pub message: Vec<u8>,
+    /// The recipient's message, rendered in DATA form.
+    pub data: Data,
     pub message_id: String,
     /// (message record, domain) when more recipients may join this transaction.
     group: Option<(u64, u32)>,
@@ -246,6 +248,8 @@ pub struct Core<L> {
     ledger: crate::delivery::shares::Ledger,
     /// The message stage's parsed templates and pickup bodies, per message record.
     renderings: Renderings,
+    /// Where a message's header section is rendered before it joins the DATA content.
+    render_scratch: Vec<u8>,
     /// Chunks appended and waiting for the next group commit: (claiming shard, chunk, its
     /// first recipient's seq; None if it was committed before a restart).
     unsynced: Vec<(usize, Chunk, Option<u64>)>,
@@ -289,6 +293,7 @@ impl<L: LogSink> Core<L> {
             shares: Default::default(),
             ledger: crate::delivery::shares::Ledger::new(shards),
             renderings: Renderings::new(crate::message::RENDERINGS_BYTES_MAX),
+            render_scratch: Vec::new(),
             unsynced: Vec::new(),
             unsynced_records: 0,
             committing: Vec::new(),

@@ -185,7 +185,7 @@ fn a_recipient_goes_from_the_queue_to_a_worker_and_its_outcome_back_to_the_log()
         panic!("a message for the worker");
     };
     assert_eq!(msg.rcpts, [(msg.rcpts[0].0, "a@d.example".to_string())]);
-    let text = String::from_utf8_lossy(&msg.message);
+    let text = String::from_utf8_lossy(msg.data.bytes());
     assert!(text.contains("To: a@d.example\r\n"), "{text}");
     assert!(text.contains("Message-ID: "), "{text}");
     // Delivered: the outcome goes home, and is final once its log line is written.

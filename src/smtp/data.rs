@@ -33,6 +33,8 @@ pub struct DataWriter {
     in_header: bool,
     /// Dots added by dot-stuffing so far (not part of the message's size, RFC 1870).
     stuffed: u64,
+    /// An octet above 127 was written (the message needs 8BITMIME).
+    eight_bit: bool,
 }
 
 impl Default for DataWriter {
@@ -42,6 +44,7 @@ impl Default for DataWriter {
             pending_cr: false,
             in_header: true,
             stuffed: 0,
+            eight_bit: false,
         }
     }
 }
@@ -55,6 +58,8 @@ impl DataWriter {
     /// `memchr`); only line breaks and line starts are looked at one by one.
     pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 8);
+        // Once per piece, word at a time: per line it cost more than the copy.
+        self.eight_bit = self.eight_bit || !input.is_ascii();
         while let Some(&first) = input.first() {
             if self.pending_cr {
                 self.pending_cr = false;
@@ -98,6 +103,19 @@ impl DataWriter {
         out.extend_from_slice(b".\r\n");
     }
 
+    /// Ends the data in `out`, which holds exactly what this writer wrote (the buffer it was
+    /// given may have been reused, but it started empty), and returns it as `Data`.
+    pub fn finish_data(self, mut out: Vec<u8>) -> Data {
+        let (stuffed, eight_bit) = (self.stuffed, self.eight_bit);
+        self.finish(&mut out);
+        let size = out.len() as u64 - stuffed - b".\r\n".len() as u64;
+        Data {
+            bytes: out,
+            size,
+            eight_bit,
+        }
+    }
+
     fn newline(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
         self.line_len = 0;
@@ -139,22 +157,49 @@ pub fn message_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Encodes a whole message as DATA content, terminator included.
-pub fn encode_data(message: &[u8]) -> Vec<u8> {
-    encode_data_sized(message).0
+/// A message in DATA form, ready for the wire: what `DataWriter` made of it, terminator
+/// included, with what the MAIL command must declare about it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Data {
+    bytes: Vec<u8>,
+    /// The message's size as RFC 1870 counts it for `SIZE=`: the octets as transmitted
+    /// (line endings canonical, folds included) without the dots of dot-stuffing and without
+    /// the terminator.
+    size: u64,
+    eight_bit: bool,
 }
 
-/// Encodes a whole message as DATA content, terminator included, with the message's size as
-/// RFC 1870 counts it for `SIZE=`: the octets as transmitted (line endings canonical, folds
-/// included) without the dots of dot-stuffing and without the terminator.
-pub fn encode_data_sized(message: &[u8]) -> (Vec<u8>, u64) {
-    let mut out = Vec::with_capacity(message.len() + 64);
-    let mut w = DataWriter::new();
-    w.write(message, &mut out);
-    let stuffed = w.stuffed;
-    w.finish(&mut out);
-    let size = out.len() as u64 - stuffed - b".\r\n".len() as u64;
-    (out, size)
+impl Data {
+    /// Encodes a whole message.
+    pub fn encode(message: &[u8]) -> Data {
+        let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 16);
+        let mut w = DataWriter::new();
+        w.write(message, &mut out);
+        w.finish_data(out)
+    }
+
+    /// The DATA content, dot-stuffed, ending with CRLF.CRLF.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the message has octets above 127 (BODY=8BITMIME where offered).
+    pub fn eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+}
+
+/// Encodes a whole message as DATA content, terminator included.
+pub fn encode_data(message: &[u8]) -> Vec<u8> {
+    Data::encode(message).into_bytes()
 }
 
 #[cfg(test)]
@@ -200,11 +245,27 @@ mod tests {
     #[test]
     fn size_counts_canonical_line_endings_but_not_dot_stuffing() {
         // 5 lines with bare LF: 5 octets more once canonical; two stuffed dots do not count.
-        let (data, size) = encode_data_sized(b"a\n.b\nc\n..\ne\n");
-        assert_eq!(data, b"a\r\n..b\r\nc\r\n...\r\ne\r\n.\r\n");
-        assert_eq!(size, 12 + 5);
-        let (_, size) = encode_data_sized(b"no newline");
-        assert_eq!(size, 12, "the CRLF the writer adds is part of the message");
+        let data = Data::encode(b"a\n.b\nc\n..\ne\n");
+        assert_eq!(data.bytes(), b"a\r\n..b\r\nc\r\n...\r\ne\r\n.\r\n");
+        assert_eq!(data.size(), 12 + 5);
+        assert_eq!(
+            Data::encode(b"no newline").size(),
+            12,
+            "the CRLF the writer adds counts"
+        );
+    }
+
+    #[test]
+    fn eight_bit_content_is_noticed_wherever_it_is() {
+        assert!(!Data::encode(b"Subject: plain\r\n\r\nascii only\r\n").eight_bit());
+        assert!(Data::encode("Subject: caf\u{e9}\r\n\r\nx".as_bytes()).eight_bit());
+        // In a piece of its own, after a line break, and at the very end.
+        let mut out = Vec::new();
+        let mut w = DataWriter::new();
+        for piece in [&b"a\r\n"[..], b"\r\n", b"b\xff"] {
+            w.write(piece, &mut out);
+        }
+        assert!(w.finish_data(out).eight_bit());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! `RcptResult::ServiceClosing` (retry elsewhere; not a failure of the message) and the session
 //! closes.
 
-use super::data::encode_data_sized;
+use super::data::Data;
 use super::reply::{Reply, ReplyError, ReplyParser};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -94,8 +94,8 @@ impl Capabilities {
 pub struct Transaction {
     pub mail_from: String,
     pub rcpts: Vec<String>,
-    /// The message as rendered; the session encodes it for DATA.
-    pub message: Vec<u8>,
+    /// The message in DATA form (`Data::encode`, or rendered straight into it).
+    pub data: Data,
 }
 
 /// What happened to one recipient of a transaction.
@@ -162,8 +162,7 @@ enum Phase {
 }
 
 struct Active {
-    /// The message as DATA content (canonical, dot-stuffed, terminated), encoded once at
-    /// `start` so that `SIZE=` declares what is sent.
+    /// The message as DATA content (canonical, dot-stuffed, terminated), as `start` got it.
     data: Vec<u8>,
     results: Vec<Option<RcptResult>>,
     mail_failed: Option<Reply>,
@@ -342,8 +341,8 @@ impl Session {
             return;
         }
         let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
-        let eight_bit = !tx.message.is_ascii();
-        let (data, size) = encode_data_sized(&tx.message);
+        let (eight_bit, size) = (tx.data.eight_bit(), tx.data.size());
+        let data = tx.data.into_bytes();
         let local = if needs_utf8 && !self.caps.smtputf8 {
             Some(Reply::new(
                 553,

@@ -390,7 +390,7 @@ fn transaction(msg: &mut Prepared) -> Transaction {
     Transaction {
         mail_from: msg.mail_from.clone(),
         rcpts: msg.rcpts.iter().map(|(_, r)| r.clone()).collect(),
-        message: std::mem::take(&mut msg.message),
+        data: std::mem::take(&mut msg.data),
     }
 }
 

@@ -54,7 +54,7 @@ fn tx(rcpts: &[&str], message: &str) -> Transaction {
     Transaction {
         mail_from: "bounces@acme.example".into(),
         rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
-        message: message.as_bytes().to_vec(),
+        data: Data::encode(message.as_bytes()),
     }
 }
 
