@@ -54,45 +54,100 @@ impl DataWriter {
         Self::default()
     }
 
-    /// Encodes `input` onto `out`. Runs of ordinary octets are copied whole (found with
-    /// `memchr`); only line breaks and line starts are looked at one by one.
+    /// Encodes `input` onto `out`. Whole lines that need nothing but their line ending made
+    /// canonical (almost all of a message) are copied in spans; only the lines that need
+    /// more (a dot to stuff, a bare CR, over the limit) and the piece's unfinished end go
+    /// through `step`, a run and a break at a time.
     pub fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 8);
         // Once per piece, word at a time: per line it cost more than the copy.
         self.eight_bit = self.eight_bit || !input.is_ascii();
-        while let Some(&first) = input.first() {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if first == b'\n' {
-                    input = &input[1..];
-                    continue;
+        while !input.is_empty() {
+            if !self.pending_cr {
+                input = self.whole_lines(input, out);
+                if input.is_empty() {
+                    break;
                 }
             }
-            let end = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
-            let mut run = &input[..end];
-            while let Some(&b) = run.first() {
-                if self.line_len == LINE_OCTETS_MAX {
-                    self.break_long_line(out);
-                }
-                if self.line_len == 0 && b == b'.' {
-                    out.push(b'.');
-                    self.stuffed += 1;
-                    self.line_len += 1;
-                }
-                let take = (LINE_OCTETS_MAX - self.line_len).min(run.len());
-                out.extend_from_slice(&run[..take]);
-                self.line_len += take;
-                run = &run[take..];
+            input = self.step(input, out);
+        }
+    }
+
+    /// Copies the whole lines at the start of `input` that end in CRLF or a bare LF (made
+    /// CRLF), fit within the limit with what the current output line holds, and need no
+    /// dot-stuffing; returns the rest. What it copies is what `step` would write for them.
+    fn whole_lines<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        // `input[..copied]` is written; the line being looked at starts at `at`.
+        let (mut copied, mut at) = (0, 0);
+        let mut line_len = self.line_len;
+        loop {
+            if line_len == 0 && input.get(at) == Some(&b'.') {
+                break;
             }
-            let Some(&brk) = input.get(end) else {
+            let Some(brk) = memchr::memchr2(b'\r', b'\n', &input[at..]) else {
                 break;
             };
+            let end = at + brk;
+            let len = line_len + brk;
+            let crlf = input[end] == b'\r';
+            // A bare CR, or a CR that may pair with an LF in the next piece: `step`'s.
+            if len > LINE_OCTETS_MAX || (crlf && input.get(end + 1) != Some(&b'\n')) {
+                break;
+            }
             // An empty line ends the header section.
-            self.in_header &= self.line_len > 0;
-            self.newline(out);
-            self.pending_cr = brk == b'\r';
-            input = &input[end + 1..];
+            self.in_header &= len > 0;
+            line_len = 0;
+            if crlf {
+                at = end + 2;
+            } else {
+                out.extend_from_slice(&input[copied..end]);
+                out.extend_from_slice(b"\r\n");
+                at = end + 1;
+                copied = at;
+            }
         }
+        out.extend_from_slice(&input[copied..at]);
+        if at > 0 {
+            self.line_len = 0;
+        }
+        &input[at..]
+    }
+
+    /// Encodes one run of ordinary octets and the line break after it (or the piece's end),
+    /// an octet at a time where it must: stuffing, breaking long lines, pairing CR and LF
+    /// across pieces. Returns the rest of `input`.
+    fn step<'a>(&mut self, mut input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        if self.pending_cr {
+            self.pending_cr = false;
+            if input.first() == Some(&b'\n') {
+                input = &input[1..];
+            }
+            return input;
+        }
+        let end = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
+        let mut run = &input[..end];
+        while let Some(&b) = run.first() {
+            if self.line_len == LINE_OCTETS_MAX {
+                self.break_long_line(out);
+            }
+            if self.line_len == 0 && b == b'.' {
+                out.push(b'.');
+                self.stuffed += 1;
+                self.line_len += 1;
+            }
+            let take = (LINE_OCTETS_MAX - self.line_len).min(run.len());
+            out.extend_from_slice(&run[..take]);
+            self.line_len += take;
+            run = &run[take..];
+        }
+        let Some(&brk) = input.get(end) else {
+            return &[];
+        };
+        // An empty line ends the header section.
+        self.in_header &= self.line_len > 0;
+        self.newline(out);
+        self.pending_cr = brk == b'\r';
+        &input[end + 1..]
     }
 
     /// Ends the data: a CRLF if the last line is unfinished, then `.` CRLF.
