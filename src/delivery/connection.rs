@@ -54,6 +54,30 @@ enum Stream {
 }
 
 impl Stream {
+    /// The TCP stream, under TLS or not.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::Gone => None,
+        }
+    }
+
+    /// Bounds the reads (then the writes) from now on: glommio arms the stream's one timer
+    /// only when an operation has to wait for the socket, and only then, so a read whose
+    /// bytes are already there costs no timer at all. `None` (or zero) lifts the bound.
+    fn set_read_timeout(&self, t: Option<Duration>) {
+        if let Some(tcp) = self.tcp() {
+            let _ = tcp.set_read_timeout(t.filter(|t| !t.is_zero()));
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) {
+        if let Some(tcp) = self.tcp() {
+            let _ = tcp.set_write_timeout(t.filter(|t| !t.is_zero()));
+        }
+    }
+
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf).await,
@@ -267,6 +291,9 @@ impl Connection {
             .or_else(|_| ServerName::try_from(self.addr.ip().to_string()))
             .map_err(|e| format!("TLS: bad server name {}: {e}", self.mx))?;
         let connector = TlsConnector::from(Arc::clone(&self.tls_config));
+        // The handshake has its own bound, not what is left of the last reply's.
+        let _ = tcp.set_read_timeout(None);
+        let _ = tcp.set_write_timeout(None);
         let tls = timeout(TLS_HANDSHAKE_TIMEOUT, async {
             connector.connect(name, tcp).await.map_err(Into::into)
         })
@@ -384,17 +411,17 @@ impl Connection {
                 ));
                 continue;
             }
-            let read = timeout(left, async {
-                self.stream.read(&mut self.buf).await.map_err(Into::into)
-            })
-            .await;
+            // The reply's deadline, not a fresh timeout per read: one Cell set, no timer
+            // unless the read has to wait.
+            self.stream.set_read_timeout(Some(left));
+            let read = self.stream.read(&mut self.buf).await;
             match read {
                 Ok(0) => self.lose(format!("{} closed the connection", self.addr)),
                 Ok(n) => {
                     let (session, buf) = (&mut self.session, &self.buf);
                     session.receive(&buf[..n]);
                 }
-                Err(_) if Instant::now() >= deadline => {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     let t = self.session.timeout();
                     self.lose(format!(
                         "timed out: no complete reply from {} within {t:?}",
@@ -413,12 +440,13 @@ impl Connection {
         }
         let bytes = std::mem::take(&mut self.out);
         let t = self.session.timeout();
-        let wrote = timeout(t, async {
-            self.stream.write_all(&bytes).await.map_err(Into::into)
-        })
-        .await;
-        if let Err(e) = wrote {
-            self.lose(format!("write to {}: {e}", self.addr));
+        self.stream.set_write_timeout(Some(t));
+        match self.stream.write_all(&bytes).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.lose(format!("write to {} timed out after {t:?}", self.addr));
+            }
+            Err(e) => self.lose(format!("write to {}: {e}", self.addr)),
         }
         // The buffer is kept for the next write.
         self.out = bytes;
@@ -685,6 +713,119 @@ mod tests {
             panic!("{opened:?}")
         };
         assert!(why.contains("no complete reply"), "{why}");
+        server.join().unwrap();
+    }
+
+    /// A server that accepts and then says nothing: the read waits on the socket and the
+    /// stream's one timer, set to the greeting's deadline, ends it.
+    #[test]
+    fn a_silent_server_is_given_up_at_the_greeting_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            // Held open, silent, far longer than the timeout; then closed, so a timeout
+            // that never fires shows as "closed the connection", not as a hang.
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+            drop(conn);
+        });
+        let opened = run(async move {
+            let timeouts = Timeouts {
+                greeting: Duration::from_millis(300),
+                ..Timeouts::default()
+            };
+            let tls = Rc::new(TlsClients::new());
+            let c = Connection::open(
+                "mx",
+                addr,
+                "mta.test",
+                TlsPolicy::Disabled,
+                &tls,
+                timeouts,
+                Duration::from_secs(2),
+            );
+            c.await.map(|c| c.is_usable())
+        });
+        drop(done_tx);
+        let Err(ConnectError::Unreachable(why)) = &opened else {
+            panic!("{opened:?}")
+        };
+        assert!(
+            why.contains("no complete reply") && why.contains("300ms"),
+            "{why}"
+        );
+        server.join().unwrap();
+    }
+
+    /// A receiver that takes the message's DATA and then stops reading: the write fills the
+    /// socket's buffers and waits, and the phase's timeout ends it. Every recipient learns
+    /// the connection was lost (retried elsewhere), none is marked delivered.
+    #[test]
+    fn a_receiver_that_stops_reading_is_given_up_at_the_phase_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            w.write_all(b"220 test ESMTP\r\n").unwrap();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let cmd = line.trim_end().to_string();
+                line.clear();
+                let answer = match cmd.as_str() {
+                    c if c.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+                    "DATA" => "354 go ahead\r\n",
+                    _ => "250 ok\r\n",
+                };
+                w.write_all(answer.as_bytes()).unwrap();
+                if cmd == "DATA" {
+                    break;
+                }
+            }
+            // Reads nothing more for far longer than the timeout.
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+        });
+        let results = run(async move {
+            let timeouts = Timeouts {
+                data_done: Duration::from_millis(300),
+                ..Timeouts::default()
+            };
+            let tls = Rc::new(TlsClients::new());
+            let mut c = Connection::open(
+                "mx",
+                addr,
+                "mta.test",
+                TlsPolicy::Disabled,
+                &tls,
+                timeouts,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+            // Far more than loopback's socket buffers hold.
+            let mut message = b"Subject: big\r\n\r\n".to_vec();
+            for _ in 0..(64 << 20) / 64 {
+                message.extend_from_slice(&[b'x'; 62]);
+                message.extend_from_slice(b"\r\n");
+            }
+            c.send(Transaction {
+                mail_from: "b@acme.test".into(),
+                rcpts: vec!["a@x.test".into()],
+                data: Data::encode(&message),
+            })
+            .await
+        });
+        drop(done_tx);
+        let [RcptResult::ConnectionLost(why)] = &results[..] else {
+            panic!("{results:?}")
+        };
+        assert!(
+            why.contains("write to") && why.contains("timed out"),
+            "{why}"
+        );
         server.join().unwrap();
     }
 
