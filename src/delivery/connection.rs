@@ -370,14 +370,19 @@ impl Connection {
             if self.session.is_closed() {
                 self.out.clear();
             }
+            // A transaction's results come first: the session reports them before it closes.
+            // They also go back before the bytes queued with them (the next transaction's
+            // content, after its 354 came in the same packet) are written: the worker may
+            // start the one after now, and its commands then leave in the same write, one
+            // write and one reply packet a message instead of two. What waits in `out`
+            // belongs to a transaction still in progress, so the next call writes it.
+            if !self.done.is_empty() {
+                return Step::Done;
+            }
             if !self.out.is_empty() {
                 self.flush_out().await;
                 // A failed write has consequences queued in the session: handle them first.
                 continue;
-            }
-            // A transaction's results come first: the session reports them before it closes.
-            if !self.done.is_empty() {
-                return Step::Done;
             }
             if let Some(reason) = &self.closed {
                 return Step::Closed(reason.clone());

@@ -169,6 +169,9 @@ struct Active {
     /// Decided here (SIZE, SMTPUTF8) when started behind another: nothing is sent for it,
     /// and its results come when the one before it is done, in order.
     decided: bool,
+    /// Its content and final dot have been handed to the shell: a transaction started
+    /// behind it now may send its commands at once.
+    content_sent: bool,
 }
 
 pub struct Session {
@@ -365,6 +368,7 @@ impl Session {
                     results: vec![Some(RcptResult::Reply(reply)); n],
                     mail_failed: None,
                     decided: true,
+                    content_sent: false,
                 });
             } else {
                 self.actions
@@ -398,9 +402,16 @@ impl Session {
             results: vec![None; n],
             mail_failed: None,
             decided: false,
+            content_sent: false,
         });
         if behind {
             self.held.extend(commands);
+            // Started after the first one's 354 was answered with its content: nothing is
+            // left to wait for, so they go now (in the same write as that content, if the
+            // shell has not written it yet).
+            if self.actives.front().is_some_and(|a| a.content_sent) {
+                self.release_held();
+            }
             return;
         }
         self.phase = Phase::Transaction;
@@ -581,6 +592,7 @@ impl Session {
                 self.send(b".\r\n".to_vec(), Expect::EmptyDataEnd);
             } else {
                 let data = std::mem::take(&mut a.data);
+                a.content_sent = true;
                 self.send(data, Expect::DataEnd);
                 self.data_queued = true;
                 // The content ends the server's transaction: the next one's commands can go

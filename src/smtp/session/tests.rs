@@ -132,6 +132,51 @@ fn the_next_transaction_goes_right_behind_the_content_and_final_dot() {
     assert_eq!(h.ready, 2);
 }
 
+/// The steady state of a pipelining worker: the next transaction is started only once the
+/// one in progress has had its 354 (its content already handed out, perhaps not yet
+/// written). Its commands go at once, so they leave in the same write as that content; held
+/// until the first one's final reply, they would cost a write and a reply packet of their own.
+#[test]
+fn a_transaction_started_after_the_first_ones_content_sends_its_commands_at_once() {
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.server("220 hi\r\n");
+    h.server(EHLO_PIPE);
+    h.s.start(tx(&["a@x.test"], "one"));
+    h.drain();
+    h.take_sent();
+    h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(h.take_sent(), "one\r\n.\r\n");
+    assert!(h.s.can_pipeline());
+    h.s.start(tx(&["b@x.test"], "two"));
+    h.drain();
+    assert_eq!(
+        h.take_sent(),
+        "MAIL FROM:<bounces@acme.example> SIZE=5\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
+    );
+    // One packet answers the first's dot and the second's commands, in order.
+    h.server("250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(h.done.len(), 1);
+    assert_eq!(codes(&h.done[0]), vec![250]);
+    assert_eq!(h.take_sent(), "two\r\n.\r\n");
+    h.server("250 queued 2\r\n");
+    assert_eq!(codes(&h.done[1]), vec![250]);
+    assert_eq!(h.ready, 2);
+
+    // Behind a first transaction that failed at its recipients (an RSET is owed), the
+    // second still waits for the first's end: nothing of it goes before the lone dot's reply.
+    h.s.start(tx(&["nobody@x.test"], "three"));
+    h.drain();
+    h.take_sent();
+    h.server("250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n");
+    assert_eq!(h.take_sent(), ".\r\n");
+    h.s.start(tx(&["d@x.test"], "four"));
+    h.drain();
+    assert_eq!(h.take_sent(), "");
+    h.server("250 ok\r\n");
+    assert_eq!(codes(&h.done[2]), vec![550]);
+    assert!(h.take_sent().starts_with("RSET\r\nMAIL FROM:"));
+}
+
 #[test]
 fn a_first_transaction_refused_at_data_leaves_the_second_behind_an_rset() {
     let mut h = Harness::new(TlsPolicy::Disabled);
