@@ -4,8 +4,9 @@
 //! message cost two allocations and frees of its own size, which glibc's allocator paid for
 //! in coalescing (`malloc_consolidate`) as much as in the copies.
 //!
-//! A buffer that was not given back (a message deferred, a shard that sent it elsewhere) is
-//! simply freed: the pool is an optimisation, never an owner.
+//! A buffer that is not given back (a message dropped before it was written) is simply
+//! freed, and one given back on another thread joins that thread's pool: the pool is an
+//! optimisation, never an owner.
 
 use std::cell::RefCell;
 

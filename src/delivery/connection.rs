@@ -4,6 +4,7 @@
 //! handshake when the session asks for it (STARTTLS); every protocol decision is the
 //! session's.
 
+use super::deadline::Deadlined;
 use super::tls::TlsClients;
 use crate::buffers;
 use crate::smtp::session::{
@@ -47,34 +48,34 @@ impl std::fmt::Display for ConnectError {
 }
 
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Deadlined),
+    Tls(Box<TlsStream<Deadlined>>),
     /// During the handshake, or after it failed.
     Gone,
 }
 
 impl Stream {
     /// The TCP stream, under TLS or not.
-    fn tcp(&self) -> Option<&TcpStream> {
+    fn tcp(&mut self) -> Option<&mut Deadlined> {
         match self {
             Stream::Plain(s) => Some(s),
-            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::Tls(s) => Some(s.get_mut().0),
             Stream::Gone => None,
         }
     }
 
-    /// Bounds the reads (then the writes) from now on: glommio arms the stream's one timer
-    /// only when an operation has to wait for the socket, and only then, so a read whose
-    /// bytes are already there costs no timer at all. `None` (or zero) lifts the bound.
-    fn set_read_timeout(&self, t: Option<Duration>) {
+    /// Reads from now on must complete by `by`, however the peer trickles its bytes (under
+    /// TLS too: the bound is on every read of the TCP stream, not on a decrypted record).
+    fn read_by(&mut self, by: Instant) {
         if let Some(tcp) = self.tcp() {
-            let _ = tcp.set_read_timeout(t.filter(|t| !t.is_zero()));
+            tcp.read_by(Some(by));
         }
     }
 
-    fn set_write_timeout(&self, t: Option<Duration>) {
+    /// Writes from now on must complete by `by`, however slowly the peer reads.
+    fn write_by(&mut self, by: Instant) {
         if let Some(tcp) = self.tcp() {
-            let _ = tcp.set_write_timeout(t.filter(|t| !t.is_zero()));
+            tcp.write_by(Some(by));
         }
     }
 
@@ -162,7 +163,7 @@ impl Connection {
             .map_err(|e| ConnectError::Unreachable(format!("connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let mut c = Connection {
-            stream: Stream::Plain(stream),
+            stream: Stream::Plain(Deadlined::new(stream)),
             session: Session::new(helo_name, policy, timeouts),
             tls_clients: Rc::clone(tls),
             tls_config: tls.config_for(policy),
@@ -217,7 +218,10 @@ impl Connection {
     }
 
     /// The results of the oldest transaction started and not yet handed out, one per
-    /// recipient, in order.
+    /// recipient, in order. Bytes of a later transaction may still wait to be written when
+    /// it returns (so that the next transaction started joins their write): callers go on
+    /// calling it until nothing is in progress, as the worker does before it parks, quits
+    /// or drops a connection.
     pub async fn next_done(&mut self) -> Vec<RcptResult> {
         let Some(&n) = self.started.front() else {
             return Vec::new();
@@ -271,6 +275,10 @@ impl Connection {
 
     /// QUIT, best effort and bounded.
     pub async fn quit(mut self) {
+        // Callers collect every result first (`next_done` until nothing is in progress):
+        // results still here would make `drive` return before QUIT is written.
+        debug_assert!(self.done.is_empty(), "quit with results not collected");
+        self.done.clear();
         if self.is_usable() {
             self.session.quit();
             let _ = timeout(Duration::from_secs(5), async {
@@ -284,7 +292,7 @@ impl Connection {
 
     /// Upgrades the plaintext stream after STARTTLS's 220.
     async fn handshake(&mut self) -> Result<(), String> {
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+        let Stream::Plain(mut tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err("TLS requested twice".into());
         };
         let name = ServerName::try_from(self.mx.clone())
@@ -292,8 +300,8 @@ impl Connection {
             .map_err(|e| format!("TLS: bad server name {}: {e}", self.mx))?;
         let connector = TlsConnector::from(Arc::clone(&self.tls_config));
         // The handshake has its own bound, not what is left of the last reply's.
-        let _ = tcp.set_read_timeout(None);
-        let _ = tcp.set_write_timeout(None);
+        tcp.read_by(None);
+        tcp.write_by(None);
         let tls = timeout(TLS_HANDSHAKE_TIMEOUT, async {
             connector.connect(name, tcp).await.map_err(Into::into)
         })
@@ -416,9 +424,9 @@ impl Connection {
                 ));
                 continue;
             }
-            // The reply's deadline, not a fresh timeout per read: one Cell set, no timer
-            // unless the read has to wait.
-            self.stream.set_read_timeout(Some(left));
+            // The reply's deadline, not a fresh timeout per read: no timer unless the read
+            // has to wait, and then one for what is left.
+            self.stream.read_by(deadline);
             let read = self.stream.read(&mut self.buf).await;
             match read {
                 Ok(0) => self.lose(format!("{} closed the connection", self.addr)),
@@ -445,7 +453,7 @@ impl Connection {
         }
         let bytes = std::mem::take(&mut self.out);
         let t = self.session.timeout();
-        self.stream.set_write_timeout(Some(t));
+        self.stream.write_by(Instant::now() + t);
         match self.stream.write_all(&bytes).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -453,9 +461,9 @@ impl Connection {
             }
             Err(e) => self.lose(format!("write to {}: {e}", self.addr)),
         }
-        // The buffer is kept for the next write.
-        self.out = bytes;
-        self.out.clear();
+        // Written: the buffer goes back to the pool, so a connection between writes (idle,
+        // parked) holds none.
+        buffers::give(bytes);
     }
 
     /// The connection is gone: the session learns why, and so does the caller.
@@ -474,390 +482,4 @@ enum Step {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::smtp::data::Data;
-    use std::io::{BufRead, BufReader, Write};
-
-    /// A one-connection scripted SMTP server on loopback; returns what it received.
-    fn server(
-        script: fn(&str) -> Option<&'static str>,
-    ) -> (SocketAddr, std::thread::JoinHandle<String>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handle = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut w = conn.try_clone().unwrap();
-            let mut r = BufReader::new(conn);
-            w.write_all(b"220 test ESMTP\r\n").unwrap();
-            let mut seen = String::new();
-            let mut in_data = false;
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                seen.push_str(&line);
-                let cmd = line.trim_end().to_string();
-                line.clear();
-                if in_data {
-                    if cmd == "." {
-                        in_data = false;
-                        w.write_all(b"250 2.0.0 queued\r\n").unwrap();
-                    }
-                    continue;
-                }
-                if let Some(answer) = script(&cmd) {
-                    w.write_all(answer.as_bytes()).unwrap();
-                    if cmd == "DATA" && answer.starts_with("354") {
-                        in_data = true;
-                    }
-                    if cmd == "QUIT" {
-                        break;
-                    }
-                }
-            }
-            seen
-        });
-        (addr, handle)
-    }
-
-    fn script(cmd: &str) -> Option<&'static str> {
-        Some(match cmd {
-            c if c.starts_with("EHLO") => "250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
-            c if c.starts_with("MAIL") => "250 2.1.0 ok\r\n",
-            "RCPT TO:<nobody@x.test>" => "550 5.1.1 no such user\r\n",
-            c if c.starts_with("RCPT") => "250 2.1.5 ok\r\n",
-            "DATA" => "354 go ahead\r\n",
-            "RSET" => "250 2.0.0 reset\r\n",
-            "QUIT" => "221 bye\r\n",
-            _ => "500 what\r\n",
-        })
-    }
-
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .make()
-            .unwrap()
-            .run(f)
-    }
-
-    #[test]
-    fn delivers_two_transactions_on_one_connection() {
-        let (addr, server) = server(script);
-        let results = run(async move {
-            let mut c = Connection::open(
-                "mx.x.test",
-                addr,
-                "mta.test",
-                TlsPolicy::Opportunistic,
-                &Rc::new(TlsClients::new()),
-                Timeouts::default(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            let first = c
-                .send(Transaction {
-                    mail_from: "b@acme.test".into(),
-                    rcpts: vec!["a@x.test".into(), "nobody@x.test".into()],
-                    data: Data::encode(b"Subject: one\r\n\r\nbody\r\n"),
-                })
-                .await;
-            let second = c
-                .send(Transaction {
-                    mail_from: "b@acme.test".into(),
-                    rcpts: vec!["c@x.test".into()],
-                    data: Data::encode(b"Subject: two\n\n.leading dot\n"),
-                })
-                .await;
-            assert_eq!(c.deliveries, 2);
-            c.quit().await;
-            (first, second)
-        });
-        let seen = server.join().unwrap();
-        let codes = |r: &[RcptResult]| -> Vec<u16> {
-            r.iter()
-                .map(|x| match x {
-                    RcptResult::Reply(r) => r.code,
-                    _ => 0,
-                })
-                .collect()
-        };
-        assert_eq!(codes(&results.0), vec![250, 550]);
-        assert_eq!(codes(&results.1), vec![250]);
-        assert!(
-            seen.contains("Subject: two\r\n\r\n..leading dot\r\n.\r\n"),
-            "{seen}"
-        );
-        assert!(seen.ends_with("QUIT\r\n"));
-    }
-
-    /// Two transactions in flight on one connection: the second's commands go out behind the
-    /// first's content, and the results come back in order.
-    #[test]
-    fn pipelines_the_next_transaction_behind_the_final_dot() {
-        let (addr, server) = server(script);
-        let (first, second, third) = run(async move {
-            let mut c = Connection::open(
-                "mx.x.test",
-                addr,
-                "mta.test",
-                TlsPolicy::Disabled,
-                &Rc::new(TlsClients::new()),
-                Timeouts::default(),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-            let tx = |to: &str, body: &str| Transaction {
-                mail_from: "b@acme.test".into(),
-                rcpts: vec![to.into()],
-                data: Data::encode(body.as_bytes()),
-            };
-            assert!(c.can_start());
-            c.start(tx("a@x.test", "Subject: one\r\n\r\n1\r\n"));
-            assert!(c.can_start(), "the server offers PIPELINING");
-            c.start(tx("nobody@x.test", "Subject: two\r\n\r\n2\r\n"));
-            assert!(!c.can_start(), "two at most");
-            let first = c.next_done().await;
-            c.start(tx("c@x.test", "Subject: three\r\n\r\n3\r\n"));
-            let second = c.next_done().await;
-            let third = c.next_done().await;
-            assert_eq!((c.deliveries, c.in_progress()), (3, 0));
-            assert!(c.is_usable());
-            c.quit().await;
-            (first, second, third)
-        });
-        let seen = server.join().unwrap();
-        let code = |r: &[RcptResult]| match &r[0] {
-            RcptResult::Reply(r) => r.code,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!((code(&first), code(&second), code(&third)), (250, 550, 250));
-        let one = seen.find("Subject: one").unwrap();
-        let two = seen
-            .find("MAIL FROM:<b@acme.test>\r\nRCPT TO:<nobody@x.test>")
-            .unwrap();
-        assert!(one < two, "{seen}");
-        assert!(seen.contains("Subject: three\r\n\r\n3\r\n.\r\n"), "{seen}");
-    }
-
-    /// The remote crash of the hostile-input review, through real sockets: EHLO answered
-    /// with `250` and, in the same write, another line. The connection is refused, never
-    /// handed out as ready.
-    #[test]
-    fn a_session_closed_in_the_packet_that_made_it_ready_is_not_handed_out() {
-        fn answer_with_421(cmd: &str) -> Option<&'static str> {
-            cmd.starts_with("EHLO")
-                .then_some("250 t\r\n421 4.7.0 bye\r\n")
-        }
-        fn answer_with_220(cmd: &str) -> Option<&'static str> {
-            cmd.starts_with("EHLO").then_some("250 t\r\n220 t\r\n")
-        }
-        for script in [answer_with_421, answer_with_220] {
-            let (addr, server) = server(script);
-            let opened = run(async move {
-                let tls = Rc::new(TlsClients::new());
-                let c = Connection::open(
-                    "mx",
-                    addr,
-                    "mta.test",
-                    TlsPolicy::Opportunistic,
-                    &tls,
-                    Timeouts::default(),
-                    Duration::from_secs(2),
-                )
-                .await;
-                c.map(|c| c.is_usable())
-            });
-            assert!(
-                matches!(opened, Err(ConnectError::Refused(_))),
-                "{opened:?}"
-            );
-            drop(server);
-        }
-    }
-
-    /// A server that dribbles its greeting a byte at a time: each byte arrives well within
-    /// the greeting timeout, but the whole reply does not, so the connection gives up at the
-    /// timeout instead of whenever the server pleases.
-    #[test]
-    fn a_reply_is_bounded_as_a_whole_not_per_byte() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            // 200 bytes, 20 ms apart: the whole greeting takes 4 s.
-            let greeting = format!("220 {}\r\n", "x".repeat(194));
-            for b in greeting.bytes() {
-                if conn.write_all(&[b]).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let opened = run(async move {
-            let timeouts = Timeouts {
-                greeting: Duration::from_millis(500),
-                ..Timeouts::default()
-            };
-            let tls = Rc::new(TlsClients::new());
-            Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Disabled,
-                &tls,
-                timeouts,
-                Duration::from_secs(2),
-            )
-            .await
-            .map(|c| c.is_usable())
-        });
-        let Err(ConnectError::Unreachable(why)) = &opened else {
-            panic!("{opened:?}")
-        };
-        assert!(why.contains("no complete reply"), "{why}");
-        server.join().unwrap();
-    }
-
-    /// A server that accepts and then says nothing: the read waits on the socket and the
-    /// stream's one timer, set to the greeting's deadline, ends it.
-    #[test]
-    fn a_silent_server_is_given_up_at_the_greeting_timeout() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            // Held open, silent, far longer than the timeout; then closed, so a timeout
-            // that never fires shows as "closed the connection", not as a hang.
-            let _ = done_rx.recv_timeout(Duration::from_secs(10));
-            drop(conn);
-        });
-        let opened = run(async move {
-            let timeouts = Timeouts {
-                greeting: Duration::from_millis(300),
-                ..Timeouts::default()
-            };
-            let tls = Rc::new(TlsClients::new());
-            let c = Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Disabled,
-                &tls,
-                timeouts,
-                Duration::from_secs(2),
-            );
-            c.await.map(|c| c.is_usable())
-        });
-        drop(done_tx);
-        let Err(ConnectError::Unreachable(why)) = &opened else {
-            panic!("{opened:?}")
-        };
-        assert!(
-            why.contains("no complete reply") && why.contains("300ms"),
-            "{why}"
-        );
-        server.join().unwrap();
-    }
-
-    /// A receiver that takes the message's DATA and then stops reading: the write fills the
-    /// socket's buffers and waits, and the phase's timeout ends it. Every recipient learns
-    /// the connection was lost (retried elsewhere), none is marked delivered.
-    #[test]
-    fn a_receiver_that_stops_reading_is_given_up_at_the_phase_timeout() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
-            let mut w = conn.try_clone().unwrap();
-            let mut r = BufReader::new(conn);
-            w.write_all(b"220 test ESMTP\r\n").unwrap();
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                let cmd = line.trim_end().to_string();
-                line.clear();
-                let answer = match cmd.as_str() {
-                    c if c.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
-                    "DATA" => "354 go ahead\r\n",
-                    _ => "250 ok\r\n",
-                };
-                w.write_all(answer.as_bytes()).unwrap();
-                if cmd == "DATA" {
-                    break;
-                }
-            }
-            // Reads nothing more for far longer than the timeout.
-            let _ = done_rx.recv_timeout(Duration::from_secs(10));
-        });
-        let results = run(async move {
-            let timeouts = Timeouts {
-                data_done: Duration::from_millis(300),
-                ..Timeouts::default()
-            };
-            let tls = Rc::new(TlsClients::new());
-            let mut c = Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Disabled,
-                &tls,
-                timeouts,
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-            // Far more than loopback's socket buffers hold.
-            let mut message = b"Subject: big\r\n\r\n".to_vec();
-            for _ in 0..(64 << 20) / 64 {
-                message.extend_from_slice(&[b'x'; 62]);
-                message.extend_from_slice(b"\r\n");
-            }
-            c.send(Transaction {
-                mail_from: "b@acme.test".into(),
-                rcpts: vec!["a@x.test".into()],
-                data: Data::encode(&message),
-            })
-            .await
-        });
-        drop(done_tx);
-        let [RcptResult::ConnectionLost(why)] = &results[..] else {
-            panic!("{results:?}")
-        };
-        assert!(
-            why.contains("write to") && why.contains("timed out"),
-            "{why}"
-        );
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn unreachable_and_refused() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let (addr2, server2) = server(|_| Some("554 5.7.1 go away\r\n"));
-        let (a, b) = run(async move {
-            let tls = Rc::new(TlsClients::new());
-            let open = |addr| {
-                Connection::open(
-                    "mx",
-                    addr,
-                    "mta.test",
-                    TlsPolicy::Opportunistic,
-                    &tls,
-                    Timeouts::default(),
-                    Duration::from_secs(2),
-                )
-            };
-            (open(addr).await.err(), open(addr2).await.err())
-        });
-        assert!(matches!(a, Some(ConnectError::Unreachable(_))), "{a:?}");
-        // EHLO refused falls back to HELO, refused too.
-        assert!(matches!(b, Some(ConnectError::Refused(_))), "{b:?}");
-        server2.join().unwrap();
-    }
-}
+mod tests;

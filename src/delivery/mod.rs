@@ -10,10 +10,12 @@
 //! - `endpoints`: connections by remote address across scopes: a cap per address, and
 //!   parked connections any scope can reuse (sans I/O).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
+//! - `deadline`: the connection's TCP stream, its reads and writes bounded by deadlines.
 //! - `throttle`: adaptive throttling per scope: ease off on pushback, ramp back up (pure).
 //! - `tls`: STARTTLS policies and rustls client configurations.
 
 pub mod connection;
+pub mod deadline;
 pub mod endpoints;
 pub mod guard;
 pub mod owner;
