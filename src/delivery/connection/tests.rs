@@ -56,6 +56,25 @@ fn script(cmd: &str) -> Option<&'static str> {
     })
 }
 
+/// A connection to `addr` as the tests here open it (MX name "mx", 2 s to connect).
+async fn open_to(
+    addr: SocketAddr,
+    policy: TlsPolicy,
+    timeouts: Timeouts,
+) -> Result<Connection, ConnectError> {
+    let tls = Rc::new(TlsClients::new());
+    Connection::open(
+        "mx",
+        addr,
+        "mta.test",
+        policy,
+        &tls,
+        timeouts,
+        Duration::from_secs(2),
+    )
+    .await
+}
+
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
@@ -180,17 +199,7 @@ fn a_session_closed_in_the_packet_that_made_it_ready_is_not_handed_out() {
     for script in [answer_with_421, answer_with_220] {
         let (addr, server) = server(script);
         let opened = run(async move {
-            let tls = Rc::new(TlsClients::new());
-            let c = Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Opportunistic,
-                &tls,
-                Timeouts::default(),
-                Duration::from_secs(2),
-            )
-            .await;
+            let c = open_to(addr, TlsPolicy::Opportunistic, Timeouts::default()).await;
             c.map(|c| c.is_usable())
         });
         assert!(
@@ -224,18 +233,9 @@ fn a_reply_is_bounded_as_a_whole_not_per_byte() {
             greeting: Duration::from_millis(500),
             ..Timeouts::default()
         };
-        let tls = Rc::new(TlsClients::new());
-        Connection::open(
-            "mx",
-            addr,
-            "mta.test",
-            TlsPolicy::Disabled,
-            &tls,
-            timeouts,
-            Duration::from_secs(2),
-        )
-        .await
-        .map(|c| c.is_usable())
+        open_to(addr, TlsPolicy::Disabled, timeouts)
+            .await
+            .map(|c| c.is_usable())
     });
     let Err(ConnectError::Unreachable(why)) = &opened else {
         panic!("{opened:?}")
@@ -263,16 +263,7 @@ fn a_silent_server_is_given_up_at_the_greeting_timeout() {
             greeting: Duration::from_millis(300),
             ..Timeouts::default()
         };
-        let tls = Rc::new(TlsClients::new());
-        let c = Connection::open(
-            "mx",
-            addr,
-            "mta.test",
-            TlsPolicy::Disabled,
-            &tls,
-            timeouts,
-            Duration::from_secs(2),
-        );
+        let c = open_to(addr, TlsPolicy::Disabled, timeouts);
         c.await.map(|c| c.is_usable())
     });
     drop(done_tx);
@@ -321,18 +312,7 @@ fn a_receiver_that_stops_reading_is_given_up_at_the_phase_timeout() {
             data_done: Duration::from_millis(300),
             ..Timeouts::default()
         };
-        let tls = Rc::new(TlsClients::new());
-        let mut c = Connection::open(
-            "mx",
-            addr,
-            "mta.test",
-            TlsPolicy::Disabled,
-            &tls,
-            timeouts,
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap();
+        let mut c = open_to(addr, TlsPolicy::Disabled, timeouts).await.unwrap();
         // Far more than loopback's socket buffers hold.
         let mut message = b"Subject: big\r\n\r\n".to_vec();
         for _ in 0..(64 << 20) / 64 {
@@ -364,18 +344,7 @@ fn unreachable_and_refused() {
     drop(closed);
     let (addr2, server2) = server(|_| Some("554 5.7.1 go away\r\n"));
     let (a, b) = run(async move {
-        let tls = Rc::new(TlsClients::new());
-        let open = |addr| {
-            Connection::open(
-                "mx",
-                addr,
-                "mta.test",
-                TlsPolicy::Opportunistic,
-                &tls,
-                Timeouts::default(),
-                Duration::from_secs(2),
-            )
-        };
+        let open = |addr| open_to(addr, TlsPolicy::Opportunistic, Timeouts::default());
         (open(addr).await.err(), open(addr2).await.err())
     });
     assert!(matches!(a, Some(ConnectError::Unreachable(_))), "{a:?}");
@@ -455,16 +424,7 @@ fn a_reply_under_tls_is_bounded_as_a_whole_not_per_byte() {
             ehlo: Duration::from_millis(500),
             ..Timeouts::default()
         };
-        let tls = Rc::new(TlsClients::new());
-        let c = Connection::open(
-            "mx",
-            addr,
-            "mta.test",
-            TlsPolicy::Opportunistic,
-            &tls,
-            timeouts,
-            Duration::from_secs(2),
-        );
+        let c = open_to(addr, TlsPolicy::Opportunistic, timeouts);
         c.await.map(|c| c.tls.clone())
     });
     drop(done_tx);
