@@ -183,6 +183,9 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
     shard.acks.borrow_mut().remove(&c.batch_id);
     let (queued, rejected) = result?;
 
+    // A reload announced while this batch was read applies to its release: an operator who
+    // turns `keep_done` on and then drops a batch finds it in done/.
+    shard.reload_if_changed();
     let keep_done = shard.config.borrow().spool.keep_done;
     let (spool, claimed) = (shard.spool.clone(), c.clone());
     let released = glommio::executor()
