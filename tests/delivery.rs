@@ -100,6 +100,7 @@ fn campaign_is_delivered_bounced_and_retried_with_one_final_record_each() {
     let delivered: usize = got.deliveries.values().sum();
     assert_eq!(delivered, 3 * PER_DOMAIN, "no duplicates, none missing");
     assert!(got.deliveries.values().all(|&n| n == 1));
+    assert_eq!(got.chunked, got.transactions.len(), "BDAT wherever offered");
     let body = &got.bodies["user3@a.test"];
     assert!(body.contains("Subject: Hi N3\r\n"), "{body}");
     assert!(body.contains("Message-ID: <"), "{body}");
@@ -455,4 +456,53 @@ fn a_scope_with_recipients_on_both_shards_shares_its_connection_limit() {
         "{crossed} messages crossed shards\n{stderr}"
     );
     sink.stop();
+}
+
+/// `[delivery] chunking = false`: the same receiver offers CHUNKING and gets DATA, the same
+/// bodies byte for byte.
+#[test]
+fn with_chunking_off_messages_go_with_data_and_arrive_the_same() {
+    let mut bodies = Vec::new();
+    for chunking in [true, false] {
+        let sink = Sink::start(HashMap::new());
+        let extra = format!(
+            "[delivery]\nchunking = {chunking}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"a.test\"\nhosts = [\"{}\"]\n",
+            sink.addr
+        );
+        let env = Env::new(1, "", &extra);
+        let engine = env.start();
+        // A body line that starts with the value, a dot: stuffed for DATA, not for BDAT.
+        let header = HEADER.replace("Hello {{ first_name }}!", "{{ first_name }} said hello");
+        let mut s = format!("{header}\n");
+        for i in 0..20 {
+            s.push_str(&format!(
+                "{{\"to\":\"user{i}@a.test\",\"vars\":{{\"first_name\":\".N{i}\"}}}}\n"
+            ));
+        }
+        env.drop_input("c.jsonl", s.as_bytes());
+        wait_final(&env, &engine, 20, Duration::from_secs(60));
+        assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+        let got = sink.received.lock().unwrap();
+        assert_eq!(got.deliveries.len(), 20);
+        let chunked = if chunking { got.transactions.len() } else { 0 };
+        assert_eq!(got.chunked, chunked, "chunking = {chunking}");
+        let mut b: Vec<(String, String)> = got
+            .bodies
+            .iter()
+            .map(|(r, b)| {
+                // The Message-ID and Date differ from run to run; the rest may not.
+                let lines: Vec<&str> = b
+                    .split("\r\n")
+                    .filter(|l| !l.starts_with("Message-ID:") && !l.starts_with("Date:"))
+                    .collect();
+                (r.clone(), lines.join("\r\n"))
+            })
+            .collect();
+        b.sort();
+        bodies.push(b);
+        drop(got);
+        sink.stop();
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert!(bodies[0][0].1.contains("\r\n.N"), "{}", bodies[0][0].1);
 }

@@ -1,6 +1,8 @@
 //! Delivery to a real SMTP server nobody here wrote: a private Postfix instance (installed by
 //! .ci/run) on a loopback port, STARTTLS on with a self-signed certificate, relaying the test
-//! domain to its `discard:` transport. Postfix's own log proves what it accepted.
+//! domain to its `discard:` transport. Postfix's own log proves what it accepted, and (with
+//! the engine's client as its debug peer) how: each message as one BDAT chunk, since Postfix
+//! offers CHUNKING and the engine uses it by default.
 
 mod common;
 
@@ -18,7 +20,8 @@ fn start_postfix(dir: &Path) -> Option<Postfix> {
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let main_cf = "relay_domains = pf.test\nrelay_transport = discard:\n\
                    smtpd_tls_security_level = may\nsmtpd_tls_cert_file = DIR/cert.pem\n\
-                   smtpd_tls_key_file = DIR/key.pem\nsmtpd_tls_loglevel = 1\n";
+                   smtpd_tls_key_file = DIR/key.pem\nsmtpd_tls_loglevel = 1\n\
+                   debug_peer_list = 127.0.0.1\n";
     match Postfix::start(dir, main_cf) {
         Ok(pf) => Some(pf),
         Err(PostfixError::Unavailable(why)) => {
@@ -85,5 +88,17 @@ fn delivers_to_postfix_over_starttls_and_postfix_accepts_each_once() {
         log.contains("TLS connection established"),
         "STARTTLS was used"
     );
+    // What smtpd read from the engine, as its debug log shows it: one `BDAT n LAST` a
+    // message, and never DATA. A wrong count would have put the session out of step.
+    let commands = |verb: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("< localhost[127.0.0.1]: {verb}")))
+            .count()
+    };
+    let bdat_last = log
+        .lines()
+        .filter(|l| l.contains("< localhost[127.0.0.1]: BDAT ") && l.ends_with(" LAST"))
+        .count();
+    assert_eq!((bdat_last, commands("BDAT "), commands("DATA")), (N, N, 0));
     drop(pf);
 }

@@ -364,6 +364,7 @@ fn provider(key: &str, l: ScopeLimits) -> Provider {
         }),
         max_deliveries_per_connection: l.max_per_connection,
         pipeline_transactions: None,
+        chunking: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The SMTP server core `smtp::server::Server` against a hostile client and an erratic shell.
 //!
 //! Input: the first byte picks the configuration (bit 0: STARTTLS offered; bit 1: small
-//! limits, 2 recipients and 64-octet messages). Every later byte is client output, except:
+//! limits, 2 recipients and 64-octet messages; bit 2: CHUNKING not offered). Every later byte is client output, except:
 //!
 //! | byte | what the shell does                                                        |
 //! |------|----------------------------------------------------------------------------|
@@ -39,6 +39,7 @@ pub fn check(input: &[u8]) {
         starttls: flags & 1 != 0,
         max_recipients: if flags & 2 != 0 { 2 } else { 100 },
         max_message_bytes: if flags & 2 != 0 { 64 } else { 1 << 20 },
+        chunking: flags & 4 == 0,
     };
     let limit = config.max_message_bytes;
     let mut server = Server::new(config);
@@ -115,6 +116,10 @@ pub fn check(input: &[u8]) {
                     body = 0;
                     accepted_rcpts = 0;
                 }
+                Event::MessageAbandoned => {
+                    body = 0;
+                    accepted_rcpts = 0;
+                }
                 Event::StartTls => starttls = true,
                 Event::Close => return,
             }
@@ -124,6 +129,7 @@ pub fn check(input: &[u8]) {
                 buffer.clear();
                 server.tls_started();
                 accepted_rcpts = 0;
+                body = 0;
             }
         }
         let lines = server.commands() - before_commands + messages;

@@ -1,7 +1,7 @@
 //! The SMTP client `smtp::session::Session` against a hostile server and an erratic shell.
 //!
-//! Input: the first byte picks the TLS policy (low two bits) and whether messages carry 8-bit
-//! text (bit 2). Every later byte is either server output or a shell action:
+//! Input: the first byte picks the TLS policy (low two bits), whether messages carry 8-bit
+//! text (bit 2) and whether the session may use BDAT where the server offers CHUNKING (bit 3). Every later byte is either server output or a shell action:
 //!
 //! | byte | what the shell does                                                         |
 //! |------|-----------------------------------------------------------------------------|
@@ -27,7 +27,8 @@
 //!   `start` on a session that is not ready yields it at once, every recipient
 //!   `ConnectionLost`, and nothing else;
 //! - no recipient is reported delivered (a 2xx reply) unless the message content was sent
-//!   (a `Send` of exactly the encoded DATA content) before that `Done`;
+//!   (a `Send` of exactly the encoded DATA content, or one holding `BDAT n LAST` and the
+//!   unstuffed chunk right behind it) before that `Done`;
 //! - after `Close` (or a lost connection) nothing is sent, and there is no second `Close`;
 //! - between `StartTls` and `tls_established` nothing is sent in plaintext;
 //! - after `quit` the session sends nothing but `QUIT` and never becomes ready again;
@@ -59,6 +60,8 @@ pub fn check(input: &[u8]) {
     ][usize::from(flags & 3)];
     let eight_bit = flags & 4 != 0;
     let mut shell = Shell::new(policy);
+    shell.chunking = flags & 8 != 0;
+    shell.session.set_chunking(shell.chunking);
     let mut server = Vec::new();
     for &b in script {
         if b > START_LARGE {
@@ -126,6 +129,8 @@ struct Shell {
     /// The session asked for a TLS handshake and `tls_established` was not called yet.
     awaiting_tls: bool,
     quit_called: bool,
+    /// BDAT allowed.
+    chunking: bool,
 }
 
 struct Active {
@@ -142,6 +147,7 @@ impl Shell {
             closed: false,
             awaiting_tls: false,
             quit_called: false,
+            chunking: false,
         }
     }
 
@@ -155,7 +161,16 @@ impl Shell {
 
     fn start(&mut self, tx: Transaction) {
         let rcpts = tx.rcpts.len();
-        let content = tx.data.bytes().to_vec();
+        // What carries the content on the wire: the DATA form alone, or the BDAT command with
+        // the chunk behind it, inside a larger write.
+        let content = if self.chunking && self.session.capabilities().chunking {
+            let chunk = tx.data.clone().into_chunk();
+            let mut bdat = format!("BDAT {} LAST\r\n", chunk.len()).into_bytes();
+            bdat.extend_from_slice(&chunk);
+            bdat
+        } else {
+            tx.data.bytes().to_vec()
+        };
         let behind = self.session.can_pipeline();
         if !self.session.is_ready() && !behind {
             self.session.start(tx);
@@ -217,8 +232,10 @@ impl Shell {
                         assert_eq!(bytes, b"QUIT\r\n", "sent after quit");
                     }
                     // Content goes out in the order transactions started.
-                    if let Some(a) = self.active.iter_mut().find(|a| !a.content_sent) {
-                        a.content_sent |= bytes == a.content;
+                    for a in self.active.iter_mut().filter(|a| !a.content_sent) {
+                        a.content_sent |= bytes == a.content
+                            || (a.content.starts_with(b"BDAT ")
+                                && bytes.windows(a.content.len()).any(|w| w == a.content));
                     }
                 }
                 Action::StartTls => {

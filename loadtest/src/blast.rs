@@ -2,7 +2,8 @@
 //! DNS and no durability pushes the scenario's messages (the same recipients, rendered from
 //! the same template straight into DATA form by the same writer) to the simulated providers
 //! over the same number of connections the engine may open, on as many executors as the
-//! engine has shards.
+//! engine has shards. Where the receiver offers CHUNKING and the engine would use it, blast
+//! sends BDAT as the engine does: two transactions in flight, the second behind an RSET.
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -10,7 +11,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spate::smtp::data::DataWriter;
-use spate::smtp::reply::ReplyParser;
+use spate::smtp::reply::{Reply, ReplyParser};
+use spate::smtp::session::Capabilities;
 use spate::template::Template;
 use spate_sim::scenario::Scenario;
 use std::cell::RefCell;
@@ -109,6 +111,7 @@ pub fn blast(
             .collect(),
     );
     let campaign = Arc::new(scenario.campaign());
+    let chunking = scenario.engine_chunking();
     let started = Instant::now();
     let mut handles = Vec::new();
     for shard in 0..shards {
@@ -157,6 +160,7 @@ pub fn blast(
                                 Arc::clone(&template),
                                 Arc::clone(&campaign),
                                 Rc::clone(&totals),
+                                chunking,
                             )));
                         }
                     }
@@ -202,9 +206,13 @@ struct Replies {
 impl Replies {
     /// The code of the next complete reply (multi-line replies are read whole).
     async fn next(&mut self, s: &mut TcpStream) -> std::io::Result<u16> {
+        Ok(self.next_reply(s).await?.code)
+    }
+
+    async fn next_reply(&mut self, s: &mut TcpStream) -> std::io::Result<Reply> {
         loop {
             match self.parser.next_reply() {
-                Ok(Some(reply)) => return Ok(reply.code),
+                Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {}
                 Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.0)),
             }
@@ -213,6 +221,106 @@ impl Replies {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             self.parser.push(&self.buf[..n]);
+        }
+    }
+}
+
+/// How a connection's BDAT transactions ended.
+enum Flow {
+    /// Nothing left to send: QUIT was sent.
+    Quit,
+    /// The connection failed or the server closed it; `progressed` if anything was
+    /// delivered on it. What was in flight is back in the queue.
+    Reconnect { progressed: bool },
+}
+
+/// What a connection's BDAT transactions share with the rest of its executor.
+struct Bdat<'a> {
+    queue: &'a RefCell<VecDeque<u64>>,
+    template: &'a Template,
+    order: &'a [Option<usize>],
+    campaign: &'a spate_sim::campaign::Campaign,
+    totals: &'a RefCell<Totals>,
+}
+
+impl Bdat<'_> {
+    /// Sends transactions as the engine's session does with BDAT: each message rendered into
+    /// DATA form and unstuffed into one `BDAT n LAST` chunk right behind its MAIL and RCPT,
+    /// two transactions in flight, the second behind an RSET.
+    async fn transactions(
+        &self,
+        s: &mut TcpStream,
+        r: &mut Replies,
+        body: &mut Vec<u8>,
+        rendered: &mut Vec<u8>,
+    ) -> Flow {
+        let mut window: VecDeque<(u64, Instant, bool)> = VecDeque::new();
+        let mut out = Vec::with_capacity(body.capacity() + 512);
+        let mut progressed = false;
+        loop {
+            while window.len() < 2 {
+                let Some(i) = self.queue.borrow_mut().pop_front() else {
+                    break;
+                };
+                let behind = !window.is_empty();
+                if behind {
+                    out.extend_from_slice(b"RSET\r\n");
+                }
+                let to = self.campaign.address(i);
+                let (name, code) = spate_sim::campaign::Campaign::vars(i);
+                let ours = [to.as_bytes(), name.as_bytes(), code.as_bytes()];
+                let values: Vec<&[u8]> = self
+                    .order
+                    .iter()
+                    .map(|&k| k.map_or(b"" as &[u8], |k| ours[k]))
+                    .collect();
+                body.clear();
+                let mut w = DataWriter::new();
+                self.template.render_data(&values, &mut w, body, rendered);
+                let chunk = w.finish_data(std::mem::take(body)).into_chunk();
+                out.extend_from_slice(b"MAIL FROM:<bounces@acme.example>\r\nRCPT TO:<");
+                out.extend_from_slice(to.as_bytes());
+                out.extend_from_slice(format!(">\r\nBDAT {} LAST\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(&chunk);
+                *body = chunk;
+                window.push_back((i, Instant::now(), behind));
+            }
+            let Some(&(_, t0, behind)) = window.front() else {
+                let _ = s.write_all(b"QUIT\r\n").await;
+                let _ = r.next(s).await;
+                return Flow::Quit;
+            };
+            let replies = async {
+                if !out.is_empty() {
+                    s.write_all(&out).await?;
+                    out.clear();
+                }
+                if behind && r.next(s).await? != 250 {
+                    return Ok(None);
+                }
+                let (_mail, _rcpt, last) = (r.next(s).await?, r.next(s).await?, r.next(s).await?);
+                Ok::<_, std::io::Error>(Some(last))
+            }
+            .await;
+            let mut t = self.totals.borrow_mut();
+            let _ = t.hist.record(t0.elapsed().as_micros() as u64);
+            match replies {
+                Ok(Some(code)) if code / 100 == 2 => {
+                    t.delivered += 1;
+                    progressed = true;
+                }
+                Ok(Some(code)) if code != 421 => t.failed += 1,
+                // Closing, an RSET refused, or the connection gone: what was in flight is
+                // sent again on a new one.
+                _ => {
+                    let mut q = self.queue.borrow_mut();
+                    for &(j, _, _) in window.iter().rev() {
+                        q.push_front(j);
+                    }
+                    return Flow::Reconnect { progressed };
+                }
+            }
+            window.pop_front();
         }
     }
 }
@@ -230,6 +338,7 @@ async fn connection(
     template: Arc<Template>,
     campaign: Arc<spate_sim::campaign::Campaign>,
     totals: Rc<RefCell<Totals>>,
+    chunking: bool,
 ) {
     // The header section, rendered before it joins the body.
     let mut rendered = Vec::with_capacity(1024);
@@ -255,13 +364,36 @@ async fn connection(
             parser: ReplyParser::new(),
             buf: vec![0; 16 << 10],
         };
-        if r.next(&mut s).await.ok() != Some(220)
+        let ehlo = if r.next(&mut s).await.ok() != Some(220)
             || s.write_all(b"EHLO blast.test\r\n").await.is_err()
-            || r.next(&mut s).await.ok() != Some(250)
         {
+            None
+        } else {
+            r.next_reply(&mut s).await.ok().filter(|e| e.code == 250)
+        };
+        let Some(ehlo) = ehlo else {
             failures_in_a_row += 1;
             glommio::timer::sleep(Duration::from_millis(100)).await;
             continue;
+        };
+        if chunking && Capabilities::from_ehlo(&ehlo).chunking {
+            let bdat = Bdat {
+                queue: &queue,
+                template: &template,
+                order: &order,
+                campaign: &campaign,
+                totals: &totals,
+            };
+            match bdat
+                .transactions(&mut s, &mut r, &mut body, &mut rendered)
+                .await
+            {
+                Flow::Quit => break 'connect,
+                Flow::Reconnect { progressed } => {
+                    failures_in_a_row = if progressed { 0 } else { failures_in_a_row + 1 };
+                    continue 'connect;
+                }
+            }
         }
         // The transaction whose commands went out behind the previous one's final dot, as the
         // engine pipelines them (`[delivery] pipeline_transactions`, on by default).

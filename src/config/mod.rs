@@ -118,6 +118,9 @@ pub struct Delivery {
     /// Where the receiver offers PIPELINING, send the next transaction's MAIL, RCPT and DATA
     /// right behind the previous one's final dot (RFC 2920). Reloadable.
     pub pipeline_transactions: bool,
+    /// Where the receiver offers CHUNKING, send each message as one `BDAT n LAST` chunk
+    /// right behind its MAIL and RCPT, with no 354 to wait for (RFC 3030). Reloadable.
+    pub chunking: bool,
     /// Queue only, send nothing (an operator's pause; also the demo's, until simulated ISPs
     /// exist). Reloadable.
     pub paused: bool,
@@ -179,6 +182,8 @@ pub struct Provider {
     /// Send the next transaction's commands behind the previous one's final dot (extension;
     /// `[delivery] pipeline_transactions` when unset).
     pub pipeline_transactions: Option<bool>,
+    /// Send messages with BDAT where offered (extension; `[delivery] chunking` when unset).
+    pub chunking: Option<bool>,
 }
 
 /// A rate such as `300/s`, kept as messages per `per`.

@@ -102,6 +102,7 @@ struct RawDelivery {
     site_connection_limit: Option<u32>,
     ip_connection_limit: Option<u32>,
     pipeline_transactions: Option<bool>,
+    chunking: Option<bool>,
     paused: Option<bool>,
     allow_private_destinations: Option<bool>,
     tls: Option<String>,
@@ -166,6 +167,7 @@ struct RawProvider {
     max_message_rate: Option<String>,
     max_deliveries_per_connection: Option<u32>,
     pipeline_transactions: Option<bool>,
+    chunking: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +289,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             .ip_connection_limit
             .unwrap_or(crate::delivery::endpoints::IP_CONNECTION_LIMIT),
         pipeline_transactions: raw.delivery.pipeline_transactions.unwrap_or(true),
+        chunking: raw.delivery.chunking.unwrap_or(true),
         paused: raw.delivery.paused.unwrap_or(false),
         allow_private_destinations: raw.delivery.allow_private_destinations.unwrap_or(false),
         tls: crate::delivery::tls::parse_policy(
@@ -456,6 +459,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 max_message_rate,
                 max_deliveries_per_connection,
                 pipeline_transactions: p.pipeline_transactions,
+                chunking: p.chunking,
             },
         );
     }

@@ -253,11 +253,15 @@ fn connections_per_address_and_pipelining_keys() {
     let c = Config::parse("", "t").unwrap();
     assert_eq!(c.delivery.ip_connection_limit, 100);
     assert!(c.delivery.pipeline_transactions);
-    let text = "[delivery]\nip_connection_limit = 7\npipeline_transactions = false\n[providers.x]\nmx_suffixes = [\".x.test\"]\npipeline_transactions = true\n";
+    assert!(c.delivery.chunking);
+    let text = "[delivery]\nip_connection_limit = 7\npipeline_transactions = false\nchunking = false\n[providers.x]\nmx_suffixes = [\".x.test\"]\npipeline_transactions = true\nchunking = true\n[providers.y]\nmx_suffixes = [\".y.test\"]\n";
     let c = Config::parse(text, "t").unwrap();
     assert_eq!(c.delivery.ip_connection_limit, 7);
     assert!(!c.delivery.pipeline_transactions);
+    assert!(!c.delivery.chunking);
     assert_eq!(c.providers["x"].pipeline_transactions, Some(true));
+    assert_eq!(c.providers["x"].chunking, Some(true));
+    assert_eq!(c.providers["y"].chunking, None);
     let e = Config::parse("[delivery]\nip_connection_limit = 0\n", "t").unwrap_err();
     assert!(e.0.contains("delivery.ip_connection_limit"), "{}", e.0);
 }

@@ -209,6 +209,12 @@ impl Connection {
         self.started.len()
     }
 
+    /// Whether transactions started from now on go with BDAT where the receiver offers
+    /// CHUNKING (`[delivery] chunking`).
+    pub fn set_chunking(&mut self, on: bool) {
+        self.session.set_chunking(on);
+    }
+
     /// Starts a transaction (behind the one in progress, if pipelining); its results come
     /// from `next_done`, in the order started. On a connection that cannot take it, its
     /// recipients get `ConnectionLost` there.

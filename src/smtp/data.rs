@@ -242,6 +242,32 @@ impl Data {
         self.bytes
     }
 
+    /// The message as one BDAT chunk (RFC 3030): the same octets without the terminator and
+    /// without the dots of dot-stuffing, in the same buffer. A message with no line starting
+    /// with a dot (nearly all) only loses its last three octets; otherwise each stuffed line
+    /// gives its first dot back, in one pass.
+    pub fn into_chunk(self) -> Vec<u8> {
+        let mut b = self.bytes;
+        b.truncate(b.len().saturating_sub(b".\r\n".len()));
+        if b.len() as u64 == self.size {
+            return b;
+        }
+        // Every line of the stuffed form that starts with a dot was stuffed: a dot that
+        // starts a line of the message became two, and a header fold starts with a space.
+        let (mut read, mut write) = (0, 0);
+        while read < b.len() {
+            if b[read] == b'.' {
+                read += 1;
+            }
+            let end = memchr::memmem::find(&b[read..], b"\r\n").map_or(b.len(), |p| read + p + 2);
+            b.copy_within(read..end, write);
+            write += end - read;
+            read = end;
+        }
+        b.truncate(write);
+        b
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -497,6 +523,30 @@ mod tests {
             if !want.is_empty() && !want.ends_with(b"\n") { want.push(b'\n'); }
             prop_assert_eq!(received, want);
         }
+
+        #[test]
+        fn a_chunk_is_the_data_unstuffed_without_its_terminator(input in input_bytes()) {
+            let data = Data::encode(&input);
+            let size = data.size();
+            let stuffed = data.bytes().to_vec();
+            let chunk = data.into_chunk();
+            // What a receiver makes of the DATA form: each line's stuffing dot removed.
+            let mut want = Vec::new();
+            for line in stuffed[..stuffed.len() - 3].split_inclusive(|&b| b == b'\n') {
+                want.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+            }
+            prop_assert_eq!(&chunk, &want);
+            prop_assert_eq!(chunk.len() as u64, size, "BDAT's count is SIZE's");
+        }
+    }
+
+    #[test]
+    fn a_chunk_unstuffs_lines_in_place() {
+        let chunk = Data::encode(b"a\n.b\n..\n.").into_chunk();
+        assert_eq!(chunk, b"a\r\n.b\r\n..\r\n.\r\n");
+        let plain = Data::encode(b"Subject: x\n\nbody\n");
+        assert_eq!(plain.into_chunk(), b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(Data::encode(b"").into_chunk(), b"");
     }
 
     /// What must hold for any input and any chunking: the same output as one `write`;

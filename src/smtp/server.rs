@@ -12,6 +12,12 @@
 //! buffering beyond it), recipients per transaction at most `ServerConfig::max_recipients`
 //! (452 beyond), a message at most `ServerConfig::max_message_bytes` (552, counted as it
 //! streams; the body is still read to its end so the session stays in step).
+//!
+//! With `ServerConfig::chunking`, CHUNKING (RFC 3030) is offered: `BDAT n [LAST]` is followed
+//! by exactly n octets of message, handed out as they come (no unstuffing, no scan). A chunk
+//! the server refuses (no transaction, no recipient, DATA's sequence) is read and discarded
+//! before its refusal, so the session stays in step; a count that does not parse closes the
+//! session, since where the chunk ends is then unknown.
 
 use std::fmt::Write as _;
 
@@ -29,6 +35,8 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Whether STARTTLS is offered (the shell has a certificate).
     pub starttls: bool,
+    /// Whether CHUNKING (BDAT) is offered.
+    pub chunking: bool,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +46,7 @@ impl Default for ServerConfig {
             max_message_bytes: 50 << 20,
             max_recipients: 1000,
             starttls: false,
+            chunking: true,
         }
     }
 }
@@ -58,9 +67,13 @@ pub enum Event<'a> {
     /// The final dot of a message over `max_message_bytes`: 552 was written; discard what
     /// was collected.
     MessageTooBig,
+    /// RSET, EHLO or HELO ended a transaction whose message had come in part (BDAT chunks
+    /// before the LAST one): its reply was written; discard what was collected, so none of
+    /// it ends up in the next message.
+    MessageAbandoned,
     /// 220 was written for STARTTLS: write it, discard any input after the command (RFC
-    /// 3207: it was sent in the clear and must not count), run the handshake, then call
-    /// [`Server::tls_started`].
+    /// 3207: it was sent in the clear and must not count) and any transaction in progress
+    /// with what was collected of it, run the handshake, then call [`Server::tls_started`].
     StartTls,
     /// Write what is pending and close (QUIT, a 421, or a line too long).
     Close,
@@ -75,6 +88,8 @@ enum Phase {
     Mail,
     /// Reading the message; the scanner's state (see `scan_body`).
     Data(u8),
+    /// Reading a BDAT chunk (`Chunk` says how much is left and what comes after).
+    Chunk,
     Closing,
 }
 
@@ -98,6 +113,21 @@ pub struct Server {
     /// Octets of the current message so far.
     size: usize,
     commands: u64,
+    /// The BDAT chunk being read.
+    chunk: Chunk,
+    /// A BDAT chunk was accepted in this transaction: DATA may not follow (RFC 3030).
+    chunked: bool,
+}
+
+/// A BDAT chunk being read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chunk {
+    /// Octets still to read.
+    left: u64,
+    last: bool,
+    /// Refused: read and discard it, then give this reply and go back to `after`.
+    refusal: Option<(u16, &'static str)>,
+    after: Option<Phase>,
 }
 
 impl Server {
@@ -110,6 +140,8 @@ impl Server {
             rcpts: 0,
             size: 0,
             commands: 0,
+            chunk: Chunk::default(),
+            chunked: false,
         }
     }
 
@@ -136,6 +168,11 @@ impl Server {
         self.commands
     }
 
+    /// Whether the current message came in BDAT chunks (until the next MAIL).
+    pub fn is_chunked(&self) -> bool {
+        self.chunked
+    }
+
     /// Recipients accepted in the current transaction.
     pub fn recipients(&self) -> usize {
         self.rcpts
@@ -148,6 +185,7 @@ impl Server {
         self.phase = Phase::Fresh;
         self.awaiting = Awaiting::Nothing;
         self.rcpts = 0;
+        self.chunked = false;
     }
 
     /// Answers the decision the last event asked for: `code` (200-599) and `text` (an
@@ -164,11 +202,13 @@ impl Server {
             Awaiting::Mail if positive => {
                 self.phase = Phase::Mail;
                 self.rcpts = 0;
+                self.chunked = false;
             }
             Awaiting::Rcpt if positive => self.rcpts += 1,
             Awaiting::MessageEnd => {
                 self.phase = Phase::Greeted;
                 self.rcpts = 0;
+                self.chunked = false;
             }
             Awaiting::Mail | Awaiting::Rcpt | Awaiting::Nothing => {}
         }
@@ -196,6 +236,17 @@ impl Server {
         loop {
             if self.phase == Phase::Closing {
                 return (used, Event::Close);
+            }
+            if self.phase == Phase::Chunk {
+                let (n, event) = self.read_chunk(&input[used..], out);
+                used += n;
+                match event {
+                    Some(event) => return (used, event),
+                    None if used == input.len() && self.phase == Phase::Chunk => {
+                        return (used, Event::NeedMore)
+                    }
+                    None => continue,
+                }
             }
             if let Phase::Data(state) = self.phase {
                 let (n, event) = self.body(state, &input[used..], out);
@@ -247,9 +298,10 @@ impl Server {
             }
             self.phase = Phase::Greeted;
             self.rcpts = 0;
+            let abandoned = std::mem::take(&mut self.chunked).then_some(Event::MessageAbandoned);
             if is("HELO") {
                 self.line(250, &self.config.hostname, out);
-                return None;
+                return abandoned;
             }
             let c = &self.config;
             let mut w = Line(out);
@@ -259,8 +311,11 @@ impl Server {
             if c.starttls && !self.tls {
                 let _ = write!(w, "250-STARTTLS\r\n");
             }
+            if c.chunking {
+                let _ = write!(w, "250-CHUNKING\r\n");
+            }
             let _ = write!(w, "250 SMTPUTF8\r\n");
-            return None;
+            return abandoned;
         }
         if is("QUIT") {
             self.line(221, "2.0.0 Bye", out);
@@ -277,7 +332,7 @@ impl Server {
             }
             self.rcpts = 0;
             self.line(250, "2.0.0 OK", out);
-            return None;
+            return std::mem::take(&mut self.chunked).then_some(Event::MessageAbandoned);
         }
         if is("VRFY") {
             self.line(252, "2.5.2 Cannot VRFY user", out);
@@ -353,9 +408,14 @@ impl Server {
             self.awaiting = Awaiting::Rcpt;
             return Some(Event::Rcpt { to });
         }
+        if is("BDAT") && self.config.chunking {
+            return self.bdat(arg, out);
+        }
         if is("DATA") {
             if self.phase != Phase::Mail {
                 self.line(503, "5.5.1 MAIL first", out);
+            } else if self.chunked {
+                self.line(503, "5.5.1 DATA after BDAT", out);
             } else if self.rcpts == 0 {
                 self.line(554, "5.5.1 No valid recipients", out);
             } else {
@@ -368,6 +428,81 @@ impl Server {
         }
         self.line(500, "5.5.2 Command not recognized", out);
         None
+    }
+
+    /// `BDAT n [LAST]`: starts reading the chunk, accepted or to be discarded.
+    fn bdat<'a>(&mut self, arg: &[u8], out: &mut Vec<u8>) -> Option<Event<'a>> {
+        let mut words = arg.split(|b| *b == b' ').filter(|w| !w.is_empty());
+        let count = words.next().filter(|w| w.iter().all(u8::is_ascii_digit));
+        let count = count.and_then(|w| std::str::from_utf8(w).ok()?.parse::<u64>().ok());
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case(b"LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(left), Some(last), None) = (count, last, words.next()) else {
+            // Where the chunk ends is unknown: its octets would be read as commands.
+            self.line(501, "5.5.4 Syntax: BDAT count [LAST]", out);
+            self.phase = Phase::Closing;
+            return Some(Event::Close);
+        };
+        let refusal = if self.phase != Phase::Mail {
+            Some((503, "5.5.1 MAIL first"))
+        } else if self.rcpts == 0 {
+            Some((554, "5.5.1 No valid recipients"))
+        } else {
+            None
+        };
+        if refusal.is_none() && !self.chunked {
+            self.chunked = true;
+            self.size = 0;
+        }
+        self.chunk = Chunk {
+            left,
+            last,
+            refusal,
+            after: Some(self.phase),
+        };
+        self.phase = Phase::Chunk;
+        None
+    }
+
+    /// Reads chunk octets: the next run of them for the shell, the message's end, or `None`
+    /// when the bytes used held neither (discarded, past the size limit, a chunk's end).
+    fn read_chunk<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> (usize, Option<Event<'a>>) {
+        let take = input
+            .len()
+            .min(usize::try_from(self.chunk.left).unwrap_or(usize::MAX));
+        self.chunk.left -= take as u64;
+        let run = &input[..take];
+        if self.chunk.refusal.is_none() && !run.is_empty() {
+            self.size = self.size.saturating_add(take);
+            if self.size <= self.config.max_message_bytes {
+                return (take, Some(Event::Body(run)));
+            }
+        }
+        if self.chunk.left > 0 {
+            return (take, None);
+        }
+        if let Some((code, text)) = self.chunk.refusal {
+            self.phase = self.chunk.after.unwrap_or(Phase::Greeted);
+            self.line(code, text, out);
+            return (take, None);
+        }
+        if self.size > self.config.max_message_bytes {
+            self.rcpts = 0;
+            self.chunked = false;
+            self.phase = Phase::Greeted;
+            self.line(552, "5.3.4 Message size exceeds fixed limit", out);
+            return (take, Some(Event::MessageTooBig));
+        }
+        self.phase = Phase::Mail;
+        if !self.chunk.last {
+            self.line(250, "2.0.0 Chunk received", out);
+            return (take, None);
+        }
+        self.awaiting = Awaiting::MessageEnd;
+        (take, Some(Event::MessageEnd))
     }
 
     /// Scans message bytes: the next run of body bytes, or the end of the message; `None`
@@ -575,6 +710,10 @@ mod tests {
                         events.push("too big".into());
                         body.clear();
                     }
+                    Event::MessageAbandoned => {
+                        events.push("abandoned".into());
+                        body.clear();
+                    }
                     Event::StartTls => {
                         events.push("starttls".into());
                         pending.clear();
@@ -656,6 +795,102 @@ mod tests {
             let (_, bodies, _) = run(ServerConfig::default(), &input, step);
             proptest::prop_assert_eq!(bodies, vec![unstuff(&data)]);
         }
+    }
+
+    #[test]
+    fn bdat_chunks_are_the_message_byte_for_byte_in_any_split() {
+        let message = b"Subject: hi\r\n\r\n.leading dot\r\nBDAT 3\r\nQUIT\r\n";
+        let (first, rest) = message.split_at(20);
+        let mut input =
+            b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nRCPT TO:<u@bad.example>\r\n".to_vec();
+        input.extend_from_slice(format!("BDAT {}\r\n", first.len()).as_bytes());
+        input.extend_from_slice(first);
+        input.extend_from_slice(format!("BDAT {} LAST\r\n", rest.len()).as_bytes());
+        input.extend_from_slice(rest);
+        input.extend_from_slice(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nBDAT 0 LAST\r\nQUIT\r\n");
+        let (whole, bodies, events) = run(ServerConfig::default(), &input, input.len());
+        assert!(whole.contains("250-CHUNKING\r\n"));
+        assert_eq!(
+            codes(&whole),
+            ["220", "250", "250", "250", "550", "250", "250", "250", "250", "250", "221"]
+        );
+        assert_eq!(
+            bodies,
+            [message.to_vec(), Vec::new()],
+            "as sent, nothing unstuffed"
+        );
+        assert_eq!(events.last().map(String::as_str), Some("close"));
+        for step in [1, 2, 3, 7, 64] {
+            let split = run(ServerConfig::default(), &input, step);
+            assert_eq!(
+                (split.0, split.1),
+                (whole.clone(), bodies.clone()),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_chunk_is_read_before_its_refusal_and_never_as_commands() {
+        let cases: &[(&str, &[&str])] = &[
+            // The chunk holds what would be commands: read, discarded, then refused.
+            ("EHLO c\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n", &["220", "250", "503", "250"]),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@bad.example>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+                &["220", "250", "250", "550", "554", "250"],
+            ),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nBDAT 2\r\nabDATA\r\n",
+                &["220", "250", "250", "250", "250", "503"],
+            ),
+            // A count that does not parse: where the chunk ends is unknown, so the session ends.
+            ("EHLO c\r\nBDAT x\r\nNOOP\r\n", &["220", "250", "501"]),
+            ("EHLO c\r\nBDAT 99999999999999999999999 LAST\r\n", &["220", "250", "501"]),
+            ("EHLO c\r\nBDAT 3 LAST MORE\r\n", &["220", "250", "501"]),
+        ];
+        for (input, want) in cases {
+            let (out, bodies, _) = run(ServerConfig::default(), input.as_bytes(), 1000);
+            assert_eq!(codes(&out), *want, "{input:?}");
+            assert!(bodies.is_empty(), "{input:?}");
+        }
+        // Not offered: BDAT is an unknown command, and the EHLO reply does not name it.
+        let off = ServerConfig {
+            chunking: false,
+            ..ServerConfig::default()
+        };
+        let (out, _, _) = run(off, b"EHLO c\r\nBDAT 0 LAST\r\n", 1000);
+        assert!(!out.contains("CHUNKING"));
+        assert_eq!(codes(&out), ["220", "250", "500"]);
+    }
+
+    #[test]
+    fn a_message_begun_in_chunks_and_reset_leaves_nothing_in_the_next() {
+        for reset in ["RSET", "EHLO c", "HELO c"] {
+            let input = format!(
+                "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nBDAT 5\r\nstale{reset}\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nBDAT 5 LAST\r\nfresh"
+            );
+            let (out, bodies, events) = run(ServerConfig::default(), input.as_bytes(), 3);
+            assert_eq!(bodies, [b"fresh".to_vec()], "{reset}");
+            assert!(events.contains(&"abandoned".to_string()), "{reset}");
+            assert_eq!(codes(&out).len(), 9, "{reset}: {out}");
+        }
+    }
+
+    #[test]
+    fn chunks_over_the_size_limit_are_read_and_refused_whole() {
+        let config = ServerConfig {
+            max_message_bytes: 10,
+            ..ServerConfig::default()
+        };
+        let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nBDAT 8\r\n01234567BDAT 8 LAST\r\n89abcdefNOOP\r\n";
+        let (out, bodies, events) = run(config, input, 3);
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "250", "552", "250"]
+        );
+        assert!(bodies.is_empty());
+        assert!(events.contains(&"too big".to_string()));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! time. A `421` at any point means the server is closing: every recipient in flight gets
 //! `RcptResult::ServiceClosing` (retry elsewhere; not a failure of the message) and the session
 //! closes.
+//!
+//! Where the server offers CHUNKING (RFC 3030) and the shell allows it (`set_chunking`), the
+//! message goes as one `BDAT n LAST` chunk instead: its count, then its octets unstuffed,
+//! right behind MAIL and RCPT in the same write. There is no 354 to wait for, so a message
+//! costs one round trip even alone, and the server need not scan the content for the final
+//! dot.
 
 use super::data::Data;
 use super::reply::{Reply, ReplyError, ReplyParser};
@@ -64,6 +70,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
     pub starttls: bool,
+    /// RFC 3030: BDAT may carry the message.
+    pub chunking: bool,
 }
 
 impl Capabilities {
@@ -82,6 +90,7 @@ impl Capabilities {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "STARTTLS" => caps.starttls = true,
+                "CHUNKING" => caps.chunking = true,
                 _ => {}
             }
         }
@@ -144,6 +153,8 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    /// `BDAT n LAST` with the message: its reply is the final one, as after DATA's dot.
+    Bdat,
     /// The dot after DATA with no accepted recipient; its reply is ignored.
     EmptyDataEnd,
     DataEnd,
@@ -162,15 +173,16 @@ enum Phase {
 }
 
 struct Active {
-    /// The message as DATA content (canonical, dot-stuffed, terminated), as `start` got it.
+    /// The message as DATA content (canonical, dot-stuffed, terminated), as `start` got it;
+    /// empty once sent, or when it went as a BDAT chunk.
     data: Vec<u8>,
     results: Vec<Option<RcptResult>>,
     mail_failed: Option<Reply>,
     /// Decided here (SIZE, SMTPUTF8) when started behind another: nothing is sent for it,
     /// and its results come when the one before it is done, in order.
     decided: bool,
-    /// Its content and final dot have been handed to the shell: a transaction started
-    /// behind it now may send its commands at once.
+    /// Its content and final dot (or its last chunk) have been handed on: a transaction
+    /// started behind it now may send its commands at once.
     content_sent: bool,
 }
 
@@ -186,6 +198,12 @@ pub struct Session {
     in_flight: VecDeque<Expect>,
     /// Commands not yet written (without PIPELINING they go one at a time).
     queued: VecDeque<(Vec<u8>, Expect)>,
+    /// The content of each `Expect::Bdat` command queued or held, in their order: it goes
+    /// out right behind its command.
+    chunks: VecDeque<Vec<u8>>,
+    /// Send messages with BDAT where the server offers CHUNKING. A transaction pipelined
+    /// behind one whose outcome is not known yet goes behind an RSET.
+    chunking: bool,
     /// Transactions in progress, oldest first: the replies being read are the front one's.
     /// A second one only with PIPELINING (`can_pipeline`).
     actives: VecDeque<Active>,
@@ -216,6 +234,8 @@ impl Session {
             tls_active: false,
             in_flight: VecDeque::from([Expect::Greeting]),
             queued: VecDeque::new(),
+            chunks: VecDeque::new(),
+            chunking: false,
             actives: VecDeque::new(),
             held: VecDeque::new(),
             actions: VecDeque::new(),
@@ -223,6 +243,12 @@ impl Session {
             replies_received: 0,
             data_queued: false,
         }
+    }
+
+    /// Whether messages started from now on go as BDAT chunks where the server offers
+    /// CHUNKING (off until the shell says so). Transactions already started keep their way.
+    pub fn set_chunking(&mut self, on: bool) {
+        self.chunking = on;
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -274,7 +300,7 @@ impl Session {
             Some(Expect::Mail) => t.mail,
             Some(Expect::Rcpt(_)) => t.rcpt,
             Some(Expect::Data) => t.data_init,
-            Some(Expect::DataEnd | Expect::EmptyDataEnd) => t.data_done,
+            Some(Expect::DataEnd | Expect::EmptyDataEnd | Expect::Bdat) => t.data_done,
             Some(Expect::StartTls | Expect::Rset | Expect::Quit) | None => t.other,
         }
     }
@@ -345,7 +371,7 @@ impl Session {
         }
         let needs_utf8 = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
         let (eight_bit, size) = (tx.data.eight_bit(), tx.data.size());
-        let data = tx.data.into_bytes();
+        let bdat = self.chunking && self.caps.chunking;
         let local = if needs_utf8 && !self.caps.smtputf8 {
             Some(Reply::new(
                 553,
@@ -363,6 +389,7 @@ impl Session {
             // Decided here: nothing is sent, and the session stays as it was. Behind another
             // transaction, its results wait for that one's, so results come in order.
             if behind {
+                crate::buffers::give(tx.data.into_bytes());
                 self.actives.push_back(Active {
                     data: Vec::new(),
                     results: vec![Some(RcptResult::Reply(reply)); n],
@@ -371,6 +398,7 @@ impl Session {
                     content_sent: false,
                 });
             } else {
+                crate::buffers::give(tx.data.into_bytes());
                 self.actions
                     .push_back(Action::Done(vec![RcptResult::Reply(reply); n]));
                 self.actions.push_back(Action::Ready);
@@ -396,15 +424,33 @@ impl Session {
                 Expect::Rcpt(i),
             ));
         }
-        commands.push((b"DATA\r\n".to_vec(), Expect::Data));
+        let data = if bdat {
+            // The chunk goes right behind its command, whatever MAIL and RCPT are answered:
+            // a server reads a BDAT's octets even when it refuses it, so they stay in step.
+            let chunk = tx.data.into_chunk();
+            let command = format!("BDAT {} LAST\r\n", chunk.len());
+            commands.push((command.into_bytes(), Expect::Bdat));
+            self.chunks.push_back(chunk);
+            Vec::new()
+        } else {
+            commands.push((b"DATA\r\n".to_vec(), Expect::Data));
+            tx.data.into_bytes()
+        };
         self.actives.push_back(Active {
             data,
             results: vec![None; n],
             mail_failed: None,
             decided: false,
-            content_sent: false,
+            content_sent: bdat,
         });
         if behind {
+            if bdat && self.actives.front().is_some_and(|a| a.content_sent) {
+                // Whether the one ahead opened a transaction it will not close (every
+                // recipient refused, its chunk refused) is not known yet, and a MAIL inside
+                // an open one would be refused with 503, a permanent failure for a message
+                // that did nothing wrong: an RSET first makes it safe whatever happens.
+                self.needs_rset = true;
+            }
             self.held.extend(commands);
             // Started after the first one's 354 was answered with its content: nothing is
             // left to wait for, so they go now (in the same write as that content, if the
@@ -474,7 +520,7 @@ impl Session {
             }
             return;
         };
-        if reply.code == 421 && expect == Expect::DataEnd {
+        if reply.code == 421 && matches!(expect, Expect::DataEnd | Expect::Bdat) {
             // The server received the whole message and answered it with 421: that is this
             // message's reply (an attempt, retried on the usual schedule), not load shed
             // before it. Otherwise a server that 421s every message would have it resent
@@ -564,7 +610,16 @@ impl Session {
             }
             Expect::Data => self.on_data_reply(reply),
             Expect::EmptyDataEnd => self.finish_transaction(),
-            Expect::DataEnd => {
+            // With no recipient accepted, the reply to BDAT is a refusal that decides
+            // nobody's fate: each one already has its own.
+            Expect::DataEnd | Expect::Bdat if (300..400).contains(&reply.code) => {
+                // Neither "delivered" nor "refused": the server is not speaking SMTP.
+                self.close_with(
+                    CloseReason::Protocol(format!("the message was answered with {reply}")),
+                    None,
+                );
+            }
+            Expect::DataEnd | Expect::Bdat => {
                 if let Some(a) = self.actives.front_mut() {
                     for r in a.results.iter_mut().filter(|r| r.is_none()) {
                         *r = Some(RcptResult::Reply(reply.clone()));
@@ -674,6 +729,9 @@ impl Session {
         self.in_flight.clear();
         self.queued.clear();
         self.held.clear();
+        for chunk in self.chunks.drain(..) {
+            crate::buffers::give(chunk);
+        }
     }
 
     fn close_with(&mut self, reason: CloseReason, service_closing: Option<Reply>) {
@@ -709,8 +767,17 @@ impl Session {
             if !self.caps.pipelining && !idle {
                 break;
             }
+            if batch.is_empty() {
+                // A pooled buffer: a message's chunk joins its commands in it.
+                batch = crate::buffers::take();
+            }
             batch.extend_from_slice(line);
             let (_, expect) = self.queued.pop_front().expect("front exists");
+            if expect == Expect::Bdat {
+                let chunk = self.chunks.pop_front().unwrap_or_default();
+                batch.extend_from_slice(&chunk);
+                crate::buffers::give(chunk);
+            }
             self.in_flight.push_back(expect);
             if !self.caps.pipelining {
                 break;

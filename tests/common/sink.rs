@@ -69,6 +69,8 @@ pub struct Received {
     pub open_max: usize,
     /// Recipients of each accepted transaction, in order.
     pub transactions: Vec<usize>,
+    /// Accepted transactions whose message came in BDAT chunks (the sink offers CHUNKING).
+    pub chunked: usize,
 }
 
 pub struct Sink {
@@ -250,6 +252,7 @@ fn serve(
                     let text = String::from_utf8_lossy(&std::mem::take(&mut body)).into_owned();
                     let mut got = received.lock().unwrap();
                     got.transactions.push(rcpts.len());
+                    got.chunked += usize::from(server.is_chunked());
                     for rcpt in rcpts.drain(..) {
                         *got.deliveries.entry(rcpt.clone()).or_default() += 1;
                         if server.is_tls() {
@@ -260,7 +263,7 @@ fn serve(
                     drop(got);
                     server.reply(250, "2.0.0 queued", &mut out);
                 }
-                Event::MessageTooBig => body.clear(),
+                Event::MessageTooBig | Event::MessageAbandoned => body.clear(),
                 Event::StartTls => starttls = true,
                 Event::Close => close = true,
             }

@@ -126,6 +126,9 @@ pub struct ProviderProfile {
     /// Offer STARTTLS (needs the sink's `tls_cert` and `tls_key`).
     #[serde(default)]
     pub tls: bool,
+    /// Offer CHUNKING (BDAT), as Gmail's and Microsoft's servers do.
+    #[serde(default = "default_chunking")]
+    pub chunking: bool,
     /// Scenarios only: the share of a campaign's recipients at this provider's domains.
     #[serde(default)]
     pub share: f64,
@@ -139,6 +142,10 @@ pub struct ProviderProfile {
     /// A long tail: this many more domains, `<name>-<i>.test`, each with its own MX host.
     #[serde(default)]
     pub tail: u32,
+}
+
+fn default_chunking() -> bool {
+    true
 }
 
 fn default_connections() -> u32 {

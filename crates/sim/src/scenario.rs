@@ -155,6 +155,15 @@ impl Scenario {
         }
     }
 
+    /// Whether the engine sends with BDAT where offered (`[delivery] chunking` among the
+    /// scenario's delivery keys; on unless they turn it off), so `blast` can do the same.
+    pub fn engine_chunking(&self) -> bool {
+        toml::from_str::<toml::Table>(&self.delivery_keys)
+            .ok()
+            .and_then(|t| t.get("chunking").and_then(toml::Value::as_bool))
+            .unwrap_or(true)
+    }
+
     /// How many domains the campaign spans.
     pub fn domain_count(&self) -> usize {
         self.providers.iter().map(|p| p.domains.len()).sum()

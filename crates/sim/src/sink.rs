@@ -437,6 +437,7 @@ impl Conversation {
         let server = Server::new(ServerConfig {
             hostname: "sink.test".into(),
             starttls: state.profile.tls && state.tls.is_some(),
+            chunking: state.profile.chunking,
             ..ServerConfig::default()
         });
         Conversation {
@@ -523,6 +524,11 @@ impl Conversation {
                             self.in_message = true;
                             if self.chance(self.state.profile.drop_mid_data) {
                                 bump(&self.state.stats.dropped);
+                                // The replies before this message's (one pipelined ahead
+                                // of it, with BDAT) were sent: only this one is cut off.
+                                if !out.is_empty() {
+                                    s.write_all(&out).await?;
+                                }
                                 return Ok(false);
                             }
                         }
@@ -531,7 +537,7 @@ impl Conversation {
                         pending += self.delay();
                         self.end_of_data(&mut out);
                     }
-                    Event::MessageTooBig => self.in_message = false,
+                    Event::MessageTooBig | Event::MessageAbandoned => self.in_message = false,
                     Event::StartTls => next = Next::StartTls,
                     Event::Close => next = Next::Close,
                 }

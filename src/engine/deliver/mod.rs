@@ -304,7 +304,8 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
 /// Sends `msg` (paced at `paced_at`) on the worker's connection and, while the receiver
 /// offers PIPELINING and the scope has messages that may go now, the next ones behind it
 /// (RFC 2920: each one's MAIL, RCPT and DATA right behind the previous one's final dot, one
-/// round trip a message instead of two), at most two in flight. Reports each transaction's
+/// round trip a message instead of two; with BDAT where `[delivery] chunking` allows it, each
+/// one whole behind the previous), at most two in flight. Reports each transaction's
 /// results as they come, in order. A message taken for another host set waits in `later`.
 #[allow(clippy::too_many_arguments)]
 async fn send(
@@ -326,13 +327,20 @@ async fn send(
     let mut in_flight: VecDeque<(Prepared, Instant)> = VecDeque::new();
     let mut first = Some((msg, paced_at));
     // Once per call, not per message: a reload applies from the worker's next call.
-    let pipelining = {
+    let (pipelining, chunking) = {
         let config = shard.config.borrow();
         let provider = config.providers.get(key);
-        provider
+        let pipelining = provider
             .and_then(|p| p.pipeline_transactions)
-            .unwrap_or(config.delivery.pipeline_transactions)
+            .unwrap_or(config.delivery.pipeline_transactions);
+        let chunking = provider
+            .and_then(|p| p.chunking)
+            .unwrap_or(config.delivery.chunking);
+        (pipelining, chunking)
     };
+    if let Some((c, _)) = conn.as_mut() {
+        c.set_chunking(chunking);
+    }
     while let Some((c, hosts)) = conn.as_mut() {
         if let Some((mut m, at)) = first.take() {
             c.start(transaction(&mut m));

@@ -586,3 +586,209 @@ fn timeouts_follow_the_phase() {
     h.server("250 ok\r\n250 ok\r\n354 go\r\n");
     assert_eq!(h.s.timeout(), t.data_done);
 }
+
+const EHLO_CHUNKING: &str =
+    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+
+/// A session greeted by a server offering CHUNKING, with BDAT allowed.
+fn chunking_session() -> Harness {
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.s.set_chunking(true);
+    h.server("220 hi\r\n");
+    h.server(EHLO_CHUNKING);
+    assert!(h.s.capabilities().chunking);
+    h.take_sent();
+    h
+}
+
+#[test]
+fn bdat_sends_the_message_unstuffed_in_the_write_with_its_commands() {
+    let mut h = chunking_session();
+    h.s.start(tx(&["a@x.test", "b@x.test"], "Subject: hi\n\n.dot\n"));
+    h.drain();
+    assert_eq!(
+        h.take_sent(),
+        "MAIL FROM:<bounces@acme.example> SIZE=21\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nBDAT 21 LAST\r\nSubject: hi\r\n\r\n.dot\r\n",
+        "one write, no 354 to wait for, the count as SIZE's"
+    );
+    h.server("250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n250 2.0.0 queued\r\n");
+    assert_eq!(codes(&h.done[0]), vec![550, 250]);
+    assert_eq!(h.ready, 2);
+    // Allowed but not offered, or offered but not allowed: DATA as before.
+    for (offer, allow) in [(false, true), (true, false)] {
+        let mut h = Harness::new(TlsPolicy::Disabled);
+        h.s.set_chunking(allow);
+        h.server("220 hi\r\n");
+        h.server(if offer { EHLO_CHUNKING } else { EHLO_PIPE });
+        h.take_sent();
+        h.s.start(tx(&["a@x.test"], "one"));
+        h.drain();
+        assert!(h.take_sent().ends_with("DATA\r\n"), "{offer} {allow}");
+    }
+}
+
+#[test]
+fn with_bdat_two_transactions_go_out_at_once_and_finish_in_order() {
+    let mut h = chunking_session();
+    h.s.start(tx(&["a@x.test"], "one"));
+    assert!(h.s.can_pipeline());
+    h.s.start(tx(&["b@x.test"], "two"));
+    h.drain();
+    assert_eq!(
+        h.take_sent(),
+        "MAIL FROM:<bounces@acme.example> SIZE=5\r\nRCPT TO:<a@x.test>\r\nBDAT 5 LAST\r\none\r\n\
+         RSET\r\nMAIL FROM:<bounces@acme.example> SIZE=5\r\nRCPT TO:<b@x.test>\r\nBDAT 5 LAST\r\ntwo\r\n",
+        "the second's commands need not wait for anything; the RSET keeps its MAIL safe"
+    );
+    h.server("250 ok\r\n250 ok\r\n250 queued 1\r\n250 ok\r\n250 ok\r\n");
+    assert_eq!(h.done.len(), 1);
+    assert_eq!(h.ready, 1, "not ready while the second is in progress");
+    h.server("451 4.3.0 try later\r\n250 queued 2\r\n");
+    assert_eq!(codes(&h.done[1]), vec![451]);
+    assert_eq!(h.ready, 2);
+}
+
+#[test]
+fn with_bdat_a_refused_mail_or_every_rcpt_refused_keeps_each_answer_and_rsets() {
+    // A refused MAIL: the server refuses the RCPT and the chunk too (after reading it).
+    let mut h = chunking_session();
+    h.s.start(tx(&["a@x.test"], "one"));
+    h.drain();
+    h.take_sent();
+    h.server("550 5.7.1 sender refused\r\n503 5.5.1 MAIL first\r\n503 5.5.1 MAIL first\r\n");
+    assert_eq!(
+        codes(&h.done[0]),
+        vec![550],
+        "MAIL's answer decides, not BDAT's"
+    );
+    // Every recipient refused: BDAT's refusal decides nobody's fate.
+    h.s.start(tx(&["b@x.test"], "two"));
+    h.drain();
+    assert!(h.take_sent().starts_with("RSET\r\nMAIL"));
+    h.server("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n");
+    assert_eq!(codes(&h.done[1]), vec![550]);
+    h.s.start(tx(&["c@x.test"], "three"));
+    h.drain();
+    assert!(h.take_sent().starts_with("RSET\r\nMAIL"));
+}
+
+#[test]
+fn with_bdat_a_421_answers_the_first_and_a_354_is_a_protocol_error() {
+    let mut h = chunking_session();
+    h.s.start(tx(&["a@x.test"], "one"));
+    h.s.start(tx(&["b@x.test"], "two"));
+    h.drain();
+    h.server("250 ok\r\n250 ok\r\n421 4.3.2 shutting down\r\n");
+    match (&h.done[0][0], &h.done[1][0]) {
+        (RcptResult::Reply(r), RcptResult::ServiceClosing(_)) if r.code == 421 => {}
+        other => panic!("{other:?}"),
+    }
+    let mut h = chunking_session();
+    h.s.start(tx(&["a@x.test"], "one"));
+    h.drain();
+    h.server("250 ok\r\n250 ok\r\n354 go on\r\n");
+    assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
+    assert_eq!(codes(&h.done[0]), vec![0], "retried, not delivered");
+}
+
+#[test]
+fn with_bdat_and_without_pipelining_the_chunk_goes_with_its_command_alone() {
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.s.set_chunking(true);
+    h.server("220 hi\r\n");
+    h.server("250-mx.test\r\n250 CHUNKING\r\n");
+    h.take_sent();
+    h.s.start(tx(&["a@x.test"], "one"));
+    h.drain();
+    assert_eq!(h.take_sent(), "MAIL FROM:<bounces@acme.example>\r\n");
+    h.server("250 ok\r\n");
+    assert_eq!(h.take_sent(), "RCPT TO:<a@x.test>\r\n");
+    h.server("250 ok\r\n");
+    assert_eq!(h.take_sent(), "BDAT 5 LAST\r\none\r\n");
+    h.server("250 queued\r\n");
+    assert_eq!(codes(&h.done[0]), vec![250]);
+}
+
+/// The session against the server core of `smtp::server`, in memory: what one writes the
+/// other reads, whole. Recipients at `bad.example` are refused; bodies are collected.
+fn converse(chunking: bool, txs: Vec<Transaction>) -> (Vec<Vec<u16>>, Vec<Vec<u8>>) {
+    use crate::smtp::server::{Event, Server, ServerConfig};
+    let mut server = Server::new(ServerConfig::default());
+    let mut s = Session::new("mta.example", TlsPolicy::Disabled, Timeouts::default());
+    s.set_chunking(chunking);
+    let (mut to_client, mut to_server) = (Vec::new(), Vec::new());
+    server.greeting(&mut to_client);
+    let (mut done, mut bodies, mut body) = (Vec::new(), Vec::new(), Vec::new());
+    let mut txs = txs.into_iter();
+    for _ in 0..1000 {
+        s.receive(&std::mem::take(&mut to_client));
+        while let Some(a) = s.next_action() {
+            match a {
+                Action::Send(b) => to_server.extend_from_slice(&b),
+                Action::Done(r) => done.push(codes(&r)),
+                Action::Ready | Action::StartTls | Action::Close(_) => {}
+            }
+        }
+        // Two in flight at most, as a worker keeps them.
+        while s.is_ready() || s.can_pipeline() {
+            let Some(tx) = txs.next() else { break };
+            s.start(tx);
+            while let Some(a) = s.next_action() {
+                match a {
+                    Action::Send(b) => to_server.extend_from_slice(&b),
+                    Action::Done(r) => done.push(codes(&r)),
+                    _ => {}
+                }
+            }
+        }
+        let mut used = 0;
+        loop {
+            let (n, event) = server.advance(&to_server[used..], &mut to_client);
+            used += n;
+            match event {
+                Event::NeedMore | Event::Close => break,
+                Event::Mail { .. } => server.reply(250, "2.1.0 ok", &mut to_client),
+                Event::Rcpt { to } if to.ends_with("@bad.example") => {
+                    server.reply(550, "5.1.1 unknown", &mut to_client)
+                }
+                Event::Rcpt { .. } => server.reply(250, "2.1.5 ok", &mut to_client),
+                Event::Body(b) => body.extend_from_slice(b),
+                Event::MessageEnd => {
+                    bodies.push(std::mem::take(&mut body));
+                    server.reply(250, "2.0.0 queued", &mut to_client);
+                }
+                Event::MessageTooBig | Event::MessageAbandoned => body.clear(),
+                Event::StartTls => unreachable!("not offered"),
+            }
+        }
+        to_server.drain(..used);
+        if to_client.is_empty() && s.is_ready() && txs.len() == 0 {
+            break;
+        }
+    }
+    (done, bodies)
+}
+
+#[test]
+fn a_message_behind_one_refused_whole_is_delivered_with_bdat_as_with_data() {
+    let txs = || {
+        vec![
+            tx(&["a@bad.example"], "one"),
+            tx(&["b@x.test"], "two\n.dot\n"),
+            tx(&["c@x.test", "d@bad.example"], ".three"),
+        ]
+    };
+    for chunking in [true, false] {
+        let (done, bodies) = converse(chunking, txs());
+        assert_eq!(
+            done,
+            vec![vec![550], vec![250], vec![250, 550]],
+            "{chunking}"
+        );
+        assert_eq!(
+            bodies,
+            [b"two\r\n.dot\r\n".to_vec(), b".three\r\n".to_vec()],
+            "{chunking}"
+        );
+    }
+}
