@@ -355,12 +355,8 @@ impl<L: LogSink> Core<L> {
     /// A worker of `scope` that left has closed its connection: if the scope's messages
     /// waited for that, a worker starts for them; otherwise the slot goes to a scope in line.
     pub fn connection_closed(&mut self, scope: &str) {
-        if self.owner.connection_closed(scope) {
-            self.effects.push(Effect::SpawnWorker {
-                scope: scope.to_string(),
-                preconnect: None,
-            });
-        }
+        let spawn = self.owner.connection_closed(scope);
+        self.spawn_for_held(scope, spawn);
         self.check_release(scope);
         self.serve_waiting();
     }
@@ -369,11 +365,22 @@ impl<L: LogSink> Core<L> {
     /// budget has the room its own connection would have taken, and the scope that parked
     /// it no longer counts it.
     pub fn unparked(&mut self, parked_by: Option<&str>) {
-        self.owner.unpark(parked_by);
+        let spawn = self.owner.unpark(parked_by);
         if let Some(scope) = parked_by {
+            self.spawn_for_held(scope, spawn);
             self.check_release(scope);
         }
         self.serve_waiting();
+    }
+
+    /// A worker counted in for `scope`'s messages that waited for a held connection to go.
+    fn spawn_for_held(&mut self, scope: &str, spawn: bool) {
+        if spawn {
+            self.effects.push(Effect::SpawnWorker {
+                scope: scope.to_string(),
+                preconnect: None,
+            });
+        }
     }
 
     /// A connection `parked_by` a scope's worker is being closed (idle too long, the budget
@@ -386,8 +393,9 @@ impl<L: LogSink> Core<L> {
     /// A parked connection taken out to close is closed: its slot goes to a scope in line,
     /// and the scope that parked it may release its share.
     pub fn parked_closed(&mut self, parked_by: Option<&str>) {
-        self.owner.parked_closed(parked_by);
+        let spawn = self.owner.parked_closed(parked_by);
         if let Some(scope) = parked_by {
+            self.spawn_for_held(scope, spawn);
             self.check_release(scope);
         }
         self.serve_waiting();

@@ -276,20 +276,57 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
-    /// A worker (counted already) took a connection `parked_by` a scope's worker.
-    pub fn unpark(&mut self, parked_by: Option<&str>) {
+    /// A worker (counted already) took a connection `parked_by` a scope's worker. True
+    /// when that scope's messages waited for it (its parked connections filled its cap): a
+    /// worker is counted in for them, to start.
+    pub fn unpark(&mut self, parked_by: Option<&str>) -> bool {
         self.parked = self.parked.saturating_sub(1);
-        if let Some(s) = parked_by.and_then(|k| self.scopes.get_mut(k)) {
-            s.parked = s.parked.saturating_sub(1);
+        let Some(key) = parked_by else {
+            return false;
+        };
+        match self.scopes.get_mut(key) {
+            Some(s) => s.parked = s.parked.saturating_sub(1),
+            None => return false,
         }
+        self.held_released(key)
     }
 
-    /// A parked connection taken out to close (`parked_closing`) is closed.
-    pub fn parked_closed(&mut self, parked_by: Option<&str>) {
+    /// A parked connection taken out to close (`parked_closing`) is closed. True when a
+    /// worker is counted in for the messages of the scope that parked it, as in `unpark`.
+    pub fn parked_closed(&mut self, parked_by: Option<&str>) -> bool {
         self.closing = self.closing.saturating_sub(1);
-        if let Some(s) = parked_by.and_then(|k| self.scopes.get_mut(k)) {
-            s.closing = s.closing.saturating_sub(1);
+        let Some(key) = parked_by else {
+            return false;
+        };
+        match self.scopes.get_mut(key) {
+            Some(s) => s.closing = s.closing.saturating_sub(1),
+            None => return false,
         }
+        self.held_released(key)
+    }
+
+    /// One of `key`'s connections held against its cap (closing or parked) went: if its
+    /// messages waited for that, a worker is counted in for them (true: start it), or the
+    /// scope waits in line for a slot. Every way a held connection goes must come here,
+    /// or a message can wait with no worker and nothing to wake it.
+    fn held_released(&mut self, key: &str) -> bool {
+        let free = self.connections_free();
+        let Some(s) = self.scopes.get_mut(key) else {
+            return false;
+        };
+        if s.workers >= s.workers_wanted() {
+            return false;
+        }
+        if free > 0 {
+            s.workers += 1;
+            self.workers_total += 1;
+            return true;
+        }
+        if !s.starved {
+            s.starved = true;
+            self.starved.push_back(key.to_string());
+        }
+        false
     }
 
     /// A parked connection is closing (idle too long, the budget needs its room, its scope's
@@ -333,24 +370,11 @@ impl<M: Recipients> Owner<M> {
     /// line.
     pub fn connection_closed(&mut self, key: &str) -> bool {
         self.closing = self.closing.saturating_sub(1);
-        let free = self.connections_free();
-        let Some(s) = self.scopes.get_mut(key) else {
-            return false;
-        };
-        s.closing = s.closing.saturating_sub(1);
-        if s.workers >= s.workers_wanted() {
-            return false;
+        match self.scopes.get_mut(key) {
+            Some(s) => s.closing = s.closing.saturating_sub(1),
+            None => return false,
         }
-        if free > 0 {
-            s.workers += 1;
-            self.workers_total += 1;
-            return true;
-        }
-        if !s.starved {
-            s.starved = true;
-            self.starved.push_back(key.to_string());
-        }
-        false
+        self.held_released(key)
     }
 
     /// True when `key` has messages here waiting for a worker.

@@ -538,3 +538,33 @@ fn parked_connections_count_against_the_budget_and_make_room_for_scopes_in_line(
         "taken by another worker: no longer c's"
     );
 }
+
+/// The stall a long-tail run found: a message for a scope whose own parked connections fill
+/// its cap gets no worker (none may open), and nothing started one when a parked connection
+/// went; the message waited, with no demand left to announce, until a restart.
+#[test]
+fn a_message_that_waited_for_its_scopes_parked_connection_gets_a_worker_when_it_goes() {
+    let t0 = Instant::now();
+    for closed in [false, true] {
+        let mut owner = Owner::<Msg>::new(1, 10);
+        owner.demand(scope("a"), limits(1, None), 0, 1, t0, false);
+        assert_eq!(granted(&mut owner, "a"), 1);
+        // a's worker leaves idle and parks its connection before the message arrives.
+        assert_eq!(owner.take("a", t0, false, true), Take::Exit);
+        owner.park("a");
+        assert_eq!(owner.prepared("a", 0, 1, vec![Msg(1)], t0), Ok(0));
+        assert_eq!(owner.spawn_starved(), Vec::<String>::new());
+        // The parked connection goes: taken by another scope's worker, or closed.
+        let spawn = if closed {
+            owner.parked_closing(Some("a"));
+            owner.parked_closed(Some("a"))
+        } else {
+            owner.unpark(Some("a"))
+        };
+        assert!(spawn, "a worker for the waiting message (closed: {closed})");
+        assert!(matches!(
+            owner.take("a", t0, false, false),
+            Take::Send { .. }
+        ));
+    }
+}
