@@ -490,6 +490,20 @@ fn a_2xx_to_data_is_a_protocol_error_not_a_delivery() {
     assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
 }
 
+/// A 3xx after the final dot is neither "delivered" nor "refused": the recipient is retried.
+#[test]
+fn a_3xx_to_the_message_is_a_protocol_error_not_an_outcome() {
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.server("220 hi\r\n");
+    h.server(EHLO_PIPE);
+    h.s.start(tx(&["a@x.test"], "x"));
+    h.drain();
+    h.server("250 ok\r\n250 ok\r\n354 go\r\n");
+    h.server("354 again\r\n");
+    assert_eq!(codes(&h.done[0]), vec![0]);
+    assert!(matches!(h.closed, Some(CloseReason::Protocol(_))));
+}
+
 #[test]
 fn connection_loss_and_protocol_errors() {
     let mut h = Harness::new(TlsPolicy::Disabled);
