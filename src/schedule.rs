@@ -322,31 +322,52 @@ impl Home {
         let full = self
             .last_full
             .is_none_or(|at| now.duration_since(at) >= DEMAND_REFRESH / 2);
-        let keys: Vec<String> = if full {
-            self.last_full = Some(now);
-            self.changed.clear();
-            self.pending.keys().cloned().collect()
-        } else {
-            std::mem::take(&mut self.changed)
-        };
         let mut messages = Vec::new();
-        for key in keys {
-            let Some((scope, owner, q, changed)) = self.pending.get_mut(&key) else {
-                continue;
-            };
+        let mut emptied = Vec::new();
+        let announced = &mut self.announced;
+        // One scope: its count goes to its owner when the owner's view differs or is old.
+        // Keys are cloned only for what is sent or removed, not for every scope looked at.
+        let mut visit = |key: &String, entry: &mut (Scope, usize, VecDeque<u64>, bool)| {
+            let (scope, owner, q, changed) = entry;
             *changed = false;
             let count = q.len() as u32;
             let stale = |&(view, at): &(u32, Instant)| {
                 view != count || (count > 0 && now.duration_since(at) >= DEMAND_REFRESH)
             };
-            if self.announced.get(&key).is_none_or(stale) {
-                self.announced.insert(key.clone(), (count, now));
+            let send = match announced.get_mut(key) {
+                Some(view) if stale(view) => {
+                    *view = (count, now);
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    announced.insert(key.clone(), (count, now));
+                    true
+                }
+            };
+            if send {
                 messages.push((*owner, scope.clone(), count));
             }
             if count == 0 {
-                self.pending.remove(&key);
-                self.announced.remove(&key);
+                emptied.push(key.clone());
             }
+        };
+        if full {
+            self.last_full = Some(now);
+            self.changed.clear();
+            for (key, entry) in self.pending.iter_mut() {
+                visit(key, entry);
+            }
+        } else {
+            for key in std::mem::take(&mut self.changed) {
+                if let Some(entry) = self.pending.get_mut(&key) {
+                    visit(&key, entry);
+                }
+            }
+        }
+        for key in emptied {
+            self.pending.remove(&key);
+            self.announced.remove(&key);
         }
         // In a stable order, not the map's: the same state always says the same thing in
         // the same order (the simulation replays a seed exactly; owners see no hash order).

@@ -1264,7 +1264,8 @@ impl Sim {
             }
             let (used, window) = owner.window();
             let held: u32 = owner
-                .status()
+                .status(usize::MAX)
+                .0
                 .iter()
                 .map(|scope| scope.ready + scope.credit_out)
                 .sum();
@@ -1414,7 +1415,8 @@ impl Sim {
                 shard
                     .core
                     .owner
-                    .status()
+                    .status(usize::MAX)
+                    .0
                     .into_iter()
                     .map(move |scope| (s, scope.key, scope.ready))
             })

@@ -74,6 +74,7 @@ impl<L: LogSink> Core<L> {
                     self.report_share(key, report);
                 }
             }
+            self.report_idle_wanted();
         }
         if now.duration_since(self.last_share_tick) >= SHARE_TICK {
             self.last_share_tick = now;

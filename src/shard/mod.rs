@@ -50,6 +50,9 @@ pub const SCOPE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_
 /// How often a shard tells the coordinators of the scopes it no longer has recipients for,
 /// and its own coordinator moves turns and applies reloaded limits (`delivery::shares`).
 pub const SHARE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Scopes a status snapshot lists at most, busiest first (the rest are counted): a long tail
+/// of sites costs the snapshot its top, not a copy of every site each second.
+pub const STATUS_SCOPES_MAX: usize = 100;
 
 /// Where the core writes delivery-log lines: the file (`DeliveryLog`), or the simulation's
 /// record of what reached it. Lines appended are not written until `flush`; a crash loses
@@ -93,8 +96,11 @@ pub struct ShardStatus {
     pub live_recipients: u64,
     pub segments: usize,
     pub home: crate::schedule::HomeStatus,
-    /// The scopes this shard owns, busiest first.
+    /// The busiest scopes this shard owns (at most `STATUS_SCOPES_MAX`), busiest first.
     pub scopes: Vec<crate::delivery::owner::ScopeStatus>,
+    /// Scopes the owner knows (idle ones within its bounds included), and those busy now.
+    pub scopes_known: usize,
+    pub scopes_busy: usize,
 }
 
 /// A rendered message for one recipient, on its way from home to owner.
@@ -363,13 +369,16 @@ impl<L: LogSink> Core<L> {
 
     /// A copy of this shard's state (`ShardStatus`).
     pub fn status(&self) -> ShardStatus {
+        let (scopes, scopes_busy) = self.owner.status(STATUS_SCOPES_MAX);
         ShardStatus {
             shard: self.id,
             at_unix_ms: self.clock.unix_ms(),
             live_recipients: self.queue.index.live(),
             segments: self.queue.segment_count(),
             home: self.home.status(),
-            scopes: self.owner.status(),
+            scopes,
+            scopes_known: self.owner.scopes(),
+            scopes_busy,
         }
     }
 

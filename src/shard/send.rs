@@ -209,8 +209,27 @@ impl<L: LogSink> Core<L> {
 
     /// Every `SHARE_TICK`: the coordinators of the scopes this shard no longer has
     /// recipients for hear so (another shard may need the room), and this shard's own
-    /// coordinator moves turns and applies reloaded limits.
+    /// coordinator moves turns and applies reloaded limits. Only the scopes the owner
+    /// touched since are looked at, so a tick costs what changed, not every scope wanted
+    /// (`report_idle_wanted` is the full pass, now and then).
     pub(super) fn share_tick(&mut self, now: Instant) {
+        for key in self.owner.take_touched() {
+            if !self.owner.is_busy(&key) {
+                self.report_load(&key);
+            }
+        }
+        let mut grants = Vec::new();
+        let config = &self.config;
+        self.ledger
+            .tick(|key| share_limit(config, key), now, &mut grants);
+        self.send_grants(grants);
+    }
+
+    /// Every scope this shard wants but no longer has recipients for: its coordinator hears
+    /// so. `share_tick` does the same for the scopes touched since the last tick; this
+    /// full pass, every `SCOPE_SWEEP_INTERVAL`, is what makes a missed touch cost seconds,
+    /// not a share held for good.
+    pub(super) fn report_idle_wanted(&mut self) {
         let idle: Vec<String> = self
             .shares
             .wanted()
@@ -220,11 +239,6 @@ impl<L: LogSink> Core<L> {
         for key in idle {
             self.report_load(&key);
         }
-        let mut grants = Vec::new();
-        let config = &self.config;
-        self.ledger
-            .tick(|key| share_limit(config, key), now, &mut grants);
-        self.send_grants(grants);
     }
 
     /// Hands out `scope`'s credit where its window has room, round-robin over homes.

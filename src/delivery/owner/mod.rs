@@ -92,6 +92,8 @@ struct OwnerScope<M> {
     /// The hosts of the scope's latest demand, for a connection opened before messages
     /// arrive.
     hosts: Option<Arc<[NextHop]>>,
+    /// In `Owner::touched` since the last `take_touched`.
+    touched: bool,
 }
 
 impl<M> OwnerScope<M> {
@@ -113,6 +115,16 @@ impl<M> OwnerScope<M> {
             starved: false,
             blocked: false,
             hosts: None,
+            touched: false,
+        }
+    }
+
+    /// Notes `key` in `touched` (once until taken): something changed that may have left
+    /// the scope idle.
+    fn touch(&mut self, key: &str, touched: &mut Vec<String>) {
+        if !self.touched {
+            self.touched = true;
+            touched.push(key.to_string());
         }
     }
 
@@ -169,6 +181,11 @@ pub struct ScopeStatus {
     /// Connections the receiver accepts now (`connection_limit` unless refusals lowered it).
     pub connection_cap: u32,
     pub workers: u32,
+    /// Connections its workers parked for reuse, and connections still closing: both count
+    /// against its cap (a scope with messages, no workers and a full cap of these waits for
+    /// them to go).
+    pub parked: u32,
+    pub closing: u32,
     /// Rendered messages here, waiting for a worker.
     pub ready: u32,
     /// Credit granted whose messages have not arrived.
@@ -231,6 +248,10 @@ pub struct Owner<M> {
     blocked: VecDeque<String>,
     /// Hosts whose opportunistic TLS handshake failed, until when they get plaintext.
     tls_broken: HashMap<String, Instant>,
+    /// Scopes whose demand, credit, workers or held connections went down since the last
+    /// `take_touched`: the only ones that can have become idle, so the shard asks about
+    /// these instead of every scope it wants.
+    touched: Vec<String>,
 }
 
 impl<M: Recipients> Owner<M> {
@@ -248,7 +269,20 @@ impl<M: Recipients> Owner<M> {
             starved: VecDeque::new(),
             blocked: VecDeque::new(),
             tls_broken: HashMap::new(),
+            touched: Vec::new(),
         }
+    }
+
+    /// The scopes that may have become idle since the last call (each once), in the order
+    /// they were touched.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        let touched = std::mem::take(&mut self.touched);
+        for key in &touched {
+            if let Some(s) = self.scopes.get_mut(key) {
+                s.touched = false;
+            }
+        }
+        touched
     }
 
     /// Workers running across scopes, and the most allowed.
@@ -285,7 +319,10 @@ impl<M: Recipients> Owner<M> {
             return false;
         };
         match self.scopes.get_mut(key) {
-            Some(s) => s.parked = s.parked.saturating_sub(1),
+            Some(s) => {
+                s.parked = s.parked.saturating_sub(1);
+                s.touch(key, &mut self.touched);
+            }
             None => return false,
         }
         self.held_released(key)
@@ -299,7 +336,10 @@ impl<M: Recipients> Owner<M> {
             return false;
         };
         match self.scopes.get_mut(key) {
-            Some(s) => s.closing = s.closing.saturating_sub(1),
+            Some(s) => {
+                s.closing = s.closing.saturating_sub(1);
+                s.touch(key, &mut self.touched);
+            }
             None => return false,
         }
         self.held_released(key)
@@ -371,7 +411,10 @@ impl<M: Recipients> Owner<M> {
     pub fn connection_closed(&mut self, key: &str) -> bool {
         self.closing = self.closing.saturating_sub(1);
         match self.scopes.get_mut(key) {
-            Some(s) => s.closing = s.closing.saturating_sub(1),
+            Some(s) => {
+                s.closing = s.closing.saturating_sub(1);
+                s.touch(key, &mut self.touched);
+            }
             None => return false,
         }
         self.held_released(key)
@@ -426,6 +469,9 @@ impl<M: Recipients> Owner<M> {
             .entry(key.clone())
             .or_insert_with(|| OwnerScope::new(limits, homes, now));
         s.set_limits(limits, now);
+        if count < s.demand[home] {
+            s.touch(&key, &mut self.touched);
+        }
         s.demand[home] = count;
         s.last_busy = now;
         // This demand's hosts: those of the scope's first demand may be stale (an MX change,
@@ -615,6 +661,9 @@ impl<M: Recipients> Owner<M> {
         let returned = s.credit_out[home].min(granted);
         s.credit_out[home] -= returned;
         let arrived = msgs.len() as u32;
+        if arrived < returned {
+            s.touch(key, &mut self.touched);
+        }
         s.ready.extend(msgs);
         s.last_busy = now;
         self.window_used = self.window_used.saturating_sub(returned) + arrived;
@@ -680,6 +729,7 @@ impl<M: Recipients> Owner<M> {
             if stop || idle || excess || give_up {
                 s.workers = s.workers.saturating_sub(1);
                 self.workers_total = self.workers_total.saturating_sub(1);
+                s.touch(key, &mut self.touched);
                 return Take::Exit;
             }
             return Take::Wait;
@@ -734,6 +784,7 @@ impl<M: Recipients> Owner<M> {
         }
         s.workers -= 1;
         self.workers_total = self.workers_total.saturating_sub(1);
+        s.touch(key, &mut self.touched);
         let before = s.conn_cap;
         s.conn_cap = s.conn_cap.min(s.workers).max(1);
         s.conn_cap_at = now;
@@ -759,16 +810,38 @@ impl<M: Recipients> Owner<M> {
         }
     }
 
-    /// Every known scope's state, busiest first (by messages here and promised, then key).
-    pub fn status(&self) -> Vec<ScopeStatus> {
-        let mut out: Vec<ScopeStatus> = self
+    /// The state of the `max` busiest scopes (by messages here and promised, then key),
+    /// busiest first, and how many scopes are busy in all. Idle scopes are not listed, and
+    /// only the listed ones are copied: a snapshot of a long tail costs its top, not every
+    /// site.
+    pub fn status(&self, max: usize) -> (Vec<ScopeStatus>, usize) {
+        let load = |s: &OwnerScope<M>| {
+            s.ready.len() as u32 + s.credit_out.iter().sum::<u32>() + s.demand.iter().sum::<u32>()
+        };
+        let mut busy: Vec<(u32, &String, &OwnerScope<M>)> = self
             .scopes
             .iter()
-            .map(|(key, s)| ScopeStatus {
+            .filter(|(_, s)| !s.is_idle())
+            .map(|(key, s)| (load(s), key, s))
+            .collect();
+        let count = busy.len();
+        let order = |a: &(u32, &String, &OwnerScope<M>), b: &(u32, &String, &OwnerScope<M>)| {
+            b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        if busy.len() > max && max > 0 {
+            busy.select_nth_unstable_by(max - 1, order);
+        }
+        busy.truncate(max);
+        busy.sort_unstable_by(order);
+        let listed = busy
+            .into_iter()
+            .map(|(_, key, s)| ScopeStatus {
                 key: key.clone(),
                 limits: s.limits,
                 connection_cap: s.conn_cap,
                 workers: s.workers,
+                parked: s.parked,
+                closing: s.closing,
                 ready: s.ready.len() as u32,
                 credit_out: s.credit_out.iter().sum(),
                 demand: s.demand.iter().sum(),
@@ -777,11 +850,7 @@ impl<M: Recipients> Owner<M> {
                 pushbacks: s.throttle.pushbacks,
             })
             .collect();
-        out.sort_by(|a, b| {
-            let load = |x: &ScopeStatus| x.ready + x.credit_out + x.demand;
-            load(b).cmp(&load(a)).then_with(|| a.key.cmp(&b.key))
-        });
-        out
+        (listed, count)
     }
 
     /// The TLS policy of `key`, if the scope is known.

@@ -232,9 +232,14 @@ fn the_status_says_what_each_scope_holds_busiest_first() {
     owner
         .prepared("busy", 1, 3, (0..3).map(|_| Msg(1)).collect(), t0)
         .unwrap();
-    let status = owner.status();
+    owner.demand(scope("idle"), limits(1, None), 0, 0, t0, false);
+    let (status, busy_count) = owner.status(10);
     let keys: Vec<&str> = status.iter().map(|s| s.key.as_str()).collect();
-    assert_eq!(keys, ["busy", "quiet"]);
+    assert_eq!(keys, ["busy", "quiet"], "idle scopes are not listed");
+    assert_eq!(busy_count, 2);
+    let (top, busy_count) = owner.status(1);
+    assert_eq!(top.len(), 1);
+    assert_eq!((top[0].key.as_str(), busy_count), ("busy", 2));
     let busy = &status[0];
     assert_eq!(
         (
@@ -251,6 +256,34 @@ fn the_status_says_what_each_scope_holds_busiest_first() {
         busy.workers, 2,
         "the preconnected one and one for the messages"
     );
+}
+
+#[test]
+fn scopes_that_may_have_gone_idle_are_named_once_and_busy_ones_are_not() {
+    let t0 = Instant::now();
+    let mut owner = Owner::<Msg>::new(1, 1_000);
+    // Demand wakes each scope with a worker that connects before messages arrive.
+    owner.demand(scope("a"), limits(1, None), 0, 1, t0, false);
+    owner.demand(scope("b"), limits(1, None), 0, 1, t0, false);
+    assert!(
+        owner.take_touched().is_empty(),
+        "demand going up idles nothing"
+    );
+    // a's demand goes away and its worker leaves: a is named once, b (still wanting) not.
+    owner.demand(scope("a"), limits(1, None), 0, 0, t0, false);
+    assert_eq!(owner.take("a", t0, false, true), Take::Exit);
+    assert_eq!(owner.take_touched(), ["a"]);
+    assert!(!owner.is_busy("a"));
+    assert!(
+        owner.take_touched().is_empty(),
+        "taken: named again only if touched again"
+    );
+    // Credit handed back unused touches its scope too.
+    let mut out = Vec::new();
+    owner.grant("b", &mut out);
+    assert_eq!(out, [(0, 1)]);
+    owner.prepared("b", 0, 1, Vec::new(), t0).unwrap();
+    assert_eq!(owner.take_touched(), ["b"]);
 }
 
 #[test]
