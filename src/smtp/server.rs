@@ -13,6 +13,13 @@
 //! (452 beyond), a message at most `ServerConfig::max_message_bytes` (552, counted as it
 //! streams; the body is still read to its end so the session stays in step).
 //!
+//! For a server that relays (the gateway), `ServerConfig::auth` offers AUTH PLAIN and LOGIN
+//! (RFC 4954; inside TLS only unless `auth_needs_tls` is off): the credentials come out as
+//! an event for the shell to check, and its answer ends the exchange. `strict_lines`
+//! refuses a message with a bare CR or LF or a line over 998 octets (550 5.5.2, once it has
+//! ended), which is what SMTP smuggling needs. `dsn` offers DSN (RFC 3461): its MAIL and
+//! RCPT parameters come out checked (`params`).
+//!
 //! With `ServerConfig::chunking`, CHUNKING (RFC 3030) is offered: `BDAT n [LAST]` is followed
 //! by exactly n octets of message, handed out as they come (no unstuffing, no scan). A chunk
 //! the server refuses (no transaction, no recipient, DATA's sequence) is read and discarded
@@ -20,6 +27,14 @@
 //! session, since where the chunk ends is then unknown.
 
 use std::fmt::Write as _;
+
+mod lines;
+mod params;
+
+use base64::Engine as _;
+use lines::LineCheck;
+pub use lines::LINE_MAX;
+pub use params::{MailParams, Notify, RcptParams};
 
 /// Longest command line read, CRLF included (RFC 5321 allows 512; extension parameters make
 /// real ones longer, and a client that sends more is not speaking SMTP).
@@ -37,6 +52,14 @@ pub struct ServerConfig {
     pub starttls: bool,
     /// Whether CHUNKING (BDAT) is offered.
     pub chunking: bool,
+    /// Whether AUTH PLAIN and LOGIN are offered.
+    pub auth: bool,
+    /// AUTH only inside TLS: not offered before, and 538 5.7.11 if tried.
+    pub auth_needs_tls: bool,
+    /// Refuse messages with a bare CR or LF or a line over `LINE_MAX` octets.
+    pub strict_lines: bool,
+    /// Whether DSN (RFC 3461) is offered: RET, ENVID, NOTIFY and ORCPT are accepted.
+    pub dsn: bool,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +70,10 @@ impl Default for ServerConfig {
             max_recipients: 1000,
             starttls: false,
             chunking: true,
+            auth: false,
+            auth_needs_tls: true,
+            strict_lines: true,
+            dsn: false,
         }
     }
 }
@@ -57,9 +84,15 @@ pub enum Event<'a> {
     /// Every complete command was handled: write the replies, read more.
     NeedMore,
     /// `MAIL FROM:<from>`: answer with [`Server::reply`] (2xx opens the transaction).
-    Mail { from: &'a str, size: Option<u64> },
+    Mail {
+        from: &'a str,
+        params: MailParams<'a>,
+    },
     /// `RCPT TO:<to>`: answer with [`Server::reply`] (2xx adds the recipient).
-    Rcpt { to: &'a str },
+    Rcpt { to: &'a str, params: RcptParams<'a> },
+    /// AUTH's credentials (PLAIN or LOGIN, decoded): answer with [`Server::reply`], 235
+    /// (2.7.0) if they are good, which authenticates the session; 535 (5.7.8) if not.
+    Auth { user: String, password: Secret },
     /// Message bytes, dot-unstuffed (the message's own line endings, its last CRLF too).
     Body(&'a [u8]),
     /// The final dot: answer with [`Server::reply`]; the transaction ends either way.
@@ -67,6 +100,9 @@ pub enum Event<'a> {
     /// The final dot of a message over `max_message_bytes`: 552 was written; discard what
     /// was collected.
     MessageTooBig,
+    /// The final dot (or last chunk) of a message whose lines are not what SMTP allows
+    /// (`strict_lines`): 550 was written; discard what was collected.
+    MessageRefused,
     /// RSET, EHLO or HELO ended a transaction whose message had come in part (BDAT chunks
     /// before the LAST one): its reply was written; discard what was collected, so none of
     /// it ends up in the next message.
@@ -77,6 +113,27 @@ pub enum Event<'a> {
     StartTls,
     /// Write what is pending and close (QUIT, a 421, or a line too long).
     Close,
+}
+
+/// A password, kept out of `Debug` output (and so out of logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Where an AUTH exchange stands: the next line is the client's response, not a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    /// PLAIN without an initial response: "334 " was sent.
+    Plain,
+    /// LOGIN: "Username:" was asked.
+    LoginUser,
+    /// LOGIN: "Password:" was asked, the user name is in `Server::login_user`.
+    LoginPassword,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +147,8 @@ enum Phase {
     Data(u8),
     /// Reading a BDAT chunk (`Chunk` says how much is left and what comes after).
     Chunk,
+    /// In an AUTH exchange (always from `Greeted`, and back to it).
+    Auth(AuthStep),
     Closing,
 }
 
@@ -99,6 +158,7 @@ enum Awaiting {
     Mail,
     Rcpt,
     MessageEnd,
+    Auth,
 }
 
 /// One SMTP server session.
@@ -117,6 +177,12 @@ pub struct Server {
     chunk: Chunk,
     /// A BDAT chunk was accepted in this transaction: DATA may not follow (RFC 3030).
     chunked: bool,
+    /// The message's lines, checked as they come (`strict_lines`).
+    lines: LineCheck,
+    /// AUTH succeeded in this session.
+    authenticated: bool,
+    /// LOGIN's user name, between its two steps.
+    login_user: String,
 }
 
 /// A BDAT chunk being read.
@@ -147,6 +213,9 @@ impl Server {
                 after: Phase::Fresh,
             },
             chunked: false,
+            lines: LineCheck::default(),
+            authenticated: false,
+            login_user: String::new(),
         }
     }
 
@@ -173,6 +242,11 @@ impl Server {
         self.commands
     }
 
+    /// True once AUTH succeeded (the shell answered its `Event::Auth` with 235).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
     /// Whether the current message came in BDAT chunks (until the next MAIL).
     pub fn is_chunked(&self) -> bool {
         self.chunked
@@ -191,6 +265,10 @@ impl Server {
         self.awaiting = Awaiting::Nothing;
         self.rcpts = 0;
         self.chunked = false;
+        self.lines = LineCheck::default();
+        // RFC 3207 4.2: nothing learnt before the handshake counts after it.
+        self.authenticated = false;
+        self.login_user.clear();
     }
 
     /// Answers the decision the last event asked for: `code` (200-599) and `text` (an
@@ -214,6 +292,10 @@ impl Server {
                 self.phase = Phase::Greeted;
                 self.rcpts = 0;
                 self.chunked = false;
+            }
+            Awaiting::Auth => {
+                self.phase = Phase::Greeted;
+                self.authenticated = positive;
             }
             Awaiting::Mail | Awaiting::Rcpt | Awaiting::Nothing => {}
         }
@@ -279,7 +361,12 @@ impl Server {
                 continue;
             }
             self.commands += 1;
-            if let Some(event) = self.command(trim_crlf(line), out) {
+            let line = trim_crlf(line);
+            let event = match self.phase {
+                Phase::Auth(step) => self.auth_response(step, line, out),
+                _ => self.command(line, out),
+            };
+            if let Some(event) = event {
                 return (used, event);
             }
         }
@@ -313,6 +400,12 @@ impl Server {
             let _ = write!(w, "250-{}\r\n250-PIPELINING\r\n", c.hostname);
             let _ = write!(w, "250-SIZE {}\r\n250-8BITMIME\r\n", c.max_message_bytes);
             let _ = write!(w, "250-ENHANCEDSTATUSCODES\r\n");
+            if c.auth && (self.tls || !c.auth_needs_tls) {
+                let _ = write!(w, "250-AUTH PLAIN LOGIN\r\n");
+            }
+            if c.dsn {
+                let _ = write!(w, "250-DSN\r\n");
+            }
             if c.starttls && !self.tls {
                 let _ = write!(w, "250-STARTTLS\r\n");
             }
@@ -368,21 +461,17 @@ impl Server {
                 self.line(501, "5.5.4 Syntax: MAIL FROM:<address>", out);
                 return None;
             };
-            let mut size = None;
-            for p in params.split(|b| *b == b' ').filter(|p| !p.is_empty()) {
-                let (key, value) = match p.iter().position(|b| *b == b'=') {
-                    Some(i) => (&p[..i], &p[i + 1..]),
-                    None => (p, &b""[..]),
-                };
-                if key.eq_ignore_ascii_case(b"SIZE") {
-                    size = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-                    if size.is_none() {
-                        self.line(501, "5.5.4 Bad SIZE parameter", out);
-                        return None;
-                    }
+            let params = match params::mail(params, self.config.dsn) {
+                Ok(p) => p,
+                Err((code, text)) => {
+                    self.line(code, text, out);
+                    return None;
                 }
-            }
-            if size.is_some_and(|s: u64| s > self.config.max_message_bytes as u64) {
+            };
+            if params
+                .size
+                .is_some_and(|s| s > self.config.max_message_bytes as u64)
+            {
                 self.line(552, "5.3.4 Message size exceeds fixed limit", out);
                 return None;
             }
@@ -391,14 +480,14 @@ impl Server {
                 return None;
             };
             self.awaiting = Awaiting::Mail;
-            return Some(Event::Mail { from, size });
+            return Some(Event::Mail { from, params });
         }
         if is("RCPT") {
             if self.phase != Phase::Mail {
                 self.line(503, "5.5.1 MAIL first", out);
                 return None;
             }
-            let Some((to, _)) = path(arg, b"TO:").filter(|(to, _)| !to.is_empty()) else {
+            let Some((to, params)) = path(arg, b"TO:").filter(|(to, _)| !to.is_empty()) else {
                 self.line(501, "5.5.4 Syntax: RCPT TO:<address>", out);
                 return None;
             };
@@ -410,8 +499,18 @@ impl Server {
                 self.line(501, "5.6.7 Address is not UTF-8", out);
                 return None;
             };
+            let params = match params::rcpt(params, self.config.dsn) {
+                Ok(p) => p,
+                Err((code, text)) => {
+                    self.line(code, text, out);
+                    return None;
+                }
+            };
             self.awaiting = Awaiting::Rcpt;
-            return Some(Event::Rcpt { to });
+            return Some(Event::Rcpt { to, params });
+        }
+        if is("AUTH") {
+            return self.auth(arg, out);
         }
         if is("BDAT") && self.config.chunking {
             return self.bdat(arg, out);
@@ -425,6 +524,7 @@ impl Server {
                 self.line(554, "5.5.1 No valid recipients", out);
             } else {
                 self.size = 0;
+                self.lines = LineCheck::default();
                 // The body starts at a line start.
                 self.phase = Phase::Data(2);
                 self.line(354, "End data with <CR><LF>.<CR><LF>", out);
@@ -461,6 +561,7 @@ impl Server {
         if refusal.is_none() && !self.chunked {
             self.chunked = true;
             self.size = 0;
+            self.lines = LineCheck::default();
         }
         self.chunk = Chunk {
             left,
@@ -482,7 +583,10 @@ impl Server {
         let run = &input[..take];
         if self.chunk.refusal.is_none() && !run.is_empty() {
             self.size = self.size.saturating_add(take);
-            if self.size <= self.config.max_message_bytes {
+            if self.config.strict_lines {
+                self.lines.feed(run);
+            }
+            if self.size <= self.config.max_message_bytes && !self.lines.failed() {
                 return (take, Some(Event::Body(run)));
             }
         }
@@ -506,6 +610,9 @@ impl Server {
             self.line(250, "2.0.0 Chunk received", out);
             return (take, None);
         }
+        if let Some(event) = self.refuse_lines(out) {
+            return (take, Some(event));
+        }
         self.awaiting = Awaiting::MessageEnd;
         (take, Some(Event::MessageEnd))
     }
@@ -523,7 +630,10 @@ impl Server {
             // message's.
             self.phase = Phase::Data(1);
             self.size = self.size.saturating_add(1);
-            let within = self.size <= self.config.max_message_bytes;
+            if self.config.strict_lines {
+                self.lines.feed(b"\r");
+            }
+            let within = self.size <= self.config.max_message_bytes && !self.lines.failed();
             return (0, within.then_some(Event::Body(b"\r")));
         }
         let (used, run, end) = scan_body(&mut state, input);
@@ -531,8 +641,12 @@ impl Server {
         let run = &input[run.0..run.1];
         if !run.is_empty() {
             self.size = self.size.saturating_add(run.len());
-            // Past the limit nothing more is handed out; the end still has to be found.
-            if self.size <= self.config.max_message_bytes {
+            if self.config.strict_lines {
+                self.lines.feed(run);
+            }
+            // Past the limit (or a bad line) nothing more is handed out; the end still has
+            // to be found.
+            if self.size <= self.config.max_message_bytes && !self.lines.failed() {
                 return (used, Some(Event::Body(run)));
             }
         }
@@ -546,8 +660,141 @@ impl Server {
             return (used, Some(Event::MessageTooBig));
         }
         self.phase = Phase::Mail;
+        if let Some(event) = self.refuse_lines(out) {
+            return (used, Some(event));
+        }
         self.awaiting = Awaiting::MessageEnd;
         (used, Some(Event::MessageEnd))
+    }
+
+    /// At a message's end: with `strict_lines`, a message whose lines were not clean is
+    /// refused here (550, the transaction ends), and nothing of it is kept.
+    fn refuse_lines<'a>(&mut self, out: &mut Vec<u8>) -> Option<Event<'a>> {
+        let fault = self.lines.finish()?;
+        self.rcpts = 0;
+        self.chunked = false;
+        self.phase = Phase::Greeted;
+        self.line(550, fault, out);
+        Some(Event::MessageRefused)
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954): PLAIN or LOGIN, from the greeted
+    /// state, once per session.
+    fn auth<'a>(&mut self, arg: &[u8], out: &mut Vec<u8>) -> Option<Event<'a>> {
+        let refusal = if !self.config.auth {
+            Some((502, "5.5.1 AUTH not offered"))
+        } else if self.config.auth_needs_tls && !self.tls {
+            Some((538, "5.7.11 Encryption required for authentication"))
+        } else if self.phase == Phase::Fresh {
+            Some((503, "5.5.1 EHLO first"))
+        } else if self.phase != Phase::Greeted {
+            Some((503, "5.5.1 AUTH not allowed in a transaction"))
+        } else if self.authenticated {
+            Some((503, "5.5.1 Already authenticated"))
+        } else {
+            None
+        };
+        if let Some((code, text)) = refusal {
+            self.line(code, text, out);
+            return None;
+        }
+        let mut words = arg.split(|b| *b == b' ').filter(|w| !w.is_empty());
+        let mechanism = words.next().unwrap_or_default();
+        let initial = words.next();
+        if words.next().is_some() {
+            self.line(501, "5.5.4 Syntax: AUTH mechanism [initial-response]", out);
+            return None;
+        }
+        if mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            match initial {
+                Some(response) => self.auth_response(AuthStep::Plain, response, out),
+                None => {
+                    self.phase = Phase::Auth(AuthStep::Plain);
+                    out.extend_from_slice(b"334 \r\n");
+                    None
+                }
+            }
+        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
+            match initial {
+                Some(response) => self.auth_response(AuthStep::LoginUser, response, out),
+                None => {
+                    self.phase = Phase::Auth(AuthStep::LoginUser);
+                    // base64 of "Username:"
+                    out.extend_from_slice(b"334 VXNlcm5hbWU6\r\n");
+                    None
+                }
+            }
+        } else {
+            self.line(504, "5.5.4 Unrecognized authentication type", out);
+            None
+        }
+    }
+
+    /// The client's response in an AUTH exchange (or AUTH's initial response): the next
+    /// step, or the credentials for the shell to check.
+    fn auth_response<'a>(
+        &mut self,
+        step: AuthStep,
+        response: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Event<'a>> {
+        self.phase = Phase::Greeted;
+        if response == b"*" {
+            self.login_user.clear();
+            self.line(501, "5.0.0 Authentication cancelled", out);
+            return None;
+        }
+        // "=" is an empty response (RFC 4954 4).
+        let decoded = if response == b"=" {
+            Ok(Vec::new())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(response)
+        };
+        let text = decoded.ok().and_then(|d| String::from_utf8(d).ok());
+        let Some(text) = text else {
+            self.login_user.clear();
+            self.line(501, "5.5.2 Cannot decode the response", out);
+            return None;
+        };
+        match step {
+            AuthStep::Plain => {
+                // authzid NUL authcid NUL password
+                let mut parts = text.splitn(3, '\0');
+                let (Some(authzid), Some(user), Some(password)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    self.line(501, "5.5.2 Malformed PLAIN response", out);
+                    return None;
+                };
+                if !authzid.is_empty() && authzid != user {
+                    self.line(
+                        535,
+                        "5.7.8 Acting for another identity is not supported",
+                        out,
+                    );
+                    return None;
+                }
+                self.awaiting = Awaiting::Auth;
+                Some(Event::Auth {
+                    user: user.to_string(),
+                    password: Secret(password.to_string()),
+                })
+            }
+            AuthStep::LoginUser => {
+                self.login_user = text;
+                self.phase = Phase::Auth(AuthStep::LoginPassword);
+                // base64 of "Password:"
+                out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                None
+            }
+            AuthStep::LoginPassword => {
+                self.awaiting = Awaiting::Auth;
+                Some(Event::Auth {
+                    user: std::mem::take(&mut self.login_user),
+                    password: Secret(text),
+                })
+            }
+        }
     }
 }
 

@@ -239,7 +239,7 @@ fn serve(
                     rcpts.clear();
                     server.reply(250, "2.1.0 ok", &mut out);
                 }
-                Event::Rcpt { to } => {
+                Event::Rcpt { to, .. } => {
                     let (code, text) = rcpt(to, script, received);
                     if code == 250 {
                         rcpts.push(to.to_string());
@@ -263,7 +263,11 @@ fn serve(
                     drop(got);
                     server.reply(250, "2.0.0 queued", &mut out);
                 }
-                Event::MessageTooBig | Event::MessageAbandoned => body.clear(),
+                Event::MessageTooBig | Event::MessageRefused | Event::MessageAbandoned => {
+                    body.clear()
+                }
+                // Not offered here: the core refuses AUTH before any credentials.
+                Event::Auth { .. } => server.reply(535, "5.7.8 no AUTH here", &mut out),
                 Event::StartTls => starttls = true,
                 Event::Close => close = true,
             }

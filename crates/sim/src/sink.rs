@@ -515,7 +515,7 @@ impl Conversation {
                         self.rcpts.clear();
                         self.server.reply(250, "2.1.0 OK", &mut out);
                     }
-                    Event::Rcpt { to } => {
+                    Event::Rcpt { to, .. } => {
                         let (code, text) = self.rcpt(to);
                         self.server.reply(code, &text, &mut out);
                     }
@@ -537,7 +537,11 @@ impl Conversation {
                         pending += self.delay();
                         self.end_of_data(&mut out);
                     }
-                    Event::MessageTooBig | Event::MessageAbandoned => self.in_message = false,
+                    Event::MessageTooBig | Event::MessageRefused | Event::MessageAbandoned => {
+                        self.in_message = false
+                    }
+                    // AUTH is not offered here: the core refuses it before any credentials.
+                    Event::Auth { .. } => self.server.reply(535, "5.7.8 No AUTH here", &mut out),
                     Event::StartTls => next = Next::StartTls,
                     Event::Close => next = Next::Close,
                 }

@@ -6,7 +6,11 @@ use crate::smtp::data::encode_data;
 /// Feeds `input` in pieces of `step` bytes, answering every decision with 250 (or 550
 /// for recipients at `bad.example`); returns the replies and the bodies received.
 fn run(config: ServerConfig, input: &[u8], step: usize) -> (String, Vec<Vec<u8>>, Vec<String>) {
-    let mut s = Server::new(config);
+    run_server(Server::new(config), input, step)
+}
+
+/// As `run`, with a server made by the caller (one in TLS from the start, say).
+fn run_server(mut s: Server, input: &[u8], step: usize) -> (String, Vec<Vec<u8>>, Vec<String>) {
     let mut out = Vec::new();
     s.greeting(&mut out);
     let mut pending: Vec<u8> = Vec::new();
@@ -24,7 +28,7 @@ fn run(config: ServerConfig, input: &[u8], step: usize) -> (String, Vec<Vec<u8>>
                     events.push(format!("mail {from}"));
                     s.reply(250, "2.1.0 OK", &mut out);
                 }
-                Event::Rcpt { to } => {
+                Event::Rcpt { to, .. } => {
                     events.push(format!("rcpt {to}"));
                     if to.ends_with("@bad.example") {
                         s.reply(550, "5.1.1 unknown", &mut out);
@@ -44,6 +48,20 @@ fn run(config: ServerConfig, input: &[u8], step: usize) -> (String, Vec<Vec<u8>>
                 Event::MessageAbandoned => {
                     events.push("abandoned".into());
                     body.clear();
+                }
+                Event::MessageRefused => {
+                    events.push("refused".into());
+                    body.clear();
+                }
+                Event::Auth { user, password } => {
+                    // The one good password here is "secret".
+                    let good = password.0 == "secret";
+                    events.push(format!("auth {user} {}", if good { "ok" } else { "bad" }));
+                    if good {
+                        s.reply(235, "2.7.0 Authentication successful", &mut out);
+                    } else {
+                        s.reply(535, "5.7.8 Authentication credentials invalid", &mut out);
+                    }
                 }
                 Event::StartTls => {
                     events.push("starttls".into());
@@ -355,14 +373,217 @@ fn a_421_closes_and_reply_text_stays_one_line() {
         ev,
         Event::Mail {
             from: "a@b",
-            size: None
+            params: MailParams::default()
         }
     );
     s.reply(250, "2.1.0 OK", &mut out);
     out.clear();
     let (_, ev) = s.advance(b"RCPT TO:<x@y>\r\nRCPT TO:<z@y>\r\n", &mut out);
-    assert_eq!(ev, Event::Rcpt { to: "x@y" });
+    assert_eq!(
+        ev,
+        Event::Rcpt {
+            to: "x@y",
+            params: RcptParams::default()
+        }
+    );
     s.reply(421, "4.7.0 slow down\r\n250 injected", &mut out);
     assert_eq!(out, b"421 4.7.0 slow down250 injected\r\n");
     assert_eq!(s.advance(b"RCPT TO:<z@y>\r\n", &mut out), (0, Event::Close));
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn auth_config() -> ServerConfig {
+    ServerConfig {
+        auth: true,
+        starttls: true,
+        ..ServerConfig::default()
+    }
+}
+
+#[test]
+fn auth_waits_for_tls_then_plain_and_login_both_work_in_any_split() {
+    // Before STARTTLS: not advertised, and refused with 538 if tried.
+    let (out, _, events) = run(
+        auth_config(),
+        b"EHLO c\r\nAUTH PLAIN AGEAYg==\r\nQUIT\r\n",
+        1000,
+    );
+    assert!(!out.contains("AUTH PLAIN LOGIN"), "{out}");
+    assert_eq!(codes(&out), ["220", "250", "538", "221"]);
+    assert!(!events.iter().any(|e| e.starts_with("auth")), "{events:?}");
+
+    let plain = b64("\0user\0secret");
+    let login = format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64("user2"), b64("secret"));
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nQUIT\r\n"
+    );
+    for step in [1, 7, 1000] {
+        let (out, _, events) = run_server(Server::new_tls(auth_config()), input.as_bytes(), step);
+        assert!(out.contains("250-AUTH PLAIN LOGIN"), "{out}");
+        assert_eq!(
+            events,
+            [
+                "auth user ok",
+                "mail a@b.example",
+                "rcpt x@y.example",
+                "close"
+            ],
+            "step {step}"
+        );
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "235", "250", "250", "221"],
+            "{out}"
+        );
+    }
+    let mut tls = Server::new_tls(auth_config());
+    let mut out = Vec::new();
+    for line in ["EHLO c\r\n".to_string(), login, "AUTH PLAIN =\r\n".into()] {
+        let (_, ev) = tls.advance(line.as_bytes(), &mut out);
+        match ev {
+            Event::Auth { user, password } => {
+                assert_eq!((user.as_str(), password.0.as_str()), ("user2", "secret"));
+                assert_eq!(
+                    format!("{password:?}"),
+                    "Secret(..)",
+                    "never in Debug output"
+                );
+                tls.reply(235, "2.7.0 ok", &mut out);
+            }
+            Event::NeedMore => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(tls.is_authenticated());
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("503 5.5.1 Already authenticated\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn auth_failures_cancels_and_garbage_leave_the_session_unauthenticated() {
+    let mut s = Server::new_tls(auth_config());
+    let mut out = Vec::new();
+    let feed = |s: &mut Server, line: &str, out: &mut Vec<u8>| {
+        let (_, ev) = s.advance(line.as_bytes(), out);
+        if let Event::Auth { password, .. } = ev {
+            let code = if password.0 == "secret" { 235 } else { 535 };
+            s.reply(code, "x", out);
+        }
+    };
+    feed(&mut s, "AUTH PLAIN\r\n", &mut out);
+    feed(&mut s, "EHLO c\r\n", &mut out);
+    feed(
+        &mut s,
+        &format!("AUTH PLAIN {}\r\n", b64("\0u\0wrong")),
+        &mut out,
+    );
+    feed(&mut s, "AUTH PLAIN\r\n", &mut out);
+    feed(&mut s, "*\r\n", &mut out);
+    feed(&mut s, "AUTH PLAIN !!notbase64\r\n", &mut out);
+    feed(
+        &mut s,
+        &format!("AUTH PLAIN {}\r\n", b64("other\0u\0secret")),
+        &mut out,
+    );
+    feed(
+        &mut s,
+        &format!("AUTH PLAIN {}\r\n", b64("no separators")),
+        &mut out,
+    );
+    feed(&mut s, "AUTH CRAM-MD5\r\n", &mut out);
+    feed(&mut s, "MAIL FROM:<a@b.example>\r\n", &mut out);
+    assert!(!s.is_authenticated());
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        codes(&out),
+        ["503", "250", "535", "334", "501", "501", "535", "501", "504"],
+        "{out}"
+    );
+    assert!(out.contains("334 \r\n"), "{out}");
+    // Not configured at all: not offered, and refused as such.
+    let (out, _, _) = run(ServerConfig::default(), b"EHLO c\r\nAUTH LOGIN\r\n", 1000);
+    assert!(out.contains("502 5.5.1"), "{out}");
+}
+
+#[test]
+fn smuggled_ends_of_data_and_long_lines_refuse_the_whole_message() {
+    let head = "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n";
+    let smuggled = [
+        "Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@b.example>\r\n.\r\n",
+        "Subject: a\r\n\r\nx\r\n.\nRCPT TO:<v@y.example>\r\n.\r\n",
+        "Subject: a\r\n\r\nx\n.\r\nDATA\r\n.\r\n",
+        "Subject: a\r\n\r\nx\r.\r\nQUIT\r\n.\r\n",
+    ];
+    let long = format!("Subject: a\r\n\r\n{}\r\n.\r\n", "w".repeat(LINE_MAX + 1));
+    for body in smuggled.iter().copied().chain([long.as_str()]) {
+        let input = format!("{head}{body}RSET\r\n");
+        for step in [1, 5, 1000] {
+            let (out, bodies, events) = run(ServerConfig::default(), input.as_bytes(), step);
+            assert!(bodies.is_empty(), "nothing of it kept: {body:?}");
+            assert_eq!(
+                codes(&out),
+                ["220", "250", "250", "250", "354", "550", "250"],
+                "one refusal for the whole message, and no command smuggled in: {body:?} {out}"
+            );
+            assert!(out.contains("550 5.5.2"), "{out}");
+            assert_eq!(events.last().map(String::as_str), Some("refused"));
+        }
+    }
+    // The same over BDAT (no smuggling there, but the lines are the message's).
+    let input = head.replace("DATA\r\n", "BDAT 5 LAST\r\na\nb\r\n");
+    let (out, bodies, _) = run(ServerConfig::default(), input.as_bytes(), 1000);
+    assert!(
+        bodies.is_empty() && out.contains("550 5.5.2 Message contains a bare LF"),
+        "{out}"
+    );
+    // A lenient server (a sink) takes it as it came.
+    let lenient = ServerConfig {
+        strict_lines: false,
+        ..ServerConfig::default()
+    };
+    let (out, bodies, _) = run(lenient, format!("{head}{}", smuggled[0]).as_bytes(), 1000);
+    assert_eq!(bodies.len(), 1, "{out}");
+}
+
+#[test]
+fn dsn_parameters_are_offered_and_handed_on_only_when_configured() {
+    let config = ServerConfig {
+        dsn: true,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config);
+    let mut out = Vec::new();
+    let (_, ev) = s.advance(b"EHLO c\r\n", &mut out);
+    assert_eq!(ev, Event::NeedMore);
+    assert!(String::from_utf8_lossy(&out).contains("250-DSN\r\n"));
+    let (_, ev) = s.advance(b"MAIL FROM:<a@b.example> RET=HDRS ENVID=x1\r\n", &mut out);
+    let Event::Mail { params, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((params.ret_full, params.envid), (Some(false), Some("x1")));
+    s.reply(250, "2.1.0 ok", &mut out);
+    let (_, ev) = s.advance(b"RCPT TO:<x@y.example> NOTIFY=FAILURE,DELAY\r\n", &mut out);
+    let Event::Rcpt { params, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    let n = params.notify.unwrap();
+    assert!(n.failure && n.delay && !n.success);
+    // Without DSN: unknown parameters, 555.
+    let (out, _, events) = run(
+        ServerConfig::default(),
+        b"EHLO c\r\nMAIL FROM:<a@b.example> RET=FULL\r\n",
+        1000,
+    );
+    assert!(out.contains("555 5.5.4") && !out.contains("DSN"), "{out}");
+    assert!(events.is_empty(), "{events:?}");
 }

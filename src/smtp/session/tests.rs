@@ -762,7 +762,7 @@ fn converse(chunking: bool, txs: Vec<Transaction>) -> (Vec<Vec<u16>>, Vec<Vec<u8
             match event {
                 Event::NeedMore | Event::Close => break,
                 Event::Mail { .. } => server.reply(250, "2.1.0 ok", &mut to_client),
-                Event::Rcpt { to } if to.ends_with("@bad.example") => {
+                Event::Rcpt { to, .. } if to.ends_with("@bad.example") => {
                     server.reply(550, "5.1.1 unknown", &mut to_client)
                 }
                 Event::Rcpt { .. } => server.reply(250, "2.1.5 ok", &mut to_client),
@@ -771,7 +771,10 @@ fn converse(chunking: bool, txs: Vec<Transaction>) -> (Vec<Vec<u16>>, Vec<Vec<u8
                     bodies.push(std::mem::take(&mut body));
                     server.reply(250, "2.0.0 queued", &mut to_client);
                 }
-                Event::MessageTooBig | Event::MessageAbandoned => body.clear(),
+                Event::MessageTooBig | Event::MessageRefused | Event::MessageAbandoned => {
+                    body.clear()
+                }
+                Event::Auth { .. } => server.reply(535, "5.7.8 no", &mut to_client),
                 Event::StartTls => unreachable!("not offered"),
             }
         }
