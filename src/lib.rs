@@ -39,6 +39,7 @@ pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
 pub mod engine;
+pub mod gateway;
 pub mod hash;
 pub mod intake;
 pub mod message;

@@ -110,3 +110,55 @@ fn diagnostics_are_human_lines_or_json_objects() {
         .iter()
         .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
 }
+
+/// Runs `spate hash-password` with `stdin` piped in.
+fn hash_password(stdin: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run spate");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hash_password_prints_a_hash_the_configuration_takes_and_refuses_bad_ones() {
+    let (code, hash, err) = hash_password(b"s3cret pass\r\n");
+    assert_eq!(code, 0, "{err}");
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(
+        spate::gateway::password::verify("s3cret pass", hash),
+        "the line ending is not part of the password"
+    );
+    let (code, _, err) = hash_password(b"\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("empty"), "{err}");
+
+    // The hash goes into [[users]] as it is; a made-up one is a configuration error
+    // naming the user's entry.
+    let dir = tempfile::tempdir().unwrap();
+    let config = |hash: &str| {
+        format!(
+            "[engine]\ndata_dir = \"{0}/data\"\n[spool]\ndir = \"{0}/spool\"\n[log]\ndir = \"{0}/log\"\n[[users]]\nname = \"app\"\npassword_hash = \"{hash}\"\n",
+            dir.path().display()
+        )
+    };
+    let path = dir.path().join("spate.toml");
+    std::fs::write(&path, config(hash)).unwrap();
+    let (code, _, err) = spate(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(&path, config("$argon2id$...")).unwrap();
+    let (code, _, err) = spate(&["check-config", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("users[0].password_hash"), "{err}");
+}

@@ -510,16 +510,17 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         });
     }
 
-    let users = raw
-        .users
-        .into_iter()
-        .map(|u| User {
+    let mut users = Vec::new();
+    for (i, u) in raw.users.into_iter().enumerate() {
+        crate::gateway::password::check_hash(&u.password_hash)
+            .map_err(|why| err(&format!("users[{i}].password_hash"), why))?;
+        users.push(User {
             name: u.name,
             password_hash: u.password_hash,
             allowed_from: u.allowed_from,
             daily_limit: u.daily_limit,
-        })
-        .collect();
+        });
+    }
     let dkim = raw
         .dkim
         .into_iter()

@@ -37,7 +37,7 @@ relay_networks = []
 max_message_size = "25MB"
 [[users]]
 name = "billing-app"
-password_hash = "$argon2id$..."
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$QtlS48DZr5YGIUU4hl1nQA$TwYSqxSOArfkbaTnulFxvASMRnA4bmCeHbBuaMScmO4"
 allowed_from = ["@acme.example"]
 daily_limit = 100000
 [[dkim]]

@@ -9,6 +9,8 @@ use spate_sim::demo;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod password;
+
 /// EX_USAGE from sysexits.h: a usage error (unknown command or option, missing argument).
 const EXIT_USAGE: u8 = 64;
 
@@ -73,7 +75,8 @@ enum Command {
         #[arg(long)]
         queue_only: bool,
     },
-    /// Read a password on stdin and print a password_hash for [[users]] (not available yet)
+    /// Read a password on stdin (not echoed on a terminal) and print a password_hash for
+    /// [[users]]
     HashPassword,
 }
 
@@ -139,10 +142,18 @@ fn main() -> ExitCode {
                 Err(e) => ExitCode::from(report(&e)),
             }
         }
-        Command::HashPassword => {
-            eprintln!("spate: hash-password is not available yet: SMTP submission ([[listeners]], [[users]]) is not implemented in this build");
-            ExitCode::from(69)
-        }
+        Command::HashPassword => match password::read()
+            .and_then(|p| spate::gateway::password::hash(&p).map_err(|e| format!("spate: {e}")))
+        {
+            Ok(hash) => {
+                println!("{hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
