@@ -206,7 +206,7 @@ pub struct Listener {
     pub tls: ListenerTls,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    pub relay_networks: Vec<String>,
+    pub relay_networks: Vec<ipnet::IpNet>,
     pub max_message_size_bytes: u64,
 }
 

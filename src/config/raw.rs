@@ -496,6 +496,19 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 "cert and key are required unless tls = \"none\"".into(),
             ));
         }
+        let mut relay_networks = Vec::new();
+        for (j, n) in l.relay_networks.iter().enumerate() {
+            // A bare address is a network of one.
+            let net = n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            relay_networks.push(net.map_err(|_| {
+                err(
+                    &format!("{field}.relay_networks[{j}]"),
+                    format!("not a CIDR network or address: {n:?}"),
+                )
+            })?);
+        }
         let max_message_size_bytes = match l.max_message_size {
             Some(s) => parse_size(&s).map_err(|m| err(&format!("{field}.max_message_size"), m))?,
             None => DEFAULT_MAX_MESSAGE_SIZE,
@@ -505,7 +518,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             tls,
             cert: l.cert,
             key: l.key,
-            relay_networks: l.relay_networks,
+            relay_networks,
             max_message_size_bytes,
         });
     }

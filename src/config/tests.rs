@@ -104,6 +104,14 @@ fn bad_values_name_their_field() {
             "listeners[0].tls",
         ),
         ("[dns]\nnameservers = [\"x\"]\n", "dns.nameservers"),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:2587\"\ntls = \"none\"\nrelay_networks = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+            "listeners[0].relay_networks[1]",
+        ),
+        (
+            "[[users]]\nname = \"u\"\npassword_hash = \"secret\"\n",
+            "users[0].password_hash",
+        ),
     ];
     for (text, field) in cases {
         let e = Config::parse(text, "c.toml").unwrap_err();
