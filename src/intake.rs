@@ -210,6 +210,49 @@ impl<'a> Parser<'a> {
         Ok(parser)
     }
 
+    /// A message handed over by a client of the SMTP gateway, queued as a pickup message
+    /// would be (sent as it is, recipients sharing transactions per domain), its home the
+    /// shard `batch_id` names. `recipients` were checked when the client gave them.
+    pub fn submission(
+        message: MessageSpec,
+        recipients: Vec<String>,
+        shards: usize,
+    ) -> Result<Parser<'static>, FileError> {
+        assert!(shards > 0);
+        if message.body.len() > MESSAGE_BYTES_MAX {
+            return Err(file_error(
+                None,
+                format!("message is over the {MESSAGE_BYTES_MAX}-byte limit"),
+            ));
+        }
+        if recipients.is_empty() || recipients.len() > PICKUP_RECIPIENTS_MAX {
+            return Err(file_error(None, "no recipients, or too many"));
+        }
+        check_label("campaign", &message.campaign)?;
+        check_label("tenant", &message.tenant)?;
+        check_pickup_header(&message.body, 1)?;
+        Ok(Parser {
+            bytes: &[],
+            pos: 0,
+            line_no: 0,
+            kind: InputKind::Pickup,
+            template: Template::verbatim(Vec::new()),
+            message: Arc::new(MessageSpec {
+                flags: MESSAGE_VERBATIM,
+                ..message
+            }),
+            shards,
+            domain_counts: HashMap::new(),
+            builders: (0..shards).map(|_| ChunkBuilder::default()).collect(),
+            pickup: recipients
+                .into_iter()
+                .map(|r| Ok((0, r)))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            values: Vec::new(),
+        })
+    }
+
     pub fn message(&self) -> &Arc<MessageSpec> {
         &self.message
     }

@@ -475,11 +475,6 @@ impl Config {
                 ));
             }
         };
-        note(
-            !self.listeners.is_empty(),
-            "[[listeners]] (SMTP submission)",
-        );
-        note(!self.users.is_empty(), "[[users]]");
         note(!self.dkim.is_empty(), "[[dkim]] signing");
         note(!self.suppression.files.is_empty(), "[suppression]");
         note(

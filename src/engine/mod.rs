@@ -34,6 +34,7 @@
 
 mod commit;
 mod deliver;
+mod gateway;
 mod intake;
 
 use commit::{group_commit, maintenance};
@@ -677,6 +678,17 @@ async fn shard_main(
     shared.ready.fetch_add(1, Ordering::SeqCst);
     while shared.ready.load(Ordering::SeqCst) < shards && !shared.failed() {
         sleep(Duration::from_millis(2)).await;
+    }
+    // The submission gateway: every shard serves every listener (SO_REUSEPORT).
+    let sessions = Rc::new(Cell::new(0));
+    for l in &config.listeners {
+        match gateway::Gateway::new(l, &config.smtp.helo_name, Rc::clone(&sessions)) {
+            Ok(g) => {
+                let serve = gateway::serve(Rc::clone(&shard), Rc::new(g));
+                shard.spawn_into(queues.intake, serve).detach();
+            }
+            Err(why) => shared.fail(why),
+        }
     }
 
     // This task (glommio's default queue) only waits from here on; intake runs in its queue.

@@ -1,8 +1,8 @@
-//! The SMTP submission gateway (`[[listeners]]`, `[[users]]`). What is built so far: the
-//! protocol core's submission side (`smtp::server`: AUTH, DSN parameters, strict lines),
-//! the users' password hashes (`password`), and who may relay and send as whom
-//! (`policy`). The listeners themselves are not served yet: the engine says so at start
-//! when they are configured.
+//! The SMTP submission gateway (`[[listeners]]`, `[[users]]`), sans I/O: the users'
+//! password hashes (`password`), who may relay and send as whom (`policy`), and what a
+//! submission server adds to a message (`submission`). The protocol is `smtp::server`'s;
+//! the shell that serves the listeners is `engine::gateway`.
 
 pub mod password;
 pub mod policy;
+pub mod submission;

@@ -183,6 +183,8 @@ pub struct Server {
     authenticated: bool,
     /// LOGIN's user name, between its two steps.
     login_user: String,
+    /// The name the client gave in its last EHLO or HELO (at most 255 octets of it).
+    helo: String,
 }
 
 /// A BDAT chunk being read.
@@ -216,6 +218,7 @@ impl Server {
             lines: LineCheck::default(),
             authenticated: false,
             login_user: String::new(),
+            helo: String::new(),
         }
     }
 
@@ -240,6 +243,12 @@ impl Server {
     /// Command lines handled so far (a shell that adds latency per command counts them).
     pub fn commands(&self) -> u64 {
         self.commands
+    }
+
+    /// The name the client gave in its last EHLO or HELO, as sent (lossily decoded), for
+    /// trace fields; empty before one.
+    pub fn helo(&self) -> &str {
+        &self.helo
     }
 
     /// True once AUTH succeeded (the shell answered its `Event::Auth` with 235).
@@ -390,6 +399,7 @@ impl Server {
             }
             self.phase = Phase::Greeted;
             self.rcpts = 0;
+            self.helo = String::from_utf8_lossy(&arg[..arg.len().min(255)]).into_owned();
             let abandoned = std::mem::take(&mut self.chunked).then_some(Event::MessageAbandoned);
             if is("HELO") {
                 self.line(250, &self.config.hostname, out);

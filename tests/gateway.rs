@@ -1,0 +1,308 @@
+//! The SMTP submission gateway against a client not written here: Python's `smtplib`. Mail
+//! handed over on a `[[listeners]]` address reaches the receiver with its body intact; relay
+//! without AUTH from outside `relay_networks`, a wrong password, a user sending as another
+//! domain (envelope and From) and a smuggled end of data are refused, each with its code.
+//! Everything stays on loopback; every process is stopped by the test.
+
+mod common;
+
+use common::sink::Sink;
+use common::{wait_final, Env};
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+/// A free loopback port (bound and released; the engine binds it again at once).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs a Python script (smtplib) and returns what it printed, one line per attempt.
+fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 (CI installs it)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends `commands`, waits for the 354, sends `data`, and returns every reply.
+fn raw_session(port: u16, commands: &str, data: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = |c: &mut std::net::TcpStream, replies: &mut Vec<u8>, end: &str| {
+        while !String::from_utf8_lossy(replies).contains(end) {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(replies));
+            replies.extend_from_slice(&buf[..n]);
+        }
+    };
+    c.write_all(commands.as_bytes()).unwrap();
+    read_until(&mut c, &mut replies, "\r\n354 ");
+    c.write_all(data.as_bytes()).unwrap();
+    read_until(&mut c, &mut replies, "\r\n221 ");
+    String::from_utf8_lossy(&replies).into_owned()
+}
+
+/// A Python function `attempt(label, source, user, password, sender, rcpts, message)` that
+/// sends one message and prints `label code text` for the first refusal, or `label ok`.
+const ATTEMPT: &str = r#"
+import smtplib, sys
+def attempt(label, port, source, user, password, sender, rcpts, message):
+    try:
+        s = smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=20)
+        s.ehlo("client.test")
+        if user:
+            s.login(user, password)
+        s.sendmail(sender, rcpts, message)
+        s.quit()
+        print(label, "ok")
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = list(e.recipients.values())[0]
+        print(label, code, text.decode())
+    except smtplib.SMTPResponseException as e:
+        print(label, e.smtp_code, e.smtp_error.decode())
+    sys.stdout.flush()
+"#;
+
+#[test]
+fn smtplib_submits_relays_only_when_allowed_and_the_mail_arrives_intact() {
+    let sink = Sink::start(HashMap::new());
+    let port = free_port();
+    // User "app", password "s3cret", may send as @acme.example.
+    let real_hash = spate::gateway::password::hash("s3cret").unwrap();
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nrelay_networks = [\"127.0.0.1/32\"]\n[[users]]\nname = \"app\"\npassword_hash = \"{real_hash}\"\nallowed_from = [\"@acme.example\"]\n",
+        sink.addr
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let body = "Subject: gateway test\r\nFrom: News <news@acme.example>\r\nTo: a@one.test\r\n\r\nHello over SMTP.\r\n.leading dot stays\r\n";
+    let script = format!(
+        "{ATTEMPT}\nport = {port}\nm = {body:?}\n\
+         attempt('trusted', port, '127.0.0.1', None, None, 'news@acme.example', ['a@one.test', 'b@two.test'], m)\n\
+         attempt('outside', port, '127.0.0.2', None, None, 'news@acme.example', ['c@one.test'], m)\n\
+         attempt('wrong-password', port, '127.0.0.2', 'app', 'nope', 'news@acme.example', ['c@one.test'], m)\n\
+         attempt('authenticated', port, '127.0.0.2', 'app', 's3cret', 'news@acme.example', ['d@one.test'], m)\n\
+         attempt('other-envelope', port, '127.0.0.2', 'app', 's3cret', 'ceo@other.example', ['e@one.test'], m)\n\
+         attempt('other-from', port, '127.0.0.2', 'app', 's3cret', 'news@acme.example', ['f@one.test'], m.replace('news@acme.example', 'ceo@other.example'))\n"
+    );
+    let results = python(&script);
+    let result = |label: &str| -> String {
+        results
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("{label} missing from {results}"))
+            .to_string()
+    };
+    assert_eq!(result("trusted"), "ok", "{results}");
+    assert!(result("outside").starts_with("530 5.7.0"), "{results}");
+    assert!(
+        result("wrong-password").starts_with("535 5.7.8"),
+        "{results}"
+    );
+    assert_eq!(result("authenticated"), "ok", "{results}");
+    assert!(
+        result("other-envelope").starts_with("553 5.7.1"),
+        "{results}"
+    );
+    assert!(result("other-from").starts_with("550 5.7.1"), "{results}");
+    // smtplib repairs bare line endings, so the smuggling payload goes over a raw socket.
+    let smuggled = raw_session(
+        port,
+        "EHLO c\r\nMAIL FROM:<news@acme.example>\r\nRCPT TO:<g@one.test>\r\nDATA\r\n",
+        "Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@e.test>\r\nRCPT TO:<h@one.test>\r\n.\r\nQUIT\r\n",
+    );
+    assert!(
+        smuggled.contains("\r\n550 5.5.2 Message contains a bare LF\r\n221"),
+        "{smuggled}"
+    );
+
+    wait_final(&env, &engine, 3, Duration::from_secs(30));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    let mut delivered: Vec<&String> = got.deliveries.keys().collect();
+    delivered.sort();
+    assert_eq!(delivered, ["a@one.test", "b@two.test", "d@one.test"]);
+    assert!(got.deliveries.values().all(|&n| n == 1), "no duplicates");
+    let arrived = &got.bodies["a@one.test"];
+    assert!(
+        arrived.starts_with("Received: from client.test ([127.0.0.1])"),
+        "{arrived}"
+    );
+    assert!(arrived.contains("with ESMTP id "), "{arrived}");
+    assert!(
+        arrived.contains("\r\nMessage-ID: <") && arrived.contains("\r\nDate: "),
+        "{arrived}"
+    );
+    // The client's message byte for byte, with only the trace, Message-ID and Date added.
+    let (head, tail) = arrived.split_once("\r\n\r\n").unwrap();
+    let (sent_head, sent_tail) = body.split_once("\r\n\r\n").unwrap();
+    assert_eq!(tail, sent_tail);
+    let added = ["Received:", "\t", "Message-ID:", "Date:"];
+    let kept: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !added.iter().any(|a| l.starts_with(a)))
+        .collect();
+    assert_eq!(kept.join("\r\n"), sent_head, "{arrived}");
+    assert!(got.bodies["d@one.test"].contains("with ESMTPA id "));
+    drop(got);
+
+    // Reception records carry the user, or the client address, as tenant.
+    let records = env.log_records();
+    let tenant = |rcpt: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "Reception" && r["recipient"] == rcpt)
+            .map(|r| r["tenant"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(tenant("a@one.test").as_deref(), Some("127.0.0.1"));
+    assert_eq!(tenant("d@one.test").as_deref(), Some("app"));
+    for refused in [
+        "c@one.test",
+        "e@one.test",
+        "f@one.test",
+        "g@one.test",
+        "h@one.test",
+    ] {
+        assert!(
+            !records.iter().any(|r| r["recipient"] == refused),
+            "{refused} left nothing behind"
+        );
+    }
+    sink.stop();
+}
+
+#[test]
+fn starttls_and_implicit_tls_carry_auth_and_auth_in_the_clear_is_refused() {
+    let sink = Sink::start(HashMap::new());
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (submission, implicit) = (free_port(), free_port());
+    let real_hash = spate::gateway::password::hash("s3cret").unwrap();
+    let listener = |port: u16, tls: &str| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+        )
+    };
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n{}{}[[users]]\nname = \"app\"\npassword_hash = \"{real_hash}\"\nallowed_from = [\"@acme.example\"]\n",
+        sink.addr,
+        listener(submission, "starttls"),
+        listener(implicit, "implicit"),
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    for port in [submission, implicit] {
+        common::wait_until(Duration::from_secs(20), "the listeners", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    // AUTH before STARTTLS: not offered, and refused with 538 if tried anyway.
+    let clear = raw_commands(
+        submission,
+        "EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\nQUIT\r\n",
+    );
+    assert!(!clear.contains("AUTH PLAIN"), "{clear}");
+    assert!(clear.contains("250-STARTTLS"), "{clear}");
+    assert!(clear.contains("\r\n538 5.7.11"), "{clear}");
+
+    let body = "Subject: over TLS\r\nFrom: news@acme.example\r\n\r\nsecret things\r\n";
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl._create_unverified_context()
+s = smtplib.SMTP("127.0.0.1", {submission}, timeout=20)
+s.starttls(context=ctx)
+s.login("app", "s3cret")
+s.sendmail("news@acme.example", ["tls@one.test"], {body:?})
+s.quit()
+s = smtplib.SMTP_SSL("127.0.0.1", {implicit}, context=ctx, timeout=20)
+s.login("app", "s3cret")
+s.sendmail("news@acme.example", ["implicit@one.test"], {body:?})
+s.quit()
+print("sent")
+"#
+    );
+    assert_eq!(python(&script).trim(), "sent");
+    wait_final(&env, &engine, 2, Duration::from_secs(30));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    for rcpt in ["tls@one.test", "implicit@one.test"] {
+        let arrived = &got.bodies[rcpt];
+        assert!(arrived.contains("with ESMTPSA id "), "{arrived}");
+        assert!(arrived.ends_with("\r\n\r\nsecret things\r\n"), "{arrived}");
+    }
+    drop(got);
+    sink.stop();
+}
+
+/// Sends `commands` (ending with QUIT) and returns every reply until the 221.
+fn raw_commands(port: u16, commands: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(commands.as_bytes()).unwrap();
+    let mut replies = String::new();
+    let mut buf = [0u8; 4096];
+    while !replies.contains("\r\n221 ") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {replies}");
+        replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    replies
+}
+
+#[test]
+fn a_message_that_got_its_250_survives_kill_9_and_is_delivered_after_restart() {
+    let sink = Sink::start(HashMap::new());
+    let port = free_port();
+    let listener = format!(
+        "[[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nrelay_networks = [\"127.0.0.1\"]\n",
+        sink.addr
+    );
+    // Delivery paused first (Env's default without a [delivery] section): the 250 can only
+    // mean the queue has it.
+    let env = Env::new(2, "", &listener);
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let script = format!(
+        "{ATTEMPT}\nattempt('one', {port}, '127.0.0.1', None, None, 'app@acme.example', ['durable@one.test'], 'Subject: d\\r\\n\\r\\nkept\\r\\n')\n"
+    );
+    assert_eq!(python(&script).trim(), "one ok");
+    engine.kill9();
+    assert!(sink.received.lock().unwrap().deliveries.is_empty());
+
+    env.write_config(
+        2,
+        "",
+        &format!("[delivery]\nallow_private_destinations = true\n{listener}"),
+    );
+    let engine = env.start();
+    wait_final(&env, &engine, 1, Duration::from_secs(30));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    assert_eq!(got.deliveries.get("durable@one.test"), Some(&1));
+    assert!(got.bodies["durable@one.test"].ends_with("\r\n\r\nkept\r\n"));
+    drop(got);
+    sink.stop();
+}
