@@ -6,11 +6,23 @@
 use super::*;
 
 /// Group commit: one fdatasync per dirty segment for everything appended in a window.
+/// The window is cut short when a client waits for it (`Shard::commit_urgent`): a
+/// gateway session's 250 then costs one fsync, not `commit_interval` plus one, and the
+/// sessions that arrive during an fsync share the next one.
 pub(super) async fn group_commit(shard: Rc<Shard>, kick: LocalReceiver<()>) {
+    let urgent = shard.commit_urgent_rx.borrow_mut().take();
     while kick.recv().await.is_some() {
         let config = shard.config.borrow().clone();
         if shard.core.borrow().unsynced_records() < config.queue.commit_records_max {
-            sleep(config.queue.commit_interval).await;
+            match &urgent {
+                Some(rx) => {
+                    future::or(sleep(config.queue.commit_interval), async {
+                        let _ = rx.recv().await;
+                    })
+                    .await
+                }
+                None => sleep(config.queue.commit_interval).await,
+            }
         }
         if let Err(message) = shard.commit().await {
             shard.shared.fail(message);

@@ -532,6 +532,10 @@ struct Shard {
     data_tx: Senders<DataMsg>,
     ctl_tx: Senders<CtlMsg>,
     sync_kick: LocalSender<()>,
+    /// A client waits for the next group commit (the gateway's 250): it starts at once
+    /// instead of after `commit_interval`, batching whatever came during the last fsync.
+    commit_urgent: LocalSender<()>,
+    commit_urgent_rx: RefCell<Option<LocalReceiver<()>>>,
     /// Wakes the delivery scheduler before its next tick: recipients became ready (a group
     /// commit, a resolved domain), so the first deliveries do not wait for a tick.
     schedule_kick: LocalSender<()>,
@@ -832,6 +836,7 @@ fn open_shard(
         log,
     );
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
+    let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
     let (drained_kick, drained_rx) = local_channel::new_bounded(1);
     let mut outboxes = Vec::with_capacity(shards);
@@ -853,6 +858,8 @@ fn open_shard(
             data_tx,
             ctl_tx,
             sync_kick,
+            commit_urgent,
+            commit_urgent_rx: RefCell::new(Some(commit_urgent_rx)),
             schedule_kick,
             schedule_rx: RefCell::new(Some(schedule_rx)),
             final_commit: Cell::new(false),
