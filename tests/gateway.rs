@@ -132,6 +132,15 @@ fn smtplib_submits_relays_only_when_allowed_and_the_mail_arrives_intact() {
         "{smuggled}"
     );
 
+    // Guessing passwords: the third failure in a session closes it.
+    let bad = "AUTH PLAIN AGFwcABub3Bl\r\n"; // \0app\0nope
+    let guesses = raw_until_closed(port, &format!("EHLO c\r\n{bad}{bad}{bad}{bad}"));
+    assert_eq!(guesses.matches("535 5.7.8").count(), 2, "{guesses}");
+    assert!(
+        guesses.ends_with("421 4.7.0 Too many failed authentications\r\n"),
+        "{guesses}"
+    );
+
     wait_final(&env, &engine, 3, Duration::from_secs(30));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
     let got = sink.received.lock().unwrap();
@@ -270,6 +279,10 @@ fn raw_commands(port: u16, commands: &str) -> String {
     replies
 }
 
+/// kill -9 keeps the page cache, so this shows that nothing in the engine's memory is
+/// needed after a 250 (the queue records are written before it), not the fsync itself:
+/// that the 250 waits for the group commit's fdatasync is by construction (`feed_chunks`
+/// waits for the commit's acknowledgement), as for spool inputs.
 #[test]
 fn a_message_that_got_its_250_survives_kill_9_and_is_delivered_after_restart() {
     let sink = Sink::start(HashMap::new());
@@ -305,4 +318,15 @@ fn a_message_that_got_its_250_survives_kill_9_and_is_delivered_after_restart() {
     assert!(got.bodies["durable@one.test"].ends_with("\r\n\r\nkept\r\n"));
     drop(got);
     sink.stop();
+}
+
+/// Sends `commands` and returns every reply until the server closes the connection.
+fn raw_until_closed(port: u16, commands: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(commands.as_bytes()).unwrap();
+    let mut replies = Vec::new();
+    c.read_to_end(&mut replies).unwrap();
+    String::from_utf8_lossy(&replies).into_owned()
 }

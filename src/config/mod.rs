@@ -200,7 +200,7 @@ pub enum ListenerTls {
     None,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub listen: SocketAddr,
     pub tls: ListenerTls,
@@ -432,6 +432,8 @@ impl Config {
                 self.engine.data_dir != new.engine.data_dir,
                 "engine.data_dir",
             ),
+            // Bound, with their TLS settings and relay_networks, when the engine starts.
+            (self.listeners != new.listeners, "listeners"),
             (
                 old_rt.spin_before_park != new_rt.spin_before_park,
                 "engine.spin_before_park",
@@ -475,6 +477,10 @@ impl Config {
                 ));
             }
         };
+        note(
+            self.users.iter().any(|u| u.daily_limit.is_some()),
+            "[[users]] daily_limit",
+        );
         note(!self.dkim.is_empty(), "[[dkim]] signing");
         note(!self.suppression.files.is_empty(), "[suppression]");
         note(

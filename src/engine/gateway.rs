@@ -27,6 +27,13 @@ const READ_BYTES: usize = 16 << 10;
 /// of up to the listener's `max_message_size` in memory until it is queued; a client
 /// beyond this gets 421 and is closed at once.
 pub const SESSIONS_PER_SHARD_MAX: usize = 500;
+/// Sessions one client address may hold on one shard: one address cannot take every slot.
+pub const SESSIONS_PER_IP_MAX: usize = 50;
+/// Failed AUTH attempts a session may make; the next failure closes it (421).
+pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
+/// Room kept under the queue's message limit for what the gateway adds (trace, Message-ID,
+/// Date), so a message accepted at its size limit is never refused when it is queued.
+const ADDED_HEADER_ROOM: usize = 8 << 10;
 
 /// One listener as this shard serves it.
 pub(super) struct Gateway {
@@ -34,7 +41,31 @@ pub(super) struct Gateway {
     tls: Option<Arc<rustls::ServerConfig>>,
     server: ServerConfig,
     /// Sessions open on this shard, across listeners (shared by its `Gateway`s).
-    sessions: Rc<Cell<usize>>,
+    sessions: Rc<Sessions>,
+}
+
+/// The sessions a shard serves, in all and per client address.
+#[derive(Default)]
+pub(super) struct Sessions {
+    total: Cell<usize>,
+    per_ip: RefCell<HashMap<std::net::IpAddr, usize>>,
+}
+
+impl Sessions {
+    /// Counts a session in, if the bounds allow it.
+    fn enter(self: &Rc<Self>, ip: std::net::IpAddr) -> Option<SessionSlot> {
+        let mut per_ip = self.per_ip.borrow_mut();
+        let mine = per_ip.entry(ip).or_insert(0);
+        if self.total.get() >= SESSIONS_PER_SHARD_MAX || *mine >= SESSIONS_PER_IP_MAX {
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        self.total.set(self.total.get() + 1);
+        Some(SessionSlot(Rc::clone(self), ip))
+    }
 }
 
 /// The TLS settings of a listener, from its certificate and key files.
@@ -65,10 +96,11 @@ impl Gateway {
     pub(super) fn new(
         listener: &Listener,
         helo_name: &str,
-        sessions: Rc<Cell<usize>>,
+        sessions: Rc<Sessions>,
     ) -> Result<Gateway, String> {
         let tls = server_tls(listener).map_err(|e| format!("listener {}: {e}", listener.listen))?;
-        let max = (listener.max_message_size_bytes as usize).min(crate::intake::MESSAGE_BYTES_MAX);
+        let max = (listener.max_message_size_bytes as usize)
+            .min(crate::intake::MESSAGE_BYTES_MAX - ADDED_HEADER_ROOM);
         let server = ServerConfig {
             hostname: helo_name.to_string(),
             max_message_bytes: max,
@@ -138,35 +170,49 @@ pub(super) async fn serve(shard: Rc<Shard>, gateway: Rc<Gateway>) {
 }
 
 /// Counts a session for as long as it lives.
-struct SessionSlot(Rc<Cell<usize>>);
+struct SessionSlot(Rc<Sessions>, std::net::IpAddr);
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let s = &self.0;
+        s.total.set(s.total.get().saturating_sub(1));
+        let mut per_ip = s.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.1);
+            }
+        }
     }
 }
 
 async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+    // A client that stops reading (its replies pile up) is cut off as one that stops
+    // writing is.
+    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(READ_TIMEOUT)).is_err()
+    {
         return;
     }
-    if gateway.sessions.get() >= SESSIONS_PER_SHARD_MAX {
-        let _ = stream
-            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-            .await;
+    let Some(_slot) = gateway.sessions.enter(peer.ip()) else {
+        // In plaintext only: on an implicit-TLS port, a client expects a handshake.
+        if gateway.listener.tls != ListenerTls::Implicit {
+            let _ = stream
+                .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                .await;
+        }
         let _ = stream.close().await;
         return;
-    }
-    gateway.sessions.set(gateway.sessions.get() + 1);
-    let _slot = SessionSlot(Rc::clone(&gateway.sessions));
+    };
     let mut session = Session {
         shard,
         server: Server::new(gateway.server.clone()),
         gateway,
         peer,
         user: None,
+        auth_failures: 0,
         from: None,
         rcpts: Vec::new(),
         message: Vec::new(),
@@ -208,16 +254,25 @@ struct Session {
     gateway: Rc<Gateway>,
     server: Server,
     peer: SocketAddr,
-    /// The user AUTH authenticated, by its index in `[[users]]`.
-    user: Option<usize>,
+    /// The user AUTH authenticated, by name: looked up in the configuration in force each
+    /// time (a reload may change or remove it; a removed user is no longer authenticated).
+    user: Option<String>,
+    auth_failures: u32,
     from: Option<String>,
     rcpts: Vec<String>,
     message: Vec<u8>,
 }
 
 impl Session {
+    /// The authenticated user as the configuration in force has it, if it still does.
+    fn current_user(&self, config: &Config) -> Option<crate::config::User> {
+        let name = self.user.as_deref()?;
+        config.users.iter().find(|u| u.name == name).cloned()
+    }
+
     fn reset(&mut self) {
         self.user = None;
+        self.auth_failures = 0;
         self.from = None;
         self.rcpts.clear();
         self.message.clear();
@@ -304,10 +359,11 @@ impl Session {
                 self.server.reply(code, &text, out);
                 self.from = None;
                 self.rcpts.clear();
-                self.message.clear();
+                // Not `clear`: an idle session keeps no message-sized buffer.
+                self.message = Vec::new();
             }
             SmtpEvent::MessageTooBig | SmtpEvent::MessageRefused | SmtpEvent::MessageAbandoned => {
-                self.message.clear();
+                self.message = Vec::new();
                 self.rcpts.clear();
                 self.from = None;
             }
@@ -318,8 +374,15 @@ impl Session {
                         .reply(235, "2.7.0 Authentication successful", out);
                 } else {
                     sleep(AUTH_FAILURE_DELAY).await;
-                    self.server
-                        .reply(535, "5.7.8 Authentication credentials invalid", out);
+                    self.auth_failures += 1;
+                    if self.auth_failures >= AUTH_FAILURES_PER_SESSION_MAX {
+                        // 421 closes the session (the core's rule).
+                        self.server
+                            .reply(421, "4.7.0 Too many failed authentications", out);
+                    } else {
+                        self.server
+                            .reply(535, "5.7.8 Authentication credentials invalid", out);
+                    }
                 }
             }
             SmtpEvent::NeedMore | SmtpEvent::Close | SmtpEvent::StartTls => {}
@@ -335,11 +398,10 @@ impl Session {
                 Err(e) => return (553, format!("5.1.7 Bad sender address: {}", e.0)),
             }
         };
-        if let Some(u) = self.user {
-            let config = self.shard.config.borrow().clone();
-            let allowed = config
-                .users
-                .get(u)
+        let config = self.shard.config.borrow().clone();
+        if self.user.is_some() {
+            let allowed = self
+                .current_user(&config)
                 .is_some_and(|u| policy::sender_allowed(&u.allowed_from, &sender));
             if !allowed {
                 return (
@@ -354,9 +416,10 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: &str) -> (u16, String) {
+        let config = self.shard.config.borrow().clone();
         let relay = policy::may_relay(
             self.peer.ip(),
-            self.user.is_some(),
+            self.current_user(&config).is_some(),
             &self.gateway.listener.relay_networks,
             self.gateway.server.auth
                 && (self.server.is_tls() || !self.gateway.server.auth_needs_tls),
@@ -380,8 +443,16 @@ impl Session {
     /// queued durably.
     async fn message_end(&mut self) -> (u16, String) {
         let config = self.shard.config.borrow().clone();
-        if let Some(user) = self.user.and_then(|u| config.users.get(u)) {
-            match policy::from_addresses(&self.message) {
+        let user = self.current_user(&config);
+        if self.user.is_some() && user.is_none() {
+            return (550, "5.7.1 The authenticated user no longer exists".into());
+        }
+        if let Some(user) = &user {
+            let senders = policy::from_addresses(&self.message).and_then(|mut from| {
+                from.extend(policy::sender_addresses(&self.message)?.unwrap_or_default());
+                Ok(from)
+            });
+            match senders {
                 Ok(addresses) => {
                     if let Some(bad) = addresses
                         .iter()
@@ -389,7 +460,7 @@ impl Session {
                     {
                         return (
                             550,
-                            format!("5.7.1 From address {bad} not allowed for this user"),
+                            format!("5.7.1 From/Sender address {bad} not allowed for this user"),
                         );
                     }
                 }
@@ -409,12 +480,12 @@ impl Session {
                 helo: self.server.helo(),
                 host: &config.smtp.helo_name,
                 tls: self.server.is_tls(),
-                authenticated: self.user.is_some(),
+                authenticated: user.is_some(),
                 id: &id,
             },
             now,
         );
-        let tenant = match self.user.and_then(|u| config.users.get(u)) {
+        let tenant = match &user {
             Some(u) => u.name.clone(),
             None => self.peer.ip().to_string(),
         };
@@ -431,7 +502,8 @@ impl Session {
         let rcpts = std::mem::take(&mut self.rcpts);
         match queue_submission(&self.shard, spec, rcpts).await {
             Ok(()) => (250, format!("2.0.0 OK: queued as {id}")),
-            Err(why) => (451, format!("4.3.0 {why}")),
+            Err(Refused::Permanent(why)) => (554, format!("5.3.4 {why}")),
+            Err(Refused::Temporary(why)) => (451, format!("4.3.0 {why}")),
         }
     }
 
@@ -447,7 +519,7 @@ impl Session {
             .spawn_blocking(move || password::verify(&password, &hash))
             .await;
         if ok && found.is_some() {
-            self.user = found;
+            self.user = Some(user.to_string());
             tracing::info!(
                 "gateway: {} authenticated as {}",
                 self.peer.ip(),
@@ -468,26 +540,61 @@ impl Session {
 const UNKNOWN_USER_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c3BhdGUtbm8tdXNlcg$2oTpbvJW7zl0mTgkqGd1Wv7sTqVg3pVmuWdoh2uFVyA";
 
+/// Why a message was not queued.
+enum Refused {
+    /// It never will be (5xx).
+    Permanent(String),
+    /// Try again later (4xx): the engine is stopping or failed.
+    Temporary(String),
+}
+
 /// Queues one submitted message on this shard (its home) and waits for the group commit.
+/// Once the engine stops, nothing new is appended: a message appended then might be made
+/// durable by the last commit with no 250 sent, and come again from the client's retry.
 async fn queue_submission(
     shard: &Rc<Shard>,
     spec: MessageSpec,
     rcpts: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
+    if shard.shared.stopping() {
+        return Err(Refused::Temporary(
+            "the engine is stopping; try again later".into(),
+        ));
+    }
     let batch_id = spec.batch_id;
-    let mut parser =
-        Parser::submission(spec, rcpts, shard.shards).map_err(|e| format!("cannot queue: {e}"))?;
+    let mut parser = Parser::submission(spec, rcpts, shard.shards)
+        .map_err(|e| Refused::Permanent(format!("cannot queue: {e}")))?;
     let message = Arc::clone(parser.message());
+    let home = (batch_id % shard.shards as u64) as usize;
     let (ack_tx, ack_rx) = local_channel::new_unbounded();
     shard.acks.borrow_mut().insert(batch_id, ack_tx);
-    // The client waits for this commit: it starts without the usual window.
+    // The client waits for this commit: it starts without the usual window (this shard's;
+    // a home on another shard keeps its window).
     let _ = shard.commit_urgent.try_send(());
     let result = feed_chunks(shard, &mut parser, &message, &ack_rx).await;
     shard.acks.borrow_mut().remove(&batch_id);
-    shard.core.borrow_mut().queue.release_batch(batch_id);
+    // The message's home keeps the batch's de-duplication state (for a resumed input; a
+    // submission is never resumed): released there, or it would grow with every message.
+    // The home is this shard unless the shard count does not divide 256 (`next_batch_id`).
+    if home == shard.id {
+        shard.core.borrow_mut().queue.release_batch(batch_id);
+    } else {
+        let _ = shard
+            .ctl_tx
+            .send_to(home, CtlMsg::Released { batch_id })
+            .await;
+    }
     match result {
         Ok(_) => Ok(()),
-        Err(_) => Err("the engine is stopping; try again later".into()),
+        // Appended here before the stop: `feed_chunks` waited for its acknowledgement, so
+        // it is durable. (A chunk for another shard may not have been sent: try again.)
+        Err(super::intake::Interrupted::Stopping) if home == shard.id => Ok(()),
+        Err(super::intake::Interrupted::Stopping) => Err(Refused::Temporary(
+            "the engine is stopping; try again later".into(),
+        )),
+        Err(super::intake::Interrupted::Failed) => Err(Refused::Temporary(
+            "the engine failed; try again later".into(),
+        )),
     }
 }
 

@@ -684,7 +684,7 @@ async fn shard_main(
         sleep(Duration::from_millis(2)).await;
     }
     // The submission gateway: every shard serves every listener (SO_REUSEPORT).
-    let sessions = Rc::new(Cell::new(0));
+    let sessions = Rc::new(gateway::Sessions::default());
     for l in &config.listeners {
         match gateway::Gateway::new(l, &config.smtp.helo_name, Rc::clone(&sessions)) {
             Ok(g) => {

@@ -57,8 +57,36 @@ pub fn sender_allowed(allowed: &[String], address: &str) -> bool {
 /// The addresses of the message's From header (RFC 5322 3.6.2: one or more mailboxes),
 /// lowercased; an error when there is none, more than one From header, or a From that
 /// cannot be read. Folded lines are unfolded; display names, quoted strings and comments
-/// are skipped.
+/// are skipped; each address must be one `address::parse_address` takes (so
+/// `a@victim.example@acme.example` is refused, not read as acme's).
 pub fn from_addresses(message: &[u8]) -> Result<Vec<String>, &'static str> {
+    field_addresses(message, "from")?.ok_or("the message has no From header")
+}
+
+/// The addresses of the message's Sender header, if it has one (the header an agent
+/// sending for the From uses; a user may not use it to send as others either).
+pub fn sender_addresses(message: &[u8]) -> Result<Option<Vec<String>>, &'static str> {
+    field_addresses(message, "sender")
+}
+
+/// When `line` starts the field `name` (`Name:` or, in the obsolete syntax RFC 5322 4.5
+/// still asks receivers to read, `Name :`), what follows the colon.
+fn field_start<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let head = line.get(..name.len())?;
+    if !head.eq_ignore_ascii_case(name.as_bytes()) {
+        return None;
+    }
+    let rest = &line[name.len()..];
+    let spaces = rest
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    rest[spaces..].strip_prefix(b":")
+}
+
+/// The addresses of the field `name` (lowercase): `None` when absent, an error when it is
+/// there twice or cannot be read.
+fn field_addresses(message: &[u8], name: &str) -> Result<Option<Vec<String>>, &'static str> {
     let header_end = find_header_end(message).ok_or("the message has no header")?;
     if header_end > HEADER_BYTES_MAX {
         return Err("the message header is too long");
@@ -78,25 +106,25 @@ pub fn from_addresses(message: &[u8]) -> Result<Vec<String>, &'static str> {
         }
         if let Some(done) = current.take() {
             if from.replace(done).is_some() {
-                return Err("the message has more than one From header");
+                return Err("the message has more than one From or Sender header");
             }
         }
-        if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from:") {
-            current = Some(line[5..].to_vec());
+        if let Some(value) = field_start(line, name) {
+            current = Some(value.to_vec());
         }
     }
     if let Some(done) = current.take() {
         if from.replace(done).is_some() {
-            return Err("the message has more than one From header");
+            return Err("the message has more than one From or Sender header");
         }
     }
-    let from = from.ok_or("the message has no From header")?;
+    let Some(from) = from else { return Ok(None) };
     let text = std::str::from_utf8(&from).map_err(|_| "the From header is not UTF-8")?;
     let addresses = mailboxes(text)?;
     if addresses.is_empty() {
         return Err("the From header holds no address");
     }
-    Ok(addresses)
+    Ok(Some(addresses))
 }
 
 /// Where the header block ends (the offset of its blank line), if it does.
@@ -132,10 +160,13 @@ fn mailboxes(text: &str) -> Result<Vec<String>, &'static str> {
         if addr.contains(char::is_whitespace) || !addr.contains('@') {
             return Err("the From header holds something that is not an address");
         }
+        let Ok(parsed) = crate::address::parse_address(addr) else {
+            return Err("the From header holds something that is not an address");
+        };
         if out.len() == FROM_ADDRESSES_MAX {
             return Err("the From header holds too many addresses");
         }
-        out.push(addr.to_ascii_lowercase());
+        out.push(parsed.to_addr_string().to_ascii_lowercase());
         Ok(())
     };
     for c in text.chars() {
@@ -271,6 +302,18 @@ mod tests {
                 "From: a@x.example\r\nFrom: b@y.example\r\n\r\n",
                 "more than one",
             ),
+            (
+                "From: a@x.example\r\nFROM : b@y.example\r\n\r\n",
+                "more than one",
+            ),
+            (
+                "From: ceo@victim.example@acme.example\r\n\r\n",
+                "not an address",
+            ),
+            (
+                "From: ceo@victim.example(x)@acme.example\r\n\r\n",
+                "not an address",
+            ),
             ("From: <a@x.example\r\n\r\n", "not closed"),
             ("From: not an address\r\n\r\n", "not an address"),
             ("From: \r\n\r\n", "no address"),
@@ -279,6 +322,11 @@ mod tests {
             let e = from_addresses(message.as_bytes()).unwrap_err();
             assert!(e.contains(why), "{message:?}: {e}");
         }
+        assert_eq!(
+            sender_addresses(b"From: a@x.example\r\nSender : Bob <B@y.example>\r\n\r\n"),
+            Ok(Some(vec!["b@y.example".to_string()]))
+        );
+        assert_eq!(sender_addresses(b"From: a@x.example\r\n\r\n"), Ok(None));
         let many = format!(
             "From: {}\r\n\r\n",
             vec!["a@x.example"; FROM_ADDRESSES_MAX + 1].join(",")

@@ -3,7 +3,7 @@
 //! client left them out, and the `X-Campaign` header taken out (it names the campaign in the
 //! delivery log and is not sent on).
 
-use crate::message::{find_header, rfc5322_date};
+use crate::message::rfc5322_date;
 use std::net::IpAddr;
 
 /// The facts the `Received:` field records.
@@ -34,9 +34,18 @@ const CAMPAIGN_MAX: usize = crate::intake::LABEL_BYTES_MAX;
 /// The message to queue: `message` (CRLF lines, as the strict server core hands it over) with
 /// the trace field first and the missing fields added at the end of its header.
 pub fn prepare(message: &[u8], trace: &Trace<'_>, now_unix_ms: u64) -> Prepared {
+    // A message sent in BDAT chunks need not end in CRLF; one that does not gets one, so
+    // a field added after its last header line cannot run into it.
+    let owned;
+    let message = if message.ends_with(b"\r\n") || message.is_empty() {
+        message
+    } else {
+        owned = [message, b"\r\n"].concat();
+        &owned[..]
+    };
     let header_end = header_end(message);
     let (head, body) = message.split_at(header_end);
-    let campaign = find_header(head, "x-campaign")
+    let campaign = field_value(head, "x-campaign")
         .filter(|c| c.len() <= CAMPAIGN_MAX && c.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
         .unwrap_or_default();
     let head = without_field(head, "x-campaign");
@@ -62,7 +71,7 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>, now_unix_ms: u64) -> Prepared 
         .as_bytes(),
     );
     out.extend_from_slice(&head);
-    let message_id = match find_header(&head, "message-id") {
+    let message_id = match field_value(&head, "message-id") {
         Some(id) => id,
         None => {
             let id = format!("<{}@{}>", trace.id, trace.host);
@@ -70,7 +79,7 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>, now_unix_ms: u64) -> Prepared 
             id
         }
     };
-    if find_header(&head, "date").is_none() {
+    if field_value(&head, "date").is_none() {
         out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
     out.extend_from_slice(body);
@@ -89,6 +98,43 @@ fn header_end(message: &[u8]) -> usize {
     memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2)
 }
 
+/// True when `line` starts the field `name`: `Name:`, or `Name :` (RFC 5322 4.5's
+/// obsolete syntax, which receivers still read).
+fn starts_field(line: &[u8], name: &str) -> bool {
+    let Some(head) = line.get(..name.len()) else {
+        return false;
+    };
+    let rest = &line[name.len()..];
+    let spaces = rest
+        .iter()
+        .take_while(|b| **b == b' ' || **b == b'\t')
+        .count();
+    head.eq_ignore_ascii_case(name.as_bytes()) && rest.get(spaces) == Some(&b':')
+}
+
+/// The first value of the field `name`, unfolded and trimmed (decoded lossily: a header in
+/// another charset is still found), or `None` without one.
+fn field_value(head: &[u8], name: &str) -> Option<String> {
+    let mut value: Option<Vec<u8>> = None;
+    for line in head.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        match value.as_mut() {
+            Some(v) if continuation => {
+                v.push(b' ');
+                v.extend_from_slice(line.trim_ascii());
+            }
+            Some(_) => break,
+            None if !continuation && starts_field(line, name) => {
+                let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
+                value = Some(line[(colon + 1).min(line.len())..].trim_ascii().to_vec());
+            }
+            None => {}
+        }
+    }
+    value.map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
 /// The header without every occurrence of the field `name` (its folded lines too).
 fn without_field(head: &[u8], name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.len());
@@ -96,9 +142,7 @@ fn without_field(head: &[u8], name: &str) -> Vec<u8> {
     for line in head.split_inclusive(|b| *b == b'\n') {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         if !continuation {
-            dropping = line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-                && line[name.len()] == b':';
+            dropping = starts_field(line, name);
         }
         if !dropping {
             out.extend_from_slice(line);
@@ -141,6 +185,27 @@ mod tests {
         assert!(text.ends_with("Subject: hi\r\nMessage-ID: <abc123@mta.example>\r\nDate: Thu, 01 Jan 1970 00:00:00 +0000\r\n\r\nX-Campaign: body stays\r\n"), "{text}");
         assert_eq!(p.campaign, "spring sale");
         assert_eq!(p.message_id, "<abc123@mta.example>");
+    }
+
+    #[test]
+    fn odd_but_legal_headers_are_read_as_receivers_read_them() {
+        // Latin-1 in the Subject, `X-Campaign :` with a space, no final CRLF (BDAT).
+        let m = b"Subject: caf\xe9\r\nMessage-ID: <m@x.example>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\nX-Campaign : fall\r\n\r\nbody";
+        let p = prepare(m, &trace(), 0);
+        assert_eq!(p.campaign, "fall");
+        assert_eq!(p.message_id, "<m@x.example>");
+        let text = String::from_utf8_lossy(&p.message).into_owned();
+        assert_eq!(text.matches("Message-ID").count(), 1, "{text}");
+        assert_eq!(text.matches("Date:").count(), 1, "{text}");
+        assert!(!text.contains("X-Campaign"), "{text}");
+        assert!(text.ends_with("\r\n\r\nbody\r\n"), "{text}");
+        // A header with no body: the added fields start lines of their own.
+        let p = prepare(b"Subject: x", &trace(), 0);
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(
+            text.contains("\r\nSubject: x\r\nMessage-ID: <abc123@mta.example>\r\nDate: "),
+            "{text}"
+        );
     }
 
     #[test]
