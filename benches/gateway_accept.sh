@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Messages per second the SMTP gateway accepts durably (250 after the group commit), with
-# Postfix's smtp-source as the client (an SMTP client not written here; -d: each session
-# keeps its connection for all its messages) and delivery paused. SPATE_SHARDS sets the
-# shard count (default 2).
+# Postfix's smtp-source as the client (an SMTP client not written here; by default with -d,
+# each session keeping its connection for all its messages) and delivery paused.
+# SPATE_SHARDS sets the shard count (default 2); SMTP_SOURCE_FLAGS replaces -d.
 #
 # usage: bash benches/gateway_accept.sh [MESSAGES] [SIZE_BYTES] [SESSIONS...]
 # Needs target/release/spate (cargo build --release) and smtp-source (Debian's postfix).
@@ -14,6 +14,9 @@ size=${2:-10240}
 shift 2 || true
 sessions=("${@:-20}")
 port=${GATEWAY_PORT:-2587}
+# -d: each session keeps its connection for all its messages; SMTP_SOURCE_FLAGS= (empty)
+# opens a connection per message instead.
+source_flags=${SMTP_SOURCE_FLAGS--d}
 dir=$(mktemp -d)
 trap 'kill "$engine" 2>/dev/null || true; wait "$engine" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cat > "$dir/spate.toml" <<TOML
@@ -43,7 +46,8 @@ ticks=$(getconf CLK_TCK)
 for s in "${sessions[@]}"; do
   cpu0=$(awk '{print $14+$15}' "/proc/$engine/stat")
   t0=$(date +%s.%N)
-  /usr/sbin/smtp-source -d -s "$s" -m "$messages" -l "$size" -f sender@acme.example -t rcpt@one.test "127.0.0.1:$port"
+  # shellcheck disable=SC2086 # the flags are words
+  /usr/sbin/smtp-source $source_flags -s "$s" -m "$messages" -l "$size" -f sender@acme.example -t rcpt@one.test "127.0.0.1:$port"
   t1=$(date +%s.%N)
   cpu1=$(awk '{print $14+$15}' "/proc/$engine/stat")
   awk -v s="$s" -v m="$messages" -v t0="$t0" -v t1="$t1" -v c="$((cpu1 - cpu0))" -v hz="$ticks" \

@@ -265,9 +265,9 @@ struct Session {
 
 impl Session {
     /// The authenticated user as the configuration in force has it, if it still does.
-    fn current_user(&self, config: &Config) -> Option<crate::config::User> {
+    fn current_user<'c>(&self, config: &'c Config) -> Option<&'c crate::config::User> {
         let name = self.user.as_deref()?;
-        config.users.iter().find(|u| u.name == name).cloned()
+        config.users.iter().find(|u| u.name == name)
     }
 
     fn reset(&mut self) {
@@ -447,7 +447,7 @@ impl Session {
         if self.user.is_some() && user.is_none() {
             return (550, "5.7.1 The authenticated user no longer exists".into());
         }
-        if let Some(user) = &user {
+        if let Some(user) = user {
             let senders = policy::from_addresses(&self.message).and_then(|mut from| {
                 from.extend(policy::sender_addresses(&self.message)?.unwrap_or_default());
                 Ok(from)

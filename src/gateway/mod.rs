@@ -3,6 +3,7 @@
 //! submission server adds to a message (`submission`). The protocol is `smtp::server`'s;
 //! the shell that serves the listeners is `engine::gateway`.
 
+mod header;
 pub mod password;
 pub mod policy;
 pub mod submission;

@@ -3,6 +3,7 @@
 //! `relay_networks` may relay (554 5.7.1 at RCPT otherwise). One customer cannot send as
 //! another's domain (5.7.1 at MAIL for the envelope, after the message for its From).
 
+use super::header::{field_start, header_end};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -69,25 +70,10 @@ pub fn sender_addresses(message: &[u8]) -> Result<Option<Vec<String>>, &'static 
     field_addresses(message, "sender")
 }
 
-/// When `line` starts the field `name` (`Name:` or, in the obsolete syntax RFC 5322 4.5
-/// still asks receivers to read, `Name :`), what follows the colon.
-fn field_start<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let head = line.get(..name.len())?;
-    if !head.eq_ignore_ascii_case(name.as_bytes()) {
-        return None;
-    }
-    let rest = &line[name.len()..];
-    let spaces = rest
-        .iter()
-        .take_while(|b| **b == b' ' || **b == b'\t')
-        .count();
-    rest[spaces..].strip_prefix(b":")
-}
-
 /// The addresses of the field `name` (lowercase): `None` when absent, an error when it is
 /// there twice or cannot be read.
 fn field_addresses(message: &[u8], name: &str) -> Result<Option<Vec<String>>, &'static str> {
-    let header_end = find_header_end(message).ok_or("the message has no header")?;
+    let header_end = header_end(message).ok_or("the message has no header")?;
     if header_end > HEADER_BYTES_MAX {
         return Err("the message header is too long");
     }
@@ -125,19 +111,6 @@ fn field_addresses(message: &[u8], name: &str) -> Result<Option<Vec<String>>, &'
         return Err("the From header holds no address");
     }
     Ok(Some(addresses))
-}
-
-/// Where the header block ends (the offset of its blank line), if it does.
-fn find_header_end(message: &[u8]) -> Option<usize> {
-    if message.starts_with(b"\r\n") || message.starts_with(b"\n") {
-        return Some(0);
-    }
-    let crlf = memchr::memmem::find(message, b"\r\n\r\n").map(|i| i + 2);
-    let lf = memchr::memmem::find(message, b"\n\n").map(|i| i + 1);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// The addr-specs of a mailbox-list (or group): `<...>` where there is one, the bare

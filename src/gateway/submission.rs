@@ -3,6 +3,7 @@
 //! client left them out, and the `X-Campaign` header taken out (it names the campaign in the
 //! delivery log and is not sent on).
 
+use super::header::{field_start, header_end};
 use crate::message::rfc5322_date;
 use std::net::IpAddr;
 
@@ -43,8 +44,7 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>, now_unix_ms: u64) -> Prepared 
         owned = [message, b"\r\n"].concat();
         &owned[..]
     };
-    let header_end = header_end(message);
-    let (head, body) = message.split_at(header_end);
+    let (head, body) = message.split_at(header_end(message).unwrap_or(message.len()));
     let campaign = field_value(head, "x-campaign")
         .filter(|c| c.len() <= CAMPAIGN_MAX && c.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
         .unwrap_or_default();
@@ -90,28 +90,6 @@ pub fn prepare(message: &[u8], trace: &Trace<'_>, now_unix_ms: u64) -> Prepared 
     }
 }
 
-/// Where the header ends: the offset of the blank line (or the whole message, if none).
-fn header_end(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2)
-}
-
-/// True when `line` starts the field `name`: `Name:`, or `Name :` (RFC 5322 4.5's
-/// obsolete syntax, which receivers still read).
-fn starts_field(line: &[u8], name: &str) -> bool {
-    let Some(head) = line.get(..name.len()) else {
-        return false;
-    };
-    let rest = &line[name.len()..];
-    let spaces = rest
-        .iter()
-        .take_while(|b| **b == b' ' || **b == b'\t')
-        .count();
-    head.eq_ignore_ascii_case(name.as_bytes()) && rest.get(spaces) == Some(&b':')
-}
-
 /// The first value of the field `name`, unfolded and trimmed (decoded lossily: a header in
 /// another charset is still found), or `None` without one.
 fn field_value(head: &[u8], name: &str) -> Option<String> {
@@ -125,11 +103,8 @@ fn field_value(head: &[u8], name: &str) -> Option<String> {
                 v.extend_from_slice(line.trim_ascii());
             }
             Some(_) => break,
-            None if !continuation && starts_field(line, name) => {
-                let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
-                value = Some(line[(colon + 1).min(line.len())..].trim_ascii().to_vec());
-            }
-            None => {}
+            None if continuation => {}
+            None => value = field_start(line, name).map(|rest| rest.trim_ascii().to_vec()),
         }
     }
     value.map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -142,7 +117,7 @@ fn without_field(head: &[u8], name: &str) -> Vec<u8> {
     for line in head.split_inclusive(|b| *b == b'\n') {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         if !continuation {
-            dropping = starts_field(line, name);
+            dropping = field_start(line, name).is_some();
         }
         if !dropping {
             out.extend_from_slice(line);

@@ -392,6 +392,7 @@ fn a_421_closes_and_reply_text_stays_one_line() {
 }
 
 fn b64(s: &str) -> String {
+    use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
