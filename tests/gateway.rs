@@ -330,3 +330,82 @@ fn raw_until_closed(port: u16, commands: &str) -> String {
     c.read_to_end(&mut replies).unwrap();
     String::from_utf8_lossy(&replies).into_owned()
 }
+
+/// A user's daily limit counts the recipients of accepted messages, holds across a kill -9
+/// (the counts are synced with the queue), and each refusal leaves a `Rejected` record;
+/// failed AUTH attempts lock an address out across sessions, even for the right password.
+#[test]
+fn a_daily_limit_survives_kill_9_and_a_lockout_spans_sessions() {
+    let port = free_port();
+    let hash = spate::gateway::password::hash("s3cret").unwrap();
+    let config = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nauth_failures_max = 2\nauth_lockout = \"1m\"\n\
+         [[users]]\nname = \"app\"\npassword_hash = \"{hash}\"\nallowed_from = [\"@acme.example\"]\ndaily_limit = 3\n"
+    );
+    // Delivery stays paused: only what the gateway accepts and counts matters here.
+    let env = Env::new(2, "", &config);
+    let engine = env.start();
+    let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    common::wait_until(Duration::from_secs(20), "the listener", listening);
+    let auth = "EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\n"; // \0app\0s3cret
+    let data = "Subject: n\r\nFrom: news@acme.example\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let first = raw_session(
+        port,
+        &format!("{auth}MAIL FROM:<news@acme.example>\r\nRCPT TO:<a@one.test>\r\nRCPT TO:<b@one.test>\r\nDATA\r\n"),
+        data,
+    );
+    assert!(first.contains("\r\n250 2.0.0 OK: queued as"), "{first}");
+    let second = raw_session(
+        port,
+        &format!("{auth}MAIL FROM:<news@acme.example>\r\nRCPT TO:<c@one.test>\r\nRCPT TO:<d@one.test>\r\nDATA\r\n"),
+        data,
+    );
+    assert!(
+        second.contains("\r\n250 2.1.5 OK\r\n452 4.5.3 Daily limit of 3 recipients reached"),
+        "{second}"
+    );
+    assert!(second.contains("\r\n250 2.0.0 OK: queued as"), "{second}");
+
+    engine.kill9();
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", listening);
+    let after = raw_commands(
+        port,
+        &format!("{auth}MAIL FROM:<news@acme.example>\r\nRCPT TO:<e@one.test>\r\nQUIT\r\n"),
+    );
+    assert!(after.contains("\r\n452 4.5.3 Daily limit"), "{after}");
+
+    // Two failures from one address, in two sessions, lock it out; then even the right
+    // password is not checked.
+    let bad = "EHLO c\r\nAUTH PLAIN AGFwcABub3Bl\r\n"; // \0app\0nope
+    let once = raw_commands(port, &format!("{bad}QUIT\r\n"));
+    assert!(once.contains("\r\n535 5.7.8"), "{once}");
+    let twice = raw_until_closed(port, bad);
+    assert!(
+        twice.ends_with(
+            "421 4.7.0 Too many failed authentications from your address; try again later\r\n"
+        ),
+        "{twice}"
+    );
+    let right = raw_until_closed(port, auth);
+    assert!(
+        right.ends_with("from your address; try again later\r\n"),
+        "{right}"
+    );
+
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let mut queued = env.queued_recipients();
+    queued.sort();
+    assert_eq!(queued, ["a@one.test", "b@one.test", "c@one.test"]);
+    let records = env.log_records();
+    let rejected: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "Rejected")
+        .map(|r| {
+            assert_eq!(r["tenant"], "app");
+            assert_eq!(r["code"], 452);
+            r["recipient"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(rejected, ["d@one.test", "e@one.test"]);
+}

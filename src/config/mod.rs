@@ -208,6 +208,17 @@ pub struct Listener {
     pub key: Option<PathBuf>,
     pub relay_networks: Vec<ipnet::IpNet>,
     pub max_message_size_bytes: u64,
+    /// Sessions open at once on this listener, across shards (a message in a session is held
+    /// in memory until queued: the listener's memory bound is this times
+    /// `max_message_size_bytes`).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Recipients one message may have (452 4.5.3 past it).
+    pub max_recipients: usize,
+    /// Failed AUTH attempts from one client address (across sessions, within
+    /// `auth_lockout`) that lock it out for `auth_lockout`.
+    pub auth_failures_max: u32,
+    pub auth_lockout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -215,7 +226,10 @@ pub struct User {
     pub name: String,
     pub password_hash: String,
     pub allowed_from: Vec<String>,
+    /// Recipients of accepted messages per UTC day.
     pub daily_limit: Option<u64>,
+    /// Recipients per period, taken at RCPT.
+    pub rate_limit: Option<Rate>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +272,18 @@ pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_DELIVERIES_PER_CONNECTION: u32 = 100;
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25_000_000;
+/// Sessions per listener: with 25 MB messages, up to 5 GB held in memory by clients in the
+/// middle of DATA (Postfix's default is 100 smtpd processes).
+pub const DEFAULT_LISTENER_CONNECTIONS_MAX: usize = 200;
+pub const DEFAULT_LISTENER_CONNECTIONS_PER_IP_MAX: usize = 50;
+/// Recipients per message (RFC 5321 asks for at least 100; Postfix allows 1000).
+pub const DEFAULT_LISTENER_RECIPIENTS_MAX: usize = 1000;
+/// Failed AUTH attempts from one address within `DEFAULT_AUTH_LOCKOUT` before it is locked
+/// out for that long.
+pub const DEFAULT_AUTH_FAILURES_MAX: u32 = 10;
+pub const DEFAULT_AUTH_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// A user's name, as AUTH gives it.
+pub const USER_NAME_BYTES_MAX: usize = 256;
 /// One executor per CPU is the design; more shards than this is a typo.
 pub const SHARDS_MAX: usize = 256;
 /// An idle shard sleeps at once, as glommio does by default: spinning burns a core that may
@@ -477,10 +503,6 @@ impl Config {
                 ));
             }
         };
-        note(
-            self.users.iter().any(|u| u.daily_limit.is_some()),
-            "[[users]] daily_limit",
-        );
         note(!self.dkim.is_empty(), "[[dkim]] signing");
         note(!self.suppression.files.is_empty(), "[suppression]");
         note(

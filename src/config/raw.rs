@@ -180,6 +180,11 @@ struct RawListener {
     #[serde(default)]
     relay_networks: Vec<String>,
     max_message_size: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_recipients: Option<usize>,
+    auth_failures_max: Option<u32>,
+    auth_lockout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +195,7 @@ struct RawUser {
     #[serde(default)]
     allowed_from: Vec<String>,
     daily_limit: Option<u64>,
+    rate_limit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -513,6 +519,41 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             Some(s) => parse_size(&s).map_err(|m| err(&format!("{field}.max_message_size"), m))?,
             None => DEFAULT_MAX_MESSAGE_SIZE,
         };
+        let positive = |key: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(err(&format!("{field}.{key}"), "must be at least 1".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_connections = positive(
+            "max_connections",
+            l.max_connections,
+            DEFAULT_LISTENER_CONNECTIONS_MAX,
+        )?;
+        let max_connections_per_ip = positive(
+            "max_connections_per_ip",
+            l.max_connections_per_ip,
+            DEFAULT_LISTENER_CONNECTIONS_PER_IP_MAX,
+        )?;
+        let max_recipients = positive(
+            "max_recipients",
+            l.max_recipients,
+            DEFAULT_LISTENER_RECIPIENTS_MAX,
+        )?;
+        if max_recipients > crate::intake::PICKUP_RECIPIENTS_MAX {
+            return Err(err(
+                &format!("{field}.max_recipients"),
+                format!("at most {}", crate::intake::PICKUP_RECIPIENTS_MAX),
+            ));
+        }
+        let auth_failures_max = positive(
+            "auth_failures_max",
+            l.auth_failures_max.map(|n| n as usize),
+            DEFAULT_AUTH_FAILURES_MAX as usize,
+        )? as u32;
+        let auth_lockout = match l.auth_lockout {
+            Some(s) => parse_duration(&s).map_err(|m| err(&format!("{field}.auth_lockout"), m))?,
+            None => DEFAULT_AUTH_LOCKOUT,
+        };
         listeners.push(Listener {
             listen,
             tls,
@@ -520,6 +561,11 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             key: l.key,
             relay_networks,
             max_message_size_bytes,
+            max_connections,
+            max_connections_per_ip,
+            max_recipients,
+            auth_failures_max,
+            auth_lockout,
         });
     }
 
@@ -527,11 +573,28 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
     for (i, u) in raw.users.into_iter().enumerate() {
         crate::gateway::password::check_hash(&u.password_hash)
             .map_err(|why| err(&format!("users[{i}].password_hash"), why))?;
+        if u.name.is_empty() || u.name.len() > USER_NAME_BYTES_MAX {
+            return Err(err(
+                &format!("users[{i}].name"),
+                format!("must be 1 to {USER_NAME_BYTES_MAX} bytes"),
+            ));
+        }
+        if users.iter().any(|v: &User| v.name == u.name) {
+            return Err(err(
+                &format!("users[{i}].name"),
+                format!("{:?} is already a user", u.name),
+            ));
+        }
+        let rate_limit = match u.rate_limit {
+            Some(s) => Some(parse_rate(&s).map_err(|m| err(&format!("users[{i}].rate_limit"), m))?),
+            None => None,
+        };
         users.push(User {
             name: u.name,
             password_hash: u.password_hash,
             allowed_from: u.allowed_from,
             daily_limit: u.daily_limit,
+            rate_limit,
         });
     }
     let dkim = raw

@@ -85,9 +85,48 @@ fn unknown_key_is_refused_with_its_line() {
     assert!(!e.0.contains('\n'));
 }
 
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$QtlS48DZr5YGIUU4hl1nQA$TwYSqxSOArfkbaTnulFxvASMRnA4bmCeHbBuaMScmO4";
+
+#[test]
+fn listener_limits_and_user_rates_have_defaults_and_parse() {
+    let text = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:2587\"\ntls = \"none\"\n\
+         [[listeners]]\nlisten = \"127.0.0.1:2588\"\ntls = \"none\"\nmax_connections = 20\n\
+         max_connections_per_ip = 2\nmax_recipients = 50\nauth_failures_max = 3\nauth_lockout = \"1h\"\n\
+         [[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\nrate_limit = \"100/min\"\n"
+    );
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let (d, l) = (&c.listeners[0], &c.listeners[1]);
+    assert_eq!(d.max_connections, DEFAULT_LISTENER_CONNECTIONS_MAX);
+    assert_eq!(
+        d.max_connections_per_ip,
+        DEFAULT_LISTENER_CONNECTIONS_PER_IP_MAX
+    );
+    assert_eq!(d.max_recipients, DEFAULT_LISTENER_RECIPIENTS_MAX);
+    assert_eq!(d.auth_failures_max, DEFAULT_AUTH_FAILURES_MAX);
+    assert_eq!(d.auth_lockout, DEFAULT_AUTH_LOCKOUT);
+    assert_eq!(
+        (
+            l.max_connections,
+            l.max_connections_per_ip,
+            l.max_recipients
+        ),
+        (20, 2, 50)
+    );
+    assert_eq!((l.auth_failures_max, l.auth_lockout.as_secs()), (3, 3600));
+    assert_eq!(
+        c.users[0].rate_limit,
+        Some(Rate {
+            messages: 100,
+            per: Duration::from_secs(60)
+        })
+    );
+    assert!(c.inactive_features().is_empty());
+}
+
 #[test]
 fn bad_values_name_their_field() {
-    let cases = [
+    let cases: &[(&str, &str)] = &[
         (
             "[providers.g]\nmax_message_rate = \"3/x\"\n",
             "providers.g.max_message_rate",
@@ -112,8 +151,24 @@ fn bad_values_name_their_field() {
             "[[users]]\nname = \"u\"\npassword_hash = \"secret\"\n",
             "users[0].password_hash",
         ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:2587\"\ntls = \"none\"\nmax_connections = 0\n",
+            "listeners[0].max_connections",
+        ),
+        (
+            "[[listeners]]\nlisten = \"127.0.0.1:2587\"\ntls = \"none\"\nauth_lockout = \"soon\"\n",
+            "listeners[0].auth_lockout",
+        ),
+        (
+            &format!("[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\nrate_limit = \"5/day\"\n"),
+            "users[0].rate_limit",
+        ),
+        (
+            &format!("[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n[[users]]\nname = \"u\"\npassword_hash = \"{HASH}\"\n"),
+            "users[1].name",
+        ),
     ];
-    for (text, field) in cases {
+    for &(text, field) in cases {
         let e = Config::parse(text, "c.toml").unwrap_err();
         assert!(e.0.starts_with(&format!("c.toml: {field}:")), "{e}");
     }

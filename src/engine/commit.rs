@@ -99,11 +99,29 @@ impl Shard {
     pub(super) async fn commit(self: &Rc<Self>) -> Result<(), String> {
         let job = self.core.borrow_mut().begin_commit()?;
         let synced = job.is_some();
-        if let Some(job) = job {
-            glommio::executor()
-                .spawn_blocking(move || job.fdatasync())
-                .await
-                .map_err(|e| e.to_string())?;
+        // The gateway's daily counts go to disk before the queue does: a message that gets
+        // its 250 is always counted after a crash.
+        let counts = self.gateway_counts.borrow_mut().take();
+        if job.is_some() || counts.is_some() {
+            let (file, result) = glommio::executor()
+                .spawn_blocking(move || {
+                    let (file, mut result) = match counts {
+                        Some((mut file, lines)) => {
+                            let r = file.append_durably(&lines);
+                            (Some(file), r.map_err(|e| e.to_string()))
+                        }
+                        None => (None, Ok(())),
+                    };
+                    if let (Ok(()), Some(job)) = (&result, job) {
+                        result = job.fdatasync().map_err(|e| e.to_string());
+                    }
+                    (file, result)
+                })
+                .await;
+            if let Some(file) = file {
+                self.gateway_counts.borrow_mut().put_back(file);
+            }
+            result?;
         }
         let acks = self.with_core(|core| core.end_commit(synced));
         for ack in acks {

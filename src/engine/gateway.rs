@@ -8,11 +8,14 @@
 use super::intake::feed_chunks;
 use super::*;
 use crate::config::{Listener, ListenerTls};
+use crate::delivery_log::EventType;
+use crate::gateway::counts::{CountsFile, DayCount};
+use crate::gateway::limits::{self, AuthLockout, Connections, LockoutRule, UserCounter};
 use crate::gateway::{password, policy, submission};
 use crate::smtp::server::{Event as SmtpEvent, Server, ServerConfig, COMMAND_LINE_MAX};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// How long a client may stay silent, whatever it is in the middle of: RFC 5321 4.5.3.2
 /// asks a server for at least 5 minutes for a command and 3 for a block of message data.
@@ -23,13 +26,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
 /// Bytes read from a client at once.
 const READ_BYTES: usize = 16 << 10;
-/// Client sessions one shard serves at once, across its listeners. Each may hold a message
-/// of up to the listener's `max_message_size` in memory until it is queued; a client
-/// beyond this gets 421 and is closed at once.
-pub const SESSIONS_PER_SHARD_MAX: usize = 500;
-/// Sessions one client address may hold on one shard: one address cannot take every slot.
-pub const SESSIONS_PER_IP_MAX: usize = 50;
-/// Failed AUTH attempts a session may make; the next failure closes it (421).
+/// Failed AUTH attempts a session may make; the next failure closes it (421). Across
+/// sessions, the listener's `auth_failures_max` locks the client address out.
 pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
 /// Room kept under the queue's message limit for what the gateway adds (trace, Message-ID,
 /// Date), so a message accepted at its size limit is never refused when it is queued.
@@ -37,34 +35,113 @@ const ADDED_HEADER_ROOM: usize = 8 << 10;
 
 /// One listener as this shard serves it.
 pub(super) struct Gateway {
+    /// Its place in `[[listeners]]` (which a reload cannot change).
+    index: usize,
     listener: Listener,
     tls: Option<Arc<rustls::ServerConfig>>,
     server: ServerConfig,
-    /// Sessions open on this shard, across listeners (shared by its `Gateway`s).
-    sessions: Rc<Sessions>,
 }
 
-/// The sessions a shard serves, in all and per client address.
-#[derive(Default)]
-pub(super) struct Sessions {
-    total: Cell<usize>,
-    per_ip: RefCell<HashMap<std::net::IpAddr, usize>>,
+/// What the gateways of every shard share: each user's counts (atomics, so the limits hold
+/// for the engine, with no lock per recipient), the failed-AUTH lockout and the sessions per
+/// listener (locked once per connection or AUTH attempt).
+pub struct GatewayShared {
+    users: Mutex<HashMap<String, Arc<UserCounter>>>,
+    lockout: Mutex<AuthLockout>,
+    connections: Vec<Mutex<Connections>>,
 }
 
-impl Sessions {
-    /// Counts a session in, if the bounds allow it.
-    fn enter(self: &Rc<Self>, ip: std::net::IpAddr) -> Option<SessionSlot> {
-        let mut per_ip = self.per_ip.borrow_mut();
-        let mine = per_ip.entry(ip).or_insert(0);
-        if self.total.get() >= SESSIONS_PER_SHARD_MAX || *mine >= SESSIONS_PER_IP_MAX {
-            if *mine == 0 {
-                per_ip.remove(&ip);
-            }
+impl GatewayShared {
+    /// For `listeners` listeners, with the counts of `day` read back from the data
+    /// directory (`gateway::counts`).
+    pub fn new(listeners: usize, counts: HashMap<String, u64>, day: u64) -> GatewayShared {
+        let users = counts
+            .into_iter()
+            .map(|(user, n)| {
+                let c = UserCounter::default();
+                c.add(day, n);
+                (user, Arc::new(c))
+            })
+            .collect();
+        GatewayShared {
+            users: Mutex::new(users),
+            lockout: Mutex::new(AuthLockout::default()),
+            connections: (0..listeners).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// `user`'s counter (one per name that ever authenticated: bounded by `[[users]]`).
+    fn user(&self, user: &str) -> Arc<UserCounter> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(users.entry(user.to_string()).or_default())
+    }
+
+    /// Recipients `user` had accepted today (for tests and status).
+    pub fn accepted_today(&self, user: &str, now_unix_ms: u64) -> u64 {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .get(user)
+            .map_or(0, |c| c.accepted_on(limits::utc_day(now_unix_ms)))
+    }
+
+    fn enter(self: &Arc<Self>, listener: usize, l: &Listener, ip: IpAddr) -> Option<SessionSlot> {
+        let mut c = self.connections[listener]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.enter(ip, l.max_connections, l.max_connections_per_ip)
+            .then(|| SessionSlot(Arc::clone(self), listener, ip))
+    }
+
+    fn lockout(&self) -> std::sync::MutexGuard<'_, AuthLockout> {
+        self.lockout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The daily counts this shard accepted since its last group commit, and the file they go
+/// to with it (`gateway::counts`).
+pub(super) struct DailyCounts {
+    file: Option<CountsFile>,
+    pending: Vec<DayCount>,
+}
+
+impl DailyCounts {
+    pub(super) fn open(config: &Config, shard: usize) -> Result<DailyCounts, String> {
+        let file = if config.listeners.is_empty() {
+            None
+        } else {
+            let dir = crate::gateway::counts::dir(&config.engine.data_dir);
+            let day = limits::utc_day(crate::clock::system().unix_ms());
+            Some(CountsFile::open_durably(&dir, shard, day).map_err(|e| e.to_string())?)
+        };
+        Ok(DailyCounts {
+            file,
+            pending: Vec::new(),
+        })
+    }
+
+    fn add(&mut self, day: u64, user: &str, n: u64) {
+        match self
+            .pending
+            .iter_mut()
+            .find(|(d, u, _)| *d == day && u == user)
+        {
+            Some(entry) => entry.2 += n,
+            None => self.pending.push((day, user.to_string(), n)),
+        }
+    }
+
+    /// What the next group commit must sync, if anything was counted: the file goes with
+    /// it (to the blocking thread) and comes back through `put_back`.
+    pub(super) fn take(&mut self) -> Option<(CountsFile, Vec<DayCount>)> {
+        if self.pending.is_empty() {
             return None;
         }
-        *mine += 1;
-        self.total.set(self.total.get() + 1);
-        Some(SessionSlot(Rc::clone(self), ip))
+        let file = self.file.take()?;
+        Some((file, std::mem::take(&mut self.pending)))
+    }
+
+    pub(super) fn put_back(&mut self, file: CountsFile) {
+        self.file = Some(file);
     }
 }
 
@@ -94,9 +171,9 @@ pub fn server_tls(l: &Listener) -> Result<Option<Arc<rustls::ServerConfig>>, Str
 
 impl Gateway {
     pub(super) fn new(
+        index: usize,
         listener: &Listener,
         helo_name: &str,
-        sessions: Rc<Sessions>,
     ) -> Result<Gateway, String> {
         let tls = server_tls(listener).map_err(|e| format!("listener {}: {e}", listener.listen))?;
         let max = (listener.max_message_size_bytes as usize)
@@ -104,7 +181,7 @@ impl Gateway {
         let server = ServerConfig {
             hostname: helo_name.to_string(),
             max_message_bytes: max,
-            max_recipients: 1000,
+            max_recipients: listener.max_recipients,
             starttls: listener.tls == ListenerTls::Starttls && tls.is_some(),
             chunking: true,
             auth: true,
@@ -114,10 +191,10 @@ impl Gateway {
             dsn: false,
         };
         Ok(Gateway {
+            index,
             listener: listener.clone(),
             tls,
             server,
-            sessions,
         })
     }
 }
@@ -169,20 +246,15 @@ pub(super) async fn serve(shard: Rc<Shard>, gateway: Rc<Gateway>) {
     }
 }
 
-/// Counts a session for as long as it lives.
-struct SessionSlot(Rc<Sessions>, std::net::IpAddr);
+/// Counts a session on its listener for as long as it lives.
+struct SessionSlot(Arc<GatewayShared>, usize, IpAddr);
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let s = &self.0;
-        s.total.set(s.total.get().saturating_sub(1));
-        let mut per_ip = s.per_ip.borrow_mut();
-        if let Some(n) = per_ip.get_mut(&self.1) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_ip.remove(&self.1);
-            }
-        }
+        let mut c = self.0.connections[self.1]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.leave(self.2);
     }
 }
 
@@ -196,7 +268,11 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
     {
         return;
     }
-    let Some(_slot) = gateway.sessions.enter(peer.ip()) else {
+    let slot = shard
+        .shared
+        .gateway
+        .enter(gateway.index, &gateway.listener, peer.ip());
+    let Some(_slot) = slot else {
         // In plaintext only: on an implicit-TLS port, a client expects a handshake.
         if gateway.listener.tls != ListenerTls::Implicit {
             let _ = stream
@@ -212,6 +288,8 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
         gateway,
         peer,
         user: None,
+        counter: None,
+        reserved: 0,
         auth_failures: 0,
         from: None,
         rcpts: Vec::new(),
@@ -257,10 +335,19 @@ struct Session {
     /// The user AUTH authenticated, by name: looked up in the configuration in force each
     /// time (a reload may change or remove it; a removed user is no longer authenticated).
     user: Option<String>,
+    /// The user's counts, and the recipients of this transaction taken from its limits.
+    counter: Option<Arc<UserCounter>>,
+    reserved: u64,
     auth_failures: u32,
     from: Option<String>,
     rcpts: Vec<String>,
     message: Vec<u8>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.end_transaction();
+    }
 }
 
 impl Session {
@@ -271,11 +358,21 @@ impl Session {
     }
 
     fn reset(&mut self) {
+        self.end_transaction();
         self.user = None;
+        self.counter = None;
         self.auth_failures = 0;
+        self.message.clear();
+    }
+
+    /// Forgets the transaction; recipients it took from the user's limits are given back.
+    fn end_transaction(&mut self) {
+        if let Some(c) = &self.counter {
+            c.release(self.reserved);
+        }
+        self.reserved = 0;
         self.from = None;
         self.rcpts.clear();
-        self.message.clear();
     }
 
     /// Runs the session on `stream` until it ends; `Ok(true)` when the client asked for
@@ -357,33 +454,17 @@ impl Session {
             SmtpEvent::MessageEnd => {
                 let (code, text) = self.message_end().await;
                 self.server.reply(code, &text, out);
-                self.from = None;
-                self.rcpts.clear();
+                self.end_transaction();
                 // Not `clear`: an idle session keeps no message-sized buffer.
                 self.message = Vec::new();
             }
             SmtpEvent::MessageTooBig | SmtpEvent::MessageRefused | SmtpEvent::MessageAbandoned => {
                 self.message = Vec::new();
-                self.rcpts.clear();
-                self.from = None;
+                self.end_transaction();
             }
             SmtpEvent::Auth { user, password } => {
-                let ok = self.authenticate(&user, password.0).await;
-                if ok {
-                    self.server
-                        .reply(235, "2.7.0 Authentication successful", out);
-                } else {
-                    sleep(AUTH_FAILURE_DELAY).await;
-                    self.auth_failures += 1;
-                    if self.auth_failures >= AUTH_FAILURES_PER_SESSION_MAX {
-                        // 421 closes the session (the core's rule).
-                        self.server
-                            .reply(421, "4.7.0 Too many failed authentications", out);
-                    } else {
-                        self.server
-                            .reply(535, "5.7.8 Authentication credentials invalid", out);
-                    }
-                }
+                let (code, text) = self.auth(&user, password.0).await;
+                self.server.reply(code, text, out);
             }
             SmtpEvent::NeedMore | SmtpEvent::Close | SmtpEvent::StartTls => {}
         }
@@ -410,8 +491,8 @@ impl Session {
                 );
             }
         }
+        self.end_transaction();
         self.from = Some(sender);
-        self.rcpts.clear();
         (250, "2.1.0 OK".into())
     }
 
@@ -435,8 +516,48 @@ impl Session {
             // Twice in one transaction would be delivered twice; once is what was meant.
             return (250, "2.1.5 OK (duplicate)".into());
         }
+        if let (Some(user), Some(counter)) = (self.current_user(&config), &self.counter) {
+            let now = self.shard.shared.clock.unix_ms();
+            if let Err(hit) = counter.reserve(user.daily_limit, user.rate_limit, now) {
+                let text = hit.reply_text();
+                self.log_rejected(&rcpt, &user.name, 452, &text);
+                return (452, text);
+            }
+            self.reserved += 1;
+        }
         self.rcpts.push(rcpt);
         (250, "2.1.5 OK".into())
+    }
+
+    /// A `Rejected` record for a recipient refused at RCPT for its user's limits.
+    fn log_rejected(&self, rcpt: &str, user: &str, code: u16, text: &str) {
+        let enhanced = text.split(' ').next().unwrap_or("");
+        let response = format!("{code} {text}");
+        let record = crate::delivery_log::LogRecord {
+            ts_unix_ms: self.shard.shared.clock.unix_ms(),
+            event: Some(EventType::Rejected),
+            recipient: rcpt,
+            sender: self.from.as_deref().unwrap_or(""),
+            tenant: user,
+            domain: rcpt.rsplit_once('@').map_or("", |(_, d)| d),
+            code: Some(code),
+            enhanced,
+            response: &response,
+            ..Default::default()
+        };
+        let mut core = self.shard.core.borrow_mut();
+        let logged = core.log.append(&record).and_then(|()| core.log.flush());
+        drop(core);
+        match logged {
+            Ok(()) => {
+                self.shard
+                    .shared
+                    .counters
+                    .rejected
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.shard.shared.fail(format!("delivery log: {e}")),
+        }
     }
 
     /// The final dot: the From header checked for an authenticated user, then the message
@@ -500,11 +621,71 @@ impl Session {
             body: prepared.message,
         };
         let rcpts = std::mem::take(&mut self.rcpts);
-        match queue_submission(&self.shard, spec, rcpts).await {
-            Ok(()) => (250, format!("2.0.0 OK: queued as {id}")),
+        let n = rcpts.len() as u64;
+        // A user with a daily limit: its count goes to disk with the commit that makes the
+        // message durable, so a restart never forgets a message that got its 250.
+        let counted = user
+            .filter(|u| u.daily_limit.is_some())
+            .map(|u| (u.name.as_str(), n));
+        match queue_submission(&self.shard, spec, rcpts, counted).await {
+            Ok(()) => {
+                if let Some(c) = &self.counter {
+                    c.accept(self.reserved, now);
+                    self.reserved = 0;
+                }
+                (250, format!("2.0.0 OK: queued as {id}"))
+            }
             Err(Refused::Permanent(why)) => (554, format!("5.3.4 {why}")),
             Err(Refused::Temporary(why)) => (451, format!("4.3.0 {why}")),
         }
+    }
+
+    /// The reply to an AUTH: a locked-out address is not asked for a password; a failure
+    /// waits `AUTH_FAILURE_DELAY` and counts for the address and the session.
+    async fn auth(&mut self, user: &str, password: String) -> (u16, &'static str) {
+        let shared = Arc::clone(&self.shard.shared);
+        let ip = self.peer.ip();
+        let gateway = Rc::clone(&self.gateway);
+        let l = &gateway.listener;
+        let rule = LockoutRule {
+            failures_max: l.auth_failures_max,
+            window_ms: l.auth_lockout.as_millis() as u64,
+        };
+        const LOCKED: (u16, &str) = (
+            421,
+            "4.7.0 Too many failed authentications from your address; try again later",
+        );
+        if shared
+            .gateway
+            .lockout()
+            .locked_until(ip, shared.clock.unix_ms())
+            .is_some()
+        {
+            return LOCKED;
+        }
+        if self.authenticate(user, password).await {
+            shared.gateway.lockout().succeeded(ip);
+            return (235, "2.7.0 Authentication successful");
+        }
+        sleep(AUTH_FAILURE_DELAY).await;
+        self.auth_failures += 1;
+        let locked = shared
+            .gateway
+            .lockout()
+            .failed(ip, shared.clock.unix_ms(), rule);
+        if locked {
+            tracing::warn!(
+                "gateway: {ip} locked out for {} s after {} failed AUTH attempts",
+                l.auth_lockout.as_secs(),
+                l.auth_failures_max
+            );
+            return LOCKED;
+        }
+        if self.auth_failures >= AUTH_FAILURES_PER_SESSION_MAX {
+            // 421 closes the session (the core's rule).
+            return (421, "4.7.0 Too many failed authentications");
+        }
+        (535, "5.7.8 Authentication credentials invalid")
     }
 
     /// Checks `user`'s password off the executor (a hash takes tens of milliseconds).
@@ -515,11 +696,17 @@ impl Session {
         let hash = found.map_or(UNKNOWN_USER_HASH.to_string(), |i| {
             config.users[i].password_hash.clone()
         });
-        let ok = glommio::executor()
-            .spawn_blocking(move || password::verify(&password, &hash))
-            .await;
+        // One check at a time per shard: the blocking thread also runs the group commit's
+        // fdatasync, which then waits behind one hash at most, however many clients AUTH.
+        let ok = {
+            let _permit = self.shard.password_checks.acquire_permit(1).await;
+            glommio::executor()
+                .spawn_blocking(move || password::verify(&password, &hash))
+                .await
+        };
         if ok && found.is_some() {
             self.user = Some(user.to_string());
+            self.counter = Some(self.shard.shared.gateway.user(user));
             tracing::info!(
                 "gateway: {} authenticated as {}",
                 self.peer.ip(),
@@ -555,6 +742,7 @@ async fn queue_submission(
     shard: &Rc<Shard>,
     spec: MessageSpec,
     rcpts: Vec<String>,
+    counted: Option<(&str, u64)>,
 ) -> Result<(), Refused> {
     if shard.shared.stopping() {
         return Err(Refused::Temporary(
@@ -566,6 +754,11 @@ async fn queue_submission(
         .map_err(|e| Refused::Permanent(format!("cannot queue: {e}")))?;
     let message = Arc::clone(parser.message());
     let home = (batch_id % shard.shards as u64) as usize;
+    if let Some((user, n)) = counted {
+        // Before the append, so the commit that makes the message durable syncs it too.
+        let day = limits::utc_day(message.created_unix_ms);
+        shard.gateway_counts.borrow_mut().add(day, user, n);
+    }
     let (ack_tx, ack_rx) = local_channel::new_unbounded();
     shard.acks.borrow_mut().insert(batch_id, ack_tx);
     // The client waits for this commit: it starts without the usual window (this shard's;

@@ -165,6 +165,9 @@ pub struct Shared {
     status: Mutex<Vec<Option<ShardStatus>>>,
     /// Outbound connections each shard may hold (`preflight::connections_per_shard`).
     pub connections_per_shard: u32,
+    /// What the submission gateway's sessions on every shard share (users' counts, AUTH
+    /// lockout, sessions per listener).
+    pub gateway: Arc<gateway::GatewayShared>,
 }
 
 impl Shared {
@@ -301,6 +304,18 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             "the open-files limit ({open_files}) leaves {connections_per_shard} connections per shard; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         );
     }
+    let gateway = {
+        let config = &config;
+        let today = crate::gateway::limits::utc_day(crate::clock::system().unix_ms());
+        let dir = crate::gateway::counts::dir(&config.engine.data_dir);
+        let counts = crate::gateway::counts::read_all(&dir, today)
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        Arc::new(gateway::GatewayShared::new(
+            config.listeners.len(),
+            counts,
+            today,
+        ))
+    };
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
@@ -316,6 +331,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         clock: crate::clock::system(),
         status: Mutex::new(vec![None; shards]),
         connections_per_shard,
+        gateway,
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
@@ -545,6 +561,10 @@ struct Shard {
     /// Acknowledgement routes of the inputs this shard is claiming.
     acks: RefCell<HashMap<u64, LocalSender<u32>>>,
     last_batch_id: Cell<u64>,
+    /// The gateway's per-user daily counts not yet on disk (synced with the group commit).
+    gateway_counts: RefCell<gateway::DailyCounts>,
+    /// Password checks on this shard's blocking thread at once (`gateway`): one.
+    password_checks: glommio::sync::Semaphore,
     /// Claimed inputs that could not be read, with when that happened.
     retry: RefCell<Vec<(Instant, Claimed)>>,
     /// Per scope, the connection workers waiting for a message, to wake when one arrives.
@@ -684,9 +704,8 @@ async fn shard_main(
         sleep(Duration::from_millis(2)).await;
     }
     // The submission gateway: every shard serves every listener (SO_REUSEPORT).
-    let sessions = Rc::new(gateway::Sessions::default());
-    for l in &config.listeners {
-        match gateway::Gateway::new(l, &config.smtp.helo_name, Rc::clone(&sessions)) {
+    for (i, l) in config.listeners.iter().enumerate() {
+        match gateway::Gateway::new(i, l, &config.smtp.helo_name) {
             Ok(g) => {
                 let serve = gateway::serve(Rc::clone(&shard), Rc::new(g));
                 shard.spawn_into(queues.intake, serve).detach();
@@ -835,6 +854,7 @@ fn open_shard(
         queue,
         log,
     );
+    let gateway_counts = gateway::DailyCounts::open(config, id)?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);
     let (schedule_kick, schedule_rx) = local_channel::new_bounded(1);
@@ -865,6 +885,8 @@ fn open_shard(
             final_commit: Cell::new(false),
             acks: RefCell::new(HashMap::new()),
             last_batch_id: Cell::new(0),
+            gateway_counts: RefCell::new(gateway_counts),
+            password_checks: glommio::sync::Semaphore::new(1),
             retry: RefCell::new(Vec::new()),
             idle_workers: RefCell::new(HashMap::new()),
             tls: Rc::new(crate::delivery::tls::TlsClients::new()),
