@@ -154,6 +154,8 @@ pub struct Parser<'a> {
     builders: Vec<ChunkBuilder>,
     /// Pickup recipients, parsed up front from the envelope lines.
     pickup: std::vec::IntoIter<Result<(usize, String), Rejection>>,
+    /// A gateway message's values per recipient, in step with `pickup`.
+    pickup_values: std::vec::IntoIter<Vec<String>>,
     values: Vec<String>,
 }
 
@@ -197,6 +199,7 @@ impl<'a> Parser<'a> {
             domain_counts: HashMap::new(),
             builders: (0..shards).map(|_| ChunkBuilder::default()).collect(),
             pickup: Vec::new().into_iter(),
+            pickup_values: Vec::new().into_iter(),
             values: Vec::new(),
         };
         // Editors and export tools on Windows put a UTF-8 byte order mark first.
@@ -213,9 +216,12 @@ impl<'a> Parser<'a> {
     /// A message handed over by a client of the SMTP gateway, queued as a pickup message
     /// would be (sent as it is, recipients sharing transactions per domain), its home the
     /// shard `batch_id` names. `recipients` were checked when the client gave them.
+    /// `values`: for each recipient, the values of `message.var_names` (none, or one list
+    /// per recipient).
     pub fn submission(
         message: MessageSpec,
         recipients: Vec<String>,
+        values: Vec<Vec<String>>,
         shards: usize,
     ) -> Result<Parser<'static>, FileError> {
         assert!(shards > 0);
@@ -231,6 +237,15 @@ impl<'a> Parser<'a> {
         check_label("campaign", &message.campaign)?;
         check_label("tenant", &message.tenant)?;
         check_pickup_header(&message.body, 1)?;
+        if !values.is_empty()
+            && (values.len() != recipients.len()
+                || values.iter().any(|v| v.len() != message.var_names.len()))
+        {
+            return Err(file_error(
+                None,
+                "recipient values do not match the message",
+            ));
+        }
         Ok(Parser {
             bytes: &[],
             pos: 0,
@@ -238,7 +253,7 @@ impl<'a> Parser<'a> {
             kind: InputKind::Pickup,
             template: Template::verbatim(Vec::new()),
             message: Arc::new(MessageSpec {
-                flags: MESSAGE_VERBATIM,
+                flags: message.flags | MESSAGE_VERBATIM,
                 ..message
             }),
             shards,
@@ -249,6 +264,7 @@ impl<'a> Parser<'a> {
                 .map(|r| Ok((0, r)))
                 .collect::<Vec<_>>()
                 .into_iter(),
+            pickup_values: values.into_iter(),
             values: Vec::new(),
         })
     }
@@ -454,7 +470,12 @@ impl<'a> Parser<'a> {
                     Some(line) => Some(self.batch_recipient(line)),
                     None => None,
                 },
-                InputKind::Pickup => self.pickup.next().map(|r| r.map(|(_, a)| a)),
+                InputKind::Pickup => {
+                    if let Some(values) = self.pickup_values.next() {
+                        self.values = values;
+                    }
+                    self.pickup.next().map(|r| r.map(|(_, a)| a))
+                }
             };
             match item {
                 Some(Err(rejection)) => return Step::Event(Event::Rejected(rejection)),

@@ -21,10 +21,13 @@
 //! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
 //!   connections, throttles, outcome decisions (classification, bounces, retries).
 //! - [`delivery_log`]: the JSONL delivery log of INTERFACE.md.
+//! - [`dsn`]: delivery status notifications (RFC 3464) for gateway messages (sans I/O).
 //! - [`shard`]: one shard's core: its queue, home, owner and log, and the glue between the
 //!   stages, answering each event with effects for its shell (sans I/O; the engine and the
 //!   simulation drive it).
-//! - [`engine`]: the thread-per-core runtime: shards, meshes, workers, signals, drain, reload.
+//! - [`engine`]: the thread-per-core runtime: shards, meshes, workers, signals, drain, reload,
+//!   and the SMTP submission gateway's shell.
+//! - [`gateway`]: the submission gateway's policy and limits (sans I/O, but for its counts file).
 //! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
 //! - [`buffers`]: message buffers reused per thread, from rendering to the socket.
 //! - [`hash`]: the stable hash that places scopes and recipients on shards.
@@ -38,6 +41,7 @@ pub mod config;
 pub mod delivery;
 pub mod delivery_log;
 pub mod dns;
+pub mod dsn;
 pub mod engine;
 pub mod gateway;
 pub mod hash;

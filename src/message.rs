@@ -10,7 +10,7 @@
 //! the receiver sees the message) covers exactly what goes on the wire.
 
 use crate::bounded::WeightedFifo;
-use crate::queue::record::{MessagePayload, MESSAGE_VERBATIM};
+use crate::queue::record::{MessagePayload, MESSAGE_RETURN, MESSAGE_VERBATIM};
 use crate::smtp::data::{Data, DataWriter};
 use crate::template::{header_section_end, Template};
 use std::rc::Rc;
@@ -35,6 +35,8 @@ pub struct Rendering {
     pub tenant: String,
     /// A pickup message: sent as it is, nothing added.
     pub verbatim: bool,
+    /// Its failures go back to its sender (`queue::record::MESSAGE_RETURN`).
+    pub returned: bool,
 }
 
 impl Rendering {
@@ -55,6 +57,7 @@ impl Rendering {
             campaign: m.campaign.to_string(),
             tenant: m.tenant.to_string(),
             verbatim,
+            returned: m.flags & MESSAGE_RETURN != 0,
         })
     }
 
@@ -76,6 +79,9 @@ impl Rendering {
         now_unix_ms: u64,
         scratch: &mut Vec<u8>,
     ) -> Result<(Data, String), String> {
+        // A pickup or gateway message has no placeholders; what its recipients carry is
+        // not for rendering (`dsn::VAR_NAMES`).
+        let values = if self.verbatim { &[][..] } else { values };
         if values.len() != self.template.var_names().len() {
             return Err("values do not match the template".into());
         }

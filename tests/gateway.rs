@@ -409,3 +409,245 @@ fn a_daily_limit_survives_kill_9_and_a_lockout_spans_sessions() {
         .collect();
     assert_eq!(rejected, ["d@one.test", "e@one.test"]);
 }
+
+/// A gateway message that bounces comes back to its sender as an RFC 3464 report, which
+/// Python's `email` package reads as `multipart/report; report-type=delivery-status` with
+/// the right recipient, action and status, honouring NOTIFY, RET, ENVID and ORCPT; a
+/// message from `<>` never gets one.
+#[test]
+fn a_bounced_gateway_message_comes_back_as_a_dsn_that_python_reads() {
+    let sink = Sink::start(HashMap::from([(
+        "bad.test".to_string(),
+        common::sink::Behaviour::UnknownUser,
+    )]));
+    let port = free_port();
+    let config = format!(
+        "[delivery]\nallow_private_destinations = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+         [[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n\
+         [[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nrelay_networks = [\"127.0.0.1\"]\n",
+        sink.addr
+    );
+    let env = Env::new(2, "", &config);
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let script = format!(
+        r#"
+import smtplib
+def send(sender, rcpt, mail_options=(), rcpt_options=()):
+    s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+    s.ehlo("client.test")
+    assert s.has_extn("dsn")
+    msg = "Subject: to " + rcpt + "\r\nFrom: app@sender.test\r\n\r\nthe body line\r\n"
+    s.sendmail(sender, [rcpt], msg, mail_options=list(mail_options), rcpt_options=list(rcpt_options))
+    s.quit()
+send("hdrs@sender.test", "gone@bad.test", ["RET=HDRS", "ENVID=QQ314159"], ["NOTIFY=FAILURE", "ORCPT=rfc822;Gone+40bad.test"])
+send("never@sender.test", "never@bad.test", [], ["NOTIFY=NEVER"])
+send("success@sender.test", "ok@good.test", [], ["NOTIFY=SUCCESS"])
+send("", "loop@bad.test")
+send("full@sender.test", "plain@bad.test")
+print("sent")
+"#
+    );
+    assert_eq!(python(&script).trim(), "sent");
+    // Five recipients, then three notifications.
+    wait_final(&env, &engine, 8, Duration::from_secs(30));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    let mut notified: Vec<&String> = got
+        .deliveries
+        .keys()
+        .filter(|r| r.ends_with("@sender.test"))
+        .collect();
+    notified.sort();
+    assert_eq!(
+        notified,
+        [
+            "full@sender.test",
+            "hdrs@sender.test",
+            "success@sender.test"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for who in ["hdrs", "success", "full"] {
+        let body = &got.bodies[&format!("{who}@sender.test")];
+        std::fs::write(dir.path().join(who), body).unwrap();
+    }
+    drop(got);
+    let read = format!(
+        r#"
+import email, email.policy
+for who in ["hdrs", "success", "full"]:
+    m = email.message_from_bytes(open({dir:?} + "/" + who, "rb").read(), policy=email.policy.compat32)
+    assert m.get_content_type() == "multipart/report", m.get_content_type()
+    assert m.get_param("report-type") == "delivery-status"
+    text, status, returned = m.get_payload()
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, per_recipient = status.get_payload()
+    print(who, m["To"], per_recipient["Final-Recipient"], per_recipient["Action"],
+          per_recipient["Status"], per_message["Original-Envelope-Id"],
+          per_recipient["Original-Recipient"], returned.get_content_type(),
+          "body-returned" if "the body line" in returned.as_string() else "headers-only")
+"#,
+        dir = dir.path().to_str().unwrap()
+    );
+    let reports = python(&read);
+    let lines: Vec<&str> = reports.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "hdrs <hdrs@sender.test> rfc822; gone@bad.test failed 5.1.1 QQ314159 rfc822; Gone@bad.test text/rfc822-headers headers-only",
+            "success <success@sender.test> rfc822; ok@good.test relayed 2.0.0 None None message/rfc822 body-returned",
+            "full <full@sender.test> rfc822; plain@bad.test failed 5.1.1 None None message/rfc822 body-returned",
+        ],
+        "{reports}"
+    );
+    // Notifications are mail from <>, logged like any other.
+    let records = env.log_records();
+    let dsn_reception = records
+        .iter()
+        .find(|r| r["type"] == "Reception" && r["recipient"] == "full@sender.test")
+        .expect("the notification was queued");
+    assert_eq!(dsn_reception["sender"], "");
+    sink.stop();
+}
+
+/// The PROXY protocol is read only from a configured balancer (127.0.0.2 here): the client
+/// it names (v1 and v2) is the one `relay_networks` and the trace field see. From anyone
+/// else the same line is just a bad command, and it does not make them that client.
+#[test]
+fn a_proxy_header_names_the_client_only_from_a_configured_balancer() {
+    let sink = Sink::start(HashMap::new());
+    let port = free_port();
+    let config = format!(
+        "[delivery]\nallow_private_destinations = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+         [[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n\
+         [[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\n\
+         relay_networks = [\"192.0.2.0/24\"]\nproxy_protocol_from = [\"127.0.0.2\"]\n",
+        sink.addr
+    );
+    let env = Env::new(1, "", &config);
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let script = format!(
+        r#"
+import socket, struct, time
+def session(source, header, rcpt):
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(20)
+    s.connect(("127.0.0.1", {port}))
+    s.sendall(header)
+    smtp = (b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<" + rcpt.encode() + b">\r\n"
+            b"DATA\r\n")
+    out = b""
+    def until(what):
+        nonlocal out
+        while what not in out:
+            chunk = s.recv(4096)
+            if not chunk:
+                return
+            out += chunk
+    until(b"220 ")
+    s.sendall(smtp)
+    # Every reply up to DATA's: the greeting, the PROXY line's (if it was a command), EHLO,
+    # MAIL, RCPT, DATA.
+    finals = lambda: [l for l in out.split(b"\r\n") if l[:3].isdigit() and l[3:4] == b" "]
+    while len(finals()) < (6 if b"500 " in out else 5):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        out += chunk
+    if b"354 " in out:
+        s.sendall(b"Subject: p\r\n\r\nproxied\r\n.\r\n")
+        until(b"queued as")
+    s.sendall(b"QUIT\r\n")
+    until(b"221 ")
+    s.close()
+    codes = [l[:3].decode() for l in out.split(b"\r\n") if l[:3].isdigit() and l[3:4] == b" "]
+    print(rcpt, " ".join(codes))
+v2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack(">H", 12)
+      + bytes([192, 0, 2, 9, 127, 0, 0, 1]) + struct.pack(">HH", 40000, {port}))
+session("127.0.0.2", b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 {port}\r\n", "v1@one.test")
+session("127.0.0.2", v2, "v2@one.test")
+session("127.0.0.1", b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 {port}\r\n", "spoofed@one.test")
+session("127.0.0.2", b"PROXY TCP4 198.51.100.1 127.0.0.1 5555 {port}\r\n", "outside@one.test")
+"#
+    );
+    let results = python(&script);
+    let lines: Vec<&str> = results.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "v1@one.test 220 250 250 250 354 250 221",
+            "v2@one.test 220 250 250 250 354 250 221",
+            // The PROXY line is an unknown command; then relay is refused (530: AUTH is
+            // offered on this loopback listener), and DATA has no recipient.
+            "spoofed@one.test 220 500 250 250 530 554 221",
+            "outside@one.test 220 250 250 530 554 221",
+        ],
+        "{results}"
+    );
+    wait_final(&env, &engine, 2, Duration::from_secs(30));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    let got = sink.received.lock().unwrap();
+    assert!(got.bodies["v1@one.test"].starts_with("Received: from c ([192.0.2.7])"));
+    assert!(got.bodies["v2@one.test"].starts_with("Received: from c ([192.0.2.9])"));
+    assert_eq!(got.deliveries.len(), 2);
+    drop(got);
+    sink.stop();
+}
+
+/// A renewed certificate is served after SIGHUP, with no restart; a broken one is refused
+/// and the previous one stays.
+#[test]
+fn sighup_reloads_a_listeners_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write_new = || {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&cert_path, c.cert.pem()).unwrap();
+        std::fs::write(&key_path, c.signing_key.serialize_pem()).unwrap();
+        c.cert.der().to_vec()
+    };
+    let first = write_new();
+    let port = free_port();
+    let config = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"implicit\"\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+    );
+    let env = Env::new(2, "", &config);
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let served = || {
+        let script = format!(
+            r#"
+import socket, ssl
+ctx = ssl._create_unverified_context()
+with socket.create_connection(("127.0.0.1", {port}), timeout=20) as raw:
+    with ctx.wrap_socket(raw) as s:
+        print(s.getpeercert(binary_form=True).hex())
+"#
+        );
+        python(&script).trim().to_string()
+    };
+    let hex = |der: &[u8]| der.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(served(), hex(&first));
+    let second = write_new();
+    engine.signal(libc::SIGHUP);
+    common::wait_until(Duration::from_secs(20), "the new certificate", || {
+        served() == hex(&second)
+    });
+    // A half-written renewal: refused, and the certificate in use stays.
+    std::fs::write(&key_path, "not a key").unwrap();
+    engine.signal(libc::SIGHUP);
+    common::wait_until(Duration::from_secs(20), "the refusal", || {
+        engine.stderr().contains("certificate not reloaded")
+    });
+    assert_eq!(served(), hex(&second));
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+}

@@ -17,6 +17,7 @@
 //! - [`template`]: `template::Template` parsing, value checks and rendering.
 //! - [`queue`]: the queue record codec and recovery (`Replay` over segment bytes).
 //! - [`dns`]: `dns::message::parse_response` and `dns::mx::plan`.
+//! - [`gateway`]: `gateway::proxy::parse` and the DSN parameters in `dsn::build`.
 //!
 //! Every check panics (with a message saying which property failed) when a property does
 //! not hold; libFuzzer saves the input as a crash.
@@ -25,6 +26,7 @@ pub mod alloc;
 pub mod chunks;
 pub mod data_writer;
 pub mod dns;
+pub mod gateway;
 pub mod intake;
 pub mod queue;
 pub mod reply;
@@ -51,4 +53,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("queue_recovery", queue::check_recovery),
     ("dns_response", dns::check_raw),
     ("dns_structured", dns::check_structured),
+    ("gateway", gateway::check),
 ];

@@ -207,6 +207,9 @@ pub struct Listener {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub relay_networks: Vec<ipnet::IpNet>,
+    /// Load balancers whose connections start with a PROXY protocol header naming the
+    /// client (`gateway::proxy`); nobody else's may.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     pub max_message_size_bytes: u64,
     /// Sessions open at once on this listener, across shards (a message in a session is held
     /// in memory until queued: the listener's memory bound is this times

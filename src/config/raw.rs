@@ -179,6 +179,8 @@ struct RawListener {
     key: Option<PathBuf>,
     #[serde(default)]
     relay_networks: Vec<String>,
+    #[serde(default)]
+    proxy_protocol_from: Vec<String>,
     max_message_size: Option<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
@@ -502,19 +504,24 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 "cert and key are required unless tls = \"none\"".into(),
             ));
         }
-        let mut relay_networks = Vec::new();
-        for (j, n) in l.relay_networks.iter().enumerate() {
-            // A bare address is a network of one.
-            let net = n
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            relay_networks.push(net.map_err(|_| {
-                err(
-                    &format!("{field}.relay_networks[{j}]"),
-                    format!("not a CIDR network or address: {n:?}"),
-                )
-            })?);
-        }
+        let networks = |key: &str, list: &[String]| {
+            let mut nets = Vec::new();
+            for (j, n) in list.iter().enumerate() {
+                // A bare address is a network of one.
+                let net = n
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                nets.push(net.map_err(|_| {
+                    err(
+                        &format!("{field}.{key}[{j}]"),
+                        format!("not a CIDR network or address: {n:?}"),
+                    )
+                })?);
+            }
+            Ok::<_, ConfigError>(nets)
+        };
+        let relay_networks = networks("relay_networks", &l.relay_networks)?;
+        let proxy_protocol_from = networks("proxy_protocol_from", &l.proxy_protocol_from)?;
         let max_message_size_bytes = match l.max_message_size {
             Some(s) => parse_size(&s).map_err(|m| err(&format!("{field}.max_message_size"), m))?,
             None => DEFAULT_MAX_MESSAGE_SIZE,
@@ -560,6 +567,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             cert: l.cert,
             key: l.key,
             relay_networks,
+            proxy_protocol_from,
             max_message_size_bytes,
             max_connections,
             max_connections_per_ip,

@@ -12,6 +12,7 @@ use crate::delivery_log::EventType;
 use crate::gateway::counts::{CountsFile, DayCount};
 use crate::gateway::limits::{self, AuthLockout, Connections, LockoutRule, UserCounter};
 use crate::gateway::{password, policy, submission};
+use crate::queue::record::{MESSAGE_RETURN, MESSAGE_RET_HDRS};
 use crate::smtp::server::{Event as SmtpEvent, Server, ServerConfig, COMMAND_LINE_MAX};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -33,6 +34,9 @@ pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
 /// Date), so a message accepted at its size limit is never refused when it is queued.
 const ADDED_HEADER_ROOM: usize = 8 << 10;
 
+/// How long a load balancer in `proxy_protocol_from` may take to send its PROXY header.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One listener as this shard serves it.
 pub(super) struct Gateway {
     /// Its place in `[[listeners]]` (which a reload cannot change).
@@ -42,6 +46,72 @@ pub(super) struct Gateway {
     server: ServerConfig,
 }
 
+/// A listener's certificate chain and key, read again on SIGHUP: every shard's TLS
+/// configuration asks it at each handshake, so a renewed certificate is served from the
+/// next connection on, with no restart.
+#[derive(Debug)]
+pub struct Certificates {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Reads `l`'s files; `None` for a listener without TLS.
+    pub fn load(l: &Listener) -> Result<Option<Certificates>, String> {
+        let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+            return Ok(None);
+        };
+        let current = certified_key(cert, key)?;
+        Ok(Some(Certificates {
+            cert: cert.clone(),
+            key: key.clone(),
+            current: std::sync::RwLock::new(Arc::new(current)),
+        }))
+    }
+
+    /// Reads the files again; on any error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// A chain and its key from PEM files, checked to belong together.
+fn certified_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider())
+        .map_err(|e| format!("{}: {e}", key.display()))
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// What the gateways of every shard share: each user's counts (atomics, so the limits hold
 /// for the engine, with no lock per recipient), the failed-AUTH lockout and the sessions per
 /// listener (locked once per connection or AUTH attempt).
@@ -49,12 +119,26 @@ pub struct GatewayShared {
     users: Mutex<HashMap<String, Arc<UserCounter>>>,
     lockout: Mutex<AuthLockout>,
     connections: Vec<Mutex<Connections>>,
+    /// Per listener, its certificate (none without TLS).
+    certificates: Vec<Option<Arc<Certificates>>>,
 }
 
 impl GatewayShared {
-    /// For `listeners` listeners, with the counts of `day` read back from the data
-    /// directory (`gateway::counts`).
-    pub fn new(listeners: usize, counts: HashMap<String, u64>, day: u64) -> GatewayShared {
+    /// For `listeners`, with the counts of `day` read back from the data directory
+    /// (`gateway::counts`); a certificate that cannot be read is an error naming its file.
+    pub fn new(
+        listeners: &[Listener],
+        counts: HashMap<String, u64>,
+        day: u64,
+    ) -> Result<GatewayShared, String> {
+        let certificates = listeners
+            .iter()
+            .map(|l| {
+                Certificates::load(l)
+                    .map(|c| c.map(Arc::new))
+                    .map_err(|e| format!("listener {}: {e}", l.listen))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let users = counts
             .into_iter()
             .map(|(user, n)| {
@@ -63,10 +147,29 @@ impl GatewayShared {
                 (user, Arc::new(c))
             })
             .collect();
-        GatewayShared {
+        Ok(GatewayShared {
             users: Mutex::new(users),
             lockout: Mutex::new(AuthLockout::default()),
-            connections: (0..listeners).map(|_| Mutex::default()).collect(),
+            connections: listeners.iter().map(|_| Mutex::default()).collect(),
+            certificates,
+        })
+    }
+
+    /// Listener `i`'s certificate, if it serves TLS.
+    pub(super) fn certificates(&self, i: usize) -> Option<Arc<Certificates>> {
+        self.certificates.get(i).cloned().flatten()
+    }
+
+    /// SIGHUP: every listener's certificate and key are read again. One that cannot be
+    /// read (a renewal half written) keeps serving the previous pair, and says so.
+    pub fn reload_certificates(&self) {
+        for c in self.certificates.iter().flatten() {
+            match c.reload() {
+                Ok(()) => tracing::info!("listener certificate reloaded from {}", c.cert.display()),
+                Err(e) => {
+                    tracing::warn!("listener certificate not reloaded, the previous one stays: {e}")
+                }
+            }
         }
     }
 
@@ -145,28 +248,14 @@ impl DailyCounts {
     }
 }
 
-/// The TLS settings of a listener, from its certificate and key files.
-pub fn server_tls(l: &Listener) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
-        return Ok(None);
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", cert.display()));
-    }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
-    .map_err(|e| format!("{}: {e}", key.display()))?;
-    Ok(Some(Arc::new(config)))
+/// The TLS settings of a listener, serving whatever `certificates` holds now.
+fn server_tls(certificates: Arc<Certificates>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    Ok(Arc::new(config))
 }
 
 impl Gateway {
@@ -174,8 +263,12 @@ impl Gateway {
         index: usize,
         listener: &Listener,
         helo_name: &str,
+        certificates: Option<Arc<Certificates>>,
     ) -> Result<Gateway, String> {
-        let tls = server_tls(listener).map_err(|e| format!("listener {}: {e}", listener.listen))?;
+        let tls = certificates
+            .map(server_tls)
+            .transpose()
+            .map_err(|e| format!("listener {}: {e}", listener.listen))?;
         let max = (listener.max_message_size_bytes as usize)
             .min(crate::intake::MESSAGE_BYTES_MAX - ADDED_HEADER_ROOM);
         let server = ServerConfig {
@@ -188,7 +281,7 @@ impl Gateway {
             // tls = "none" is allowed on loopback only, and there AUTH goes in the clear.
             auth_needs_tls: listener.tls != ListenerTls::None,
             strict_lines: true,
-            dsn: false,
+            dsn: true,
         };
         Ok(Gateway {
             index,
@@ -259,15 +352,36 @@ impl Drop for SessionSlot {
 }
 
 async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
+    let Ok(connected) = stream.peer_addr() else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     // A client that stops reading (its replies pile up) is cut off as one that stops
     // writing is.
-    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(READ_TIMEOUT)).is_err()
-    {
+    if stream.set_write_timeout(Some(READ_TIMEOUT)).is_err() {
         return;
     }
+    // Only a configured load balancer may say whom it connects for.
+    let (peer, early) =
+        if policy::in_networks(connected.ip(), &gateway.listener.proxy_protocol_from) {
+            match read_proxy_header(&mut stream).await {
+                Ok((source, early)) => (source.unwrap_or(connected), early),
+                Err(why) => {
+                    tracing::debug!("listener {}: {connected}: {why}", gateway.listener.listen);
+                    let _ = stream.close().await;
+                    return;
+                }
+            }
+        } else {
+            (connected, Vec::new())
+        };
+    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut stream = Prefixed {
+        early,
+        inner: stream,
+    };
     let slot = shard
         .shared
         .gateway
@@ -292,7 +406,10 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
         reserved: 0,
         auth_failures: 0,
         from: None,
+        dsn_headers_only: false,
+        dsn_envid: String::new(),
         rcpts: Vec::new(),
+        rcpt_dsn: Vec::new(),
         message: Vec::new(),
     };
     if session.gateway.listener.tls == ListenerTls::Implicit {
@@ -326,6 +443,76 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
     }
 }
 
+/// Reads a PROXY protocol header (`gateway::proxy`) within `PROXY_HEADER_TIMEOUT`: the
+/// client it names (none for the balancer's own connections), and any bytes read past it.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<(Option<SocketAddr>, Vec<u8>), String> {
+    stream
+        .set_read_timeout(Some(PROXY_HEADER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut input = Vec::new();
+    let mut read = [0u8; 512];
+    loop {
+        if let Some(h) = crate::gateway::proxy::parse(&input)? {
+            return Ok((h.source, input.split_off(h.used)));
+        }
+        if started.elapsed() > PROXY_HEADER_TIMEOUT {
+            return Err("PROXY header too slow".into());
+        }
+        match stream.read(&mut read).await {
+            Ok(0) => return Err("closed before its PROXY header".into()),
+            Ok(n) => input.extend_from_slice(&read[..n]),
+            Err(e) => return Err(format!("PROXY header: {e}")),
+        }
+    }
+}
+
+/// A stream whose first bytes were read already (behind a PROXY header): they come first.
+struct Prefixed<S> {
+    early: Vec<u8>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.early.is_empty() {
+            let n = buf.len().min(self.early.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
 /// One client's session: the core, and what the shell decided so far.
 struct Session {
     shard: Rc<Shard>,
@@ -340,7 +527,12 @@ struct Session {
     reserved: u64,
     auth_failures: u32,
     from: Option<String>,
+    /// The transaction's DSN parameters (RFC 3461): RET=HDRS, ENVID, and per recipient
+    /// (in step with `rcpts`) NOTIFY and ORCPT.
+    dsn_headers_only: bool,
+    dsn_envid: String,
     rcpts: Vec<String>,
+    rcpt_dsn: Vec<(String, String)>,
     message: Vec<u8>,
 }
 
@@ -372,7 +564,10 @@ impl Session {
         }
         self.reserved = 0;
         self.from = None;
+        self.dsn_headers_only = false;
+        self.dsn_envid.clear();
         self.rcpts.clear();
+        self.rcpt_dsn.clear();
     }
 
     /// Runs the session on `stream` until it ends; `Ok(true)` when the client asked for
@@ -442,12 +637,22 @@ impl Session {
     /// Answers one decision the core asked for.
     async fn decide(&mut self, event: SmtpEvent<'_>, out: &mut Vec<u8>) {
         match event {
-            SmtpEvent::Mail { from, .. } => {
+            SmtpEvent::Mail { from, params } => {
                 let (code, text) = self.mail(from);
+                if code == 250 {
+                    self.dsn_headers_only = params.ret_full == Some(false);
+                    self.dsn_envid = params.envid.unwrap_or("").to_string();
+                }
                 self.server.reply(code, &text, out);
             }
-            SmtpEvent::Rcpt { to, .. } => {
+            SmtpEvent::Rcpt { to, params } => {
                 let (code, text) = self.rcpt(to);
+                if code == 250 && self.rcpt_dsn.len() < self.rcpts.len() {
+                    self.rcpt_dsn.push((
+                        params.notify.map_or(String::new(), notify_text),
+                        params.orcpt.unwrap_or("").to_string(),
+                    ));
+                }
                 self.server.reply(code, &text, out);
             }
             SmtpEvent::Body(b) => self.message.extend_from_slice(b),
@@ -610,14 +815,32 @@ impl Session {
             Some(u) => u.name.clone(),
             None => self.peer.ip().to_string(),
         };
+        // Failures go back to the sender as DSNs; never for a message from <> (no loops).
+        let returned = !sender.is_empty();
+        let (flags, var_names, values) = if returned {
+            let flags = MESSAGE_RETURN
+                | if self.dsn_headers_only {
+                    MESSAGE_RET_HDRS
+                } else {
+                    0
+                };
+            let values = std::mem::take(&mut self.rcpt_dsn)
+                .into_iter()
+                .map(|(notify, orcpt)| vec![notify, orcpt, self.dsn_envid.clone()])
+                .collect();
+            let names = crate::dsn::VAR_NAMES.map(String::from).to_vec();
+            (flags, names, values)
+        } else {
+            (0, Vec::new(), Vec::new())
+        };
         let spec = MessageSpec {
             batch_id,
             created_unix_ms: now,
-            flags: 0,
+            flags,
             sender,
             campaign: prepared.campaign,
             tenant,
-            var_names: Vec::new(),
+            var_names,
             body: prepared.message,
         };
         let rcpts = std::mem::take(&mut self.rcpts);
@@ -627,7 +850,7 @@ impl Session {
         let counted = user
             .filter(|u| u.daily_limit.is_some())
             .map(|u| (u.name.as_str(), n));
-        match queue_submission(&self.shard, spec, rcpts, counted).await {
+        match queue_submission(&self.shard, spec, rcpts, values, counted).await {
             Ok(()) => {
                 if let Some(c) = &self.counter {
                     c.accept(self.reserved, now);
@@ -723,6 +946,20 @@ impl Session {
     }
 }
 
+/// NOTIFY as the queue keeps it (`dsn::wanted` reads it).
+fn notify_text(n: crate::smtp::server::Notify) -> String {
+    if n.never {
+        return "NEVER".into();
+    }
+    let words = [
+        (n.success, "SUCCESS"),
+        (n.failure, "FAILURE"),
+        (n.delay, "DELAY"),
+    ];
+    let on: Vec<&str> = words.iter().filter(|w| w.0).map(|w| w.1).collect();
+    on.join(",")
+}
+
 /// A well-formed argon2id hash nobody's password matches, checked for unknown users.
 const UNKNOWN_USER_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c3BhdGUtbm8tdXNlcg$2oTpbvJW7zl0mTgkqGd1Wv7sTqVg3pVmuWdoh2uFVyA";
@@ -742,6 +979,7 @@ async fn queue_submission(
     shard: &Rc<Shard>,
     spec: MessageSpec,
     rcpts: Vec<String>,
+    values: Vec<Vec<String>>,
     counted: Option<(&str, u64)>,
 ) -> Result<(), Refused> {
     if shard.shared.stopping() {
@@ -750,7 +988,7 @@ async fn queue_submission(
         ));
     }
     let batch_id = spec.batch_id;
-    let mut parser = Parser::submission(spec, rcpts, shard.shards)
+    let mut parser = Parser::submission(spec, rcpts, values, shard.shards)
         .map_err(|e| Refused::Permanent(format!("cannot queue: {e}")))?;
     let message = Arc::clone(parser.message());
     let home = (batch_id % shard.shards as u64) as usize;

@@ -310,11 +310,9 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         let dir = crate::gateway::counts::dir(&config.engine.data_dir);
         let counts = crate::gateway::counts::read_all(&dir, today)
             .map_err(|e| EngineError::Storage(e.to_string()))?;
-        Arc::new(gateway::GatewayShared::new(
-            config.listeners.len(),
-            counts,
-            today,
-        ))
+        let shared = gateway::GatewayShared::new(&config.listeners, counts, today)
+            .map_err(|e| EngineError::Config(ConfigError(e)))?;
+        Arc::new(shared)
     };
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
@@ -381,7 +379,10 @@ impl Engine {
     }
 
     /// Loads the configuration file again; an invalid one is refused and the old stays.
+    /// The listeners' certificates are read again either way (a renewal needs no change to
+    /// the configuration).
     pub fn reload(&self) {
+        self.shared.gateway.reload_certificates();
         let Some(path) = &self.config_path else {
             tracing::warn!("reload ignored: the embedded configuration has no file");
             return;
@@ -705,7 +706,8 @@ async fn shard_main(
     }
     // The submission gateway: every shard serves every listener (SO_REUSEPORT).
     for (i, l) in config.listeners.iter().enumerate() {
-        match gateway::Gateway::new(i, l, &config.smtp.helo_name) {
+        let certificates = shared.gateway.certificates(i);
+        match gateway::Gateway::new(i, l, &config.smtp.helo_name, certificates) {
             Ok(g) => {
                 let serve = gateway::serve(Rc::clone(&shard), Rc::new(g));
                 shard.spawn_into(queues.intake, serve).detach();

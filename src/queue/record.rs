@@ -184,8 +184,14 @@ impl fmt::Display for PayloadError {
     }
 }
 
-/// Message flags.
+/// Message flags. A pickup or gateway message, sent as it is (no placeholders):
 pub const MESSAGE_VERBATIM: u8 = 1;
+/// A gateway message: its failures (and successes, if asked) go back to its sender as
+/// delivery status notifications (`crate::dsn`); its recipients carry the DSN parameters
+/// as their values, under `dsn::VAR_NAMES`.
+pub const MESSAGE_RETURN: u8 = 2;
+/// With `MESSAGE_RETURN`: a notification returns the message's header only (RET=HDRS).
+pub const MESSAGE_RET_HDRS: u8 = 4;
 
 /// A template and its envelope: stored once per batch per shard.
 #[derive(Debug, Clone, PartialEq, Eq)]

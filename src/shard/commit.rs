@@ -91,6 +91,10 @@ impl<L: LogSink> Core<L> {
         let mut acks = Vec::with_capacity(done.len());
         for (claimer, chunk, first) in done {
             let recipients = chunk.len() as u32;
+            // Nobody claims a notification's batch: its de-duplication state goes now.
+            if super::notify::is_notification(chunk.batch_id) {
+                self.queue.release_batch(chunk.batch_id);
+            }
             // A chunk committed before a restart was counted then, and recovery handed its
             // recipients to the scheduler.
             if let Some(first) = first {

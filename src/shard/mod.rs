@@ -16,11 +16,13 @@
 //!
 //! Files: this one holds the core and what crosses its edge; `home` the home side (ticks,
 //! routing, credit, rendering); `send` the owner side (demand, grants, prepared messages,
-//! workers' takes and results); `outcome` what a result makes of a recipient; `commit` the
-//! queue's glue (append, group commit, compaction).
+//! workers' takes and results); `outcome` what a result makes of a recipient; `notify` the
+//! notifications a gateway message's sender gets back; `commit` the queue's glue (append,
+//! group commit, compaction).
 
 mod commit;
 mod home;
+mod notify;
 mod outcome;
 mod send;
 #[cfg(test)]
@@ -266,6 +268,8 @@ pub struct Core<L> {
     closing: bool,
     last_sweep: Instant,
     last_share_tick: Instant,
+    /// The batch id of the last delivery status notification this core queued.
+    last_notification_batch: u64,
     effects: Vec<Effect>,
 }
 
@@ -306,6 +310,7 @@ impl<L: LogSink> Core<L> {
             closing: false,
             last_sweep: now,
             last_share_tick: now,
+            last_notification_batch: 0,
             effects: Vec::new(),
         }
     }

@@ -118,10 +118,15 @@ impl<L: LogSink> Core<L> {
         if message_done {
             self.renderings.remove(&e.message_seq);
         }
-        let (sender, campaign, tenant) = match (&cached, &from_record) {
-            (Some(r), _) => (r.sender.as_str(), r.campaign.as_str(), r.tenant.as_str()),
-            (None, Some((s, c, t))) => (s.as_str(), c.as_str(), t.as_str()),
-            (None, None) => ("", "", ""),
+        let (sender, campaign, tenant, returned) = match (&cached, &from_record) {
+            (Some(r), _) => (
+                r.sender.as_str(),
+                r.campaign.as_str(),
+                r.tenant.as_str(),
+                r.returned,
+            ),
+            (None, Some((s, c, t, f))) => (s.as_str(), c.as_str(), t.as_str(), *f),
+            (None, None) => ("", "", "", false),
         };
         let enhanced = o.enhanced.map(|c| c.to_string()).unwrap_or_default();
         let record = LogRecord {
@@ -146,6 +151,10 @@ impl<L: LogSink> Core<L> {
         if let Err(err) = self.log.append(&record) {
             self.fatal(format!("delivery log: {err}"));
         }
+        if returned && !sender.is_empty() {
+            let remote = mx.to_string();
+            self.notify_sender(seq, &e, state, o, &remote);
+        }
         match state {
             OutcomeState::Deferred => self.home.defer(seq, due_ms),
             OutcomeState::Delivered
@@ -163,8 +172,9 @@ impl<L: LogSink> Core<L> {
     }
 }
 
-/// A message's sender, campaign and tenant, read from its queue record.
-fn message_labels(queue: &ShardQueue, message_seq: u64) -> Option<(String, String, String)> {
+/// A message's sender, campaign and tenant, read from its queue record, and whether its
+/// failures go back to its sender.
+fn message_labels(queue: &ShardQueue, message_seq: u64) -> Option<(String, String, String, bool)> {
     let info = queue.index.messages.get(&message_seq)?;
     let payload = queue.payload_at(message_seq, info.offset).ok()?;
     let m = MessagePayload::decode(&payload).ok()?;
@@ -172,5 +182,6 @@ fn message_labels(queue: &ShardQueue, message_seq: u64) -> Option<(String, Strin
         m.sender.to_string(),
         m.campaign.to_string(),
         m.tenant.to_string(),
+        m.flags & crate::queue::record::MESSAGE_RETURN != 0,
     ))
 }
