@@ -251,13 +251,67 @@ print("sent")
 "#
     );
     assert_eq!(python(&script).trim(), "sent");
-    wait_final(&env, &engine, 2, Duration::from_secs(30));
+    // swaks, the other independent client: STARTTLS + AUTH on one, implicit TLS on the other.
+    let message = dir.path().join("swaks.eml");
+    // swaks ends the data with CRLF.CRLF itself, so the file has no final line ending.
+    let swaks_body = "Subject: via swaks\r\nFrom: news@acme.example\r\n\r\nswaks body, byte for byte\r\n.dot line";
+    std::fs::write(&message, swaks_body).unwrap();
+    for (port, tls, rcpt) in [
+        (submission, "--tls", "swaks-starttls@one.test"),
+        (implicit, "--tls-on-connect", "swaks-implicit@one.test"),
+    ] {
+        let out = Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{port}"), tls])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "app",
+                "--auth-password",
+                "s3cret",
+            ])
+            .args([
+                "--from",
+                "news@acme.example",
+                "--to",
+                rcpt,
+                "--helo",
+                "swaks.test",
+            ])
+            .args(["--timeout", "20", "--data"])
+            .arg(format!("@{}", message.display()))
+            .output()
+            .expect("swaks (CI installs it)");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("<~  250 2.0.0 OK: queued as "), "{said}");
+    }
+    wait_final(&env, &engine, 4, Duration::from_secs(30));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
     let got = sink.received.lock().unwrap();
     for rcpt in ["tls@one.test", "implicit@one.test"] {
         let arrived = &got.bodies[rcpt];
         assert!(arrived.contains("with ESMTPSA id "), "{arrived}");
         assert!(arrived.ends_with("\r\n\r\nsecret things\r\n"), "{arrived}");
+    }
+    for rcpt in ["swaks-starttls@one.test", "swaks-implicit@one.test"] {
+        let arrived = &got.bodies[rcpt];
+        assert!(
+            arrived.starts_with("Received: from swaks.test ("),
+            "{arrived}"
+        );
+        assert!(arrived.contains("with ESMTPSA id "), "{arrived}");
+        // The message as swaks sent it, after the fields the gateway adds.
+        let (_, sent_tail) = swaks_body.split_once("\r\n\r\n").unwrap();
+        assert!(arrived.contains("\r\nSubject: via swaks\r\nFrom: news@acme.example\r\n"));
+        assert!(
+            arrived.ends_with(&format!("\r\n\r\n{sent_tail}\r\n")),
+            "{arrived}"
+        );
     }
     drop(got);
     sink.stop();
