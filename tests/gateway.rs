@@ -705,3 +705,127 @@ with socket.create_connection(("127.0.0.1", {port}), timeout=20) as raw:
     assert_eq!(served(), hex(&second));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+/// The bounds a client meets: sessions per address (421 past it), the message size (552,
+/// nothing queued), the Sender header held to `allowed_from` like From, and a user removed
+/// by a reload no longer sending on a session it authenticated before.
+#[test]
+fn session_size_sender_and_reload_bounds_hold() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let hash = spate::gateway::password::hash("s3cret").unwrap();
+    let listener = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nmax_connections_per_ip = 2\nmax_message_size = \"2KB\"\n"
+    );
+    let user = format!(
+        "[[users]]\nname = \"app\"\npassword_hash = \"{hash}\"\nallowed_from = [\"@acme.example\"]\n"
+    );
+    let env = Env::new(1, "", &format!("{listener}{user}"));
+    let engine = env.start();
+    common::wait_until(Duration::from_secs(20), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // The session-limit check comes from an address of its own, so no other session of
+    // this test (closing as the check runs) can count against it.
+    let open = || {
+        let mut c = connect_from([127, 0, 0, 5], port);
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut greeting = [0u8; 256];
+        let n = c.read(&mut greeting).unwrap();
+        (c, String::from_utf8_lossy(&greeting[..n]).into_owned())
+    };
+    let (mut first, hello) = open();
+    assert!(hello.starts_with("220 "), "{hello}");
+    let (_second, hello) = open();
+    assert!(hello.starts_with("220 "), "{hello}");
+    let (_third, refused) = open();
+    assert_eq!(
+        refused,
+        "421 4.7.0 Too many connections, try again later\r\n"
+    );
+
+    let auth = "EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\n";
+    let envelope =
+        format!("{auth}MAIL FROM:<news@acme.example>\r\nRCPT TO:<big@one.test>\r\nDATA\r\n");
+    let line = "x".repeat(900);
+    let big = format!("Subject: big\r\n\r\n{line}\r\n{line}\r\n{line}\r\n.\r\nQUIT\r\n");
+    let replies = raw_session(port, &envelope, &big);
+    assert!(replies.contains("\r\n552 5.3.4"), "{replies}");
+    let sender = raw_session(
+        port,
+        &envelope.replace("big@", "sender@"),
+        "Subject: s\r\nFrom: news@acme.example\r\nSender: ceo@other.example\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(
+        sender.contains("\r\n550 5.7.1 From/Sender address ceo@other.example not allowed"),
+        "{sender}"
+    );
+    // The first session authenticates; the user is removed by a reload; its next message
+    // is refused.
+    first.write_all(auth.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("235 ") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    env.write_config(1, "", &listener);
+    engine.signal(libc::SIGHUP);
+    common::wait_until(Duration::from_secs(20), "the reload", || {
+        engine.stderr().contains("configuration reloaded")
+    });
+    // Each shard takes the new configuration within a tick of the reload: until then MAIL
+    // may still be accepted (and is reset). A removed user may then no longer send as anyone.
+    let refused = "553 5.7.1 Sender address not allowed for this user\r\n";
+    common::wait_until(Duration::from_secs(10), "the removed user refused", || {
+        first
+            .write_all(b"MAIL FROM:<news@acme.example>\r\n")
+            .unwrap();
+        let n = first.read(&mut buf).unwrap();
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if reply.starts_with("250 ") {
+            first.write_all(b"RSET\r\n").unwrap();
+            let n = first.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"250 "));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reply == refused
+    });
+    drop(first);
+
+    assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
+    assert!(env.queued_recipients().is_empty());
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `source` (std cannot bind
+/// a client socket's address).
+fn connect_from(source: [u8; 4], port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a socket we create, bound and connected with valid sockaddr_in values, then
+    // owned by the TcpStream (which closes it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let from = sockaddr(source, 0);
+        assert_eq!(
+            libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let to = sockaddr([127, 0, 0, 1], port);
+        assert_eq!(
+            libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
