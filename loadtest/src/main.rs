@@ -2,6 +2,7 @@
 
 mod against;
 mod blast;
+mod inject;
 mod plot;
 mod postfix;
 
@@ -41,6 +42,33 @@ enum Cli {
     },
     /// smtp-source, then Spate with 1 shard and with the scenario's, against Postfix's smtp-sink
     SmtpSink(ScenarioArgs),
+    /// The SMTP gateway: accepted rate against Postfix's smtpd, STARTTLS+AUTH, end to end
+    Inject {
+        /// Messages per figure
+        #[arg(long, value_name = "N", default_value_t = 20000)]
+        messages: u64,
+        /// Message size in bytes
+        #[arg(long, value_name = "BYTES", default_value_t = 10240)]
+        size: usize,
+        /// Client sessions at once (each keeps its connection)
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        sessions: u32,
+        /// Engine shards
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        shards: usize,
+        /// Leave Postfix out
+        #[arg(long)]
+        no_postfix: bool,
+        /// Output directory (default target/loadtest/inject)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The spate binary (default: the one next to this binary)
+        #[arg(long = "bin", value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Give up on a figure after this long
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
+    },
     /// Simulated providers and their DNS, standalone
     Sink {
         /// A provider profile (TOML)
@@ -111,6 +139,19 @@ fn main() -> ExitCode {
         }
         Cli::SmtpSink(a) => options(a, false).and_then(|o| against::cmd_smtp_sink(&o)),
         Cli::Sink { profile, seconds } => cmd_sink(&profile, seconds),
+        Cli::Inject {
+            messages,
+            size,
+            sessions,
+            shards,
+            no_postfix,
+            out,
+            bin,
+            timeout,
+        } => inject_options(
+            messages, size, sessions, shards, no_postfix, out, bin, timeout,
+        )
+        .and_then(|o| inject::cmd_inject(&o)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +160,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inject_options(
+    messages: u64,
+    size: usize,
+    sessions: u32,
+    shards: usize,
+    no_postfix: bool,
+    out: Option<PathBuf>,
+    bin: Option<PathBuf>,
+    timeout: u64,
+) -> Result<inject::InjectOptions, String> {
+    if messages == 0 || sessions == 0 || shards == 0 {
+        return Err("--messages, --sessions and --shards must be at least 1".into());
+    }
+    let out = out
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/loadtest/inject"));
+    // Absolute: Postfix refuses relative paths in its configuration.
+    let out = std::path::absolute(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(inject::InjectOptions {
+        messages,
+        size,
+        sessions,
+        shards,
+        out,
+        bin: match bin {
+            Some(b) => b,
+            None => engine_binary()?,
+        },
+        postfix: !no_postfix,
+        timeout: Duration::from_secs(timeout),
+    })
 }
 
 fn scenario_path(name: &str) -> PathBuf {
