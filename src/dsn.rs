@@ -22,9 +22,10 @@ pub const RETURNED_BYTES_MAX: usize = 64 << 10;
 const DIAGNOSTIC_BYTES_MAX: usize = 900;
 
 /// What happened to the recipient reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Action {
     /// Bounced, or expired.
+    #[default]
     Failed,
     /// Delivered to a next hop that was not asked for notifications.
     Relayed,
@@ -43,7 +44,24 @@ pub fn wanted(notify: &str, action: Action) -> bool {
     }
 }
 
-/// One notification.
+/// What happened to one recipient, as its per-recipient block reports it.
+#[derive(Debug, Clone, Default)]
+pub struct RecipientReport {
+    pub recipient: String,
+    /// ORCPT as the client sent it (`type;xtext`), or empty.
+    pub orcpt: String,
+    pub action: Action,
+    /// The enhanced status code (`5.1.1`).
+    pub status: String,
+    /// The host that answered, if one did.
+    pub remote_mta: String,
+    /// The answer (`550 5.1.1 no such user`), if there was one.
+    pub diagnostic: String,
+    /// Why, when no server answered (DNS, connections, expiry).
+    pub reason: String,
+}
+
+/// One notification: one message, one or more of its recipients.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {
     /// This MTA's name (`smtp.helo_name`).
@@ -53,25 +71,21 @@ pub struct Report<'a> {
     /// ENVID as the client sent it (xtext), or empty.
     pub envid: &'a str,
     pub arrival_unix_ms: u64,
-    pub recipient: &'a str,
-    /// ORCPT as the client sent it (`type;xtext`), or empty.
-    pub orcpt: &'a str,
-    pub action: Action,
-    /// The enhanced status code (`5.1.1`).
-    pub status: &'a str,
-    /// The host that answered, if one did.
-    pub remote_mta: &'a str,
-    /// The answer (`550 5.1.1 no such user`), if there was one.
-    pub diagnostic: &'a str,
-    /// Why, when no server answered (DNS, connections, expiry).
-    pub reason: &'a str,
+    /// At most `REPORT_RECIPIENTS_MAX`.
+    pub recipients: &'a [RecipientReport],
     pub original: &'a [u8],
     /// RET=HDRS: return the header only.
     pub headers_only: bool,
     pub now_unix_ms: u64,
-    /// Makes the Message-ID unique (the bounced recipient's queue sequence number).
+    /// Unique to this notification (its queue batch id): its Message-ID and boundary.
     pub unique: u64,
 }
+
+/// Recipients one notification reports at most; more make more notifications.
+pub const REPORT_RECIPIENTS_MAX: usize = 1000;
+/// ENVID (RFC 3461: 100 octets) and ORCPT (500) as reported, decoded.
+const ENVID_BYTES_MAX: usize = 100;
+const ORCPT_BYTES_MAX: usize = 500;
 
 /// Decodes xtext (`+XX` escapes); `None` unless the result is printable ASCII.
 pub fn decode_xtext(x: &str) -> Option<String> {
@@ -100,12 +114,19 @@ fn printable(s: &str, max: usize) -> String {
         .collect()
 }
 
-/// Where a message's header ends (its blank line included), or its whole length.
-fn header_len(message: &[u8]) -> usize {
-    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+/// The header of a message (its blank line included), cut at the last line that ends
+/// within `RETURNED_BYTES_MAX`.
+fn returned_header(message: &[u8]) -> &[u8] {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+    if end <= RETURNED_BYTES_MAX {
+        return &message[..end];
+    }
+    let within = &message[..RETURNED_BYTES_MAX];
+    memchr::memmem::rfind(within, b"\r\n").map_or(&[][..], |i| &message[..i + 2])
 }
 
-/// The notification, as a message ready to queue (CRLF line ends).
+/// The notification, as a message ready to queue (CRLF line ends), at most about
+/// `RETURNED_BYTES_MAX` plus 1.5 KiB per recipient.
 pub fn build(r: &Report<'_>) -> Vec<u8> {
     let host = printable(r.reporting_mta, 255);
     let (part, returned, returned_note) = if r.headers_only || r.original.len() > RETURNED_BYTES_MAX
@@ -115,30 +136,21 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
         } else {
             "It was too big to return whole; its header follows."
         };
-        (
-            "text/rfc822-headers",
-            &r.original[..header_len(r.original)],
-            note,
-        )
+        ("text/rfc822-headers", returned_header(r.original), note)
     } else {
         ("message/rfc822", r.original, "The message follows.")
     };
     // A boundary that nothing returned contains.
-    let mut boundary = format!("=_spate_{:x}_{:x}", r.unique, r.now_unix_ms);
+    let mut boundary = format!("=_spate_{:x}", r.unique);
     while memchr::memmem::find(returned, boundary.as_bytes()).is_some() {
         boundary.push('_');
     }
-    let (subject, said) = match r.action {
-        Action::Failed => (
-            "Undelivered Mail Returned to Sender",
-            "could not be delivered to",
-        ),
-        Action::Relayed => (
-            "Delivery Status Notification (Relayed)",
-            "was relayed to the mail system of",
-        ),
+    let failed = r.recipients.iter().any(|x| x.action == Action::Failed);
+    let subject = if failed {
+        "Undelivered Mail Returned to Sender"
+    } else {
+        "Delivery Status Notification (Relayed)"
     };
-    let recipient = printable(r.recipient, 998);
     let mut m = String::new();
     let mut line = |s: &str| {
         m.push_str(s);
@@ -150,10 +162,7 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
     line(&format!("To: <{}>", printable(r.to, 998)));
     line(&format!("Subject: {subject}"));
     line(&format!("Date: {}", rfc5322_date(r.now_unix_ms)));
-    line(&format!(
-        "Message-ID: <dsn.{:x}.{:x}@{host}>",
-        r.now_unix_ms, r.unique
-    ));
+    line(&format!("Message-ID: <dsn.{:x}@{host}>", r.unique));
     line("Auto-Submitted: auto-replied");
     line("MIME-Version: 1.0");
     line(&format!(
@@ -166,20 +175,27 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
     line("Content-Type: text/plain; charset=us-ascii");
     line("");
     line(&format!("This is the mail system at {host}."));
-    line("");
-    line(&format!("Your message {said} {recipient}."));
-    if !r.diagnostic.is_empty() {
+    for x in r.recipients {
+        let said = match x.action {
+            Action::Relayed => "was relayed to the mail system of",
+            Action::Failed => "could not be delivered to",
+        };
         line("");
         line(&format!(
-            "The receiving mail system said: {}",
-            printable(r.diagnostic, DIAGNOSTIC_BYTES_MAX)
+            "Your message {said} {}.",
+            printable(&x.recipient, 998)
         ));
-    } else if !r.reason.is_empty() {
-        line("");
-        line(&format!(
-            "Reason: {}",
-            printable(r.reason, DIAGNOSTIC_BYTES_MAX)
-        ));
+        if !x.diagnostic.is_empty() {
+            line(&format!(
+                "The receiving mail system said: {}",
+                printable(&x.diagnostic, DIAGNOSTIC_BYTES_MAX)
+            ));
+        } else if !x.reason.is_empty() {
+            line(&format!(
+                "Reason: {}",
+                printable(&x.reason, DIAGNOSTIC_BYTES_MAX)
+            ));
+        }
     }
     line("");
     line(returned_note);
@@ -189,43 +205,54 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
     line("");
     line(&format!("Reporting-MTA: dns; {host}"));
     if let Some(envid) = decode_xtext(r.envid).filter(|e| !e.is_empty()) {
-        line(&format!("Original-Envelope-Id: {envid}"));
+        line(&format!(
+            "Original-Envelope-Id: {}",
+            printable(&envid, ENVID_BYTES_MAX)
+        ));
     }
     line(&format!(
         "Arrival-Date: {}",
         rfc5322_date(r.arrival_unix_ms)
     ));
-    line("");
-    if let Some((kind, addr)) = r.orcpt.split_once(';') {
-        if let (Some(addr), true) = (
-            decode_xtext(addr),
-            kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
-        ) {
-            line(&format!("Original-Recipient: {kind}; {addr}"));
+    for x in r.recipients {
+        line("");
+        if let Some((kind, addr)) = x.orcpt.split_once(';') {
+            let kind_ok = !kind.is_empty()
+                && kind.len() <= 32
+                && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if let (Some(addr), true) = (decode_xtext(addr), kind_ok) {
+                line(&format!(
+                    "Original-Recipient: {kind}; {}",
+                    printable(&addr, ORCPT_BYTES_MAX)
+                ));
+            }
         }
-    }
-    line(&format!("Final-Recipient: rfc822; {recipient}"));
-    line(match r.action {
-        Action::Failed => "Action: failed",
-        Action::Relayed => "Action: relayed",
-    });
-    line(&format!("Status: {}", printable(r.status, 16)));
-    if !r.remote_mta.is_empty() {
         line(&format!(
-            "Remote-MTA: dns; {}",
-            printable(r.remote_mta, 255)
+            "Final-Recipient: rfc822; {}",
+            printable(&x.recipient, 998)
+        ));
+        line(match x.action {
+            Action::Relayed => "Action: relayed",
+            Action::Failed => "Action: failed",
+        });
+        line(&format!("Status: {}", printable(&x.status, 16)));
+        if !x.remote_mta.is_empty() {
+            line(&format!(
+                "Remote-MTA: dns; {}",
+                printable(&x.remote_mta, 255)
+            ));
+        }
+        if !x.diagnostic.is_empty() {
+            line(&format!(
+                "Diagnostic-Code: smtp; {}",
+                printable(&x.diagnostic, DIAGNOSTIC_BYTES_MAX)
+            ));
+        }
+        line(&format!(
+            "Last-Attempt-Date: {}",
+            rfc5322_date(r.now_unix_ms)
         ));
     }
-    if !r.diagnostic.is_empty() {
-        line(&format!(
-            "Diagnostic-Code: smtp; {}",
-            printable(r.diagnostic, DIAGNOSTIC_BYTES_MAX)
-        ));
-    }
-    line(&format!(
-        "Last-Attempt-Date: {}",
-        rfc5322_date(r.now_unix_ms)
-    ));
     line("");
     line(&format!("--{boundary}"));
     line(&format!("Content-Type: {part}"));
@@ -246,19 +273,25 @@ pub fn build(r: &Report<'_>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn report<'a>(original: &'a [u8]) -> Report<'a> {
+    fn gone() -> RecipientReport {
+        RecipientReport {
+            recipient: "gone@one.test".into(),
+            orcpt: "rfc822;Gone+40one.test".into(),
+            action: Action::Failed,
+            status: "5.1.1".into(),
+            remote_mta: "mx.one.test".into(),
+            diagnostic: "550 5.1.1 no such user".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn report<'a>(original: &'a [u8], recipients: &'a [RecipientReport]) -> Report<'a> {
         Report {
             reporting_mta: "mta.example",
             to: "news@acme.example",
             envid: "QQ314159",
             arrival_unix_ms: 1_700_000_000_000,
-            recipient: "gone@one.test",
-            orcpt: "rfc822;Gone+40one.test",
-            action: Action::Failed,
-            status: "5.1.1",
-            remote_mta: "mx.one.test",
-            diagnostic: "550 5.1.1 no such user",
-            reason: "",
+            recipients,
             original,
             headers_only: false,
             now_unix_ms: 1_700_000_100_000,
@@ -278,8 +311,12 @@ mod tests {
     #[test]
     fn a_failure_report_has_its_three_parts_and_every_field() {
         let original = b"Subject: hi\r\nFrom: news@acme.example\r\n\r\nbody\r\n";
-        let m = String::from_utf8(build(&report(original))).unwrap();
+        let m = String::from_utf8(build(&report(original, &[gone()]))).unwrap();
         assert!(m.contains("\r\nTo: <news@acme.example>\r\n"), "{m}");
+        assert!(
+            m.contains("\r\nMessage-ID: <dsn.2a@mta.example>\r\n"),
+            "{m}"
+        );
         assert!(m.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         for field in [
             "\r\nReporting-MTA: dns; mta.example\r\n",
@@ -294,17 +331,28 @@ mod tests {
         ] {
             assert!(m.contains(field), "{field:?} missing from {m}");
         }
-        assert!(
-            m.ends_with("\r\nbody\r\n--=_spate_2a_18bcfe6eea0--\r\n"),
-            "{m}"
-        );
+        assert!(m.ends_with("\r\nbody\r\n--=_spate_2a--\r\n"), "{m}");
         assert!(m.lines().all(|l| l.len() <= 998));
     }
 
     #[test]
-    fn headers_only_when_asked_or_when_the_message_is_big() {
+    fn several_recipients_of_one_message_share_one_report() {
+        let mut relayed = gone();
+        relayed.recipient = "ok@two.test".into();
+        relayed.action = Action::Relayed;
+        relayed.status = "2.0.0".into();
+        relayed.diagnostic.clear();
+        let both = [gone(), relayed];
+        let m = String::from_utf8(build(&report(b"Subject: x\r\n\r\ny\r\n", &both))).unwrap();
+        assert_eq!(m.matches("\r\nFinal-Recipient:").count(), 2);
+        assert!(m.contains("Action: failed") && m.contains("Action: relayed"));
+        assert!(m.contains("Subject: Undelivered Mail Returned to Sender"));
+    }
+
+    #[test]
+    fn headers_only_when_asked_or_when_the_message_is_big_and_a_huge_header_is_cut() {
         let original = b"Subject: hi\r\n\r\nthe body\r\n";
-        let mut r = report(original);
+        let mut r = report(original, &[]);
         r.headers_only = true;
         let m = String::from_utf8(build(&r)).unwrap();
         assert!(m.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n\r\n--"));
@@ -314,25 +362,43 @@ mod tests {
             &vec![b'x'; RETURNED_BYTES_MAX],
         ]
         .concat();
-        let m = String::from_utf8(build(&report(&big))).unwrap();
+        let m = String::from_utf8(build(&report(&big, &[]))).unwrap();
         assert!(m.contains("too big to return whole"));
         assert!(m.len() < 4096);
+        // A header of 16 MiB (lines within the limit, no blank line) is cut to the bound.
+        let line = [b"X-Filler: ".as_slice(), &[b'y'; 900], b"\r\n"].concat();
+        let huge: Vec<u8> = line.iter().copied().cycle().take(16 << 20).collect();
+        let m = build(&report(&huge, &[]));
+        assert!(m.len() < RETURNED_BYTES_MAX + 4096, "{}", m.len());
     }
 
     #[test]
     fn hostile_dsn_parameters_and_replies_add_no_line() {
-        let original = b"Subject: --=_spate_2a_18bcfe6eea0\r\n\r\nx\r\n";
-        let mut r = report(original);
+        let original = b"Subject: --=_spate_2a\r\n\r\nx\r\n";
+        let mut x = gone();
+        x.orcpt = "rfc822;x+0D+0AFinal-Recipient:+20rfc822;+20y@z".into();
+        x.diagnostic = "550 bad\r\nX-Injected: yes".into();
+        let recipients = [x];
+        let mut r = report(original, &recipients);
         r.envid = "a+0D+0ABcc:+20victim@x";
-        r.orcpt = "rfc822;x+0D+0AFinal-Recipient:+20rfc822;+20y@z";
-        r.diagnostic = "550 bad\r\nX-Injected: yes";
         let m = String::from_utf8(build(&r)).unwrap();
         assert!(!m.contains("Original-Envelope-Id"), "{m}");
         assert!(!m.contains("Original-Recipient"), "{m}");
         assert!(!m.contains("\r\nX-Injected"), "{m}");
         assert_eq!(m.matches("Final-Recipient:").count(), 1);
         // The boundary moved out of the way of the returned message's text.
-        assert!(m.contains("boundary=\"=_spate_2a_18bcfe6eea0_\""), "{m}");
+        assert!(m.contains("boundary=\"=_spate_2a_\""), "{m}");
+        // Long parameters are cut, so no line passes 998 octets.
+        let long = "a".repeat(5000);
+        let mut x = gone();
+        x.orcpt = format!("rfc822;{long}");
+        let recipients = [x];
+        let mut r = report(original, &recipients);
+        r.envid = &long;
+        assert!(String::from_utf8(build(&r))
+            .unwrap()
+            .lines()
+            .all(|l| l.len() <= 998));
     }
 
     #[test]

@@ -396,8 +396,12 @@ fn a_daily_limit_survives_kill_9_and_a_lockout_spans_sessions() {
         "[[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nauth_failures_max = 2\nauth_lockout = \"1m\"\n\
          [[users]]\nname = \"app\"\npassword_hash = \"{hash}\"\nallowed_from = [\"@acme.example\"]\ndaily_limit = 3\n"
     );
-    // Delivery stays paused: only what the gateway accepts and counts matters here.
-    let env = Env::new(2, "", &config);
+    // Delivery stays paused: only what the gateway accepts and counts matters here. Three
+    // shards: a count that does not divide 256 once put a message's home on another shard
+    // than its count's.
+    let env = Env::new(3, "", &config);
+    // Three shards within this machine's 8 MiB locked-memory limit.
+    env.write_config_with_engine(3, "io_memory = \"512KiB\"", "", &config);
     let engine = env.start();
     let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     common::wait_until(Duration::from_secs(20), "the listener", listening);
@@ -501,12 +505,15 @@ send("never@sender.test", "never@bad.test", [], ["NOTIFY=NEVER"])
 send("success@sender.test", "ok@good.test", [], ["NOTIFY=SUCCESS"])
 send("", "loop@bad.test")
 send("full@sender.test", "plain@bad.test")
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+s.sendmail("multi@sender.test", ["one@bad.test", "two@bad.test"], "Subject: two\r\n\r\nx\r\n")
+s.quit()
 print("sent")
 "#
     );
     assert_eq!(python(&script).trim(), "sent");
-    // Five recipients, then three notifications.
-    wait_final(&env, &engine, 8, Duration::from_secs(30));
+    // Seven recipients, then four notifications.
+    wait_final(&env, &engine, 11, Duration::from_secs(30));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
     let got = sink.received.lock().unwrap();
     let mut notified: Vec<&String> = got
@@ -520,8 +527,17 @@ print("sent")
         [
             "full@sender.test",
             "hdrs@sender.test",
+            "multi@sender.test",
             "success@sender.test"
         ]
+    );
+    // The two bounced recipients of one message share one report.
+    assert_eq!(got.deliveries["multi@sender.test"], 1);
+    let multi = &got.bodies["multi@sender.test"];
+    assert!(
+        multi.contains("Final-Recipient: rfc822; one@bad.test")
+            && multi.contains("Final-Recipient: rfc822; two@bad.test"),
+        "{multi}"
     );
     let dir = tempfile::tempdir().unwrap();
     for who in ["hdrs", "success", "full"] {
@@ -578,7 +594,7 @@ fn a_proxy_header_names_the_client_only_from_a_configured_balancer() {
         "[delivery]\nallow_private_destinations = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
          [[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n\
          [[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\n\
-         relay_networks = [\"192.0.2.0/24\"]\nproxy_protocol_from = [\"127.0.0.2\"]\n",
+         relay_networks = [\"192.0.2.0/24\", \"127.0.0.2\"]\nproxy_protocol_from = [\"127.0.0.2\"]\n",
         sink.addr
     );
     let env = Env::new(1, "", &config);
@@ -629,6 +645,9 @@ session("127.0.0.2", b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 {port}\r\n", "v1@one.
 session("127.0.0.2", v2, "v2@one.test")
 session("127.0.0.1", b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 {port}\r\n", "spoofed@one.test")
 session("127.0.0.2", b"PROXY TCP4 198.51.100.1 127.0.0.1 5555 {port}\r\n", "outside@one.test")
+# A client the balancer cannot name is not inside relay_networks, even though the
+# balancer's own address would be (127.0.0.2 is in them here).
+session("127.0.0.2", b"PROXY UNKNOWN\r\n", "unnamed@one.test")
 "#
     );
     let results = python(&script);
@@ -642,6 +661,7 @@ session("127.0.0.2", b"PROXY TCP4 198.51.100.1 127.0.0.1 5555 {port}\r\n", "outs
             // offered on this loopback listener), and DATA has no recipient.
             "spoofed@one.test 220 500 250 250 530 554 221",
             "outside@one.test 220 250 250 530 554 221",
+            "unnamed@one.test 220 250 250 530 554 221",
         ],
         "{results}"
     );

@@ -16,7 +16,7 @@
 //!   Final-Recipient and one Original-Envelope-Id at most: no parameter adds a line.
 
 use crate::chunks;
-use spate::dsn::{build, Action, Report};
+use spate::dsn::{build, Action, RecipientReport, Report};
 use spate::gateway::proxy::{parse, V1_LINE_BYTES_MAX, V2_BODY_BYTES_MAX};
 
 pub fn check(input: &[u8]) {
@@ -57,18 +57,21 @@ fn check_dsn(payload: &[u8]) {
         cut(text.chars().count() / 3),
         cut(2 * text.chars().count() / 3),
     );
+    let recipients = [RecipientReport {
+        recipient: "r@one.example".into(),
+        orcpt: text[a..b].to_string(),
+        action: Action::Failed,
+        status: "5.1.1".into(),
+        remote_mta: "mx.one.example".into(),
+        diagnostic: text[b..].to_string(),
+        reason: text[b..].to_string(),
+    }];
     let report = build(&Report {
         reporting_mta: "mta.example",
         to: "sender@acme.example",
         envid: &text[..a],
         arrival_unix_ms: 1_700_000_000_000,
-        recipient: "r@one.example",
-        orcpt: &text[a..b],
-        action: Action::Failed,
-        status: "5.1.1",
-        remote_mta: "mx.one.example",
-        diagnostic: &text[b..],
-        reason: &text[b..],
+        recipients: &recipients,
         original: b"Subject: x\r\n\r\nbody\r\n",
         headers_only: false,
         now_unix_ms: 1_700_000_100_000,

@@ -11,6 +11,7 @@ use crate::config::{Listener, ListenerTls};
 use crate::delivery_log::EventType;
 use crate::gateway::counts::{CountsFile, DayCount};
 use crate::gateway::limits::{self, AuthLockout, Connections, LockoutRule, UserCounter};
+use crate::gateway::proxy::Source;
 use crate::gateway::{password, policy, submission};
 use crate::queue::record::{MESSAGE_RETURN, MESSAGE_RET_HDRS};
 use crate::smtp::server::{Event as SmtpEvent, Server, ServerConfig, COMMAND_LINE_MAX};
@@ -361,11 +362,14 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
     if stream.set_write_timeout(Some(READ_TIMEOUT)).is_err() {
         return;
     }
-    // Only a configured load balancer may say whom it connects for.
-    let (peer, early) =
+    // Only a configured load balancer may say whom it connects for. A client it cannot
+    // name keeps the balancer's address but is never inside `relay_networks`.
+    let (peer, named, early) =
         if policy::in_networks(connected.ip(), &gateway.listener.proxy_protocol_from) {
             match read_proxy_header(&mut stream).await {
-                Ok((source, early)) => (source.unwrap_or(connected), early),
+                Ok((Source::Client(client), early)) => (client, true, early),
+                Ok((Source::Balancer, early)) => (connected, true, early),
+                Ok((Source::Unnamed, early)) => (connected, false, early),
                 Err(why) => {
                     tracing::debug!("listener {}: {connected}: {why}", gateway.listener.listen);
                     let _ = stream.close().await;
@@ -373,7 +377,7 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
                 }
             }
         } else {
-            (connected, Vec::new())
+            (connected, true, Vec::new())
         };
     if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
         return;
@@ -401,6 +405,7 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
         server: Server::new(gateway.server.clone()),
         gateway,
         peer,
+        named,
         user: None,
         counter: None,
         reserved: 0,
@@ -445,9 +450,7 @@ async fn connection(shard: Rc<Shard>, gateway: Rc<Gateway>, mut stream: TcpStrea
 
 /// Reads a PROXY protocol header (`gateway::proxy`) within `PROXY_HEADER_TIMEOUT`: the
 /// client it names (none for the balancer's own connections), and any bytes read past it.
-async fn read_proxy_header(
-    stream: &mut TcpStream,
-) -> Result<(Option<SocketAddr>, Vec<u8>), String> {
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<(Source, Vec<u8>), String> {
     stream
         .set_read_timeout(Some(PROXY_HEADER_TIMEOUT))
         .map_err(|e| e.to_string())?;
@@ -519,6 +522,9 @@ struct Session {
     gateway: Rc<Gateway>,
     server: Server,
     peer: SocketAddr,
+    /// False for a client a balancer could not name (`gateway::proxy::Source::Unnamed`):
+    /// `relay_networks` does not apply to it.
+    named: bool,
     /// The user AUTH authenticated, by name: looked up in the configuration in force each
     /// time (a reload may change or remove it; a removed user is no longer authenticated).
     user: Option<String>,
@@ -703,10 +709,15 @@ impl Session {
 
     fn rcpt(&mut self, to: &str) -> (u16, String) {
         let config = self.shard.config.borrow().clone();
+        let networks: &[ipnet::IpNet] = if self.named {
+            &self.gateway.listener.relay_networks
+        } else {
+            &[]
+        };
         let relay = policy::may_relay(
             self.peer.ip(),
             self.current_user(&config).is_some(),
-            &self.gateway.listener.relay_networks,
+            networks,
             self.gateway.server.auth
                 && (self.server.is_tls() || !self.gateway.server.auth_needs_tls),
         );
@@ -887,7 +898,6 @@ impl Session {
             return LOCKED;
         }
         if self.authenticate(user, password).await {
-            shared.gateway.lockout().succeeded(ip);
             return (235, "2.7.0 Authentication successful");
         }
         sleep(AUTH_FAILURE_DELAY).await;
@@ -991,7 +1001,9 @@ async fn queue_submission(
     let mut parser = Parser::submission(spec, rcpts, values, shard.shards)
         .map_err(|e| Refused::Permanent(format!("cannot queue: {e}")))?;
     let message = Arc::clone(parser.message());
-    let home = (batch_id % shard.shards as u64) as usize;
+    // `next_batch_id` makes this shard the message's home: its chunk, its group commit and
+    // the user's count all stay here.
+    debug_assert_eq!((batch_id % shard.shards as u64) as usize, shard.id);
     if let Some((user, n)) = counted {
         // Before the append, so the commit that makes the message durable syncs it too.
         let day = limits::utc_day(message.created_unix_ms);
@@ -999,30 +1011,18 @@ async fn queue_submission(
     }
     let (ack_tx, ack_rx) = local_channel::new_unbounded();
     shard.acks.borrow_mut().insert(batch_id, ack_tx);
-    // The client waits for this commit: it starts without the usual window (this shard's;
-    // a home on another shard keeps its window).
+    // The client waits for this commit: it starts without the usual window.
     let _ = shard.commit_urgent.try_send(());
     let result = feed_chunks(shard, &mut parser, &message, &ack_rx).await;
     shard.acks.borrow_mut().remove(&batch_id);
-    // The message's home keeps the batch's de-duplication state (for a resumed input; a
-    // submission is never resumed): released there, or it would grow with every message.
-    // The home is this shard unless the shard count does not divide 256 (`next_batch_id`).
-    if home == shard.id {
-        shard.core.borrow_mut().queue.release_batch(batch_id);
-    } else {
-        let _ = shard
-            .ctl_tx
-            .send_to(home, CtlMsg::Released { batch_id })
-            .await;
-    }
+    // The batch's de-duplication state (for a resumed input; a submission is never
+    // resumed) is released, or it would grow with every message.
+    shard.core.borrow_mut().queue.release_batch(batch_id);
     match result {
         Ok(_) => Ok(()),
         // Appended here before the stop: `feed_chunks` waited for its acknowledgement, so
-        // it is durable. (A chunk for another shard may not have been sent: try again.)
-        Err(super::intake::Interrupted::Stopping) if home == shard.id => Ok(()),
-        Err(super::intake::Interrupted::Stopping) => Err(Refused::Temporary(
-            "the engine is stopping; try again later".into(),
-        )),
+        // it is durable.
+        Err(super::intake::Interrupted::Stopping) => Ok(()),
         Err(super::intake::Interrupted::Failed) => Err(Refused::Temporary(
             "the engine failed; try again later".into(),
         )),

@@ -6,12 +6,17 @@ use super::*;
 
 impl Shard {
     pub(super) fn next_batch_id(&self) -> u64 {
+        // `id % shards == self.id`: a pickup or gateway message's home (`batch_id %
+        // shards`) is the shard that claimed it, whatever the shard count, so its group
+        // commit (and a gateway user's daily count) is this shard's own. Ids of different
+        // shards differ by their residue; one shard's only grow.
+        let shards = self.shards as u64;
         let nanos = self.shared.clock.unix_ms().saturating_mul(1_000_000);
-        let candidate = (nanos & !0xff) | self.id as u64;
+        let candidate = nanos - nanos % shards + self.id as u64;
         let id = if candidate > self.last_batch_id.get() {
             candidate
         } else {
-            self.last_batch_id.get() + 0x100
+            self.last_batch_id.get() + shards
         };
         self.last_batch_id.set(id);
         id

@@ -154,7 +154,8 @@ impl UserCounter {
 }
 
 /// Failed AUTH attempts per client address, across sessions and listeners. An IPv6 client
-/// counts by its /64, which one host usually holds whole.
+/// counts by its /64, which one host usually holds whole. A success does not clear them:
+/// otherwise one valid account would let its holder guess others' passwords for ever.
 #[derive(Debug, Default)]
 pub struct AuthLockout {
     entries: HashMap<IpAddr, Failures>,
@@ -176,7 +177,9 @@ pub struct LockoutRule {
     pub window_ms: u64,
 }
 
-fn lockout_key(ip: IpAddr) -> IpAddr {
+/// How a client address counts for the lockout and the sessions per address: an IPv6
+/// address by its /64, an IPv4-mapped one as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -192,13 +195,13 @@ fn lockout_key(ip: IpAddr) -> IpAddr {
 impl AuthLockout {
     /// When the address's lockout ends, if it is locked out now.
     pub fn locked_until(&self, ip: IpAddr, now_ms: u64) -> Option<u64> {
-        let f = self.entries.get(&lockout_key(ip))?;
+        let f = self.entries.get(&client_key(ip))?;
         (f.locked_until_ms > now_ms).then_some(f.locked_until_ms)
     }
 
     /// Counts a failure; true when it locks the address out.
     pub fn failed(&mut self, ip: IpAddr, now_ms: u64, rule: LockoutRule) -> bool {
-        let key = lockout_key(ip);
+        let key = client_key(ip);
         if !self.entries.contains_key(&key) && self.entries.len() >= LOCKOUT_ADDRESSES_MAX {
             self.make_room(now_ms, rule.window_ms);
         }
@@ -223,12 +226,6 @@ impl AuthLockout {
             return true;
         }
         false
-    }
-
-    /// A successful AUTH clears the address's failures (not a lockout in force: a locked
-    /// address is not asked for a password at all).
-    pub fn succeeded(&mut self, ip: IpAddr) {
-        self.entries.remove(&lockout_key(ip));
     }
 
     pub fn len(&self) -> usize {
@@ -266,8 +263,10 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Counts a session in, if it stays within both bounds.
+    /// Counts a session in, if it stays within both bounds (per address as `client_key`
+    /// has it).
     pub fn enter(&mut self, ip: IpAddr, total_max: usize, per_ip_max: usize) -> bool {
+        let ip = client_key(ip);
         let mine = self.per_ip.get(&ip).copied().unwrap_or(0);
         if self.total >= total_max || mine >= per_ip_max {
             return false;
@@ -278,6 +277,7 @@ impl Connections {
     }
 
     pub fn leave(&mut self, ip: IpAddr) {
+        let ip = client_key(ip);
         self.total = self.total.saturating_sub(1);
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -389,12 +389,6 @@ mod tests {
         for i in 0..10 {
             assert!(!l.failed(other, T0 + i * 40_000, rule));
         }
-        // A success clears the count.
-        let third: IpAddr = "192.0.2.9".parse().unwrap();
-        l.failed(third, T0, rule);
-        l.failed(third, T0, rule);
-        l.succeeded(third);
-        assert!(!l.failed(third, T0, rule));
     }
 
     #[test]

@@ -19,13 +19,23 @@ pub const V1_LINE_BYTES_MAX: usize = 107;
 /// balancers add (AWS, Azure, GCP, SSL details) fit well within this.
 pub const V2_BODY_BYTES_MAX: usize = 2048;
 
+/// Whom a header says the connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A client, by its address and port.
+    Client(SocketAddr),
+    /// The balancer's own connection (v2 LOCAL: health checks): its own address stands.
+    Balancer,
+    /// A client the balancer could not name (v1 UNKNOWN, or v2 over UDP, UNIX sockets or
+    /// an unspecified family): it keeps the balancer's address for the session limits, but
+    /// may relay only with AUTH.
+    Unnamed,
+}
+
 /// What a complete header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// The client the balancer connected for; `None` for a balancer's own connection (v2
-    /// LOCAL, v1 UNKNOWN, or an address family other than TCP), which is taken as the
-    /// connection's own address.
-    pub source: Option<SocketAddr>,
+    pub source: Source,
     /// Octets of input the header took.
     pub used: usize,
 }
@@ -57,7 +67,10 @@ fn v1(buf: &[u8]) -> Result<Option<Header>, &'static str> {
     let used = end + 2;
     let fields: Vec<&str> = line.split(' ').collect();
     match fields.as_slice() {
-        ["UNKNOWN", ..] => Ok(Some(Header { source: None, used })),
+        ["UNKNOWN", ..] => Ok(Some(Header {
+            source: Source::Unnamed,
+            used,
+        })),
         [proto @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
             let (src, dst): (IpAddr, IpAddr) = (
                 src.parse().map_err(|_| "PROXY v1 bad source address")?,
@@ -78,7 +91,7 @@ fn v1(buf: &[u8]) -> Result<Option<Header>, &'static str> {
             let sport = port(sport).ok_or("PROXY v1 bad source port")?;
             port(dport).ok_or("PROXY v1 bad destination port")?;
             Ok(Some(Header {
-                source: Some(SocketAddr::new(src, sport)),
+                source: Source::Client(SocketAddr::new(src, sport)),
                 used,
             }))
         }
@@ -109,25 +122,25 @@ fn v2(buf: &[u8]) -> Result<Option<Header>, &'static str> {
     let used = 16 + len;
     let source = match (ver_cmd & 0x0f, family) {
         // LOCAL: the balancer's own connection (health checks).
-        (0, _) => None,
+        (0, _) => Source::Balancer,
         // PROXY over TCP/IPv4 and TCP/IPv6.
         (1, 0x11) => {
             let a = body.get(..12).ok_or("PROXY v2 address block too short")?;
             let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([a[8], a[9]])))
+            Source::Client(SocketAddr::new(ip.into(), u16::from_be_bytes([a[8], a[9]])))
         }
         (1, 0x21) => {
             let a = body.get(..36).ok_or("PROXY v2 address block too short")?;
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&a[..16]);
             let ip = Ipv6Addr::from(octets);
-            Some(SocketAddr::new(
+            Source::Client(SocketAddr::new(
                 ip.into(),
                 u16::from_be_bytes([a[32], a[33]]),
             ))
         }
         // UDP, UNIX sockets or unspecified: nothing an SMTP client's address can be.
-        (1, _) => None,
+        (1, _) => Source::Unnamed,
         _ => return Err("PROXY v2 bad command"),
     };
     Ok(Some(Header { source, used }))
@@ -152,14 +165,14 @@ mod tests {
             assert_eq!(parse(&line[..i]), Ok(None), "{i}");
         }
         let h = parse(line).unwrap().unwrap();
-        assert_eq!(h.source, Some("192.0.2.7:51234".parse().unwrap()));
+        assert_eq!(h.source, Source::Client("192.0.2.7:51234".parse().unwrap()));
         assert_eq!(&line[h.used..], b"EHLO");
         let h = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 1 25\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.source, Some("[2001:db8::1]:1".parse().unwrap()));
+        assert_eq!(h.source, Source::Client("[2001:db8::1]:1".parse().unwrap()));
         let h = parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap();
-        assert_eq!((h.source, h.used), (None, 15));
+        assert_eq!((h.source, h.used), (Source::Unnamed, 15));
     }
 
     #[test]
@@ -190,7 +203,10 @@ mod tests {
             assert_eq!(parse(&h[..i]), Ok(None), "{i}");
         }
         let got = parse(&h).unwrap().unwrap();
-        assert_eq!(got.source, Some("192.0.2.7:51234".parse().unwrap()));
+        assert_eq!(
+            got.source,
+            Source::Client("192.0.2.7:51234".parse().unwrap())
+        );
         assert_eq!(&h[got.used..], b"\x16\x03\x01");
         let mut v6 = vec![0u8; 36];
         v6[0] = 0x20;
@@ -198,18 +214,18 @@ mod tests {
         v6[15] = 1;
         v6[33] = 25;
         let got = parse(&v2_header(1, 0x21, &v6)).unwrap().unwrap();
-        assert_eq!(got.source, Some("[2001::1]:25".parse().unwrap()));
-        // LOCAL (a health check) and UNIX sockets: the connection's own address.
+        assert_eq!(got.source, Source::Client("[2001::1]:25".parse().unwrap()));
+        // LOCAL (a health check): the balancer itself; UNIX sockets: a client unnamed.
         assert_eq!(
             parse(&v2_header(0, 0x00, &[])).unwrap().unwrap().source,
-            None
+            Source::Balancer
         );
         assert_eq!(
             parse(&v2_header(1, 0x31, &[0; 216]))
                 .unwrap()
                 .unwrap()
                 .source,
-            None
+            Source::Unnamed
         );
     }
 

@@ -26,15 +26,14 @@ impl<L: LogSink> Core<L> {
     /// Appends a chunk claimed by shard `claimer` to this shard's queue, for the next group
     /// commit (`Effect::Commit`).
     pub fn append(&mut self, claimer: usize, chunk: Chunk) {
+        // Reports on outcomes go in before those outcomes' records (`notify`).
+        self.queue_pending_reports();
         // The chunk's Reception lines reach the log file before its records reach the
         // segment's pages: a crash after the append (whose records recovery keeps) can then
         // never leave recipients queued without their Reception. A crash between the two
         // repeats the lines when intake replays the chunk (at least once, never none).
         if !self.queue.has_chunk(chunk.batch_id, chunk.chunk_no) {
-            let now = self.clock.unix_ms();
-            let logged = log_receptions(&mut self.log, &chunk, now).and_then(|()| self.log.flush());
-            if let Err(e) = logged {
-                self.fatal(format!("delivery log: {e}"));
+            if !self.log_chunk(&chunk) {
                 return;
             }
             // The flush also wrote the lines of outcomes decided since the last commit: their
@@ -45,6 +44,30 @@ impl<L: LogSink> Core<L> {
                 return;
             }
         }
+        self.append_logged(claimer, chunk);
+        self.effects.push(Effect::Commit);
+    }
+
+    /// A report this core made (`notify`): its Reception lines, then its records, and
+    /// never the held outcome records (they follow it).
+    pub(super) fn append_report(&mut self, chunk: Chunk) {
+        if self.log_chunk(&chunk) {
+            self.append_logged(self.id, chunk);
+        }
+    }
+
+    /// Writes a chunk's Reception lines to the log file; false (and fatal) if it failed.
+    fn log_chunk(&mut self, chunk: &Chunk) -> bool {
+        let now = self.clock.unix_ms();
+        let logged = log_receptions(&mut self.log, chunk, now).and_then(|()| self.log.flush());
+        if let Err(e) = logged {
+            self.fatal(format!("delivery log: {e}"));
+            return false;
+        }
+        true
+    }
+
+    fn append_logged(&mut self, claimer: usize, chunk: Chunk) {
         let fresh = match self.queue.append_chunk(&chunk) {
             Ok(ChunkAppend::Appended {
                 recipients,
@@ -61,7 +84,6 @@ impl<L: LogSink> Core<L> {
             }
         };
         self.unsynced.push((claimer, chunk, fresh));
-        self.effects.push(Effect::Commit);
     }
 
     /// A group commit begins: the delivery log's lines reach the file, then the outcome
@@ -69,6 +91,7 @@ impl<L: LogSink> Core<L> {
     /// `fdatasync` (off the executor) and then calls `end_commit`. Chunks appended meanwhile
     /// wait for the next commit.
     pub fn begin_commit(&mut self) -> Result<Option<SyncJob>, String> {
+        self.queue_pending_reports();
         self.committing.append(&mut self.unsynced);
         self.unsynced_records = 0;
         // The log lines of the outcomes decided since the last commit go to the page cache
@@ -133,6 +156,7 @@ impl<L: LogSink> Core<L> {
     /// At the very end (after the last group commit): the log's last lines reach the file,
     /// then the outcome records held for them, synced in place (blocking: the shard is done).
     pub fn final_flush(&mut self) -> Result<(), String> {
+        self.queue_pending_reports();
         self.log.flush().map_err(|e| format!("delivery log: {e}"))?;
         self.queue
             .write_held_outcomes()

@@ -268,6 +268,8 @@ pub struct Core<L> {
     closing: bool,
     last_sweep: Instant,
     last_share_tick: Instant,
+    /// Delivery status notifications noted and not yet queued (`notify`).
+    reports: notify::PendingReports,
     /// The batch id of the last delivery status notification this core queued.
     last_notification_batch: u64,
     effects: Vec<Effect>,
@@ -310,6 +312,7 @@ impl<L: LogSink> Core<L> {
             closing: false,
             last_sweep: now,
             last_share_tick: now,
+            reports: Default::default(),
             last_notification_batch: 0,
             effects: Vec::new(),
         }

@@ -153,7 +153,7 @@ impl<L: LogSink> Core<L> {
         }
         if returned && !sender.is_empty() {
             let remote = mx.to_string();
-            self.notify_sender(seq, &e, state, o, &remote);
+            self.note_for_report(seq, &e, state, o, &remote);
         }
         match state {
             OutcomeState::Deferred => self.home.defer(seq, due_ms),

@@ -104,9 +104,9 @@ pub enum Event<'a> {
     /// The final dot (or last chunk) of a message whose lines are not what SMTP allows
     /// (`strict_lines`): 550 was written; discard what was collected.
     MessageRefused,
-    /// RSET, EHLO or HELO ended a transaction whose message had come in part (BDAT chunks
-    /// before the LAST one): its reply was written; discard what was collected, so none of
-    /// it ends up in the next message.
+    /// RSET, EHLO or HELO ended a transaction (MAIL accepted, or a message that had come
+    /// in part in BDAT chunks before the LAST one): its reply was written; forget the
+    /// transaction and discard what was collected, so none of it ends up in the next one.
     MessageAbandoned,
     /// 220 was written for STARTTLS: write it, discard any input after the command (RFC
     /// 3207: it was sent in the clear and must not count) and any transaction in progress
@@ -387,10 +387,12 @@ impl Server {
                 self.line(501, "5.5.4 Syntax: EHLO hostname", out);
                 return None;
             }
+            let open = self.phase == Phase::Mail;
             self.phase = Phase::Greeted;
             self.rcpts = 0;
             self.helo = String::from_utf8_lossy(&arg[..arg.len().min(255)]).into_owned();
-            let abandoned = std::mem::take(&mut self.chunked).then_some(Event::MessageAbandoned);
+            let abandoned =
+                (std::mem::take(&mut self.chunked) || open).then_some(Event::MessageAbandoned);
             if is("HELO") {
                 self.line(250, &self.config.hostname, out);
                 return abandoned;
@@ -425,12 +427,13 @@ impl Server {
             return None;
         }
         if is("RSET") {
+            let open = self.phase == Phase::Mail;
             if self.phase != Phase::Fresh {
                 self.phase = Phase::Greeted;
             }
             self.rcpts = 0;
             self.line(250, "2.0.0 OK", out);
-            return std::mem::take(&mut self.chunked).then_some(Event::MessageAbandoned);
+            return (std::mem::take(&mut self.chunked) || open).then_some(Event::MessageAbandoned);
         }
         if is("VRFY") {
             self.line(252, "2.5.2 Cannot VRFY user", out);

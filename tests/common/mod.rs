@@ -30,6 +30,17 @@ impl Env {
     }
 
     pub fn write_config(&self, shards: usize, queue_section: &str, extra: &str) {
+        self.write_config_with_engine(shards, "", queue_section, extra);
+    }
+
+    /// As `write_config`, with `engine_keys` added to the `[engine]` section.
+    pub fn write_config_with_engine(
+        &self,
+        shards: usize,
+        engine_keys: &str,
+        queue_section: &str,
+        extra: &str,
+    ) {
         let base = self.dir.path();
         let mut extra = extra.to_string();
         if !extra.contains("[delivery]") {
@@ -39,7 +50,7 @@ impl Env {
             extra.push_str("\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n");
         }
         let text = format!(
-            "[engine]\nshards = {shards}\ndata_dir = {:?}\n[queue]\nsegment_bytes = \"32MiB\"\n{queue_section}\n[spool]\ndir = {:?}\nscan_interval_ms = 50\n[log]\ndir = {:?}\n{extra}\n",
+            "[engine]\nshards = {shards}\n{engine_keys}\ndata_dir = {:?}\n[queue]\nsegment_bytes = \"32MiB\"\n{queue_section}\n[spool]\ndir = {:?}\nscan_interval_ms = 50\n[log]\ndir = {:?}\n{extra}\n",
             base.join("data"),
             base.join("spool"),
             base.join("log"),
