@@ -135,8 +135,9 @@ impl Sink {
                             tls.clone(),
                         );
                         handlers.push(std::thread::spawn(move || {
-                            serve(conn, &script, &r, &s, delay, tls);
-                            r.lock().unwrap().open -= 1;
+                            if !serve(conn, &script, &r, &s, delay, tls) {
+                                r.lock().unwrap().open -= 1;
+                            }
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -201,6 +202,9 @@ impl Write for Conn {
     }
 }
 
+/// Serves one connection until it ends. True when the session ended with QUIT and was
+/// counted closed before its 221 went out: the client may open its next connection as soon
+/// as it has the 221, and that must not find this one still counted (`open_max`).
 fn serve(
     conn: TcpStream,
     script: &HashMap<String, Behaviour>,
@@ -208,7 +212,7 @@ fn serve(
     stop: &AtomicBool,
     delay: Duration,
     tls: SinkTls,
-) {
+) -> bool {
     // Replies to pipelined commands go out in one write; without NODELAY, Nagle would hold
     // a lone reply back until the client's delayed ACK (40 ms).
     let _ = conn.set_nodelay(true);
@@ -273,16 +277,17 @@ fn serve(
             }
             input.drain(..used);
             if close {
+                received.lock().unwrap().open -= 1;
                 let _ = conn.write_all(&out);
                 let _ = conn.flush();
-                return;
+                return true;
             }
             if starttls {
                 let _ = conn.write_all(&std::mem::take(&mut out));
                 // Bytes pipelined behind STARTTLS were sent in the clear: dropped (RFC 3207).
                 input.clear();
                 let Conn::Plain(tcp) = conn else {
-                    return;
+                    return false;
                 };
                 match &tls {
                     SinkTls::Offer(config) => {
@@ -298,7 +303,7 @@ fn serve(
                         let mut hello = [0u8; 512];
                         let _ = tcp.read(&mut hello);
                         let _ = tcp.write_all(b"this is not a TLS server hello\r\n");
-                        return;
+                        return false;
                     }
                 }
             }
@@ -308,16 +313,16 @@ fn serve(
         }
         if !out.is_empty() {
             if conn.write_all(&out).is_err() || conn.flush().is_err() {
-                return;
+                return false;
             }
             out.clear();
         }
         loop {
             if stop.load(Ordering::SeqCst) {
-                return;
+                return false;
             }
             match conn.read(&mut read) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => {
                     input.extend_from_slice(&read[..n]);
                     break;
@@ -328,7 +333,7 @@ fn serve(
                 {
                     continue
                 }
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
     }
