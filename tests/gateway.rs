@@ -665,6 +665,18 @@ session("127.0.0.2", b"PROXY UNKNOWN\r\n", "unnamed@one.test")
         ],
         "{results}"
     );
+    // A balancer that starts a header and then says nothing is cut off
+    // (PROXY_HEADER_TIMEOUT, 10 s) without a greeting; the session slot is not held.
+    {
+        use std::io::{Read, Write};
+        let mut c = connect_from([127, 0, 0, 2], port);
+        c.write_all(b"PROXY TCP4 192.0.2.7 ").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got)
+            .expect("closed by the engine, not timed out here");
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
     wait_final(&env, &engine, 2, Duration::from_secs(30));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
     let got = sink.received.lock().unwrap();

@@ -440,7 +440,10 @@ fn message(size: usize) -> Vec<u8> {
 /// `smtp-source`: MAIL, RCPT, DATA, the message, each answered before the next.
 fn own_client(o: &InjectOptions, port: u16, tls: bool) -> Result<Duration, String> {
     let body = Arc::new(message(o.size));
-    let tls_config = tls.then(client_tls);
+    // The engine's own lenient client configuration: the certificate is the engine's
+    // self-signed one on loopback, and the figure is the cost of the handshake and the
+    // encryption, not of trust.
+    let tls_config = tls.then(|| spate::delivery::tls::TlsClients::new().lenient);
     let started = Instant::now();
     let per = o.messages / u64::from(o.sessions);
     let extra = o.messages % u64::from(o.sessions);
@@ -558,62 +561,6 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
-}
-
-/// TLS to the engine's self-signed certificate on loopback: the certificate is not checked
-/// (the figure is the cost of the handshake and the encryption, not of trust).
-fn client_tls() -> Arc<rustls::ClientConfig> {
-    #[derive(Debug)]
-    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
 }
 
 /// Spate delivering to Postfix's `smtp-sink`: the messages go in by `smtp-source`

@@ -304,16 +304,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             "the open-files limit ({open_files}) leaves {connections_per_shard} connections per shard; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)"
         );
     }
-    let gateway = {
-        let config = &config;
-        let today = crate::gateway::limits::utc_day(crate::clock::system().unix_ms());
-        let dir = crate::gateway::counts::dir(&config.engine.data_dir);
-        let counts = crate::gateway::counts::read_all(&dir, today)
-            .map_err(|e| EngineError::Storage(e.to_string()))?;
-        let shared = gateway::GatewayShared::new(&config.listeners, counts, today)
-            .map_err(|e| EngineError::Config(ConfigError(e)))?;
-        Arc::new(shared)
-    };
+    let gateway = Arc::new(gateway::GatewayShared::open(&config)?);
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),

@@ -113,15 +113,14 @@ impl CountsFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(with_path(&path, e)),
         }
-        let mut file = CountsFile {
-            file: File::open(dir).map_err(|e| with_path(dir, e))?,
+        let (file, bytes) = rewrite_durably(&path, day, &totals)?;
+        Ok(CountsFile {
             path,
-            bytes: 0,
+            file,
+            bytes,
             day,
             totals,
-        };
-        file.rewrite_durably()?;
-        Ok(file)
+        })
     }
 
     /// Appends `counts` (UTC day, user, recipients accepted) and syncs the file.
@@ -138,7 +137,8 @@ impl CountsFile {
             }
         }
         if self.bytes + out.len() as u64 > COUNTS_FILE_BYTES_MAX {
-            return self.rewrite_durably();
+            (self.file, self.bytes) = rewrite_durably(&self.path, self.day, &self.totals)?;
+            return Ok(());
         }
         self.file
             .write_all(&out)
@@ -147,30 +147,34 @@ impl CountsFile {
         self.bytes += out.len() as u64;
         Ok(())
     }
+}
 
-    /// Replaces the file with one line per user for the current day: written beside it,
-    /// synced, renamed over it, and the directory synced.
-    fn rewrite_durably(&mut self) -> io::Result<()> {
-        let mut out = Vec::new();
-        let mut users: Vec<_> = self.totals.iter().collect();
-        users.sort();
-        for (user, n) in users {
-            encode_line(self.day, *n, user, &mut out);
-        }
-        let tmp = self.path.with_extension("log.tmp");
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()?;
-            OpenOptions::new().append(true).open(&self.path)
-        })();
-        self.file = written.map_err(|e| with_path(&self.path, e))?;
-        self.bytes = out.len() as u64;
-        Ok(())
+/// Replaces the file at `path` with one line per user of `totals` for `day`: written beside
+/// it, synced, renamed over it, and the directory synced. The file, open for appending, and
+/// its length.
+fn rewrite_durably(
+    path: &Path,
+    day: u64,
+    totals: &HashMap<String, u64>,
+) -> io::Result<(File, u64)> {
+    let mut out = Vec::new();
+    let mut users: Vec<_> = totals.iter().collect();
+    users.sort();
+    for (user, n) in users {
+        encode_line(day, *n, user, &mut out);
     }
+    let tmp = path.with_extension("log.tmp");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()?;
+        OpenOptions::new().append(true).open(path)
+    })();
+    let file = written.map_err(|e| with_path(path, e))?;
+    Ok((file, out.len() as u64))
 }
 
 #[cfg(test)]
@@ -213,5 +217,26 @@ mod tests {
         assert_eq!(text, "7 5 \"u\"\n7 1 \"v\"\n");
         assert_eq!(read_all(dir.path(), 7).unwrap()["u"], 15);
         assert!(read_all(dir.path(), 8).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_past_its_bound_is_rewritten_with_the_days_totals_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = CountsFile::open_durably(dir.path(), 0, 7).unwrap();
+        f.append_durably(&[(7, "u".into(), 1)]).unwrap();
+        // One append of more lines than the bound allows, half of them for a day gone by.
+        // Each line is 8 octets (`7 1 "u"`): twice the bound in all.
+        let lines = (COUNTS_FILE_BYTES_MAX / 4) as usize;
+        let many: Vec<DayCount> = (0..lines)
+            .map(|i| (6 + (i % 2) as u64, "u".to_string(), 1))
+            .collect();
+        f.append_durably(&many).unwrap();
+        let path = dir.path().join("counts-0.log");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = format!("7 {} \"u\"\n", 1 + lines / 2);
+        assert!(text == expected, "{} octets, not one line", text.len());
+        // Appends go on after the rewrite, and nothing counted was lost.
+        f.append_durably(&[(7, "u".into(), 2)]).unwrap();
+        assert_eq!(read_all(dir.path(), 7).unwrap()["u"], 3 + lines as u64 / 2);
     }
 }

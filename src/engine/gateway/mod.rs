@@ -68,9 +68,21 @@ pub struct GatewayShared {
 }
 
 impl GatewayShared {
-    /// For `listeners`, with the counts of `day` read back from the data directory
-    /// (`gateway::counts`); a certificate that cannot be read is an error naming its file.
-    pub fn new(
+    /// For the configured listeners, with today's counts read back from the data
+    /// directory: a counts file that cannot be read is a storage error, a certificate that
+    /// cannot be read a configuration error naming its file.
+    pub fn open(config: &Config) -> Result<GatewayShared, EngineError> {
+        let today = limits::utc_day(crate::clock::system().unix_ms());
+        let dir = crate::gateway::counts::dir(&config.engine.data_dir);
+        let counts = crate::gateway::counts::read_all(&dir, today)
+            .map_err(|e| EngineError::Storage(e.to_string()))?;
+        GatewayShared::new(&config.listeners, counts, today)
+            .map_err(|e| EngineError::Config(ConfigError(e)))
+    }
+
+    /// For `listeners`, with the counts of `day` (`gateway::counts`); a certificate that
+    /// cannot be read is an error naming its file.
+    fn new(
         listeners: &[Listener],
         counts: HashMap<String, u64>,
         day: u64,
@@ -121,14 +133,6 @@ impl GatewayShared {
     fn user(&self, user: &str) -> Arc<UserCounter> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(users.entry(user.to_string()).or_default())
-    }
-
-    /// Recipients `user` had accepted today (for tests and status).
-    pub fn accepted_today(&self, user: &str, now_unix_ms: u64) -> u64 {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users
-            .get(user)
-            .map_or(0, |c| c.accepted_on(limits::utc_day(now_unix_ms)))
     }
 
     fn enter(self: &Arc<Self>, listener: usize, l: &Listener, ip: IpAddr) -> Option<SessionSlot> {
