@@ -16,6 +16,7 @@
 //! - [`schedule`]: the home shard's scheduling: ready and deferred recipients, routes,
 //!   demand and credit (sans I/O).
 //! - [`message`]: rendering a recipient's message, with the header fields it lacks (sans I/O).
+//! - [`dkim`]: DKIM signing of rendered messages (RFC 6376, RFC 8463) with ring's keys.
 //! - [`dns`]: DNS messages, MX planning, the cache and the resolver (hickory-proto wire format).
 //! - [`smtp`]: SMTP's protocol cores, sans I/O: replies, DATA writer, client and server sessions.
 //! - [`delivery`]: sending and its policy: the owner's credit and connection bookkeeping,
@@ -40,6 +41,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;
+pub mod dkim;
 pub mod dns;
 pub mod dsn;
 pub mod engine;

@@ -54,6 +54,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub users: Vec<User>,
     pub dkim: Vec<Dkim>,
+    /// The `[[dkim]]` signers by domain, as the home shards sign with them.
+    pub signers: crate::dkim::Signers,
     pub suppression: Suppression,
     pub unsubscribe: Unsubscribe,
 }
@@ -235,11 +237,16 @@ pub struct User {
     pub rate_limit: Option<Rate>,
 }
 
+/// One `[[dkim]]` entry, its key loaded and checked when the configuration was read.
 #[derive(Debug, Clone)]
 pub struct Dkim {
+    /// A-labels, lower case.
     pub domain: String,
     pub selector: String,
     pub key: PathBuf,
+    /// `x=`: how long a signature stays valid (an extension; none by default).
+    pub expire: Option<Duration>,
+    pub signer: std::sync::Arc<crate::dkim::Signer>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -435,6 +442,15 @@ impl Config {
         for l in &self.listeners {
             line(format!("listener: {} tls={:?}", l.listen, l.tls));
         }
+        // What to publish for each key: the record a verifier will look up.
+        for d in &self.dkim {
+            line(format!(
+                "dkim {}: {} TXT \"{}\"",
+                d.signer.algorithm(),
+                d.signer.record_name(),
+                d.signer.record()
+            ));
+        }
         line(format!(
             "users: {}, dkim signatures: {}, suppression files: {}",
             self.users.len(),
@@ -506,7 +522,6 @@ impl Config {
                 ));
             }
         };
-        note(!self.dkim.is_empty(), "[[dkim]] signing");
         note(!self.suppression.files.is_empty(), "[suppression]");
         note(
             self.unsubscribe.url.is_some() || self.unsubscribe.mailto.is_some(),

@@ -206,6 +206,7 @@ struct RawDkim {
     domain: String,
     selector: String,
     key: PathBuf,
+    expire: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -605,15 +606,41 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             rate_limit,
         });
     }
-    let dkim = raw
-        .dkim
-        .into_iter()
-        .map(|d| Dkim {
-            domain: d.domain.to_ascii_lowercase(),
+    let mut dkim = Vec::new();
+    for (i, d) in raw.dkim.into_iter().enumerate() {
+        let field = |name: &str| format!("dkim[{i}].{name}");
+        let domain = crate::address::parse_address(&format!("postmaster@{}", d.domain))
+            .map_err(|_| err(&field("domain"), format!("{:?} is not a domain", d.domain)))?
+            .domain;
+        if d.selector.is_empty()
+            || !d
+                .selector
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(err(
+                &field("selector"),
+                format!(
+                    "{:?} is not a DNS label (letters, digits, hyphens)",
+                    d.selector
+                ),
+            ));
+        }
+        let expire = match d.expire {
+            Some(s) => Some(parse_duration(&s).map_err(|m| err(&field("expire"), m))?),
+            None => None,
+        };
+        // The key is read and checked now, so a bad one refuses the start or the reload.
+        let signer = crate::dkim::Signer::load(&domain, &d.selector, &d.key, expire)
+            .map_err(|m| err(&field("key"), m))?;
+        dkim.push(Dkim {
+            domain,
             selector: d.selector,
             key: d.key,
-        })
-        .collect();
+            expire,
+            signer: std::sync::Arc::new(signer),
+        });
+    }
 
     let connections_max = match raw.engine.connections_max {
         Some(n) if (n as usize) < shards => {
@@ -661,6 +688,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         providers,
         listeners,
         users,
+        signers: crate::dkim::Signers::new(dkim.iter().map(|d| std::sync::Arc::clone(&d.signer))),
         dkim,
         suppression: Suppression {
             files: raw.suppression.files,

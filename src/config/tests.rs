@@ -43,15 +43,21 @@ daily_limit = 100000
 [[dkim]]
 domain = "acme.example"
 selector = "s2026"
-key = "/etc/spate/dkim/acme.s2026.pem"
+key = "{DKIM_KEY}"
 [suppression]
 files = ["/etc/spate/suppressed.txt"]
 [unsubscribe]
 url = "https://unsub.acme.example/u?r={{ to }}&c={{ campaign }}"
 mailto = "unsubscribe@acme.example"
 "#;
-    let c = Config::parse(text, "t.toml").unwrap();
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/dkim/ed25519.pem"
+    );
+    let text = text.replace("{DKIM_KEY}", key);
+    let c = Config::parse(&text, "t.toml").unwrap();
     assert_eq!(c.engine.shards, 2);
+    assert_eq!(c.signers.aligned("news.acme.example").len(), 1);
     let y = &c.providers["yahoo"];
     assert_eq!(
         y.max_message_rate,
@@ -327,4 +333,43 @@ fn connections_per_address_and_pipelining_keys() {
     assert_eq!(c.providers["y"].chunking, None);
     let e = Config::parse("[delivery]\nip_connection_limit = 0\n", "t").unwrap_err();
     assert!(e.0.contains("delivery.ip_connection_limit"), "{}", e.0);
+}
+
+#[test]
+fn dkim_entries_are_checked_with_their_keys() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim");
+    let entry = |domain: &str, selector: &str, key: &str, extra: &str| {
+        let text = format!(
+            "[[dkim]]\ndomain = {domain:?}\nselector = {selector:?}\nkey = \"{dir}/{key}\"\n{extra}"
+        );
+        Config::parse(&text, "t.toml")
+    };
+    let c = entry("Acme.Example", "s2026", "rsa2048.pem", "expire = \"7d\"").unwrap();
+    assert_eq!(c.dkim[0].domain, "acme.example");
+    assert_eq!(c.dkim[0].expire, Some(Duration::from_secs(7 * 86_400)));
+    assert!(c
+        .describe()
+        .contains("dkim rsa-sha256: s2026._domainkey.acme.example TXT \"v=DKIM1; k=rsa; p="));
+    let e = entry("acme.example", "s", "rsa1024.pem", "").unwrap_err().0;
+    assert!(
+        e.starts_with("t.toml: dkim[0].key: ") && e.contains("rsa1024.pem: RSA key too small"),
+        "{e}"
+    );
+    let e = entry("acme.example", "s", "absent.pem", "").unwrap_err().0;
+    assert!(
+        e.contains("dkim[0].key: ") && e.contains("absent.pem: cannot read"),
+        "{e}"
+    );
+    let e = entry("acme.example", "a b", "ed25519.pem", "")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("dkim[0].selector: \"a b\" is not a DNS label"),
+        "{e}"
+    );
+    let e = entry("not a domain", "s", "ed25519.pem", "").unwrap_err().0;
+    assert!(
+        e.contains("dkim[0].domain: \"not a domain\" is not a domain"),
+        "{e}"
+    );
 }

@@ -28,6 +28,8 @@ pub enum QueryType {
     Mx,
     A,
     Aaaa,
+    /// Text records (DKIM key records at start).
+    Txt,
 }
 
 impl QueryType {
@@ -36,6 +38,7 @@ impl QueryType {
             QueryType::Mx => RecordType::MX,
             QueryType::A => RecordType::A,
             QueryType::Aaaa => RecordType::AAAA,
+            QueryType::Txt => RecordType::TXT,
         }
     }
 }
@@ -49,6 +52,11 @@ pub enum Answer {
     },
     Addrs {
         addrs: Vec<IpAddr>,
+        ttl_s: u32,
+    },
+    /// TXT records, each one's strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2), as text.
+    Txt {
+        records: Vec<String>,
         ttl_s: u32,
     },
     /// The name exists but has no records of this type.
@@ -142,6 +150,7 @@ pub fn parse_response(
     let mut ttl_s = u32::MAX;
     let mut mx = Vec::new();
     let mut addrs = Vec::new();
+    let mut txt = Vec::new();
     // Follow the chain from the queried name: each round takes the records owned by `owner`;
     // a CNAME there moves `owner` to its target.
     // Names compare case-insensitively (hickory's `Name` equality); names from the wire are
@@ -154,7 +163,7 @@ pub fn parse_response(
             if r.name != owner {
                 continue;
             }
-            let before = mx.len() + addrs.len();
+            let before = mx.len() + addrs.len() + txt.len();
             match &r.data {
                 RData::MX(rec) if qtype == QueryType::Mx && mx.len() < ANSWER_RECORDS_MAX => {
                     let host = rec
@@ -170,17 +179,22 @@ pub fn parse_response(
                 RData::AAAA(a) if qtype == QueryType::Aaaa && addrs.len() < ANSWER_RECORDS_MAX => {
                     addrs.push(IpAddr::V6(a.0))
                 }
+                RData::TXT(t) if qtype == QueryType::Txt && txt.len() < ANSWER_RECORDS_MAX => {
+                    let joined: Vec<u8> =
+                        t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                    txt.push(String::from_utf8_lossy(&joined).into_owned());
+                }
                 RData::CNAME(target) => {
                     next = Some(target.0.clone());
                     ttl_s = ttl_s.min(r.ttl);
                 }
                 _ => {}
             }
-            if mx.len() + addrs.len() > before {
+            if mx.len() + addrs.len() + txt.len() > before {
                 ttl_s = ttl_s.min(r.ttl);
             }
         }
-        if !mx.is_empty() || !addrs.is_empty() {
+        if !mx.is_empty() || !addrs.is_empty() || !txt.is_empty() {
             break;
         }
         let Some(target) = next else { break };
@@ -195,6 +209,10 @@ pub fn parse_response(
     Ok(match qtype {
         QueryType::Mx if !mx.is_empty() => Answer::Mx { records: mx, ttl_s },
         QueryType::A | QueryType::Aaaa if !addrs.is_empty() => Answer::Addrs { addrs, ttl_s },
+        QueryType::Txt if !txt.is_empty() => Answer::Txt {
+            records: txt,
+            ttl_s,
+        },
         _ if links > 0 => Answer::Alias {
             target: owner.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
         },

@@ -114,9 +114,10 @@ impl Resolver {
             },
             Answer::NxDomain { .. } => Destination::NoSuchDomain,
             Answer::ServerFailure(why) => Destination::TemporaryFailure(why),
-            Answer::Addrs { .. } | Answer::Truncated | Answer::Alias { .. } => {
-                Destination::TemporaryFailure("unexpected answer".into())
-            }
+            Answer::Addrs { .. }
+            | Answer::Txt { .. }
+            | Answer::Truncated
+            | Answer::Alias { .. } => Destination::TemporaryFailure("unexpected answer".into()),
         }
     }
 
@@ -140,7 +141,10 @@ impl Resolver {
                     permanent = false;
                 }
                 Answer::NxDomain { .. } | Answer::NoData { .. } => {}
-                Answer::Mx { .. } | Answer::Truncated | Answer::Alias { .. } => permanent = false,
+                Answer::Mx { .. }
+                | Answer::Txt { .. }
+                | Answer::Truncated
+                | Answer::Alias { .. } => permanent = false,
             }
         }
         if out.is_empty() {

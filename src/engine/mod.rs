@@ -36,6 +36,7 @@ mod commit;
 mod deliver;
 mod gateway;
 mod intake;
+mod published;
 
 use commit::{group_commit, maintenance};
 use intake::intake_loop;
@@ -707,6 +708,11 @@ async fn shard_main(
         }
     }
 
+    if id == 0 && !config.dkim.is_empty() {
+        let check = published::check_dkim_records(Rc::clone(&shard), Arc::clone(&config));
+        shard.spawn_into(queues.background, check).detach();
+    }
+
     // This task (glommio's default queue) only waits from here on; intake runs in its queue.
     let intake = {
         let shard = Rc::clone(&shard);
@@ -917,11 +923,25 @@ async fn control_receiver(shard: Rc<Shard>, rx: Rc<Receivers<CtlMsg>>, peer: usi
 }
 
 impl Shard {
-    fn reload_if_changed(&self) {
+    fn reload_if_changed(self: &Rc<Self>) {
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if generation != self.generation.get() {
             self.generation.set(generation);
             let config = self.shared.config();
+            // New or changed keys: their records are checked as at the start.
+            let keys = |c: &Config| {
+                let mut k: Vec<(String, String)> = c
+                    .dkim
+                    .iter()
+                    .map(|d| (d.signer.record_name(), d.signer.record()))
+                    .collect();
+                k.sort();
+                k
+            };
+            if self.id == 0 && keys(&config) != keys(&self.config.borrow()) {
+                let check = published::check_dkim_records(Rc::clone(self), Arc::clone(&config));
+                self.spawn_into(self.queues.background, check).detach();
+            }
             let mut core = self.core.borrow_mut();
             core.reconfigure(Arc::clone(&config));
             *self.config.borrow_mut() = config;

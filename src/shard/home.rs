@@ -1,6 +1,6 @@
 //! The home side: the scheduler's tick (`crate::schedule::Home`), routing, announcing
 //! demand, and rendering what an owner's credit allows (the message stage runs here, so the
-//! bytes sent are the bytes rendered on the home shard).
+//! bytes sent are the bytes rendered, and DKIM-signed, on the home shard).
 
 use super::*;
 use crate::delivery::policy::{classify_destination, BounceCategory, Fault, Verdict};
@@ -180,13 +180,21 @@ impl<L: LogSink> Core<L> {
             .map_err(|e| e.to_string())?;
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(r.message_seq)?;
-        let (data, message_id) = rendering.render(
+        let (mut data, message_id) = rendering.render(
             seq,
             &r.values,
             &self.config.smtp.helo_name,
             self.clock.unix_ms(),
             &mut self.render_scratch,
         )?;
+        // Signed here, over the bytes that go on the wire; nothing changes them after this.
+        let signatures = crate::dkim::sign(
+            data.bytes(),
+            &self.config.signers,
+            self.clock.unix_ms() / 1000,
+        )
+        .map_err(|e| format!("cannot sign it: {e}"))?;
+        data.add_signatures(&signatures);
         let rcpt = r.recipient.to_string();
         self.queue.index.set_in_flight(seq, true);
         // The recipient's own destination: a provider scope spans domains with MX hosts

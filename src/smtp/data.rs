@@ -168,6 +168,7 @@ impl DataWriter {
             bytes: out,
             size,
             eight_bit,
+            signed: false,
         }
     }
 
@@ -222,6 +223,8 @@ pub struct Data {
     /// the terminator.
     size: u64,
     eight_bit: bool,
+    /// DKIM-signed: these exact octets must arrive (no 8-bit to 7-bit conversion anywhere).
+    signed: bool,
 }
 
 impl Data {
@@ -275,6 +278,26 @@ impl Data {
     /// Whether the message has octets above 127 (BODY=8BITMIME where offered).
     pub fn eight_bit(&self) -> bool {
         self.eight_bit
+    }
+
+    /// Puts DKIM-Signature fields (`dkim::sign`'s: ASCII, folded, each ending in CRLF, no
+    /// line starting with a dot) on top of the message, which from now on must not change.
+    pub fn add_signatures(&mut self, fields: &[u8]) {
+        if fields.is_empty() {
+            return;
+        }
+        let mut bytes = crate::buffers::take();
+        bytes.reserve(fields.len() + self.bytes.len());
+        bytes.extend_from_slice(fields);
+        bytes.extend_from_slice(&self.bytes);
+        crate::buffers::give(std::mem::replace(&mut self.bytes, bytes));
+        self.size += fields.len() as u64;
+        self.signed = true;
+    }
+
+    /// Whether the message carries a signature that any change would break.
+    pub fn signed(&self) -> bool {
+        self.signed
     }
 }
 

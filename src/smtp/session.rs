@@ -377,6 +377,14 @@ impl Session {
                 553,
                 "5.6.7 the server does not support SMTPUTF8, which these addresses need",
             ))
+        } else if eight_bit && tx.data.signed() && !self.caps.eight_bit_mime {
+            // Sent anyway, it would arrive converted or mangled and its signature broken;
+            // another host or a later attempt may offer 8BITMIME, and at expiry it bounces
+            // with this reason.
+            Some(Reply::new(
+                450,
+                "4.6.3 the message is DKIM-signed 8-bit content and the server does not offer 8BITMIME",
+            ))
         } else if self.caps.size.is_some_and(|max| size > max) {
             Some(Reply::new(
                 552,

@@ -267,6 +267,7 @@ pub fn is_file(p: &Path) -> bool {
     p.is_file()
 }
 
+pub mod dnsmasq;
 pub mod hostile;
 pub mod rng;
 pub mod sink;

@@ -442,6 +442,42 @@ fn greeting_421_and_unsolicited_421_close() {
 }
 
 #[test]
+fn signed_8bit_content_waits_for_a_server_that_offers_8bitmime() {
+    let signed = |message: &str| {
+        let mut t = tx(&["a@x.test"], message);
+        t.data.add_signatures(b"DKIM-Signature: v=1; b=x\r\n");
+        t
+    };
+    // Without 8BITMIME: unsigned 8-bit goes as it is, signed 8-bit is deferred untouched.
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.server("220 hi\r\n");
+    h.server("250-mx.test\r\n250 PIPELINING\r\n");
+    h.take_sent();
+    h.s.start(signed("Subject: caf\u{e9}\r\n\r\nx\r\n"));
+    h.drain();
+    assert_eq!(codes(&h.done[0]), vec![450]);
+    let RcptResult::Reply(r) = &h.done[0][0] else {
+        panic!("a reply")
+    };
+    assert!(r
+        .to_log_string()
+        .contains("4.6.3 the message is DKIM-signed 8-bit"));
+    assert!(h.take_sent().is_empty());
+    h.s.start(signed("Subject: plain\r\n\r\nx\r\n"));
+    h.drain();
+    assert!(h
+        .take_sent()
+        .starts_with("MAIL FROM:<bounces@acme.example>\r\n"));
+    // With 8BITMIME it is declared and sent.
+    let mut h = Harness::new(TlsPolicy::Disabled);
+    h.server("220 hi\r\n");
+    h.server(EHLO_PIPE);
+    h.s.start(signed("Subject: caf\u{e9}\r\n\r\nx\r\n"));
+    h.drain();
+    assert!(h.take_sent().contains("BODY=8BITMIME"));
+}
+
+#[test]
 fn local_refusals_size_and_smtputf8() {
     let mut h = Harness::new(TlsPolicy::Disabled);
     h.server("220 hi\r\n");
