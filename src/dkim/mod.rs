@@ -15,7 +15,7 @@ pub mod canon;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use canon::{relaxed_header, RelaxedBody};
+use canon::relaxed_header;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
 use std::collections::HashMap;
@@ -314,13 +314,6 @@ impl Signers {
     }
 }
 
-/// The parts of a message in DATA form that signing reads.
-struct Parsed {
-    /// The header section without stuffed dots, each field without its final CRLF.
-    fields: Vec<Vec<u8>>,
-    body_hash: ring::digest::Digest,
-}
-
 /// Adds one header-section line to `fields`: a new field, or a continuation of the last.
 fn push_field_line(fields: &mut Vec<Vec<u8>>, line: &[u8]) {
     match fields.last_mut() {
@@ -332,37 +325,29 @@ fn push_field_line(fields: &mut Vec<Vec<u8>>, line: &[u8]) {
     }
 }
 
-/// Reads a message in DATA form (dot-stuffed, ending in CRLF.CRLF): every line that starts
-/// with a dot there had it doubled, so dropping one gives the message the receiver stores.
-fn parse(data: &[u8]) -> Result<Parsed, String> {
-    let data = data.strip_suffix(b".\r\n").unwrap_or(data);
-    // The DATA writer ends every line in CRLF: no piece after the last one.
-    let data = data.strip_suffix(b"\r\n").unwrap_or(data);
+/// The header fields of a message in DATA form (dot-stuffed, ending in CRLF.CRLF), without
+/// their stuffed dots or final CRLFs, and where its body starts. Every line that starts with
+/// a dot there had it doubled, so dropping one gives what the receiver stores.
+fn header_fields(data: &[u8]) -> Result<(Vec<Vec<u8>>, usize), String> {
     let mut fields: Vec<Vec<u8>> = Vec::new();
-    let mut header_bytes = 0;
-    let mut body = RelaxedBody::default();
-    let mut in_header = true;
-    for line in data.split(|&b| b == b'\n') {
+    let mut at = 0;
+    while at < data.len() {
+        let end = memchr::memchr(b'\n', &data[at..]).map_or(data.len(), |p| at + p + 1);
+        let line = &data[at..end];
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = line.strip_prefix(b".").unwrap_or(line);
-        if !in_header {
-            body.line(line);
-        } else if line.is_empty() {
-            in_header = false;
-        } else {
-            header_bytes += line.len() + 2;
-            if header_bytes > HEADER_SECTION_BYTES_MAX {
-                return Err(format!(
-                    "header section over {HEADER_SECTION_BYTES_MAX} bytes"
-                ));
-            }
-            push_field_line(&mut fields, line);
+        if line.is_empty() {
+            return Ok((fields, end));
         }
+        if end > HEADER_SECTION_BYTES_MAX {
+            return Err(format!(
+                "header section over {HEADER_SECTION_BYTES_MAX} bytes"
+            ));
+        }
+        push_field_line(&mut fields, line.strip_prefix(b".").unwrap_or(line));
+        at = end;
     }
-    Ok(Parsed {
-        fields,
-        body_hash: body.finish(),
-    })
+    Ok((fields, data.len()))
 }
 
 /// The lower-case name of a header field (`field` without its CRLF).
@@ -469,33 +454,29 @@ pub fn sign(data: &[u8], signers: &Signers, now_unix_s: u64) -> Result<Vec<u8>, 
     if signers.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = parse(data)?;
-    let FromField::Domain(domain) = from_fields(&parsed.fields) else {
+    let data = data.strip_suffix(b".\r\n").unwrap_or(data);
+    let (fields, body_start) = header_fields(data)?;
+    let FromField::Domain(domain) = from_fields(&fields) else {
         return Ok(Vec::new());
     };
-    sign_parsed(&parsed, signers.aligned(&domain), now_unix_s)
-}
-
-fn sign_parsed(
-    parsed: &Parsed,
-    signers: &[Arc<Signer>],
-    now_unix_s: u64,
-) -> Result<Vec<u8>, String> {
+    let signers = signers.aligned(&domain);
     if signers.is_empty() {
         return Ok(Vec::new());
     }
-    let body_hash = BASE64.encode(parsed.body_hash.as_ref());
+    let body_hash = canon::relaxed_body_hash(&data[body_start..]);
+    let body_hash = BASE64.encode(body_hash.as_ref());
     // The signed fields' canonical forms, each name's occurrences from the bottom up as a
     // verifier takes them (RFC 6376 5.4.2), and the `h=` list naming one more than occur.
     let mut signed = Vec::with_capacity(1024);
     let mut names = Vec::new();
+    let named: Vec<(Option<String>, &Vec<u8>)> =
+        fields.iter().map(|f| (field_name(f), f)).collect();
     for &name in SIGNED_FIELDS {
         let mut n = 0;
-        for f in parsed
-            .fields
+        for (_, f) in named
             .iter()
             .rev()
-            .filter(|f| field_name(f).as_deref() == Some(name))
+            .filter(|(n, _)| n.as_deref() == Some(name))
         {
             relaxed_header(f, &mut signed);
             n += 1;
