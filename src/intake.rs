@@ -157,6 +157,8 @@ pub struct Parser<'a> {
     /// A gateway message's values per recipient, in step with `pickup`.
     pickup_values: std::vec::IntoIter<Vec<String>>,
     values: Vec<String>,
+    /// Suppression and today's UTC day, when recipients are checked here.
+    suppression: Option<(crate::suppression::Reader, u32)>,
 }
 
 #[derive(Default)]
@@ -201,6 +203,7 @@ impl<'a> Parser<'a> {
             pickup: Vec::new().into_iter(),
             pickup_values: Vec::new().into_iter(),
             values: Vec::new(),
+            suppression: None,
         };
         // Editors and export tools on Windows put a UTF-8 byte order mark first.
         if bytes.starts_with(b"\xEF\xBB\xBF") {
@@ -266,7 +269,14 @@ impl<'a> Parser<'a> {
                 .into_iter(),
             pickup_values: values.into_iter(),
             values: Vec::new(),
+            suppression: None,
         })
+    }
+
+    /// Refuses the suppressed recipients from here on (`Rejected`, with the entry and its
+    /// source as the reason), as of UTC day `today`.
+    pub fn suppress(&mut self, reader: crate::suppression::Reader, today: u32) {
+        self.suppression = Some((reader, today));
     }
 
     pub fn message(&self) -> &Arc<MessageSpec> {
@@ -476,6 +486,19 @@ impl<'a> Parser<'a> {
                     }
                     self.pickup.next().map(|r| r.map(|(_, a)| a))
                 }
+            };
+            let item = match (item, &mut self.suppression) {
+                (Some(Ok(rcpt)), Some((reader, today))) => {
+                    match reader.check(&rcpt, &self.message.tenant, *today) {
+                        Some(hit) => Some(Err(Rejection {
+                            line: self.line_no,
+                            recipient: rcpt,
+                            reason: hit.to_string(),
+                        })),
+                        None => Some(Ok(rcpt)),
+                    }
+                }
+                (item, _) => item,
             };
             match item {
                 Some(Err(rejection)) => return Step::Event(Event::Rejected(rejection)),

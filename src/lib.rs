@@ -32,6 +32,8 @@
 //! - [`bounded`]: maps with a named bound and eviction, for state that grows with traffic.
 //! - [`buffers`]: message buffers reused per thread, from rendering to the socket.
 //! - [`hash`]: the stable hash that places scopes and recipients on shards.
+//! - [`suppression`]: the suppression table (files and the learnt store), checked at intake and
+//!   before sending.
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 
 pub mod address;
@@ -56,4 +58,5 @@ pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod summary;
+pub mod suppression;
 pub mod template;

@@ -249,9 +249,14 @@ pub struct Dkim {
     pub signer: std::sync::Arc<crate::dkim::Signer>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Suppression {
+    /// An address or `@domain` per line; read at start and on SIGHUP.
     pub files: Vec<PathBuf>,
+    /// (extension) How long a learnt bad-mailbox entry holds. Default 90 days.
+    pub bad_mailbox_expire: Duration,
+    /// (extension) Learn bad mailboxes from receivers' 5.1.1-class refusals. Default on.
+    pub learn_bad_mailboxes: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -522,7 +527,6 @@ impl Config {
                 ));
             }
         };
-        note(!self.suppression.files.is_empty(), "[suppression]");
         note(
             self.unsubscribe.url.is_some() || self.unsubscribe.mailto.is_some(),
             "[unsubscribe]",

@@ -214,6 +214,8 @@ struct RawDkim {
 struct RawSuppression {
     #[serde(default)]
     files: Vec<PathBuf>,
+    bad_mailbox_expire: Option<String>,
+    learn_bad_mailboxes: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -642,6 +644,18 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         });
     }
 
+    for (i, f) in raw.suppression.files.iter().enumerate() {
+        std::fs::File::open(f).map_err(|e| {
+            err(
+                &format!("suppression.files[{i}]"),
+                format!("{}: cannot read: {e}", f.display()),
+            )
+        })?;
+    }
+    let bad_mailbox_expire = match &raw.suppression.bad_mailbox_expire {
+        Some(s) => parse_duration(s).map_err(|m| err("suppression.bad_mailbox_expire", m))?,
+        None => Duration::from_secs(crate::suppression::DEFAULT_BAD_MAILBOX_EXPIRE_DAYS * 86_400),
+    };
     let connections_max = match raw.engine.connections_max {
         Some(n) if (n as usize) < shards => {
             return Err(err(
@@ -692,6 +706,8 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         dkim,
         suppression: Suppression {
             files: raw.suppression.files,
+            bad_mailbox_expire,
+            learn_bad_mailboxes: raw.suppression.learn_bad_mailboxes.unwrap_or(true),
         },
         unsubscribe: Unsubscribe {
             url: raw.unsubscribe.url,

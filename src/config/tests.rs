@@ -45,7 +45,7 @@ domain = "acme.example"
 selector = "s2026"
 key = "{DKIM_KEY}"
 [suppression]
-files = ["/etc/spate/suppressed.txt"]
+files = ["{SUPPRESSED}"]
 [unsubscribe]
 url = "https://unsub.acme.example/u?r={{ to }}&c={{ campaign }}"
 mailto = "unsubscribe@acme.example"
@@ -54,7 +54,10 @@ mailto = "unsubscribe@acme.example"
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/dkim/ed25519.pem"
     );
-    let text = text.replace("{DKIM_KEY}", key);
+    let suppressed = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/suppressed.txt");
+    let text = text
+        .replace("{DKIM_KEY}", key)
+        .replace("{SUPPRESSED}", suppressed);
     let c = Config::parse(&text, "t.toml").unwrap();
     assert_eq!(c.engine.shards, 2);
     assert_eq!(c.signers.aligned("news.acme.example").len(), 1);
@@ -128,6 +131,16 @@ fn listener_limits_and_user_rates_have_defaults_and_parse() {
         })
     );
     assert!(c.inactive_features().is_empty());
+    let e = Config::parse(
+        "[suppression]\nfiles = [\"/nonexistent/list.txt\"]\n",
+        "t.toml",
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        e.starts_with("t.toml: suppression.files[0]: /nonexistent/list.txt: cannot read"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub enum BounceCategory {
     Policy,
     NoAnswer,
     Other,
+    /// The recipient is on a suppression list (checked again just before sending).
+    Suppressed,
 }
 
 impl BounceCategory {
@@ -47,6 +49,7 @@ impl BounceCategory {
             BounceCategory::Policy => "policy",
             BounceCategory::NoAnswer => "no-answer",
             BounceCategory::Other => "other",
+            BounceCategory::Suppressed => "suppressed",
         }
     }
 }

@@ -102,7 +102,10 @@ impl Shard {
         // The gateway's daily counts go to disk before the queue does: a message that gets
         // its 250 is always counted after a crash.
         let counts = self.gateway_counts.borrow_mut().take();
-        if job.is_some() || counts.is_some() {
+        // Suppression entries learnt since the last commit go to this shard's store file.
+        let learnt = self.core.borrow_mut().take_learnt();
+        let store = crate::suppression::store::file(&self.config.borrow().engine.data_dir, self.id);
+        if job.is_some() || counts.is_some() || !learnt.is_empty() {
             let (file, result) = glommio::executor()
                 .spawn_blocking(move || {
                     let (file, mut result) = match counts {
@@ -112,6 +115,13 @@ impl Shard {
                         }
                         None => (None, Ok(())),
                     };
+                    if !learnt.is_empty() {
+                        if let Err(e) = crate::suppression::store::append_durably(&store, &learnt) {
+                            // Not worth stopping intake for: the entry holds in memory, and
+                            // the next refusal learns it again after a restart.
+                            tracing::warn!("{}: {e}", store.display());
+                        }
+                    }
                     if let (Ok(()), Some(job)) = (&result, job) {
                         result = job.fdatasync().map_err(|e| e.to_string());
                     }

@@ -181,6 +181,8 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
             return Ok(());
         }
     };
+    let today = (shard.shared.clock.unix_ms() / 86_400_000) as u32;
+    parser.suppress(shard.shared.suppressions.reader(), today);
     let message = Arc::clone(parser.message());
     let (ack_tx, ack_rx) = local_channel::new_unbounded();
     shard.acks.borrow_mut().insert(c.batch_id, ack_tx);

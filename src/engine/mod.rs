@@ -169,6 +169,32 @@ pub struct Shared {
     /// What the submission gateway's sessions on every shard share (users' counts, AUTH
     /// lockout, sessions per listener).
     pub gateway: Arc<gateway::GatewayShared>,
+    /// The suppression table every shard checks and teaches.
+    pub suppressions: Arc<crate::suppression::Suppressions>,
+}
+
+/// The suppression files and the learnt store, read before any shard starts. A file that
+/// cannot be read is a configuration error; a store that cannot be, a storage one.
+fn open_suppressions(
+    config: &Config,
+) -> Result<Arc<crate::suppression::Suppressions>, EngineError> {
+    use crate::suppression::{store, Suppressions};
+    let stored = store::read_dir(&config.engine.data_dir).map_err(EngineError::Storage)?;
+    let today = (crate::clock::system().unix_ms() / 86_400_000) as u32;
+    let (s, notes) = Suppressions::open(config, &stored, today)
+        .map_err(|e| EngineError::Config(ConfigError(e)))?;
+    for note in notes {
+        tracing::info!("suppression: {note}");
+    }
+    if !s.is_empty() || !config.suppression.files.is_empty() {
+        tracing::info!(
+            "suppression: {} entries ({} learnt), {:.1} MiB",
+            s.len(),
+            stored.len(),
+            s.table_bytes() as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(s)
 }
 
 impl Shared {
@@ -306,6 +332,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         );
     }
     let gateway = Arc::new(gateway::GatewayShared::open(&config)?);
+    let suppressions = open_suppressions(&config)?;
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
@@ -322,6 +349,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         status: Mutex::new(vec![None; shards]),
         connections_per_shard,
         gateway,
+        suppressions,
     });
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
@@ -381,6 +409,19 @@ impl Engine {
         };
         match Config::load(path) {
             Ok(new) => {
+                // The suppression files are read again first: one that cannot be read
+                // refuses the whole reload.
+                match self.shared.suppressions.reload(&new) {
+                    Ok(notes) => {
+                        for note in notes {
+                            tracing::info!("suppression: {note}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("reload refused, previous configuration stays: {e}");
+                        return;
+                    }
+                }
                 let old = self.shared.config();
                 let later = old.restart_only_changes(&new);
                 if !later.is_empty() {
@@ -852,7 +893,8 @@ fn open_shard(
         Arc::clone(&shared.counters),
         queue,
         log,
-    );
+    )
+    .with_suppressions(&shared.suppressions);
     let gateway_counts = gateway::DailyCounts::open(config, id)?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);

@@ -12,6 +12,33 @@ use crate::queue::store::EntryState;
 use crate::schedule::{Route, Taken, Tick};
 use std::rc::Rc;
 
+/// Why a recipient's message was not prepared.
+pub(super) enum Unsent {
+    Suppressed(crate::suppression::Hit),
+    /// It cannot be rendered (or signed).
+    Failed(String),
+}
+
+impl From<String> for Unsent {
+    fn from(why: String) -> Unsent {
+        Unsent::Failed(why)
+    }
+}
+
+/// The bounce of a recipient found suppressed just before sending (code 0: Spate's own
+/// decision, never learnt from).
+fn suppressed(hit: &crate::suppression::Hit) -> Outcome {
+    Outcome {
+        verdict: Verdict::Bounced,
+        fault: Fault::Message,
+        code: 0,
+        enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 7, 1)),
+        response: hit.to_string(),
+        category: Some(BounceCategory::Suppressed),
+        pushback: false,
+    }
+}
+
 /// Where `domain`'s mail goes by a static `[[routes]]` entry, if one matches (no DNS then).
 /// `shard` is the one routing: its own owner side sends its recipients, over its share of
 /// the scope's connections (`delivery::shares`).
@@ -125,7 +152,7 @@ impl<L: LogSink> Core<L> {
             ..
         } = taken;
         let mut msgs: Vec<Prepared> = Vec::new();
-        let mut failed = Vec::new();
+        let mut failed: Vec<(u64, Outcome)> = Vec::new();
         let max_rcpts = self.config.delivery.recipients_per_transaction as usize;
         for seq in seqs {
             let joined = match msgs.last_mut() {
@@ -138,25 +165,29 @@ impl<L: LogSink> Core<L> {
             match self.render(seq, &fallback_hosts) {
                 Ok(Some(p)) => msgs.push(p),
                 Ok(None) => {}
-                Err(why) => failed.push((seq, why)),
+                Err(Unsent::Suppressed(hit)) => failed.push((seq, suppressed(&hit))),
+                // A recipient that cannot be rendered (a damaged record, a template that no
+                // longer parses) will not render later either: it bounces rather than waits
+                // forever.
+                Err(Unsent::Failed(why)) => {
+                    tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
+                    let outcome = Outcome {
+                        verdict: Verdict::Bounced,
+                        fault: Fault::Message,
+                        code: 0,
+                        enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 3, 0)),
+                        response: format!("cannot render the message: {why}"),
+                        category: Some(BounceCategory::Other),
+                        pushback: false,
+                    };
+                    failed.push((seq, outcome));
+                }
             }
         }
-        // A recipient that cannot be rendered (a damaged record, a template that no longer
-        // parses) will not render later either: it bounces rather than waits forever.
         if !failed.is_empty() {
             self.effects.push(Effect::Commit);
         }
-        for (seq, why) in failed {
-            tracing::warn!("shard {}: cannot render recipient {seq}: {why}", self.id);
-            let outcome = Outcome {
-                verdict: Verdict::Bounced,
-                fault: Fault::Message,
-                code: 0,
-                enhanced: Some(crate::smtp::reply::EnhancedCode::new(5, 3, 0)),
-                response: format!("cannot render the message: {why}"),
-                category: Some(BounceCategory::Other),
-                pushback: false,
-            };
+        for (seq, outcome) in failed {
             self.finish(seq, &outcome, None);
         }
         msgs
@@ -167,7 +198,7 @@ impl<L: LogSink> Core<L> {
         &mut self,
         seq: u64,
         fallback_hosts: &Arc<[NextHop]>,
-    ) -> Result<Option<Prepared>, String> {
+    ) -> Result<Option<Prepared>, Unsent> {
         let Some(e) = self.queue.index.entry(seq).copied() else {
             return Ok(None);
         };
@@ -180,6 +211,11 @@ impl<L: LogSink> Core<L> {
             .map_err(|e| e.to_string())?;
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(r.message_seq)?;
+        // Lists change while mail waits: checked again now, as at intake.
+        let today = (self.clock.unix_ms() / 86_400_000) as u32;
+        if let Some(hit) = self.suppressed.check(r.recipient, &rendering.tenant, today) {
+            return Err(Unsent::Suppressed(hit));
+        }
         let (mut data, message_id) = rendering.render(
             seq,
             &r.values,
@@ -235,6 +271,16 @@ impl<L: LogSink> Core<L> {
         }) else {
             return false;
         };
+        // A suppressed recipient goes through `render`, which bounces it.
+        let tenant = self
+            .renderings
+            .get(&message_seq)
+            .map(|r| r.tenant.clone())
+            .unwrap_or_default();
+        let today = (self.clock.unix_ms() / 86_400_000) as u32;
+        if self.suppressed.check(&rcpt, &tenant, today).is_some() {
+            return false;
+        }
         self.queue.index.set_in_flight(seq, true);
         p.rcpts.push((seq, rcpt));
         true

@@ -272,8 +272,18 @@ pub struct Core<L> {
     reports: notify::PendingReports,
     /// The batch id of the last delivery status notification this core queued.
     last_notification_batch: u64,
+    /// Suppression, checked before each recipient is rendered and taught the bad mailboxes
+    /// receivers report.
+    suppressions: Arc<crate::suppression::Suppressions>,
+    suppressed: crate::suppression::Reader,
+    /// Entries learnt and not yet written to this shard's store file (`take_learnt`); past
+    /// `LEARNT_BYTES_MAX` they stay in memory only.
+    learnt: Vec<u8>,
     effects: Vec<Effect>,
 }
+
+/// Bytes of learnt suppression entries a core holds for its shell to write.
+pub const LEARNT_BYTES_MAX: usize = 1 << 20;
 
 impl<L: LogSink> Core<L> {
     /// A shard's core over its recovered queue: the home learns what the queue holds. The
@@ -314,8 +324,24 @@ impl<L: LogSink> Core<L> {
             last_share_tick: now,
             reports: Default::default(),
             last_notification_batch: 0,
+            suppressed: crate::suppression::Suppressions::empty().reader(),
+            suppressions: crate::suppression::Suppressions::empty(),
+            learnt: Vec::new(),
             effects: Vec::new(),
         }
+    }
+
+    /// The engine's suppression (a new core has none).
+    pub fn with_suppressions(mut self, s: &Arc<crate::suppression::Suppressions>) -> Self {
+        self.suppressed = s.reader();
+        self.suppressions = Arc::clone(s);
+        self
+    }
+
+    /// The suppression entries learnt since the last call, as store lines
+    /// (`suppression::store`), for the shell to append to this shard's file.
+    pub fn take_learnt(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.learnt)
     }
 
     /// What the shell has to do since it last asked, in order.

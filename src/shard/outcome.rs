@@ -151,6 +151,17 @@ impl<L: LogSink> Core<L> {
         if let Err(err) = self.log.append(&record) {
             self.fatal(format!("delivery log: {err}"));
         }
+        // A receiver said the mailbox does not exist: no more mail to it, from anyone, for
+        // `bad_mailbox_expire`. Not from Spate's own decisions (code 0) or its own reports
+        // (null sender).
+        if state == OutcomeState::Bounced
+            && category == Some(BounceCategory::BadMailbox)
+            && o.code >= 500
+            && !sender.is_empty()
+            && self.config.suppression.learn_bad_mailboxes
+        {
+            self.learn_bad_mailbox(rcpt, now);
+        }
         if returned && !sender.is_empty() {
             let remote = mx.to_string();
             self.note_for_report(seq, &e, state, o, &remote);
@@ -184,4 +195,23 @@ fn message_labels(queue: &ShardQueue, message_seq: u64) -> Option<(String, Strin
         m.tenant.to_string(),
         m.flags & crate::queue::record::MESSAGE_RETURN != 0,
     ))
+}
+
+impl<L: LogSink> Core<L> {
+    /// Suppresses `rcpt` as a bad mailbox from `now`'s day on, and notes the entry for this
+    /// shard's store file.
+    fn learn_bad_mailbox(&mut self, rcpt: &str, now_unix_ms: u64) {
+        let source = crate::suppression::Source::BadMailbox {
+            day: (now_unix_ms / 86_400_000) as u32,
+        };
+        self.suppressions.add("", rcpt, source.clone());
+        if self.learnt.len() < super::LEARNT_BYTES_MAX {
+            crate::suppression::store::Entry {
+                tenant: String::new(),
+                entry: rcpt.to_string(),
+                source,
+            }
+            .encode(&mut self.learnt);
+        }
+    }
 }
