@@ -366,14 +366,35 @@ impl Reader {
         let tenants = !tenant.is_empty() && s.tenant_entries.load(Ordering::Relaxed) > 0;
         let domains = s.domain_entries.load(Ordering::Relaxed) > 0;
         let expire = s.bad_mailbox_expire_days.load(Ordering::Relaxed) as u32;
-        let probe = |scope: &str, entry: &[u8]| -> Option<Hit> {
-            let source = Source::of(self.table.get(s.key(scope, entry))?)?;
+        let domain = domain_at.map(|at| &address[at..]).filter(|_| domains);
+        // Every probe this check may make, in the order a hit is reported; their slots are
+        // loaded together.
+        let probes: [Option<(&str, &[u8])>; 4] = [
+            Some(("", address)),
+            tenants.then_some((tenant, address)),
+            domain.map(|d| ("", d)),
+            domain.filter(|_| tenants).map(|d| (tenant, d)),
+        ];
+        let mut keys = [0u64; 4];
+        for (k, p) in keys.iter_mut().zip(&probes) {
+            if let Some((scope, entry)) = p {
+                *k = s.key(scope, entry);
+                self.table.prefetch(*k);
+            }
+        }
+        for (&key, p) in keys.iter().zip(&probes) {
+            let Some((scope, entry)) = *p else {
+                continue;
+            };
+            let Some(source) = self.table.get(key).and_then(Source::of) else {
+                continue;
+            };
             let until_day = match source {
-                Source::BadMailbox { day } if day.saturating_add(expire) < today => return None,
+                Source::BadMailbox { day } if day.saturating_add(expire) < today => continue,
                 Source::BadMailbox { day } => Some(day.saturating_add(expire)),
                 _ => None,
             };
-            Some(Hit {
+            return Some(Hit {
                 entry: String::from_utf8_lossy(entry).into_owned(),
                 tenant: (!scope.is_empty()).then(|| scope.to_string()),
                 file: match source {
@@ -382,17 +403,9 @@ impl Reader {
                 },
                 source,
                 until_day,
-            })
-        };
-        let domain = domain_at.map(|at| &address[at..]);
-        probe("", address)
-            .or_else(|| tenants.then(|| probe(tenant, address)).flatten())
-            .or_else(|| domain.filter(|_| domains).and_then(|d| probe("", d)))
-            .or_else(|| {
-                domain
-                    .filter(|_| domains && tenants)
-                    .and_then(|d| probe(tenant, d))
-            })
+            });
+        }
+        None
     }
 }
 

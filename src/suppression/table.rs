@@ -24,9 +24,16 @@ impl Table {
     /// A table for `entries` at `LOAD_TARGET` (at least 64 slots).
     pub fn for_entries(entries: usize) -> Table {
         let slots = ((entries as f64 / LOAD_TARGET) as usize).max(64);
-        let keys: Box<[AtomicU64]> = (0..slots).map(|_| AtomicU64::new(0)).collect();
-        let values: Box<[AtomicU32]> = (0..slots).map(|_| AtomicU32::new(0)).collect();
+        // Zeroed by the allocator (fresh pages from the kernel for a large table), so the
+        // huge-page advice comes before any page is touched.
+        let keys = vec![0u64; slots].into_boxed_slice();
         advise_huge_pages(&keys);
+        // SAFETY: AtomicU64 and AtomicU32 have the size, alignment and bit validity of u64
+        // and u32 (their documentation says so), and a boxed slice of one is a boxed slice
+        // of the other.
+        let keys = unsafe { std::mem::transmute::<Box<[u64]>, Box<[AtomicU64]>>(keys) };
+        let values = vec![0u32; slots].into_boxed_slice();
+        let values = unsafe { std::mem::transmute::<Box<[u32]>, Box<[AtomicU32]>>(values) };
         Table {
             keys,
             values,
@@ -58,6 +65,24 @@ impl Table {
 
     fn home(&self, key: u64) -> usize {
         ((u128::from(key) * self.keys.len() as u128) >> 64) as usize
+    }
+
+    /// Asks the CPU to start loading `key`'s home slot, so that several probes of one check
+    /// wait for memory together rather than one after another.
+    pub fn prefetch(&self, key: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let slot = &self.keys[self.home(key)];
+            // SAFETY: a prefetch only hints the cache; the address is a live slot, and SSE
+            // is part of every x86_64 CPU.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    (slot as *const AtomicU64).cast(),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
     }
 
     /// The value stored under `key`, if any.
@@ -120,7 +145,7 @@ impl Table {
 
 /// Large tables are probed at random: huge pages spare most probes a TLB miss. Advice only;
 /// where the kernel will not, nothing changes.
-fn advise_huge_pages(keys: &[AtomicU64]) {
+fn advise_huge_pages(keys: &[u64]) {
     const HUGE: usize = 2 << 20;
     let bytes = std::mem::size_of_val(keys);
     if bytes < 4 * HUGE {

@@ -74,6 +74,9 @@ enum Command {
         /// Queue only, delivery paused: how fast a campaign becomes durable
         #[arg(long)]
         queue_only: bool,
+        /// With --queue-only: check every recipient against this suppression file
+        #[arg(long, value_name = "FILE", requires = "queue_only")]
+        suppression: Option<std::path::PathBuf>,
     },
     /// Read a password on stdin (not echoed on a terminal) and print a password_hash for
     /// [[users]]
@@ -131,11 +134,13 @@ fn main() -> ExitCode {
             recipients,
             keep,
             queue_only,
+            suppression,
         } => {
             let options = demo::Options {
                 recipients,
                 keep,
                 queue_only,
+                suppression,
             };
             match demo::run(&options) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,8 @@ pub struct Options {
     pub keep: bool,
     /// Queue only (delivery paused): how fast a campaign becomes durable.
     pub queue_only: bool,
+    /// With `queue_only`: a suppression file every recipient is checked against.
+    pub suppression: Option<std::path::PathBuf>,
 }
 
 pub fn run(options: &Options) -> Result<(), EngineError> {
@@ -98,13 +100,17 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     use std::io::Write;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
-    let config = spate::config::Config::defaults_under(base);
+    let mut config = spate::config::Config::defaults_under(base);
     println!(
         "Spate demo, queue only: {} recipients, {} shards, delivery paused, everything under {}",
         options.recipients,
         config.engine.shards,
         base.display()
     );
+    let rss_before = rss_mib();
+    if let Some(list) = &options.suppression {
+        config.suppression.files = vec![list.clone()];
+    }
     let mut scenario = Scenario::demo();
     scenario.recipients = options.recipients;
     let tmp = config.spool.dir.join("tmp");
@@ -117,9 +123,20 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     let incoming = config.spool.dir.join("incoming");
     std::fs::create_dir_all(&incoming).map_err(|e| storage(&incoming, e))?;
     let data_dir = config.engine.data_dir.clone();
+    let loading = Instant::now();
     let engine = spate::engine::start(config, None)?;
     while !engine.is_ready() && !engine.has_exited() {
         std::thread::sleep(Duration::from_millis(5));
+    }
+    if options.suppression.is_some() {
+        let s = &engine.shared().suppressions;
+        println!(
+            "Suppression: {} entries, table {:.1} MiB, process RSS {:.1} MiB more than before; engine ready {:.2} s after start",
+            s.len(),
+            s.table_bytes() as f64 / (1 << 20) as f64,
+            rss_mib() - rss_before,
+            loading.elapsed().as_secs_f64()
+        );
     }
     let clock = std::sync::Arc::clone(&engine.shared().clock);
     let since = |t: Instant| clock.now().duration_since(t);
@@ -173,4 +190,15 @@ fn queue_only(base: &std::path::Path, options: &Options) -> Result<(), EngineErr
     }
     println!("Every valid recipient is in the queue exactly once.");
     Ok(())
+}
+
+/// This process's resident memory (VmRSS), in MiB; 0 where /proc cannot tell.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
