@@ -20,6 +20,9 @@ pub enum EventType {
     Bounce,
     Expiration,
     Rejected,
+    /// A check before sending failed with `warn` (`[checks]`); the campaign goes out. No
+    /// recipient: the reason is in `response`.
+    Check,
 }
 
 impl EventType {
@@ -31,6 +34,7 @@ impl EventType {
             EventType::Bounce => "Bounce",
             EventType::Expiration => "Expiration",
             EventType::Rejected => "Rejected",
+            EventType::Check => "Check",
         }
     }
 }

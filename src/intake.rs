@@ -129,6 +129,16 @@ struct BatchHeader<'a> {
     from: Cow<'a, str>,
     #[serde(borrow)]
     template: Cow<'a, str>,
+    /// This campaign's unsubscribe addresses, over `[unsubscribe]`'s.
+    #[serde(default)]
+    unsubscribe: Option<UnsubscribeOverride>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeOverride {
+    url: Option<String>,
+    mailto: Option<String>,
 }
 
 /// Recipient lines may carry fields of their own (ids, metadata); only these are read.
@@ -159,6 +169,11 @@ pub struct Parser<'a> {
     values: Vec<String>,
     /// Suppression and today's UTC day, when recipients are checked here.
     suppression: Option<(crate::suppression::Reader, u32)>,
+    /// The providers' sender rules (`compliance`): they make each recipient's unsubscribe
+    /// token when the template has the placeholder.
+    rules: crate::compliance::Rules,
+    /// Checks that failed with `warn`, for the delivery log.
+    warnings: Vec<String>,
 }
 
 #[derive(Default)]
@@ -169,13 +184,28 @@ struct ChunkBuilder {
 }
 
 impl<'a> Parser<'a> {
-    /// Reads the header (batch) or envelope (pickup); a failure refuses the whole file.
+    /// Reads the header (batch) or envelope (pickup); a failure refuses the whole file. No
+    /// sender rules: `open_with` applies them.
     pub fn open(
         bytes: &'a [u8],
         kind: InputKind,
         batch_id: u64,
         shards: usize,
         now_unix_ms: u64,
+    ) -> Result<Parser<'a>, FileError> {
+        let rules = crate::compliance::Rules::none();
+        Parser::open_with(bytes, kind, batch_id, shards, now_unix_ms, &rules)
+    }
+
+    /// `open`, with a campaign's template given the fields `rules` add and checked by
+    /// them (a check set to `refuse` refuses the file).
+    pub fn open_with(
+        bytes: &'a [u8],
+        kind: InputKind,
+        batch_id: u64,
+        shards: usize,
+        now_unix_ms: u64,
+        rules: &crate::compliance::Rules,
     ) -> Result<Parser<'a>, FileError> {
         assert!(shards > 0);
         if bytes.is_empty() {
@@ -204,6 +234,8 @@ impl<'a> Parser<'a> {
             pickup_values: Vec::new().into_iter(),
             values: Vec::new(),
             suppression: None,
+            rules: rules.clone(),
+            warnings: Vec::new(),
         };
         // Editors and export tools on Windows put a UTF-8 byte order mark first.
         if bytes.starts_with(b"\xEF\xBB\xBF") {
@@ -270,7 +302,14 @@ impl<'a> Parser<'a> {
             pickup_values: values.into_iter(),
             values: Vec::new(),
             suppression: None,
+            rules: crate::compliance::Rules::none(),
+            warnings: Vec::new(),
         })
+    }
+
+    /// The checks that failed with `warn` (`compliance`), each a reason.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Refuses the suppressed recipients from here on (`Rejected`, with the entry and its
@@ -323,8 +362,22 @@ impl<'a> Parser<'a> {
                 format!("template is over the {MESSAGE_BYTES_MAX}-byte limit"),
             ));
         }
-        let template = Template::parse(header.template.as_bytes().to_vec())
-            .map_err(|e| file_error(Some(1), e.0))?;
+        let overrides = header.unsubscribe.unwrap_or_default();
+        let applied = self
+            .rules
+            .apply(
+                header.template.as_bytes(),
+                &crate::compliance::Unsubscribe {
+                    url: overrides.url,
+                    mailto: overrides.mailto,
+                },
+                &header.campaign,
+                &tenant,
+                &sender.to_addr_string(),
+            )
+            .map_err(|e| file_error(Some(1), e))?;
+        self.warnings = applied.warnings;
+        let template = Template::parse(applied.template).map_err(|e| file_error(Some(1), e.0))?;
         self.message = Arc::new(MessageSpec {
             batch_id,
             created_unix_ms: now_unix_ms,
@@ -537,6 +590,9 @@ impl<'a> Parser<'a> {
         for name in self.template.var_names() {
             let value = if name == "to" {
                 rcpt.clone()
+            } else if name == crate::compliance::TOKEN_VAR {
+                let m = &self.message;
+                self.rules.token(&rcpt, &m.tenant, &m.campaign)
             } else {
                 match parsed.vars.get(name.as_str()) {
                     None | Some(serde_json::Value::Null) => String::new(),

@@ -10,6 +10,8 @@
 //! - [`preflight`]: checks io_uring and the memlock limit before any executor starts (exit 69).
 //! - [`spool`]: the spool directory: scanning, race-free claiming, `bad/` and `done/`.
 //! - [`intake`]: parses campaign batches (`.jsonl`) and pickup messages (`.eml`) into chunks.
+//! - [`compliance`]: the providers' sender rules applied to campaigns at intake: one-click
+//!   unsubscribe fields and tokens, Feedback-ID, the `[checks]`.
 //! - [`address`]: envelope address validation and IDNA conversion.
 //! - [`template`]: `{{ name }}` templates, header-injection checks, rendering.
 //! - [`queue`]: the durable per-shard queue (record codec, segments, recovery, group commit).
@@ -40,6 +42,7 @@ pub mod address;
 pub mod bounded;
 pub mod buffers;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod delivery;
 pub mod delivery_log;

@@ -119,6 +119,10 @@ pub fn find_header(message: &[u8], name: &str) -> Option<String> {
         .map(|l| l.trim_end_matches('\r'))
         .peekable();
     while let Some(line) = lines.next() {
+        // A continuation line is part of the field before it, whatever it holds.
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
         let Some((n, v)) = line.split_once(':') else {
             continue;
         };
@@ -159,6 +163,9 @@ mod tests {
     fn headers_and_dates() {
         let m = b"From: a@b\r\nMessage-ID:\r\n <x@y>\r\nSubject: s\r\n\r\nMessage-ID: body";
         assert_eq!(find_header(m, "message-id").as_deref(), Some("<x@y>"));
+        // A folded value that reads like a field is not one.
+        let m = b"X-List: a\r\n date: not a date\r\nSubject: s\r\n\r\n";
+        assert_eq!(find_header(m, "date"), None);
         assert_eq!(find_header(m, "date"), None);
         assert_eq!(
             rfc5322_date(1_795_967_054_123),

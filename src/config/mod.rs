@@ -58,6 +58,7 @@ pub struct Config {
     pub signers: crate::dkim::Signers,
     pub suppression: Suppression,
     pub unsubscribe: Unsubscribe,
+    pub checks: Checks,
 }
 
 #[derive(Debug, Clone)]
@@ -259,10 +260,58 @@ pub struct Suppression {
     pub learn_bad_mailboxes: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Unsubscribe {
+    /// Carries `{{ token }}`.
     pub url: Option<String>,
     pub mailto: Option<String>,
+    /// Signs each recipient's token (`compliance::Rules::token`).
+    pub secret: String,
+    /// (extension) Add `Feedback-ID` to campaigns that lack one; on by default once a url
+    /// or mailto is set.
+    pub feedback_id: bool,
+}
+
+impl fmt::Debug for Unsubscribe {
+    /// Never shows the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsubscribe")
+            .field("url", &self.url)
+            .field("mailto", &self.mailto)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a failed check before sending does (`[checks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckAction {
+    /// The campaign goes to `bad/` (a gateway message is refused).
+    Refuse,
+    /// The reason goes to the delivery log (a `Check` record); the mail goes out.
+    Warn,
+    Off,
+}
+
+/// `[checks]` (an extension of INTERFACE.md): what the big providers require, checked for
+/// every campaign and submitted message. Each `warn` by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// A `[[dkim]]` key aligned with the From domain.
+    pub dkim: CheckAction,
+    /// A one-click unsubscribe (campaigns).
+    pub unsubscribe: CheckAction,
+    /// A From header holding one valid address.
+    pub from: CheckAction,
+}
+
+impl Checks {
+    pub fn off() -> Checks {
+        Checks {
+            dkim: CheckAction::Off,
+            unsubscribe: CheckAction::Off,
+            from: CheckAction::Off,
+        }
+    }
 }
 
 // ---- Defaults, named in one place. ----
@@ -365,7 +414,7 @@ impl Config {
     /// (or DNS queries) off this machine.
     pub fn defaults_under(base: &Path) -> Config {
         let text = format!(
-            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n",
+            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n[checks]\ndkim = \"off\"\nunsubscribe = \"off\"\n",
             base.join("data"),
             base.join("spool"),
             base.join("log")
@@ -462,9 +511,10 @@ impl Config {
             self.dkim.len(),
             self.suppression.files.len()
         ));
-        for missing in self.inactive_features() {
-            line(format!("note: {missing}"));
-        }
+        line(format!(
+            "checks: dkim={:?} unsubscribe={:?} from={:?}",
+            self.checks.dkim, self.checks.unsubscribe, self.checks.from
+        ));
         out
     }
 
@@ -514,23 +564,5 @@ impl Config {
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))
         .collect()
-    }
-
-    /// Configured features this build accepts but does not act on yet, so that operators are
-    /// told rather than left to guess.
-    pub fn inactive_features(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        let mut note = |present: bool, what: &str| {
-            if present {
-                notes.push(format!(
-                    "{what} is configured but not implemented in this build yet"
-                ));
-            }
-        };
-        note(
-            self.unsubscribe.url.is_some() || self.unsubscribe.mailto.is_some(),
-            "[unsubscribe]",
-        );
-        notes
     }
 }

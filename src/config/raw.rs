@@ -38,6 +38,8 @@ pub(super) struct RawConfig {
     suppression: RawSuppression,
     #[serde(default)]
     unsubscribe: RawUnsubscribe,
+    #[serde(default)]
+    checks: RawChecks,
 }
 
 #[derive(Deserialize, Default)]
@@ -223,6 +225,17 @@ struct RawSuppression {
 struct RawUnsubscribe {
     url: Option<String>,
     mailto: Option<String>,
+    #[serde(default)]
+    secret: String,
+    feedback_id: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawChecks {
+    dkim: Option<String>,
+    unsubscribe: Option<String>,
+    from: Option<String>,
 }
 
 pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
@@ -656,6 +669,21 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         Some(s) => parse_duration(s).map_err(|m| err("suppression.bad_mailbox_expire", m))?,
         None => Duration::from_secs(crate::suppression::DEFAULT_BAD_MAILBOX_EXPIRE_DAYS * 86_400),
     };
+    let unsubscribe = validate_unsubscribe(raw.unsubscribe, &err)?;
+    let action = |field: &str, v: &Option<String>| match v.as_deref() {
+        None | Some("warn") => Ok(CheckAction::Warn),
+        Some("refuse") => Ok(CheckAction::Refuse),
+        Some("off") => Ok(CheckAction::Off),
+        Some(other) => Err(err(
+            &format!("checks.{field}"),
+            format!("{other:?}: expected \"refuse\", \"warn\" or \"off\""),
+        )),
+    };
+    let checks = Checks {
+        dkim: action("dkim", &raw.checks.dkim)?,
+        unsubscribe: action("unsubscribe", &raw.checks.unsubscribe)?,
+        from: action("from", &raw.checks.from)?,
+    };
     let connections_max = match raw.engine.connections_max {
         Some(n) if (n as usize) < shards => {
             return Err(err(
@@ -709,10 +737,36 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             bad_mailbox_expire,
             learn_bad_mailboxes: raw.suppression.learn_bad_mailboxes.unwrap_or(true),
         },
-        unsubscribe: Unsubscribe {
-            url: raw.unsubscribe.url,
-            mailto: raw.unsubscribe.mailto,
-        },
+        unsubscribe,
+        checks,
+    })
+}
+
+/// `[unsubscribe]`: the URL carries the token, the mailto is an address, and both need the
+/// secret that signs the token.
+fn validate_unsubscribe(
+    raw: RawUnsubscribe,
+    err: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Unsubscribe, ConfigError> {
+    if let Some(url) = &raw.url {
+        crate::compliance::check_url(url).map_err(|e| err("unsubscribe.url", e))?;
+    }
+    if let Some(m) = &raw.mailto {
+        crate::compliance::check_mailto(m).map_err(|e| err("unsubscribe.mailto", e))?;
+    }
+    if (raw.url.is_some() || raw.mailto.is_some()) && raw.secret.len() < 16 {
+        return Err(err(
+            "unsubscribe.secret",
+            "at least 16 characters are needed to sign the unsubscribe tokens".into(),
+        ));
+    }
+    Ok(Unsubscribe {
+        feedback_id: raw
+            .feedback_id
+            .unwrap_or(raw.url.is_some() || raw.mailto.is_some()),
+        url: raw.url,
+        mailto: raw.mailto,
+        secret: raw.secret,
     })
 }
 

@@ -47,8 +47,13 @@ key = "{DKIM_KEY}"
 [suppression]
 files = ["{SUPPRESSED}"]
 [unsubscribe]
-url = "https://unsub.acme.example/u?r={{ to }}&c={{ campaign }}"
+url = "https://unsub.acme.example/u/{{ token }}"
 mailto = "unsubscribe@acme.example"
+secret = "0123456789abcdef0123"
+[checks]
+dkim = "refuse"
+unsubscribe = "warn"
+from = "off"
 "#;
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -61,6 +66,26 @@ mailto = "unsubscribe@acme.example"
     let c = Config::parse(&text, "t.toml").unwrap();
     assert_eq!(c.engine.shards, 2);
     assert_eq!(c.signers.aligned("news.acme.example").len(), 1);
+    assert_eq!(c.checks.dkim, CheckAction::Refuse);
+    assert_eq!(c.checks.from, CheckAction::Off);
+    assert!(!format!("{:?}", c.unsubscribe).contains("0123456789"));
+    for (text, want) in [
+        (
+            "[unsubscribe]\nmailto = \"u@x.example\"\n",
+            "unsubscribe.secret: at least 16",
+        ),
+        (
+            "[unsubscribe]\nurl = \"https://x.example/u\"\nsecret = \"0123456789abcdef\"\n",
+            "lacks {{ token }}",
+        ),
+        (
+            "[checks]\ndkim = \"maybe\"\n",
+            "checks.dkim: \"maybe\": expected",
+        ),
+    ] {
+        let e = Config::parse(text, "t.toml").unwrap_err().0;
+        assert!(e.contains(want), "{e}");
+    }
     let y = &c.providers["yahoo"];
     assert_eq!(
         y.max_message_rate,
@@ -130,7 +155,6 @@ fn listener_limits_and_user_rates_have_defaults_and_parse() {
             per: Duration::from_secs(60)
         })
     );
-    assert!(c.inactive_features().is_empty());
     let e = Config::parse(
         "[suppression]\nfiles = [\"/nonexistent/list.txt\"]\n",
         "t.toml",

@@ -168,12 +168,14 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
             return Ok(());
         }
     };
-    let mut parser = match Parser::open(
+    let rules = crate::compliance::Rules::from_config(&shard.config.borrow());
+    let mut parser = match Parser::open_with(
         &bytes,
         kind,
         c.batch_id,
         shard.shards,
         shard.shared.clock.unix_ms(),
+        &rules,
     ) {
         Ok(p) => p,
         Err(e) => {
@@ -181,6 +183,10 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
             return Ok(());
         }
     };
+    for warning in parser.warnings() {
+        tracing::warn!("{}: {}", printable(&c.name), printable(warning));
+        log_check(shard, parser.message(), warning);
+    }
     let today = (shard.shared.clock.unix_ms() / 86_400_000) as u32;
     parser.suppress(shard.shared.suppressions.reader(), today);
     let message = Arc::clone(parser.message());
@@ -351,6 +357,23 @@ pub(super) fn log_rejection(shard: &Shard, m: &MessageSpec, r: &Rejection) {
         tenant: &m.tenant,
         domain: r.recipient.rsplit_once('@').map_or("", |(_, d)| d),
         response: &response,
+        ..Default::default()
+    };
+    let logged = shard.core.borrow_mut().log.append(&record);
+    if let Err(e) = logged {
+        shard.shared.fail(format!("delivery log: {e}"));
+    }
+}
+
+/// A check that failed with `warn`, once per campaign input.
+pub(super) fn log_check(shard: &Shard, m: &MessageSpec, why: &str) {
+    let record = LogRecord {
+        ts_unix_ms: shard.shared.clock.unix_ms(),
+        event: Some(EventType::Check),
+        sender: &m.sender,
+        campaign: &m.campaign,
+        tenant: &m.tenant,
+        response: why,
         ..Default::default()
     };
     let logged = shard.core.borrow_mut().log.append(&record);

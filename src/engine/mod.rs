@@ -308,9 +308,6 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             )))
         }
     }
-    for note in config.inactive_features() {
-        tracing::warn!("note: {note}");
-    }
     let (allowed, open_files) = preflight::connections_per_shard(shards);
     let connections_per_shard = match config.engine.connections_max {
         Some(total) => {

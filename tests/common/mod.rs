@@ -20,7 +20,8 @@ pub struct Env {
 impl Env {
     /// `extra` is appended to the configuration (whole sections). Unless `extra` has its own
     /// `[delivery]` and `[dns]`, delivery is paused and DNS points at a closed loopback port,
-    /// so a test never sends anything off this machine.
+    /// so a test never sends anything off this machine; unless it has `[checks]`, the DKIM
+    /// and unsubscribe checks are off.
     pub fn new(shards: usize, queue_section: &str, extra: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("spate.toml");
@@ -48,6 +49,11 @@ impl Env {
         }
         if !extra.contains("[dns]") {
             extra.push_str("\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n");
+        }
+        // Test campaigns are unsigned and have no unsubscribe URL: the checks before
+        // sending would add a `Check` record to every log.
+        if !extra.contains("[checks]") {
+            extra.push_str("\n[checks]\ndkim = \"off\"\nunsubscribe = \"off\"\n");
         }
         let text = format!(
             "[engine]\nshards = {shards}\n{engine_keys}\ndata_dir = {:?}\n[queue]\nsegment_bytes = \"32MiB\"\n{queue_section}\n[spool]\ndir = {:?}\nscan_interval_ms = 50\n[log]\ndir = {:?}\n{extra}\n",

@@ -185,6 +185,9 @@ impl Scenario {
             base.join("log")
         );
         let _ = writeln!(c, "[dns]\nnameservers = [\"{dns}\"]");
+        // The simulated campaigns are not signed and have no unsubscribe URL: nothing to
+        // warn about on every run.
+        let _ = writeln!(c, "[checks]\ndkim = \"off\"\nunsubscribe = \"off\"");
         let _ = writeln!(c, "[smtp]\nhelo_name = \"spate.test\"\nport = {sink_port}");
         let _ = writeln!(
             c,
