@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 pub const ID: u16 = 0x5a7e;
 pub const DOMAIN: &str = "example.com";
-const QUERY_TYPES: [QueryType; 3] = [QueryType::Mx, QueryType::A, QueryType::Aaaa];
+const QUERY_TYPES: [QueryType; 4] = [QueryType::Mx, QueryType::A, QueryType::Aaaa, QueryType::Txt];
 
 pub fn check_raw(input: &[u8]) {
     for qtype in QUERY_TYPES {
@@ -49,8 +49,20 @@ fn check_answer(answer: Result<Answer, spate::dns::message::DnsError>, qtype: Qu
             );
             check_plan(&records);
         }
+        Answer::Txt { records, .. } => {
+            assert_eq!(qtype, QueryType::Txt, "TXT records for a {qtype:?} query");
+            assert!(!records.is_empty());
+            assert!(
+                records.len() <= ANSWER_RECORDS_MAX,
+                "{} TXT records",
+                records.len()
+            );
+        }
         Answer::Addrs { addrs, .. } => {
-            assert_ne!(qtype, QueryType::Mx, "addresses for an MX query");
+            assert!(
+                matches!(qtype, QueryType::A | QueryType::Aaaa),
+                "addresses for a {qtype:?} query"
+            );
             assert!(!addrs.is_empty());
             assert!(
                 addrs.len() <= ANSWER_RECORDS_MAX,
@@ -215,11 +227,12 @@ pub fn check_structured(input: &[u8]) {
     let Ok(r) = Response::arbitrary_take_rest(Unstructured::new(input)) else {
         return;
     };
-    let qtype = QUERY_TYPES[usize::from(r.qtype) % 3];
+    let qtype = QUERY_TYPES[usize::from(r.qtype) % QUERY_TYPES.len()];
     let record_type = match qtype {
         QueryType::Mx => RecordType::MX,
         QueryType::A => RecordType::A,
         QueryType::Aaaa => RecordType::AAAA,
+        QueryType::Txt => RecordType::TXT,
     };
     let queried = Name::from_ascii(format!("{DOMAIN}.")).unwrap();
     let id = if r.same_id { ID } else { ID ^ 1 };

@@ -18,6 +18,8 @@
 //! - [`queue`]: the queue record codec and recovery (`Replay` over segment bytes).
 //! - [`dns`]: `dns::message::parse_response` and `dns::mx::plan`.
 //! - [`gateway`]: `gateway::proxy::parse` and the DSN parameters in `dsn::build`.
+//! - [`sender`]: DKIM signing of any message, the From parser, the suppression store's
+//!   lines, unsubscribe tokens and the campaign rules.
 //!
 //! Every check panics (with a message saying which property failed) when a property does
 //! not hold; libFuzzer saves the input as a crash.
@@ -30,6 +32,7 @@ pub mod gateway;
 pub mod intake;
 pub mod queue;
 pub mod reply;
+pub mod sender;
 pub mod server;
 pub mod session;
 pub mod template;
@@ -54,4 +57,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("dns_response", dns::check_raw),
     ("dns_structured", dns::check_structured),
     ("gateway", gateway::check),
+    ("sender", sender::check),
 ];

@@ -2,6 +2,7 @@
 
 mod against;
 mod blast;
+mod dkim;
 mod inject;
 mod plot;
 mod postfix;
@@ -42,6 +43,8 @@ enum Cli {
     },
     /// smtp-source, then Spate with 1 shard and with the scenario's, against Postfix's smtp-sink
     SmtpSink(ScenarioArgs),
+    /// What DKIM signing costs end to end: unsigned, Ed25519, RSA-2048 and both, in one run
+    Dkim(ScenarioArgs),
     /// The SMTP gateway: accepted rate against Postfix's smtpd, STARTTLS+AUTH, end to end
     Inject {
         /// Messages per figure
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
             options(args, !no_postfix).and_then(|o| cmd_compare(&o))
         }
         Cli::SmtpSink(a) => options(a, false).and_then(|o| against::cmd_smtp_sink(&o)),
+        Cli::Dkim(a) => options(a, false).and_then(|o| dkim::cmd_dkim(&o)),
         Cli::Sink { profile, seconds } => cmd_sink(&profile, seconds),
         Cli::Inject {
             messages,

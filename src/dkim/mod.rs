@@ -98,7 +98,18 @@ impl Signer {
     ) -> Result<Signer, String> {
         let pem =
             std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let key = key_from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        Signer::from_pem(domain, selector, &pem, path, expire)
+    }
+
+    /// `load`, with the file's bytes in hand; `path` names them in messages.
+    pub fn from_pem(
+        domain: &str,
+        selector: &str,
+        pem: &[u8],
+        path: &Path,
+        expire: Option<Duration>,
+    ) -> Result<Signer, String> {
+        let key = key_from_pem(pem).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Signer {
             domain: domain.to_ascii_lowercase(),
             selector: selector.to_string(),
