@@ -188,3 +188,81 @@ fn unsubscribe_fields_tokens_and_checks_before_sending() {
     );
     assert_eq!(engine.stop(Duration::from_secs(20)).code(), Some(0));
 }
+
+#[test]
+fn gateway_mail_is_checked_and_suppressed_at_rcpt() {
+    let sink = Sink::start(HashMap::new());
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "blocked@x.test\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\n\
+         [[routes]]\ndomain = \"*.test\"\nhosts = [\"{}\"]\n\
+         [[listeners]]\nlisten = \"127.0.0.1:{port}\"\ntls = \"none\"\nrelay_networks = [\"127.0.0.1\"]\n\
+         [[dkim]]\ndomain = \"acme.example\"\nselector = \"s1\"\nkey = \"{FIXTURES}/ed25519.pem\"\n\
+         [checks]\ndkim = \"refuse\"\nfrom = \"warn\"\n\
+         [suppression]\nfiles = [{list:?}]\n",
+        sink.addr
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    // Python's smtplib: one message to a listed and an unlisted recipient, one from a domain
+    // no key is aligned with, one without a From at all.
+    let script = format!(
+        r#"
+import smtplib
+def send(frm, to, msg):
+    s = smtplib.SMTP("127.0.0.1", {port}, timeout=20)
+    try:
+        print("refused", sorted(s.sendmail(frm, to, msg).keys()))
+    except smtplib.SMTPRecipientsRefused as e:
+        print("all refused", {{k: v[0] for k, v in e.recipients.items()}})
+    except smtplib.SMTPDataError as e:
+        print("data", e.smtp_code, e.smtp_error.decode())
+    s.quit()
+send("ops@acme.example", ["ok@x.test", "blocked@x.test"], "From: ops@acme.example\r\nSubject: a\r\n\r\na\r\n")
+send("ops@stray.example", ["ok@x.test"], "From: ops@stray.example\r\nSubject: b\r\n\r\nb\r\n")
+send("ops@acme.example", ["ok@x.test"], "Subject: c\r\n\r\nc\r\n")
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 (CI installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "refused ['blocked@x.test']", "{said}");
+    assert_eq!(
+        lines[1],
+        "data 550 5.7.1 refused by [checks]: no [[dkim]] key is aligned with the From domain stray.example",
+        "{said}"
+    );
+    assert_eq!(lines[2], "refused []", "{said}");
+    wait_until(Duration::from_secs(30), "two deliveries", || {
+        env.count_events("Delivery") == 2
+    });
+    let records = env.log_records();
+    let rejected = records
+        .iter()
+        .find(|r| r["type"] == "Rejected")
+        .expect("a Rejected record");
+    assert_eq!(rejected["recipient"], "blocked@x.test");
+    assert!(
+        rejected["response"]
+            .as_str()
+            .unwrap()
+            .contains("suppressed: blocked@x.test is listed in"),
+        "{rejected}"
+    );
+    let checks: Vec<&serde_json::Value> = records.iter().filter(|r| r["type"] == "Check").collect();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0]["response"], "no From header");
+    assert_eq!(sink.received.lock().unwrap().deliveries["ok@x.test"], 2);
+    assert_eq!(engine.stop(Duration::from_secs(20)).code(), Some(0));
+}

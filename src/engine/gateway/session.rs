@@ -36,6 +36,8 @@ pub(super) struct Session {
     rcpts: Vec<String>,
     rcpt_dsn: Vec<(String, String)>,
     message: Vec<u8>,
+    /// Suppression, checked at RCPT.
+    suppressed: crate::suppression::Reader,
 }
 
 impl Drop for Session {
@@ -52,7 +54,6 @@ impl Session {
         named: bool,
     ) -> Session {
         Session {
-            shard,
             server: Server::new(gateway.server.clone()),
             gateway,
             peer,
@@ -67,6 +68,8 @@ impl Session {
             rcpts: Vec::new(),
             rcpt_dsn: Vec::new(),
             message: Vec::new(),
+            suppressed: shard.shared.suppressions.reader(),
+            shard,
         }
     }
 
@@ -288,6 +291,17 @@ impl Session {
             // Twice in one transaction would be delivered twice; once is what was meant.
             return (250, "2.1.5 OK (duplicate)".into());
         }
+        // A suppressed recipient is refused here, where its client still hears of it; the
+        // entry and its source go to the delivery log only.
+        let tenant = self
+            .current_user(&config)
+            .map_or_else(|| self.peer.ip().to_string(), |u| u.name.clone());
+        let today = (self.shard.shared.clock.unix_ms() / 86_400_000) as u32;
+        if let Some(hit) = self.suppressed.check(&rcpt, &tenant, today) {
+            let text = "5.7.1 Recipient is on a suppression list";
+            self.log_rejected(&rcpt, &tenant, 550, &format!("5.7.1 {hit}"));
+            return (550, text.into());
+        }
         if let (Some(user), Some(counter)) = (self.current_user(&config), &self.counter) {
             let now = self.shard.shared.clock.unix_ms();
             if let Err(hit) = counter.reserve(user.daily_limit, user.rate_limit, now) {
@@ -301,7 +315,7 @@ impl Session {
         (250, "2.1.5 OK".into())
     }
 
-    /// A `Rejected` record for a recipient refused at RCPT for its user's limits.
+    /// A `Rejected` record for a recipient refused at RCPT (its user's limits, suppression).
     fn log_rejected(&self, rcpt: &str, user: &str, code: u16, text: &str) {
         let enhanced = text.split(' ').next().unwrap_or("");
         let response = format!("{code} {text}");
@@ -363,6 +377,13 @@ impl Session {
         let (Some(sender), false) = (self.from.clone(), self.rcpts.is_empty()) else {
             return (503, "5.5.1 No transaction".into());
         };
+        let tenant = match &user {
+            Some(u) => u.name.clone(),
+            None => self.peer.ip().to_string(),
+        };
+        if let Err(why) = self.check_before_sending(&config, &sender, &tenant) {
+            return (550, format!("5.7.1 refused by [checks]: {why}"));
+        }
         let batch_id = self.shard.next_batch_id();
         let id = format!("{batch_id:x}");
         let now = self.shard.shared.clock.unix_ms();
@@ -378,10 +399,6 @@ impl Session {
             },
             now,
         );
-        let tenant = match &user {
-            Some(u) => u.name.clone(),
-            None => self.peer.ip().to_string(),
-        };
         // Failures go back to the sender as DSNs; never for a message from <> (no loops).
         let returned = !sender.is_empty();
         let (flags, var_names, values) = if returned {
@@ -427,6 +444,42 @@ impl Session {
             }
             Err(Refused::Permanent(why)) => (554, format!("5.3.4 {why}")),
             Err(Refused::Temporary(why)) => (451, format!("4.3.0 {why}")),
+        }
+    }
+
+    /// `[checks]` for a submitted message: a From of one valid address with a `[[dkim]]` key
+    /// aligned with it. `Err` is the reason of a check set to `refuse`; one set to `warn`
+    /// writes a `Check` record and lets the message through.
+    fn check_before_sending(&self, config: &Config, sender: &str, tenant: &str) -> Result<(), String> {
+        use crate::config::CheckAction;
+        use crate::dkim::FromField;
+        let failed = match crate::dkim::from_field(&self.message) {
+            FromField::Missing => Some((config.checks.from, "no From header".to_string())),
+            FromField::Invalid(why) => Some((config.checks.from, why)),
+            FromField::Domain(d) if config.signers.aligned(&d).is_empty() => Some((
+                config.checks.dkim,
+                format!("no [[dkim]] key is aligned with the From domain {d}"),
+            )),
+            FromField::Domain(_) => None,
+        };
+        match failed {
+            Some((CheckAction::Refuse, why)) => Err(why),
+            Some((CheckAction::Warn, why)) => {
+                let record = crate::delivery_log::LogRecord {
+                    ts_unix_ms: self.shard.shared.clock.unix_ms(),
+                    event: Some(EventType::Check),
+                    sender,
+                    tenant,
+                    response: &why,
+                    ..Default::default()
+                };
+                let logged = self.shard.core.borrow_mut().log.append(&record);
+                if let Err(e) = logged {
+                    self.shard.shared.fail(format!("delivery log: {e}"));
+                }
+                Ok(())
+            }
+            Some((CheckAction::Off, _)) | None => Ok(()),
         }
     }
 
