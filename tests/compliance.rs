@@ -234,7 +234,11 @@ send("ops@acme.example", ["ok@x.test"], "Subject: c\r\n\r\nc\r\n")
         .args(["-c", &script])
         .output()
         .expect("python3 (CI installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines[0], "refused ['blocked@x.test']", "{said}");

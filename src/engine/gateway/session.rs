@@ -450,7 +450,12 @@ impl Session {
     /// `[checks]` for a submitted message: a From of one valid address with a `[[dkim]]` key
     /// aligned with it. `Err` is the reason of a check set to `refuse`; one set to `warn`
     /// writes a `Check` record and lets the message through.
-    fn check_before_sending(&self, config: &Config, sender: &str, tenant: &str) -> Result<(), String> {
+    fn check_before_sending(
+        &self,
+        config: &Config,
+        sender: &str,
+        tenant: &str,
+    ) -> Result<(), String> {
         use crate::config::CheckAction;
         use crate::dkim::FromField;
         let failed = match crate::dkim::from_field(&self.message) {
