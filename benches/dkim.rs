@@ -2,7 +2,7 @@
 //! signed with RSA-2048, with Ed25519, and with both, as the home shard does for each
 //! recipient. Signatures per second per core are 1 / the time per message.
 //!
-//! cargo bench --bench dkim
+//! cargo bench -p spate --bench dkim
 //!
 //! Figures: docs/benchmarks.md ("DKIM"). The signatures' validity is dkimpy's to check
 //! (tests/dkim.rs); here each signer is checked once to sign at all, before timing.

@@ -2,7 +2,7 @@
 //! rendering, DNS messages, the per-recipient delivery policy, and the delivery log's JSON
 //! (the hand-written writer against serde_json, the question of whether to adopt serde).
 //!
-//! cargo bench --bench hotpaths
+//! cargo bench -p spate --bench hotpaths
 //!
 //! Figures and the machine they came from: docs/benchmarks.md. Each bench checks what it
 //! produces once, before timing; nothing is asserted inside the timed loops.

@@ -1,6 +1,6 @@
 //! Intake parsing: a campaign batch with a 10 KiB template into encoded chunks.
 //!
-//! cargo bench --bench intake
+//! cargo bench -p spate --bench intake
 //!
 //! Figures and the machine they came from: docs/benchmarks.md.
 

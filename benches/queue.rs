@@ -1,6 +1,6 @@
 //! Queue hot paths: record append, group commit, recovery scan.
 //!
-//! cargo bench --bench queue
+//! cargo bench -p spate --bench queue
 //!
 //! Figures and the machine they came from: docs/benchmarks.md.
 

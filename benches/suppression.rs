@@ -2,7 +2,7 @@
 //! table sized for it): a recipient on the list, one that is not, and one that is not with
 //! `@domain` and tenant entries present as well (four probes instead of one).
 //!
-//! cargo bench --bench suppression
+//! cargo bench -p spate --bench suppression
 //!
 //! Figures: docs/benchmarks.md ("Suppression"). The list is written to a temporary file
 //! first (about 290 MiB) and loaded as the engine loads it; the load time and the table's

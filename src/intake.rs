@@ -527,6 +527,8 @@ impl<'a> Parser<'a> {
     /// milliseconds).
     pub fn next_within(&mut self, lines: u32) -> Step {
         for _ in 0..lines {
+            // A pickup receiver's own line (its envelope was read up front).
+            let mut pickup_line = None;
             let item = match self.kind {
                 InputKind::Batch => match self.next_line() {
                     Some(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
@@ -537,14 +539,19 @@ impl<'a> Parser<'a> {
                     if let Some(values) = self.pickup_values.next() {
                         self.values = values;
                     }
-                    self.pickup.next().map(|r| r.map(|(_, a)| a))
+                    self.pickup.next().map(|r| {
+                        r.map(|(line, a)| {
+                            pickup_line = Some(line);
+                            a
+                        })
+                    })
                 }
             };
             let item = match (item, &mut self.suppression) {
                 (Some(Ok(rcpt)), Some((reader, today))) => {
                     match reader.check(&rcpt, &self.message.tenant, *today) {
                         Some(hit) => Some(Err(Rejection {
-                            line: self.line_no,
+                            line: pickup_line.unwrap_or(self.line_no),
                             recipient: rcpt,
                             reason: hit.to_string(),
                         })),

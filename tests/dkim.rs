@@ -37,6 +37,17 @@ fn python_with_dkimpy() -> Option<String> {
     None
 }
 
+/// Runs `python` with `args`: what it printed, or the test fails with what it said.
+fn run_python(python: &str, args: &[String]) -> String {
+    let out = Command::new(python).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Postfix's smtp-sink on a loopback port, dumping each message into `dir`; killed by its
 /// pid on drop. `no_8bitmime`: it does not announce 8BITMIME (`-8`).
 struct SmtpSink {
@@ -252,15 +263,7 @@ fn signatures_verify_with_dkimpy_for_campaign_and_gateway_mail() {
          print(s.sendmail('ops@mail.acme.example', ['gw@x.test'], msg))\n\
          s.quit()\n"
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(&python, &["-c".into(), script]);
 
     wait_final(&env, &engine, 4, Duration::from_secs(60));
     // The receiver without 8BITMIME got nothing; the signed 8-bit message waits unaltered.
@@ -294,19 +297,9 @@ fn signatures_verify_with_dkimpy_for_campaign_and_gateway_mail() {
         zoe.contains("Hello Zoë,\n.a line with a leading dot\n..and two\n"),
         "{zoe}"
     );
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(VERIFY)
-        .arg(dns.port.to_string())
-        .args(received.iter().map(|(_, p)| p))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verdicts = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut args = vec!["-c".to_string(), VERIFY.to_string(), dns.port.to_string()];
+    args.extend(received.iter().map(|(_, p)| p.display().to_string()));
+    let verdicts = run_python(&python, &args);
     let lines: Vec<&str> = verdicts.lines().collect();
     assert_eq!(
         lines.len(),

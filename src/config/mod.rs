@@ -6,10 +6,12 @@
 //! the engine never sees an unchecked value.
 //!
 //! Files: this one holds the typed configuration, its defaults and what is said about it
-//! (`describe`, reload notes); `raw` the raw shape and its validation; `units` the values
-//! written as text (rates, durations, sizes, addresses).
+//! (`describe`, reload notes); `raw` the raw shape and its validation; `sender` those of the
+//! sender-rules sections (DKIM keys, suppression files, unsubscribe, checks); `units` the
+//! values written as text (rates, durations, sizes, addresses).
 
 mod raw;
+mod sender;
 #[cfg(test)]
 mod tests;
 mod units;

@@ -1,6 +1,7 @@
 //! The configuration's raw shape, as serde reads it (`deny_unknown_fields` everywhere), and
 //! `validate`, which turns it into the typed `Config` or a one-line error.
 
+use super::sender;
 use super::units::{duration_text, parse_socket_addr, resolv_conf_nameservers, system_hostname};
 use super::*;
 use serde::Deserialize;
@@ -33,13 +34,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
-    dkim: Vec<RawDkim>,
+    dkim: Vec<sender::RawDkim>,
     #[serde(default)]
-    suppression: RawSuppression,
+    suppression: sender::RawSuppression,
     #[serde(default)]
-    unsubscribe: RawUnsubscribe,
+    unsubscribe: sender::RawUnsubscribe,
     #[serde(default)]
-    checks: RawChecks,
+    checks: sender::RawChecks,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,42 +201,6 @@ struct RawUser {
     allowed_from: Vec<String>,
     daily_limit: Option<u64>,
     rate_limit: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDkim {
-    domain: String,
-    selector: String,
-    key: PathBuf,
-    expire: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSuppression {
-    #[serde(default)]
-    files: Vec<PathBuf>,
-    bad_mailbox_expire: Option<String>,
-    learn_bad_mailboxes: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawUnsubscribe {
-    url: Option<String>,
-    mailto: Option<String>,
-    #[serde(default)]
-    secret: String,
-    feedback_id: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawChecks {
-    dkim: Option<String>,
-    unsubscribe: Option<String>,
-    from: Option<String>,
 }
 
 pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
@@ -621,69 +586,10 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             rate_limit,
         });
     }
-    let mut dkim = Vec::new();
-    for (i, d) in raw.dkim.into_iter().enumerate() {
-        let field = |name: &str| format!("dkim[{i}].{name}");
-        let domain = crate::address::parse_address(&format!("postmaster@{}", d.domain))
-            .map_err(|_| err(&field("domain"), format!("{:?} is not a domain", d.domain)))?
-            .domain;
-        if d.selector.is_empty()
-            || !d
-                .selector
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        {
-            return Err(err(
-                &field("selector"),
-                format!(
-                    "{:?} is not a DNS label (letters, digits, hyphens)",
-                    d.selector
-                ),
-            ));
-        }
-        let expire = match d.expire {
-            Some(s) => Some(parse_duration(&s).map_err(|m| err(&field("expire"), m))?),
-            None => None,
-        };
-        // The key is read and checked now, so a bad one refuses the start or the reload.
-        let signer = crate::dkim::Signer::load(&domain, &d.selector, &d.key, expire)
-            .map_err(|m| err(&field("key"), m))?;
-        dkim.push(Dkim {
-            domain,
-            selector: d.selector,
-            key: d.key,
-            expire,
-            signer: std::sync::Arc::new(signer),
-        });
-    }
-
-    for (i, f) in raw.suppression.files.iter().enumerate() {
-        std::fs::File::open(f).map_err(|e| {
-            err(
-                &format!("suppression.files[{i}]"),
-                format!("{}: cannot read: {e}", f.display()),
-            )
-        })?;
-    }
-    let bad_mailbox_expire = match &raw.suppression.bad_mailbox_expire {
-        Some(s) => parse_duration(s).map_err(|m| err("suppression.bad_mailbox_expire", m))?,
-        None => Duration::from_secs(crate::suppression::DEFAULT_BAD_MAILBOX_EXPIRE_DAYS * 86_400),
-    };
-    let unsubscribe = validate_unsubscribe(raw.unsubscribe, &err)?;
-    let action = |field: &str, v: &Option<String>| match v.as_deref() {
-        None | Some("warn") => Ok(CheckAction::Warn),
-        Some("refuse") => Ok(CheckAction::Refuse),
-        Some("off") => Ok(CheckAction::Off),
-        Some(other) => Err(err(
-            &format!("checks.{field}"),
-            format!("{other:?}: expected \"refuse\", \"warn\" or \"off\""),
-        )),
-    };
-    let checks = Checks {
-        dkim: action("dkim", &raw.checks.dkim)?,
-        unsubscribe: action("unsubscribe", &raw.checks.unsubscribe)?,
-        from: action("from", &raw.checks.from)?,
-    };
+    let dkim = sender::validate_dkim(raw.dkim, &err)?;
+    let suppression = sender::validate_suppression(raw.suppression, &err)?;
+    let unsubscribe = sender::validate_unsubscribe(raw.unsubscribe, &err)?;
+    let checks = sender::validate_checks(&raw.checks, &err)?;
     let connections_max = match raw.engine.connections_max {
         Some(n) if (n as usize) < shards => {
             return Err(err(
@@ -732,41 +638,9 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         users,
         signers: crate::dkim::Signers::new(dkim.iter().map(|d| std::sync::Arc::clone(&d.signer))),
         dkim,
-        suppression: Suppression {
-            files: raw.suppression.files,
-            bad_mailbox_expire,
-            learn_bad_mailboxes: raw.suppression.learn_bad_mailboxes.unwrap_or(true),
-        },
+        suppression,
         unsubscribe,
         checks,
-    })
-}
-
-/// `[unsubscribe]`: the URL carries the token, the mailto is an address, and both need the
-/// secret that signs the token.
-fn validate_unsubscribe(
-    raw: RawUnsubscribe,
-    err: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Unsubscribe, ConfigError> {
-    if let Some(url) = &raw.url {
-        crate::compliance::check_url(url).map_err(|e| err("unsubscribe.url", e))?;
-    }
-    if let Some(m) = &raw.mailto {
-        crate::compliance::check_mailto(m).map_err(|e| err("unsubscribe.mailto", e))?;
-    }
-    if (raw.url.is_some() || raw.mailto.is_some()) && raw.secret.len() < 16 {
-        return Err(err(
-            "unsubscribe.secret",
-            "at least 16 characters are needed to sign the unsubscribe tokens".into(),
-        ));
-    }
-    Ok(Unsubscribe {
-        feedback_id: raw
-            .feedback_id
-            .unwrap_or(raw.url.is_some() || raw.mailto.is_some()),
-        url: raw.url,
-        mailto: raw.mailto,
-        secret: raw.secret,
     })
 }
 

@@ -232,3 +232,16 @@ fn an_ed25519_signature_verifies_over_the_canonical_header_data() {
     ));
     assert!(text.contains(&format!("bh={bh};")), "{text}");
 }
+
+#[test]
+fn a_header_section_past_its_bound_is_not_signed() {
+    let s = Signers::new([signer("acme.example", "ed25519.pem")]);
+    let filler =
+        format!("X-Filler: {}\r\n", "f".repeat(900)).repeat(HEADER_SECTION_BYTES_MAX / 900 + 2);
+    let data = Data::encode(format!("From: n@acme.example\r\n{filler}\r\nbody\r\n").as_bytes());
+    let e = sign(data.bytes(), &s, 1_700_000_000).unwrap_err();
+    assert_eq!(
+        e,
+        format!("header section over {HEADER_SECTION_BYTES_MAX} bytes")
+    );
+}

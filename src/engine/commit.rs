@@ -104,7 +104,9 @@ impl Shard {
         let counts = self.gateway_counts.borrow_mut().take();
         // Suppression entries learnt since the last commit go to this shard's store file.
         let learnt = self.core.borrow_mut().take_learnt();
-        let store = crate::suppression::store::file(&self.config.borrow().engine.data_dir, self.id);
+        let store = (!learnt.is_empty()).then(|| {
+            crate::suppression::store::file(&self.config.borrow().engine.data_dir, self.id)
+        });
         if job.is_some() || counts.is_some() || !learnt.is_empty() {
             let (file, result) = glommio::executor()
                 .spawn_blocking(move || {
@@ -115,7 +117,7 @@ impl Shard {
                         }
                         None => (None, Ok(())),
                     };
-                    if !learnt.is_empty() {
+                    if let Some(store) = store {
                         if let Err(e) = crate::suppression::store::append_durably(&store, &learnt) {
                             // Not worth stopping intake for: the entry holds in memory, and
                             // the next refusal learns it again after a restart.

@@ -187,7 +187,7 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
         tracing::warn!("{}: {}", printable(&c.name), printable(warning));
         log_check(shard, parser.message(), warning);
     }
-    let today = (shard.shared.clock.unix_ms() / 86_400_000) as u32;
+    let today = crate::suppression::day_of(shard.shared.clock.unix_ms());
     parser.suppress(shard.shared.suppressions.reader(), today);
     let message = Arc::clone(parser.message());
     let (ack_tx, ack_rx) = local_channel::new_unbounded();

@@ -180,7 +180,7 @@ fn open_suppressions(
 ) -> Result<Arc<crate::suppression::Suppressions>, EngineError> {
     use crate::suppression::{store, Suppressions};
     let stored = store::read_dir(&config.engine.data_dir).map_err(EngineError::Storage)?;
-    let today = (crate::clock::system().unix_ms() / 86_400_000) as u32;
+    let today = crate::suppression::day_of(crate::clock::system().unix_ms());
     let (s, notes) = Suppressions::open(config, &stored, today)
         .map_err(|e| EngineError::Config(ConfigError(e)))?;
     for note in notes {

@@ -347,3 +347,43 @@ fn parsing_pauses_between_events_without_changing_them() {
     assert_eq!(homes(&chunks), homes(&whole.0));
     assert_eq!(rejections.len(), whole.1.len());
 }
+
+#[test]
+fn suppressed_recipients_are_refused_on_their_own_line_and_the_rest_go_on() {
+    let s = crate::suppression::Suppressions::empty();
+    s.add(
+        "",
+        "b@example.com",
+        crate::suppression::Source::BadMailbox { day: 10 },
+    );
+    let refused = |input: &[u8], kind| {
+        let mut p = Parser::open(input, kind, 1, 1, 0).unwrap();
+        p.suppress(s.reader(), 10);
+        let (mut queued, mut refused) = (0, Vec::new());
+        while let Some(e) = p.next_event() {
+            match e {
+                Event::Chunk { chunk, .. } => queued += chunk.len(),
+                Event::Rejected(r) => refused.push((r.line, r.recipient, r.reason)),
+            }
+        }
+        (queued, refused)
+    };
+    let batch = format!("{HEADER}\n{{\"to\":\"a@example.com\"}}\n{{\"to\":\"B@example.com\"}}\n");
+    let (queued, rejected) = refused(batch.as_bytes(), InputKind::Batch);
+    assert_eq!(queued, 1);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        (rejected[0].0, rejected[0].1.as_str()),
+        (3, "B@example.com")
+    );
+    assert!(
+        rejected[0]
+            .2
+            .starts_with("suppressed: b@example.com was refused"),
+        "{rejected:?}"
+    );
+    let pickup = b"x-sender: <s@acme.example>\r\nx-receiver: b@example.com\r\nx-receiver: a@example.com\r\nFrom: s@acme.example\r\n\r\nbody\r\n";
+    let (queued, rejected) = refused(pickup, InputKind::Pickup);
+    assert_eq!(queued, 1);
+    assert_eq!(rejected[0].0, 2, "the receiver's own line");
+}

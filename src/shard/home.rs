@@ -212,7 +212,7 @@ impl<L: LogSink> Core<L> {
         let r = RecipientPayload::decode(&payload).map_err(|e| e.to_string())?;
         let rendering = self.rendering(r.message_seq)?;
         // Lists change while mail waits: checked again now, as at intake.
-        let today = (self.clock.unix_ms() / 86_400_000) as u32;
+        let today = crate::suppression::day_of(self.clock.unix_ms());
         if let Some(hit) = self.suppressed.check(r.recipient, &rendering.tenant, today) {
             return Err(Unsent::Suppressed(hit));
         }
@@ -277,7 +277,7 @@ impl<L: LogSink> Core<L> {
             .get(&message_seq)
             .map(|r| r.tenant.clone())
             .unwrap_or_default();
-        let today = (self.clock.unix_ms() / 86_400_000) as u32;
+        let today = crate::suppression::day_of(self.clock.unix_ms());
         if self.suppressed.check(&rcpt, &tenant, today).is_some() {
             return false;
         }

@@ -202,7 +202,7 @@ impl<L: LogSink> Core<L> {
     /// shard's store file.
     fn learn_bad_mailbox(&mut self, rcpt: &str, now_unix_ms: u64) {
         let source = crate::suppression::Source::BadMailbox {
-            day: (now_unix_ms / 86_400_000) as u32,
+            day: crate::suppression::day_of(now_unix_ms),
         };
         self.suppressions.add("", rcpt, source.clone());
         if self.learnt.len() < super::LEARNT_BYTES_MAX {

@@ -38,6 +38,11 @@ const KIND_UNSUBSCRIBE: u32 = 3;
 /// The longest line of a suppression file that is read as an entry.
 pub const FILE_LINE_BYTES_MAX: usize = 1024;
 
+/// The UTC day of `unix_ms` (days since 1970-01-01), as entries and checks count days.
+pub fn day_of(unix_ms: u64) -> u32 {
+    crate::gateway::limits::utc_day(unix_ms) as u32
+}
+
 /// Where a suppression entry came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -87,7 +92,10 @@ impl std::fmt::Display for Hit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let date = |day: u32| {
             let mut out = Vec::new();
-            crate::delivery_log::rfc3339_utc(u64::from(day) * 86_400_000, &mut out);
+            crate::delivery_log::rfc3339_utc(
+                u64::from(day) * crate::gateway::limits::DAY_MS,
+                &mut out,
+            );
             String::from_utf8_lossy(&out[..out.len().min(10)]).into_owned()
         };
         match &self.source {

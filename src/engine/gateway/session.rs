@@ -296,7 +296,7 @@ impl Session {
         let tenant = self
             .current_user(&config)
             .map_or_else(|| self.peer.ip().to_string(), |u| u.name.clone());
-        let today = (self.shard.shared.clock.unix_ms() / 86_400_000) as u32;
+        let today = crate::suppression::day_of(self.shard.shared.clock.unix_ms());
         if let Some(hit) = self.suppressed.check(&rcpt, &tenant, today) {
             let text = "5.7.1 Recipient is on a suppression list";
             self.log_rejected(&rcpt, &tenant, 550, &format!("5.7.1 {hit}"));
