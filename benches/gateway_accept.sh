@@ -20,6 +20,8 @@ source_flags=${SMTP_SOURCE_FLAGS--d}
 dir=$(mktemp -d)
 trap 'kill "$engine" 2>/dev/null || true; wait "$engine" 2>/dev/null || true; rm -rf "$dir"' EXIT
 cat > "$dir/spate.toml" <<TOML
+[admin]
+listen = "127.0.0.1:0"
 [engine]
 shards = ${SPATE_SHARDS:-2}
 data_dir = "$dir/data"

@@ -32,6 +32,8 @@ sink=$!
 
 mkdir -p "$work/spool/tmp" "$work/spool/incoming"
 cat > "$work/spate.toml" <<EOF
+[admin]
+listen = "127.0.0.1:0"
 [engine]
 shards = 2
 data_dir = "$work/data"

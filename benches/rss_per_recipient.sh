@@ -18,7 +18,7 @@ trap cleanup EXIT
 config() { # $1 = base dir
   # Delivery paused and DNS on a closed loopback port: this measures memory, and must never
   # send anything (DNS queries included) off this machine.
-  printf '[engine]\nshards = 2\ndata_dir = "%s/data"\n[delivery]\npaused = true\n[dns]\nnameservers = ["127.0.0.1:9"]\n[spool]\ndir = "%s/spool"\n[log]\ndir = "%s/log"\n' "$1" "$1" "$1"
+  printf '[engine]\nshards = 2\ndata_dir = "%s/data"\n[delivery]\npaused = true\n[dns]\nnameservers = ["127.0.0.1:9"]\n[spool]\ndir = "%s/spool"\n[log]\ndir = "%s/log"\n[admin]\nlisten = "127.0.0.1:0"\n' "$1" "$1" "$1"
 }
 
 rss_anon_kib() { # $1 = base dir; starts the engine, reads RssAnon once it is ready, stops it

@@ -66,6 +66,8 @@ pub struct DeliveryLog {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
+    /// Every record appended, counted (`/metrics`, the status page).
+    pub counts: crate::admin::counts::LogCounts,
 }
 
 impl DeliveryLog {
@@ -77,6 +79,7 @@ impl DeliveryLog {
             path,
             file,
             buf: Vec::with_capacity(BUFFER_BYTES_MAX + 4096),
+            counts: Default::default(),
         })
     }
 
@@ -87,6 +90,7 @@ impl DeliveryLog {
     /// Formats one record; writes the buffer once it is large.
     pub fn append(&mut self, r: &LogRecord<'_>) -> io::Result<()> {
         format_record(r, &mut self.buf);
+        self.counts.add(r);
         if self.buf.len() >= BUFFER_BYTES_MAX {
             self.flush()?;
         }

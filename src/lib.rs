@@ -39,6 +39,7 @@
 //! - [`summary`]: `spate queue summary`, read from the queue files.
 
 pub mod address;
+pub mod admin;
 pub mod bounded;
 pub mod buffers;
 pub mod clock;

@@ -291,8 +291,9 @@ struct Engine {
 impl Engine {
     fn start(o: &InjectOptions, dir: &Path, extra: &str) -> Result<Engine, String> {
         let config = format!(
-            "[engine]\nshards = {}\ndata_dir = \"{d}/data\"\n[spool]\ndir = \"{d}/spool\"\n[log]\ndir = \"{d}/log\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n{extra}",
+            "[engine]\nshards = {}\ndata_dir = \"{d}/data\"\n[spool]\ndir = \"{d}/spool\"\n[log]\ndir = \"{d}/log\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n{admin}{extra}",
             o.shards,
+            admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" },
             d = dir.display()
         );
         let path = dir.join("spate.toml");

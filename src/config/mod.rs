@@ -10,6 +10,7 @@
 //! sender-rules sections (DKIM keys, suppression files, unsubscribe, checks); `units` the
 //! values written as text (rates, durations, sizes, addresses).
 
+mod admin;
 mod raw;
 mod sender;
 #[cfg(test)]
@@ -165,9 +166,59 @@ pub struct Smtp {
     pub port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The bearer token every request must carry; required off loopback.
+    pub token: Option<String>,
+    /// Serve HTTPS with this chain and key (PEM), as for listeners.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// (extension) Scopes named one by one in `/metrics`, busiest first; the rest are summed
+    /// into `scope="other"`.
+    pub metrics_scopes: usize,
+}
+
+impl fmt::Debug for Admin {
+    /// Never shows the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("metrics_scopes", &self.metrics_scopes)
+            .finish()
+    }
+}
+
+impl Admin {
+    /// The request's `Authorization` is acceptable: no token configured (loopback only), or
+    /// `Bearer <token>`, compared in constant time.
+    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let want = token.as_bytes();
+        given.len() == want.len()
+            && given
+                .iter()
+                .zip(want)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// (extension) The listener of the RFC 8058 one-click endpoint: it serves `[unsubscribe]
+/// url`'s path and may face the internet.
+#[derive(Debug, Clone)]
+pub struct UnsubscribeListener {
+    pub listen: SocketAddr,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +320,8 @@ pub struct Unsubscribe {
     pub mailto: Option<String>,
     /// Signs each recipient's token (`compliance::Rules::token`).
     pub secret: String,
+    /// (extension) Where the one-click endpoint listens, if Spate serves it.
+    pub listener: Option<UnsubscribeListener>,
     /// (extension) Add `Feedback-ID` to campaigns that lack one; on by default once a url
     /// or mailto is set.
     pub feedback_id: bool,
@@ -280,6 +333,7 @@ impl fmt::Debug for Unsubscribe {
         f.debug_struct("Unsubscribe")
             .field("url", &self.url)
             .field("mailto", &self.mailto)
+            .field("listener", &self.listener)
             .finish_non_exhaustive()
     }
 }
@@ -322,6 +376,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/spate";
 pub const DEFAULT_SPOOL_DIR: &str = "/var/spool/spate";
 pub const DEFAULT_LOG_DIR: &str = "/var/log/spate";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8025";
+pub const DEFAULT_METRICS_SCOPES: usize = 50;
 pub const DEFAULT_SMTP_PORT: u16 = 25;
 /// 64 MiB: large enough that a million-recipient batch spans a handful of segments, small
 /// enough that a finished segment is freed soon.
@@ -416,7 +471,7 @@ impl Config {
     /// (or DNS queries) off this machine.
     pub fn defaults_under(base: &Path) -> Config {
         let text = format!(
-            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n[checks]\ndkim = \"off\"\nunsubscribe = \"off\"\n",
+            "[engine]\ndata_dir = {:?}\n[delivery]\npaused = true\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[spool]\ndir = {:?}\n[log]\ndir = {:?}\n[checks]\ndkim = \"off\"\nunsubscribe = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             base.join("data"),
             base.join("spool"),
             base.join("log")
@@ -479,7 +534,23 @@ impl Config {
             "smtp: helo_name={} port={}",
             self.smtp.helo_name, self.smtp.port
         ));
-        line(format!("admin: {}", self.admin.listen));
+        line(format!(
+            "admin: http{}://{}/ token {}",
+            if self.admin.cert.is_some() { "s" } else { "" },
+            self.admin.listen,
+            if self.admin.token.is_some() {
+                "required"
+            } else {
+                "not required (loopback)"
+            }
+        ));
+        if let Some(l) = &self.unsubscribe.listener {
+            line(format!(
+                "unsubscribe: one-click endpoint on http{}://{}/",
+                if l.cert.is_some() { "s" } else { "" },
+                l.listen
+            ));
+        }
         for r in &self.routes {
             line(format!("route: {} -> {}", r.domain, r.hosts.join(", ")));
         }

@@ -1,9 +1,9 @@
 //! The configuration's raw shape, as serde reads it (`deny_unknown_fields` everywhere), and
 //! `validate`, which turns it into the typed `Config` or a one-line error.
 
-use super::sender;
 use super::units::{duration_text, parse_socket_addr, resolv_conf_nameservers, system_hostname};
 use super::*;
+use super::{admin, sender};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -24,7 +24,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     smtp: RawSmtp,
     #[serde(default)]
-    admin: RawAdmin,
+    admin: admin::RawAdmin,
     #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
@@ -145,12 +145,6 @@ struct RawDns {
 struct RawSmtp {
     helo_name: Option<String>,
     port: Option<u16>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,16 +373,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         ));
     }
 
-    let admin_listen = raw
-        .admin
-        .listen
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-    let admin_listen = admin_listen.parse::<SocketAddr>().map_err(|_| {
-        err(
-            "admin.listen",
-            format!("not an address:port: {admin_listen:?}"),
-        )
-    })?;
+    let admin = admin::validate_admin(raw.admin, &err)?;
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -629,9 +614,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             helo_name,
             port: raw.smtp.port.unwrap_or(DEFAULT_SMTP_PORT),
         },
-        admin: Admin {
-            listen: admin_listen,
-        },
+        admin,
         routes,
         providers,
         listeners,

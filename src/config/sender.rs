@@ -32,6 +32,9 @@ pub(super) struct RawUnsubscribe {
     #[serde(default)]
     pub(super) secret: String,
     pub(super) feedback_id: Option<bool>,
+    pub(super) listen: Option<String>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -125,7 +128,15 @@ pub(super) fn validate_unsubscribe(
             "at least 16 characters are needed to sign the unsubscribe tokens".into(),
         ));
     }
+    let listener = super::admin::validate_unsubscribe_listener(
+        raw.listen,
+        raw.cert,
+        raw.key,
+        raw.url.as_deref(),
+        err,
+    )?;
     Ok(Unsubscribe {
+        listener,
         feedback_id: raw
             .feedback_id
             .unwrap_or(raw.url.is_some() || raw.mailto.is_some()),

@@ -181,6 +181,18 @@ fn bad_values_name_their_field() {
         ),
         ("[queue]\nsegment_bytes = \"1KB\"\n", "queue.segment_bytes"),
         ("[admin]\nlisten = \"nope\"\n", "admin.listen"),
+        ("[admin]\nlisten = \"0.0.0.0:8025\"\n", "admin.token"),
+        (
+            "[admin]\nlisten = \"0.0.0.0:8025\"\ntoken = \"short\"\n",
+            "admin.token",
+        ),
+        ("[admin]\ncert = \"/nonexistent.pem\"\n", "admin.key"),
+        (
+            "[admin]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.pem\"\n",
+            "admin.cert",
+        ),
+        ("[admin]\nmetrics_scopes = 5000\n", "admin.metrics_scopes"),
+        ("[unsubscribe]\nlisten = \"127.0.0.1:8080\"\n", "unsubscribe.listen"),
         (
             "[[listeners]]\nlisten = \"0.0.0.0:25\"\ntls = \"none\"\n",
             "listeners[0].tls",
@@ -409,4 +421,22 @@ fn dkim_entries_are_checked_with_their_keys() {
         e.contains("dkim[0].domain: \"not a domain\" is not a domain"),
         "{e}"
     );
+}
+
+#[test]
+fn the_admin_token_is_required_off_loopback_and_checked_exactly() {
+    let c = Config::parse(
+        "[admin]\nlisten = \"0.0.0.0:8025\"\ntoken = \"0123456789abcdef\"\n",
+        "t",
+    )
+    .unwrap();
+    assert!(c.admin.authorized(Some(b"Bearer 0123456789abcdef")));
+    assert!(!c.admin.authorized(Some(b"Bearer 0123456789abcdeF")));
+    assert!(!c.admin.authorized(Some(b"Bearer 0123456789abcdef0")));
+    assert!(!c.admin.authorized(Some(b"0123456789abcdef")));
+    assert!(!c.admin.authorized(None));
+    let open = Config::parse("", "t").unwrap();
+    assert_eq!(open.admin.listen.to_string(), "127.0.0.1:8025");
+    assert!(open.admin.authorized(None));
+    assert!(!format!("{c:?}").contains("0123456789abcdef"));
 }

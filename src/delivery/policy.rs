@@ -37,6 +37,8 @@ pub enum BounceCategory {
     Other,
     /// The recipient is on a suppression list (checked again just before sending).
     Suppressed,
+    /// An operator bounced it (`spate queue bounce`).
+    Admin,
 }
 
 impl BounceCategory {
@@ -50,6 +52,7 @@ impl BounceCategory {
             BounceCategory::NoAnswer => "no-answer",
             BounceCategory::Other => "other",
             BounceCategory::Suppressed => "suppressed",
+            BounceCategory::Admin => "admin",
         }
     }
 }

@@ -57,6 +57,20 @@ pub struct Resolver {
     attempt_timeout: Duration,
     rng: Cell<u64>,
     clock: Arc<dyn Clock>,
+    stats: Cell<DnsStats>,
+}
+
+/// What a shard's resolver did, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Lookups answered from the cache, and those that went to a nameserver.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Queries sent (each attempt, UDP or TCP), and lookups that ended in a failure.
+    pub queries: u64,
+    pub failures: u64,
+    /// Entries in the cache now.
+    pub cache_entries: u64,
 }
 
 impl Resolver {
@@ -67,6 +81,7 @@ impl Resolver {
             attempt_timeout: ATTEMPT_TIMEOUT,
             rng: Cell::new(seed | 1),
             clock,
+            stats: Cell::new(DnsStats::default()),
         }
     }
 
@@ -164,9 +179,14 @@ impl Resolver {
     pub async fn query(&self, domain: &str, qtype: QueryType) -> Answer {
         let now = self.clock.unix_ms();
         if let Some(a) = self.cache.borrow_mut().get(domain, qtype, now) {
+            self.count(|s| s.cache_hits += 1);
             return a.clone();
         }
+        self.count(|s| s.cache_misses += 1);
         let mut answer = self.ask(domain, qtype).await;
+        if matches!(answer, Answer::ServerFailure(_)) {
+            self.count(|s| s.failures += 1);
+        }
         let mut followed = 0;
         while let Answer::Alias { target } = &answer {
             followed += 1;
@@ -185,6 +205,19 @@ impl Resolver {
         answer
     }
 
+    fn count(&self, f: impl FnOnce(&mut DnsStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// What this resolver did so far.
+    pub fn stats(&self) -> DnsStats {
+        let mut s = self.stats.get();
+        s.cache_entries = self.cache.borrow().len() as u64;
+        s
+    }
+
     async fn ask(&self, domain: &str, qtype: QueryType) -> Answer {
         if self.nameservers.is_empty() {
             return Answer::ServerFailure("no nameservers configured".into());
@@ -200,8 +233,10 @@ impl Resolver {
                     Ok(q) => q,
                     Err(e) => return Answer::ServerFailure(e.0),
                 };
+                self.count(|s| s.queries += 1);
                 match self.ask_udp(ns, id, &query, domain, qtype, this_wait).await {
                     Ok(Answer::Truncated) => {
+                        self.count(|s| s.queries += 1);
                         match self.ask_tcp(ns, id, &query, domain, qtype).await {
                             Ok(Answer::ServerFailure(why)) => last = format!("{ns}: {why}"),
                             Ok(a) => return a,

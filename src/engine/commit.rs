@@ -108,6 +108,7 @@ impl Shard {
             crate::suppression::store::file(&self.config.borrow().engine.data_dir, self.id)
         });
         if job.is_some() || counts.is_some() || !learnt.is_empty() {
+            let started = std::time::Instant::now();
             let (file, result) = glommio::executor()
                 .spawn_blocking(move || {
                     let (file, mut result) = match counts {
@@ -134,6 +135,10 @@ impl Shard {
                 self.gateway_counts.borrow_mut().put_back(file);
             }
             result?;
+            if synced {
+                let took = started.elapsed().as_secs_f64();
+                self.core.borrow_mut().note_commit(took);
+            }
         }
         let acks = self.with_core(|core| core.end_commit(synced));
         for ack in acks {

@@ -32,6 +32,8 @@
 //! fdatasync, maintenance); `deliver` the shells of scheduling (ticks, route lookups) and
 //! sending (connection workers, outboxes).
 
+pub mod admin;
+mod api;
 mod commit;
 mod deliver;
 mod gateway;
@@ -171,6 +173,8 @@ pub struct Shared {
     pub gateway: Arc<gateway::GatewayShared>,
     /// The suppression table every shard checks and teaches.
     pub suppressions: Arc<crate::suppression::Suppressions>,
+    /// Operators' holds and the admin API's calls to the shards.
+    pub admin: admin::AdminShared,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -271,6 +275,8 @@ enum CtlMsg {
 /// A running engine; `wait` blocks until it stops.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The admin API, stopped once the shards have.
+    admin: Option<crate::admin::server::Server>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     _lock: File,
     config_path: Option<PathBuf>,
@@ -330,7 +336,16 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     }
     let gateway = Arc::new(gateway::GatewayShared::open(&config)?);
     let suppressions = open_suppressions(&config)?;
+    let holds = crate::admin::holds::Holds::load(data_dir).map_err(EngineError::Storage)?;
+    if !holds.is_empty() {
+        tracing::info!(
+            "admin: {} suspensions and {} bounces in force",
+            holds.suspended.len(),
+            holds.bounces.len()
+        );
+    }
     let shared = Arc::new(Shared {
+        admin: admin::AdminShared::new(shards, holds),
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -348,6 +363,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         gateway,
         suppressions,
     });
+    // Before any shard starts: a port that cannot be had refuses the start cleanly.
+    let admin_server = admin::start_server(&shared)?;
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -370,6 +387,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     }
     Ok(Engine {
         shared,
+        admin: Some(admin_server),
         handles,
         _lock: lock,
         config_path,
@@ -433,12 +451,15 @@ impl Engine {
     }
 
     /// Blocks until every shard has stopped; the error is the first fatal one.
-    pub fn wait(self) -> Result<(), EngineError> {
+    pub fn wait(mut self) -> Result<(), EngineError> {
         let mut crashed = None;
-        for (id, h) in self.handles.into_iter().enumerate() {
+        for (id, h) in std::mem::take(&mut self.handles).into_iter().enumerate() {
             if h.join().is_err() {
                 crashed = Some(id);
             }
+        }
+        if let Some(mut server) = self.admin.take() {
+            server.stop();
         }
         let fatal = self.shared.fatal.lock().expect("fatal lock").take();
         if self.shared.internal.load(Ordering::SeqCst) || crashed.is_some() {
@@ -574,6 +595,8 @@ struct Shard {
     shared: Arc<Shared>,
     config: RefCell<Arc<Config>>,
     generation: Cell<u64>,
+    /// The holds generation this shard applied last (`admin::AdminShared`).
+    holds_generation: Cell<u64>,
     core: RefCell<Core<DeliveryLog>>,
     spool: Spool,
     data_tx: Senders<DataMsg>,
@@ -911,6 +934,7 @@ fn open_shard(
             shared: Arc::clone(shared),
             config: RefCell::new(Arc::clone(config)),
             generation: Cell::new(shared.generation.load(Ordering::SeqCst)),
+            holds_generation: Cell::new(0),
             core: RefCell::new(core),
             spool,
             data_tx,

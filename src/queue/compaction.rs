@@ -66,6 +66,14 @@ impl ShardQueue {
         self.segments.len()
     }
 
+    /// Bytes written into the segments (records, not the files' preallocated room).
+    pub fn segment_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.seg.write_offset as u64)
+            .sum()
+    }
+
     /// Compaction of stragglers: when few live recipients still depend on the oldest segment
     /// (their record is in it, or their message record is), copies up to
     /// `COMPACTION_RECIPIENTS_MAX` of them forward as one committed chunk that also marks the

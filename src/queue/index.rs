@@ -48,6 +48,9 @@ pub struct MessageInfo {
     pub offset: u32,
     /// Live recipients that need this message record.
     pub live: u64,
+    /// The campaign and tenant, for operators' holds and per-campaign progress.
+    pub campaign: Box<str>,
+    pub tenant: Box<str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

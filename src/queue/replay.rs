@@ -174,6 +174,8 @@ impl Replay {
                                 created_unix_ms: m.created_unix_ms,
                                 offset: offset as u32,
                                 live: 0,
+                                campaign: m.campaign.into(),
+                                tenant: m.tenant.into(),
                             },
                         );
                         if c.batch_id != COMPACTION_BATCH_ID {

@@ -450,6 +450,8 @@ impl ShardQueue {
                         created_unix_ms: chunk.message.created_unix_ms,
                         offset,
                         live: 0,
+                        campaign: chunk.message.campaign.as_str().into(),
+                        tenant: chunk.message.tenant.as_str().into(),
                     },
                 );
                 self.index

@@ -23,6 +23,7 @@
 mod commit;
 mod home;
 mod notify;
+mod operator;
 mod outcome;
 mod send;
 #[cfg(test)]
@@ -30,6 +31,7 @@ mod tests;
 
 pub use commit::Committed;
 pub use home::{route_by_dns, route_statically};
+pub use operator::{DomainWhy, RecipientWhy, WHY_SCAN_MAX};
 pub use outcome::retry_policy;
 pub use send::{scope_limits, share_limits, Held};
 
@@ -43,6 +45,7 @@ use crate::queue::store::{Chunk, ShardQueue};
 use crate::schedule::Home;
 use crate::smtp::data::Data;
 use crate::smtp::session::RcptResult;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,6 +58,8 @@ pub const SHARE_TICK: std::time::Duration = std::time::Duration::from_millis(250
 /// Scopes a status snapshot lists at most, busiest first (the rest are counted): a long tail
 /// of sites costs the snapshot its top, not a copy of every site each second.
 pub const STATUS_SCOPES_MAX: usize = 100;
+/// Campaigns a shard's status lists, largest first.
+pub const STATUS_CAMPAIGNS_MAX: usize = 100;
 
 /// Where the core writes delivery-log lines: the file (`DeliveryLog`), or the simulation's
 /// record of what reached it. Lines appended are not written until `flush`; a crash loses
@@ -62,6 +67,10 @@ pub const STATUS_SCOPES_MAX: usize = 100;
 pub trait LogSink {
     fn append(&mut self, r: &LogRecord<'_>) -> std::io::Result<()>;
     fn flush(&mut self) -> std::io::Result<()>;
+    /// The records appended so far, counted, if this sink counts them.
+    fn counts(&self) -> Option<&crate::admin::counts::LogCounts> {
+        None
+    }
 }
 
 impl LogSink for DeliveryLog {
@@ -70,6 +79,9 @@ impl LogSink for DeliveryLog {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         DeliveryLog::flush(self)
+    }
+    fn counts(&self) -> Option<&crate::admin::counts::LogCounts> {
+        Some(&self.counts)
     }
 }
 
@@ -103,6 +115,16 @@ pub struct ShardStatus {
     /// Scopes the owner knows (idle ones within its bounds included), and those busy now.
     pub scopes_known: usize,
     pub scopes_busy: usize,
+    /// The delivery log's records this shard wrote, counted.
+    pub counts: crate::admin::counts::LogCounts,
+    /// Per campaign: (campaign, tenant, recipients queued here now).
+    pub campaigns: Vec<(Box<str>, Box<str>, u64)>,
+    /// The queue's segment files' bytes.
+    pub segment_bytes: u64,
+    /// Group commits' durations (the `fdatasync` and what comes with it).
+    pub commit_seconds: crate::admin::counts::Histogram,
+    /// This shard's resolver (filled in by the shell that owns it).
+    pub dns: crate::dns::resolver::DnsStats,
 }
 
 /// A rendered message for one recipient, on its way from home to owner.
@@ -279,6 +301,8 @@ pub struct Core<L> {
     /// Entries learnt and not yet written to this shard's store file (`take_learnt`); past
     /// `LEARNT_BYTES_MAX` they stay in memory only.
     learnt: Vec<u8>,
+    /// Group commits' durations, as the shell measured them (`note_commit`).
+    commit_seconds: crate::admin::counts::Histogram,
     effects: Vec<Effect>,
 }
 
@@ -327,6 +351,7 @@ impl<L: LogSink> Core<L> {
             suppressed: crate::suppression::Suppressions::empty().reader(),
             suppressions: crate::suppression::Suppressions::empty(),
             learnt: Vec::new(),
+            commit_seconds: Default::default(),
             effects: Vec::new(),
         }
     }
@@ -401,6 +426,11 @@ impl<L: LogSink> Core<L> {
         }
     }
 
+    /// A group commit took `seconds` (the shell times it).
+    pub fn note_commit(&mut self, seconds: f64) {
+        self.commit_seconds.record(seconds);
+    }
+
     /// A copy of this shard's state (`ShardStatus`).
     pub fn status(&self) -> ShardStatus {
         let (scopes, scopes_busy) = self.owner.status(STATUS_SCOPES_MAX);
@@ -413,7 +443,30 @@ impl<L: LogSink> Core<L> {
             scopes,
             scopes_known: self.owner.scopes(),
             scopes_busy,
+            counts: self.log.counts().cloned().unwrap_or_default(),
+            campaigns: self.campaigns_queued(),
+            segment_bytes: self.queue.segment_bytes(),
+            commit_seconds: self.commit_seconds.clone(),
+            dns: Default::default(),
         }
+    }
+
+    /// Recipients queued here per (campaign, tenant), at most `STATUS_CAMPAIGNS_MAX`, largest
+    /// first.
+    fn campaigns_queued(&self) -> Vec<(Box<str>, Box<str>, u64)> {
+        let mut by: HashMap<(&str, &str), u64> = HashMap::new();
+        for m in self.queue.index.messages.values() {
+            if m.live > 0 {
+                *by.entry((&m.campaign, &m.tenant)).or_default() += m.live;
+            }
+        }
+        let mut v: Vec<(Box<str>, Box<str>, u64)> = by
+            .into_iter()
+            .map(|((c, t), n)| (Box::from(c), Box::from(t), n))
+            .collect();
+        v.sort_unstable_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(STATUS_CAMPAIGNS_MAX);
+        v
     }
 
     fn send(&mut self, to: usize, msg: Msg) {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::delivery::owner::{Refusal, ScopeLimits, Take};
-use crate::delivery::policy::classify;
+use crate::delivery::policy::{classify, Verdict};
 use crate::delivery::shares;
 use crate::delivery::throttle::Change;
 use crate::smtp::reply::{printable, Reply};
@@ -499,6 +499,7 @@ impl<L: LogSink> Core<L> {
     fn throttle_results(&mut self, key: &str, results: &[RcptResult], paced_at: Instant) {
         let mut accepted = 0;
         let mut pushback = None;
+        let mut failure = None;
         for r in results {
             match r {
                 RcptResult::Reply(reply) if reply.code / 100 == 2 => accepted += 1,
@@ -507,6 +508,8 @@ impl<L: LogSink> Core<L> {
                     let o = classify(other);
                     if o.pushback && pushback.is_none() {
                         pushback = Some(o.response);
+                    } else if o.verdict == Verdict::Deferred && failure.is_none() {
+                        failure = Some(o.response);
                     }
                 }
             }
@@ -517,6 +520,14 @@ impl<L: LogSink> Core<L> {
             pushback.is_some(),
             paced_at,
             self.clock.now(),
+        );
+        let failure = pushback.as_deref().or(failure.as_deref());
+        self.owner.note(
+            key,
+            self.clock.unix_ms(),
+            failure,
+            pushback.is_some(),
+            change,
         );
         match change {
             Change::Decreased(rate) => tracing::warn!(

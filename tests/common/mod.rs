@@ -55,6 +55,11 @@ impl Env {
         if !extra.contains("[checks]") {
             extra.push_str("\n[checks]\ndkim = \"off\"\nunsubscribe = \"off\"\n");
         }
+        // Tests run side by side: each engine's admin API takes a free port, which it
+        // writes to <data_dir>/admin/listen.
+        if !extra.contains("[admin]") {
+            extra.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
         let text = format!(
             "[engine]\nshards = {shards}\n{engine_keys}\ndata_dir = {:?}\n[queue]\nsegment_bytes = \"32MiB\"\n{queue_section}\n[spool]\ndir = {:?}\nscan_interval_ms = 50\n[log]\ndir = {:?}\n{extra}\n",
             base.join("data"),

@@ -188,6 +188,10 @@ impl Scenario {
         // The simulated campaigns are not signed and have no unsubscribe URL: nothing to
         // warn about on every run.
         let _ = writeln!(c, "[checks]\ndkim = \"off\"\nunsubscribe = \"off\"");
+        // A free port: a scenario may run beside an engine on the default one.
+        if !self.engine_extra.contains("[admin]") {
+            let _ = writeln!(c, "[admin]\nlisten = \"127.0.0.1:0\"");
+        }
         let _ = writeln!(c, "[smtp]\nhelo_name = \"spate.test\"\nport = {sink_port}");
         let _ = writeln!(
             c,

@@ -94,6 +94,32 @@ struct OwnerScope<M> {
     hosts: Option<Arc<[NextHop]>>,
     /// In `Owner::touched` since the last `take_touched`.
     touched: bool,
+    /// What operators are told of its recent trouble (boxed: most scopes never have any).
+    notes: Option<Box<ScopeNotes>>,
+}
+
+/// A scope's recent trouble, for `queue why`, the status page and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopeNotes {
+    /// The last temporary failure: (Unix ms, reply text).
+    pub last_failure: Option<(u64, String)>,
+    /// The last pushback reply: (Unix ms, reply text).
+    pub last_pushback: Option<(u64, String)>,
+    /// Since when the receiver's pushback holds it beneath its ceiling (Unix ms).
+    pub throttled_since: Option<u64>,
+    /// Connections the receiver refused at the greeting.
+    pub refused: u64,
+}
+
+/// A note's reply text is cut to this many bytes.
+pub const NOTE_TEXT_MAX: usize = 300;
+
+fn note_text(text: &str) -> String {
+    let mut end = text.len().min(NOTE_TEXT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 impl<M> OwnerScope<M> {
@@ -110,6 +136,7 @@ impl<M> OwnerScope<M> {
             closing: 0,
             parked: 0,
             next_send: now,
+            notes: None,
             rr: 0,
             last_busy: now,
             starved: false,
@@ -198,6 +225,7 @@ pub struct ScopeStatus {
     /// The adaptive limit alone, while the receiver's pushback holds the scope back.
     pub adaptive_limit: Option<f64>,
     pub pushbacks: u64,
+    pub notes: ScopeNotes,
 }
 
 /// What a connection worker does next.
@@ -779,6 +807,7 @@ impl<M: Recipients> Owner<M> {
         let Some(s) = self.scopes.get_mut(key) else {
             return Refusal::Stay;
         };
+        s.notes.get_or_insert_with(Default::default).refused += 1;
         if s.workers <= 1 {
             return Refusal::Stay;
         }
@@ -794,6 +823,38 @@ impl<M: Recipients> Owner<M> {
     }
 
     /// One transaction's results for `key`, paced at `paced_at` (when `take` handed it out):
+    /// Notes a transaction's trouble at `unix_ms`: a temporary failure's reply, whether it
+    /// was pushback, and what the throttle made of it.
+    pub fn note(
+        &mut self,
+        key: &str,
+        unix_ms: u64,
+        failure: Option<&str>,
+        pushback: bool,
+        change: Change,
+    ) {
+        let Some(s) = self.scopes.get_mut(key) else {
+            return;
+        };
+        if failure.is_none() && change == Change::None {
+            return;
+        }
+        let n = s.notes.get_or_insert_with(Default::default);
+        if let Some(text) = failure {
+            n.last_failure = Some((unix_ms, note_text(text)));
+            if pushback {
+                n.last_pushback = Some((unix_ms, note_text(text)));
+            }
+        }
+        match change {
+            Change::Decreased(_) if n.throttled_since.is_none() => {
+                n.throttled_since = Some(unix_ms)
+            }
+            Change::Cleared => n.throttled_since = None,
+            _ => {}
+        }
+    }
+
     /// `accepted` recipients, and whether the receiver pushed back. Says when the throttle
     /// changes course.
     pub fn record_results(
@@ -848,6 +909,7 @@ impl<M: Recipients> Owner<M> {
                 rate: s.throttle.rate(),
                 adaptive_limit: s.throttle.adaptive_limit(),
                 pushbacks: s.throttle.pushbacks,
+                notes: s.notes.as_deref().cloned().unwrap_or_default(),
             })
             .collect();
         (listed, count)

@@ -14,11 +14,13 @@ pub(in crate::engine) async fn scheduler(shard: Rc<Shard>) {
         // A reload reaches the owner's scopes within a tick, even while this shard's intake
         // works through a long input (the intake loop looks only between inputs).
         shard.reload_if_changed();
+        shard.serve_admin();
         shard.with_core(|core| core.tick());
         let now = shard.shared.clock.now();
         if last_status.is_none_or(|t| now.duration_since(t) >= super::super::STATUS_INTERVAL) {
             last_status = Some(now);
-            let status = shard.core.borrow().status();
+            let mut status = shard.core.borrow().status();
+            status.dns = shard.resolver.stats();
             shard.shared.publish_status(status);
         }
         // The next tick, or sooner when recipients become ready.

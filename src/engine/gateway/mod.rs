@@ -26,7 +26,8 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use session::Session;
 use std::net::IpAddr;
-use stream::{read_proxy_header, server_tls, Prefixed};
+pub(in crate::engine) use stream::server_tls;
+use stream::{read_proxy_header, Prefixed};
 
 /// How long a client may stay silent, whatever it is in the middle of: RFC 5321 4.5.3.2
 /// asks a server for at least 5 minutes for a command and 3 for a block of message data.

@@ -29,6 +29,19 @@ impl Certificates {
         }))
     }
 
+    /// Reads a chain and key from PEM files (the admin API's and the one-click endpoint's).
+    pub fn from_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Certificates, String> {
+        let current = certified_key(cert, key)?;
+        Ok(Certificates {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(current)),
+        })
+    }
+
     /// Reads the files again; on any error the certificate in use stays.
     pub fn reload(&self) -> Result<(), String> {
         let fresh = certified_key(&self.cert, &self.key)?;
@@ -72,7 +85,7 @@ fn provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// The TLS settings of a listener, serving whatever `certificates` holds now.
-pub(super) fn server_tls(
+pub(in crate::engine) fn server_tls(
     certificates: Arc<Certificates>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))

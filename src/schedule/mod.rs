@@ -6,6 +6,11 @@
 //! become ready, asks its shell to resolve the domains it is asked to, renders what credit
 //! allows and sends the demand messages. Every method takes `now`; the queue's index is read, never changed.
 
+pub mod operator;
+
+pub use operator::{admin_bounce, Matched};
+
+use crate::admin::holds::{Holds, Verdict as HoldVerdict};
 use crate::bounded::ExpiringMap;
 use crate::delivery::policy::{Outcome, Verdict};
 use crate::delivery::scope::{NextHop, Scope};
@@ -97,6 +102,8 @@ pub struct HomeStatus {
     pub pending_scopes: u64,
     /// Domains whose route is remembered.
     pub routes: u64,
+    /// Recipients an operator's suspension holds.
+    pub held: u64,
 }
 
 /// A home shard's scheduling state.
@@ -123,6 +130,11 @@ pub struct Home {
     /// Per scope: the owner's view of our demand (what we announced, less the credit it
     /// granted since) and when we last announced.
     announced: HashMap<String, (u32, Instant)>,
+    /// What operators hold back or bounce (`admin::holds`), checked as recipients are routed.
+    holds: Arc<Holds>,
+    /// Recipients an operator's suspension holds, each once; they go back to ready when the
+    /// holds change. Bounded by the queue: each is a live recipient of this home.
+    held: Vec<u64>,
 }
 
 impl Default for Home {
@@ -138,6 +150,8 @@ impl Default for Home {
             changed: Vec::new(),
             last_full: None,
             announced: HashMap::new(),
+            holds: Arc::new(Holds::default()),
+            held: Vec::new(),
         }
     }
 }
@@ -175,6 +189,7 @@ impl Home {
             pending: self.pending.values().map(|p| p.2.len() as u64).sum(),
             pending_scopes: self.pending.len() as u64,
             routes: self.routes.len() as u64,
+            held: self.held.len() as u64,
         }
     }
 
@@ -234,9 +249,34 @@ impl Home {
             }
             n += 1;
             let domain = &index.domain_names[e.domain as usize];
+            if self.holds.by_message() {
+                match operator::check_message(&self.holds, index, e.message_seq, domain) {
+                    Some(HoldVerdict::Hold(_)) => {
+                        self.held.push(seq);
+                        continue;
+                    }
+                    Some(HoldVerdict::Bounce(rule)) => {
+                        out.decided.push((seq, admin_bounce(&rule.reason)));
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             // Borrowed from the route cache: nothing is cloned per recipient unless a scope
             // gets its first pending entry or routing decided the outcome.
             match self.routes.get(&**domain, now) {
+                Some(Route::Scope(scope, _))
+                    if self.holds.by_scope()
+                        && operator::check_scope(&self.holds, index, e.message_seq, &scope.key)
+                            .is_some() =>
+                {
+                    match operator::check_scope(&self.holds, index, e.message_seq, &scope.key) {
+                        Some(HoldVerdict::Bounce(rule)) => {
+                            out.decided.push((seq, admin_bounce(&rule.reason)))
+                        }
+                        _ => self.held.push(seq),
+                    }
+                }
                 Some(Route::Scope(scope, owner)) => match self.pending.get_mut(&scope.key) {
                     Some(entry) => {
                         entry.2.push_back(seq);

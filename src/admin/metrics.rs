@@ -1,0 +1,453 @@
+//! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), from the shards'
+//! snapshots. Names follow Prometheus conventions (`spate_` prefix, `_total` counters, base
+//! units); label values are bounded: shards, event types and bounce categories are fixed
+//! sets, and scopes are the `[admin] metrics_scopes` busiest, the rest summed into
+//! `scope="other"`.
+
+use super::counts::{EventCounts, Histogram, BOUNCE_CATEGORIES, LATENCY_BUCKETS, OTHER};
+use super::holds::Holds;
+use super::view::{self, ScopeView};
+use crate::config::Config;
+use crate::shard::{Counters, ShardStatus};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"");
+                escape_label(v, &mut self.text);
+                self.text.push('"');
+            }
+            self.text.push('}');
+        }
+        if value.fract() == 0.0 && value.abs() < 1e15 {
+            let _ = writeln!(self.text, " {}", value as i64);
+        } else {
+            let _ = writeln!(self.text, " {value}");
+        }
+    }
+}
+
+/// A label value as the format wants it: backslash, double quote and line feed escaped.
+fn escape_label(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Reads one count out of a scope's or shard's records.
+type CountOf = fn(&EventCounts) -> u64;
+
+/// The whole exposition.
+pub fn render(
+    statuses: &[ShardStatus],
+    config: &Config,
+    holds: &Holds,
+    counters: &Counters,
+) -> String {
+    let mut o = Out {
+        text: String::with_capacity(16 * 1024),
+    };
+    let shard_label: Vec<String> = statuses.iter().map(|s| s.shard.to_string()).collect();
+
+    o.family(
+        "spate_queue_recipients",
+        "gauge",
+        "Recipients queued and not yet final (waiting, deferred or in flight), per home shard.",
+    );
+    for (st, sh) in statuses.iter().zip(&shard_label) {
+        o.sample(
+            "spate_queue_recipients",
+            &[("shard", sh)],
+            st.live_recipients as f64,
+        );
+    }
+    o.family(
+        "spate_queue_home_recipients",
+        "gauge",
+        "Recipients on each home shard by where they wait: ready, deferred (retry time), resolving (MX lookup), pending (credit) or held (an operator's suspension).",
+    );
+    for (st, sh) in statuses.iter().zip(&shard_label) {
+        let h = &st.home;
+        for (state, n) in [
+            ("ready", h.ready),
+            ("deferred", h.deferred),
+            ("resolving", h.resolving),
+            ("pending", h.pending),
+            ("held", h.held),
+        ] {
+            o.sample(
+                "spate_queue_home_recipients",
+                &[("shard", sh), ("state", state)],
+                n as f64,
+            );
+        }
+    }
+    o.family(
+        "spate_queue_segments",
+        "gauge",
+        "Queue segment files, per shard.",
+    );
+    for (st, sh) in statuses.iter().zip(&shard_label) {
+        o.sample("spate_queue_segments", &[("shard", sh)], st.segments as f64);
+    }
+    o.family(
+        "spate_queue_bytes",
+        "gauge",
+        "Bytes of records in the queue's segments, per shard.",
+    );
+    for (st, sh) in statuses.iter().zip(&shard_label) {
+        o.sample(
+            "spate_queue_bytes",
+            &[("shard", sh)],
+            st.segment_bytes as f64,
+        );
+    }
+    histogram(
+        &mut o,
+        "spate_group_commit_duration_seconds",
+        "Group commits (the fdatasync of the queue, with the files synced before it), per shard.",
+        statuses
+            .iter()
+            .zip(&shard_label)
+            .map(|(st, sh)| (sh.as_str(), &st.commit_seconds)),
+    );
+
+    events_by_shard(&mut o, statuses, &shard_label);
+
+    o.family(
+        "spate_intake_files_total",
+        "counter",
+        "Spool inputs processed: done (every recipient queued or rejected) or bad (refused whole).",
+    );
+    o.sample(
+        "spate_intake_files_total",
+        &[("result", "done")],
+        counters.inputs_done.load(Ordering::Relaxed) as f64,
+    );
+    o.sample(
+        "spate_intake_files_total",
+        &[("result", "bad")],
+        counters.inputs_bad.load(Ordering::Relaxed) as f64,
+    );
+    o.family(
+        "spate_intake_recipients_total",
+        "counter",
+        "Recipients taken in (spool, gateway, reports): queued or rejected.",
+    );
+    o.sample(
+        "spate_intake_recipients_total",
+        &[("result", "queued")],
+        counters.queued.load(Ordering::Relaxed) as f64,
+    );
+    o.sample(
+        "spate_intake_recipients_total",
+        &[("result", "rejected")],
+        counters.rejected.load(Ordering::Relaxed) as f64,
+    );
+
+    dns(&mut o, statuses, &shard_label);
+
+    let scopes = top_scopes(view::scopes(statuses, config), config.admin.metrics_scopes);
+    scope_families(&mut o, &scopes, holds);
+    o.text
+}
+
+fn histogram<'a>(
+    o: &mut Out,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, &'a Histogram)>,
+) {
+    o.family(name, "histogram", help);
+    for (shard, h) in series {
+        let mut cumulative = 0;
+        let bucket = format!("{name}_bucket");
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += h.buckets[i];
+            o.sample(
+                &bucket,
+                &[("shard", shard), ("le", &le.to_string())],
+                cumulative as f64,
+            );
+        }
+        cumulative += h.buckets[LATENCY_BUCKETS.len()];
+        o.sample(
+            &bucket,
+            &[("shard", shard), ("le", "+Inf")],
+            cumulative as f64,
+        );
+        o.sample(&format!("{name}_sum"), &[("shard", shard)], h.sum_seconds);
+        o.sample(
+            &format!("{name}_count"),
+            &[("shard", shard)],
+            h.count as f64,
+        );
+    }
+}
+
+/// The delivery log's records, per shard that wrote them.
+fn events_by_shard(o: &mut Out, statuses: &[ShardStatus], shard_label: &[String]) {
+    let families: [(&str, &str, CountOf); 6] = [
+        (
+            "spate_received_total",
+            "Reception records: recipients queued.",
+            |c| c.reception,
+        ),
+        ("spate_delivered_total", "Delivery records.", |c| c.delivery),
+        (
+            "spate_deferred_total",
+            "TransientFailure records (each attempt deferred).",
+            |c| c.transient_failure,
+        ),
+        ("spate_expired_total", "Expiration records.", |c| {
+            c.expiration
+        }),
+        (
+            "spate_rejected_total",
+            "Rejected records: recipients refused at intake.",
+            |c| c.rejected,
+        ),
+        (
+            "spate_checks_failed_total",
+            "Check records: a check before sending failed with warn.",
+            |c| c.check,
+        ),
+    ];
+    for (name, help, get) in families {
+        o.family(
+            name,
+            "counter",
+            &format!("{help} Written by each shard; equal to the delivery log's count."),
+        );
+        for (st, sh) in statuses.iter().zip(shard_label) {
+            o.sample(name, &[("shard", sh)], get(&st.counts.total) as f64);
+        }
+    }
+    o.family(
+        "spate_bounced_total",
+        "counter",
+        "Bounce records by bounce_category (\"\" when none was given), per shard.",
+    );
+    for (st, sh) in statuses.iter().zip(shard_label) {
+        for (i, cat) in BOUNCE_CATEGORIES.iter().enumerate() {
+            o.sample(
+                "spate_bounced_total",
+                &[("shard", sh), ("category", cat)],
+                st.counts.total.bounced[i] as f64,
+            );
+        }
+    }
+}
+
+fn dns(o: &mut Out, statuses: &[ShardStatus], shard_label: &[String]) {
+    o.family(
+        "spate_dns_lookups_total",
+        "counter",
+        "MX and address lookups by where the answer came from (cache or nameserver).",
+    );
+    for (st, sh) in statuses.iter().zip(shard_label) {
+        o.sample(
+            "spate_dns_lookups_total",
+            &[("shard", sh), ("source", "cache")],
+            st.dns.cache_hits as f64,
+        );
+        o.sample(
+            "spate_dns_lookups_total",
+            &[("shard", sh), ("source", "nameserver")],
+            st.dns.cache_misses as f64,
+        );
+    }
+    o.family(
+        "spate_dns_queries_total",
+        "counter",
+        "Queries sent to nameservers (every attempt).",
+    );
+    for (st, sh) in statuses.iter().zip(shard_label) {
+        o.sample(
+            "spate_dns_queries_total",
+            &[("shard", sh)],
+            st.dns.queries as f64,
+        );
+    }
+    o.family(
+        "spate_dns_failures_total",
+        "counter",
+        "Lookups that ended in a temporary failure.",
+    );
+    for (st, sh) in statuses.iter().zip(shard_label) {
+        o.sample(
+            "spate_dns_failures_total",
+            &[("shard", sh)],
+            st.dns.failures as f64,
+        );
+    }
+    o.family(
+        "spate_dns_cache_entries",
+        "gauge",
+        "Answers held in the resolver's cache.",
+    );
+    for (st, sh) in statuses.iter().zip(shard_label) {
+        o.sample(
+            "spate_dns_cache_entries",
+            &[("shard", sh)],
+            st.dns.cache_entries as f64,
+        );
+    }
+}
+
+/// The first `n` scopes (busiest first, every configured provider among them whatever its
+/// place) as they are, the rest summed into one `other` row.
+pub fn top_scopes(all: Vec<ScopeView>, n: usize) -> Vec<ScopeView> {
+    let mut out = Vec::with_capacity(n + 1);
+    let mut other = ScopeView {
+        key: OTHER.to_string(),
+        ..Default::default()
+    };
+    let mut folded = false;
+    for v in all {
+        if out.len() < n && v.key != OTHER {
+            out.push(v);
+        } else {
+            folded = true;
+            other.waiting += v.waiting;
+            other.workers += v.workers;
+            other.parked += v.parked;
+            other.closing += v.closing;
+            other.connection_cap += v.connection_cap;
+            other.pushbacks += v.pushbacks;
+            other.counts.merge(&v.counts);
+        }
+    }
+    if folded {
+        out.push(other);
+    }
+    out
+}
+
+fn scope_families(o: &mut Out, scopes: &[ScopeView], holds: &Holds) {
+    type Get = fn(&ScopeView) -> Option<f64>;
+    let gauges: [(&str, &str, &str, Get); 9] = [
+        ("spate_scope_waiting", "gauge", "Recipients routed to the scope and not yet sent (waiting for credit, being rendered, or rendered and waiting for a connection).", |v| Some(v.waiting as f64)),
+        ("spate_scope_connections", "gauge", "Connections open: with a worker, parked for reuse, or closing.", |v| Some((v.workers + v.parked + v.closing) as f64)),
+        ("spate_scope_connection_limit", "gauge", "connection_limit configured for the scope.", |v| (v.key != OTHER).then_some(f64::from(v.connection_limit))),
+        ("spate_scope_connection_cap", "gauge", "Connections the receiver accepts now (lowered by refusals), over the shards sending to it.", |v| Some(v.connection_cap as f64)),
+        ("spate_scope_rate_limit_messages_per_second", "gauge", "max_message_rate configured (absent when unlimited).", |v| v.max_rate),
+        ("spate_scope_rate_messages_per_second", "gauge", "The rate in force: the ceiling, or the receiver's pushback beneath it (absent when unpaced).", |v| v.rate),
+        ("spate_scope_throttled", "gauge", "1 while the receiver's pushback holds the scope beneath its ceiling.", |v| Some(if v.adaptive_limit.is_some() { 1.0 } else { 0.0 })),
+        ("spate_scope_pushbacks_total", "counter", "Pushback replies (421, rate-limit 4xx) the scope's throttle counted.", |v| Some(v.pushbacks as f64)),
+        ("spate_scope_connections_refused_total", "counter", "Connections the receiver refused at the greeting.", |v| Some(v.notes.refused as f64)),
+    ];
+    for (name, kind, help, get) in gauges {
+        o.family(name, kind, help);
+        for v in scopes {
+            if let Some(x) = get(v) {
+                o.sample(name, &[("scope", &v.key)], x);
+            }
+        }
+    }
+    let events: [(&str, &str, CountOf); 3] = [
+        (
+            "spate_scope_delivered_total",
+            "Delivery records of the scope.",
+            |c| c.delivery,
+        ),
+        (
+            "spate_scope_deferred_total",
+            "TransientFailure records of the scope.",
+            |c| c.transient_failure,
+        ),
+        (
+            "spate_scope_expired_total",
+            "Expiration records of the scope.",
+            |c| c.expiration,
+        ),
+    ];
+    for (name, help, get) in events {
+        o.family(name, "counter", help);
+        for v in scopes {
+            o.sample(name, &[("scope", &v.key)], get(&v.counts) as f64);
+        }
+    }
+    o.family(
+        "spate_scope_bounced_total",
+        "counter",
+        "Bounce records of the scope by bounce_category.",
+    );
+    for v in scopes {
+        for (i, cat) in BOUNCE_CATEGORIES.iter().enumerate() {
+            if v.counts.bounced[i] > 0 {
+                o.sample(
+                    "spate_scope_bounced_total",
+                    &[("scope", &v.key), ("category", cat)],
+                    v.counts.bounced[i] as f64,
+                );
+            }
+        }
+    }
+    o.family(
+        "spate_scope_constraint",
+        "gauge",
+        "1 for what holds the scope back now (suspended, pushback, connections_refused, connection_limit, rate_ceiling, tls_policy, credit, sending, idle).",
+    );
+    for v in scopes.iter().filter(|v| v.key != OTHER) {
+        let c = view::scope_constraint(v, holds);
+        o.sample(
+            "spate_scope_constraint",
+            &[("scope", &v.key), ("constraint", c.kind())],
+            1.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        escape_label("a\"b\\c\nd\te", &mut s);
+        assert_eq!(s, "a\\\"b\\\\c\\nd e");
+    }
+
+    #[test]
+    fn the_tail_folds_into_other() {
+        let all: Vec<ScopeView> = (0..5)
+            .map(|i| ScopeView {
+                key: format!("site:{i}"),
+                waiting: 10 - i,
+                ..Default::default()
+            })
+            .collect();
+        let top = top_scopes(all, 2);
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[2].key, OTHER);
+        assert_eq!(top[2].waiting, 8 + 7 + 6);
+    }
+}
