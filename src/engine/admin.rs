@@ -161,6 +161,24 @@ impl AdminShared {
         }
     }
 
+    /// Runs `f` while no other change to the holds, the store's admin file or the audit
+    /// file is under way, then writes `action` with the result `f` gives.
+    pub fn change<T>(
+        &self,
+        config: &Config,
+        action: &Audit<'_>,
+        f: impl FnOnce() -> Result<T, String>,
+        result: impl FnOnce(&T) -> String,
+    ) -> Result<T, String> {
+        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f();
+        match &r {
+            Ok(v) => action.write(config, &result(v)),
+            Err(e) => action.write(config, &format!("refused: {e}")),
+        }
+        r
+    }
+
     pub fn audit(&self, config: &Config, action: &Audit<'_>, result: &str) {
         let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
         action.write(config, result);

@@ -96,9 +96,57 @@ impl Handler for Api {
                 }
             }
             "/api/v1/inject" if post => self.inject(&config, req, body, peer),
-            "/" | "/index.html" | "/metrics" | "/api/v1/status" | "/api/v1/summary"
-            | "/api/v1/holds" | "/api/v1/why" | "/api/v1/suspend" | "/api/v1/resume"
-            | "/api/v1/bounce" | "/api/v1/retry" | "/api/v1/inject" => {
+            "/api/v1/suppression/add" | "/api/v1/suppression/remove" if post => {
+                match read_json(req, body) {
+                    Ok(v) => self.suppression_change(
+                        &config,
+                        &req.path["/api/v1/suppression/".len()..],
+                        &v,
+                        peer,
+                    ),
+                    Err(r) => r,
+                }
+            }
+            "/api/v1/suppression/check" if get => {
+                let Some(address) = req.query_value("address") else {
+                    return Response::error(400, "address= is missing");
+                };
+                let tenant = req.query_value("tenant").unwrap_or_default();
+                let mut reader = self.shared.suppressions.reader();
+                let today = crate::suppression::day_of(self.now());
+                let hit = crate::address::parse_address(&address)
+                    .ok()
+                    .and_then(|a| reader.check(&a.to_addr_string(), &tenant, today));
+                Response::json(
+                    200,
+                    json!({"address": address, "tenant": tenant, "suppressed": hit.is_some(),
+                           "why": hit.map(|h| h.to_string())})
+                    .to_string(),
+                )
+            }
+            "/api/v1/suppression/list" if get => {
+                let tenant = req.query_value("tenant");
+                match crate::suppression::manage::list(&config, tenant.as_deref(), self.now()) {
+                    Ok(entries) => Response::json(200, entries_json(&entries).to_string()),
+                    Err(e) => Response::error(500, &e),
+                }
+            }
+            "/"
+            | "/index.html"
+            | "/metrics"
+            | "/api/v1/status"
+            | "/api/v1/summary"
+            | "/api/v1/holds"
+            | "/api/v1/why"
+            | "/api/v1/suspend"
+            | "/api/v1/resume"
+            | "/api/v1/bounce"
+            | "/api/v1/retry"
+            | "/api/v1/inject"
+            | "/api/v1/suppression/add"
+            | "/api/v1/suppression/remove"
+            | "/api/v1/suppression/check"
+            | "/api/v1/suppression/list" => {
                 let mut r = Response::error(405, "method not allowed");
                 r.fields.push(format!(
                     "Allow: {}",
@@ -690,6 +738,83 @@ impl Api {
         }
         self.shared.admin.audit(config, &audit, "queued");
         Response::json(200, json!({"name": name, "queued": true}).to_string())
+    }
+}
+
+/// The store's entries as `suppression list --json` prints them.
+pub fn entries_json(entries: &[crate::suppression::store::Entry]) -> Value {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let (date, kind, _) = crate::suppression::manage::describe(e);
+            json!({"entry": e.entry, "tenant": e.tenant, "kind": kind, "date": date})
+        })
+        .collect();
+    json!({ "entries": list })
+}
+
+impl Api {
+    /// `suppression add|remove` with the engine running: the store line synced, then the
+    /// live table.
+    fn suppression_change(
+        &self,
+        config: &Config,
+        action: &str,
+        body: &Value,
+        peer: SocketAddr,
+    ) -> Response {
+        let Some(entry) = body.get("entry").and_then(Value::as_str) else {
+            return Response::error(400, "the body needs {\"entry\": ...}");
+        };
+        let tenant = body.get("tenant").and_then(Value::as_str).unwrap_or("");
+        let now = self.now();
+        let client = peer.to_string();
+        let target = if tenant.is_empty() {
+            entry.to_string()
+        } else {
+            format!("{entry} (tenant {tenant})")
+        };
+        let name = format!("suppression-{action}");
+        let audit = Audit {
+            action: &name,
+            target: &target,
+            reason: body.get("reason").and_then(Value::as_str).unwrap_or(""),
+            client: &client,
+            at_unix_ms: now,
+        };
+        let s = &*self.shared.suppressions;
+        let day = crate::suppression::day_of(now);
+        let result = match action {
+            "add" => self.shared.admin.change(
+                config,
+                &audit,
+                || {
+                    crate::suppression::manage::add(
+                        config,
+                        Some(s),
+                        tenant,
+                        entry,
+                        crate::suppression::Source::Manual { day },
+                        now,
+                    )
+                    .map(|e| json!({"action": "add", "entry": e, "tenant": tenant, "changed": true}))
+                },
+                |_| "added".into(),
+            ),
+            _ => self.shared.admin.change(
+                config,
+                &audit,
+                || {
+                    crate::suppression::manage::remove(config, s, tenant, entry, now)
+                        .map(|changed| json!({"action": "remove", "entry": entry, "tenant": tenant, "changed": changed}))
+                },
+                |v| if v["changed"] == json!(true) { "removed".into() } else { "not in the store".into() },
+            ),
+        };
+        match result {
+            Ok(v) => Response::json(200, v.to_string()),
+            Err(e) => Response::error(422, &e),
+        }
     }
 }
 

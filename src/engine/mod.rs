@@ -39,6 +39,7 @@ mod deliver;
 mod gateway;
 mod intake;
 mod published;
+mod unsubscribe;
 
 use commit::{group_commit, maintenance};
 use intake::intake_loop;
@@ -142,6 +143,7 @@ impl From<ConfigError> for EngineError {
 }
 
 pub use crate::shard::{Counters, ShardStatus};
+pub use api::entries_json;
 
 /// How often each shard publishes its `ShardStatus`.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -275,8 +277,9 @@ enum CtlMsg {
 /// A running engine; `wait` blocks until it stops.
 pub struct Engine {
     shared: Arc<Shared>,
-    /// The admin API, stopped once the shards have.
+    /// The admin API and the one-click endpoint, stopped once the shards have.
     admin: Option<crate::admin::server::Server>,
+    one_click: Option<crate::admin::server::Server>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     _lock: File,
     config_path: Option<PathBuf>,
@@ -365,6 +368,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     });
     // Before any shard starts: a port that cannot be had refuses the start cleanly.
     let admin_server = admin::start_server(&shared)?;
+    let one_click = unsubscribe::start_server(&shared)?;
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -388,6 +392,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     Ok(Engine {
         shared,
         admin: Some(admin_server),
+        one_click,
         handles,
         _lock: lock,
         config_path,
@@ -458,7 +463,10 @@ impl Engine {
                 crashed = Some(id);
             }
         }
-        if let Some(mut server) = self.admin.take() {
+        for mut server in [self.admin.take(), self.one_click.take()]
+            .into_iter()
+            .flatten()
+        {
             server.stop();
         }
         let fatal = self.shared.fatal.lock().expect("fatal lock").take();
@@ -531,7 +539,7 @@ impl Drop for ExitGuard {
 
 /// Holds an exclusive lock on the data directory for the engine's lifetime: two engines on
 /// one queue would corrupt it.
-fn lock_data_dir(data_dir: &Path) -> Result<File, EngineError> {
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, EngineError> {
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)

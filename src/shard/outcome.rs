@@ -210,6 +210,7 @@ impl<L: LogSink> Core<L> {
                 tenant: String::new(),
                 entry: rcpt.to_string(),
                 source,
+                at_unix_ms: 0,
             }
             .encode(&mut self.learnt);
         }

@@ -16,6 +16,7 @@
 //! share a key with a probability of about n / 2^64 per check (5e-13 with 10 million
 //! entries): a recipient wrongly suppressed that rarely is the price of the memory.
 
+pub mod manage;
 pub mod store;
 pub mod table;
 
@@ -34,6 +35,9 @@ const PAYLOAD: u32 = (1 << KIND_SHIFT) - 1;
 const KIND_FILE: u32 = 1;
 const KIND_BAD_MAILBOX: u32 = 2;
 const KIND_UNSUBSCRIBE: u32 = 3;
+const KIND_MANUAL: u32 = 4;
+/// A store entry an operator removed: its key stays in the table, matching nothing.
+const KIND_REMOVED: u32 = 5;
 
 /// The longest line of a suppression file that is read as an entry.
 pub const FILE_LINE_BYTES_MAX: usize = 1024;
@@ -53,6 +57,10 @@ pub enum Source {
     BadMailbox { day: u32 },
     /// The recipient unsubscribed from the tenant on this day.
     Unsubscribe { day: u32 },
+    /// An operator added it (`spate suppression add`) on this day.
+    Manual { day: u32 },
+    /// An operator removed the store's entry on this day (never a hit).
+    Removed { day: u32 },
 }
 
 impl Source {
@@ -61,6 +69,8 @@ impl Source {
             Source::File(i) => KIND_FILE << KIND_SHIFT | (i as u32 & PAYLOAD),
             Source::BadMailbox { day } => KIND_BAD_MAILBOX << KIND_SHIFT | (day & PAYLOAD),
             Source::Unsubscribe { day } => KIND_UNSUBSCRIBE << KIND_SHIFT | (day & PAYLOAD),
+            Source::Manual { day } => KIND_MANUAL << KIND_SHIFT | (day & PAYLOAD),
+            Source::Removed { day } => KIND_REMOVED << KIND_SHIFT | (day & PAYLOAD),
         }
     }
 
@@ -70,6 +80,8 @@ impl Source {
             KIND_FILE => Some(Source::File(payload as usize)),
             KIND_BAD_MAILBOX => Some(Source::BadMailbox { day: payload }),
             KIND_UNSUBSCRIBE => Some(Source::Unsubscribe { day: payload }),
+            KIND_MANUAL => Some(Source::Manual { day: payload }),
+            KIND_REMOVED => Some(Source::Removed { day: payload }),
             _ => None,
         }
     }
@@ -119,6 +131,13 @@ impl std::fmt::Display for Hit {
                 self.tenant.as_deref().unwrap_or(""),
                 date(*day)
             ),
+            Source::Manual { day } => write!(
+                f,
+                "suppressed: {} was added by an operator on {}",
+                self.entry,
+                date(*day)
+            ),
+            Source::Removed { .. } => write!(f, "{} is not suppressed", self.entry),
         }
     }
 }
@@ -231,8 +250,12 @@ impl Suppressions {
         if let Some(p) = self.pending.lock().expect("suppression lock").as_mut() {
             p.push((key, value));
         }
-        // A file's entry stays (it is the operator's); a store entry takes the latest day.
-        let replace = |old: u32| old >> KIND_SHIFT != KIND_FILE && old < value;
+        // A file's entry stays (it is the operator's); a store entry takes the latest day;
+        // an entry added after a removal comes back.
+        let replace = |old: u32| {
+            let kind = old >> KIND_SHIFT;
+            kind != KIND_FILE && (kind == KIND_REMOVED || old < value)
+        };
         if current.get(key).is_none() {
             self.count(tenant, normal, 1);
         }
@@ -244,6 +267,59 @@ impl Suppressions {
             bigger.insert(key, value, replace);
             *current = Arc::new(bigger);
             self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Removes a store entry (the files are the operator's: an entry of theirs is an error
+    /// naming the file). True if there was one to remove.
+    pub fn remove(&self, tenant: &str, entry: &str, day: u32) -> Result<bool, String> {
+        let mut buf = [0u8; 512];
+        let normal = normalise(entry, &mut buf);
+        let key = self.key(tenant, normal);
+        let current = self.current.lock().expect("suppression lock");
+        match current.get(key).and_then(Source::of) {
+            None | Some(Source::Removed { .. }) => Ok(false),
+            Some(Source::File(i)) => {
+                let files = self.files.lock().expect("suppression lock");
+                Err(format!(
+                    "{entry} is listed in {}: remove it from that file and reload",
+                    files
+                        .get(i)
+                        .map_or("a [suppression] file".into(), |p| p.display().to_string())
+                ))
+            }
+            Some(_) => {
+                let value = Source::Removed { day }.value();
+                if let Some(p) = self.pending.lock().expect("suppression lock").as_mut() {
+                    p.push((key, value));
+                }
+                current.insert(key, value, |old| old >> KIND_SHIFT != KIND_FILE);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The entry held for exactly `entry` (an address or `@domain`) and `tenant`, if any.
+    pub fn lookup(&self, tenant: &str, entry: &str) -> Option<Source> {
+        let mut buf = [0u8; 512];
+        let normal = normalise(entry, &mut buf);
+        let key = self.key(tenant, normal);
+        let source = self
+            .current
+            .lock()
+            .expect("suppression lock")
+            .get(key)
+            .and_then(Source::of)?;
+        (!matches!(source, Source::Removed { .. })).then_some(source)
+    }
+
+    /// A store entry, added or (for `Source::Removed`) removed.
+    pub fn apply(&self, e: &store::Entry) {
+        match e.source {
+            Source::Removed { day } => {
+                let _ = self.remove(&e.tenant, &e.entry, day);
+            }
+            _ => self.add(&e.tenant, &e.entry, e.source.clone()),
         }
     }
 
@@ -275,7 +351,11 @@ impl Suppressions {
         let pending = self.pending.lock().expect("suppression lock").take();
         let (table, notes, files) = result?;
         for (k, v) in pending.unwrap_or_default() {
-            table.insert(k, v, |old| old >> KIND_SHIFT != KIND_FILE && old < v);
+            table.insert(k, v, |old| {
+                let kind = old >> KIND_SHIFT;
+                kind != KIND_FILE
+                    && (kind == KIND_REMOVED || v >> KIND_SHIFT == KIND_REMOVED || old < v)
+            });
         }
         *current = Arc::new(table);
         *self.files.lock().expect("suppression lock") = Arc::new(files);
@@ -290,15 +370,17 @@ impl Suppressions {
         today: u32,
     ) -> Result<Vec<String>, String> {
         let expire = self.bad_mailbox_expire_days.load(Ordering::Relaxed);
-        let live: Vec<&store::Entry> = stored
+        let mut live: Vec<&store::Entry> = stored
             .iter()
             .filter(|e| !e.expired(today, expire))
             .collect();
+        // In the order they were made: a removal undoes what came before it only.
+        live.sort_by_key(|e| e.at_unix_ms());
         let (table, notes, files) = self.build(files, live.len(), |_| {})?;
         *self.current.lock().expect("suppression lock") = Arc::new(table);
         *self.files.lock().expect("suppression lock") = Arc::new(files);
         for e in live {
-            self.add(&e.tenant, &e.entry, e.source.clone());
+            self.apply(e);
         }
         self.generation.fetch_add(1, Ordering::Release);
         Ok(notes)
@@ -398,6 +480,7 @@ impl Reader {
                 continue;
             };
             let until_day = match source {
+                Source::Removed { .. } => continue,
                 Source::BadMailbox { day } if day.saturating_add(expire) < today => continue,
                 Source::BadMailbox { day } => Some(day.saturating_add(expire)),
                 _ => None,
@@ -418,7 +501,7 @@ impl Reader {
 }
 
 /// The entry a suppression file's line holds: `None` for a blank line or a `#` comment.
-fn file_entry(line: &[u8]) -> Result<Option<String>, String> {
+pub(crate) fn file_entry(line: &[u8]) -> Result<Option<String>, String> {
     if line.len() > FILE_LINE_BYTES_MAX {
         return Err(format!("over {FILE_LINE_BYTES_MAX} bytes"));
     }

@@ -1,9 +1,14 @@
 //! The suppression entries Spate learns, on disk: `<data_dir>/suppression/added-N.log`, one
-//! file per shard, one line per entry: `DAY KIND "TENANT" "ENTRY"` (the UTC day number, the
-//! kind, the tenant or "" for a global entry, and the address or `@domain`, both as JSON
-//! strings). Appended by the shard that learnt the entry, synced with its next group commit;
-//! read whole at start, where a torn or damaged line is skipped. An entry lost in a crash
-//! before its sync is learnt again from the next refusal.
+//! file per shard, one line per entry: `DAY KIND "TENANT" "ENTRY" [UNIX_MS]` (the UTC day
+//! number, the kind, the tenant or "" for a global entry, and the address or `@domain`, both
+//! as JSON strings, and when it was made, where the day is not precise enough). Appended by
+//! the shard that learnt the entry, synced with its next group commit; read whole at start,
+//! where a torn or damaged line is skipped. An entry lost in a crash before its sync is
+//! learnt again from the next refusal.
+//!
+//! Operators' entries and removals (`spate suppression`) and one-click unsubscribes go to
+//! `added-admin.log`, each synced before it is acknowledged. At start every line is applied
+//! in the order of its time, so a removal undoes only what came before it.
 
 use super::Source;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,8 @@ pub struct Entry {
     /// An address or `@domain`.
     pub entry: String,
     pub source: Source,
+    /// When it was made (Unix ms); 0 if only its day is known.
+    pub at_unix_ms: u64,
 }
 
 impl Entry {
@@ -30,18 +37,40 @@ impl Entry {
         }
     }
 
+    /// When it was made, for ordering: its time, else the start of its day.
+    pub fn at_unix_ms(&self) -> u64 {
+        if self.at_unix_ms > 0 {
+            return self.at_unix_ms;
+        }
+        let day = match self.source {
+            Source::BadMailbox { day }
+            | Source::Unsubscribe { day }
+            | Source::Manual { day }
+            | Source::Removed { day } => day,
+            Source::File(_) => 0,
+        };
+        u64::from(day) * crate::gateway::limits::DAY_MS
+    }
+
     /// The entry's line, with its line feed.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (day, kind) = match self.source {
             Source::BadMailbox { day } => (day, "bad-mailbox"),
             Source::Unsubscribe { day } => (day, "unsubscribe"),
+            Source::Manual { day } => (day, "manual"),
+            Source::Removed { day } => (day, "removed"),
             // Files are the operator's; they are never copied into the store.
             Source::File(_) => return,
         };
         let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let at = if self.at_unix_ms > 0 {
+            format!(" {}", self.at_unix_ms)
+        } else {
+            String::new()
+        };
         out.extend_from_slice(
             format!(
-                "{day} {kind} {} {}\n",
+                "{day} {kind} {} {}{at}\n",
                 json(&self.tenant),
                 json(&self.entry)
             )
@@ -61,15 +90,23 @@ impl Entry {
         let mut de = serde_json::Deserializer::from_str(rest).into_iter::<String>();
         let tenant = de.next()?.ok()?;
         let entry = de.next()?.ok()?;
+        let tail = rest[de.byte_offset()..].trim();
+        let at_unix_ms = match tail {
+            "" => 0,
+            t => t.parse().ok()?,
+        };
         let source = match kind {
             "bad-mailbox" => Source::BadMailbox { day },
             "unsubscribe" => Source::Unsubscribe { day },
+            "manual" => Source::Manual { day },
+            "removed" => Source::Removed { day },
             _ => return None,
         };
         Some(Entry {
             tenant,
             entry,
             source,
+            at_unix_ms,
         })
     }
 }
@@ -82,6 +119,27 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 /// Shard `shard`'s file.
 pub fn file(data_dir: &Path, shard: usize) -> PathBuf {
     dir(data_dir).join(format!("added-{shard}.log"))
+}
+
+/// The file of operators' entries and removals and of one-click unsubscribes.
+pub fn admin_file(data_dir: &Path) -> PathBuf {
+    dir(data_dir).join("added-admin.log")
+}
+
+/// The store's entries in force: each (tenant, entry) as its latest line left it, removals
+/// and expired bad-mailbox entries left out; sorted by tenant, then entry.
+pub fn in_force(entries: &[Entry], today: u32, expire_days: u64) -> Vec<Entry> {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by_key(|e| e.at_unix_ms());
+    let mut latest: std::collections::BTreeMap<(String, String), &Entry> = Default::default();
+    for e in sorted {
+        latest.insert((e.tenant.clone(), e.entry.to_ascii_lowercase()), e);
+    }
+    latest
+        .into_values()
+        .filter(|e| !matches!(e.source, Source::Removed { .. }) && !e.expired(today, expire_days))
+        .cloned()
+        .collect()
 }
 
 /// Appends `lines` to `path` (creating it and its directory) and syncs them.
@@ -137,11 +195,13 @@ mod tests {
             tenant: String::new(),
             entry: "alice@x.test".into(),
             source: Source::BadMailbox { day: 20_424 },
+            at_unix_ms: 0,
         };
         let b = Entry {
             tenant: "ac\"me".into(),
             entry: "bob@y.test".into(),
             source: Source::Unsubscribe { day: 20_400 },
+            at_unix_ms: 0,
         };
         let mut bytes = Vec::new();
         a.encode(&mut bytes);

@@ -60,16 +60,19 @@ fn learnt_entries_hold_by_tenant_and_bad_mailboxes_expire() {
             tenant: String::new(),
             entry: "gone@x.test".into(),
             source: Source::BadMailbox { day: TODAY - 10 },
+            at_unix_ms: 0,
         },
         store::Entry {
             tenant: String::new(),
             entry: "long-gone@x.test".into(),
             source: Source::BadMailbox { day: TODAY - 40 },
+            at_unix_ms: 0,
         },
         store::Entry {
             tenant: "acme".into(),
             entry: "left@y.test".into(),
             source: Source::Unsubscribe { day: TODAY - 400 },
+            at_unix_ms: 0,
         },
     ];
     let c = config(dir.path(), &[], "bad_mailbox_expire = \"30d\"\n");
@@ -173,4 +176,66 @@ fn a_line_too_long_never_grows_the_buffer() {
     .concat();
     for_each_line(&input[..], Path::new("f"), |n, l| lines.push((n, l.len()))).unwrap();
     assert_eq!(lines, vec![(1, 8), (2, FILE_LINE_BYTES_MAX + 1), (3, 8)]);
+}
+
+#[test]
+fn operators_remove_store_entries_in_the_order_they_were_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("list.txt"), "file@x.test\n").unwrap();
+    let at = |ms: u64, source: Source, entry: &str| store::Entry {
+        tenant: "acme".into(),
+        entry: entry.into(),
+        source,
+        at_unix_ms: ms,
+    };
+    // Lines from several files come in any order; their times decide.
+    let stored = vec![
+        at(3_000, Source::Manual { day: TODAY }, "back@x.test"),
+        at(2_000, Source::Removed { day: TODAY }, "back@x.test"),
+        at(1_000, Source::Unsubscribe { day: TODAY }, "back@x.test"),
+        at(2_000, Source::Removed { day: TODAY }, "gone@x.test"),
+        at(1_000, Source::Manual { day: TODAY }, "gone@x.test"),
+    ];
+    let c = config(dir.path(), &["list.txt"], "");
+    let (s, _) = Suppressions::open(&c, &stored, TODAY).unwrap();
+    let mut r = s.reader();
+    let hit = r.check("back@x.test", "acme", TODAY).unwrap();
+    assert!(hit.to_string().contains("added by an operator"), "{hit}");
+    assert!(r.check("gone@x.test", "acme", TODAY).is_none());
+    assert_eq!(
+        store::in_force(&stored, TODAY, 90)
+            .iter()
+            .map(|e| e.entry.as_str())
+            .collect::<Vec<_>>(),
+        ["back@x.test"]
+    );
+
+    // While running: removed at once, added back, and a file's entry is the file's.
+    assert_eq!(s.remove("acme", "back@x.test", TODAY), Ok(true));
+    assert!(r.check("back@x.test", "acme", TODAY).is_none());
+    assert_eq!(s.lookup("acme", "back@x.test"), None);
+    assert_eq!(s.remove("acme", "back@x.test", TODAY), Ok(false));
+    s.add("acme", "back@x.test", Source::Unsubscribe { day: TODAY });
+    assert!(r.check("back@x.test", "acme", TODAY).is_some());
+    let err = s.remove("", "file@x.test", TODAY).unwrap_err();
+    assert!(err.contains("list.txt"), "{err}");
+    assert!(r.check("file@x.test", "", TODAY).is_some());
+}
+
+#[test]
+fn store_lines_keep_their_time() {
+    let e = store::Entry {
+        tenant: String::new(),
+        entry: "@x.test".into(),
+        source: Source::Removed { day: TODAY },
+        at_unix_ms: 1_764_000_000_123,
+    };
+    let mut line = Vec::new();
+    e.encode(&mut line);
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        format!("{TODAY} removed \"\" \"@x.test\" 1764000000123\n")
+    );
+    assert_eq!(store::parse(&line), vec![e]);
+    assert!(store::parse(b"1 manual \"\" \"a@b\" notanumber\n").is_empty());
 }

@@ -4,12 +4,13 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use spate::config::Config;
 use spate::engine::{self, EngineError};
-use spate::summary;
 use spate_sim::demo;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod password;
+mod queue;
+mod suppression;
 
 /// EX_USAGE from sysexits.h: a usage error (unknown command or option, missing argument).
 const EXIT_USAGE: u8 = 64;
@@ -59,9 +60,12 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration and print what it resolved
     CheckConfig(ConfigArg),
-    /// Look at the queue
+    /// Look at and steer the queue (through the running engine's admin API)
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The durable suppression store (through the running engine, or on its files)
+    #[command(subcommand)]
+    Suppression(SuppressionCommand),
     /// Run a campaign on this machine with no setup (simulated ISPs on loopback)
     Demo {
         /// Recipients in the campaign
@@ -85,17 +89,90 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// What is queued, per domain
+    /// What is queued per provider, site and domain, and what holds each back
     Summary {
         #[command(flatten)]
         config: ConfigArg,
         /// One JSON object instead of the table
         #[arg(long)]
         json: bool,
-        /// Read the queue files directly, the engine being stopped
+        /// Read the queue files directly (per domain only), the engine being stopped
         #[arg(long)]
         offline: bool,
     },
+    /// Hold back a provider or site, domain:D, campaign:C or tenant:T until resumed
+    Suspend(TargetArgs),
+    /// Release a suspension
+    Resume(TargetArgs),
+    /// Bounce the queued mail of a target (Bounce records, category admin)
+    Bounce(TargetArgs),
+    /// Make the target's deferred recipients due now
+    Retry(TargetArgs),
+    /// What a recipient or a domain is waiting for, and until when
+    Why {
+        /// A recipient address or a domain
+        target: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCommand {
+    /// Suppress an address or @domain (for one tenant with --tenant)
+    Add {
+        entry: String,
+        #[command(flatten)]
+        common: SuppressionArgs,
+        /// Why (written to <log.dir>/admin.jsonl when the engine runs)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove an entry from the store (entries of [suppression] files stay in their file)
+    Remove {
+        entry: String,
+        #[command(flatten)]
+        common: SuppressionArgs,
+    },
+    /// Whether an address is suppressed, and by what
+    Check {
+        address: String,
+        #[command(flatten)]
+        common: SuppressionArgs,
+    },
+    /// The store's entries in force
+    List {
+        #[command(flatten)]
+        common: SuppressionArgs,
+    },
+}
+
+#[derive(Args)]
+struct SuppressionArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The tenant (none: every tenant)
+    #[arg(long)]
+    tenant: Option<String>,
+    /// JSON instead of lines
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// A provider or site name, domain:D, campaign:C, tenant:T or source:S
+    target: String,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Why (written to <log.dir>/admin.jsonl; a bounce's goes into its records)
+    #[arg(long)]
+    reason: Option<String>,
+    /// The engine's JSON reply instead of a line
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -125,11 +202,49 @@ fn main() -> ExitCode {
             print!("{}", config.describe());
             Ok(())
         }),
-        Command::Queue(QueueCommand::Summary {
-            config,
-            json,
-            offline,
-        }) => queue_summary(&config.config, json, offline),
+        Command::Queue(q) => match q {
+            QueueCommand::Summary {
+                config,
+                json,
+                offline,
+            } => queue::summary(&config.config, json, offline),
+            QueueCommand::Suspend(t) => queue_act("suspend", &t),
+            QueueCommand::Resume(t) => queue_act("resume", &t),
+            QueueCommand::Bounce(t) => queue_act("bounce", &t),
+            QueueCommand::Retry(t) => queue_act("retry", &t),
+            QueueCommand::Why {
+                target,
+                config,
+                json,
+            } => queue::why(&config.config, &target, json),
+        },
+        Command::Suppression(c) => {
+            use suppression::Action;
+            let (action, common) = match &c {
+                SuppressionCommand::Add {
+                    entry,
+                    common,
+                    reason,
+                } => (
+                    Action::Add {
+                        entry,
+                        reason: reason.as_deref().unwrap_or(""),
+                    },
+                    common,
+                ),
+                SuppressionCommand::Remove { entry, common } => (Action::Remove { entry }, common),
+                SuppressionCommand::Check { address, common } => {
+                    (Action::Check { address }, common)
+                }
+                SuppressionCommand::List { common } => (Action::List, common),
+            };
+            suppression::run(
+                &common.config.config,
+                action,
+                common.tenant.as_deref(),
+                common.json,
+            )
+        }
         Command::Demo {
             recipients,
             keep,
@@ -180,35 +295,16 @@ fn with_config(path: &Path, f: impl FnOnce(Config, PathBuf) -> Result<(), u8>) -
     }
 }
 
-fn queue_summary(path: &Path, json: bool, offline: bool) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("spate: {e}");
-            return ExitCode::from(78);
-        }
-    };
-    let running = engine::engine_running(&config.engine.data_dir);
-    if !running && !offline {
-        eprintln!(
-            "spate: the engine is not running on {}; add --offline to read the queue files directly",
-            config.engine.data_dir.display()
-        );
-        return ExitCode::from(69);
+fn queue_act(action: &str, t: &TargetArgs) -> ExitCode {
+    if action == "bounce" && t.reason.as_deref().is_none_or(str::is_empty) {
+        eprintln!("spate: queue bounce needs --reason TEXT (it goes into every Bounce record)");
+        return ExitCode::from(EXIT_USAGE);
     }
-    match summary::read_queue(&config.engine.data_dir) {
-        Ok(s) => {
-            let now = spate::clock::Clock::unix_ms(&spate::clock::SystemClock);
-            if json {
-                println!("{}", s.to_json(now, running));
-            } else {
-                print!("{}", s.to_text(now, running));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("spate: {}: {e}", config.engine.data_dir.display());
-            ExitCode::from(74)
-        }
-    }
+    queue::act(
+        &t.config.config,
+        action,
+        &t.target,
+        t.reason.as_deref(),
+        t.json,
+    )
 }
