@@ -124,7 +124,12 @@ fn offline(
         return Ok(spate::engine::entries_json(&entries));
     }
     // No engine may start while the store changes under it.
-    let _lock = engine::lock_data_dir(&config.engine.data_dir).map_err(|e| (69, e.to_string()))?;
+    let data_dir = &config.engine.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| (74, format!("{}: {e}", data_dir.display())))?;
+    let _lock = engine::lock_data_dir(data_dir).map_err(|e| match e {
+        engine::EngineError::Storage(m) => (74, m),
+        other => (69, other.to_string()),
+    })?;
     let live = manage::open_offline(config, now).map_err(|e| (78, e))?;
     let day = spate::suppression::day_of(now);
     match action {
