@@ -69,6 +69,7 @@ pub fn render(
     config: &Config,
     holds: &Holds,
     counters: &Counters,
+    achieved: &dyn Fn(&str) -> Option<f64>,
 ) -> String {
     let mut o = Out {
         text: String::with_capacity(16 * 1024),
@@ -173,7 +174,10 @@ pub fn render(
 
     dns(&mut o, statuses, &shard_label);
 
-    let scopes = top_scopes(view::scopes(statuses, config), config.admin.metrics_scopes);
+    let mut scopes = top_scopes(view::scopes(statuses, config), config.admin.metrics_scopes);
+    for v in &mut scopes {
+        v.achieved = achieved(&v.key);
+    }
     scope_families(&mut o, &scopes, holds);
     o.text
 }

@@ -32,6 +32,8 @@ pub struct ScopeView {
     pub counts: EventCounts,
     /// Shards whose snapshot lists it busy.
     pub busy_on: usize,
+    /// Messages a second it delivered lately (from the API's samples), when known.
+    pub achieved: Option<f64>,
 }
 
 /// Why a scope, a domain or a recipient is not moving faster, most binding first.
@@ -254,6 +256,9 @@ fn merge_notes(into: &mut ScopeNotes, n: &ScopeNotes) {
     into.refused += n.refused;
 }
 
+/// A paced scope delivering at least this share of its ceiling is held by the ceiling.
+pub const CEILING_NEAR: f64 = 0.8;
+
 /// What holds a scope back now, from its view and the holds in force.
 pub fn scope_constraint(v: &ScopeView, holds: &Holds) -> Constraint {
     if let Some(r) = holds.suspension(&Target::Scope(v.key.clone())) {
@@ -278,6 +283,14 @@ pub fn scope_constraint(v: &ScopeView, holds: &Holds) -> Constraint {
             rate,
         };
     }
+    // Paced at its ceiling and delivering close to it: the ceiling binds, whatever the
+    // connections (a paced worker holds its connection while it waits its turn).
+    if let (Some(rate), Some(max)) = (v.rate, v.max_rate) {
+        let near = v.achieved.is_none_or(|a| a >= max * CEILING_NEAR);
+        if rate >= max * 0.999 && near {
+            return Constraint::RateCeiling { rate };
+        }
+    }
     let open = v.workers + v.parked + v.closing;
     if v.connection_cap > 0
         && v.connection_cap < u64::from(v.connection_limit)
@@ -293,11 +306,6 @@ pub fn scope_constraint(v: &ScopeView, holds: &Holds) -> Constraint {
             open,
             limit: v.connection_limit,
         };
-    }
-    if let (Some(rate), Some(max)) = (v.rate, v.max_rate) {
-        if rate >= max * 0.999 {
-            return Constraint::RateCeiling { rate };
-        }
     }
     if let Some((_, text)) = &v.notes.last_failure {
         if text.contains("TLS") && v.workers == 0 {

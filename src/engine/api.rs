@@ -52,7 +52,28 @@ impl Api {
     fn now(&self) -> u64 {
         self.shared.clock.unix_ms()
     }
+
+    /// Deliveries a second of `scope` over the last few samples, if it has any.
+    fn achieved(&self, scope: &str) -> Option<f64> {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let q = h.scopes.get(scope)?;
+        let n = q.len().min(ACHIEVED_SAMPLES + 1);
+        if n < 2 {
+            return None;
+        }
+        let (a, b) = (q[q.len() - n], q[q.len() - 1]);
+        Some(b.1.saturating_sub(a.1) as f64 / (b.0 - a.0).max(1) as f64)
+    }
+
+    /// `v` with its achieved rate.
+    fn with_achieved(&self, mut v: ScopeView) -> ScopeView {
+        v.achieved = self.achieved(&v.key);
+        v
+    }
 }
+
+/// Seconds of samples the achieved rate is taken over.
+const ACHIEVED_SAMPLES: usize = 3;
 
 impl Handler for Api {
     fn handle(&self, req: &Request, body: &mut dyn Read, peer: SocketAddr) -> Response {
@@ -75,6 +96,7 @@ impl Handler for Api {
                     &config,
                     &self.shared.admin.holds(),
                     &self.shared.counters,
+                    &|key| self.achieved(key),
                 );
                 Response::new(200, crate::admin::metrics::CONTENT_TYPE, text)
             }
@@ -279,6 +301,7 @@ impl Api {
             view::scopes(&statuses, config),
             config.admin.metrics_scopes,
         );
+        let scopes: Vec<ScopeView> = scopes.into_iter().map(|v| self.with_achieved(v)).collect();
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let scopes: Vec<Value> = scopes
             .iter()
@@ -333,7 +356,7 @@ impl Api {
         let statuses = self.shared.status();
         let views: HashMap<String, ScopeView> = view::scopes(&statuses, config)
             .into_iter()
-            .map(|v| (v.key.clone(), v))
+            .map(|v| (v.key.clone(), self.with_achieved(v)))
             .collect();
         // Domains merged across shards, then grouped by scope.
         let mut domains: BTreeMap<String, DomainRow> = BTreeMap::new();
@@ -484,13 +507,14 @@ impl Api {
             _ => None,
         });
         let view = scope.as_ref().map(|key| {
-            view::scopes(&statuses, config)
+            let v = view::scopes(&statuses, config)
                 .into_iter()
                 .find(|v| &v.key == key)
                 .unwrap_or_else(|| ScopeView {
                     key: key.clone(),
                     ..Default::default()
-                })
+                });
+            self.with_achieved(v)
         });
         let queued: u64 = parts.iter().map(|p| p.queued).sum();
         let deferred: u64 = parts.iter().map(|p| p.deferred).sum();
