@@ -162,3 +162,86 @@ fn hash_password_prints_a_hash_the_configuration_takes_and_refuses_bad_ones() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("users[0].password_hash"), "{err}");
 }
+
+/// The packaging in docs/packaging holds together: the example configuration is valid, the
+/// systemd unit waits longer than the drain and never restarts on a configuration error
+/// (and `systemd-analyze verify` accepts it where systemd is installed), and logrotate
+/// (where installed) keeps the delivery log's deliveries*.jsonl naming.
+#[test]
+fn the_packaged_unit_logrotate_and_example_configuration_hold_together() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/packaging");
+    let (code, out, err) = spate(&[
+        "check-config",
+        "-c",
+        root.join("spate.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("provider gmail: mx_suffixes [.google.com"),
+        "{out}"
+    );
+
+    let unit = std::fs::read_to_string(root.join("spate.service")).unwrap();
+    let key = |k: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing"))
+            .to_string()
+    };
+    assert_eq!(key("Type"), "notify");
+    assert_eq!(key("RestartPreventExitStatus"), "78");
+    assert_eq!(key("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert!(!key("LimitMEMLOCK").is_empty());
+    let stop: u64 = key("TimeoutStopSec").parse().unwrap();
+    assert!(
+        stop > spate::engine::DRAIN_DEADLINE.as_secs() * 2,
+        "TimeoutStopSec {stop}"
+    );
+    if std::path::Path::new("/usr/bin/systemd-analyze").exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("spate.service");
+        std::fs::write(&local, unit.replace("/usr/bin/spate", BIN)).unwrap();
+        let out = Command::new("/usr/bin/systemd-analyze")
+            .arg("verify")
+            .arg(&local)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(!said.contains("spate.service:"), "{said}");
+    }
+    if std::path::Path::new("/usr/sbin/logrotate").exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::create_dir(&log).unwrap();
+        let conf = std::fs::read_to_string(root.join("spate.logrotate"))
+            .unwrap()
+            .replace("/var/log/spate", log.to_str().unwrap())
+            .replace("create 0640 spate spate", "create 0640")
+            .replace("systemctl reload spate.service", "true");
+        std::fs::write(dir.path().join("conf"), conf).unwrap();
+        std::fs::write(log.join("deliveries.jsonl"), "{}\n").unwrap();
+        let out = Command::new("/usr/sbin/logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(dir.path().join("state"))
+            .arg(dir.path().join("conf"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let names: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("deliveries-") && n.ends_with(".jsonl")),
+            "{names:?}"
+        );
+    }
+}

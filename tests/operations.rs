@@ -644,3 +644,37 @@ fn suppression_commands_work_with_the_engine_stopped_and_running() {
     ]);
     assert!(out.contains("is not suppressed"), "{out}");
 }
+
+/// Under systemd (`Type=notify`): READY=1 once recovery is done and intake is live,
+/// STOPPING=1 when the drain begins.
+#[test]
+fn systemd_hears_ready_after_recovery_and_stopping_on_drain() {
+    let env = Env::new(2, "", "");
+    // Something queued from before, so readiness comes after a real recovery.
+    let engine = env.start();
+    env.drop_input("a.jsonl", &batch("a", "acme", &addrs("r", "x.test", 50)));
+    wait_until(Duration::from_secs(10), "queued", || {
+        env.queued_recipients().len() == 50
+    });
+    assert_eq!(engine.stop(Duration::from_secs(20)).code(), Some(0));
+
+    let socket_path = env.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let engine = env.start_with_env(&[], &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains("50 recipients queued from before"),
+        "{ready}"
+    );
+    engine.signal(libc::SIGTERM);
+    let n = socket.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    let mut engine = engine;
+    assert_eq!(engine.wait(Duration::from_secs(20)).code(), Some(0));
+}

@@ -39,6 +39,7 @@ mod deliver;
 mod gateway;
 mod intake;
 mod published;
+pub mod systemd;
 mod unsubscribe;
 
 use commit::{group_commit, maintenance};
@@ -144,6 +145,7 @@ impl From<ConfigError> for EngineError {
 
 pub use crate::shard::{Counters, ShardStatus};
 pub use api::entries_json;
+pub use deliver::DRAIN_DEADLINE;
 
 /// How often each shard publishes its `ShardStatus`.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -504,14 +506,19 @@ pub fn run_until_signalled(
         if !announced && engine.is_ready() {
             announced = true;
             let c = &engine.shared.counters;
+            let queued = c.live_recipients.load(Ordering::SeqCst);
             tracing::info!(
-                "running: {} shards, {} recipients queued from before",
+                "running: {} shards, {queued} recipients queued from before",
                 engine.handles.len(),
-                c.live_recipients.load(Ordering::SeqCst)
             );
+            // Recovery is done and intake is live: systemd may start what depends on us.
+            systemd::notify(&format!(
+                "READY=1\nSTATUS=running: {queued} recipients queued from before"
+            ));
         }
         if term.swap(false, Ordering::SeqCst) {
             tracing::info!("stopping: intake stops, queue syncs");
+            systemd::notify("STOPPING=1\nSTATUS=draining");
             engine.request_stop();
         }
         if hup.swap(false, Ordering::SeqCst) {

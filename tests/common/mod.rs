@@ -92,6 +92,11 @@ impl Env {
 
     /// `spate [ARGS] run -c CONFIG`, ready when its stderr says so.
     pub fn start_with(&self, args: &[&str]) -> EngineProcess {
+        self.start_with_env(args, &[])
+    }
+
+    /// As `start_with`, with `vars` in the engine's environment.
+    pub fn start_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> EngineProcess {
         let stderr_path = self.path(&format!(
             "engine-{}.stderr",
             std::time::SystemTime::now()
@@ -103,6 +108,7 @@ impl Env {
             .args(args)
             .args(["run", "-c"])
             .arg(&self.config)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr_path).unwrap())
