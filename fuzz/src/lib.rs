@@ -18,12 +18,14 @@
 //! - [`queue`]: the queue record codec and recovery (`Replay` over segment bytes).
 //! - [`dns`]: `dns::message::parse_response` and `dns::mx::plan`.
 //! - [`gateway`]: `gateway::proxy::parse` and the DSN parameters in `dsn::build`.
+//! - [`admin`]: the admin API's request heads, percent-decoding and operator targets.
 //! - [`sender`]: DKIM signing of any message, the From parser, the suppression store's
 //!   lines, unsubscribe tokens and the campaign rules.
 //!
 //! Every check panics (with a message saying which property failed) when a property does
 //! not hold; libFuzzer saves the input as a crash.
 
+pub mod admin;
 pub mod alloc;
 pub mod chunks;
 pub mod data_writer;
@@ -58,4 +60,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("dns_structured", dns::check_structured),
     ("gateway", gateway::check),
     ("sender", sender::check),
+    ("admin", admin::check),
 ];

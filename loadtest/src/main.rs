@@ -4,6 +4,7 @@ mod against;
 mod blast;
 mod dkim;
 mod inject;
+mod observe;
 mod plot;
 mod postfix;
 
@@ -71,6 +72,15 @@ enum Cli {
         /// Give up on a figure after this long
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         timeout: u64,
+    },
+    /// What watching costs: runs with and without a scrape of /metrics and the status page's
+    /// poll every second, interleaved
+    Observe {
+        #[command(flatten)]
+        args: ScenarioArgs,
+        /// Runs of each kind
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        runs: u32,
     },
     /// Simulated providers and their DNS, standalone
     Sink {
@@ -142,6 +152,9 @@ fn main() -> ExitCode {
         }
         Cli::SmtpSink(a) => options(a, false).and_then(|o| against::cmd_smtp_sink(&o)),
         Cli::Dkim(a) => options(a, false).and_then(|o| dkim::cmd_dkim(&o)),
+        Cli::Observe { args, runs } => {
+            options(args, false).and_then(|o| observe::cmd_observe(&o, runs))
+        }
         Cli::Sink { profile, seconds } => cmd_sink(&profile, seconds),
         Cli::Inject {
             messages,
