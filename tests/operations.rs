@@ -218,6 +218,9 @@ fn a_suspended_campaign_waits_a_bounced_domain_bounces_and_the_metrics_agree() {
         14.0 - 4.0
     );
     assert!(metric(&m, "spate_group_commit_duration_seconds_count", &[]) > 0.0);
+    // Every recipient final: none in flight, none queued.
+    assert_eq!(metric(&m, "spate_queue_in_flight", &[]), 0.0, "{m}");
+    assert_eq!(metric(&m, "spate_queue_recipients", &[]), 0.0, "{m}");
 
     // Every action is in the audit file, with the client's address.
     let audit = std::fs::read_to_string(env.path("log/admin.jsonl")).unwrap();
@@ -677,4 +680,54 @@ fn systemd_hears_ready_after_recovery_and_stopping_on_drain() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
     let mut engine = engine;
     assert_eq!(engine.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// `[admin] cert` and `key`: the API speaks HTTPS only, and the commands reach it, accepting
+/// only the engine's own certificate.
+#[test]
+fn the_api_over_https_is_reached_by_the_commands_with_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let env = Env::new(
+        1,
+        "",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-token-for-https-only\"\ncert = {cert_path:?}\nkey = {key_path:?}\n"
+        ),
+    );
+    let engine = env.start();
+    let url = std::fs::read_to_string(env.path("data/admin/listen")).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (code, out, err) = cli(&env, &["queue", "suspend", "domain:x.test"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, v) = cli_json(&env, &["queue", "summary"]);
+    assert_eq!((code, &v["engine_running"]), (0, &Value::Bool(true)));
+    // Plain HTTP on that port gets no HTTP answer.
+    {
+        use std::io::{Read, Write};
+        let addr = url
+            .trim()
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert!(!reply.starts_with(b"HTTP/1.1 200"), "plaintext was served");
+    }
+    // Another certificate in the configuration: the command refuses the engine's.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&cert_path, other.cert.pem()).unwrap();
+    std::fs::write(&key_path, other.signing_key.serialize_pem()).unwrap();
+    let (code, _, err) = cli(&env, &["queue", "summary"]);
+    assert_ne!(
+        code, 0,
+        "a certificate other than the configured one was accepted"
+    );
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(engine.stop(Duration::from_secs(20)).code(), Some(0));
 }

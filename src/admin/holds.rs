@@ -112,10 +112,31 @@ pub struct Holds {
 /// The rules by target, for a check that costs a hash lookup or two per recipient.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Lookup {
-    suspended: HashMap<Target, usize>,
-    bounces: HashMap<Target, usize>,
+    /// Per kind of target (`Target::kind`), its text to the rule's index: a check borrows
+    /// the recipient's strings, it allocates nothing.
+    suspended: [HashMap<String, usize>; KINDS],
+    bounces: [HashMap<String, usize>; KINDS],
     by_scope: bool,
     by_message: bool,
+}
+
+const KINDS: usize = 5;
+const SCOPE: usize = 0;
+const DOMAIN: usize = 1;
+const CAMPAIGN: usize = 2;
+const TENANT: usize = 3;
+
+impl Target {
+    /// Its kind (an index of `Lookup`'s maps) and its text within that kind.
+    fn kind(&self) -> (usize, &str) {
+        match self {
+            Target::Scope(s) => (SCOPE, s),
+            Target::Domain(d) => (DOMAIN, d),
+            Target::Campaign(c) => (CAMPAIGN, c),
+            Target::Tenant(t) => (TENANT, t),
+            Target::Source(s) => (4, s),
+        }
+    }
 }
 
 /// Suspensions and bounces kept at most; one more is refused (each is a lookup per
@@ -136,10 +157,12 @@ impl Holds {
     fn index(&mut self) {
         let mut l = Lookup::default();
         for (i, r) in self.suspended.iter().enumerate() {
-            l.suspended.insert(r.target.clone(), i);
+            let (k, text) = r.target.kind();
+            l.suspended[k].insert(text.to_string(), i);
         }
         for (i, r) in self.bounces.iter().enumerate() {
-            l.bounces.insert(r.target.clone(), i);
+            let (k, text) = r.target.kind();
+            l.bounces[k].insert(text.to_string(), i);
         }
         let all = || self.suspended.iter().chain(&self.bounces);
         l.by_scope = all().any(|r| matches!(r.target, Target::Scope(_)));
@@ -152,9 +175,9 @@ impl Holds {
     }
 
     pub fn suspension(&self, target: &Target) -> Option<&Rule> {
-        self.lookup
-            .suspended
-            .get(target)
+        let (k, text) = target.kind();
+        self.lookup.suspended[k]
+            .get(text)
             .map(|&i| &self.suspended[i])
     }
 
@@ -237,12 +260,10 @@ impl Holds {
         if !self.lookup.by_message {
             return None;
         }
-        let keys = [
-            Target::Domain(domain.to_string()),
-            Target::Campaign(campaign.to_string()),
-            Target::Tenant(tenant.to_string()),
-        ];
-        self.verdict(&keys, created_unix_ms)
+        self.verdict(
+            &[(DOMAIN, domain), (CAMPAIGN, campaign), (TENANT, tenant)],
+            created_unix_ms,
+        )
     }
 
     /// The verdict for a recipient routed to `scope`.
@@ -250,12 +271,12 @@ impl Holds {
         if !self.lookup.by_scope {
             return None;
         }
-        self.verdict(&[Target::Scope(scope.to_string())], created_unix_ms)
+        self.verdict(&[(SCOPE, scope)], created_unix_ms)
     }
 
-    fn verdict(&self, keys: &[Target], created_unix_ms: u64) -> Option<Verdict<'_>> {
-        for k in keys {
-            if let Some(&i) = self.lookup.bounces.get(k) {
+    fn verdict(&self, keys: &[(usize, &str)], created_unix_ms: u64) -> Option<Verdict<'_>> {
+        for &(k, text) in keys {
+            if let Some(&i) = self.lookup.bounces[k].get(text) {
                 let r = &self.bounces[i];
                 if created_unix_ms <= r.at_unix_ms {
                     return Some(Verdict::Bounce(r));
@@ -263,7 +284,7 @@ impl Holds {
             }
         }
         keys.iter()
-            .find_map(|k| self.lookup.suspended.get(k))
+            .find_map(|&(k, text)| self.lookup.suspended[k].get(text))
             .map(|&i| Verdict::Hold(&self.suspended[i]))
     }
 

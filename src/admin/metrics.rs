@@ -110,6 +110,18 @@ pub fn render(
         }
     }
     o.family(
+        "spate_queue_in_flight",
+        "gauge",
+        "Recipients rendered and handed to delivery, waiting for their outcome, per home shard.",
+    );
+    for (st, sh) in statuses.iter().zip(&shard_label) {
+        o.sample(
+            "spate_queue_in_flight",
+            &[("shard", sh)],
+            st.in_flight as f64,
+        );
+    }
+    o.family(
         "spate_queue_segments",
         "gauge",
         "Queue segment files, per shard.",

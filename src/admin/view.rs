@@ -323,6 +323,7 @@ pub fn scope_constraint(v: &ScopeView, holds: &Holds) -> Constraint {
 pub struct Totals {
     pub shards: usize,
     pub live_recipients: u64,
+    pub in_flight: u64,
     pub segments: u64,
     pub segment_bytes: u64,
     pub home: crate::schedule::HomeStatus,
@@ -338,6 +339,7 @@ pub fn totals(statuses: &[ShardStatus]) -> Totals {
     };
     for st in statuses {
         t.live_recipients += st.live_recipients;
+        t.in_flight += st.in_flight;
         t.segments += st.segments as u64;
         t.segment_bytes += st.segment_bytes;
         let h = &st.home;

@@ -322,6 +322,7 @@ impl Api {
         let mut t = counts_json(&totals.counts);
         for (k, n) in [
             ("queued", totals.live_recipients),
+            ("in_flight", totals.in_flight),
             ("ready", totals.home.ready),
             ("deferred_now", totals.home.deferred),
             ("resolving", totals.home.resolving),
@@ -737,6 +738,13 @@ impl Api {
                     .unwrap_or(false);
             if !waiting {
                 break;
+            }
+            if self.shared.stopping() {
+                self.shared.admin.audit(config, &audit, "engine stopping");
+                return Response::error(
+                    503,
+                    &format!("{name}: the engine is stopping; the batch stays in the spool and is queued at the next start"),
+                );
             }
             if std::time::Instant::now() >= deadline || self.shared.failed() {
                 self.shared

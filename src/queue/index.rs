@@ -75,6 +75,8 @@ pub struct Index {
     /// Committed chunks per batch (for de-duplication after a crash) and its message record.
     pub(super) batches: HashMap<u64, BatchState>,
     live: u64,
+    /// Live recipients handed to delivery (rendered, until their outcome).
+    in_flight: u64,
 }
 
 #[derive(Default, Debug)]
@@ -213,6 +215,9 @@ impl Index {
                 }
             }
         }
+        if before == EntryState::InFlight {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         while matches!(self.entries.front(), Some(e) if e.state == EntryState::Vacant) {
             self.entries.pop_front();
             self.first_seq += 1;
@@ -268,10 +273,12 @@ impl Index {
                 if was_deferred {
                     self.domain_counts[domain].deferred -= 1;
                 }
+                self.in_flight += 1;
                 true
             }
             (EntryState::InFlight, false) => {
                 e.state = EntryState::Waiting;
+                self.in_flight = self.in_flight.saturating_sub(1);
                 true
             }
             _ => false,
@@ -298,6 +305,11 @@ impl Index {
     /// Recipients not yet final.
     pub fn live(&self) -> u64 {
         self.live
+    }
+
+    /// Live recipients in flight (handed to delivery, no outcome yet).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
     }
 
     /// Live recipients with their sequence numbers, oldest first.

@@ -108,6 +108,8 @@ pub struct ShardStatus {
     pub at_unix_ms: u64,
     /// Recipients of this home not yet final (waiting, deferred or in flight).
     pub live_recipients: u64,
+    /// Of those, in flight: rendered and handed to delivery, no outcome yet.
+    pub in_flight: u64,
     pub segments: usize,
     pub home: crate::schedule::HomeStatus,
     /// The busiest scopes this shard owns (at most `STATUS_SCOPES_MAX`), busiest first.
@@ -438,6 +440,7 @@ impl<L: LogSink> Core<L> {
             shard: self.id,
             at_unix_ms: self.clock.unix_ms(),
             live_recipients: self.queue.index.live(),
+            in_flight: self.queue.index.in_flight(),
             segments: self.queue.segment_count(),
             home: self.home.status(),
             scopes,
