@@ -629,6 +629,42 @@ fn suppression_commands_work_with_the_engine_stopped_and_running() {
         .map(|e| e["entry"].as_str().unwrap())
         .collect();
     assert_eq!(entries, ["@blocked.test"]);
+    // Without a token, another web page cannot steer the engine through the operator's
+    // browser: a cross-site form, or a name of its own resolving to 127.0.0.1.
+    let addr = std::fs::read_to_string(env.path("data/admin/listen")).unwrap();
+    let addr = addr
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let raw = |fields: &str| -> u16 {
+        use std::io::{Read, Write};
+        let body = "{\"target\":\"domain:blocked.test\",\"reason\":\"x\"}";
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /api/v1/bounce HTTP/1.1\r\n{fields}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply[9..12].parse().unwrap()
+    };
+    assert_eq!(
+        raw(&format!("Host: {addr}\r\nOrigin: https://evil.example\r\n")),
+        403
+    );
+    assert_eq!(raw("Host: evil.example:8025\r\n"), 403);
+    assert_eq!(
+        raw(&format!("Host: {addr}\r\n")),
+        200,
+        "the same request from a tool"
+    );
+    let (_, holds) = api(&env, "GET", "/api/v1/holds", None);
+    let holds: Value = serde_json::from_slice(&holds).unwrap();
+    assert_eq!(holds["bounces"].as_array().unwrap().len(), 1, "{holds}");
     env.drop_input(
         "b.jsonl",
         &batch("b", "acme", &["x@blocked.test".to_string()]),

@@ -26,6 +26,9 @@ pub struct Request {
     /// What follows `?`, if anything.
     pub query: String,
     pub authorization: Option<Vec<u8>>,
+    /// `Host` and `Origin`, as sent (for the checks against other web pages).
+    pub host: Option<String>,
+    pub origin: Option<String>,
     pub content_length: u64,
     /// The client asked to close after this request (or speaks HTTP/1.0).
     pub close: bool,
@@ -104,11 +107,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut close = req.version != Some(1);
     let mut authorization = None;
+    let (mut host, mut origin) = (None, None);
     let mut content_length: Option<u64> = None;
     for f in req.headers.iter() {
         let name = f.name;
         if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(f.value.to_vec());
+        } else if name.eq_ignore_ascii_case("host") {
+            host = Some(String::from_utf8_lossy(f.value).trim().to_ascii_lowercase());
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(String::from_utf8_lossy(f.value).trim().to_ascii_lowercase());
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(f.value)
                 .ok()
@@ -136,11 +144,43 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
             path: path.to_string(),
             query: query.to_string(),
             authorization,
+            host,
+            origin,
             content_length: content_length.unwrap_or(0),
             close,
         },
         used,
     )))
+}
+
+impl Request {
+    /// Whether another web page could have made this request through a browser: a `Host`
+    /// that is not a loopback address or `localhost` (DNS rebinding: a name of theirs that
+    /// resolves to 127.0.0.1), or an `Origin` other than this host (a form or script of
+    /// theirs posting here). Tools (curl, the commands, Prometheus) send neither problem.
+    pub fn from_elsewhere(&self) -> bool {
+        let Some(host) = &self.host else {
+            return false;
+        };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h),
+        };
+        let loopback = name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return true;
+        }
+        match &self.origin {
+            None => false,
+            Some(o) => {
+                let authority = o.split_once("://").map_or(o.as_str(), |(_, a)| a);
+                authority != host
+            }
+        }
+    }
 }
 
 /// `%XX` and `+` decoded; invalid escapes are kept as they are.
@@ -242,6 +282,7 @@ fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -298,6 +339,27 @@ mod tests {
         let ok = b"POST /x HTTP/1.0\r\nContent-Length: 12\r\n\r\n";
         let (r, _) = parse_head(ok).unwrap().unwrap();
         assert_eq!((r.content_length, r.close), (12, true));
+    }
+
+    #[test]
+    fn requests_another_web_page_could_make_are_told_apart() {
+        let req = |fields: &str| {
+            let raw = format!("POST /api/v1/bounce HTTP/1.1\r\n{fields}\r\n");
+            parse_head(raw.as_bytes()).unwrap().unwrap().0
+        };
+        assert!(!req("Host: 127.0.0.1:8025\r\n").from_elsewhere());
+        assert!(!req("Host: localhost:8025\r\nOrigin: http://localhost:8025\r\n").from_elsewhere());
+        assert!(!req("Host: [::1]:8025\r\n").from_elsewhere());
+        assert!(!req("").from_elsewhere(), "HTTP/1.0 tools may send no Host");
+        assert!(
+            req("Host: evil.example:8025\r\n").from_elsewhere(),
+            "rebinding"
+        );
+        assert!(
+            req("Host: 127.0.0.1:8025\r\nOrigin: https://evil.example\r\n").from_elsewhere(),
+            "a cross-site form"
+        );
+        assert!(req("Host: 127.0.0.1:8025\r\nOrigin: null\r\n").from_elsewhere());
     }
 
     #[test]

@@ -78,6 +78,15 @@ const ACHIEVED_SAMPLES: usize = 3;
 impl Handler for Api {
     fn handle(&self, req: &Request, body: &mut dyn Read, peer: SocketAddr) -> Response {
         let config = self.shared.config();
+        // Without a token, loopback is the only protection: a web page the operator visits
+        // must not reach the API through the browser (a form posting a bounce, a name of its
+        // own resolving to 127.0.0.1). A token it cannot send.
+        if config.admin.token.is_none() && req.from_elsewhere() {
+            return Response::error(
+                403,
+                "requests through another site (Host or Origin not this loopback address) are refused",
+            );
+        }
         // The page itself holds no data: it asks the API, with the token, for everything.
         let public = req.method != Method::Post && (req.path == "/" || req.path == "/index.html");
         if !public && !config.admin.authorized(req.authorization.as_deref()) {
