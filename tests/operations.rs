@@ -128,6 +128,19 @@ fn a_suspended_campaign_waits_a_bounced_domain_bounces_and_the_metrics_agree() {
         "{why}"
     );
     assert_eq!(why["recipient"]["state"], "held", "{why}");
+    // The live summary counts them held, and says why.
+    let (_, summary) = cli_json(&env, &["queue", "summary"]);
+    let held_row = summary["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["held"] == 5)
+        .unwrap_or_else(|| panic!("no row with the 5 held: {summary}"));
+    assert_eq!(held_row["constraint"], "suspended", "{held_row}");
+    assert!(
+        held_row["why"].as_str().unwrap().contains("campaign:held"),
+        "{held_row}"
+    );
     // A deferred one waits for its retry time, and says until when.
     let (_, why) = cli_json(&env, &["queue", "why", "t0@temp.test"]);
     assert_eq!(why["constraint"], "retry_times", "{why}");

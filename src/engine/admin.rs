@@ -36,6 +36,8 @@ pub struct DomainRow {
     pub queued: u64,
     pub deferred: u64,
     pub in_flight: u64,
+    /// Held by an operator's suspension.
+    pub held: u64,
     pub oldest_unix_ms: u64,
 }
 
@@ -306,8 +308,9 @@ impl Shard {
     fn domain_rows(&self) -> Vec<DomainRow> {
         let core = self.core.borrow();
         let index = &core.queue.index;
+        let held: std::collections::HashSet<u64> = core.home.held().iter().copied().collect();
         let mut rows: HashMap<u32, DomainRow> = HashMap::new();
-        for (_, e) in index.live_entries().take(crate::shard::WHY_SCAN_MAX) {
+        for (seq, e) in index.live_entries().take(crate::shard::WHY_SCAN_MAX) {
             let row = rows.entry(e.domain).or_insert_with(|| {
                 let domain = index.domain_names[e.domain as usize].to_string();
                 DomainRow {
@@ -316,10 +319,12 @@ impl Shard {
                     queued: 0,
                     deferred: 0,
                     in_flight: 0,
+                    held: 0,
                     oldest_unix_ms: u64::MAX,
                 }
             });
             row.queued += 1;
+            row.held += u64::from(held.contains(&seq));
             match e.state {
                 crate::queue::store::EntryState::Deferred => row.deferred += 1,
                 crate::queue::store::EntryState::InFlight => row.in_flight += 1,

@@ -384,6 +384,7 @@ impl Api {
                         d.queued += r.queued;
                         d.deferred += r.deferred;
                         d.in_flight += r.in_flight;
+                        d.held += r.held;
                         d.oldest_unix_ms = d.oldest_unix_ms.min(r.oldest_unix_ms);
                     }
                 }
@@ -405,7 +406,51 @@ impl Api {
                 });
                 let queued = sum(|d| d.queued);
                 let deferred = sum(|d| d.deferred);
-                let constraint = if queued > 0 && deferred == queued {
+                let held = sum(|d| d.held);
+                let suspension = ds.iter().find_map(|d| {
+                    (d.held > 0)
+                        .then(|| holds.suspension(&Target::Domain(d.domain.clone())))
+                        .flatten()
+                });
+                let constraint = if queued > 0 && held == queued {
+                    match suspension {
+                        Some(r) => Constraint::Suspended {
+                            target: r.target.to_string(),
+                            since_unix_ms: r.at_unix_ms,
+                            reason: r.reason.clone(),
+                        },
+                        None => {
+                            // Held by campaign or tenant: one of these (`queue why RECIPIENT`
+                            // names which).
+                            let rules: Vec<&Rule> = holds
+                                .suspended
+                                .iter()
+                                .filter(|r| {
+                                    matches!(r.target, Target::Campaign(_) | Target::Tenant(_))
+                                })
+                                .collect();
+                            match rules.as_slice() {
+                                [one] => Constraint::Suspended {
+                                    target: one.target.to_string(),
+                                    since_unix_ms: one.at_unix_ms,
+                                    reason: one.reason.clone(),
+                                },
+                                many => Constraint::Suspended {
+                                    target: format!(
+                                        "one of {} campaign or tenant suspensions",
+                                        many.len()
+                                    ),
+                                    since_unix_ms: many
+                                        .iter()
+                                        .map(|r| r.at_unix_ms)
+                                        .min()
+                                        .unwrap_or(now),
+                                    reason: String::new(),
+                                },
+                            }
+                        }
+                    }
+                } else if queued > 0 && deferred == queued {
                     Constraint::RetryTimes {
                         next_unix_ms: None,
                         last_failure: v
@@ -424,6 +469,7 @@ impl Api {
                     "queued": queued,
                     "in_flight": sum(|d| d.in_flight),
                     "deferred": deferred,
+                    "held": held,
                     "oldest_age_s": now.saturating_sub(oldest) / 1000,
                     "rate": v.rate,
                     "max_rate": limits.max_rate,
@@ -439,6 +485,7 @@ impl Api {
                         "queued": d.queued,
                         "in_flight": d.in_flight,
                         "deferred": d.deferred,
+                        "held": d.held,
                         "oldest_age_s": now.saturating_sub(d.oldest_unix_ms) / 1000,
                     })).collect::<Vec<_>>(),
                 })

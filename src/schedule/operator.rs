@@ -166,6 +166,11 @@ impl Home {
         self.held.contains(&seq)
     }
 
+    /// The recipients held by suspensions here.
+    pub fn held(&self) -> &[u64] {
+        &self.held
+    }
+
     pub fn holds(&self) -> &Arc<Holds> {
         &self.holds
     }
