@@ -186,8 +186,16 @@ pub fn age_text(ms: u64) -> String {
 /// every scope the delivery log names (idle ones included).
 pub fn scopes(statuses: &[ShardStatus], config: &Config) -> Vec<ScopeView> {
     let mut by: BTreeMap<String, ScopeView> = BTreeMap::new();
+    // The rates in force of the shards that are sending, summed: without a configured
+    // ceiling each shard's throttle paces its own share of the scope's connections.
+    let mut sending: HashMap<String, (Option<f64>, Option<f64>)> = HashMap::new();
     for st in statuses {
         for s in &st.scopes {
+            if s.workers > 0 {
+                let e = sending.entry(s.key.clone()).or_default();
+                e.0 = add_opt(e.0, s.rate);
+                e.1 = add_opt(e.1, s.adaptive_limit);
+            }
             let v = by.entry(s.key.clone()).or_insert_with(|| ScopeView {
                 key: s.key.clone(),
                 ..Default::default()
@@ -220,6 +228,14 @@ pub fn scopes(statuses: &[ShardStatus], config: &Config) -> Vec<ScopeView> {
                 let limits = crate::shard::scope_limits(config, &v.key);
                 v.connection_limit = limits.connection_limit;
                 v.max_rate = limits.max_rate;
+                // A configured ceiling is paced by one shard at a time (its pace moves with
+                // the scope, `delivery::shares`): its rate is the largest any shard has.
+                if limits.max_rate.is_none() {
+                    if let Some((rate, adaptive)) = sending.get(&v.key) {
+                        v.rate = *rate;
+                        v.adaptive_limit = *adaptive;
+                    }
+                }
             }
             v
         })
@@ -231,6 +247,14 @@ pub fn scopes(statuses: &[ShardStatus], config: &Config) -> Vec<ScopeView> {
             .then_with(|| a.key.cmp(&b.key))
     });
     out
+}
+
+fn add_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x + y),
+        (x, None) => x,
+        (None, y) => y,
+    }
 }
 
 fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {

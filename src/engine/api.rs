@@ -278,10 +278,14 @@ fn scope_json(
 }
 
 /// Deliveries and deferrals a second, from consecutive samples.
+/// Each over the `ACHIEVED_SAMPLES` seconds before it: the shards publish their counts once
+/// a second and the samples are taken once a second, at phases of their own, so a one-second
+/// difference holds zero or two publications as often as one.
 fn per_second(q: &VecDeque<(u64, u64, u64, u64)>) -> (Vec<u64>, Vec<u64>) {
     let mut d = Vec::with_capacity(q.len());
     let mut f = Vec::with_capacity(q.len());
-    for (a, b) in q.iter().zip(q.iter().skip(1)) {
+    for i in 1..q.len() {
+        let (a, b) = (q[i.saturating_sub(ACHIEVED_SAMPLES)], q[i]);
         let secs = (b.0 - a.0).max(1);
         d.push(b.1.saturating_sub(a.1) / secs);
         f.push(b.2.saturating_sub(a.2) / secs);
