@@ -221,7 +221,18 @@ fn the_status_page_shows_the_providers_and_follows_a_running_campaign() {
         std::fs::write(&path, bytes).unwrap();
     }
 
-    // A phone's width: the rows become labelled cards.
+    // A phone's width: the rows become labelled cards, long words and all.
+    let long = format!("ticket-{}", "x".repeat(120));
+    let (code, _, err) = env.run_cli(&[
+        "queue",
+        "suspend",
+        "campaign:another",
+        "--reason",
+        &long,
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     driver.session(
         "POST",
         "/window/rect",
