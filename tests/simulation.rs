@@ -365,6 +365,7 @@ fn provider(key: &str, l: ScopeLimits) -> Provider {
         max_deliveries_per_connection: l.max_per_connection,
         pipeline_transactions: None,
         chunking: None,
+        controller: l.controller,
     }
 }
 
@@ -472,6 +473,7 @@ impl Sim {
             max_per_connection: 1_000,
             tls: TlsPolicy::Opportunistic,
             max_rate: None,
+            controller: Default::default(),
         };
         let mut config = (*sim.config).clone();
         config.providers = BTreeMap::from([(key.clone(), provider(&key, limits))]);
@@ -1466,6 +1468,7 @@ fn random_limits(rng: &mut Rng) -> ScopeLimits {
         max_per_connection: rng.range(1, 51) as u32,
         tls: TlsPolicy::Opportunistic,
         max_rate: [None, Some(5.0), Some(30.0), Some(200.0)][rng.below(4) as usize],
+        controller: Default::default(),
     }
 }
 

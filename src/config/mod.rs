@@ -134,6 +134,9 @@ pub struct Delivery {
     pub tls: crate::smtp::session::TlsPolicy,
     /// Recipients of one verbatim message at one domain that share a transaction.
     pub recipients_per_transaction: u32,
+    /// (extension) The adaptive throttle's parameters for every scope a provider does not
+    /// set them for (`throttle_cut`, `throttle_step`, `throttle_quiet`). Reloadable.
+    pub controller: crate::delivery::throttle::Controller,
     /// SMTP client timeouts per phase (RFC 5321 4.5.3.2 defaults).
     pub timeouts: crate::smtp::session::Timeouts,
     /// Connect to addresses from DNS in loopback, private, link-local and other non-public
@@ -240,6 +243,8 @@ pub struct Provider {
     pub pipeline_transactions: Option<bool>,
     /// Send messages with BDAT where offered (extension; `[delivery] chunking` when unset).
     pub chunking: Option<bool>,
+    /// (extension) The adaptive throttle's parameters (over `[delivery]`'s).
+    pub controller: crate::delivery::throttle::Controller,
 }
 
 /// A rate such as `300/s`, kept as messages per `per`.
@@ -559,11 +564,15 @@ impl Config {
                 .max_message_rate
                 .map(|r| format!("{}/{}s", r.messages, r.per.as_secs()))
                 .unwrap_or_else(|| "unlimited".into());
+            let c = &p.controller;
             line(format!(
-                "provider {name}: mx_suffixes [{}] connection_limit={} max_message_rate={rate} max_deliveries_per_connection={}",
+                "provider {name}: mx_suffixes [{}] connection_limit={} max_message_rate={rate} max_deliveries_per_connection={} throttle_cut={} throttle_step={} throttle_quiet={}",
                 p.mx_suffixes.join(", "),
                 p.connection_limit,
-                p.max_deliveries_per_connection
+                p.max_deliveries_per_connection,
+                c.cut,
+                c.step,
+                duration_text(c.quiet)
             ));
         }
         for l in &self.listeners {

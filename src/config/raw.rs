@@ -110,6 +110,9 @@ struct RawDelivery {
     allow_private_destinations: Option<bool>,
     tls: Option<String>,
     recipients_per_transaction: Option<u32>,
+    throttle_cut: Option<f64>,
+    throttle_step: Option<f64>,
+    throttle_quiet: Option<String>,
     greeting_timeout: Option<String>,
     ehlo_timeout: Option<String>,
     mail_timeout: Option<String>,
@@ -165,6 +168,9 @@ struct RawProvider {
     max_deliveries_per_connection: Option<u32>,
     pipeline_transactions: Option<bool>,
     chunking: Option<bool>,
+    throttle_cut: Option<f64>,
+    throttle_step: Option<f64>,
+    throttle_quiet: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +286,14 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         )
         .map_err(|m| err("delivery.tls", m))?,
         recipients_per_transaction: raw.delivery.recipients_per_transaction.unwrap_or(50),
+        controller: controller(
+            "delivery",
+            Default::default(),
+            raw.delivery.throttle_cut,
+            raw.delivery.throttle_step,
+            &raw.delivery.throttle_quiet,
+            &err,
+        )?,
         timeouts: crate::smtp::session::Timeouts {
             greeting: duration(
                 "delivery.greeting_timeout",
@@ -420,6 +434,14 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         }
         let tls = crate::delivery::tls::parse_policy(p.tls.as_deref().unwrap_or("opportunistic"))
             .map_err(|m| err(&format!("{field}.tls"), m))?;
+        let controller = controller(
+            &field,
+            delivery.controller,
+            p.throttle_cut,
+            p.throttle_step,
+            &p.throttle_quiet,
+            &err,
+        )?;
         providers.insert(
             name,
             Provider {
@@ -434,6 +456,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 max_deliveries_per_connection,
                 pipeline_transactions: p.pipeline_transactions,
                 chunking: p.chunking,
+                controller,
             },
         );
     }
@@ -703,4 +726,43 @@ fn validate_runtime(raw: &RawEngine, source: &str) -> Result<Runtime, ConfigErro
             DEFAULT_BACKGROUND_SHARES,
         )?,
     })
+}
+
+/// The throttle controller's keys of `section` over `base`, each checked against its range.
+fn controller(
+    section: &str,
+    base: crate::delivery::throttle::Controller,
+    cut: Option<f64>,
+    step: Option<f64>,
+    quiet: &Option<String>,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::delivery::throttle::Controller, ConfigError> {
+    let mut c = base;
+    if let Some(cut) = cut {
+        if !(0.1..=0.95).contains(&cut) {
+            return Err(err(
+                &format!("{section}.throttle_cut"),
+                format!("must be between 0.1 and 0.95, got {cut}"),
+            ));
+        }
+        c.cut = cut;
+    }
+    if let Some(step) = step {
+        if !(0.01..=1.0).contains(&step) {
+            return Err(err(
+                &format!("{section}.throttle_step"),
+                format!("must be between 0.01 and 1, got {step}"),
+            ));
+        }
+        c.step = step;
+    }
+    if let Some(q) = quiet {
+        let field = format!("{section}.throttle_quiet");
+        let d = super::units::parse_duration(q).map_err(|m| err(&field, m))?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            return Err(err(&field, format!("must be between 1s and 1h, got {q:?}")));
+        }
+        c.quiet = d;
+    }
+    Ok(c)
 }

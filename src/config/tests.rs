@@ -192,6 +192,9 @@ fn bad_values_name_their_field() {
             "admin.cert",
         ),
         ("[admin]\nmetrics_scopes = 5000\n", "admin.metrics_scopes"),
+        ("[delivery]\nthrottle_cut = 1.5\n", "delivery.throttle_cut"),
+        ("[providers.y]\nthrottle_step = 0\n", "providers.y.throttle_step"),
+        ("[providers.y]\nthrottle_quiet = \"2h\"\n", "providers.y.throttle_quiet"),
         ("[unsubscribe]\nlisten = \"127.0.0.1:8080\"\n", "unsubscribe.listen"),
         (
             "[[listeners]]\nlisten = \"0.0.0.0:25\"\ntls = \"none\"\n",
@@ -439,4 +442,23 @@ fn the_admin_token_is_required_off_loopback_and_checked_exactly() {
     assert_eq!(open.admin.listen.to_string(), "127.0.0.1:8025");
     assert!(open.admin.authorized(None));
     assert!(!format!("{c:?}").contains("0123456789abcdef"));
+}
+
+#[test]
+fn a_provider_s_throttle_parameters_default_to_delivery_s() {
+    let c = Config::parse(
+        "[delivery]\nthrottle_cut = 0.5\n[providers.y]\nthrottle_quiet = \"10s\"\n[providers.z]\nthrottle_step = 0.2\nthrottle_cut = 0.8\n",
+        "t",
+    )
+    .unwrap();
+    let y = c.providers["y"].controller;
+    assert_eq!((y.cut, y.step, y.quiet.as_secs()), (0.5, 0.1, 10));
+    let z = c.providers["z"].controller;
+    assert_eq!((z.cut, z.step, z.quiet.as_secs()), (0.8, 0.2, 60));
+    assert_eq!(c.delivery.controller.cut, 0.5);
+    let plain = Config::parse("", "t").unwrap();
+    assert_eq!(
+        plain.delivery.controller,
+        crate::delivery::throttle::Controller::default()
+    );
 }

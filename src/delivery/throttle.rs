@@ -29,6 +29,29 @@ const RECENT_CUT: Duration = Duration::from_secs(2);
 pub const CLEAR_AFTER: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// The controller's parameters, per provider (`throttle_cut`, `throttle_step`,
+/// `throttle_quiet`; `[delivery]` sets the default for every scope).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Controller {
+    /// The multiplicative decrease: a cut eases off to this share of what the receiver took.
+    pub cut: f64,
+    /// The recovery step: each second without pushback adds this share of the larger of the
+    /// rate cut from and the current limit.
+    pub step: f64,
+    /// The adaptive limit is lifted after this long without pushback.
+    pub quiet: Duration,
+}
+
+impl Default for Controller {
+    fn default() -> Controller {
+        Controller {
+            cut: DECREASE,
+            step: INCREASE,
+            quiet: CLEAR_AFTER,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Change {
     None,
@@ -41,6 +64,7 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct Throttle {
     configured: Option<f64>,
+    controller: Controller,
     limit: Option<f64>,
     /// The accepted rate before the last decrease.
     cut_from: f64,
@@ -61,8 +85,17 @@ pub struct Throttle {
 impl Throttle {
     /// `configured`: the scope's `max_message_rate` in messages per second, if any.
     pub fn new(configured: Option<f64>, now: Instant) -> Throttle {
+        Throttle::with_controller(configured, Controller::default(), now)
+    }
+
+    pub fn with_controller(
+        configured: Option<f64>,
+        controller: Controller,
+        now: Instant,
+    ) -> Throttle {
         Throttle {
             configured,
+            controller,
             limit: None,
             cut_from: 0.0,
             last_decrease: None,
@@ -79,6 +112,11 @@ impl Throttle {
 
     pub fn set_configured(&mut self, configured: Option<f64>) {
         self.configured = configured;
+    }
+
+    /// New parameters (a reload), from the next decision on.
+    pub fn set_controller(&mut self, controller: Controller) {
+        self.controller = controller;
     }
 
     /// The rate in force (messages per second), or None for no limit.
@@ -159,7 +197,7 @@ impl Throttle {
                     Some(r) => r,
                     None => observed,
                 };
-                let new = (base * DECREASE).max(RATE_MIN);
+                let new = (base * self.controller.cut).max(RATE_MIN);
                 self.cut_from = base.max(RATE_MIN);
                 self.limit = Some(new);
                 self.last_decrease = Some(now);
@@ -196,8 +234,9 @@ impl Throttle {
             return Change::None;
         }
         let seconds = elapsed.as_secs_f64().min(10.0);
-        let raised = limit + (self.cut_from.max(limit) * INCREASE).max(RATE_MIN) * seconds;
-        if quiet >= CLEAR_AFTER {
+        let raised =
+            limit + (self.cut_from.max(limit) * self.controller.step).max(RATE_MIN) * seconds;
+        if quiet >= self.controller.quiet {
             self.limit = None;
             return Change::Cleared;
         }
@@ -386,5 +425,38 @@ mod tests {
         }
         assert_eq!(t.rate().unwrap(), after_first, "held for DECREASE_HOLD");
         assert!(after_first <= 500.0 * DECREASE + 1e-9);
+    }
+
+    #[test]
+    fn a_provider_s_controller_sets_the_cut_the_step_and_the_quiet_time() {
+        let start = Instant::now();
+        let gentle = Controller {
+            cut: 0.5,
+            step: 0.3,
+            quiet: Duration::from_secs(5),
+        };
+        let mut t = Throttle::with_controller(Some(1000.0), gentle, start);
+        // The receiver took 1,000 in the first second, then pushes back.
+        let half = start + Duration::from_millis(500);
+        t.record(1000, false, half, half);
+        let now = start + Duration::from_millis(1000);
+        t.tick(now);
+        assert_eq!(t.record(0, true, now, now), Change::Decreased(500.0));
+        // One quiet second adds 30% of the rate cut from.
+        let later = now + Duration::from_millis(1000);
+        t.tick(later);
+        assert!(
+            (t.adaptive_limit().unwrap() - 800.0).abs() < 1e-6,
+            "{:?}",
+            t.adaptive_limit()
+        );
+        // Lifted after 5 s without pushback, not 60.
+        let mut at = later;
+        let mut cleared = false;
+        for _ in 0..5 {
+            at += Duration::from_millis(1000);
+            cleared |= t.tick(at) == Change::Cleared;
+        }
+        assert!(cleared && t.adaptive_limit().is_none());
     }
 }

@@ -12,12 +12,18 @@ use crate::smtp::reply::{printable, Reply};
 /// A scope's limits in the configuration in force.
 pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
     let provider = config.providers.get(scope_key);
-    let (connection_limit, max_per_connection, tls) = match provider {
-        Some(p) => (p.connection_limit, p.max_deliveries_per_connection, p.tls),
+    let (connection_limit, max_per_connection, tls, controller) = match provider {
+        Some(p) => (
+            p.connection_limit,
+            p.max_deliveries_per_connection,
+            p.tls,
+            p.controller,
+        ),
         None => (
             config.delivery.site_connection_limit,
             crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
             config.delivery.tls,
+            config.delivery.controller,
         ),
     };
     ScopeLimits {
@@ -25,6 +31,7 @@ pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
         max_per_connection,
         tls,
         max_rate: configured_rate(config, scope_key),
+        controller,
     }
 }
 

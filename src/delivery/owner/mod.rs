@@ -57,6 +57,8 @@ pub struct ScopeLimits {
     pub tls: TlsPolicy,
     /// `max_message_rate` in messages per second, if configured.
     pub max_rate: Option<f64>,
+    /// The adaptive throttle's parameters.
+    pub controller: crate::delivery::throttle::Controller,
 }
 
 /// Owner-side state of one scope.
@@ -125,7 +127,7 @@ fn note_text(text: &str) -> String {
 impl<M> OwnerScope<M> {
     fn new(limits: ScopeLimits, homes: usize, now: Instant) -> Self {
         OwnerScope {
-            throttle: Throttle::new(limits.max_rate, now),
+            throttle: Throttle::with_controller(limits.max_rate, limits.controller, now),
             limits,
             conn_cap: limits.connection_limit,
             conn_cap_at: now,
@@ -176,6 +178,7 @@ impl<M> OwnerScope<M> {
         self.limits = limits;
         let before = self.throttle.interval().unwrap_or(Duration::ZERO);
         self.throttle.set_configured(limits.max_rate);
+        self.throttle.set_controller(limits.controller);
         let after = self.throttle.interval().unwrap_or(Duration::ZERO);
         if after < before {
             self.next_send = self.next_send.min(now + after);
@@ -592,6 +595,7 @@ impl<M: Recipients> Owner<M> {
         if let Some(s) = self.scopes.get_mut(key) {
             s.throttle = pace.throttle;
             s.throttle.set_configured(s.limits.max_rate);
+            s.throttle.set_controller(s.limits.controller);
             s.next_send = s.next_send.max(pace.next_send);
         }
     }

@@ -30,6 +30,7 @@ fn limits(connections: u32, rate: Option<f64>) -> ScopeLimits {
         max_per_connection: 100,
         tls: TlsPolicy::Opportunistic,
         max_rate: rate,
+        controller: Default::default(),
     }
 }
 
