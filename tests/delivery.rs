@@ -163,9 +163,18 @@ fn kill_9_mid_campaign_then_restart_delivers_everyone_at_least_once() {
     let got = sink.received.lock().unwrap();
     let duplicates: usize = got.deliveries.values().map(|n| n - 1).sum();
     eprintln!("kill -9 mid-campaign: {delivered_before} delivered before the kill, {duplicates} duplicates after the restart");
-    // Duplicates are the messages in flight or delivered but not yet group-committed at the
-    // kill: at most one window of the scope (4 connections x 16 messages).
-    assert!(duplicates <= 64, "{duplicates} duplicates");
+    // Duplicates are the transactions in flight at the kill (two a connection, pipelined)
+    // plus those completed since the last group commit began: outcome records reach the
+    // segment only then. That window is at most two fdatasyncs (assumed at most 100 ms each
+    // on a loaded shared disk, as in tests/crash_loop.rs) and one commit interval (4 ms),
+    // and a connection completes at most one transaction per 2 ms, the sink's delay. A bound
+    // of 64 (the in-flight window alone) was exceeded in CI (96) when an fsync was slow.
+    let per_connection = 2 + (2 * 100 + 4) / 2;
+    let bound = 4 * per_connection;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates, bound {bound}"
+    );
     drop(got);
     sink.stop();
 }
