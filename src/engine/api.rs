@@ -416,7 +416,11 @@ impl Api {
                         .then(|| holds.suspension(&Target::Domain(d.domain.clone())))
                         .flatten()
                 });
-                let constraint = if queued > 0 && held == queued {
+                let in_flight = sum(|d| d.in_flight);
+                // Nothing here can be sent now: held by a suspension (named first: an
+                // operator's action explains more than a retry time) or waiting to retry.
+                let stuck = queued > 0 && in_flight == 0 && held + deferred >= queued;
+                let constraint = if stuck && held > 0 {
                     match suspension {
                         Some(r) => Constraint::Suspended {
                             target: r.target.to_string(),
@@ -454,7 +458,7 @@ impl Api {
                             }
                         }
                     }
-                } else if queued > 0 && deferred == queued {
+                } else if stuck {
                     Constraint::RetryTimes {
                         next_unix_ms: None,
                         last_failure: v
@@ -465,13 +469,18 @@ impl Api {
                             .unwrap_or_default(),
                     }
                 } else {
-                    view::scope_constraint(&v, &holds)
+                    match view::scope_constraint(&v, &holds) {
+                        // Mail queued that the owner has not heard of yet: being routed or
+                        // waiting for its share.
+                        Constraint::Idle if queued > 0 => Constraint::Credit,
+                        c => c,
+                    }
                 };
                 let limits = crate::shard::scope_limits(config, key);
                 json!({
                     "scope": key,
                     "queued": queued,
-                    "in_flight": sum(|d| d.in_flight),
+                    "in_flight": in_flight,
                     "deferred": deferred,
                     "held": held,
                     "oldest_age_s": now.saturating_sub(oldest) / 1000,
