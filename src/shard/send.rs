@@ -543,7 +543,7 @@ impl<L: LogSink> Core<L> {
             ),
             Change::Cleared => tracing::info!(
                 "{key}: no pushback for {} s; adaptive limit lifted",
-                crate::delivery::throttle::CLEAR_AFTER.as_secs()
+                scope_limits(&self.config, key).controller.quiet.as_secs()
             ),
             Change::None => {}
         }
