@@ -238,17 +238,7 @@ pub(super) fn start_server(
 ) -> Result<crate::admin::server::Server, EngineError> {
     let config = shared.config();
     let a = &config.admin;
-    let tls = match (&a.cert, &a.key) {
-        (Some(cert), Some(key)) => {
-            let certs = gateway::Certificates::from_files(cert, key)
-                .map_err(|e| EngineError::Config(ConfigError(format!("admin.cert: {e}"))))?;
-            Some(
-                gateway::server_tls(Arc::new(certs))
-                    .map_err(|e| EngineError::Config(ConfigError(format!("admin.cert: {e}"))))?,
-            )
-        }
-        _ => None,
-    };
+    let tls = https_config(&a.cert, &a.key, "admin.cert")?;
     let https = tls.is_some();
     let api = Arc::new(super::api::Api::new(Arc::clone(shared)));
     let server = crate::admin::server::Server::start("spate-admin", a.listen, tls, api)
@@ -267,6 +257,23 @@ pub(super) fn start_server(
     }
     tracing::info!("admin: API, /metrics and the status page on {url}");
     Ok(server)
+}
+
+/// The HTTPS settings of a listener of ours with `cert` and `key` (none without them); an
+/// error names `field`.
+pub(super) fn https_config(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    field: &str,
+) -> Result<Option<Arc<rustls::ServerConfig>>, EngineError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let refused = |e: String| EngineError::Config(ConfigError(format!("{field}: {e}")));
+    let certs = gateway::Certificates::from_files(cert, key).map_err(refused)?;
+    gateway::server_tls(Arc::new(certs))
+        .map(Some)
+        .map_err(refused)
 }
 
 /// Where the running engine's admin API listens, under `<data_dir>/admin/`.

@@ -131,18 +131,7 @@ pub(super) fn start_server(
     let Some(l) = &config.unsubscribe.listener else {
         return Ok(None);
     };
-    let tls = match (&l.cert, &l.key) {
-        (Some(cert), Some(key)) => {
-            let certs = gateway::Certificates::from_files(cert, key)
-                .map_err(|e| EngineError::Config(ConfigError(format!("unsubscribe.cert: {e}"))))?;
-            Some(
-                gateway::server_tls(Arc::new(certs)).map_err(|e| {
-                    EngineError::Config(ConfigError(format!("unsubscribe.cert: {e}")))
-                })?,
-            )
-        }
-        _ => None,
-    };
+    let tls = super::admin::https_config(&l.cert, &l.key, "unsubscribe.cert")?;
     let handler = Arc::new(OneClick {
         shared: Arc::clone(shared),
     });

@@ -21,12 +21,7 @@ impl Certificates {
         let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
             return Ok(None);
         };
-        let current = certified_key(cert, key)?;
-        Ok(Some(Certificates {
-            cert: cert.clone(),
-            key: key.clone(),
-            current: std::sync::RwLock::new(Arc::new(current)),
-        }))
+        Certificates::from_files(cert, key).map(Some)
     }
 
     /// Reads a chain and key from PEM files (the admin API's and the one-click endpoint's).

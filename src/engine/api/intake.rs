@@ -1,0 +1,187 @@
+//! What comes in through the API: campaign batches (`/api/v1/inject`, through the spool)
+//! and changes to the suppression store.
+
+use super::*;
+
+impl Api {
+    /// `POST /api/v1/inject`: a campaign batch (the spool's `.jsonl`), streamed into the
+    /// spool and answered once the engine has queued it durably (or refused it), exactly as
+    /// for a file renamed into `incoming/`.
+    pub(super) fn inject(
+        &self,
+        config: &Config,
+        req: &Request,
+        body: &mut dyn Read,
+        peer: SocketAddr,
+    ) -> Response {
+        if req.content_length == 0 {
+            return Response::error(400, "an empty batch");
+        }
+        if req.content_length > crate::spool::INPUT_BYTES_MAX {
+            return Response::error(413, "a batch of at most 1 GiB");
+        }
+        if self.shared.stopping() {
+            return Response::error(503, "the engine is stopping");
+        }
+        let n = self.injected.fetch_add(1, Ordering::Relaxed);
+        let name = format!("api-{}-{n}.jsonl", self.now());
+        let spool = &config.spool.dir;
+        let tmp = spool.join("tmp").join(&name);
+        let written = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(spool.join("tmp"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            let copied = std::io::copy(&mut body.take(req.content_length), &mut f)?;
+            if copied != req.content_length {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the client sent {copied} of {} bytes", req.content_length),
+                ));
+            }
+            f.flush()?;
+            std::fs::rename(&tmp, spool.join("incoming").join(&name))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Response::error(400, &format!("the batch was not taken: {e}"));
+        }
+        let client = peer.to_string();
+        let audit = Audit {
+            action: "inject",
+            target: &name,
+            reason: "",
+            client: &client,
+            at_unix_ms: self.now(),
+        };
+        // Queued once the file has left incoming/ and its claim: deleted (or in done/)
+        // after every recipient's group commit, or in bad/ with the reason.
+        let incoming = spool.join("incoming");
+        let claimed_suffix = format!(".{name}");
+        let deadline = std::time::Instant::now() + INJECT_WAIT_MAX;
+        loop {
+            let waiting = incoming.join(&name).exists()
+                || std::fs::read_dir(incoming.join(crate::spool::CLAIMED_DIR))
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.file_name().to_string_lossy().ends_with(&claimed_suffix))
+                    })
+                    .unwrap_or(false);
+            if !waiting {
+                break;
+            }
+            if self.shared.stopping() {
+                self.shared.admin.audit(config, &audit, "engine stopping");
+                return Response::error(
+                    503,
+                    &format!("{name}: the engine is stopping; the batch stays in the spool and is queued at the next start"),
+                );
+            }
+            if std::time::Instant::now() >= deadline || self.shared.failed() {
+                self.shared
+                    .admin
+                    .audit(config, &audit, "not queued in time");
+                return Response::error(
+                    504,
+                    &format!(
+                        "{name}: not queued within {} s; it stays in the spool and will be",
+                        INJECT_WAIT_MAX.as_secs()
+                    ),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let err = spool.join("bad").join(format!("{name}.err"));
+        if let Ok(reason) = std::fs::read_to_string(&err) {
+            self.shared.admin.audit(config, &audit, "refused");
+            return Response::json(
+                422,
+                json!({"name": name, "queued": false, "error": reason.trim_end()}).to_string(),
+            );
+        }
+        self.shared.admin.audit(config, &audit, "queued");
+        Response::json(200, json!({"name": name, "queued": true}).to_string())
+    }
+}
+
+/// The store's entries as `suppression list --json` prints them.
+pub fn entries_json(entries: &[crate::suppression::store::Entry]) -> Value {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let (date, kind, _) = crate::suppression::manage::describe(e);
+            json!({"entry": e.entry, "tenant": e.tenant, "kind": kind, "date": date})
+        })
+        .collect();
+    json!({ "entries": list })
+}
+
+impl Api {
+    /// `suppression add|remove` with the engine running: the store line synced, then the
+    /// live table.
+    pub(super) fn suppression_change(
+        &self,
+        config: &Config,
+        action: &str,
+        body: &Value,
+        peer: SocketAddr,
+    ) -> Response {
+        let Some(entry) = body.get("entry").and_then(Value::as_str) else {
+            return Response::error(400, "the body needs {\"entry\": ...}");
+        };
+        let tenant = body.get("tenant").and_then(Value::as_str).unwrap_or("");
+        let now = self.now();
+        let client = peer.to_string();
+        let target = if tenant.is_empty() {
+            entry.to_string()
+        } else {
+            format!("{entry} (tenant {tenant})")
+        };
+        let name = format!("suppression-{action}");
+        let audit = Audit {
+            action: &name,
+            target: &target,
+            reason: body.get("reason").and_then(Value::as_str).unwrap_or(""),
+            client: &client,
+            at_unix_ms: now,
+        };
+        let s = &*self.shared.suppressions;
+        let day = crate::suppression::day_of(now);
+        let result = match action {
+            "add" => self.shared.admin.change(
+                config,
+                &audit,
+                || {
+                    crate::suppression::manage::add(
+                        config,
+                        Some(s),
+                        tenant,
+                        entry,
+                        crate::suppression::Source::Manual { day },
+                        now,
+                    )
+                    .map(|e| json!({"action": "add", "entry": e, "tenant": tenant, "changed": true}))
+                },
+                |_| "added".into(),
+            ),
+            _ => self.shared.admin.change(
+                config,
+                &audit,
+                || {
+                    crate::suppression::manage::remove(config, s, tenant, entry, now)
+                        .map(|changed| json!({"action": "remove", "entry": entry, "tenant": tenant, "changed": changed}))
+                },
+                |v| if v["changed"] == json!(true) { "removed".into() } else { "not in the store".into() },
+            ),
+        };
+        match result {
+            Ok(v) => Response::json(200, v.to_string()),
+            Err(e) => Response::error(422, &e),
+        }
+    }
+}
+
+/// How long an injection waits for its batch to be queued.
+const INJECT_WAIT_MAX: Duration = Duration::from_secs(600);

@@ -1,0 +1,468 @@
+//! The queue's routes: `queue summary` (per scope and domain, from every shard's queue),
+//! `queue why`, and the operator actions (suspend, resume, bounce, retry).
+
+use super::*;
+
+impl Api {
+    /// `queue summary`: per scope and per domain, from every shard's queue.
+    pub(super) fn summary(&self, config: &Config) -> Response {
+        let rows = match self.shared.admin.ask_all(ShardCall::Domains) {
+            Ok(a) => a,
+            Err(e) => return Response::error(503, &e),
+        };
+        let now = self.now();
+        let holds = self.shared.admin.holds();
+        let statuses = self.shared.status();
+        let views: HashMap<String, ScopeView> = view::scopes(&statuses, config)
+            .into_iter()
+            .map(|v| (v.key.clone(), self.with_achieved(v)))
+            .collect();
+        // Domains merged across shards, then grouped by scope.
+        let mut domains: BTreeMap<String, DomainRow> = BTreeMap::new();
+        for a in rows {
+            let ShardAnswer::Domains(rows) = a else {
+                continue;
+            };
+            for r in rows {
+                match domains.get_mut(&r.domain) {
+                    None => {
+                        domains.insert(r.domain.clone(), r);
+                    }
+                    Some(d) => {
+                        d.scope = d.scope.take().or(r.scope);
+                        d.queued += r.queued;
+                        d.deferred += r.deferred;
+                        d.in_flight += r.in_flight;
+                        d.held += r.held;
+                        d.oldest_unix_ms = d.oldest_unix_ms.min(r.oldest_unix_ms);
+                    }
+                }
+            }
+        }
+        let mut scopes: BTreeMap<String, Vec<&DomainRow>> = BTreeMap::new();
+        for d in domains.values() {
+            let key = d.scope.clone().unwrap_or_else(|| "(not routed yet)".into());
+            scopes.entry(key).or_default().push(d);
+        }
+        let mut out: Vec<Value> = scopes
+            .iter()
+            .map(|(key, ds)| {
+                let sum = |f: fn(&DomainRow) -> u64| ds.iter().map(|d| f(d)).sum::<u64>();
+                let oldest = ds.iter().map(|d| d.oldest_unix_ms).min().unwrap_or(now);
+                let v = views.get(key).cloned().unwrap_or_else(|| ScopeView {
+                    key: key.clone(),
+                    ..Default::default()
+                });
+                let queued = sum(|d| d.queued);
+                let deferred = sum(|d| d.deferred);
+                let held = sum(|d| d.held);
+                let suspension = ds.iter().find_map(|d| {
+                    (d.held > 0)
+                        .then(|| holds.suspension(&Target::Domain(d.domain.clone())))
+                        .flatten()
+                });
+                let in_flight = sum(|d| d.in_flight);
+                // Nothing here can be sent now: held by a suspension (named first: an
+                // operator's action explains more than a retry time) or waiting to retry.
+                let stuck = queued > 0 && in_flight == 0 && held + deferred >= queued;
+                let constraint = if stuck && held > 0 {
+                    match suspension {
+                        Some(r) => Constraint::Suspended {
+                            target: r.target.to_string(),
+                            since_unix_ms: r.at_unix_ms,
+                            reason: r.reason.clone(),
+                        },
+                        None => {
+                            // Held by campaign or tenant: one of these (`queue why RECIPIENT`
+                            // names which).
+                            let rules: Vec<&Rule> = holds
+                                .suspended
+                                .iter()
+                                .filter(|r| {
+                                    matches!(r.target, Target::Campaign(_) | Target::Tenant(_))
+                                })
+                                .collect();
+                            match rules.as_slice() {
+                                [one] => Constraint::Suspended {
+                                    target: one.target.to_string(),
+                                    since_unix_ms: one.at_unix_ms,
+                                    reason: one.reason.clone(),
+                                },
+                                many => Constraint::Suspended {
+                                    target: format!(
+                                        "one of {} campaign or tenant suspensions",
+                                        many.len()
+                                    ),
+                                    since_unix_ms: many
+                                        .iter()
+                                        .map(|r| r.at_unix_ms)
+                                        .min()
+                                        .unwrap_or(now),
+                                    reason: String::new(),
+                                },
+                            }
+                        }
+                    }
+                } else if stuck {
+                    Constraint::RetryTimes {
+                        next_unix_ms: None,
+                        last_failure: v
+                            .notes
+                            .last_failure
+                            .clone()
+                            .map(|f| f.1)
+                            .unwrap_or_default(),
+                    }
+                } else {
+                    match view::scope_constraint(&v, &holds) {
+                        // Mail queued that the owner has not heard of yet: being routed or
+                        // waiting for its share.
+                        Constraint::Idle if queued > 0 => Constraint::Credit,
+                        c => c,
+                    }
+                };
+                let limits = crate::shard::scope_limits(config, key);
+                json!({
+                    "scope": key,
+                    "queued": queued,
+                    "in_flight": in_flight,
+                    "deferred": deferred,
+                    "held": held,
+                    "oldest_age_s": now.saturating_sub(oldest) / 1000,
+                    "rate": v.rate,
+                    "max_rate": limits.max_rate,
+                    "connections": v.workers + v.parked + v.closing,
+                    "connection_cap": v.connection_cap,
+                    "connection_limit": limits.connection_limit,
+                    "throttled": v.adaptive_limit.is_some(),
+                    "constraint": constraint.kind(),
+                    "why": constraint.text(now),
+                    "last_failure": v.notes.last_failure.as_ref().map(|f| f.1.clone()),
+                    "domains": ds.iter().map(|d| json!({
+                        "domain": d.domain,
+                        "queued": d.queued,
+                        "in_flight": d.in_flight,
+                        "deferred": d.deferred,
+                        "held": d.held,
+                        "oldest_age_s": now.saturating_sub(d.oldest_unix_ms) / 1000,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b["queued"].as_u64().cmp(&a["queued"].as_u64()));
+        let queued: u64 = domains.values().map(|d| d.queued).sum();
+        Response::json(
+            200,
+            json!({
+                "engine_running": true,
+                "shards": config.engine.shards,
+                "queued": queued,
+                "scopes": out,
+            })
+            .to_string(),
+        )
+    }
+
+    /// `queue why RECIPIENT|DOMAIN`.
+    pub(super) fn why(&self, config: &Config, target: &str) -> Response {
+        let now = self.now();
+        let (recipient, domain) = match target.rsplit_once('@') {
+            Some((_, d)) => (Some(target), d.to_ascii_lowercase()),
+            None => (
+                None,
+                target.trim_start_matches("domain:").to_ascii_lowercase(),
+            ),
+        };
+        if domain.is_empty() || domain.len() > 255 {
+            return Response::error(400, "not a recipient or a domain");
+        }
+        let mut found: Option<crate::shard::RecipientWhy> = None;
+        if let Some(r) = recipient {
+            match self
+                .shared
+                .admin
+                .ask_all(ShardCall::WhyRecipient(r.to_string()))
+            {
+                Ok(answers) => {
+                    found = answers.into_iter().find_map(|a| match a {
+                        ShardAnswer::Recipient(r) => r,
+                        _ => None,
+                    })
+                }
+                Err(e) => return Response::error(503, &e),
+            }
+            if found.is_none() {
+                return Response::json(
+                    404,
+                    json!({"target": target, "queued": false,
+                           "why": "not queued: never received, or already final (see the delivery log)"})
+                        .to_string(),
+                );
+            }
+        }
+        let answers = match self
+            .shared
+            .admin
+            .ask_all(ShardCall::WhyDomain(domain.clone()))
+        {
+            Ok(a) => a,
+            Err(e) => return Response::error(503, &e),
+        };
+        let parts: Vec<crate::shard::DomainWhy> = answers
+            .into_iter()
+            .filter_map(|a| match a {
+                ShardAnswer::Domain(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        let holds = self.shared.admin.holds();
+        let statuses = self.shared.status();
+        let scope = parts.iter().find_map(|p| match &p.state.route {
+            crate::schedule::operator::RouteState::Scope(s) => Some(s.clone()),
+            _ => None,
+        });
+        let view = scope.as_ref().map(|key| {
+            let v = view::scopes(&statuses, config)
+                .into_iter()
+                .find(|v| &v.key == key)
+                .unwrap_or_else(|| ScopeView {
+                    key: key.clone(),
+                    ..Default::default()
+                });
+            self.with_achieved(v)
+        });
+        let queued: u64 = parts.iter().map(|p| p.queued).sum();
+        let deferred: u64 = parts.iter().map(|p| p.deferred).sum();
+        let in_flight: u64 = parts.iter().map(|p| p.in_flight).sum();
+        let held: u64 = parts.iter().map(|p| p.state.held).sum();
+        let next_due = parts.iter().filter_map(|p| p.next_due_unix_ms).min();
+        let constraint = why_constraint(
+            &holds,
+            &parts,
+            found.as_ref(),
+            &domain,
+            scope.as_deref(),
+            view.as_ref(),
+            next_due,
+        );
+        let until = match &constraint {
+            Constraint::RetryTimes { next_unix_ms, .. } => *next_unix_ms,
+            _ => None,
+        };
+        let mut out = json!({
+            "target": target,
+            "domain": domain,
+            "scope": scope,
+            "queued": queued,
+            "deferred": deferred,
+            "in_flight": in_flight,
+            "held": held,
+            "next_retry": next_due,
+            "constraint": constraint.kind(),
+            "why": constraint.text(now),
+            "until": until,
+        });
+        if let Some(r) = &found {
+            out["recipient"] = json!({
+                "state": r.state,
+                "retry_at": r.due_unix_ms,
+                "attempts": r.attempts,
+                "campaign": r.campaign,
+                "tenant": r.tenant,
+                "queued_at": r.queued_unix_ms,
+                "age": age_text(now.saturating_sub(r.queued_unix_ms)),
+            });
+        }
+        if let Some(v) = &view {
+            out["scope_state"] = scope_json(v, &holds, now, None);
+        }
+        if queued == 0 && found.is_none() {
+            return Response::json(404, out.to_string());
+        }
+        Response::json(200, out.to_string())
+    }
+
+    /// suspend, resume, bounce, retry.
+    pub(super) fn act(
+        &self,
+        config: &Config,
+        action: &str,
+        body: &Value,
+        peer: SocketAddr,
+    ) -> Response {
+        let Some(text) = body.get("target").and_then(Value::as_str) else {
+            return Response::error(400, "the body needs {\"target\": ...}");
+        };
+        let reason = body.get("reason").and_then(Value::as_str).unwrap_or("");
+        if reason.len() > 1000 || reason.chars().any(char::is_control) {
+            return Response::error(
+                400,
+                "reason: at most 1000 characters, no control characters",
+            );
+        }
+        let target = match Target::parse(text) {
+            Ok(t) => t,
+            Err(e) => return Response::error(400, &format!("target: {e}")),
+        };
+        if let Err(e) = self.known_target(config, &target) {
+            return Response::error(404, &e);
+        }
+        if action == "bounce" && reason.is_empty() {
+            return Response::error(
+                400,
+                "a bounce needs a reason (it goes into every Bounce record)",
+            );
+        }
+        let now = self.now();
+        let client = peer.to_string();
+        let target_text = target.to_string();
+        let audit = Audit {
+            action,
+            target: &target_text,
+            reason,
+            client: &client,
+            at_unix_ms: now,
+        };
+        let rule = Rule {
+            target: target.clone(),
+            at_unix_ms: now,
+            reason: reason.to_string(),
+        };
+        let admin = &self.shared.admin;
+        let result = match action {
+            "suspend" => admin.change_holds(config, &audit, |h| h.suspend(rule)).map(
+                |changed| json!({"action": action, "target": target_text, "changed": changed}),
+            ),
+            "resume" => admin
+                .change_holds(config, &audit, |h| Ok(h.resume(&target)))
+                .map(
+                    |changed| json!({"action": action, "target": target_text, "changed": changed}),
+                ),
+            "bounce" => admin
+                .change_holds(config, &audit, |h| h.bounce(rule).map(Some))
+                .map(|_| json!({"action": action, "target": target_text, "changed": true})),
+            "retry" => admin
+                .ask_all(ShardCall::Retry(target.clone()))
+                .map(|answers| {
+                    let n: u64 = answers
+                        .iter()
+                        .map(|a| match a {
+                            ShardAnswer::Retried(n) => *n,
+                            _ => 0,
+                        })
+                        .sum();
+                    admin.audit(config, &audit, &format!("{n} recipients due now"));
+                    json!({"action": action, "target": target_text, "recipients": n})
+                }),
+            _ => Err("no such action".to_string()),
+        };
+        match result {
+            Ok(v) => Response::json(200, v.to_string()),
+            Err(e) => {
+                admin.audit(config, &audit, &format!("failed: {e}"));
+                Response::error(503, &e)
+            }
+        }
+    }
+
+    /// A target is known if the configuration or the queue names it; mail can be held
+    /// back for a domain, campaign or tenant before any of it arrives.
+    fn known_target(&self, config: &Config, target: &Target) -> Result<(), String> {
+        match target {
+            Target::Scope(k) => {
+                let known = config.providers.contains_key(k)
+                    || self.shared.status().iter().any(|st| {
+                        st.scopes.iter().any(|s| &s.key == k)
+                            || st.counts.by_scope.contains_key(k.as_str())
+                    })
+                    || ((k.starts_with("site:") || k.starts_with("route:")) && k.len() > 5);
+                if known {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "unknown target {k:?}: not a provider of the configuration nor a scope (site:..., route:...); use domain:, campaign:, tenant: for those"
+                    ))
+                }
+            }
+            Target::Source(s) => Err(format!(
+                "unknown target source:{s}: no egress sources are configured"
+            )),
+            Target::Domain(_) | Target::Campaign(_) | Target::Tenant(_) => Ok(()),
+        }
+    }
+}
+
+/// What a domain's (or one recipient's) mail waits for, most binding first.
+fn why_constraint(
+    holds: &Holds,
+    parts: &[crate::shard::DomainWhy],
+    recipient: Option<&crate::shard::RecipientWhy>,
+    domain: &str,
+    scope: Option<&str>,
+    view: Option<&ScopeView>,
+    next_due: Option<u64>,
+) -> Constraint {
+    let mut targets = vec![Target::Domain(domain.to_string())];
+    if let Some(r) = recipient {
+        targets.push(Target::Campaign(r.campaign.clone()));
+        targets.push(Target::Tenant(r.tenant.clone()));
+    }
+    if let Some(s) = scope {
+        targets.push(Target::Scope(s.to_string()));
+    }
+    if let Some(rule) = targets.iter().find_map(|t| holds.suspension(t)) {
+        return Constraint::Suspended {
+            target: rule.target.to_string(),
+            since_unix_ms: rule.at_unix_ms,
+            reason: rule.reason.clone(),
+        };
+    }
+    let last_failure = view
+        .and_then(|v| v.notes.last_failure.clone())
+        .map(|f| f.1)
+        .unwrap_or_default();
+    if let Some(r) = recipient {
+        match r.state {
+            "deferred" => {
+                return Constraint::RetryTimes {
+                    next_unix_ms: r.due_unix_ms,
+                    last_failure,
+                }
+            }
+            "in flight" => return Constraint::Sending,
+            _ => {}
+        }
+    }
+    for p in parts {
+        if let crate::schedule::operator::RouteState::Decided(text) = &p.state.route {
+            return Constraint::Dns { text: text.clone() };
+        }
+        if p.state.resolving > 0 && p.state.lookup_failures > 0 {
+            return Constraint::Dns {
+                text: format!(
+                    "{} lookups failed so far; trying again",
+                    p.state.lookup_failures
+                ),
+            };
+        }
+    }
+    if parts.iter().any(|p| p.state.resolving > 0) {
+        return Constraint::Resolving;
+    }
+    let queued: u64 = parts.iter().map(|p| p.queued).sum();
+    let deferred: u64 = parts.iter().map(|p| p.deferred).sum();
+    if queued > 0 && deferred == queued {
+        return Constraint::RetryTimes {
+            next_unix_ms: next_due,
+            last_failure,
+        };
+    }
+    match view {
+        Some(v) => match view::scope_constraint(v, holds) {
+            Constraint::Idle if queued > 0 => Constraint::Credit,
+            c => c,
+        },
+        None if queued == 0 => Constraint::Idle,
+        None => Constraint::Resolving,
+    }
+}
