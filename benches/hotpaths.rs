@@ -520,6 +520,8 @@ fn delivery_log(c: &mut Criterion) {
         tenant: "acme",
         domain: "example.com",
         provider: "gmail",
+        source: "",
+        scope: "",
         mx: "gmail-smtp-in.l.google.com",
         ip: "142.250.102.27",
         tls: "TLSv1.3",

@@ -23,6 +23,7 @@ fn message() -> Arc<MessageSpec> {
         tenant: "acme".into(),
         var_names: vec!["to".into(), "first_name".into(), "code".into()],
         body: vec![b'x'; 10 << 10],
+        pool: String::new(),
     })
 }
 

@@ -50,6 +50,11 @@ pub struct LogRecord<'a> {
     pub tenant: &'a str,
     pub domain: &'a str,
     pub provider: &'a str,
+    /// The egress source's address the attempt was sent from (with `[sources]`).
+    pub source: &'a str,
+    /// The throttle scope's key (`yahoo@mta1`), for the counts (`admin::counts`); not
+    /// written. Empty: the `provider` is the scope.
+    pub scope: &'a str,
     pub mx: &'a str,
     pub ip: &'a str,
     /// What TLS negotiated, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384 certificate verified`.
@@ -168,6 +173,7 @@ pub fn format_record(r: &LogRecord<'_>, out: &mut Vec<u8>) {
     field(out, "tenant", r.tenant, false);
     field(out, "domain", r.domain, true);
     field(out, "provider", r.provider, false);
+    field(out, "source", r.source, false);
     field(out, "mx", r.mx, false);
     field(out, "ip", r.ip, false);
     field(out, "tls", r.tls, false);

@@ -132,6 +132,9 @@ struct BatchHeader<'a> {
     /// This campaign's unsubscribe addresses, over `[unsubscribe]`'s.
     #[serde(default)]
     unsubscribe: Option<UnsubscribeOverride>,
+    /// The `[pools]` entry its mail leaves from (over the tenant's default).
+    #[serde(borrow, default)]
+    pool: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,11 +197,13 @@ impl<'a> Parser<'a> {
         now_unix_ms: u64,
     ) -> Result<Parser<'a>, FileError> {
         let rules = crate::compliance::Rules::none();
-        Parser::open_with(bytes, kind, batch_id, shards, now_unix_ms, &rules)
+        let egress = crate::config::Egress::default();
+        Parser::open_with(bytes, kind, batch_id, shards, now_unix_ms, &rules, &egress)
     }
 
     /// `open`, with a campaign's template given the fields `rules` add and checked by
-    /// them (a check set to `refuse` refuses the file).
+    /// them (a check set to `refuse` refuses the file), and its pool found in `egress` (a
+    /// pool it names that is not there refuses the file).
     pub fn open_with(
         bytes: &'a [u8],
         kind: InputKind,
@@ -206,6 +211,7 @@ impl<'a> Parser<'a> {
         shards: usize,
         now_unix_ms: u64,
         rules: &crate::compliance::Rules,
+        egress: &crate::config::Egress,
     ) -> Result<Parser<'a>, FileError> {
         assert!(shards > 0);
         if bytes.is_empty() {
@@ -226,6 +232,7 @@ impl<'a> Parser<'a> {
                 tenant: String::new(),
                 var_names: Vec::new(),
                 body: Vec::new(),
+                pool: String::new(),
             }),
             shards,
             domain_counts: HashMap::new(),
@@ -242,8 +249,8 @@ impl<'a> Parser<'a> {
             parser.pos = 3;
         }
         match kind {
-            InputKind::Batch => parser.open_batch(batch_id, now_unix_ms)?,
-            InputKind::Pickup => parser.open_pickup(batch_id, now_unix_ms)?,
+            InputKind::Batch => parser.open_batch(batch_id, now_unix_ms, egress)?,
+            InputKind::Pickup => parser.open_pickup(batch_id, now_unix_ms, egress)?,
         }
         Ok(parser)
     }
@@ -335,7 +342,12 @@ impl<'a> Parser<'a> {
         Some(line.strip_suffix(b"\r").unwrap_or(line))
     }
 
-    fn open_batch(&mut self, batch_id: u64, now_unix_ms: u64) -> Result<(), FileError> {
+    fn open_batch(
+        &mut self,
+        batch_id: u64,
+        now_unix_ms: u64,
+        egress: &crate::config::Egress,
+    ) -> Result<(), FileError> {
         let line = self.next_line().unwrap_or_default();
         if line.len() > HEADER_LINE_BYTES_MAX {
             return Err(file_error(
@@ -356,6 +368,11 @@ impl<'a> Parser<'a> {
         check_label("campaign", &header.campaign)?;
         let tenant = header.tenant.unwrap_or_default();
         check_label("tenant", &tenant)?;
+        let pool = egress
+            .pool_for(header.pool.as_deref(), &tenant)
+            .map_err(|e| file_error(Some(1), format!("header \"pool\": {e}")))?
+            .unwrap_or_default()
+            .to_string();
         if header.template.len() > MESSAGE_BYTES_MAX {
             return Err(file_error(
                 Some(1),
@@ -387,13 +404,20 @@ impl<'a> Parser<'a> {
             tenant: tenant.into_owned(),
             var_names: template.var_names().to_vec(),
             body: template.source().to_vec(),
+            pool,
         });
         self.template = template;
         Ok(())
     }
 
-    fn open_pickup(&mut self, batch_id: u64, now_unix_ms: u64) -> Result<(), FileError> {
+    fn open_pickup(
+        &mut self,
+        batch_id: u64,
+        now_unix_ms: u64,
+        egress: &crate::config::Egress,
+    ) -> Result<(), FileError> {
         let mut sender = None;
+        let mut explicit_pool: Option<String> = None;
         let mut job = String::new();
         let mut receivers = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -465,8 +489,20 @@ impl<'a> Parser<'a> {
                     check_label("x-job", value)?;
                     job = value.to_string();
                 }
-                // PowerMTA routing hints with no meaning here yet; accepted and ignored.
-                "x-virtual-mta" | "x-envid" => {}
+                // The pool to leave from (an extension); PowerMTA's virtual MTA, where it
+                // names a pool (anything else is accepted and ignored, as before pools).
+                "x-pool" => {
+                    let p = egress
+                        .pool_for(Some(value), "")
+                        .map_err(|e| file_error(Some(self.line_no), format!("x-pool: {e}")))?;
+                    explicit_pool = p.map(str::to_string);
+                }
+                "x-virtual-mta" => {
+                    if explicit_pool.is_none() && egress.pools.contains_key(value) {
+                        explicit_pool = Some(value.to_string());
+                    }
+                }
+                "x-envid" => {}
                 _ => {
                     self.pos = start;
                     self.line_no -= 1;
@@ -496,6 +532,11 @@ impl<'a> Parser<'a> {
             ));
         }
         check_pickup_header(body, self.line_no + 1)?;
+        let pool = egress
+            .pool_for(explicit_pool.as_deref(), "")
+            .map_err(|e| file_error(None, e))?
+            .unwrap_or_default()
+            .to_string();
         self.message = Arc::new(MessageSpec {
             batch_id,
             created_unix_ms: now_unix_ms,
@@ -505,6 +546,7 @@ impl<'a> Parser<'a> {
             tenant: String::new(),
             var_names: Vec::new(),
             body: body.to_vec(),
+            pool,
         });
         self.pos = self.bytes.len();
         self.pickup = receivers.into_iter();

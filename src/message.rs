@@ -184,6 +184,7 @@ mod tests {
             tenant: "t",
             var_names: vars.to_vec(),
             body,
+            pool: "",
         }
     }
 

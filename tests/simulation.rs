@@ -366,6 +366,8 @@ fn provider(key: &str, l: ScopeLimits) -> Provider {
         pipeline_transactions: None,
         chunking: None,
         controller: l.controller,
+        provider_connection_limit: None,
+        provider_max_message_rate: None,
     }
 }
 
@@ -474,6 +476,7 @@ impl Sim {
             tls: TlsPolicy::Opportunistic,
             max_rate: None,
             controller: Default::default(),
+            provider_rate: None,
         };
         let mut config = (*sim.config).clone();
         config.providers = BTreeMap::from([(key.clone(), provider(&key, limits))]);
@@ -547,6 +550,7 @@ impl Sim {
                 var_names: vec!["to".into()],
                 body: b"From: news@sender.example\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nhi\r\n"
                     .to_vec(),
+                pool: String::new(),
             });
             self.batches.push(Batch {
                 id,
@@ -1469,6 +1473,7 @@ fn random_limits(rng: &mut Rng) -> ScopeLimits {
         tls: TlsPolicy::Opportunistic,
         max_rate: [None, Some(5.0), Some(30.0), Some(200.0)][rng.below(4) as usize],
         controller: Default::default(),
+        provider_rate: None,
     }
 }
 

@@ -214,6 +214,7 @@ impl Written {
                     tenant: "",
                     var_names: names.iter().map(String::as_str).collect(),
                     body: b"Subject: x\r\n\r\nbody\r\n",
+                    pool: if batch % 2 == 0 { "" } else { "warm" },
                 }
                 .encode(&mut payload);
                 let seq = self.record(Kind::Message, &payload);

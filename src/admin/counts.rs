@@ -94,12 +94,17 @@ pub struct LogCounts {
 impl LogCounts {
     pub fn add(&mut self, r: &LogRecord<'_>) {
         self.total.add(r);
-        if !r.provider.is_empty() {
+        let scope = if r.scope.is_empty() {
+            r.provider
+        } else {
+            r.scope
+        };
+        if !scope.is_empty() {
             let full = self.by_scope.len() >= SCOPES_COUNTED_MAX;
-            match self.by_scope.get_mut(r.provider) {
+            match self.by_scope.get_mut(scope) {
                 Some(c) => c.add(r),
                 None => {
-                    let key = if full { OTHER } else { r.provider };
+                    let key = if full { OTHER } else { scope };
                     self.by_scope.entry(key.into()).or_default().add(r);
                 }
             }
@@ -181,6 +186,8 @@ mod tests {
             tenant: "",
             domain: "b",
             provider,
+            source: "",
+            scope: "",
             mx: "",
             ip: "",
             tls: "",

@@ -118,6 +118,10 @@ struct Lookup {
     bounces: [HashMap<String, usize>; KINDS],
     by_scope: bool,
     by_message: bool,
+    /// Suspensions of a scope at one source (`yahoo@mta1`): by scope, (source, rule index).
+    sourced: HashMap<String, Vec<(String, usize)>>,
+    /// Some suspension names a source or a scope at one source.
+    by_source: bool,
 }
 
 const KINDS: usize = 5;
@@ -125,6 +129,7 @@ const SCOPE: usize = 0;
 const DOMAIN: usize = 1;
 const CAMPAIGN: usize = 2;
 const TENANT: usize = 3;
+const SOURCE: usize = 4;
 
 impl Target {
     /// Its kind (an index of `Lookup`'s maps) and its text within that kind.
@@ -134,7 +139,7 @@ impl Target {
             Target::Domain(d) => (DOMAIN, d),
             Target::Campaign(c) => (CAMPAIGN, c),
             Target::Tenant(t) => (TENANT, t),
-            Target::Source(s) => (4, s),
+            Target::Source(s) => (SOURCE, s),
         }
     }
 }
@@ -159,14 +164,23 @@ impl Holds {
         for (i, r) in self.suspended.iter().enumerate() {
             let (k, text) = r.target.kind();
             l.suspended[k].insert(text.to_string(), i);
+            if k == SCOPE {
+                if let (base, Some(source)) = crate::delivery::scope::split_key(text) {
+                    l.sourced
+                        .entry(base.to_string())
+                        .or_default()
+                        .push((source.to_string(), i));
+                }
+            }
         }
+        l.by_source = !l.suspended[SOURCE].is_empty() || !l.sourced.is_empty();
         for (i, r) in self.bounces.iter().enumerate() {
             let (k, text) = r.target.kind();
             l.bounces[k].insert(text.to_string(), i);
         }
         let all = || self.suspended.iter().chain(&self.bounces);
         l.by_scope = all().any(|r| matches!(r.target, Target::Scope(_)));
-        l.by_message = all().any(|r| !matches!(r.target, Target::Scope(_)));
+        l.by_message = all().any(|r| !matches!(r.target, Target::Scope(_) | Target::Source(_)));
         self.lookup = l;
     }
 
@@ -246,6 +260,27 @@ impl Holds {
 
     pub fn by_scope(&self) -> bool {
         self.lookup.by_scope
+    }
+
+    /// True if a suspension names a source, or a scope at one source: routing then checks
+    /// each source it picks (`schedule::egress`).
+    pub fn suspends_sources(&self) -> bool {
+        self.lookup.by_source
+    }
+
+    /// The suspension of egress source `name`, if any.
+    pub fn source_suspension(&self, name: &str) -> Option<&Rule> {
+        self.lookup.suspended[SOURCE]
+            .get(name)
+            .map(|&i| &self.suspended[i])
+    }
+
+    /// The suspension of scope `base` sent from source `source` (target `base@source`).
+    pub fn sourced_scope_suspension(&self, base: &str, source: &str) -> Option<&Rule> {
+        let list = self.lookup.sourced.get(base)?;
+        list.iter()
+            .find(|(s, _)| s == source)
+            .map(|&(_, i)| &self.suspended[i])
     }
 
     /// The verdict for a recipient at `domain` of a message of `campaign` and `tenant`,

@@ -11,12 +11,14 @@
 //! values written as text (rates, durations, sizes, addresses).
 
 mod admin;
+mod egress;
 mod raw;
 mod sender;
 #[cfg(test)]
 mod tests;
 mod units;
 
+pub use egress::{Egress, Pool, Source, DEFAULT_POOL};
 pub use units::{parse_duration, parse_rate, parse_size};
 
 use raw::{validate, RawConfig};
@@ -56,6 +58,8 @@ pub struct Config {
     pub providers: BTreeMap<String, Provider>,
     pub listeners: Vec<Listener>,
     pub users: Vec<User>,
+    /// `[sources]`, `[pools]`, `[tenants]`: where mail leaves from.
+    pub egress: Egress,
     pub dkim: Vec<Dkim>,
     /// The `[[dkim]]` signers by domain, as the home shards sign with them.
     pub signers: crate::dkim::Signers,
@@ -245,6 +249,10 @@ pub struct Provider {
     pub chunking: Option<bool>,
     /// (extension) The adaptive throttle's parameters (over `[delivery]`'s).
     pub controller: crate::delivery::throttle::Controller,
+    /// With sources: the provider's connections and rate across all of them
+    /// (`connection_limit` and `max_message_rate` then apply per source).
+    pub provider_connection_limit: Option<u32>,
+    pub provider_max_message_rate: Option<Rate>,
 }
 
 /// A rate such as `300/s`, kept as messages per `per`.
@@ -294,6 +302,8 @@ pub struct User {
     pub daily_limit: Option<u64>,
     /// Recipients per period, taken at RCPT.
     pub rate_limit: Option<Rate>,
+    /// The pool this user's mail leaves from (over its tenant's default).
+    pub pool: Option<String>,
 }
 
 /// One `[[dkim]]` entry, its key loaded and checked when the configuration was read.

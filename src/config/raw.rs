@@ -3,7 +3,7 @@
 
 use super::units::{duration_text, parse_socket_addr, resolv_conf_nameservers, system_hostname};
 use super::*;
-use super::{admin, sender};
+use super::{admin, egress, sender};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -41,6 +41,12 @@ pub(super) struct RawConfig {
     unsubscribe: sender::RawUnsubscribe,
     #[serde(default)]
     checks: sender::RawChecks,
+    #[serde(default)]
+    sources: BTreeMap<String, egress::RawSource>,
+    #[serde(default)]
+    pools: BTreeMap<String, egress::RawPool>,
+    #[serde(default)]
+    tenants: BTreeMap<String, egress::RawTenant>,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,6 +177,8 @@ struct RawProvider {
     throttle_cut: Option<f64>,
     throttle_step: Option<f64>,
     throttle_quiet: Option<String>,
+    provider_connection_limit: Option<u32>,
+    provider_max_message_rate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +209,7 @@ struct RawUser {
     allowed_from: Vec<String>,
     daily_limit: Option<u64>,
     rate_limit: Option<String>,
+    pool: Option<String>,
 }
 
 pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigError> {
@@ -410,6 +419,23 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {
         let field = format!("providers.{name}");
+        // A scope key is `provider@source` once sources exist.
+        if name.contains('@') || name.is_empty() {
+            return Err(err(&field, "a provider's name cannot contain '@'".into()));
+        }
+        let provider_max_message_rate = match p.provider_max_message_rate {
+            Some(s) => Some(
+                parse_rate(&s)
+                    .map_err(|m| err(&format!("{field}.provider_max_message_rate"), m))?,
+            ),
+            None => None,
+        };
+        if p.provider_connection_limit == Some(0) {
+            return Err(err(
+                &format!("{field}.provider_connection_limit"),
+                "must be at least 1".into(),
+            ));
+        }
         let max_message_rate = match p.max_message_rate {
             Some(s) => {
                 Some(parse_rate(&s).map_err(|m| err(&format!("{field}.max_message_rate"), m))?)
@@ -457,6 +483,8 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
                 pipeline_transactions: p.pipeline_transactions,
                 chunking: p.chunking,
                 controller,
+                provider_connection_limit: p.provider_connection_limit,
+                provider_max_message_rate,
             },
         );
     }
@@ -566,6 +594,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         });
     }
 
+    let egress = egress::validate_egress(raw.sources, raw.pools, raw.tenants, &helo_name, &err)?;
     let mut users = Vec::new();
     for (i, u) in raw.users.into_iter().enumerate() {
         crate::gateway::password::check_hash(&u.password_hash)
@@ -586,12 +615,21 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             Some(s) => Some(parse_rate(&s).map_err(|m| err(&format!("users[{i}].rate_limit"), m))?),
             None => None,
         };
+        if let Some(pool) = &u.pool {
+            if !egress.pools.contains_key(pool) {
+                return Err(err(
+                    &format!("users[{i}].pool"),
+                    format!("unknown pool {pool:?}"),
+                ));
+            }
+        }
         users.push(User {
             name: u.name,
             password_hash: u.password_hash,
             allowed_from: u.allowed_from,
             daily_limit: u.daily_limit,
             rate_limit,
+            pool: u.pool,
         });
     }
     let dkim = sender::validate_dkim(raw.dkim, &err)?;
@@ -642,6 +680,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         providers,
         listeners,
         users,
+        egress,
         signers: crate::dkim::Signers::new(dkim.iter().map(|d| std::sync::Arc::clone(&d.signer))),
         dkim,
         suppression,

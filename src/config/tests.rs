@@ -192,6 +192,36 @@ fn bad_values_name_their_field() {
             "admin.cert",
         ),
         ("[admin]\nmetrics_scopes = 5000\n", "admin.metrics_scopes"),
+        ("[sources.a]\naddress = \"nope\"\n", "sources.a.address"),
+        ("[sources.a]\naddress = \"0.0.0.0\"\n", "sources.a.address"),
+        ("[sources.\"a b\"]\naddress = \"127.0.0.2\"\n", "sources.a b"),
+        (
+            "[sources.a]\naddress = \"127.0.0.2\"\n[sources.b]\naddress = \"127.0.0.2\"\n",
+            "sources.b.address",
+        ),
+        ("[pools.p]\nsources = [\"a\"]\n", "pools.p"),
+        (
+            "[sources.a]\naddress = \"127.0.0.2\"\n[pools.p]\nsources = [\"b\"]\n",
+            "pools.p.sources",
+        ),
+        (
+            "[sources.a]\naddress = \"127.0.0.2\"\n[pools.p]\nsources = [\"a\"]\nweights = [1, 2]\n",
+            "pools.p.weights",
+        ),
+        (
+            "[sources.a]\naddress = \"127.0.0.2\"\n[pools.p]\nsources = [\"a\"]\nweights = [0]\n",
+            "pools.p.weights",
+        ),
+        ("[tenants.t]\npool = \"p\"\n", "tenants.t.pool"),
+        ("[providers.\"y@x\"]\n", "providers.y@x"),
+        (
+            "[providers.y]\nprovider_connection_limit = 0\n",
+            "providers.y.provider_connection_limit",
+        ),
+        (
+            "[providers.y]\nprovider_max_message_rate = \"fast\"\n",
+            "providers.y.provider_max_message_rate",
+        ),
         ("[delivery]\nthrottle_cut = 1.5\n", "delivery.throttle_cut"),
         ("[providers.y]\nthrottle_step = 0\n", "providers.y.throttle_step"),
         ("[providers.y]\nthrottle_quiet = \"2h\"\n", "providers.y.throttle_quiet"),
@@ -461,4 +491,40 @@ fn a_provider_s_throttle_parameters_default_to_delivery_s() {
         plain.delivery.controller,
         crate::delivery::throttle::Controller::default()
     );
+}
+
+#[test]
+fn sources_pools_and_tenants() {
+    let c = Config::parse(
+        "[smtp]\nhelo_name = \"mta.example\"\n\
+         [sources.b]\naddress = \"192.0.2.11\"\nhelo_name = \"b.example\"\n\
+         [sources.a]\naddress = \"2001:db8::10\"\n\
+         [pools.default]\nsources = [\"a\", \"b\"]\nweights = [3, 1]\n\
+         [pools.warm]\nsources = [\"b\"]\n\
+         [tenants.acme]\npool = \"warm\"\n\
+         [providers.y]\nconnection_limit = 4\nprovider_connection_limit = 10\nprovider_max_message_rate = \"100/s\"\n",
+        "t",
+    )
+    .unwrap();
+    let e = &c.egress;
+    // By name; a source without its own EHLO name says the system's.
+    assert_eq!(e.sources[0].name, "a");
+    assert_eq!(e.sources[0].helo_name, "mta.example");
+    assert_eq!(e.sources[1].helo_name, "b.example");
+    assert_eq!(e.pools["default"].members, [(0, 3), (1, 1)]);
+    // A pool named wins, then the tenant's, then the default.
+    assert_eq!(e.pool_for(Some("warm"), "x"), Ok(Some("warm")));
+    assert_eq!(e.pool_for(None, "acme"), Ok(Some("warm")));
+    assert_eq!(e.pool_for(None, "other"), Ok(Some("default")));
+    assert!(e
+        .pool_for(Some("cold"), "x")
+        .unwrap_err()
+        .contains("unknown pool"));
+    let y = &c.providers["y"];
+    assert_eq!(y.provider_connection_limit, Some(10));
+    assert_eq!(y.provider_max_message_rate.unwrap().messages, 100);
+    // Without sources, nothing changes: no pool, the system's address.
+    let c = Config::parse("", "t").unwrap();
+    assert!(c.egress.is_empty());
+    assert_eq!(c.egress.pool_for(None, "acme"), Ok(None));
 }

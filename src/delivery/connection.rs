@@ -16,7 +16,7 @@ use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use glommio::timer::timeout;
 use rustls::pki_types::ServerName;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,6 +129,8 @@ pub struct Connection {
     lost_why: Option<String>,
     pub mx: String,
     pub addr: SocketAddr,
+    /// The egress source's address it is bound to (none: the system's choice).
+    pub local: Option<IpAddr>,
     /// The TLS policy the connection was made under (the cache key of a parked one).
     pub policy: TlsPolicy,
     pub deliveries: u32,
@@ -146,21 +148,113 @@ pub struct Connection {
     pub parked_by: Option<String>,
 }
 
+/// How long `connect_from` sleeps between looks at a connect in progress, first and at most:
+/// a loopback or LAN connect is seen at once, a remote one within a round trip or so.
+const CONNECT_POLL_FIRST: Duration = Duration::from_micros(200);
+const CONNECT_POLL_MAX: Duration = Duration::from_millis(20);
+
+/// A TCP connection to `addr` from `local` (an egress source's address). glommio connects
+/// only from the address the kernel picks, so the socket is made here: bound to `local`
+/// with `IP_BIND_ADDRESS_NO_PORT` (the port is picked at connect, per destination, so a
+/// source's ports last as long as the system address's), its connect started without
+/// blocking and looked at (writable, then its error) with short sleeps until `wait`, and then
+/// handed to glommio as a stream.
+async fn connect_from(
+    local: IpAddr,
+    addr: SocketAddr,
+    wait: Duration,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io::{Error, ErrorKind};
+    use std::os::fd::AsRawFd;
+    if local.is_ipv4() != addr.is_ipv4() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "the source and the destination are of different address families",
+        ));
+    }
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let fd = socket.as_raw_fd();
+    let one: libc::c_int = 1;
+    // Best effort: without it, bind picks the port (fine, only fewer ports in all).
+    // SAFETY: a valid socket, an int option of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + wait;
+    let mut pause = CONNECT_POLL_FIRST;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, no wait.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n < 0 {
+            let e = Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else if n > 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(ErrorKind::TimedOut, "connection timed out"));
+        }
+        glommio::timer::sleep(pause).await;
+        pause = (pause * 2).min(CONNECT_POLL_MAX);
+    }
+    if let Some(e) = socket.take_error()? {
+        return Err(e);
+    }
+    // As glommio's own sockets are: its reads and writes go through io_uring.
+    socket.set_nonblocking(false)?;
+    Ok(TcpStream::from(socket))
+}
+
 impl Connection {
-    /// Connects and runs the session up to "ready for a transaction".
+    /// Connects (from `local`, an egress source's address, if given) and runs the session up
+    /// to "ready for a transaction".
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         mx: &str,
         addr: SocketAddr,
+        local: Option<IpAddr>,
         helo_name: &str,
         policy: TlsPolicy,
         tls: &Rc<TlsClients>,
         timeouts: Timeouts,
         connect_timeout: Duration,
     ) -> Result<Connection, ConnectError> {
-        let stream = timeout(connect_timeout, async { TcpStream::connect(addr).await })
-            .await
-            .map_err(|e| ConnectError::Unreachable(format!("connect to {addr}: {e}")))?;
+        let stream = match local {
+            None => timeout(connect_timeout, async { TcpStream::connect(addr).await })
+                .await
+                .map_err(|e| ConnectError::Unreachable(format!("connect to {addr}: {e}")))?,
+            Some(local) => connect_from(local, addr, connect_timeout)
+                .await
+                .map_err(|e| {
+                    ConnectError::Unreachable(format!("connect to {addr} from {local}: {e}"))
+                })?,
+        };
         let _ = stream.set_nodelay(true);
         let mut c = Connection {
             stream: Stream::Plain(Deadlined::new(stream)),
@@ -173,6 +267,7 @@ impl Connection {
             lost_why: None,
             mx: mx.to_string(),
             addr,
+            local,
             policy,
             deliveries: 0,
             buf: vec![0u8; READ_CHUNK_BYTES],
@@ -190,6 +285,14 @@ impl Connection {
             Step::Done => Err(ConnectError::Unreachable(
                 "transaction before one was started".into(),
             )),
+        }
+    }
+
+    /// Where it goes from and to (`delivery::endpoints`).
+    pub fn peer(&self) -> crate::delivery::endpoints::Peer {
+        crate::delivery::endpoints::Peer {
+            local: self.local,
+            remote: self.addr,
         }
     }
 

@@ -1,4 +1,5 @@
-//! One shard's outbound connections by remote address (IP and port), across throttle scopes,
+//! One shard's outbound connections by remote address (IP and port; with egress sources, by
+//! source and remote address: a `Peer`), across throttle scopes,
 //! sans I/O. Two things a scope cannot see alone live here:
 //!
 //! - **A cap per address.** Thousands of customer domains of Microsoft 365 or Google
@@ -21,7 +22,7 @@
 
 use crate::smtp::session::TlsPolicy;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Connections to one address a shard keeps open at most unless `[delivery]
@@ -32,6 +33,24 @@ pub const IP_CONNECTION_LIMIT: u32 = 100;
 /// vouches for the name it was verified against only, so it stays with its scope.
 pub fn reusable_policy(policy: TlsPolicy) -> bool {
     policy != TlsPolicy::Verify
+}
+
+/// Where a connection goes from and to: the egress source's address it is bound to (none:
+/// the system's choice) and the remote address. A receiver counts, and a connection
+/// serves, one such pair: a connection from one source is never reused for another's mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    pub local: Option<IpAddr>,
+    pub remote: SocketAddr,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.local {
+            Some(local) => write!(f, "{} from {local}", self.remote),
+            None => write!(f, "{}", self.remote),
+        }
+    }
 }
 
 struct Parked<C> {
@@ -76,7 +95,7 @@ pub struct Endpoints<C, W> {
     cap: u32,
     /// A parked connection idle this long is closed.
     park_for: Duration,
-    by_addr: HashMap<SocketAddr, Endpoint<C, W>>,
+    by_addr: HashMap<Peer, Endpoint<C, W>>,
     parked: usize,
 }
 
@@ -96,7 +115,7 @@ impl<C, W> Endpoints<C, W> {
     }
 
     /// Connections open to `addr` (in use, parked or closing).
-    pub fn open(&self, addr: SocketAddr) -> u32 {
+    pub fn open(&self, addr: Peer) -> u32 {
         self.by_addr.get(&addr).map_or(0, |e| e.open)
     }
 
@@ -107,7 +126,7 @@ impl<C, W> Endpoints<C, W> {
 
     /// True while workers wait in line for `addr`: a worker holding a connection to it with
     /// nothing to send hands it over rather than idle on it.
-    pub fn has_waiters(&self, addr: SocketAddr) -> bool {
+    pub fn has_waiters(&self, addr: Peer) -> bool {
         self.by_addr
             .get(&addr)
             .is_some_and(|e| !e.waiters.is_empty())
@@ -115,7 +134,7 @@ impl<C, W> Endpoints<C, W> {
 
     /// A worker wants a connection to `addr` under `policy`: the most recently parked one
     /// made under the same policy, else a slot if the address is below its cap.
-    pub fn acquire(&mut self, addr: SocketAddr, policy: TlsPolicy) -> Acquire<C> {
+    pub fn acquire(&mut self, addr: Peer, policy: TlsPolicy) -> Acquire<C> {
         let e = self.by_addr.entry(addr).or_default();
         if reusable_policy(policy) {
             if let Some(i) = e.parked.iter().rposition(|p| p.policy == policy) {
@@ -134,7 +153,7 @@ impl<C, W> Endpoints<C, W> {
     /// Waits in line for `addr` wanting `policy` (after `Acquire::Full`): woken for the next
     /// connection parked there under that policy (`release`), or when a slot frees
     /// (`closed`, `wake_if_room`).
-    pub fn wait(&mut self, addr: SocketAddr, policy: TlsPolicy, waiter: W) {
+    pub fn wait(&mut self, addr: Peer, policy: TlsPolicy, waiter: W) {
         self.by_addr
             .entry(addr)
             .or_default()
@@ -144,7 +163,7 @@ impl<C, W> Endpoints<C, W> {
 
     /// The first worker in line for `addr`, to wake, if the address has a free slot: after a
     /// woken worker took a parked connection instead of the slot it was woken for, or gave up.
-    pub fn wake_if_room(&mut self, addr: SocketAddr) -> Option<W> {
+    pub fn wake_if_room(&mut self, addr: Peer) -> Option<W> {
         let cap = self.cap;
         let e = self.by_addr.get_mut(&addr)?;
         if e.open < cap {
@@ -161,7 +180,7 @@ impl<C, W> Endpoints<C, W> {
     /// it.
     pub fn release(
         &mut self,
-        addr: SocketAddr,
+        addr: Peer,
         conn: C,
         policy: TlsPolicy,
         now: Instant,
@@ -187,7 +206,7 @@ impl<C, W> Endpoints<C, W> {
     }
 
     /// A worker in line for `addr` gives up waiting: `is_mine` picks its entry out.
-    pub fn unwait(&mut self, addr: SocketAddr, is_mine: impl Fn(&W) -> bool) {
+    pub fn unwait(&mut self, addr: Peer, is_mine: impl Fn(&W) -> bool) {
         if let Some(e) = self.by_addr.get_mut(&addr) {
             e.waiters.retain(|(w, _)| !is_mine(w));
             if e.open == 0 && e.waiters.is_empty() {
@@ -199,7 +218,7 @@ impl<C, W> Endpoints<C, W> {
     /// A connection to `addr` is closed (or its connect failed): its slot frees, and the
     /// first worker in line for the address, if any, is returned to be woken (it acquires
     /// again).
-    pub fn closed(&mut self, addr: SocketAddr) -> Option<W> {
+    pub fn closed(&mut self, addr: Peer) -> Option<W> {
         let e = self.by_addr.get_mut(&addr)?;
         e.open = e.open.saturating_sub(1);
         let w = e.waiters.pop_front().map(|(w, _)| w);
@@ -211,7 +230,7 @@ impl<C, W> Endpoints<C, W> {
 
     /// Takes parked connections idle for `park_for` out to be closed (they stay counted open
     /// until `closed`).
-    pub fn expired(&mut self, now: Instant) -> Vec<(SocketAddr, C)> {
+    pub fn expired(&mut self, now: Instant) -> Vec<(Peer, C)> {
         let park_for = self.park_for;
         self.take_parked(|p| now.duration_since(p.since) >= park_for)
     }
@@ -219,11 +238,11 @@ impl<C, W> Endpoints<C, W> {
     /// Takes up to `n` parked connections out to be closed (the budget needs their room),
     /// longest idle first: only those at addresses nobody waits for and not parked for a
     /// worker in line, whose room would go to the same address anyway.
-    pub fn evict(&mut self, n: usize) -> Vec<(SocketAddr, C)> {
+    pub fn evict(&mut self, n: usize) -> Vec<(Peer, C)> {
         if self.parked == 0 || n == 0 {
             return Vec::new();
         }
-        let mut all: Vec<(Instant, SocketAddr)> = self
+        let mut all: Vec<(Instant, Peer)> = self
             .by_addr
             .iter()
             .filter(|(_, e)| e.waiters.is_empty())
@@ -256,16 +275,16 @@ impl<C, W> Endpoints<C, W> {
 
     /// Takes the parked connections `pick` chooses out to be closed, except those promised
     /// to a worker in line (it takes them soon).
-    pub fn take_where(&mut self, pick: impl Fn(&C) -> bool) -> Vec<(SocketAddr, C)> {
+    pub fn take_where(&mut self, pick: impl Fn(&C) -> bool) -> Vec<(Peer, C)> {
         self.take_parked(|p| !p.promised && pick(&p.conn))
     }
 
     /// Takes every parked connection out to be closed (the shard is stopping).
-    pub fn drain(&mut self) -> Vec<(SocketAddr, C)> {
+    pub fn drain(&mut self) -> Vec<(Peer, C)> {
         self.take_parked(|_| true)
     }
 
-    fn take_parked(&mut self, pick: impl Fn(&Parked<C>) -> bool) -> Vec<(SocketAddr, C)> {
+    fn take_parked(&mut self, pick: impl Fn(&Parked<C>) -> bool) -> Vec<(Peer, C)> {
         let mut out = Vec::new();
         for (addr, e) in &mut self.by_addr {
             let mut kept = VecDeque::with_capacity(e.parked.len());
@@ -289,8 +308,11 @@ mod tests {
 
     const P: TlsPolicy = TlsPolicy::Opportunistic;
 
-    fn addr(last: u8) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, last], 25))
+    fn addr(last: u8) -> Peer {
+        Peer {
+            local: None,
+            remote: SocketAddr::from(([127, 0, 0, last], 25)),
+        }
     }
 
     #[test]

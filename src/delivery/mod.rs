@@ -7,6 +7,7 @@
 //! - `guard`: what DNS may make Spate connect to (host names only, public addresses) (pure).
 //! - `owner`: the owner's side of sending: demand, credit windows, connection caps, pacing
 //!   (sans I/O).
+//! - `pace`: paces every shard shares (`provider_max_message_rate` across sources).
 //! - `endpoints`: connections by remote address across scopes: a cap per address, and
 //!   parked connections any scope can reuse (sans I/O).
 //! - `connection`: one outbound connection, glommio TCP driving the SMTP session.
@@ -19,6 +20,7 @@ pub mod deadline;
 pub mod endpoints;
 pub mod guard;
 pub mod owner;
+pub mod pace;
 pub mod policy;
 pub mod scope;
 pub mod shares;

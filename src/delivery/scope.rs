@@ -6,6 +6,29 @@
 
 use crate::config::{Config, Route};
 
+/// Between a destination's scope and an egress source in a scope key: with `[sources]`, a
+/// throttle scope is (provider or site) x source, `yahoo@mta1`, as receivers count per
+/// sending address. No provider name, MX host or route pattern holds one.
+pub const SOURCE_SEP: char = '@';
+
+/// The scope key of `base` (a provider, site or route) sent from `source`.
+pub fn sourced_key(base: &str, source: &str) -> String {
+    format!("{base}{SOURCE_SEP}{source}")
+}
+
+/// A scope key's destination part and its source's name (none: the system's address).
+pub fn split_key(key: &str) -> (&str, Option<&str>) {
+    match key.rsplit_once(SOURCE_SEP) {
+        Some((base, source)) => (base, Some(source)),
+        None => (key, None),
+    }
+}
+
+/// The egress source a scope key sends from, if it names a configured one.
+pub fn source_of<'c>(config: &'c Config, key: &str) -> Option<&'c crate::config::Source> {
+    split_key(key).1.and_then(|name| config.egress.source(name))
+}
+
 /// A scope and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {

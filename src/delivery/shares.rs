@@ -23,6 +23,12 @@
 //! grant back (`Report::Return`, when it forgets an idle scope) without a grant already on
 //! its way being used after it.
 //!
+//! A provider's scopes at each egress source (`yahoo@mta1`, `yahoo@mta2`) may share a cap
+//! across them (`provider_connection_limit`, a `Limit::group`): one shard coordinates them all
+//! (the coordinator hashes the provider's part of the key), and splits the cap between those
+//! some shard wants, each within its own limit; a scope is raised only out of what the
+//! others do not hold, so the group's total is as exact as a scope's.
+//!
 //! A shard that stops wanting a scope keeps its grant (and its persistent connections) until
 //! another shard needs the room. Where fewer connections than shards want them (a site
 //! limited to one connection, recipients on both shards), the connections take turns,
@@ -53,12 +59,16 @@ pub struct Limit {
     pub connections: u32,
     /// It has a `max_message_rate`: one shard at a time.
     pub paced: bool,
+    /// Connections at most across the scopes of its group (a provider's scopes at each
+    /// egress source: `provider_connection_limit`).
+    pub group: Option<u32>,
 }
 
-/// The shard that coordinates a scope's shares: a stable hash of its key, so every shard
-/// agrees.
+/// The shard that coordinates a scope's shares: a stable hash of its key's destination part
+/// (a provider's scopes at every source have one coordinator), so every shard agrees.
 pub fn coordinator(scope_key: &str, shards: usize) -> usize {
-    (crate::hash::stable_hash(scope_key.as_bytes()) % shards.max(1) as u64) as usize
+    let group = crate::delivery::scope::split_key(scope_key).0;
+    (crate::hash::stable_hash(group.as_bytes()) % shards.max(1) as u64) as usize
 }
 
 /// What a shard tells a scope's coordinator.
@@ -96,7 +106,11 @@ impl PartialEq for Grant {
 
 /// One scope as its coordinator sees it.
 struct Entry {
+    /// Its connections at most: its own limit, or within a group what the group leaves it.
     limit: u32,
+    /// Its own limit, and its group's (`Limit::group`).
+    own: u32,
+    group: Option<u32>,
     paced: bool,
     /// The pace the last turn ended with, for the next.
     pace: Option<Pace>,
@@ -114,7 +128,14 @@ struct Entry {
 impl Entry {
     fn new(shards: usize, limit: Limit, now: Instant) -> Self {
         Entry {
-            limit: limit.connections,
+            // A group's scope has nothing until the group's split says what it may have.
+            limit: if limit.group.is_some() {
+                0
+            } else {
+                limit.connections
+            },
+            own: limit.connections,
+            group: limit.group,
             paced: limit.paced,
             pace: None,
             wants: vec![false; shards],
@@ -127,6 +148,10 @@ impl Entry {
 
     fn wanting(&self) -> usize {
         self.wants.iter().filter(|&&w| w).count()
+    }
+
+    fn held_total(&self) -> u32 {
+        self.held.iter().sum()
     }
 
     /// An equal split of the limit between the shards that want the scope (the remainder,
@@ -239,6 +264,27 @@ impl Entry {
     }
 }
 
+/// `cap` split between claims: equal parts, each within its claim, what one cannot use going
+/// to the others (the remainder to the first).
+fn water_fill(cap: u32, claims: &[u32]) -> Vec<u32> {
+    let mut parts = vec![0u32; claims.len()];
+    let mut left = cap;
+    loop {
+        let open: Vec<usize> = (0..claims.len())
+            .filter(|&i| parts[i] < claims[i])
+            .collect();
+        if open.is_empty() || left == 0 {
+            return parts;
+        }
+        let each = (left / open.len() as u32).max(1);
+        for i in open {
+            let add = each.min(claims[i] - parts[i]).min(left);
+            parts[i] += add;
+            left -= add;
+        }
+    }
+}
+
 fn grant(shard: usize, scope: &str, connections: u32, returned: bool) -> Grant {
     Grant {
         shard,
@@ -254,6 +300,9 @@ fn grant(shard: usize, scope: &str, connections: u32, returned: bool) -> Grant {
 pub struct Ledger {
     shards: usize,
     scopes: HashMap<String, Entry>,
+    /// The scopes of each group (a provider with `provider_connection_limit`), by the
+    /// group's name; only while they have entries.
+    groups: HashMap<String, Vec<String>>,
 }
 
 impl Ledger {
@@ -261,6 +310,52 @@ impl Ledger {
         Ledger {
             shards: shards.max(1),
             scopes: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    /// Splits each group's cap between its scopes that some shard wants (each within its
+    /// own limit), then lets each have its part or what the others leave, whichever is less,
+    /// and balances it. A scope nobody wants that still holds connections while another is
+    /// short of its part gives them back.
+    fn balance_group(&mut self, group: &str, out: &mut Vec<Grant>) {
+        let Some(keys) = self.groups.get(group) else {
+            return;
+        };
+        let entries: Vec<(&String, &Entry)> = keys
+            .iter()
+            .filter_map(|k| self.scopes.get_key_value(k.as_str()))
+            .collect();
+        let Some(cap) = entries.iter().find_map(|(_, e)| e.group) else {
+            return;
+        };
+        let wanted: Vec<u32> = entries
+            .iter()
+            .map(|(_, e)| if e.wanting() > 0 { e.own } else { 0 })
+            .collect();
+        let parts = water_fill(cap, &wanted);
+        let held: Vec<u32> = entries.iter().map(|(_, e)| e.held_total()).collect();
+        let all_held: u32 = held.iter().sum();
+        let limits: Vec<u32> = (0..entries.len())
+            .map(|i| parts[i].min(cap.saturating_sub(all_held - held[i])))
+            .collect();
+        let short = (0..entries.len()).any(|i| limits[i] < parts[i]);
+        let keys: Vec<String> = entries.iter().map(|(k, _)| (*k).clone()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(e) = self.scopes.get_mut(key.as_str()) else {
+                continue;
+            };
+            e.limit = limits[i];
+            if e.wanting() > 0 {
+                e.balance(key, false, out);
+            } else if short {
+                for s in 0..e.grant.len() {
+                    if e.grant[s] > 0 {
+                        e.grant[s] = 0;
+                        out.push(grant(s, key, 0, false));
+                    }
+                }
+            }
         }
     }
 
@@ -309,7 +404,11 @@ impl Ledger {
             }
             (None, _) => return,
         };
-        entry.limit = limit.connections;
+        entry.own = limit.connections;
+        entry.group = limit.group;
+        if limit.group.is_none() {
+            entry.limit = limit.connections;
+        }
         entry.paced = limit.paced;
         match report {
             Report::Wants(w) => entry.wants[shard] = w,
@@ -326,18 +425,56 @@ impl Ledger {
                 out.push(grant(shard, key, 0, true));
             }
         }
-        entry.balance(key, false, out);
-        if entry.is_empty() {
+        let grouped = limit.group.is_some();
+        if !grouped {
+            entry.balance(key, false, out);
+        }
+        let empty = entry.is_empty();
+        if empty {
             self.scopes.remove(key);
+        }
+        let group = crate::delivery::scope::split_key(key).0;
+        let members = self.groups.entry(group.to_string()).or_default();
+        let listed = members.iter().position(|k| k == key);
+        match (grouped && !empty, listed) {
+            (true, None) => members.push(key.to_string()),
+            (false, Some(i)) => {
+                members.swap_remove(i);
+            }
+            _ => {}
+        }
+        if members.is_empty() {
+            self.groups.remove(group);
+        }
+        if grouped || listed.is_some() {
+            self.balance_group(group, out);
         }
     }
 
     /// Now and then: limits that changed (a reload) take effect, and where fewer
     /// connections than shards want a scope, the turn moves on every `ROTATE_AFTER`.
     pub fn tick(&mut self, limit_of: impl Fn(&str) -> Limit, now: Instant, out: &mut Vec<Grant>) {
+        let mut regroup = Vec::new();
         for (key, entry) in &mut self.scopes {
-            let Limit { connections, paced } = limit_of(key);
-            let turns = entry.wanting() as u32 > if paced { 1 } else { connections };
+            let Limit {
+                connections,
+                paced,
+                group,
+            } = limit_of(key);
+            // A group's scope has the part the group leaves it (`balance_group`, below, when
+            // its limits changed); any other, its own limit.
+            let changed = (connections, paced, group) != (entry.own, entry.paced, entry.group);
+            let was_grouped = entry.group.is_some();
+            entry.own = connections;
+            entry.paced = paced;
+            entry.group = group;
+            if (group.is_some() || was_grouped) && changed {
+                regroup.push((key.clone(), group.is_some()));
+            }
+            if group.is_none() && entry.limit != connections {
+                entry.limit = connections;
+            }
+            let turns = entry.wanting() as u32 > if paced { 1 } else { entry.limit };
             let turn = if paced { PACED_TURN } else { ROTATE_AFTER };
             let rotate = turns && now.duration_since(entry.turned_at) >= turn;
             if rotate {
@@ -354,11 +491,31 @@ impl Ledger {
                     .find(|&s| entry.wants[s] && !holds(s))
                     .unwrap_or(entry.first);
             }
-            if rotate || connections != entry.limit || paced != entry.paced {
-                entry.limit = connections;
-                entry.paced = paced;
+            if rotate || (changed && group.is_none()) {
                 entry.balance(key, rotate, out);
             }
+        }
+        let mut groups = Vec::new();
+        for (key, grouped) in regroup {
+            let group = crate::delivery::scope::split_key(&key).0.to_string();
+            let members = self.groups.entry(group.clone()).or_default();
+            let listed = members.iter().position(|k| *k == key);
+            match (grouped, listed) {
+                (true, None) => members.push(key),
+                (false, Some(i)) => {
+                    members.swap_remove(i);
+                }
+                _ => {}
+            }
+            if members.is_empty() {
+                self.groups.remove(&group);
+            }
+            groups.push(group);
+        }
+        groups.sort();
+        groups.dedup();
+        for group in groups {
+            self.balance_group(&group, out);
         }
     }
 }

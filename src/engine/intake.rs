@@ -168,7 +168,8 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
             return Ok(());
         }
     };
-    let rules = crate::compliance::Rules::from_config(&shard.config.borrow());
+    let config = shard.config.borrow().clone();
+    let rules = crate::compliance::Rules::from_config(&config);
     let mut parser = match Parser::open_with(
         &bytes,
         kind,
@@ -176,6 +177,7 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
         shard.shards,
         shard.shared.clock.unix_ms(),
         &rules,
+        &config.egress,
     ) {
         Ok(p) => p,
         Err(e) => {

@@ -179,6 +179,8 @@ pub struct Shared {
     pub suppressions: Arc<crate::suppression::Suppressions>,
     /// Operators' holds and the admin API's calls to the shards.
     pub admin: admin::AdminShared,
+    /// Providers' paces across egress sources and shards (`provider_max_message_rate`).
+    pub paces: Arc<crate::delivery::pace::SharedPaces>,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -351,6 +353,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     }
     let shared = Arc::new(Shared {
         admin: admin::AdminShared::new(shards, holds),
+        paces: Arc::default(),
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -929,7 +932,8 @@ fn open_shard(
         queue,
         log,
     )
-    .with_suppressions(&shared.suppressions);
+    .with_suppressions(&shared.suppressions)
+    .with_paces(&shared.paces);
     let gateway_counts = gateway::DailyCounts::open(config, id)?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);

@@ -51,6 +51,8 @@ pub struct MessageInfo {
     /// The campaign and tenant, for operators' holds and per-campaign progress.
     pub campaign: Box<str>,
     pub tenant: Box<str>,
+    /// The pool its recipients leave from; empty for the system's address.
+    pub pool: Box<str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

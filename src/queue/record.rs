@@ -192,6 +192,9 @@ pub const MESSAGE_VERBATIM: u8 = 1;
 pub const MESSAGE_RETURN: u8 = 2;
 /// With `MESSAGE_RETURN`: a notification returns the message's header only (RET=HDRS).
 pub const MESSAGE_RET_HDRS: u8 = 4;
+/// Set by the codec when the record names a pool (`[pools]`): its name follows the body.
+/// Records written before pools existed have no such field and decode with `pool` empty.
+pub const MESSAGE_POOL: u8 = 8;
 
 /// A template and its envelope: stored once per batch per shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +207,8 @@ pub struct MessagePayload<'a> {
     pub tenant: &'a str,
     pub var_names: Vec<&'a str>,
     pub body: &'a [u8],
+    /// The pool its recipients leave from; empty for the system's address.
+    pub pool: &'a str,
 }
 
 /// One recipient: the message it belongs to and the values its template uses.
@@ -341,7 +346,12 @@ impl<'a> MessagePayload<'a> {
         let mut w = Writer(out);
         w.u64(self.batch_id);
         w.u64(self.created_unix_ms);
-        w.u8(self.flags);
+        let pooled = !self.pool.is_empty();
+        w.u8(if pooled {
+            self.flags | MESSAGE_POOL
+        } else {
+            self.flags & !MESSAGE_POOL
+        });
         w.str16(self.sender);
         w.str16(self.campaign);
         w.str16(self.tenant);
@@ -350,6 +360,9 @@ impl<'a> MessagePayload<'a> {
             w.str16(n);
         }
         w.bytes32(self.body);
+        if pooled {
+            w.str16(self.pool);
+        }
     }
 
     pub fn decode(b: &'a [u8]) -> Result<Self, PayloadError> {
@@ -366,11 +379,17 @@ impl<'a> MessagePayload<'a> {
             var_names.push(r.str16()?);
         }
         let body = r.bytes32()?;
+        let pool = if flags & MESSAGE_POOL != 0 {
+            r.str16()?
+        } else {
+            ""
+        };
         r.finish()?;
         Ok(MessagePayload {
             batch_id,
             created_unix_ms,
-            flags,
+            flags: flags & !MESSAGE_POOL,
+            pool,
             sender,
             campaign,
             tenant,
@@ -551,10 +570,21 @@ mod tests {
             tenant: "",
             var_names: vec!["to", "first_name"],
             body: b"Subject: x\r\n\r\nhi\r\n",
+            pool: "",
         };
         let mut out = Vec::new();
         m.encode(&mut out);
         assert_eq!(MessagePayload::decode(&out).unwrap(), m);
+        // A pool follows the body, flagged; a record without one is byte for byte what
+        // was written before pools existed.
+        let before = out.clone();
+        let pooled = MessagePayload { pool: "warm", ..m };
+        out.clear();
+        pooled.encode(&mut out);
+        assert_eq!(MessagePayload::decode(&out).unwrap(), pooled);
+        assert_eq!(out[16] & MESSAGE_POOL, MESSAGE_POOL);
+        assert_eq!(&out[..16], &before[..16]);
+        assert_eq!(before[16] & MESSAGE_POOL, 0);
         let c = CommitPayload {
             batch_id: 9,
             chunk: 3,

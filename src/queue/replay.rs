@@ -176,6 +176,7 @@ impl Replay {
                                 live: 0,
                                 campaign: m.campaign.into(),
                                 tenant: m.tenant.into(),
+                                pool: m.pool.into(),
                             },
                         );
                         if c.batch_id != COMPACTION_BATCH_ID {

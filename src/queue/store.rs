@@ -82,6 +82,8 @@ pub struct MessageSpec {
     pub tenant: String,
     pub var_names: Vec<String>,
     pub body: Vec<u8>,
+    /// The pool its recipients leave from (`[pools]`); empty for the system's address.
+    pub pool: String,
 }
 
 impl MessageSpec {
@@ -95,6 +97,7 @@ impl MessageSpec {
             tenant: &self.tenant,
             var_names: self.var_names.iter().map(String::as_str).collect(),
             body: &self.body,
+            pool: &self.pool,
         }
         .encode(out)
     }
@@ -452,6 +455,7 @@ impl ShardQueue {
                         live: 0,
                         campaign: chunk.message.campaign.as_str().into(),
                         tenant: chunk.message.tenant.as_str().into(),
+                        pool: chunk.message.pool.as_str().into(),
                     },
                 );
                 self.index
@@ -713,6 +717,7 @@ mod tests {
             tenant: "t".into(),
             var_names: vec!["to".into(), "name".into()],
             body: b"To: {{ to }}\r\n\r\nHi {{ name }}\r\n".to_vec(),
+            pool: String::new(),
         })
     }
 

@@ -6,6 +6,7 @@
 //! become ready, asks its shell to resolve the domains it is asked to, renders what credit
 //! allows and sends the demand messages. Every method takes `now`; the queue's index is read, never changed.
 
+mod egress;
 pub mod operator;
 
 pub use operator::{admin_bounce, Matched};
@@ -135,6 +136,9 @@ pub struct Home {
     /// Recipients an operator's suspension holds, each once; they go back to ready when the
     /// holds change. Bounded by the queue: each is a live recipient of this home.
     held: Vec<u64>,
+    /// `[sources]` and `[pools]` in force, and the scopes per source made so far.
+    egress: Arc<crate::config::Egress>,
+    sourced: egress::Sourced,
 }
 
 impl Default for Home {
@@ -152,11 +156,22 @@ impl Default for Home {
             announced: HashMap::new(),
             holds: Arc::new(Holds::default()),
             held: Vec::new(),
+            egress: Arc::default(),
+            sourced: egress::Sourced::default(),
         }
     }
 }
 
 impl Home {
+    /// The sources and pools of the configuration in force. Recipients already waiting for
+    /// a source's credit stay with it; those routed from now on use these.
+    pub fn set_egress(&mut self, egress: Arc<crate::config::Egress>) {
+        if *egress != *self.egress {
+            self.sourced.clear();
+        }
+        self.egress = egress;
+    }
+
     /// After recovery: everything live is waiting or deferred.
     pub fn load(&mut self, index: &Index) {
         for (seq, e) in index.live_entries() {
@@ -264,20 +279,48 @@ impl Home {
             }
             // Borrowed from the route cache: nothing is cloned per recipient unless a scope
             // gets its first pending entry or routing decided the outcome.
-            match self.routes.get(&**domain, now) {
-                Some(Route::Scope(scope, _))
+            let route = match self.routes.get(&**domain, now) {
+                Some(Route::Scope(scope, owner)) if !self.egress.is_empty() => {
+                    let pool = index.messages.get(&e.message_seq).map_or("", |m| &m.pool);
+                    match egress::choose(&self.egress, &self.holds, pool, scope, seq) {
+                        egress::Sourcing::System => Some((scope, *owner)),
+                        egress::Sourcing::Source(i) => {
+                            Some((self.sourced.scope(&self.egress, scope, i), *owner))
+                        }
+                        egress::Sourcing::Held => {
+                            self.held.push(seq);
+                            continue;
+                        }
+                    }
+                }
+                Some(Route::Scope(scope, owner)) => Some((scope, *owner)),
+                Some(Route::Decided(outcome)) => {
+                    out.decided.push((seq, outcome.clone()));
+                    continue;
+                }
+                None => None,
+            };
+            match route {
+                // A scope's holds: the destination's (`yahoo`), and at one source
+                // (`yahoo@mta1`).
+                Some((scope, _))
                     if self.holds.by_scope()
-                        && operator::check_scope(&self.holds, index, e.message_seq, &scope.key)
-                            .is_some() =>
+                        && operator::check_scopes(
+                            &self.holds,
+                            index,
+                            e.message_seq,
+                            &scope.key,
+                        )
+                        .is_some() =>
                 {
-                    match operator::check_scope(&self.holds, index, e.message_seq, &scope.key) {
+                    match operator::check_scopes(&self.holds, index, e.message_seq, &scope.key) {
                         Some(HoldVerdict::Bounce(rule)) => {
                             out.decided.push((seq, admin_bounce(&rule.reason)))
                         }
                         _ => self.held.push(seq),
                     }
                 }
-                Some(Route::Scope(scope, owner)) => match self.pending.get_mut(&scope.key) {
+                Some((scope, owner)) => match self.pending.get_mut(&scope.key) {
                     Some(entry) => {
                         entry.2.push_back(seq);
                         if !entry.3 {
@@ -286,12 +329,11 @@ impl Home {
                         }
                     }
                     None => {
-                        let entry = (scope.clone(), *owner, VecDeque::from([seq]), true);
+                        let entry = (scope.clone(), owner, VecDeque::from([seq]), true);
                         self.pending.insert(scope.key.clone(), entry);
                         self.changed.push(scope.key.clone());
                     }
                 },
-                Some(Route::Decided(outcome)) => out.decided.push((seq, outcome.clone())),
                 None => {
                     // Lookups in flight: domains waiting for a quiet retry hold no socket.
                     let in_flight = self
@@ -509,6 +551,7 @@ mod tests {
                 tenant: "t".into(),
                 var_names: vec!["to".into()],
                 body: b"To: {{ to }}\r\n\r\nhi\r\n".to_vec(),
+                pool: String::new(),
             }),
             tails,
             ends,

@@ -34,7 +34,9 @@ pub(super) fn check_message<'h>(
     holds.check_message(domain, &m.campaign, &m.tenant, m.created_unix_ms)
 }
 
-pub(super) fn check_scope<'h>(
+/// The holds' verdict for a recipient of `message_seq` routed to `scope`: its own, or (for
+/// a scope at one source, `yahoo@mta1`) its destination's, `yahoo`.
+pub(super) fn check_scopes<'h>(
     holds: &'h Holds,
     index: &Index,
     message_seq: u64,
@@ -44,7 +46,10 @@ pub(super) fn check_scope<'h>(
         .messages
         .get(&message_seq)
         .map_or(0, |m| m.created_unix_ms);
-    holds.check_scope(scope, created)
+    let base = crate::delivery::scope::split_key(scope).0;
+    holds
+        .check_scope(base, created)
+        .or_else(|| (base != scope).then(|| holds.check_scope(scope, created))?)
 }
 
 /// How many recipients a command reached.
@@ -89,7 +94,7 @@ impl Home {
                     Some(HoldVerdict::Bounce(_))
                 ) || scope.is_some_and(|s| {
                     matches!(
-                        check_scope(&holds, index, e.message_seq, s),
+                        check_scopes(&holds, index, e.message_seq, s),
                         Some(HoldVerdict::Bounce(_))
                     )
                 })
@@ -207,7 +212,11 @@ pub fn matches(
         Target::Domain(d) => d == domain,
         Target::Campaign(c) => m.is_some_and(|m| &*m.campaign == c),
         Target::Tenant(t) => m.is_some_and(|m| &*m.tenant == t),
-        Target::Scope(s) => scope == Some(s.as_str()),
-        Target::Source(_) => false,
+        Target::Scope(s) => {
+            scope.is_some_and(|k| k == s || crate::delivery::scope::split_key(k).0 == s.as_str())
+        }
+        Target::Source(s) => {
+            scope.is_some_and(|k| crate::delivery::scope::split_key(k).1 == Some(s.as_str()))
+        }
     }
 }

@@ -327,6 +327,7 @@ impl<L: LogSink> Core<L> {
     ) -> Core<L> {
         let mut home = Home::default();
         home.load(&queue.index);
+        home.set_egress(Arc::new(config.egress.clone()));
         let now = clock.now();
         Core {
             id,
@@ -365,6 +366,13 @@ impl<L: LogSink> Core<L> {
         self
     }
 
+    /// The providers' paces every shard shares (`provider_max_message_rate`; a new core's
+    /// are its own).
+    pub fn with_paces(mut self, paces: &Arc<crate::delivery::pace::SharedPaces>) -> Self {
+        self.owner.share_paces(Arc::clone(paces));
+        self
+    }
+
     /// The suppression entries learnt since the last call, as store lines
     /// (`suppression::store`), for the shell to append to this shard's file.
     pub fn take_learnt(&mut self) -> Vec<u8> {
@@ -386,6 +394,7 @@ impl<L: LogSink> Core<L> {
         let shares = &self.shares;
         self.owner
             .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
+        self.home.set_egress(Arc::new(config.egress.clone()));
         self.config = config;
     }
 

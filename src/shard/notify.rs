@@ -162,6 +162,8 @@ impl<L: LogSink> Core<L> {
             tenant: m.tenant.to_string(),
             var_names: Vec::new(),
             body,
+            // A report leaves from the pool its message did.
+            pool: m.pool.to_string(),
         };
         let mut tails = Vec::new();
         RecipientPayload::encode_tail(m.sender, &[], &mut tails);

@@ -129,6 +129,12 @@ impl<L: LogSink> Core<L> {
             (None, None) => ("", "", "", false),
         };
         let enhanced = o.enhanced.map(|c| c.to_string()).unwrap_or_default();
+        // A scope at an egress source (`yahoo@mta1`): the log names the provider and the
+        // source's address.
+        let (base, _) = crate::delivery::scope::split_key(provider);
+        let source = crate::delivery::scope::source_of(&self.config, provider)
+            .map(|s| s.address.to_string())
+            .unwrap_or_default();
         let record = LogRecord {
             ts_unix_ms: now,
             event: Some(event),
@@ -137,7 +143,9 @@ impl<L: LogSink> Core<L> {
             campaign,
             tenant,
             domain: &domain,
-            provider,
+            provider: base,
+            source: &source,
+            scope: provider,
             mx,
             ip,
             tls,

@@ -9,9 +9,11 @@ use crate::delivery::shares;
 use crate::delivery::throttle::Change;
 use crate::smtp::reply::{printable, Reply};
 
-/// A scope's limits in the configuration in force.
+/// A scope's limits in the configuration in force. A provider's limits apply to each of its
+/// scopes: one per egress source (`yahoo@mta1`) once sources exist, as receivers count them.
 pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
-    let provider = config.providers.get(scope_key);
+    let base = crate::delivery::scope::split_key(scope_key).0;
+    let provider = config.providers.get(base);
     let (connection_limit, max_per_connection, tls, controller) = match provider {
         Some(p) => (
             p.connection_limit,
@@ -30,8 +32,11 @@ pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
         connection_limit,
         max_per_connection,
         tls,
-        max_rate: configured_rate(config, scope_key),
+        max_rate: configured_rate(config, base),
         controller,
+        provider_rate: provider
+            .and_then(|p| p.provider_max_message_rate)
+            .map(|r| r.messages as f64 / r.per.as_secs_f64().max(1e-9)),
     }
 }
 
@@ -49,15 +54,20 @@ pub fn share_limits(config: &Config, scope_key: &str, granted: u32) -> ScopeLimi
 /// A scope's limits as its coordinator splits them.
 fn share_limit(config: &Config, scope_key: &str) -> shares::Limit {
     let full = scope_limits(config, scope_key);
+    let base = crate::delivery::scope::split_key(scope_key).0;
     shares::Limit {
         connections: full.connection_limit,
         paced: full.max_rate.is_some(),
+        group: config
+            .providers
+            .get(base)
+            .and_then(|p| p.provider_connection_limit),
     }
 }
 
 /// A provider's `max_message_rate` in messages per second.
-fn configured_rate(config: &Config, scope_key: &str) -> Option<f64> {
-    let r = config.providers.get(scope_key)?.max_message_rate?;
+fn configured_rate(config: &Config, provider: &str) -> Option<f64> {
+    let r = config.providers.get(provider)?.max_message_rate?;
     Some(r.messages as f64 / r.per.as_secs_f64().max(1e-9))
 }
 

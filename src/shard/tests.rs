@@ -84,6 +84,7 @@ fn chunk(rcpts: &[&str]) -> Chunk {
             var_names: vec!["to".into()],
             body: b"From: news@sender.example\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nhi\r\n"
                 .to_vec(),
+            pool: String::new(),
         }),
         tails,
         ends,

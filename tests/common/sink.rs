@@ -71,6 +71,8 @@ pub struct Received {
     pub transactions: Vec<usize>,
     /// Accepted transactions whose message came in BDAT chunks (the sink offers CHUNKING).
     pub chunked: usize,
+    /// Per client address: recipients accepted, and the EHLO names it gave.
+    pub by_client: HashMap<std::net::IpAddr, (usize, std::collections::BTreeSet<String>)>,
 }
 
 pub struct Sink {
@@ -218,6 +220,7 @@ fn serve(
     let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
+    let client = conn.peer_addr().map(|a| a.ip()).ok();
     let mut conn = Conn::Plain(conn);
     let mut server = Server::new(ServerConfig {
         hostname: "sink.test".into(),
@@ -256,6 +259,11 @@ fn serve(
                     let text = String::from_utf8_lossy(&std::mem::take(&mut body)).into_owned();
                     let mut got = received.lock().unwrap();
                     got.transactions.push(rcpts.len());
+                    if let Some(ip) = client {
+                        let c = got.by_client.entry(ip).or_default();
+                        c.0 += rcpts.len();
+                        c.1.insert(server.helo().to_string());
+                    }
                     got.chunked += usize::from(server.is_chunked());
                     for rcpt in rcpts.drain(..) {
                         *got.deliveries.entry(rcpt.clone()).or_default() += 1;

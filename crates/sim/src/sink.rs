@@ -42,11 +42,31 @@ pub struct ProviderStats {
     /// Connections dropped mid-DATA on purpose.
     pub dropped: AtomicU64,
     pub open_connections: AtomicU64,
+    /// Per sending IP (receivers count per IP): recipients accepted, and replies beyond the
+    /// rate. One entry per address that connected.
+    pub by_ip: std::sync::Mutex<std::collections::BTreeMap<IpAddr, IpStats>>,
+}
+
+/// What one sending IP got from a provider.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IpStats {
+    pub accepted: u64,
+    pub throttled: u64,
 }
 
 impl ProviderStats {
     pub fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)
+    }
+
+    /// Per sending IP, so far.
+    pub fn by_ip(&self) -> std::collections::BTreeMap<IpAddr, IpStats> {
+        self.by_ip.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count_ip(&self, ip: IpAddr, f: impl FnOnce(&mut IpStats)) {
+        let mut m = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry(ip).or_default());
     }
 }
 
@@ -586,6 +606,7 @@ impl Conversation {
         let (p, stats) = (&state.profile, &state.stats);
         if !state.admit(self.ip) {
             bump(&stats.throttled);
+            stats.count_ip(self.ip, |s| s.throttled += 1);
             let code = p.throttle_code();
             return (code, p.style.throttle_text(code, self.ip));
         }
@@ -625,6 +646,8 @@ impl Conversation {
         stats
             .accepted
             .fetch_add(self.rcpts.len() as u64, Ordering::Relaxed);
+        let n = self.rcpts.len() as u64;
+        stats.count_ip(self.ip, |s| s.accepted += n);
         bump(&stats.messages);
         self.state.receipt(&self.rcpts);
         self.rcpts.clear();

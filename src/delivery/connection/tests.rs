@@ -66,6 +66,7 @@ async fn open_to(
     Connection::open(
         "mx",
         addr,
+        None,
         "mta.test",
         policy,
         &tls,
@@ -90,6 +91,7 @@ fn delivers_two_transactions_on_one_connection() {
         let mut c = Connection::open(
             "mx.x.test",
             addr,
+            None,
             "mta.test",
             TlsPolicy::Opportunistic,
             &Rc::new(TlsClients::new()),
@@ -143,6 +145,7 @@ fn pipelines_the_next_transaction_behind_the_final_dot() {
         let mut c = Connection::open(
             "mx.x.test",
             addr,
+            None,
             "mta.test",
             TlsPolicy::Disabled,
             &Rc::new(TlsClients::new()),
@@ -436,4 +439,37 @@ fn a_reply_under_tls_is_bounded_as_a_whole_not_per_byte() {
         "{why}"
     );
     server.join().unwrap();
+}
+
+/// A connection from an egress source leaves from its address; a refused connect and a
+/// source of the other address family are errors, not hangs.
+#[test]
+fn connects_from_a_source_address() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::thread::spawn(move || {
+        let (conn, peer) = listener.accept().unwrap();
+        drop(conn);
+        peer.ip()
+    });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let source: IpAddr = "127.0.0.71".parse().unwrap();
+    let wait = Duration::from_secs(5);
+    let (ok, refused, family) = run(async move {
+        let ok = connect_from(source, addr, wait).await.map(|_| ());
+        let refused = connect_from(source, closed, wait).await.map(|_| ());
+        let v6: SocketAddr = "[::1]:25".parse().unwrap();
+        let family = connect_from(source, v6, wait).await.map(|_| ());
+        (ok, refused, family)
+    });
+    ok.unwrap();
+    assert_eq!(seen.join().unwrap(), source);
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    assert!(family.unwrap_err().to_string().contains("address families"));
 }

@@ -59,6 +59,9 @@ pub struct ScopeLimits {
     pub max_rate: Option<f64>,
     /// The adaptive throttle's parameters.
     pub controller: crate::delivery::throttle::Controller,
+    /// `provider_max_message_rate` in messages per second: a pace every scope of the
+    /// provider (one per egress source) shares, across shards (`Owner::set_paces`).
+    pub provider_rate: Option<f64>,
 }
 
 /// Owner-side state of one scope.
@@ -283,6 +286,8 @@ pub struct Owner<M> {
     /// `take_touched`: the only ones that can have become idle, so the shard asks about
     /// these instead of every scope it wants.
     touched: Vec<String>,
+    /// Providers' paces across sources and shards (`provider_max_message_rate`).
+    paces: Arc<crate::delivery::pace::SharedPaces>,
 }
 
 impl<M: Recipients> Owner<M> {
@@ -301,11 +306,17 @@ impl<M: Recipients> Owner<M> {
             blocked: VecDeque::new(),
             tls_broken: HashMap::new(),
             touched: Vec::new(),
+            paces: Arc::default(),
         }
     }
 
     /// The scopes that may have become idle since the last call (each once), in the order
     /// they were touched.
+    /// The paces shared with the other shards' owners (a new owner has its own).
+    pub fn share_paces(&mut self, paces: Arc<crate::delivery::pace::SharedPaces>) {
+        self.paces = paces;
+    }
+
     pub fn take_touched(&mut self) -> Vec<String> {
         let touched = std::mem::take(&mut self.touched);
         for key in &touched {
@@ -767,14 +778,16 @@ impl<M: Recipients> Owner<M> {
             return Take::Wait;
         };
         self.window_used = self.window_used.saturating_sub(1);
-        let wait = match s.throttle.interval() {
-            Some(interval) => {
-                let at = s.next_send.max(now);
-                s.next_send = at + interval * msg.recipients();
-                at - now
-            }
-            None => Duration::ZERO,
-        };
+        let mut at = now;
+        if let Some(interval) = s.throttle.interval() {
+            at = s.next_send.max(now);
+            s.next_send = at + interval * msg.recipients();
+        }
+        if let Some(rate) = s.limits.provider_rate {
+            let provider = crate::delivery::scope::split_key(key).0;
+            at = self.paces.reserve(provider, rate, msg.recipients(), at);
+        }
+        let wait = at - now;
         Take::Send {
             msg,
             wait,
@@ -794,6 +807,13 @@ impl<M: Recipients> Owner<M> {
         let interval = s.throttle.interval();
         if interval.is_some() && s.next_send > now {
             return None;
+        }
+        let n = s.ready.front()?.recipients();
+        if let Some(rate) = s.limits.provider_rate {
+            let provider = crate::delivery::scope::split_key(key).0;
+            if !self.paces.try_reserve(provider, rate, n, now) {
+                return None;
+            }
         }
         let msg = s.ready.pop_front()?;
         s.last_busy = now;

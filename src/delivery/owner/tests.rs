@@ -31,6 +31,7 @@ fn limits(connections: u32, rate: Option<f64>) -> ScopeLimits {
         tls: TlsPolicy::Opportunistic,
         max_rate: rate,
         controller: Default::default(),
+        provider_rate: None,
     }
 }
 

@@ -9,6 +9,7 @@ fn lim(connections: u32) -> Limit {
     Limit {
         connections,
         paced: false,
+        group: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn the_total_never_exceeds_the_limit_whatever_the_order_of_events() {
         let limit_of = Limit {
             connections: limit,
             paced,
+            group: None,
         };
         let t = now();
         let mut ledger = Ledger::new(shards);
@@ -282,6 +284,7 @@ fn a_paced_scope_is_held_by_one_shard_and_its_pace_moves_with_the_turn() {
     let paced = Limit {
         connections: 4,
         paced: true,
+        group: None,
     };
     let mut ledger = Ledger::new(2);
     let mut out = Vec::new();
@@ -320,4 +323,207 @@ fn coordinators_spread_and_agree() {
     assert!((400..600).contains(&on_zero), "{on_zero}");
     assert_eq!(coordinator("yahoo", 4), coordinator("yahoo", 4));
     assert_eq!(coordinator("yahoo", 1), 0);
+}
+
+#[test]
+fn a_group_splits_its_cap_between_the_scopes_wanted_and_raises_only_out_of_what_is_free() {
+    let t = now();
+    let mut ledger = Ledger::new(2);
+    let mut out = Vec::new();
+    let l = Limit {
+        connections: 8,
+        paced: false,
+        group: Some(10),
+    };
+    // One source wanted: its own limit (8), within the group's 10.
+    ledger.report("p@a", 0, Report::Wants(true), l, t, &mut out);
+    assert_eq!(out, [grant(0, "p@a", 8, false)]);
+    out.clear();
+    // A second source wanted: 5 each; p@a is lowered and p@b gets only what p@a does not
+    // hold yet.
+    ledger.report("p@b", 1, Report::Wants(true), l, t, &mut out);
+    assert!(out.contains(&grant(0, "p@a", 5, false)), "{out:?}");
+    assert!(out.contains(&grant(1, "p@b", 2, false)), "{out:?}");
+    out.clear();
+    // p@a's shard is down to 5: p@b gets its part.
+    ledger.report("p@a", 0, rel(5), l, t, &mut out);
+    assert_eq!(out, [grant(1, "p@b", 5, false)]);
+    out.clear();
+    // p@b is not wanted any more: it keeps its connections until p@a needs them.
+    ledger.report("p@b", 1, Report::Wants(false), l, t, &mut out);
+    assert!(out.contains(&grant(1, "p@b", 0, false)), "{out:?}");
+    out.clear();
+    ledger.report("p@b", 1, rel(0), l, t, &mut out);
+    assert_eq!(out, [grant(0, "p@a", 8, false)]);
+    // Another provider's scopes are not in the group.
+    out.clear();
+    ledger.report("q@a", 1, Report::Wants(true), lim(3), t, &mut out);
+    assert_eq!(out, [grant(1, "q@a", 3, false)]);
+}
+
+/// A group's scopes across shards, with random wants, churn and message order: the group's
+/// connections never exceed its cap nor a scope's its own limit, and in the end every scope
+/// wanted has its part.
+#[test]
+fn a_group_never_exceeds_its_cap_whatever_the_order_of_events() {
+    let keys = ["p@a", "p@b", "p@c"];
+    for seed in 0..200u64 {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let shards = 1 + next(3) as usize;
+        let own = 1 + next(5) as u32;
+        let cap = 1 + next(10) as u32;
+        let paced = seed % 4 == 0;
+        let limit_of = Limit {
+            connections: own,
+            paced,
+            group: Some(cap),
+        };
+        let mut clock = now();
+        let mut ledger = Ledger::new(shards);
+        let mut shares: Vec<Shares> = (0..shards).map(|_| Shares::default()).collect();
+        // open[shard][scope]
+        let mut open = vec![[0u32; 3]; shards];
+        let mut to_coord: VecDeque<(usize, &str, Report)> = VecDeque::new();
+        let mut to_shard: Vec<VecDeque<Grant>> = vec![VecDeque::new(); shards];
+        let deliver_one = |shares: &mut [Shares], open: &[[u32; 3]], g: Grant| {
+            let k = keys.iter().position(|k| *k == g.scope).unwrap();
+            let (_, r) =
+                shares[g.shard].on_grant(&g.scope, g.connections, g.returned, open[g.shard][k]);
+            r.map(|r| (g.shard, keys[k], r))
+        };
+        for _ in 0..600 {
+            let s = next(shards as u64) as usize;
+            let k = next(3) as usize;
+            let key = keys[k];
+            match next(7) {
+                0 => {
+                    let busy = next(3) > 0;
+                    if let Some(r) = shares[s].load(key, busy) {
+                        to_coord.push_back((s, key, r));
+                    }
+                }
+                1 if open[s][k] < shares[s].granted(key) => open[s][k] += 1,
+                2 if open[s][k] > 0 => {
+                    open[s][k] -= 1;
+                    if let Some(r) = shares[s].holding(key, open[s][k]) {
+                        to_coord.push_back((s, key, r));
+                    }
+                }
+                3 | 4 => {
+                    if let Some((from, key, r)) = to_coord.pop_front() {
+                        let mut out = Vec::new();
+                        ledger.report(key, from, r, limit_of, clock, &mut out);
+                        for g in out {
+                            to_shard[g.shard].push_back(g);
+                        }
+                    }
+                    if let Some(g) = to_shard[s].pop_front() {
+                        to_coord.extend(deliver_one(&mut shares, &open, g));
+                    }
+                }
+                5 if open[s][k] == 0 && next(4) == 0 => {
+                    if let Some(r) = shares[s].forget(key) {
+                        to_coord.push_back((s, key, r));
+                    }
+                }
+                _ => {
+                    clock += ROTATE_AFTER;
+                    let mut out = Vec::new();
+                    ledger.tick(|_| limit_of, clock, &mut out);
+                    for g in out {
+                        to_shard[g.shard].push_back(g);
+                    }
+                }
+            }
+            for k in 0..3 {
+                if open[s][k] > shares[s].granted(keys[k]) {
+                    open[s][k] -= 1;
+                    if let Some(r) = shares[s].holding(keys[k], open[s][k]) {
+                        to_coord.push_back((s, keys[k], r));
+                    }
+                }
+                let scope: u32 = open.iter().map(|o| o[k]).sum();
+                assert!(scope <= own, "seed {seed}: {scope} open of {}", keys[k]);
+            }
+            let total: u32 = open.iter().flatten().sum();
+            assert!(total <= cap, "seed {seed}: {total} open, cap {cap}");
+        }
+        // Quiesce: every shard wants every scope and opens what it is granted.
+        for s in 0..shards {
+            for k in 0..3 {
+                while open[s][k] > shares[s].granted(keys[k]) {
+                    open[s][k] -= 1;
+                    if let Some(r) = shares[s].holding(keys[k], open[s][k]) {
+                        to_coord.push_back((s, keys[k], r));
+                    }
+                }
+                if let Some(r) = shares[s].load(keys[k], true) {
+                    to_coord.push_back((s, keys[k], r));
+                }
+            }
+        }
+        for _ in 0..20_000 {
+            if let Some((from, key, r)) = to_coord.pop_front() {
+                let mut out = Vec::new();
+                ledger.report(key, from, r, limit_of, clock, &mut out);
+                for g in out {
+                    to_shard[g.shard].push_back(g);
+                }
+                continue;
+            }
+            let Some(s) = (0..shards).find(|&s| !to_shard[s].is_empty()) else {
+                // A returned scope is asked for again once confirmed.
+                let mut again = Vec::new();
+                for (s, share) in shares.iter_mut().enumerate() {
+                    for key in keys {
+                        if let Some(r) = share.load(key, true) {
+                            again.push((s, key, r));
+                        }
+                    }
+                }
+                if again.is_empty() {
+                    break;
+                }
+                to_coord.extend(again);
+                continue;
+            };
+            let g = to_shard[s].pop_front().unwrap();
+            to_coord.extend(deliver_one(&mut shares, &open, g));
+            for k in 0..3 {
+                while open[s][k] > shares[s].granted(keys[k]) {
+                    open[s][k] -= 1;
+                    if let Some(r) = shares[s].holding(keys[k], open[s][k]) {
+                        to_coord.push_back((s, keys[k], r));
+                    }
+                }
+            }
+        }
+        let granted: Vec<u32> = (0..3)
+            .map(|k| (0..shards).map(|s| shares[s].granted(keys[k])).sum())
+            .collect();
+        let total: u32 = granted.iter().sum();
+        assert!(total <= cap, "seed {seed}: granted {granted:?}, cap {cap}");
+        // Everything the cap allows is handed out (each scope within its own limit).
+        let dump: Vec<String> = keys
+            .iter()
+            .map(|k| match ledger.scopes.get(*k) {
+                Some(e) => format!(
+                    "{k}: limit {} own {} wants {:?} grant {:?} held {:?}",
+                    e.limit, e.own, e.wants, e.grant, e.held
+                ),
+                None => format!("{k}: none"),
+            })
+            .collect();
+        assert_eq!(
+            total,
+            cap.min(3 * own),
+            "seed {seed}: granted {granted:?} open {open:?}: {dump:?}"
+        );
+    }
 }

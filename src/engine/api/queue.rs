@@ -307,6 +307,14 @@ impl Api {
         if let Err(e) = self.known_target(config, &target) {
             return Response::error(404, &e);
         }
+        // A recipient leaves from a source only once routed: while deferred or queued it
+        // has none, so a source has nothing to bounce or retry.
+        if matches!(target, Target::Source(_)) && action != "suspend" && action != "resume" {
+            return Response::error(
+                400,
+                &format!("a source can be suspended or resumed (its mail moves to its pool's other sources); {action} by provider, domain:, campaign: or tenant:"),
+            );
+        }
         if action == "bounce" && reason.is_empty() {
             return Response::error(
                 400,
@@ -369,11 +377,19 @@ impl Api {
     /// back for a domain, campaign or tenant before any of it arrives.
     fn known_target(&self, config: &Config, target: &Target) -> Result<(), String> {
         match target {
-            Target::Scope(k) => {
+            Target::Scope(key) => {
+                // A scope at one source: `provider@source`.
+                let (k, source) = crate::delivery::scope::split_key(key);
+                if let Some(s) = source {
+                    if config.egress.source(s).is_none() {
+                        return Err(format!(
+                            "unknown target {key:?}: {s:?} is not a [sources] entry"
+                        ));
+                    }
+                }
                 let known = config.providers.contains_key(k)
                     || self.shared.status().iter().any(|st| {
-                        st.scopes.iter().any(|s| &s.key == k)
-                            || st.counts.by_scope.contains_key(k.as_str())
+                        st.scopes.iter().any(|s| s.key == k) || st.counts.by_scope.contains_key(k)
                     })
                     || ((k.starts_with("site:") || k.starts_with("route:")) && k.len() > 5);
                 if known {
@@ -384,8 +400,9 @@ impl Api {
                     ))
                 }
             }
+            Target::Source(s) if config.egress.source(s).is_some() => Ok(()),
             Target::Source(s) => Err(format!(
-                "unknown target source:{s}: no egress sources are configured"
+                "unknown target source:{s}: not a [sources] entry of the configuration"
             )),
             Target::Domain(_) | Target::Campaign(_) | Target::Tenant(_) => Ok(()),
         }

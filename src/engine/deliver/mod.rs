@@ -19,7 +19,7 @@ pub(super) use schedule::{resolve, scheduler};
 
 use super::Shard;
 use crate::delivery::connection::{ConnectError, Connection};
-use crate::delivery::endpoints::{reusable_policy, Acquire};
+use crate::delivery::endpoints::{reusable_policy, Acquire, Peer};
 use crate::delivery::owner::Take;
 use crate::delivery::policy::{no_host_address, refused_destination, Outcome};
 use crate::delivery::scope::NextHop;
@@ -86,9 +86,9 @@ impl Shard {
         }
     }
 
-    /// A connection to `addr` is closed: its slot frees for the first worker in line.
-    fn endpoint_closed(&self, addr: SocketAddr) {
-        let waiter = self.endpoints.borrow_mut().closed(addr);
+    /// A connection to `peer` is closed: its slot frees for the first worker in line.
+    fn endpoint_closed(&self, peer: Peer) {
+        let waiter = self.endpoints.borrow_mut().closed(peer);
         if let Some(w) = waiter {
             let _ = w.try_send(());
         }
@@ -100,7 +100,7 @@ impl Shard {
     #[must_use = "a dropped task is cancelled, and its connection never counted closed"]
     pub(super) fn close_parked(
         self: &Rc<Self>,
-        conns: Vec<(SocketAddr, Connection)>,
+        conns: Vec<(Peer, Connection)>,
     ) -> Vec<glommio::Task<()>> {
         if conns.is_empty() {
             return Vec::new();
@@ -112,22 +112,18 @@ impl Shard {
         });
         conns
             .into_iter()
-            .map(|(addr, c)| self.quit_parked(addr, c))
+            .map(|(peer, c)| self.quit_parked(peer, c))
             .collect()
     }
 
     /// The task that QUITs a parked connection counted as closing, then frees its slot and
     /// its place in the budget.
-    pub(super) fn quit_parked(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        c: Connection,
-    ) -> glommio::Task<()> {
+    pub(super) fn quit_parked(self: &Rc<Self>, peer: Peer, c: Connection) -> glommio::Task<()> {
         let shard = Rc::clone(self);
         self.spawn_into(self.queues.delivery, async move {
             let parked_by = c.parked_by.clone();
             c.quit().await;
-            shard.endpoint_closed(addr);
+            shard.endpoint_closed(peer);
             shard.with_core(|core| core.parked_closed(parked_by.as_deref()));
         })
     }
@@ -161,9 +157,9 @@ pub(super) async fn park_sweeper(shard: Rc<Shard>) {
 
 /// Closes a worker's connection (QUIT, bounded) and frees its slot at the address.
 async fn close(shard: &Shard, c: Connection) {
-    let addr = c.addr;
+    let peer = c.peer();
     c.quit().await;
-    shard.endpoint_closed(addr);
+    shard.endpoint_closed(peer);
 }
 
 /// One connection's worth of sending for a scope, within this shard's share of it.
@@ -179,7 +175,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             if let Ok(Ok(c)) = timeout(PRECONNECT_TIMEOUT, async {
                 // The first message checks the connection against its scope's deliveries
                 // per connection (`reusable`, below).
-                Ok(connect_contained(&shard, &hosts, tls, u32::MAX).await)
+                Ok(connect_contained(&shard, &key, &hosts, tls, u32::MAX).await)
             })
             .await
             {
@@ -248,7 +244,7 @@ async fn worker(shard: Rc<Shard>, key: String, preconnect: Option<Arc<[NextHop]>
             if let Some((c, _)) = conn.take() {
                 close(&shard, c).await;
             }
-            match connect_contained(&shard, &msg.hosts, tls, max_per_connection).await {
+            match connect_contained(&shard, &key, &msg.hosts, tls, max_per_connection).await {
                 Ok(c) => conn = Some((c, Arc::clone(&msg.hosts))),
                 Err(failure) => {
                     let refused = failure.closing.clone();
@@ -378,7 +374,7 @@ async fn send(
                 // The connection's state is unknown after a bug: drop it, never reuse it;
                 // whatever was in flight on it is retried.
                 if let Some((c, _)) = conn.take() {
-                    let addr = c.addr;
+                    let addr = c.peer();
                     drop(c);
                     shard.endpoint_closed(addr);
                 }
@@ -419,7 +415,7 @@ fn take(
     let held = match &*conn {
         None => Held::Nothing,
         Some((c, _)) => {
-            idle |= shard.endpoints.borrow().has_waiters(c.addr);
+            idle |= shard.endpoints.borrow().has_waiters(c.peer());
             let reusable = c.is_usable()
                 && reusable_policy(c.policy)
                 && c.deliveries < crate::config::DEFAULT_MAX_DELIVERIES_PER_CONNECTION;
@@ -438,7 +434,7 @@ fn take(
         if matches!(next, Take::Exit) && held == Held::Parking {
             if let Some((mut c, _)) = conn.take() {
                 c.parked_by = Some(key.to_string());
-                let (addr, policy) = (c.addr, c.policy);
+                let (addr, policy) = (c.peer(), c.policy);
                 let now = shard.shared.clock.now();
                 let released = shard.endpoints.borrow_mut().release(addr, c, policy, now);
                 match released {
@@ -484,11 +480,12 @@ async fn contained<T>(f: impl std::future::Future<Output = T>) -> Result<T, Stri
 /// `connect`, with a panic in it turned into a failure to connect.
 async fn connect_contained(
     shard: &Rc<Shard>,
+    key: &str,
     hosts: &[NextHop],
     policy: TlsPolicy,
     max_deliveries: u32,
 ) -> Result<Connection, ConnectFailure> {
-    contained(connect(shard, hosts, policy, max_deliveries))
+    contained(connect(shard, key, hosts, policy, max_deliveries))
         .await
         .unwrap_or_else(|why| {
             Err(ConnectFailure {
@@ -506,14 +503,20 @@ async fn connect_contained(
 /// worker a bounded time. Addresses from DNS in non-public ranges are skipped
 /// (`delivery::guard`) unless `[delivery] allow_private_destinations`; static routes are not
 /// checked. An opportunistic handshake that fails is retried in plaintext at once, and the
-/// host gets plaintext for `TLS_BROKEN_FOR`.
+/// host gets plaintext for `TLS_BROKEN_FOR`. A scope at an egress source (`key`
+/// `yahoo@mta1`) connects from the source's address with its EHLO name, to addresses of its
+/// family only.
 async fn connect(
     shard: &Rc<Shard>,
+    key: &str,
     hosts: &[NextHop],
     policy: TlsPolicy,
     max_deliveries: u32,
 ) -> Result<Connection, ConnectFailure> {
     let config = shard.config.borrow().clone();
+    let source = crate::delivery::scope::source_of(&config, key);
+    let local = source.map(|s| s.address);
+    let helo = source.map_or(config.smtp.helo_name.as_str(), |s| s.helo_name.as_str());
     let allow_private = config.delivery.allow_private_destinations;
     let mut last = String::from("no hosts");
     let mut closing = None;
@@ -532,6 +535,14 @@ async fn connect(
             }
         };
         for ip in addrs {
+            if local.is_some_and(|l| l.is_ipv4() != ip.is_ipv4()) {
+                last = format!(
+                    "{} [{ip}]: not of the address family of source {}",
+                    hop.name,
+                    source.map_or("", |s| s.name.as_str())
+                );
+                continue;
+            }
             if !hop.from_route && !allow_private {
                 if let Some(range) = crate::delivery::guard::address_refusal(ip) {
                     refused.push(format!("{} [{ip}] is {range}", hop.name));
@@ -543,6 +554,10 @@ async fn connect(
             }
             tried += 1;
             let addr = SocketAddr::new(ip, hop.port);
+            let peer = Peer {
+                local,
+                remote: addr,
+            };
             let name = &hop.name;
             let broken = shard
                 .core
@@ -554,17 +569,17 @@ async fn connect(
                 other => other,
             };
             let wait = config.delivery.connect_timeout;
-            let mut c = match endpoint(shard, addr, effective, max_deliveries, wait).await {
+            let mut c = match endpoint(shard, peer, effective, max_deliveries, wait).await {
                 Slot::Parked(c) => *c,
                 Slot::Open => {
                     // The slot frees if the connect fails, or if this future is dropped
                     // while connecting (the preconnect's bound).
                     let mut slot = SlotGuard {
                         shard,
-                        addr,
+                        peer,
                         armed: true,
                     };
-                    match open(shard, &config, hop, addr, effective).await {
+                    match open(shard, &config, hop, peer, helo, effective).await {
                         Ok(c) => {
                             slot.armed = false;
                             c
@@ -578,16 +593,16 @@ async fn connect(
                                 ConnectError::Refused(_) | ConnectError::Tls(_) => sessions += 1,
                                 ConnectError::Unreachable(_) => {}
                             }
-                            last = format!("{} [{addr}]: {e}", hop.name);
+                            last = format!("{} [{peer}]: {e}", hop.name);
                             continue;
                         }
                     }
                 }
                 Slot::Full => {
                     last = format!(
-                        "{} [{addr}]: {} connections to the address already (ip_connection_limit); none came free within {:?}",
+                        "{} [{peer}]: {} connections to the address already (ip_connection_limit); none came free within {:?}",
                         hop.name,
-                        shard.endpoints.borrow().open(addr),
+                        shard.endpoints.borrow().open(peer),
                         config.delivery.connect_timeout
                     );
                     continue;
@@ -635,14 +650,14 @@ enum Slot {
 /// A slot at an address, freed when dropped armed.
 struct SlotGuard<'a> {
     shard: &'a Shard,
-    addr: SocketAddr,
+    peer: Peer,
     armed: bool,
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shard.endpoint_closed(self.addr);
+            self.shard.endpoint_closed(self.peer);
         }
     }
 }
@@ -652,7 +667,7 @@ impl Drop for SlotGuard<'_> {
 /// it.
 struct InLine<'a> {
     shard: &'a Shard,
-    addr: SocketAddr,
+    peer: Peer,
     wake: Rc<LocalSender<()>>,
 }
 
@@ -661,8 +676,8 @@ impl Drop for InLine<'_> {
         let wake = &self.wake;
         let next = {
             let mut endpoints = self.shard.endpoints.borrow_mut();
-            endpoints.unwait(self.addr, |w| Rc::ptr_eq(w, wake));
-            endpoints.wake_if_room(self.addr)
+            endpoints.unwait(self.peer, |w| Rc::ptr_eq(w, wake));
+            endpoints.wake_if_room(self.peer)
         };
         if let Some(w) = next {
             let _ = w.try_send(());
@@ -675,7 +690,7 @@ impl Drop for InLine<'_> {
 /// its cap.
 async fn endpoint(
     shard: &Rc<Shard>,
-    addr: SocketAddr,
+    peer: Peer,
     policy: TlsPolicy,
     max_deliveries: u32,
     wait: Duration,
@@ -684,17 +699,17 @@ async fn endpoint(
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let line = InLine {
         shard,
-        addr,
+        peer,
         wake: Rc::new(wake_tx),
     };
     loop {
-        let got = shard.endpoints.borrow_mut().acquire(addr, policy);
+        let got = shard.endpoints.borrow_mut().acquire(peer, policy);
         match got {
             Acquire::Parked(mut c) if c.is_usable() && c.deliveries < max_deliveries => {
                 let parked_by = c.parked_by.take();
                 shard.with_core(|core| core.unparked(parked_by.as_deref()));
                 // Woken for a slot, perhaps, and took this instead: the slot goes on.
-                let next = shard.endpoints.borrow_mut().wake_if_room(addr);
+                let next = shard.endpoints.borrow_mut().wake_if_room(peer);
                 if let Some(w) = next {
                     let _ = w.try_send(());
                 }
@@ -706,7 +721,7 @@ async fn endpoint(
                 // of its own, so even a dropped future frees its slot); then the worker
                 // tries again.
                 shard.with_core(|core| core.parked_closing(c.parked_by.as_deref()));
-                shard.quit_parked(addr, c).detach();
+                shard.quit_parked(peer, c).detach();
                 continue;
             }
             Acquire::Open => return Slot::Open,
@@ -721,8 +736,8 @@ async fn endpoint(
         shard
             .endpoints
             .borrow_mut()
-            .unwait(addr, |w| Rc::ptr_eq(w, &wake));
-        shard.endpoints.borrow_mut().wait(addr, policy, wake);
+            .unwait(peer, |w| Rc::ptr_eq(w, &wake));
+        shard.endpoints.borrow_mut().wait(peer, policy, wake);
         futures_lite::future::or(
             async {
                 let _ = wake_rx.recv().await;
@@ -733,21 +748,25 @@ async fn endpoint(
     }
 }
 
-/// Opens a connection to `hop` at `addr`. An opportunistic handshake that fails is retried in
-/// plaintext at once (in the same slot), and the host gets plaintext for `TLS_BROKEN_FOR`.
+/// Opens a connection to `hop` at `peer`, saying `helo`. An opportunistic handshake that
+/// fails is retried in plaintext at once (in the same slot), and the host gets plaintext for
+/// `TLS_BROKEN_FOR`.
 async fn open(
     shard: &Rc<Shard>,
     config: &crate::config::Config,
     hop: &NextHop,
-    addr: SocketAddr,
+    peer: Peer,
+    helo: &str,
     policy: TlsPolicy,
 ) -> Result<Connection, ConnectError> {
     let name = &hop.name;
+    let addr = peer.remote;
     let open = |p| {
         Connection::open(
             name,
             addr,
-            &config.smtp.helo_name,
+            peer.local,
+            helo,
             p,
             &shard.tls,
             config.delivery.timeouts,

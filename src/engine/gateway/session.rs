@@ -417,6 +417,16 @@ impl Session {
         } else {
             (0, Vec::new(), Vec::new())
         };
+        // The user's pool, else its tenant's, else the default (validated with the
+        // configuration, so a pool named here exists).
+        let explicit = user.and_then(|u| u.pool.as_deref());
+        let pool = config
+            .egress
+            .pool_for(explicit, &tenant)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_string();
         let spec = MessageSpec {
             batch_id,
             created_unix_ms: now,
@@ -426,6 +436,7 @@ impl Session {
             tenant,
             var_names,
             body: prepared.message,
+            pool,
         };
         let rcpts = std::mem::take(&mut self.rcpts);
         let n = rcpts.len() as u64;
