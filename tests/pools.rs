@@ -190,3 +190,46 @@ fn a_suspended_source_hands_its_share_to_the_others() {
     engine.stop(Duration::from_secs(20));
     sink.stop();
 }
+
+/// A source whose reverse DNS does not name its EHLO name (or names it, but the name does
+/// not lead back) gets a loud warning at start; one that passes does not.
+#[test]
+fn sources_failing_forward_confirmed_reverse_dns_are_warned_about() {
+    use spate_sim::dns::{DnsResponder, Zone};
+    let mut zone = Zone::default();
+    zone.ptr
+        .insert(ip("127.0.0.61"), vec!["s1.mta.test".into()]);
+    zone.hosts
+        .insert("s1.mta.test".into(), vec![ip("127.0.0.61")]);
+    zone.ptr
+        .insert(ip("127.0.0.62"), vec!["wrong.example".into()]);
+    zone.ptr
+        .insert(ip("127.0.0.63"), vec!["s3.mta.test".into()]);
+    zone.hosts
+        .insert("s3.mta.test".into(), vec![ip("127.0.0.99")]);
+    let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    let sink = Sink::start(HashMap::new());
+    let extra = format!("{}[dns]\nnameservers = [\"{}\"]\n", config(&sink), dns.addr);
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    wait_until(Duration::from_secs(20), "the source checks", || {
+        let e = engine.stderr();
+        e.contains("source s1") && e.contains("source s2") && e.contains("source s3")
+    });
+    let stderr = engine.stderr();
+    let line = |name: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("source {name} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!line("s1").contains("WARNING"), "{}", line("s1"));
+    assert!(line("s2").contains("WARNING"), "{stderr}");
+    assert!(line("s2").contains("wrong.example"), "{}", line("s2"));
+    assert!(line("s3").contains("WARNING"), "{stderr}");
+    assert!(line("s3").contains("127.0.0.99"), "{}", line("s3"));
+    engine.stop(Duration::from_secs(20));
+    sink.stop();
+    drop(dns);
+}

@@ -19,7 +19,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use spate::address::check_host_name;
 use spate::dns::message::{build_query, parse_response, Answer, QueryType, ANSWER_RECORDS_MAX};
@@ -28,7 +28,13 @@ use std::net::IpAddr;
 
 pub const ID: u16 = 0x5a7e;
 pub const DOMAIN: &str = "example.com";
-const QUERY_TYPES: [QueryType; 4] = [QueryType::Mx, QueryType::A, QueryType::Aaaa, QueryType::Txt];
+const QUERY_TYPES: [QueryType; 5] = [
+    QueryType::Mx,
+    QueryType::A,
+    QueryType::Aaaa,
+    QueryType::Txt,
+    QueryType::Ptr,
+];
 
 pub fn check_raw(input: &[u8]) {
     for qtype in QUERY_TYPES {
@@ -56,6 +62,21 @@ fn check_answer(answer: Result<Answer, spate::dns::message::DnsError>, qtype: Qu
                 records.len() <= ANSWER_RECORDS_MAX,
                 "{} TXT records",
                 records.len()
+            );
+        }
+        Answer::Ptr { names, .. } => {
+            assert_eq!(qtype, QueryType::Ptr, "PTR records for a {qtype:?} query");
+            assert!(!names.is_empty());
+            assert!(
+                names.len() <= ANSWER_RECORDS_MAX,
+                "{} PTR records",
+                names.len()
+            );
+            assert!(
+                names
+                    .iter()
+                    .all(|n| !n.ends_with('.') && *n == n.to_ascii_lowercase()),
+                "{names:?}"
             );
         }
         Answer::Addrs { addrs, .. } => {
@@ -167,6 +188,7 @@ enum FuzzData {
     Aaaa([u8; 16]),
     Cname(Owner),
     Txt(String),
+    Ptr(FuzzName),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -233,6 +255,7 @@ pub fn check_structured(input: &[u8]) {
         QueryType::A => RecordType::A,
         QueryType::Aaaa => RecordType::AAAA,
         QueryType::Txt => RecordType::TXT,
+        QueryType::Ptr => RecordType::PTR,
     };
     let queried = Name::from_ascii(format!("{DOMAIN}.")).unwrap();
     let id = if r.same_id { ID } else { ID ^ 1 };
@@ -264,6 +287,7 @@ pub fn check_structured(input: &[u8]) {
             FuzzData::Aaaa(b) => RData::AAAA(AAAA::from(std::net::Ipv6Addr::from(*b))),
             FuzzData::Cname(target) => RData::CNAME(CNAME(owner(target, &queried))),
             FuzzData::Txt(t) => RData::TXT(TXT::new(vec![t.chars().take(200).collect()])),
+            FuzzData::Ptr(n) => RData::PTR(PTR(name(n))),
         };
         let mut record = Record::from_rdata(owner(&a.owner, &queried), a.ttl, data);
         if !a.class_in {

@@ -58,9 +58,10 @@ impl DnsCache {
     /// Stores an answer for its TTL (clamped); truncated answers are not stored.
     pub fn insert(&mut self, domain: &str, qtype: QueryType, answer: Answer, now_ms: u64) {
         let ttl_s = match &answer {
-            Answer::Mx { ttl_s, .. } | Answer::Addrs { ttl_s, .. } | Answer::Txt { ttl_s, .. } => {
-                (*ttl_s).clamp(TTL_MIN_S, TTL_MAX_S)
-            }
+            Answer::Mx { ttl_s, .. }
+            | Answer::Addrs { ttl_s, .. }
+            | Answer::Txt { ttl_s, .. }
+            | Answer::Ptr { ttl_s, .. } => (*ttl_s).clamp(TTL_MIN_S, TTL_MAX_S),
             Answer::NoData { ttl_s } | Answer::NxDomain { ttl_s } => {
                 (*ttl_s).clamp(TTL_MIN_S, NEGATIVE_TTL_MAX_S)
             }

@@ -30,6 +30,8 @@ pub enum QueryType {
     Aaaa,
     /// Text records (DKIM key records at start).
     Txt,
+    /// Pointer records (an egress source's reverse DNS, at start).
+    Ptr,
 }
 
 impl QueryType {
@@ -39,6 +41,7 @@ impl QueryType {
             QueryType::A => RecordType::A,
             QueryType::Aaaa => RecordType::AAAA,
             QueryType::Txt => RecordType::TXT,
+            QueryType::Ptr => RecordType::PTR,
         }
     }
 }
@@ -57,6 +60,11 @@ pub enum Answer {
     /// TXT records, each one's strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2), as text.
     Txt {
         records: Vec<String>,
+        ttl_s: u32,
+    },
+    /// PTR records' names, lower case, without the trailing dot.
+    Ptr {
+        names: Vec<String>,
         ttl_s: u32,
     },
     /// The name exists but has no records of this type.
@@ -92,6 +100,25 @@ fn name_of(domain: &str) -> Result<Name, DnsError> {
         Name::from_ascii(domain).map_err(|e| DnsError(format!("bad name {domain:?}: {e}")))?;
     name.set_fqdn(true);
     Ok(name)
+}
+
+/// The name a PTR query for `ip` asks about: `4.3.2.1.in-addr.arpa`, or the 32 nibbles of
+/// an IPv6 address under `ip6.arpa` (RFC 1035 3.5, RFC 3596 2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(72);
+            for byte in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
 }
 
 /// A recursive query for `domain`.
@@ -151,6 +178,7 @@ pub fn parse_response(
     let mut mx = Vec::new();
     let mut addrs = Vec::new();
     let mut txt = Vec::new();
+    let mut ptr = Vec::new();
     // Follow the chain from the queried name: each round takes the records owned by `owner`;
     // a CNAME there moves `owner` to its target.
     // Names compare case-insensitively (hickory's `Name` equality); names from the wire are
@@ -163,7 +191,7 @@ pub fn parse_response(
             if r.name != owner {
                 continue;
             }
-            let before = mx.len() + addrs.len() + txt.len();
+            let before = mx.len() + addrs.len() + txt.len() + ptr.len();
             match &r.data {
                 RData::MX(rec) if qtype == QueryType::Mx && mx.len() < ANSWER_RECORDS_MAX => {
                     let host = rec
@@ -184,17 +212,20 @@ pub fn parse_response(
                         t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
                     txt.push(String::from_utf8_lossy(&joined).into_owned());
                 }
+                RData::PTR(name) if qtype == QueryType::Ptr && ptr.len() < ANSWER_RECORDS_MAX => {
+                    ptr.push(name.0.to_ascii().trim_end_matches('.').to_ascii_lowercase());
+                }
                 RData::CNAME(target) => {
                     next = Some(target.0.clone());
                     ttl_s = ttl_s.min(r.ttl);
                 }
                 _ => {}
             }
-            if mx.len() + addrs.len() + txt.len() > before {
+            if mx.len() + addrs.len() + txt.len() + ptr.len() > before {
                 ttl_s = ttl_s.min(r.ttl);
             }
         }
-        if !mx.is_empty() || !addrs.is_empty() || !txt.is_empty() {
+        if !mx.is_empty() || !addrs.is_empty() || !txt.is_empty() || !ptr.is_empty() {
             break;
         }
         let Some(target) = next else { break };
@@ -213,6 +244,7 @@ pub fn parse_response(
             records: txt,
             ttl_s,
         },
+        QueryType::Ptr if !ptr.is_empty() => Answer::Ptr { names: ptr, ttl_s },
         _ if links > 0 => Answer::Alias {
             target: owner.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
         },
@@ -286,6 +318,53 @@ pub(crate) mod tests {
                 ttl_s: 60
             }
         );
+    }
+
+    #[test]
+    fn ptr_names_and_answers() {
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(reverse_name(v4), "10.2.0.192.in-addr.arpa");
+        let v6: IpAddr = "2001:db8::567:89ab".parse().unwrap();
+        assert_eq!(
+            reverse_name(v6),
+            "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+        );
+        let owner = reverse_name(v4);
+        let q = build_query(3, &owner, QueryType::Ptr).unwrap();
+        let ptr = |name: &str, ttl| {
+            hickory_proto::rr::Record::from_rdata(
+                Name::from_ascii(format!("{owner}.")).unwrap(),
+                ttl,
+                RData::PTR(hickory_proto::rr::rdata::PTR(
+                    Name::from_ascii(name).unwrap(),
+                )),
+            )
+        };
+        let r = respond(
+            &q,
+            ResponseCode::NoError,
+            vec![ptr("MTA1.Example.com.", 300), ptr("other.example.", 60)],
+            false,
+        );
+        assert_eq!(
+            parse_response(&r, 3, &owner, QueryType::Ptr).unwrap(),
+            Answer::Ptr {
+                names: vec!["mta1.example.com".into(), "other.example".into()],
+                ttl_s: 60
+            }
+        );
+        // PTR records for another query type are not answers.
+        let q = build_query(4, &owner, QueryType::A).unwrap();
+        let r = respond(
+            &q,
+            ResponseCode::NoError,
+            vec![ptr("x.example.", 60)],
+            false,
+        );
+        assert!(matches!(
+            parse_response(&r, 4, &owner, QueryType::A).unwrap(),
+            Answer::NoData { .. }
+        ));
     }
 
     #[test]

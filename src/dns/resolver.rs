@@ -131,6 +131,7 @@ impl Resolver {
             Answer::ServerFailure(why) => Destination::TemporaryFailure(why),
             Answer::Addrs { .. }
             | Answer::Txt { .. }
+            | Answer::Ptr { .. }
             | Answer::Truncated
             | Answer::Alias { .. } => Destination::TemporaryFailure("unexpected answer".into()),
         }
@@ -158,6 +159,7 @@ impl Resolver {
                 Answer::NxDomain { .. } | Answer::NoData { .. } => {}
                 Answer::Mx { .. }
                 | Answer::Txt { .. }
+                | Answer::Ptr { .. }
                 | Answer::Truncated
                 | Answer::Alias { .. } => permanent = false,
             }

@@ -791,6 +791,10 @@ async fn shard_main(
         let check = published::check_dkim_records(Rc::clone(&shard), Arc::clone(&config));
         shard.spawn_into(queues.background, check).detach();
     }
+    if id == 0 && !config.egress.is_empty() {
+        let check = published::check_sources(Rc::clone(&shard), Arc::clone(&config));
+        shard.spawn_into(queues.background, check).detach();
+    }
 
     // This task (glommio's default queue) only waits from here on; intake runs in its queue.
     let intake = {
@@ -1022,6 +1026,10 @@ impl Shard {
             };
             if self.id == 0 && keys(&config) != keys(&self.config.borrow()) {
                 let check = published::check_dkim_records(Rc::clone(self), Arc::clone(&config));
+                self.spawn_into(self.queues.background, check).detach();
+            }
+            if self.id == 0 && config.egress.sources != self.config.borrow().egress.sources {
+                let check = published::check_sources(Rc::clone(self), Arc::clone(&config));
                 self.spawn_into(self.queues.background, check).detach();
             }
             let mut core = self.core.borrow_mut();

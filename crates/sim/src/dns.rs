@@ -15,11 +15,13 @@ use std::time::Duration;
 
 const TTL_S: u32 = 300;
 
-/// The records served: MX per domain, addresses per host (names lowercase, no final dot).
+/// The records served: MX per domain, addresses per host, PTR names per address (names
+/// lowercase, no final dot).
 #[derive(Debug, Clone, Default)]
 pub struct Zone {
     pub mx: HashMap<String, Vec<(u16, String)>>,
     pub hosts: HashMap<String, Vec<IpAddr>>,
+    pub ptr: HashMap<IpAddr, Vec<String>>,
 }
 
 impl Zone {
@@ -116,7 +118,13 @@ pub fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
     let key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
     let qtype = question.query_type();
     m.add_query(question);
-    let known = zone.mx.contains_key(&key) || zone.hosts.contains_key(&key);
+    let reverse: Vec<&String> = zone
+        .ptr
+        .iter()
+        .filter(|(ip, _)| spate::dns::message::reverse_name(**ip) == key)
+        .flat_map(|(_, names)| names)
+        .collect();
+    let known = zone.mx.contains_key(&key) || zone.hosts.contains_key(&key) || !reverse.is_empty();
     if !known {
         m.metadata.response_code = ResponseCode::NXDomain;
         return m.to_vec().ok();
@@ -144,6 +152,16 @@ pub fn answer(zone: &Zone, query: &[u8]) -> Option<Vec<u8>> {
                     _ => continue,
                 };
                 m.add_answer(Record::from_rdata(name.clone(), TTL_S, data));
+            }
+        }
+        RecordType::PTR => {
+            for target in reverse {
+                let target = Name::from_ascii(format!("{target}.")).ok()?;
+                m.add_answer(Record::from_rdata(
+                    name.clone(),
+                    TTL_S,
+                    RData::PTR(hickory_proto::rr::rdata::PTR(target)),
+                ));
             }
         }
         _ => {}
