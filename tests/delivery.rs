@@ -351,7 +351,7 @@ fn a_unilateral_421_closes_the_connection_and_retries_without_counting_an_attemp
         "b.jsonl",
         format!("{HEADER}\n{{\"to\":\"a@busy.test\"}}\n").as_bytes(),
     );
-    // A 421 is retried after 10 s, not on the (here one-hour) retry schedule.
+    // A 421 is retried at once at its scope's pace, not on the (here one-hour) schedule.
     wait_final(&env, &engine, 1, Duration::from_secs(40));
     assert_eq!(engine.stop(Duration::from_secs(30)).code(), Some(0));
     let records = env.log_records();

@@ -584,6 +584,36 @@ impl Config {
                 c.step,
                 duration_text(c.quiet)
             ));
+            if p.provider_connection_limit.is_some() || p.provider_max_message_rate.is_some() {
+                line(format!(
+                    "provider {name} across sources: connections={} rate={}",
+                    p.provider_connection_limit
+                        .map_or("unlimited".into(), |n| n.to_string()),
+                    p.provider_max_message_rate
+                        .map_or("unlimited".into(), |r| format!(
+                            "{}/{}s",
+                            r.messages,
+                            r.per.as_secs()
+                        ))
+                ));
+            }
+        }
+        for s in &self.egress.sources {
+            line(format!(
+                "source {}: address {} helo_name {}",
+                s.name, s.address, s.helo_name
+            ));
+        }
+        for (name, p) in &self.egress.pools {
+            let members: Vec<String> = p
+                .members
+                .iter()
+                .map(|&(i, w)| format!("{}x{w}", self.egress.sources[i].name))
+                .collect();
+            line(format!("pool {name}: {}", members.join(" ")));
+        }
+        for (tenant, pool) in &self.egress.tenants {
+            line(format!("tenant {tenant}: pool {pool}"));
         }
         for l in &self.listeners {
             line(format!("listener: {} tls={:?}", l.listen, l.tls));

@@ -305,9 +305,11 @@ impl RetryPolicy {
     }
 }
 
-/// How soon a recipient is tried again after a 421 that came before its message was sent:
-/// the server is closing or busy, which says nothing about the recipient.
-pub const SERVICE_CLOSING_RETRY: Duration = Duration::from_secs(10);
+/// A recipient whose own message was answered with pushback (a 421 or a rate text after
+/// the final dot) goes straight back to its scope's queue while it has used fewer attempts
+/// than this; then it follows the retry schedule, so one message a receiver keeps refusing
+/// cannot hold its scope's pace down for long.
+pub const PUSHBACK_REQUEUE_ATTEMPTS: u8 = 3;
 
 /// What one outcome makes of a queued recipient: the log event, the queue record's state,
 /// when to try again (deferred only) and the attempts it has used.
@@ -335,9 +337,12 @@ pub struct Attempted {
 /// Decides what an outcome makes of a recipient, at `now_unix_ms`. Pure: the same inputs
 /// give the same decision.
 ///
-/// - A 421 before the message was sent (`Fault::Connection`) is retried after
-///   `SERVICE_CLOSING_RETRY` and not counted, until `max_age`; a 421 answering the final
-///   dot is the message's own reply and counts like any 4xx.
+/// - Pushback (a 421, or a 4xx rate-limit text) is the receiver's rate, not the
+///   recipient's: the recipient is due again at once, back in its scope's queue, and the
+///   scope's throttle (which the pushback cut) decides when it goes, neither sooner nor
+///   later. Before the message was sent (`Fault::Connection`) it is not counted; as the
+///   message's own reply it is, and past `PUSHBACK_REQUEUE_ATTEMPTS` it follows the
+///   schedule. Until `max_age`.
 /// - Other deferrals follow `retry`; past `max_age` the recipient expires, its category
 ///   taken from the last answer (`no-answer` when there was none).
 pub fn decide(o: &Outcome, r: Attempted, now_unix_ms: u64, retry: &RetryPolicy) -> Decision {
@@ -356,15 +361,21 @@ pub fn decide(o: &Outcome, r: Attempted, now_unix_ms: u64, retry: &RetryPolicy) 
             let deadline = r
                 .queued_unix_ms
                 .saturating_add(retry.max_age.as_millis() as u64);
-            if o.fault == Fault::Connection && o.code == 421 && now_unix_ms < deadline {
-                return Decision {
-                    event: EventType::TransientFailure,
-                    state: OutcomeState::Deferred,
-                    due_unix_ms: now_unix_ms
-                        .saturating_add(SERVICE_CLOSING_RETRY.as_millis() as u64),
-                    category: None,
-                    attempts: r.attempts,
+            if o.pushback && now_unix_ms < deadline {
+                let requeue = match o.fault {
+                    Fault::Connection => Some(r.attempts),
+                    Fault::Message if r.attempts < PUSHBACK_REQUEUE_ATTEMPTS => Some(counted),
+                    Fault::Message => None,
                 };
+                if let Some(attempts) = requeue {
+                    return Decision {
+                        event: EventType::TransientFailure,
+                        state: OutcomeState::Deferred,
+                        due_unix_ms: now_unix_ms,
+                        category: None,
+                        attempts,
+                    };
+                }
             }
             let random =
                 (r.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
@@ -546,10 +557,13 @@ mod tests {
             (outcome(reply(451, "4.7.1 try later")), r(0, 0), MIN, E::TransientFailure, S::Deferred, Some((270_000, 330_000)), None, 1),
             (outcome(reply(451, "4.7.1 try later")), r(1, 0), MIN, E::TransientFailure, S::Deferred, Some((540_000, 660_000)), None, 2),
             (lost(), r(0, 0), MIN, E::TransientFailure, S::Deferred, Some((270_000, 330_000)), None, 1),
-            // A 421 before the message: 10 s later, not counted.
-            (closing(), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((10_000, 10_000)), None, 2),
-            // A 421 answering the final dot is the message's reply: counted, on the schedule.
-            (outcome(reply(421, "4.3.2 not accepting")), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((1_080_000, 1_320_000)), None, 3),
+            // Pushback before the message: due at once (its scope's pace decides), not counted.
+            (closing(), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((0, 0)), None, 2),
+            // Pushback answering the final dot is the message's reply: counted, due at once
+            // for its first attempts, then on the schedule.
+            (outcome(reply(421, "4.3.2 not accepting")), r(2, 0), MIN, E::TransientFailure, S::Deferred, Some((0, 0)), None, 3),
+            (outcome(reply(451, "4.7.0 too many messages, slow down")), r(0, 0), MIN, E::TransientFailure, S::Deferred, Some((0, 0)), None, 1),
+            (outcome(reply(421, "4.3.2 not accepting")), r(3, 0), MIN, E::TransientFailure, S::Deferred, Some((2_160_000, 2_640_000)), None, 4),
             // The last retry happens at the deadline, not never.
             (outcome(reply(451, "4.7.1 try later")), r(30, 0), 3 * DAY - 1_000, E::TransientFailure, S::Deferred, Some((1_000, 1_000)), None, 31),
             // Past max_age: expired, categorised by the last answer or as no answer.

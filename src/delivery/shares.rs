@@ -11,8 +11,10 @@
 //! time, all its connections with it, and the turn moves every `PACED_TURN` while other
 //! shards wait for it. The pace moves with the turn (`Pace`: the throttle, adaptive limit
 //! included, and the time of the next send), so the scope's messages follow one pace
-//! whichever shard sends them. A scope paced only by its receiver's pushback is split like any
-//! other; each shard's throttle learns from the replies to its own share.
+//! whichever shard sends them. A scope at an egress source (`yahoo@mta1`) is paced the same
+//! way: its receiver counts that one address, and one throttle learns its rate. Any other
+//! scope paced only by its receiver's pushback is split like any other; each shard's
+//! throttle learns from the replies to its own share.
 //!
 //! The totals are exact, never only eventually: a shard's grant is raised only out of
 //! connections no shard holds, and one that is lowered counts at its old size until the

@@ -57,7 +57,11 @@ fn share_limit(config: &Config, scope_key: &str) -> shares::Limit {
     let base = crate::delivery::scope::split_key(scope_key).0;
     shares::Limit {
         connections: full.connection_limit,
-        paced: full.max_rate.is_some(),
+        // A scope at an egress source is paced too: its receiver counts that one address,
+        // and one throttle (one shard at a time, the pace moving with the turn) learns its
+        // rate; throttles on several shards pushing against one address's limit take turns
+        // being cut and leave a tenth of it unused.
+        paced: full.max_rate.is_some() || crate::delivery::scope::split_key(scope_key).1.is_some(),
         group: config
             .providers
             .get(base)

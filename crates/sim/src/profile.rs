@@ -139,6 +139,10 @@ pub struct ProviderProfile {
     /// Scenarios only: the engine's `max_message_rate` for this provider, e.g. "500/s".
     #[serde(default)]
     pub engine_rate: Option<String>,
+    /// Extra keys for the engine's `[providers.NAME]` section of this provider, e.g.
+    /// `throttle_cut = 0.85` (scenarios only).
+    #[serde(default)]
+    pub engine_keys: String,
     /// A long tail: this many more domains, `<name>-<i>.test`, each with its own MX host.
     #[serde(default)]
     pub tail: u32,

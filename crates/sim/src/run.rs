@@ -56,6 +56,15 @@ pub struct ProviderReport {
     pub connections: u64,
     pub connections_refused: u64,
     pub dropped: u64,
+    /// Per sending IP, when more than one sent (egress sources): accepted and throttled.
+    pub sending_ips: Vec<IpReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct IpReport {
+    pub ip: String,
+    pub accepted: u64,
+    pub throttled: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -463,6 +472,21 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             connections: ProviderStats::get(&st.connections),
             connections_refused: ProviderStats::get(&st.connections_refused),
             dropped: ProviderStats::get(&st.dropped),
+            sending_ips: {
+                let by_ip = st.by_ip();
+                if by_ip.len() > 1 {
+                    by_ip
+                        .into_iter()
+                        .map(|(ip, s)| IpReport {
+                            ip: ip.to_string(),
+                            accepted: s.accepted,
+                            throttled: s.throttled,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            },
         })
         .collect();
     sink.stop()?;
@@ -681,6 +705,18 @@ impl RunReport {
                 p.connections,
                 p.connections_refused
             ));
+        }
+        for p in self.providers.iter().filter(|p| !p.sending_ips.is_empty()) {
+            m.push_str(&format!(
+                "\n| {} from | accepted | throttled |\n| --- | ---: | ---: |\n",
+                p.name
+            ));
+            for s in &p.sending_ips {
+                m.push_str(&format!(
+                    "| {} | {} | {} |\n",
+                    s.ip, s.accepted, s.throttled
+                ));
+            }
         }
         m.push_str(if self.complete() {
             "\nEvery valid recipient reached its final outcome; the receipt log shows each delivered one exactly as often as the delivery log.\n"

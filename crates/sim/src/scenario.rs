@@ -212,6 +212,9 @@ impl Scenario {
             if let Some(rate) = &p.engine_rate {
                 let _ = writeln!(c, "max_message_rate = {rate:?}");
             }
+            if !p.engine_keys.is_empty() {
+                let _ = writeln!(c, "{}", p.engine_keys);
+            }
         }
         c.push_str(&self.engine_extra);
         c
