@@ -233,3 +233,100 @@ fn sources_failing_forward_confirmed_reverse_dns_are_warned_about() {
     sink.stop();
     drop(dns);
 }
+
+/// Milliseconds of the day from a log record's RFC 3339 `ts` (the runs here last seconds).
+fn ms_of_day(ts: &str) -> u64 {
+    // 2026-12-02T14:03:57.123Z
+    let t = &ts[11..];
+    let h: u64 = t[0..2].parse().unwrap();
+    let m: u64 = t[3..5].parse().unwrap();
+    let s: u64 = t[6..8].parse().unwrap();
+    let ms: u64 = t[9..12].parse().unwrap();
+    ((h * 60 + m) * 60 + s) * 1000 + ms
+}
+
+/// A provider's limits apply per source, and `provider_connection_limit` and
+/// `provider_max_message_rate` cap it across them; `queue summary` shows the provider as one
+/// row with each source under it.
+#[test]
+fn provider_limits_cap_the_sources_together() {
+    use spate_sim::dns::{DnsResponder, Zone};
+    let mut zone = Zone::default();
+    zone.mx
+        .insert("capped.test".into(), vec![(10, "mx.capped.test".into())]);
+    zone.hosts
+        .insert("mx.capped.test".into(), vec![ip("127.0.0.1")]);
+    let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    // Each message takes 50 ms to be accepted: connections stay open.
+    let sink = Sink::start_with_delay(HashMap::new(), Duration::from_millis(50));
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\n\
+         [dns]\nnameservers = [\"{}\"]\n[smtp]\nport = {}\n\
+         [providers.capped]\nmx_suffixes = [\"mx.capped.test\"]\nconnection_limit = 2\n\
+         provider_connection_limit = 3\nprovider_max_message_rate = \"40/s\"\n\
+         [sources.s1]\naddress = \"127.0.0.61\"\n[sources.s2]\naddress = \"127.0.0.62\"\n\
+         [pools.default]\nsources = [\"s1\", \"s2\"]\n",
+        dns.addr,
+        sink.addr.port()
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let rcpts: Vec<String> = (0..200).map(|i| format!("c{i}@capped.test")).collect();
+    env.drop_input("c.jsonl", &batch(header("capped", "acme", None), &rcpts));
+    // While it sends: one row for the provider, each source under it.
+    let mut seen_sources = 0;
+    for _ in 0..100 {
+        let (code, out, _) = env.run_cli(&[
+            "queue",
+            "summary",
+            "--json",
+            "-c",
+            env.config.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        if let Some(row) = v["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["scope"] == "capped")
+        {
+            seen_sources = seen_sources.max(row["sources"].as_array().map_or(0, Vec::len));
+            if seen_sources == 2 {
+                // Two sources of 2 each, capped at 3 together.
+                assert_eq!(row["connection_limit"], 3, "{row}");
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen_sources, 2, "the summary lists both sources");
+    wait_final(&env, &engine, 200, Duration::from_secs(60));
+    let got = sink.received.lock().unwrap();
+    assert!(got.open_max <= 3, "{} connections at once", got.open_max);
+    assert!(got.by_client.contains_key(&ip("127.0.0.61")));
+    assert!(got.by_client.contains_key(&ip("127.0.0.62")));
+    drop(got);
+    // Never more than the provider's 40 a second, whichever source sent them (a second's
+    // window over the log's delivery times; the pace starts with one message at once).
+    let mut times: Vec<u64> = env
+        .log_records()
+        .iter()
+        .filter(|r| r["type"] == "Delivery")
+        .map(|r| ms_of_day(r["ts"].as_str().unwrap()))
+        .collect();
+    times.sort_unstable();
+    let busiest = (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|&&t| t < times[i] + 1000)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 42, "{busiest} deliveries within one second");
+    engine.stop(Duration::from_secs(20));
+    sink.stop();
+    drop(dns);
+}

@@ -56,6 +56,24 @@ pub fn summary(v: &Value) -> String {
         if let Some(f) = sc["last_failure"].as_str() {
             let _ = writeln!(out, "{:<36} last temporary failure: {f}", "");
         }
+        // Each egress source's part of the scope.
+        for src in sc["sources"].as_array().into_iter().flatten() {
+            let rate = src["rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.1}/s"));
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9}  {}",
+                format!("from {} ({})", s(&src["source"]), s(&src["address"])),
+                s(&src["waiting"]),
+                "",
+                "",
+                "",
+                rate,
+                format!("{}/{}", s(&src["connections"]), s(&src["connection_limit"])),
+                s(&src["why"]),
+            );
+        }
         for d in sc["domains"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,

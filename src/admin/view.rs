@@ -249,6 +249,45 @@ pub fn scopes(statuses: &[ShardStatus], config: &Config) -> Vec<ScopeView> {
     out
 }
 
+/// One row for a destination scope sent from several egress sources (`isp`, from the views
+/// of `isp@s1`, `isp@s2`, ... and of `isp` itself for mail from the system's address): the
+/// sums of what each source holds and sends (each source is paced on its own), the notes of
+/// the latest. Its connection limit is the sources' together, within
+/// `provider_connection_limit`.
+pub fn merge_sources(base: &str, parts: &[&ScopeView], config: &Config) -> ScopeView {
+    let mut v = ScopeView {
+        key: base.to_string(),
+        ..Default::default()
+    };
+    let mut limit = 0u32;
+    for p in parts {
+        v.waiting += p.waiting;
+        v.workers += p.workers;
+        v.parked += p.parked;
+        v.closing += p.closing;
+        v.connection_cap += p.connection_cap;
+        v.pushbacks += p.pushbacks;
+        v.busy_on = v.busy_on.max(p.busy_on);
+        v.rate = add_opt(v.rate, p.rate);
+        v.max_rate = add_opt(v.max_rate, p.max_rate);
+        v.adaptive_limit = add_opt(v.adaptive_limit, p.adaptive_limit);
+        v.achieved = add_opt(v.achieved, p.achieved);
+        v.counts.merge(&p.counts);
+        merge_notes(&mut v.notes, &p.notes);
+        limit = limit.saturating_add(p.connection_limit);
+    }
+    let provider = config.providers.get(base);
+    v.connection_limit = match provider.and_then(|p| p.provider_connection_limit) {
+        Some(cap) => limit.min(cap),
+        None => limit,
+    };
+    if let Some(r) = provider.and_then(|p| p.provider_max_message_rate) {
+        let cap = r.messages as f64 / r.per.as_secs_f64().max(1e-9);
+        v.max_rate = Some(v.max_rate.map_or(cap, |m| m.min(cap)));
+    }
+    v
+}
+
 fn add_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x + y),

@@ -49,10 +49,53 @@ impl Api {
             .map(|(key, ds)| {
                 let sum = |f: fn(&DomainRow) -> u64| ds.iter().map(|d| f(d)).sum::<u64>();
                 let oldest = ds.iter().map(|d| d.oldest_unix_ms).min().unwrap_or(now);
-                let v = views.get(key).cloned().unwrap_or_else(|| ScopeView {
-                    key: key.clone(),
-                    ..Default::default()
-                });
+                // Sent from egress sources: one row of them all (and of mail from the
+                // system's address), each source listed under it.
+                let sourced: Vec<&ScopeView> = views
+                    .values()
+                    .filter(|s| {
+                        let (base, source) = crate::delivery::scope::split_key(&s.key);
+                        base == key.as_str() && source.is_some()
+                    })
+                    .collect();
+                let v = if sourced.is_empty() {
+                    views.get(key).cloned().unwrap_or_else(|| ScopeView {
+                        key: key.clone(),
+                        ..Default::default()
+                    })
+                } else {
+                    let mut parts = sourced.clone();
+                    parts.extend(views.get(key));
+                    view::merge_sources(key, &parts, config)
+                };
+                let mut sources: Vec<Value> = sourced
+                    .iter()
+                    .map(|s| {
+                        let name = crate::delivery::scope::split_key(&s.key).1.unwrap_or("");
+                        let constraint = match holds.source_suspension(name) {
+                            Some(r) => Constraint::Suspended {
+                                target: r.target.to_string(),
+                                since_unix_ms: r.at_unix_ms,
+                                reason: r.reason.clone(),
+                            },
+                            None => view::scope_constraint(s, &holds),
+                        };
+                        json!({
+                            "source": name,
+                            "address": config.egress.source(name).map(|x| x.address.to_string()),
+                            "scope": s.key,
+                            "waiting": s.waiting,
+                            "rate": s.rate,
+                            "achieved": s.achieved,
+                            "connections": s.workers + s.parked + s.closing,
+                            "connection_limit": s.connection_limit,
+                            "pushbacks": s.pushbacks,
+                            "constraint": constraint.kind(),
+                            "why": constraint.text(now),
+                        })
+                    })
+                    .collect();
+                sources.sort_by(|a, b| a["source"].as_str().cmp(&b["source"].as_str()));
                 let queued = sum(|d| d.queued);
                 let deferred = sum(|d| d.deferred);
                 let held = sum(|d| d.held);
@@ -122,6 +165,11 @@ impl Api {
                     }
                 };
                 let limits = crate::shard::scope_limits(config, key);
+                let (max_rate, connection_limit) = if sources.is_empty() {
+                    (limits.max_rate, limits.connection_limit)
+                } else {
+                    (v.max_rate, v.connection_limit)
+                };
                 json!({
                     "scope": key,
                     "queued": queued,
@@ -130,10 +178,11 @@ impl Api {
                     "held": held,
                     "oldest_age_s": now.saturating_sub(oldest) / 1000,
                     "rate": v.rate,
-                    "max_rate": limits.max_rate,
+                    "max_rate": max_rate,
                     "connections": v.workers + v.parked + v.closing,
                     "connection_cap": v.connection_cap,
-                    "connection_limit": limits.connection_limit,
+                    "connection_limit": connection_limit,
+                    "sources": sources,
                     "throttled": v.adaptive_limit.is_some(),
                     "constraint": constraint.kind(),
                     "why": constraint.text(now),
@@ -222,14 +271,20 @@ impl Api {
             _ => None,
         });
         let view = scope.as_ref().map(|key| {
-            let v = view::scopes(&statuses, config)
+            // The destination's own scope, or its scopes at each egress source as one.
+            let all: Vec<ScopeView> = view::scopes(&statuses, config)
                 .into_iter()
-                .find(|v| &v.key == key)
-                .unwrap_or_else(|| ScopeView {
+                .filter(|v| crate::delivery::scope::split_key(&v.key).0 == key.as_str())
+                .map(|v| self.with_achieved(v))
+                .collect();
+            match all.as_slice() {
+                [] => ScopeView {
                     key: key.clone(),
                     ..Default::default()
-                });
-            self.with_achieved(v)
+                },
+                [one] if &one.key == key => one.clone(),
+                many => view::merge_sources(key, &many.iter().collect::<Vec<_>>(), config),
+            }
         });
         let queued: u64 = parts.iter().map(|p| p.queued).sum();
         let deferred: u64 = parts.iter().map(|p| p.deferred).sum();
