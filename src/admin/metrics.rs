@@ -64,12 +64,30 @@ fn escape_label(v: &str, out: &mut String) {
 type CountOf = fn(&EventCounts) -> u64;
 
 /// The whole exposition.
+/// The reply rules' state as `/metrics` and the views show it.
+#[derive(Default)]
+pub struct RulesSeen {
+    pub firings: std::sync::Arc<crate::delivery::rules::Firings>,
+    pub fired: std::collections::HashMap<String, u64>,
+    pub now_unix_ms: u64,
+}
+
+impl RulesSeen {
+    /// The firing on `key`, and how much of the scope is back, while not all of it is.
+    pub fn on(&self, key: &str) -> Option<(crate::delivery::rules::Firing, f64)> {
+        let f = self.firings.get(key)?;
+        let back = f.back(self.now_unix_ms);
+        (back < 1.0).then(|| (f.clone(), back))
+    }
+}
+
 pub fn render(
     statuses: &[ShardStatus],
     config: &Config,
     holds: &Holds,
     counters: &Counters,
     achieved: &dyn Fn(&str) -> Option<f64>,
+    rules: &RulesSeen,
 ) -> String {
     let mut o = Out {
         text: String::with_capacity(16 * 1024),
@@ -189,8 +207,9 @@ pub fn render(
     let mut scopes = top_scopes(view::scopes(statuses, config), config.admin.metrics_scopes);
     for v in &mut scopes {
         v.achieved = achieved(&v.key);
+        v.rule = rules.on(&v.key);
     }
-    scope_families(&mut o, &scopes, holds);
+    scope_families(&mut o, &scopes, holds, rules);
     o.text
 }
 
@@ -366,7 +385,7 @@ pub fn top_scopes(all: Vec<ScopeView>, n: usize) -> Vec<ScopeView> {
     out
 }
 
-fn scope_families(o: &mut Out, scopes: &[ScopeView], holds: &Holds) {
+fn scope_families(o: &mut Out, scopes: &[ScopeView], holds: &Holds, rules: &RulesSeen) {
     type Get = fn(&ScopeView) -> Option<f64>;
     let gauges: [(&str, &str, &str, Get); 9] = [
         ("spate_scope_waiting", "gauge", "Recipients routed to the scope and not yet sent (waiting for credit, being rendered, or rendered and waiting for a connection).", |v| Some(v.waiting as f64)),
@@ -427,9 +446,39 @@ fn scope_families(o: &mut Out, scopes: &[ScopeView], holds: &Holds) {
         }
     }
     o.family(
+        "spate_rule_fired_total",
+        "counter",
+        "Times each reply rule fired (a threshold reached, or a bounce rule matched), since start.",
+    );
+    let mut fired: Vec<(&String, &u64)> = rules.fired.iter().collect();
+    fired.sort();
+    for (rule, n) in fired {
+        o.sample("spate_rule_fired_total", &[("rule", rule)], *n as f64);
+    }
+    o.family(
+        "spate_rule_in_force",
+        "gauge",
+        "Per scope a reply rule fired on: 1 while it is in force, then the share of the scope back (0 to 1) while it comes back.",
+    );
+    let mut firings: Vec<&crate::delivery::rules::Firing> =
+        rules.firings.by_scope.values().collect();
+    firings.sort_by(|a, b| a.scope.cmp(&b.scope));
+    for f in firings {
+        let back = f.back(rules.now_unix_ms);
+        o.sample(
+            "spate_rule_in_force",
+            &[
+                ("rule", &f.rule),
+                ("scope", &f.scope),
+                ("action", f.action.kind()),
+            ],
+            if back == 0.0 { 1.0 } else { 1.0 - back },
+        );
+    }
+    o.family(
         "spate_scope_constraint",
         "gauge",
-        "1 for what holds the scope back now (suspended, pushback, connections_refused, connection_limit, rate_ceiling, tls_policy, credit, sending, idle).",
+        "1 for what holds the scope back now (rule, suspended, pushback, connections_refused, connection_limit, rate_ceiling, tls_policy, credit, sending, idle).",
     );
     for v in scopes.iter().filter(|v| v.key != OTHER) {
         let c = view::scope_constraint(v, holds);

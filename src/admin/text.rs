@@ -148,6 +148,59 @@ pub fn action(v: &Value) -> String {
             "bouncing {target}: its queued recipients get Bounce records (category admin) as the shards reach them\n"
         ),
         Some("retry") => format!("{} deferred recipients of {target} are due now\n", s(&v["recipients"])),
+        Some("lift") => format!(
+            "lifted the rule on {}: it comes back over the rule's ramp\n",
+            s(&v["scope"])
+        ),
         _ => format!("{v}\n"),
     }
+}
+
+/// `queue rules`: each rule, how often it fired, and the firings in force.
+pub fn rules(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<16} {:>9} {:>6} {:>9}  match",
+        "rule", "action", "threshold", "fired", "duration"
+    );
+    for r in v["rules"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<16} {:>9} {:>6} {:>9}  {}{}",
+            s(&r["name"]),
+            s(&r["action"]),
+            format!("{}/{}", s(&r["threshold"]), age(&r["period_s"])),
+            s(&r["fired"]),
+            age(&r["duration_s"]),
+            s(&r["match"]),
+            if r["shipped"] == true {
+                "  (shipped)"
+            } else {
+                ""
+            },
+        );
+    }
+    let firings = v["firings"].as_array().cloned().unwrap_or_default();
+    if firings.is_empty() {
+        let _ = writeln!(out, "\nno rule in force");
+    }
+    for f in firings {
+        let state = if f["in_force"] == true {
+            f["action"].as_str().unwrap_or("").to_string()
+        } else {
+            format!(
+                "coming back, {:.0}%",
+                f["back"].as_f64().unwrap_or(0.0) * 100.0
+            )
+        };
+        let _ = writeln!(
+            out,
+            "\n{}: rule {}: {state}\n  reply: {}",
+            s(&f["scope"]),
+            s(&f["rule"]),
+            s(&f["reply"])
+        );
+    }
+    out
 }

@@ -34,11 +34,22 @@ pub struct ScopeView {
     pub busy_on: usize,
     /// Messages a second it delivered lately (from the API's samples), when known.
     pub achieved: Option<f64>,
+    /// A reply rule's firing on it, and how much of the scope is back (0 while in force).
+    pub rule: Option<(crate::delivery::rules::Firing, f64)>,
 }
 
 /// Why a scope, a domain or a recipient is not moving faster, most binding first.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Constraint {
+    /// A reply rule fired on it (`[[rules]]`): suspended or capped until `until`, then back
+    /// gradually (`back`: how much is back).
+    Rule {
+        rule: String,
+        action: String,
+        until_unix_ms: u64,
+        back: f64,
+        reply: String,
+    },
     /// An operator suspended it.
     Suspended {
         target: String,
@@ -92,6 +103,7 @@ impl Constraint {
     /// A short machine name (`/metrics` label, JSON `constraint`).
     pub fn kind(&self) -> &'static str {
         match self {
+            Constraint::Rule { .. } => "rule",
             Constraint::Suspended { .. } => "suspended",
             Constraint::Dns { .. } => "dns",
             Constraint::Resolving => "resolving",
@@ -125,6 +137,26 @@ impl Constraint {
                     "suspended by an operator ({target}) {} ago{why}",
                     ago(*since_unix_ms)
                 )
+            }
+            Constraint::Rule {
+                rule,
+                action,
+                until_unix_ms,
+                back,
+                reply,
+            } => {
+                if *until_unix_ms > now_unix_ms {
+                    format!(
+                        "rule {rule}: {action} for {} more; reply: {reply}",
+                        age_text(until_unix_ms - now_unix_ms)
+                    )
+                } else {
+                    format!(
+                        "rule {rule} ended {} ago: coming back, {:.0}% so far",
+                        age_text(now_unix_ms - until_unix_ms),
+                        back * 100.0
+                    )
+                }
             }
             Constraint::Dns { text } => format!("DNS failing: {text}"),
             Constraint::Resolving => "waiting for its MX lookup".into(),
@@ -275,6 +307,9 @@ pub fn merge_sources(base: &str, parts: &[&ScopeView], config: &Config) -> Scope
         v.counts.merge(&p.counts);
         merge_notes(&mut v.notes, &p.notes);
         limit = limit.saturating_add(p.connection_limit);
+        if v.rule.is_none() {
+            v.rule = p.rule.clone();
+        }
     }
     let provider = config.providers.get(base);
     v.connection_limit = match provider.and_then(|p| p.provider_connection_limit) {
@@ -330,6 +365,17 @@ pub fn scope_constraint(v: &ScopeView, holds: &Holds) -> Constraint {
             since_unix_ms: r.at_unix_ms,
             reason: r.reason.clone(),
         };
+    }
+    if let Some((f, back)) = &v.rule {
+        if *back < 1.0 {
+            return Constraint::Rule {
+                rule: f.rule.clone(),
+                action: f.action.text(),
+                until_unix_ms: f.until_unix_ms,
+                back: *back,
+                reply: f.reply.clone(),
+            };
+        }
     }
     if v.waiting == 0 && v.workers == 0 {
         return Constraint::Idle;
@@ -453,4 +499,81 @@ pub fn campaigns(statuses: &[ShardStatus]) -> Vec<CampaignView> {
             .then_with(|| a.campaign.cmp(&b.campaign))
     });
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::rules::{Action, Firing};
+
+    fn firing(until: u64) -> Firing {
+        Firing {
+            rule: "banned".into(),
+            scope: "ms@s2".into(),
+            action: Action::Suspend,
+            since_unix_ms: 0,
+            until_unix_ms: until,
+            ramp_ms: 1000,
+            reply: "550 5.7.606 banned sending IP".into(),
+        }
+    }
+
+    #[test]
+    fn a_rule_is_the_constraint_until_its_scope_is_back() {
+        let mut v = ScopeView {
+            key: "ms@s2".into(),
+            waiting: 5,
+            rule: Some((firing(60_000), 0.0)),
+            ..Default::default()
+        };
+        let c = scope_constraint(&v, &Holds::default());
+        assert_eq!(c.kind(), "rule");
+        let text = c.text(30_000);
+        assert!(
+            text.contains("banned") && text.contains("30s more"),
+            "{text}"
+        );
+        v.rule = Some((firing(60_000), 0.5));
+        let text = scope_constraint(&v, &Holds::default()).text(61_000);
+        assert!(text.contains("coming back, 50%"), "{text}");
+        // An operator's suspension says more.
+        let holds = Holds::new(
+            vec![crate::admin::holds::Rule {
+                target: Target::Scope("ms@s2".into()),
+                at_unix_ms: 0,
+                reason: String::new(),
+            }],
+            Vec::new(),
+        );
+        assert_eq!(scope_constraint(&v, &holds).kind(), "suspended");
+    }
+
+    #[test]
+    fn sources_merge_into_one_row_within_the_provider_cap() {
+        let config = Config::parse(
+            "[providers.ms]\nmx_suffixes = [\".ms.test\"]\nconnection_limit = 4\nprovider_connection_limit = 6\nprovider_max_message_rate = \"50/s\"\n",
+            "t",
+        )
+        .unwrap();
+        let a = ScopeView {
+            key: "ms@s1".into(),
+            workers: 3,
+            connection_limit: 4,
+            rate: Some(20.0),
+            ..Default::default()
+        };
+        let b = ScopeView {
+            key: "ms@s2".into(),
+            waiting: 7,
+            connection_limit: 4,
+            rule: Some((firing(10), 0.0)),
+            ..Default::default()
+        };
+        let m = merge_sources("ms", &[&a, &b], &config);
+        assert_eq!((m.key.as_str(), m.workers, m.waiting), ("ms", 3, 7));
+        assert_eq!(m.connection_limit, 6, "4 + 4 within 6");
+        assert_eq!(m.max_rate, Some(50.0));
+        assert_eq!(m.rate, Some(20.0));
+        assert!(m.rule.is_some());
+    }
 }

@@ -13,13 +13,14 @@
 mod admin;
 mod egress;
 mod raw;
+mod rules;
 mod sender;
 #[cfg(test)]
 mod tests;
 mod units;
 
 pub use egress::{Egress, Pool, Source, DEFAULT_POOL};
-pub use units::{parse_duration, parse_rate, parse_size};
+pub use units::{duration_text, parse_duration, parse_rate, parse_size};
 
 use raw::{validate, RawConfig};
 use std::collections::BTreeMap;
@@ -27,7 +28,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use units::duration_text;
 
 /// A configuration error: one line, naming the file and the line or field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +60,9 @@ pub struct Config {
     pub users: Vec<User>,
     /// `[sources]`, `[pools]`, `[tenants]`: where mail leaves from.
     pub egress: Egress,
+    /// `[[rules]]` and, unless `[delivery] default_rules = false`, the shipped ones: reply
+    /// rules, in the order they are tried.
+    pub rules: Vec<std::sync::Arc<crate::delivery::rules::Rule>>,
     pub dkim: Vec<Dkim>,
     /// The `[[dkim]]` signers by domain, as the home shards sign with them.
     pub signers: crate::dkim::Signers,
@@ -614,6 +617,24 @@ impl Config {
         }
         for (tenant, pool) in &self.egress.tenants {
             line(format!("tenant {tenant}: pool {pool}"));
+        }
+        for r in &self.rules {
+            line(format!(
+                "rule {}{}: {} after {} in {} for {}, back over {}; match {}{}",
+                r.name,
+                if r.shipped { " (shipped)" } else { "" },
+                r.action.text(),
+                r.threshold,
+                duration_text(r.period),
+                duration_text(r.duration),
+                duration_text(r.ramp),
+                r.pattern.as_str(),
+                if r.providers.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}", r.providers.join(", "))
+                }
+            ));
         }
         for l in &self.listeners {
             line(format!("listener: {} tls={:?}", l.listen, l.tls));

@@ -3,7 +3,7 @@
 
 use super::units::{duration_text, parse_socket_addr, resolv_conf_nameservers, system_hostname};
 use super::*;
-use super::{admin, egress, sender};
+use super::{admin, egress, rules, sender};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -47,6 +47,8 @@ pub(super) struct RawConfig {
     pools: BTreeMap<String, egress::RawPool>,
     #[serde(default)]
     tenants: BTreeMap<String, egress::RawTenant>,
+    #[serde(default)]
+    rules: Vec<rules::RawRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +116,7 @@ struct RawDelivery {
     chunking: Option<bool>,
     paused: Option<bool>,
     allow_private_destinations: Option<bool>,
+    default_rules: Option<bool>,
     tls: Option<String>,
     recipients_per_transaction: Option<u32>,
     throttle_cut: Option<f64>,
@@ -594,6 +597,12 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         });
     }
 
+    let rules = rules::validate_rules(
+        raw.rules,
+        raw.delivery.default_rules.unwrap_or(true),
+        &providers,
+        &err,
+    )?;
     let egress = egress::validate_egress(raw.sources, raw.pools, raw.tenants, &helo_name, &err)?;
     let mut users = Vec::new();
     for (i, u) in raw.users.into_iter().enumerate() {
@@ -681,6 +690,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         listeners,
         users,
         egress,
+        rules,
         signers: crate::dkim::Signers::new(dkim.iter().map(|d| std::sync::Arc::clone(&d.signer))),
         dkim,
         suppression,

@@ -213,6 +213,26 @@ fn bad_values_name_their_field() {
             "pools.p.weights",
         ),
         ("[tenants.t]\npool = \"p\"\n", "tenants.t.pool"),
+        (
+            "[[rules]]\nname = \"r\"\nmatch = \"(unclosed\"\naction = \"suspend\"\n",
+            "rules[0].match",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nmatch = \"x\"\naction = \"explode\"\n",
+            "rules[0].action",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nmatch = \"x\"\naction = \"cap_rate\"\n",
+            "rules[0].rate",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nmatch = \"x\"\naction = \"suspend\"\nproviders = [\"nope\"]\n",
+            "rules[0].providers",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\nmatch = \"x\"\naction = \"suspend\"\n[[rules]]\nname = \"r\"\nmatch = \"y\"\naction = \"bounce\"\n",
+            "rules[1].name",
+        ),
         ("[providers.\"y@x\"]\n", "providers.y@x"),
         (
             "[providers.y]\nprovider_connection_limit = 0\n",
@@ -527,4 +547,37 @@ fn sources_pools_and_tenants() {
     let c = Config::parse("", "t").unwrap();
     assert!(c.egress.is_empty());
     assert_eq!(c.egress.pool_for(None, "acme"), Ok(None));
+}
+
+#[test]
+fn rules_configured_and_shipped() {
+    let c = Config::parse(
+        "[providers.ms]\nmx_suffixes = [\".ms.test\"]\n\
+         [[rules]]\nname = \"slow-down\"\nmatch = \"(?i)too fast\"\nproviders = [\"ms\"]\n\
+         action = \"cap_rate\"\nrate = \"5/s\"\nthreshold = 2\nperiod = \"1m\"\nduration = \"10m\"\nramp = \"2m\"\n\
+         [[rules]]\nname = \"yahoo-ts03\"\nmatch = \"TS03\"\naction = \"cap_connections\"\nconnections = 1\n",
+        "t",
+    )
+    .unwrap();
+    let names: Vec<&str> = c.rules.iter().map(|r| r.name.as_str()).collect();
+    // Configured first, in order; a configured rule replaces the shipped one of its name.
+    assert_eq!(&names[..2], ["slow-down", "yahoo-ts03"]);
+    assert_eq!(names.iter().filter(|n| **n == "yahoo-ts03").count(), 1);
+    assert!(names.contains(&"microsoft-banned-ip"));
+    let r = &c.rules[0];
+    assert_eq!(r.action, crate::delivery::rules::Action::CapRate(5.0));
+    assert_eq!(
+        (r.threshold, r.period, r.duration, r.ramp),
+        (
+            2,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Duration::from_secs(120)
+        )
+    );
+    assert!(r.pattern.is_match("421 Too Fast"));
+    assert!(!c.rules[1].shipped && c.rules[2].shipped);
+    // Without the shipped ones.
+    let c = Config::parse("[delivery]\ndefault_rules = false\n", "t").unwrap();
+    assert!(c.rules.is_empty());
 }

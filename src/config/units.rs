@@ -46,7 +46,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A duration as the configuration writes it, in the largest of `s`, `ms` and `us` that
 /// shows it exactly.
-pub(super) fn duration_text(d: Duration) -> String {
+pub fn duration_text(d: Duration) -> String {
     let us = d.as_micros();
     if us % 1_000_000 == 0 {
         format!("{}s", us / 1_000_000)

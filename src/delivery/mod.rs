@@ -22,6 +22,7 @@ pub mod guard;
 pub mod owner;
 pub mod pace;
 pub mod policy;
+pub mod rules;
 pub mod scope;
 pub mod shares;
 pub mod throttle;

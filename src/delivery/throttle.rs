@@ -110,6 +110,14 @@ impl Throttle {
         }
     }
 
+    /// Starts again from `rate`, climbing at the controller's step as after a cut, the quiet
+    /// time running from now (a reply rule's rate cap ending: back gradually, not at once).
+    pub fn resume_from(&mut self, rate: f64, now: Instant) {
+        self.limit = Some(rate.max(RATE_MIN));
+        self.cut_from = rate;
+        self.last_pushback = Some(now);
+    }
+
     pub fn set_configured(&mut self, configured: Option<f64>) {
         self.configured = configured;
     }

@@ -181,6 +181,8 @@ pub struct Shared {
     pub admin: admin::AdminShared,
     /// Providers' paces across egress sources and shards (`provider_max_message_rate`).
     pub paces: Arc<crate::delivery::pace::SharedPaces>,
+    /// Reply rules' counts and firings (`delivery::rules`).
+    pub rules: Arc<crate::delivery::rules::RuleBook>,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -354,6 +356,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     let shared = Arc::new(Shared {
         admin: admin::AdminShared::new(shards, holds),
         paces: Arc::default(),
+        rules: Arc::default(),
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -937,7 +940,8 @@ fn open_shard(
         log,
     )
     .with_suppressions(&shared.suppressions)
-    .with_paces(&shared.paces);
+    .with_paces(&shared.paces)
+    .with_rules(&shared.rules);
     let gateway_counts = gateway::DailyCounts::open(config, id)?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);

@@ -9,6 +9,7 @@
 
 use crate::admin::holds::Holds;
 use crate::config::Egress;
+use crate::delivery::rules::Firings;
 use crate::delivery::scope::{sourced_key, NextHop, Scope};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ impl Sourced {
 pub(super) fn choose(
     egress: &Egress,
     holds: &Holds,
+    (firings, now_unix_ms): (&Firings, u64),
     pool: &str,
     base: &Scope,
     seq: u64,
@@ -85,30 +87,36 @@ pub(super) fn choose(
     else {
         return Sourcing::System;
     };
-    let suspended = |i: usize| -> bool {
-        let name = egress.sources[i].name.as_str();
-        holds.source_suspension(name).is_some()
-            || holds.sourced_scope_suspension(&base.key, name).is_some()
-    };
     let check = holds.suspends_sources();
-    let eligible: u64 = p
-        .members
-        .iter()
-        .filter(|&&(i, _)| !check || !suspended(i))
-        .map(|&(_, w)| u64::from(w))
-        .sum();
+    let rules = !firings.is_empty();
+    // Each source's weight, in thousandths: none while an operator or a rule suspends it,
+    // part of it while a rule's suspension ramps back.
+    let weight = |i: usize, w: u32| -> u64 {
+        let name = egress.sources[i].name.as_str();
+        if check
+            && (holds.source_suspension(name).is_some()
+                || holds.sourced_scope_suspension(&base.key, name).is_some())
+        {
+            return 0;
+        }
+        let back = if rules {
+            firings.source_back(&base.key, name, now_unix_ms)
+        } else {
+            1.0
+        };
+        (f64::from(w) * 1000.0 * back) as u64
+    };
+    let eligible: u64 = p.members.iter().map(|&(i, w)| weight(i, w)).sum();
     if eligible == 0 {
         return Sourcing::Held;
     }
     let mut r = mix(seq) % eligible;
     for &(i, w) in &p.members {
-        if check && suspended(i) {
-            continue;
-        }
-        if r < u64::from(w) {
+        let w = weight(i, w);
+        if r < w {
             return Sourcing::Source(i);
         }
-        r -= u64::from(w);
+        r -= w;
     }
     unreachable!("r < eligible, the sum of the weights looked at")
 }
@@ -148,7 +156,7 @@ mod tests {
         let mut sourced = Sourced::default();
         let mut n = [0; 4];
         for seq in 0..40_000 {
-            match choose(&e, holds, pool, &b, seq) {
+            match choose(&e, holds, (&Firings::default(), 0), pool, &b, seq) {
                 Sourcing::Source(i) => {
                     // The scope is made on first use, as the home does.
                     let key = sourced.scope(&e, &b, i).key.clone();
@@ -199,7 +207,7 @@ mod tests {
         let e = Egress::default();
         let h = Holds::default();
         assert!(matches!(
-            choose(&e, &h, "default", &base(), 1),
+            choose(&e, &h, (&Firings::default(), 0), "default", &base(), 1),
             Sourcing::System
         ));
     }

@@ -139,6 +139,9 @@ pub struct Home {
     /// `[sources]` and `[pools]` in force, and the scopes per source made so far.
     egress: Arc<crate::config::Egress>,
     sourced: egress::Sourced,
+    /// Reply rules' firings in force (`delivery::rules`): suspended sources are left out
+    /// of routing, and come back over their ramp.
+    firings: Arc<crate::delivery::rules::Firings>,
 }
 
 impl Default for Home {
@@ -158,6 +161,7 @@ impl Default for Home {
             held: Vec::new(),
             egress: Arc::default(),
             sourced: egress::Sourced::default(),
+            firings: Arc::default(),
         }
     }
 }
@@ -170,6 +174,38 @@ impl Home {
             self.sourced.clear();
         }
         self.egress = egress;
+    }
+
+    /// Reply rules' firings changed: recipients held (perhaps by a suspension that ended)
+    /// are routed again, and so are those waiting for the credit of a scope now suspended.
+    pub fn set_firings(&mut self, firings: Arc<crate::delivery::rules::Firings>, now_unix_ms: u64) {
+        self.firings = firings;
+        let held = std::mem::take(&mut self.held);
+        for seq in held.into_iter().rev() {
+            self.ready.push_front(seq);
+        }
+        let stopped: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|k| {
+                let (base, source) = crate::delivery::scope::split_key(k);
+                self.firings.suspended(k, now_unix_ms).is_some()
+                    || source.is_some_and(|s| self.firings.source_back(base, s, now_unix_ms) == 0.0)
+            })
+            .cloned()
+            .collect();
+        for key in stopped {
+            if let Some(p) = self.pending.get_mut(&key) {
+                let seqs = std::mem::take(&mut p.2);
+                if !p.3 {
+                    p.3 = true;
+                    self.changed.push(key.clone());
+                }
+                for seq in seqs.into_iter().rev() {
+                    self.ready.push_front(seq);
+                }
+            }
+        }
     }
 
     /// After recovery: everything live is waiting or deferred.
@@ -282,7 +318,14 @@ impl Home {
             let route = match self.routes.get(&**domain, now) {
                 Some(Route::Scope(scope, owner)) if !self.egress.is_empty() => {
                     let pool = index.messages.get(&e.message_seq).map_or("", |m| &m.pool);
-                    match egress::choose(&self.egress, &self.holds, pool, scope, seq) {
+                    let rules = (&*self.firings, now_unix_ms);
+                    match egress::choose(&self.egress, &self.holds, rules, pool, scope, seq) {
+                        egress::Sourcing::System
+                            if self.firings.suspended(&scope.key, now_unix_ms).is_some() =>
+                        {
+                            self.held.push(seq);
+                            continue;
+                        }
                         egress::Sourcing::System => Some((scope, *owner)),
                         egress::Sourcing::Source(i) => {
                             Some((self.sourced.scope(&self.egress, scope, i), *owner))
@@ -292,6 +335,15 @@ impl Home {
                             continue;
                         }
                     }
+                }
+                // A reply rule suspended the scope, and mail from the system's address has
+                // no other source: held until it ends.
+                Some(Route::Scope(scope, _))
+                    if !self.firings.is_empty()
+                        && self.firings.suspended(&scope.key, now_unix_ms).is_some() =>
+                {
+                    self.held.push(seq);
+                    continue;
                 }
                 Some(Route::Scope(scope, owner)) => Some((scope, *owner)),
                 Some(Route::Decided(outcome)) => {

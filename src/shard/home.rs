@@ -72,6 +72,7 @@ impl<L: LogSink> Core<L> {
     /// Nothing is scheduled while `[delivery] paused` or draining.
     pub fn tick(&mut self) {
         let now = self.clock.now();
+        self.rules_tick(now);
         if !self.config.delivery.paused && !self.closing {
             let Tick {
                 decided,

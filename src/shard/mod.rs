@@ -25,6 +25,7 @@ mod home;
 mod notify;
 mod operator;
 mod outcome;
+mod rules;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -305,6 +306,11 @@ pub struct Core<L> {
     learnt: Vec<u8>,
     /// Group commits' durations, as the shell measured them (`note_commit`).
     commit_seconds: crate::admin::counts::Histogram,
+    /// Reply rules' state every shard shares, the firings as last seen, when.
+    rulebook: Arc<crate::delivery::rules::RuleBook>,
+    firings: Arc<crate::delivery::rules::Firings>,
+    rules_generation_seen: u64,
+    last_rules_tick: Instant,
     effects: Vec<Effect>,
 }
 
@@ -355,6 +361,10 @@ impl<L: LogSink> Core<L> {
             suppressions: crate::suppression::Suppressions::empty(),
             learnt: Vec::new(),
             commit_seconds: Default::default(),
+            rulebook: Arc::default(),
+            firings: Arc::default(),
+            rules_generation_seen: 0,
+            last_rules_tick: now,
             effects: Vec::new(),
         }
     }

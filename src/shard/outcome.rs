@@ -22,7 +22,11 @@ impl<L: LogSink> Core<L> {
     pub(super) fn on_outcomes(&mut self, items: Vec<OutcomeItem>, scope: &str) {
         for item in items {
             let outcome = match &item.result {
-                ItemResult::Smtp(result) => classify(result),
+                ItemResult::Smtp(result) => {
+                    let mut o = classify(result);
+                    self.apply_rules(scope, &mut o);
+                    o
+                }
                 ItemResult::Decided(outcome) => outcome.clone(),
             };
             self.finish(item.seq, &outcome, Some((&item, scope)));

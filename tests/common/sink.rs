@@ -73,6 +73,8 @@ pub struct Received {
     pub chunked: usize,
     /// Per client address: recipients accepted, and the EHLO names it gave.
     pub by_client: HashMap<std::net::IpAddr, (usize, std::collections::BTreeSet<String>)>,
+    /// Client addresses whose recipients get Microsoft's "banned sending IP" (550 5.7.606).
+    pub blocked: std::collections::HashSet<std::net::IpAddr>,
 }
 
 pub struct Sink {
@@ -247,7 +249,7 @@ fn serve(
                     server.reply(250, "2.1.0 ok", &mut out);
                 }
                 Event::Rcpt { to, .. } => {
-                    let (code, text) = rcpt(to, script, received);
+                    let (code, text) = rcpt(to, client, script, received);
                     if code == 250 {
                         rcpts.push(to.to_string());
                     }
@@ -350,12 +352,19 @@ fn serve(
 /// The scripted answer to `RCPT TO:<to>`, counting the attempt.
 fn rcpt(
     to: &str,
+    client: Option<std::net::IpAddr>,
     script: &HashMap<String, Behaviour>,
     received: &Mutex<Received>,
 ) -> (u16, &'static str) {
     let domain = to.rsplit_once('@').map_or("", |(_, d)| d);
     let attempts = {
         let mut got = received.lock().unwrap();
+        if client.is_some_and(|c| got.blocked.contains(&c)) {
+            return (
+                550,
+                "5.7.606 Access denied, banned sending IP. To request removal from this list please visit https://sender.office.com/",
+            );
+        }
         let n = got.rcpt_attempts.entry(to.to_string()).or_default();
         *n += 1;
         *n

@@ -100,7 +100,8 @@ enum QueueCommand {
         #[arg(long)]
         offline: bool,
     },
-    /// Hold back a provider or site, domain:D, campaign:C or tenant:T until resumed
+    /// Hold back a provider or site (provider@source for one source), domain:D,
+    /// campaign:C, tenant:T or source:S until resumed
     Suspend(TargetArgs),
     /// Release a suspension
     Resume(TargetArgs),
@@ -108,6 +109,24 @@ enum QueueCommand {
     Bounce(TargetArgs),
     /// Make the target's deferred recipients due now
     Retry(TargetArgs),
+    /// The reply rules ([[rules]] and the shipped ones), how often each fired, and where
+    /// one is in force
+    Rules {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a reply rule's suspension or cap on a scope (provider@source) now; it comes back
+    /// over the rule's ramp
+    Lift {
+        /// The scope the rule is in force on, as `queue rules` names it
+        scope: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// What a recipient or a domain is waiting for, and until when
     Why {
         /// A recipient address or a domain
@@ -212,6 +231,12 @@ fn main() -> ExitCode {
             QueueCommand::Resume(t) => queue_act("resume", &t),
             QueueCommand::Bounce(t) => queue_act("bounce", &t),
             QueueCommand::Retry(t) => queue_act("retry", &t),
+            QueueCommand::Rules { config, json } => queue::rules(&config.config, json),
+            QueueCommand::Lift {
+                scope,
+                config,
+                json,
+            } => queue::lift(&config.config, &scope, json),
             QueueCommand::Why {
                 target,
                 config,

@@ -127,6 +127,39 @@ pub fn act(path: &Path, action: &str, target: &str, reason: Option<&str>, json: 
     )
 }
 
+/// The reply rules and the firings in force.
+pub fn rules(path: &Path, json: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    call(
+        &config,
+        "GET",
+        "/api/v1/rules",
+        None,
+        json,
+        spate::admin::text::rules,
+    )
+}
+
+/// Ends a firing on a scope now.
+pub fn lift(path: &Path, scope: &str, json: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let body = serde_json::json!({ "scope": scope }).to_string();
+    call(
+        &config,
+        "POST",
+        "/api/v1/rules/lift",
+        Some(body),
+        json,
+        spate::admin::text::action,
+    )
+}
+
 pub fn why(path: &Path, target: &str, json: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,

@@ -64,6 +64,13 @@ pub struct ScopeLimits {
     pub provider_rate: Option<f64>,
 }
 
+/// A reply rule's cap on a scope (`delivery::rules`), while in force.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RuleCap {
+    pub rate: Option<f64>,
+    pub connections: Option<u32>,
+}
+
 /// Owner-side state of one scope.
 struct OwnerScope<M> {
     limits: ScopeLimits,
@@ -86,6 +93,8 @@ struct OwnerScope<M> {
     /// scope's worker takes them or they close: the receiver counts them too.
     parked: u32,
     next_send: Instant,
+    /// A reply rule's cap in force (`set_rule_cap`).
+    rule_cap: RuleCap,
     /// The home the next grant starts with.
     rr: usize,
     /// Last time this scope had demand, messages or workers; idle scopes are forgotten.
@@ -141,6 +150,7 @@ impl<M> OwnerScope<M> {
             closing: 0,
             parked: 0,
             next_send: now,
+            rule_cap: RuleCap::default(),
             notes: None,
             rr: 0,
             last_busy: now,
@@ -178,14 +188,36 @@ impl<M> OwnerScope<M> {
         } else {
             self.conn_cap.min(limits.connection_limit)
         };
+        if let Some(n) = self.rule_cap.connections {
+            self.conn_cap = self.conn_cap.min(n).max(1);
+        }
         self.limits = limits;
         let before = self.throttle.interval().unwrap_or(Duration::ZERO);
-        self.throttle.set_configured(limits.max_rate);
+        self.throttle
+            .set_configured(capped(limits.max_rate, self.rule_cap.rate));
         self.throttle.set_controller(limits.controller);
         let after = self.throttle.interval().unwrap_or(Duration::ZERO);
         if after < before {
             self.next_send = self.next_send.min(now + after);
         }
+    }
+
+    /// A reply rule's cap from now on (`RuleCap::default()`: none). A rate cap that ends
+    /// leaves the throttle at it, climbing from there at its step; a connection cap that ends
+    /// leaves the cap where it was, raised one at a time as after refusals.
+    fn set_rule_cap(&mut self, cap: RuleCap, now: Instant) {
+        if cap == self.rule_cap {
+            return;
+        }
+        let ended = self.rule_cap;
+        self.rule_cap = cap;
+        if let (Some(rate), None) = (ended.rate, cap.rate) {
+            self.throttle.resume_from(rate, now);
+        }
+        if cap.connections.is_none() && ended.connections.is_some() {
+            self.conn_cap_at = now;
+        }
+        self.set_limits(self.limits, now);
     }
 
     /// Nothing wanted, promised, waiting or sending.
@@ -312,6 +344,22 @@ impl<M: Recipients> Owner<M> {
 
     /// The scopes that may have become idle since the last call (each once), in the order
     /// they were touched.
+    /// A reply rule's cap on `key` from now on (`RuleCap::default()`: none).
+    pub fn set_rule_cap(&mut self, key: &str, cap: RuleCap, now: Instant) {
+        if let Some(s) = self.scopes.get_mut(key) {
+            s.set_rule_cap(cap, now);
+        }
+    }
+
+    /// The scopes with a reply rule's cap in force.
+    pub fn rule_capped(&self) -> Vec<String> {
+        self.scopes
+            .iter()
+            .filter(|(_, s)| s.rule_cap != RuleCap::default())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// The paces shared with the other shards' owners (a new owner has its own).
     pub fn share_paces(&mut self, paces: Arc<crate::delivery::pace::SharedPaces>) {
         self.paces = paces;
@@ -605,7 +653,8 @@ impl<M: Recipients> Owner<M> {
     pub fn adopt_pace(&mut self, key: &str, pace: crate::delivery::shares::Pace) {
         if let Some(s) = self.scopes.get_mut(key) {
             s.throttle = pace.throttle;
-            s.throttle.set_configured(s.limits.max_rate);
+            s.throttle
+                .set_configured(capped(s.limits.max_rate, s.rule_cap.rate));
             s.throttle.set_controller(s.limits.controller);
             s.next_send = s.next_send.max(pace.next_send);
         }
@@ -1001,3 +1050,11 @@ impl<M: Recipients> Owner<M> {
 
 #[cfg(test)]
 mod tests;
+
+/// A configured ceiling under a rule's cap: the lower of them.
+fn capped(configured: Option<f64>, cap: Option<f64>) -> Option<f64> {
+    match (configured, cap) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -71,9 +71,19 @@ impl Api {
     }
 
     /// `v` with its achieved rate.
+    /// A view with what the API adds: its delivered rate lately and a reply rule's firing.
     fn with_achieved(&self, mut v: ScopeView) -> ScopeView {
         v.achieved = self.achieved(&v.key);
+        v.rule = self.rules_seen().on(&v.key);
         v
+    }
+
+    fn rules_seen(&self) -> crate::admin::metrics::RulesSeen {
+        crate::admin::metrics::RulesSeen {
+            firings: self.shared.rules.snapshot().1,
+            fired: self.shared.rules.fired(),
+            now_unix_ms: self.now(),
+        }
     }
 }
 
@@ -111,6 +121,7 @@ impl Handler for Api {
                     &self.shared.admin.holds(),
                     &self.shared.counters,
                     &|key| self.achieved(key),
+                    &self.rules_seen(),
                 );
                 Response::new(200, crate::admin::metrics::CONTENT_TYPE, text)
             }
@@ -132,6 +143,11 @@ impl Handler for Api {
                 }
             }
             "/api/v1/inject" if post => self.inject(&config, req, body, peer),
+            "/api/v1/rules" if get => Response::json(200, self.rules_json(&config).to_string()),
+            "/api/v1/rules/lift" if post => match read_json(req, body) {
+                Ok(v) => self.lift(&config, &v, peer),
+                Err(r) => r,
+            },
             "/api/v1/suppression/add" | "/api/v1/suppression/remove" if post => {
                 match read_json(req, body) {
                     Ok(v) => self.suppression_change(
@@ -179,6 +195,8 @@ impl Handler for Api {
             | "/api/v1/bounce"
             | "/api/v1/retry"
             | "/api/v1/inject"
+            | "/api/v1/rules"
+            | "/api/v1/rules/lift"
             | "/api/v1/suppression/add"
             | "/api/v1/suppression/remove"
             | "/api/v1/suppression/check"
@@ -361,6 +379,68 @@ impl Api {
             "scopes": scopes,
             "campaigns": campaigns,
             "holds": &*holds,
+            "rules": self.rules_json(config)["firings"].clone(),
         })
+    }
+
+    /// The reply rules configured, how often each fired, and the firings in force.
+    fn rules_json(&self, config: &Config) -> Value {
+        let seen = self.rules_seen();
+        let now = seen.now_unix_ms;
+        let mut firings: Vec<&crate::delivery::rules::Firing> =
+            seen.firings.by_scope.values().collect();
+        firings.sort_by(|a, b| a.scope.cmp(&b.scope));
+        json!({
+            "rules": config.rules.iter().map(|r| json!({
+                "name": r.name,
+                "match": r.pattern.as_str(),
+                "providers": r.providers,
+                "threshold": r.threshold,
+                "period_s": r.period.as_secs(),
+                "action": r.action.kind(),
+                "duration_s": r.duration.as_secs(),
+                "ramp_s": r.ramp.as_secs(),
+                "shipped": r.shipped,
+                "fired": seen.fired.get(&r.name).copied().unwrap_or(0),
+            })).collect::<Vec<_>>(),
+            "firings": firings.iter().map(|f| json!({
+                "rule": f.rule,
+                "scope": f.scope,
+                "action": f.action.text(),
+                "since": f.since_unix_ms,
+                "until": f.until_unix_ms,
+                "in_force": f.active(now),
+                "back": f.back(now),
+                "reply": f.reply,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Ends a firing on a scope now (its ramp back starts).
+    fn lift(&self, config: &Config, body: &Value, peer: SocketAddr) -> Response {
+        let Some(scope) = body.get("scope").and_then(Value::as_str) else {
+            return Response::error(400, "the body needs {\"scope\": ...}");
+        };
+        let now = self.now();
+        let lifted = self.shared.rules.lift(scope, now);
+        let client = peer.to_string();
+        let audit = Audit {
+            action: "lift",
+            target: scope,
+            reason: "",
+            client: &client,
+            at_unix_ms: now,
+        };
+        if !lifted {
+            self.shared.admin.audit(config, &audit, "no rule in force");
+            return Response::error(404, &format!("no rule is in force on {scope:?}"));
+        }
+        self.shared
+            .admin
+            .audit(config, &audit, "lifted; coming back over its ramp");
+        Response::json(
+            200,
+            json!({"action": "lift", "scope": scope, "changed": true}).to_string(),
+        )
     }
 }

@@ -108,7 +108,13 @@ impl Api {
                 // Nothing here can be sent now: held by a suspension (named first: an
                 // operator's action explains more than a retry time) or waiting to retry.
                 let stuck = queued > 0 && in_flight == 0 && held + deferred >= queued;
-                let constraint = if stuck && held > 0 {
+                let ruled = match view::scope_constraint(&v, &holds) {
+                    c @ Constraint::Rule { .. } => Some(c),
+                    _ => None,
+                };
+                let constraint = if let Some(c) = ruled {
+                    c
+                } else if stuck && held > 0 {
                     match suspension {
                         Some(r) => Constraint::Suspended {
                             target: r.target.to_string(),
@@ -488,6 +494,10 @@ fn why_constraint(
             since_unix_ms: rule.at_unix_ms,
             reason: rule.reason.clone(),
         };
+    }
+    // A reply rule on the scope (or on a source of it) explains more than its symptoms.
+    if let Some(c @ Constraint::Rule { .. }) = view.map(|v| view::scope_constraint(v, holds)) {
+        return c;
     }
     let last_failure = view
         .and_then(|v| v.notes.last_failure.clone())
