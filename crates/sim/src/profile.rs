@@ -11,6 +11,7 @@
 //! throttle_code = 421                  # beyond the rate: 421 (closes) or 450/451 (per recipient)
 //! connection_limit = 40                # per sending IP; 421 at the greeting beyond it; 0 = none
 //! schedule = [{ at_s = 10, rate = 200 }, { at_s = 20, rate = 2000 }]
+//! bans = [{ ip = "127.0.0.22", at_s = 20 }]   # 550 5.7.606 "banned sending IP" from then on
 //! ```
 
 use serde::Deserialize;
@@ -80,6 +81,15 @@ pub struct RateChange {
     pub rate: f64,
 }
 
+/// A sending address the provider bans from a time on: its recipients get Microsoft's
+/// "550 5.7.606 Access denied, banned sending IP".
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ban {
+    pub ip: IpAddr,
+    pub at_s: f64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderProfile {
@@ -146,6 +156,9 @@ pub struct ProviderProfile {
     /// A long tail: this many more domains, `<name>-<i>.test`, each with its own MX host.
     #[serde(default)]
     pub tail: u32,
+    /// Sending addresses banned from a time on.
+    #[serde(default)]
+    pub bans: Vec<Ban>,
 }
 
 fn default_chunking() -> bool {

@@ -604,6 +604,14 @@ impl Conversation {
     fn rcpt(&mut self, addr: &str) -> (u16, String) {
         let state = Rc::clone(&self.state);
         let (p, stats) = (&state.profile, &state.stats);
+        let elapsed = Instant::now().duration_since(state.started).as_secs_f64();
+        if p.bans.iter().any(|b| b.ip == self.ip && elapsed >= b.at_s) {
+            bump(&stats.rejected);
+            return (
+                550,
+                format!("5.7.606 Access denied, banned sending IP [{}]. To request removal from this list please visit https://sender.office.com/", self.ip),
+            );
+        }
         if !state.admit(self.ip) {
             bump(&stats.throttled);
             stats.count_ip(self.ip, |s| s.throttled += 1);
