@@ -108,7 +108,7 @@ impl<L: LogSink> Core<L> {
     /// Tells `scope`'s coordinator whether this shard has recipients for it, when it has
     /// not heard so (a shard without a share asks for one this way).
     fn report_load(&mut self, scope: &str) {
-        let busy = self.owner.is_busy(scope);
+        let busy = self.wants(scope);
         if let Some(report) = self.shares.load(scope, busy) {
             self.report_share(scope.to_string(), report);
         }
@@ -235,7 +235,7 @@ impl<L: LogSink> Core<L> {
     /// (`report_idle_wanted` is the full pass, now and then).
     pub(super) fn share_tick(&mut self, now: Instant) {
         for key in self.owner.take_touched() {
-            if !self.owner.is_busy(&key) {
+            if !self.wants(&key) {
                 self.report_load(&key);
             }
         }
@@ -254,11 +254,23 @@ impl<L: LogSink> Core<L> {
         let idle: Vec<String> = self
             .shares
             .wanted()
-            .filter(|key| !self.owner.is_busy(key))
+            .filter(|key| !self.wants(key))
             .map(str::to_string)
             .collect();
         for key in idle {
             self.report_load(&key);
+        }
+    }
+
+    /// Whether this shard wants a share of `scope`: it has recipients for it here or on
+    /// their way. For a paced scope (one shard at a time) only mail to send counts: workers
+    /// left with nothing to send must not keep the turn from a shard that has some (they
+    /// held it for the rest of the turn, up to `PACED_TURN`, sending nothing).
+    fn wants(&self, scope: &str) -> bool {
+        if share_limit(&self.config, scope).paced {
+            self.owner.has_mail(scope)
+        } else {
+            self.owner.is_busy(scope)
         }
     }
 

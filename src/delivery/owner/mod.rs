@@ -634,6 +634,16 @@ impl<M: Recipients> Owner<M> {
         self.scopes.get(key).is_some_and(|s| !s.is_idle())
     }
 
+    /// True while `key` has mail to send here: demand, credit out or messages ready (its
+    /// workers aside, which may only be finishing or waiting).
+    pub fn has_mail(&self, key: &str) -> bool {
+        self.scopes.get(key).is_some_and(|s| {
+            !s.ready.is_empty()
+                || s.demand.iter().any(|&d| d > 0)
+                || s.credit_out.iter().any(|&c| c > 0)
+        })
+    }
+
     /// True when `key` runs more workers than its cap (a lowered share or limit).
     pub fn over_cap(&self, key: &str) -> bool {
         self.scopes.get(key).is_some_and(|s| s.workers > s.conn_cap)
@@ -827,6 +837,10 @@ impl<M: Recipients> Owner<M> {
             return Take::Wait;
         };
         self.window_used = self.window_used.saturating_sub(1);
+        if s.ready.is_empty() {
+            // Perhaps its last message: a paced scope's turn may go to another shard.
+            s.touch(key, &mut self.touched);
+        }
         let mut at = now;
         if let Some(interval) = s.throttle.interval() {
             at = s.next_send.max(now);
