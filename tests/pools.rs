@@ -465,3 +465,49 @@ fn a_banned_source_is_suspended_by_its_rule_and_comes_back_gradually() {
     engine.stop(Duration::from_secs(20));
     sink.stop();
 }
+
+/// Mail from the system's address (no pool) has no other source: a rule's suspension of its
+/// scope holds it, and the end of the suspension's duration releases it (not the end of its
+/// ramp).
+#[test]
+fn a_suspension_of_the_system_address_holds_mail_until_its_duration_ends() {
+    let sink = Sink::start(HashMap::new());
+    sink.received
+        .lock()
+        .unwrap()
+        .blocked
+        .insert(ip("127.0.0.1"));
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\ndefault_rules = false\n\
+         [[routes]]\ndomain = \"sys.test\"\nhosts = [\"{}\"]\n\
+         [sources.s1]\naddress = \"127.0.0.61\"\n\
+         [[rules]]\nname = \"ban\"\nmatch = \"banned sending IP\"\naction = \"suspend\"\n\
+         duration = \"3s\"\nramp = \"10m\"\n",
+        sink.addr
+    );
+    let env = Env::new(1, "", &extra);
+    let engine = env.start();
+    env.drop_input(
+        "s.jsonl",
+        &batch(
+            header("sys", "acme", None),
+            &(0..20)
+                .map(|i| format!("u{i}@sys.test"))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    // The first reply fires the rule; the receiver lifts its ban at once.
+    wait_until(Duration::from_secs(20), "the rule to fire", || {
+        engine.stderr().contains("rule ban fired on route:sys.test")
+    });
+    sink.received.lock().unwrap().blocked.clear();
+    wait_final(&env, &engine, 20, Duration::from_secs(30));
+    let records = env.log_records();
+    assert_eq!(
+        records.iter().filter(|r| r["type"] == "Delivery").count(),
+        20
+    );
+    assert_eq!(records.iter().filter(|r| r["type"] == "Bounce").count(), 0);
+    engine.stop(Duration::from_secs(20));
+    sink.stop();
+}

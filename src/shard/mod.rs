@@ -311,6 +311,7 @@ pub struct Core<L> {
     firings: Arc<crate::delivery::rules::Firings>,
     rules_generation_seen: u64,
     last_rules_tick: Instant,
+    rules_looked_unix_ms: u64,
     effects: Vec<Effect>,
 }
 
@@ -365,6 +366,7 @@ impl<L: LogSink> Core<L> {
             firings: Arc::default(),
             rules_generation_seen: 0,
             last_rules_tick: now,
+            rules_looked_unix_ms: 0,
             effects: Vec::new(),
         }
     }

@@ -87,7 +87,14 @@ impl<L: LogSink> Core<L> {
             self.rulebook.expire(&self.config.rules, unix);
         }
         let (generation, firings) = self.rulebook.snapshot();
-        if generation != self.rules_generation_seen {
+        // A suspension whose duration ended since the last look releases what it held,
+        // as a new firing does (its ramp then goes on by time alone).
+        let ended = firings
+            .by_scope
+            .values()
+            .any(|f| f.until_unix_ms > self.rules_looked_unix_ms && f.until_unix_ms <= unix);
+        self.rules_looked_unix_ms = unix;
+        if generation != self.rules_generation_seen || ended {
             self.rules_generation_seen = generation;
             self.home.set_firings(Arc::clone(&firings), unix);
             self.effects.push(Effect::Schedule);
