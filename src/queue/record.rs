@@ -380,7 +380,11 @@ impl<'a> MessagePayload<'a> {
         }
         let body = r.bytes32()?;
         let pool = if flags & MESSAGE_POOL != 0 {
-            r.str16()?
+            // Written only with a pool: a flag with none is not a record the codec writes.
+            match r.str16()? {
+                "" => return Err(PayloadError("pool flag with an empty pool")),
+                p => p,
+            }
         } else {
             ""
         };
