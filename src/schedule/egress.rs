@@ -67,6 +67,30 @@ impl Sourced {
     }
 }
 
+impl super::Home {
+    /// The sources and pools of the configuration in force. Recipients already waiting for
+    /// a source's credit stay with it; those routed from now on use these.
+    pub fn set_egress(&mut self, egress: Arc<crate::config::Egress>) {
+        if *egress != *self.egress {
+            self.sourced.clear();
+        }
+        self.egress = egress;
+    }
+
+    /// Reply rules' firings changed: recipients held (perhaps by a suspension that ended)
+    /// are routed again, and so are those waiting for the credit of a scope now suspended.
+    pub fn set_firings(&mut self, firings: Arc<crate::delivery::rules::Firings>, now_unix_ms: u64) {
+        self.release_held();
+        let f = Arc::clone(&firings);
+        self.reroute_pending(|k| {
+            let (base, source) = crate::delivery::scope::split_key(k);
+            f.suspended(k, now_unix_ms).is_some()
+                || source.is_some_and(|s| f.source_back(base, s, now_unix_ms) == 0.0)
+        });
+        self.firings = firings;
+    }
+}
+
 /// The source a recipient numbered `seq` of a message with `pool` leaves from, routed to
 /// `base`.
 pub(super) fn choose(

@@ -167,44 +167,28 @@ impl Default for Home {
 }
 
 impl Home {
-    /// The sources and pools of the configuration in force. Recipients already waiting for
-    /// a source's credit stay with it; those routed from now on use these.
-    pub fn set_egress(&mut self, egress: Arc<crate::config::Egress>) {
-        if *egress != *self.egress {
-            self.sourced.clear();
-        }
-        self.egress = egress;
-    }
-
-    /// Reply rules' firings changed: recipients held (perhaps by a suspension that ended)
-    /// are routed again, and so are those waiting for the credit of a scope now suspended.
-    pub fn set_firings(&mut self, firings: Arc<crate::delivery::rules::Firings>, now_unix_ms: u64) {
-        self.firings = firings;
+    /// Recipients held by a suspension go back to the front of the ready queue, to be
+    /// checked again as they are routed.
+    fn release_held(&mut self) {
         let held = std::mem::take(&mut self.held);
         for seq in held.into_iter().rev() {
             self.ready.push_front(seq);
         }
-        let stopped: Vec<String> = self
-            .pending
-            .keys()
-            .filter(|k| {
-                let (base, source) = crate::delivery::scope::split_key(k);
-                self.firings.suspended(k, now_unix_ms).is_some()
-                    || source.is_some_and(|s| self.firings.source_back(base, s, now_unix_ms) == 0.0)
-            })
-            .cloned()
-            .collect();
-        for key in stopped {
-            if let Some(p) = self.pending.get_mut(&key) {
-                let seqs = std::mem::take(&mut p.2);
-                if !p.3 {
-                    p.3 = true;
-                    self.changed.push(key.clone());
-                }
-                for seq in seqs.into_iter().rev() {
-                    self.ready.push_front(seq);
-                }
+    }
+
+    /// The recipients waiting for the credit of the scopes `pick` chooses go back to the
+    /// front of the ready queue, to be routed again; their scopes are announced anew.
+    fn reroute_pending(&mut self, pick: impl Fn(&str) -> bool) {
+        let mut seqs: Vec<u64> = Vec::new();
+        for (key, p) in self.pending.iter_mut().filter(|(k, _)| pick(k)) {
+            seqs.extend(std::mem::take(&mut p.2));
+            if !p.3 {
+                p.3 = true;
+                self.changed.push(key.clone());
             }
+        }
+        for seq in seqs.into_iter().rev() {
+            self.ready.push_front(seq);
         }
     }
 

@@ -68,22 +68,8 @@ impl Home {
             .iter()
             .any(|r| !self.holds.bounces.contains(r));
         self.holds = holds;
-        let held = std::mem::take(&mut self.held);
-        for seq in held.into_iter().rev() {
-            self.ready.push_front(seq);
-        }
-        let pending: Vec<u64> = self
-            .pending
-            .values_mut()
-            .flat_map(|p| {
-                p.3 = true;
-                std::mem::take(&mut p.2)
-            })
-            .collect();
-        self.changed.extend(self.pending.keys().cloned());
-        for seq in pending.into_iter().rev() {
-            self.ready.push_front(seq);
-        }
+        self.release_held();
+        self.reroute_pending(|_| true);
         if new_bounces {
             let holds = Arc::clone(&self.holds);
             self.pull_deferred(index, |home, _, e| {
