@@ -511,3 +511,114 @@ fn a_suspension_of_the_system_address_holds_mail_until_its_duration_ends() {
     engine.stop(Duration::from_secs(20));
     sink.stop();
 }
+
+/// A source under a warm-up schedule sends its day's cap to the provider and no more, the
+/// rest of the pool's mail going to the warm source; the counts show in `queue warmup` and
+/// `/metrics`, survive a restart, and mail whose only source is full waits (and `queue why`
+/// says why).
+#[test]
+fn a_warming_source_sends_its_days_cap_and_the_rest_goes_to_the_warm_one() {
+    use spate_sim::dns::{DnsResponder, Zone};
+    let mut zone = Zone::default();
+    zone.mx
+        .insert("fresh.test".into(), vec![(10, "mx.fresh.test".into())]);
+    zone.hosts
+        .insert("mx.fresh.test".into(), vec![ip("127.0.0.1")]);
+    let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    let sink = Sink::start(HashMap::new());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let today = spate::config::date_text(now_ms / 86_400_000);
+    let extra = format!(
+        "[delivery]\nallow_private_destinations = true\n\
+         [dns]\nnameservers = [\"{}\"]\n[smtp]\nport = {}\n\
+         [providers.fresh]\nmx_suffixes = [\"mx.fresh.test\"]\n\
+         [warmup.new-ip]\ndaily = [30, 60]\n\
+         [sources.s1]\naddress = \"127.0.0.61\"\n\
+         [sources.s2]\naddress = \"127.0.0.62\"\nwarmup = \"new-ip\"\nwarmup_start = \"{today}\"\n\
+         [pools.default]\nsources = [\"s1\", \"s2\"]\n\
+         [pools.only-new]\nsources = [\"s2\"]\n",
+        dns.addr,
+        sink.addr.port()
+    );
+    let env = Env::new(2, "", &extra);
+    let engine = env.start();
+    let rcpts: Vec<String> = (0..200).map(|i| format!("w{i}@fresh.test")).collect();
+    env.drop_input("w.jsonl", &batch(header("warm", "acme", None), &rcpts));
+    wait_final(&env, &engine, 200, Duration::from_secs(60));
+    let got = sink.received.lock().unwrap();
+    let from = |a: &str| got.by_client.get(&ip(a)).map_or(0, |c| c.0);
+    // Exactly the day's cap from the new address; the rest from the warm one.
+    assert_eq!(from("127.0.0.62"), 30);
+    assert_eq!(from("127.0.0.61"), 170);
+    drop(got);
+    let cfg = env.config.to_str().unwrap();
+    let (code, out, _) = env.run_cli(&["queue", "warmup", "--json", "-c", cfg]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let w = &v["sources"][0];
+    assert_eq!(
+        (
+            &w["source"],
+            &w["provider"],
+            &w["state"],
+            &w["cap"],
+            &w["delivered_today"]
+        ),
+        (
+            &Value::from("s2"),
+            &Value::from("fresh"),
+            &Value::from("full"),
+            &Value::from(30),
+            &Value::from(30)
+        ),
+        "{v}"
+    );
+    let (code, text, _) = env.run_cli(&["queue", "warmup", "-c", cfg]);
+    assert_eq!(code, 0);
+    assert!(text.contains("s2") && text.contains("full"), "{text}");
+    let config = spate::config::Config::load(&env.config).unwrap();
+    let (status, metrics) =
+        spate::admin::client::request(&config, "GET", "/metrics", None).unwrap();
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("spate_warmup_cap{source=\"s2\",provider=\"fresh\"} 30")
+            && metrics
+                .contains("spate_warmup_delivered_today{source=\"s2\",provider=\"fresh\"} 30"),
+        "{metrics}"
+    );
+    engine.stop(Duration::from_secs(20));
+    // The day's counts survive the restart: mail whose only source is the full one waits.
+    let engine = env.start();
+    let later: Vec<String> = (0..5).map(|i| format!("later{i}@fresh.test")).collect();
+    env.drop_input(
+        "later.jsonl",
+        &batch(header("later", "acme", Some("only-new")), &later),
+    );
+    wait_until(Duration::from_secs(20), "the batch to be queued", || {
+        env.queued_recipients().len() == 5
+    });
+    let mut why = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        "queue why to name the warm-up",
+        || {
+            let (_, out, _) = env.run_cli(&["queue", "why", "later0@fresh.test", "-c", cfg]);
+            why = out;
+            why.contains("warm-up cap")
+        },
+    );
+    assert!(why.contains("s2"), "{why}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        sink.received.lock().unwrap().by_client[&ip("127.0.0.62")].0,
+        30,
+        "nothing more from the full source after the restart"
+    );
+    engine.stop(Duration::from_secs(20));
+    sink.stop();
+    drop(dns);
+}

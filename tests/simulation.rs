@@ -42,6 +42,7 @@ use spate::clock::{Clock, ManualClock};
 use spate::config::{Config, Provider, Rate};
 use spate::delivery::owner::{ScopeLimits, Take};
 use spate::delivery::owner::{IDLE_SCOPES_MAX, WINDOW_PER_CONNECTION};
+use spate::delivery::warmup::WarmBook;
 use spate::delivery_log::{EventType, LogRecord};
 use spate::dns::resolver::Destination;
 use spate::queue::record::RecipientPayload;
@@ -134,6 +135,11 @@ struct Receiver {
     accepted_at: VecDeque<Instant>,
     pushbacks: u64,
     transactions: u64,
+    /// A fresh address's allowance for the day (warm-up): past it, 451 deferrals.
+    allowance: Option<u64>,
+    /// Accepted since the day began (`allowance`), and deferred for it.
+    today: u64,
+    today_deferred: u64,
 }
 
 impl Receiver {
@@ -155,6 +161,9 @@ impl Receiver {
             accepted_at: VecDeque::new(),
             pushbacks: 0,
             transactions: 0,
+            allowance: None,
+            today: 0,
+            today_deferred: 0,
         }
     }
 
@@ -194,6 +203,12 @@ impl Receiver {
             Reply::new(550, "5.1.1 <x@y>: Recipient address rejected: User unknown")
         } else if self.greylist && self.greylisted.insert(rcpt.to_string()) {
             Reply::new(450, "4.2.0 Greylisted, please try again later")
+        } else if self.allowance.is_some_and(|a| self.today >= a) {
+            self.today_deferred += 1;
+            Reply::new(
+                451,
+                "4.7.1 Too much mail from a new sending address today; try again tomorrow",
+            )
         } else if self.tokens < 1.0 {
             self.pushbacks += 1;
             Reply::new(
@@ -204,6 +219,7 @@ impl Receiver {
             Reply::new(451, "4.3.0 Temporary failure, try again")
         } else {
             self.tokens -= 1.0;
+            self.today += 1;
             *self.accepted.entry(rcpt.to_string()).or_default() += 1;
             self.accepted_at.push_back(now);
             Reply::new(250, "2.0.0 Ok: queued")
@@ -330,6 +346,8 @@ struct Sim {
     verbose: bool,
     /// Every log line and send, folded: two runs of a seed must end with the same.
     digest: u64,
+    /// The warm-up counts the shards share, when sources warm up.
+    warmup: Option<Arc<WarmBook>>,
 }
 
 /// FNV-1a over `s`, continuing from `h`.
@@ -450,6 +468,7 @@ impl Sim {
             digest: 0xcbf2_9ce4_8422_2325,
             verbose: std::env::var_os("SPATE_SIM_TRACE").is_some(),
             chaos: true,
+            warmup: None,
         };
         sim.make_batches();
         sim.start();
@@ -575,7 +594,7 @@ impl Sim {
                 pending: Vec::new(),
                 written: Rc::clone(&self.flushed),
             };
-            let core = Core::new(
+            let mut core = Core::new(
                 id,
                 self.n,
                 self.connections_max,
@@ -585,6 +604,9 @@ impl Sim {
                 queue,
                 log,
             );
+            if let Some(book) = &self.warmup {
+                core = core.with_warmup(book);
+            }
             self.shards.push(Shard {
                 core,
                 workers: BTreeMap::new(),
@@ -1591,4 +1613,315 @@ fn the_throttle_settles_near_what_the_receiver_accepts_and_follows_it_up() {
         "pushback on {:.1}% of transactions",
         pushback * 100.0
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Warm-up over simulated weeks.
+
+/// The warm-up schedule the two-week run follows (2xx per day at the provider).
+const WARMUP_DAILY: [u64; 9] = [20, 40, 80, 150, 250, 400, 600, 900, 1_200];
+/// What the simulated provider lets the fresh address deliver each day before it defers:
+/// ahead of the schedule, except on days 4 and 5, when it tightens below the schedule's
+/// step (as receivers do when complaints come in).
+const WARMUP_ALLOWANCE: [u64; 14] = [
+    30, 60, 120, 200, 150, 150, 400, 600, 1_000, 1_300, 2_000, 3_000, 5_000, 8_000,
+];
+/// Recipients the pool sends to the provider each day (half would go to each source).
+const WARMUP_DAILY_VOLUME: usize = 2_000;
+
+impl Sim {
+    /// No chaos: two shards, one provider reached from a pool of two sources, `old` (warm)
+    /// and `new` (starting its warm-up today, `WARMUP_DAILY`), at equal weights. The
+    /// provider takes anything from `old`; from `new`, what its allowance for the day
+    /// permits.
+    fn warmup(seed: u64) -> Sim {
+        let mut sim = Sim::new(seed);
+        let now = sim.clock.now();
+        sim.timers.clear();
+        sim.n = 2;
+        sim.channels = (0..sim.n * sim.n * 2).map(|_| VecDeque::new()).collect();
+        sim.chaos_until = now;
+        sim.chaos = false;
+        sim.connections_max = 1_000;
+        let day = sim.clock.unix_ms() / 86_400_000;
+        let daily: Vec<String> = WARMUP_DAILY.iter().map(u64::to_string).collect();
+        let parsed = Config::parse(
+            &format!(
+                "[providers.isp]\nmx_suffixes = [\".isp.example\"]\n\
+                 [warmup.fresh]\ndaily = [{}]\nhold_deferral_rate = 0.05\n\
+                 [sources.old]\naddress = \"127.0.0.2\"\n\
+                 [sources.new]\naddress = \"127.0.0.3\"\nwarmup = \"fresh\"\nwarmup_start = \"{}\"\n\
+                 [pools.default]\nsources = [\"old\", \"new\"]\n",
+                daily.join(", "),
+                spate::config::date_text(day)
+            ),
+            "warm-up simulation",
+        )
+        .expect("configuration");
+        let limits = ScopeLimits {
+            connection_limit: 10,
+            max_per_connection: 1_000,
+            tls: TlsPolicy::Opportunistic,
+            max_rate: None,
+            controller: Default::default(),
+            provider_rate: None,
+        };
+        let mut config = (*sim.config).clone();
+        config.providers = BTreeMap::from([("isp".to_string(), provider("isp", limits))]);
+        config.egress = parsed.egress;
+        // Deferred recipients wait for the next day rather than expire.
+        config.delivery.max_age = Duration::from_secs(5 * 86_400);
+        config.delivery.retry_max_interval = Duration::from_secs(60);
+        let book = Arc::new(WarmBook::default());
+        book.configure(&config.egress, &config.providers, day);
+        sim.warmup = Some(book);
+        sim.config = Arc::new(config);
+        sim.receivers.clear();
+        for source in ["old", "new"] {
+            let mut r = Receiver::new(&mut sim.rng, now);
+            r.max_conns = 50;
+            r.rate = 1_000.0;
+            (r.p_temp, r.p_perm, r.p_drop) = (0.0, 0.0, 0.0);
+            r.greylist = false;
+            sim.receivers.insert(format!("isp@{source}"), r);
+        }
+        sim.dns = BTreeMap::from([("isp.example".to_string(), Dns::Scope("isp".into()))]);
+        sim.batches.clear();
+        sim.feed_at = (0, 0);
+        sim.start();
+        sim
+    }
+
+    /// Adds a batch of `count` recipients to the provider, fed from now.
+    fn add_day_batch(&mut self, day: usize, count: usize) {
+        let id = 1_000 + self.batches.len() as u64;
+        let mut chunks = Vec::new();
+        let rcpts: Vec<String> = (0..count)
+            .map(|i| format!("d{day}r{i}@isp.example"))
+            .collect();
+        for home in 0..self.n {
+            let mine: Vec<String> = rcpts.iter().skip(home).step_by(self.n).cloned().collect();
+            for part in mine.chunks(64) {
+                chunks.push((home, part.to_vec(), false));
+            }
+        }
+        let spec = Arc::new(MessageSpec {
+            batch_id: id,
+            created_unix_ms: self.clock.unix_ms(),
+            flags: 0,
+            sender: "news@sender.example".into(),
+            campaign: format!("day{day}"),
+            tenant: "t".into(),
+            var_names: vec!["to".into()],
+            body: b"From: news@sender.example\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nhi\r\n"
+                .to_vec(),
+            pool: String::new(),
+        });
+        self.batches.push(Batch { id, spec, chunks });
+        let now = self.clock.now();
+        self.at(now, Timer::Feed);
+    }
+}
+
+/// One simulated day of the warm-up run, as the plot and the table show it.
+struct WarmDay {
+    cap: Option<u64>,
+    new_delivered: u64,
+    new_deferred: u64,
+    old_delivered: u64,
+    allowance: u64,
+}
+
+/// An SVG of the run: per day, the schedule's cap for the day (grey), what the new source
+/// delivered (blue), what the old one took over (light), and the new source's deferrals
+/// (red).
+fn warmup_svg(days: &[WarmDay]) -> String {
+    let (w, h, left, bottom) = (760.0, 360.0, 60.0, 40.0);
+    let max = days
+        .iter()
+        .map(|d| (d.new_delivered + d.old_delivered).max(d.cap.unwrap_or(0)))
+        .max()
+        .unwrap_or(1) as f64;
+    let plot_h = h - bottom - 30.0;
+    let col = (w - left - 20.0) / days.len() as f64;
+    // A log scale: the schedule grows by orders of magnitude.
+    let top = max.log10().ceil().max(1.0);
+    let y = |v: f64| h - bottom - v.max(1.0).log10() / top * plot_h;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"16\" font-size=\"13\">Warm-up of a new source over 14 simulated days (tests/simulation.rs; log scale)</text>\n"
+    );
+    for i in 0..=top as u32 {
+        let v = 10f64.powi(i as i32);
+        out += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"4\" y=\"{:.1}\">{v:.0}</text>\n",
+            w - 20.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for (i, d) in days.iter().enumerate() {
+        let x = left + col * i as f64;
+        let bw = col * 0.35;
+        let bar = |x: f64, v: u64, color: &str| {
+            format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\n",
+                y(v as f64),
+                h - bottom - y(v as f64)
+            )
+        };
+        out += &bar(x + 2.0, d.new_delivered, "#1f6fb4");
+        out += &bar(x + 2.0 + bw, d.old_delivered, "#b9d3ea");
+        if d.new_deferred > 0 {
+            out += &bar(
+                x + 2.0,
+                d.new_deferred.min(max as u64),
+                "rgba(200,30,30,0.55)",
+            );
+            out += &format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#b00\">held</text>\n",
+                x + 2.0,
+                y(d.cap.unwrap_or(1) as f64) - 6.0
+            );
+        }
+        if let Some(cap) = d.cap {
+            out += &format!(
+                "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{c:.1}\" y2=\"{c:.1}\" stroke=\"#333\" stroke-width=\"2\"/>\n",
+                x,
+                x + col - 2.0,
+                c = y(cap as f64)
+            );
+        }
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{i}</text>\n",
+            x + col / 2.0 - 4.0,
+            h - bottom + 14.0
+        );
+    }
+    out += &format!(
+        "<text x=\"{left}\" y=\"{:.1}\">day · black line: the day's cap · dark blue: new source delivered · light blue: old source · red: new source deferred</text>\n</svg>\n",
+        h - 8.0
+    );
+    out
+}
+
+#[test]
+fn a_new_source_follows_its_warm_up_holds_when_deferred_and_spills_to_the_warm_one() {
+    let mut sim = Sim::warmup(77);
+    let book = Arc::clone(sim.warmup.as_ref().expect("warm-up"));
+    let day0 = sim.clock.unix_ms() / 86_400_000;
+    let mut days = Vec::new();
+    let run = |sim: &mut Sim, until: Instant| -> Check {
+        sim.steps = 0;
+        while sim.clock.now() < until {
+            if sim.step()? {
+                break;
+            }
+        }
+        Ok(())
+    };
+    for (d, &allowance) in WARMUP_ALLOWANCE.iter().enumerate() {
+        // The day starts: the provider's allowance for the new address is today's.
+        let midnight = (day0 + d as u64) * 86_400_000;
+        if sim.clock.unix_ms() < midnight {
+            sim.clock.set_wall(midnight + 1_000);
+        }
+        for (key, r) in sim.receivers.iter_mut() {
+            r.today = 0;
+            r.today_deferred = 0;
+            r.allowance = (key == "isp@new").then_some(allowance);
+        }
+        let status = book.status(day0 + d as u64);
+        let cap = status[0].cap;
+        sim.add_day_batch(d, WARMUP_DAILY_VOLUME);
+        // Ten simulated minutes of sending each day; what is deferred waits for the next.
+        let until = sim.clock.now() + Duration::from_secs(600);
+        run(&mut sim, until).unwrap_or_else(|e| panic!("day {d}: {e}"));
+        let (new, old) = (&sim.receivers["isp@new"], &sim.receivers["isp@old"]);
+        days.push(WarmDay {
+            cap,
+            new_delivered: new.today,
+            new_deferred: new.today_deferred,
+            old_delivered: old.today,
+            allowance,
+        });
+    }
+    // The last day's deferred recipients go the day after; then nothing is left.
+    sim.clock.set_wall((day0 + 14) * 86_400_000 + 1_000);
+    for r in sim.receivers.values_mut() {
+        r.allowance = None;
+    }
+    let until = sim.clock.now() + Duration::from_secs(3_600);
+    run(&mut sim, until).unwrap_or_else(|e| panic!("after the last day: {e}"));
+    println!("day  cap   new delivered  new deferred  old delivered  allowance");
+    for (d, x) in days.iter().enumerate() {
+        println!(
+            "{d:>3}  {:>5} {:>14} {:>13} {:>14} {:>10}",
+            x.cap.map_or("-".into(), |c| c.to_string()),
+            x.new_delivered,
+            x.new_deferred,
+            x.old_delivered,
+            x.allowance
+        );
+    }
+    if let Ok(path) = std::env::var("SPATE_WARMUP_PLOT") {
+        std::fs::write(&path, warmup_svg(&days)).expect("plot written");
+        println!("plot: {path}");
+    }
+    // Never past the day's cap, and at it whenever the provider allowed that much.
+    for (d, x) in days.iter().enumerate() {
+        if let Some(cap) = x.cap {
+            assert!(
+                x.new_delivered <= cap,
+                "day {d}: {} > cap {cap}",
+                x.new_delivered
+            );
+            // (Up to the source's share by weight: half the volume, give or take.)
+            if x.allowance >= cap && cap < WARMUP_DAILY_VOLUME as u64 * 45 / 100 {
+                assert_eq!(x.new_delivered, cap, "day {d}");
+            }
+        }
+    }
+    // The schedule's steps: days 4 and 5 deferred past 5% and held; the rest grew.
+    let caps: Vec<Option<u64>> = days.iter().map(|x| x.cap).collect();
+    let step = |i: usize| Some(WARMUP_DAILY[i]);
+    assert_eq!(
+        caps,
+        [
+            step(0),
+            step(1),
+            step(2),
+            step(3),
+            step(4),
+            step(4),
+            step(4),
+            step(5),
+            step(6),
+            step(7),
+            step(8),
+            None,
+            None,
+            None
+        ]
+    );
+    assert_eq!(book.status(day0 + 14)[0].held_days, 2);
+    // The excess went to the warm source: each clean day, the pool's whole volume was
+    // delivered that day.
+    for (d, x) in days.iter().enumerate() {
+        if x.new_deferred == 0 && d != 6 {
+            assert_eq!(
+                x.new_delivered + x.old_delivered,
+                WARMUP_DAILY_VOLUME as u64,
+                "day {d}"
+            );
+        }
+    }
+    // Once warm, the new source takes its weight's share (about half).
+    let last = &days[13];
+    assert!(
+        last.new_delivered > 800 && last.new_delivered < 1_200,
+        "{}",
+        last.new_delivered
+    );
+    // Nothing lost: every recipient delivered once.
+    sim.end_checks().unwrap_or_else(|e| panic!("{e}"));
 }

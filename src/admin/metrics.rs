@@ -8,6 +8,7 @@ use super::counts::{EventCounts, Histogram, BOUNCE_CATEGORIES, LATENCY_BUCKETS, 
 use super::holds::Holds;
 use super::view::{self, ScopeView};
 use crate::config::Config;
+use crate::delivery::warmup::WarmStatus;
 use crate::shard::{Counters, ShardStatus};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -88,6 +89,7 @@ pub fn render(
     counters: &Counters,
     achieved: &dyn Fn(&str) -> Option<f64>,
     rules: &RulesSeen,
+    warmup: &[WarmStatus],
 ) -> String {
     let mut o = Out {
         text: String::with_capacity(16 * 1024),
@@ -210,6 +212,7 @@ pub fn render(
         v.rule = rules.on(&v.key);
     }
     scope_families(&mut o, &scopes, holds, rules);
+    warmup_families(&mut o, warmup);
     o.text
 }
 
@@ -515,4 +518,46 @@ mod tests {
         assert_eq!(top[2].key, OTHER);
         assert_eq!(top[2].waiting, 8 + 7 + 6);
     }
+}
+
+/// Each warming source at each provider: today's cap and counts, its held days.
+fn warmup_families(o: &mut Out, warmup: &[WarmStatus]) {
+    o.family(
+        "spate_warmup_cap",
+        "gauge",
+        "A warming source's cap of 2xx deliveries at a provider today (absent once warm; 0 before its start date).",
+    );
+    for w in warmup {
+        if let Some(cap) = w.cap {
+            o.sample("spate_warmup_cap", &warm_labels(w), cap as f64);
+        }
+    }
+    type Field = fn(&WarmStatus) -> u64;
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "spate_warmup_delivered_today",
+            "2xx deliveries today from a source under a warm-up schedule, per provider.",
+            |w| w.delivered_today,
+        ),
+        (
+            "spate_warmup_deferred_today",
+            "4xx replies today to a source under a warm-up schedule, per provider.",
+            |w| w.deferred_today,
+        ),
+        (
+            "spate_warmup_held_days",
+            "Days a source's warm-up held at its step because of deferrals, per provider.",
+            |w| w.held_days,
+        ),
+    ];
+    for (name, help, field) in families {
+        o.family(name, "gauge", help);
+        for w in warmup {
+            o.sample(name, &warm_labels(w), field(w) as f64);
+        }
+    }
+}
+
+fn warm_labels(w: &WarmStatus) -> [(&str, &str); 2] {
+    [("source", &w.source), ("provider", &w.provider)]
 }

@@ -156,6 +156,41 @@ pub fn action(v: &Value) -> String {
     }
 }
 
+/// `queue warmup`: each warming source at each provider, today.
+pub fn warmup(v: &Value) -> String {
+    let mut out = String::new();
+    let sources = v["sources"].as_array().cloned().unwrap_or_default();
+    if sources.is_empty() {
+        let _ = writeln!(out, "no source is under a warm-up schedule");
+        return out;
+    }
+    let _ = writeln!(out, "today (UTC): {}", s(&v["day"]));
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:<12} {:>5} {:>9} {:>10} {:>9} {:>5}  held last",
+        "source", "provider", "state", "step", "cap", "delivered", "deferred", "held"
+    );
+    for w in sources {
+        let step = w["step"]
+            .as_u64()
+            .map_or("-".into(), |n| (n + 1).to_string());
+        let _ = writeln!(
+            out,
+            "{:<16} {:<16} {:<12} {:>5} {:>9} {:>10} {:>9} {:>5}  {}",
+            s(&w["source"]),
+            s(&w["provider"]),
+            s(&w["state"]),
+            step,
+            s(&w["cap"]),
+            s(&w["delivered_today"]),
+            s(&w["deferred_today"]),
+            s(&w["held_days"]),
+            s(&w["last_held_day"]),
+        );
+    }
+    out
+}
+
 /// `queue rules`: each rule, how often it fired, and the firings in force.
 pub fn rules(v: &Value) -> String {
     let mut out = String::new();

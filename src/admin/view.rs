@@ -86,6 +86,11 @@ pub enum Constraint {
     TlsPolicy {
         text: String,
     },
+    /// Every source its pool may use at this provider has reached its warm-up cap for today
+    /// (or deferrals stopped it): the recipients wait for the next UTC day.
+    Warmup {
+        sources: Vec<String>,
+    },
     /// Nothing to send before the retry times.
     RetryTimes {
         next_unix_ms: Option<u64>,
@@ -112,6 +117,7 @@ impl Constraint {
             Constraint::ConnectionLimit { .. } => "connection_limit",
             Constraint::RateCeiling { .. } => "rate_ceiling",
             Constraint::TlsPolicy { .. } => "tls_policy",
+            Constraint::Warmup { .. } => "warmup",
             Constraint::RetryTimes { .. } => "retry_times",
             Constraint::Credit => "credit",
             Constraint::Sending => "sending",
@@ -158,6 +164,10 @@ impl Constraint {
                     )
                 }
             }
+            Constraint::Warmup { sources } => format!(
+                "waiting for tomorrow (00:00 UTC): its pool's sources at their warm-up cap for today ({})",
+                sources.join(", ")
+            ),
             Constraint::Dns { text } => format!("DNS failing: {text}"),
             Constraint::Resolving => "waiting for its MX lookup".into(),
             Constraint::Pushback {

@@ -19,7 +19,9 @@ mod sender;
 mod tests;
 mod units;
 
-pub use egress::{Egress, Pool, Source, DEFAULT_POOL};
+pub use egress::{
+    date_text, parse_date, Egress, Pool, Source, SourceWarmup, Warmup, DEFAULT_POOL, SOURCES_MAX,
+};
 pub use units::{duration_text, parse_duration, parse_rate, parse_size};
 
 use raw::{validate, RawConfig};
@@ -150,6 +152,9 @@ pub struct Delivery {
     /// ranges (`delivery::guard`). Off in production; tests and the demo, whose receivers
     /// are on loopback, turn it on. `[[routes]]` are never checked.
     pub allow_private_destinations: bool,
+    /// (extension) Mail submitted over SMTP goes ahead of campaign mail in its scope
+    /// (`schedule::lanes`). Default on. Reloadable (for mail accepted from then on).
+    pub gateway_priority: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -602,9 +607,22 @@ impl Config {
             }
         }
         for s in &self.egress.sources {
+            let warmup = s.warmup.as_ref().map_or(String::new(), |w| {
+                format!(" warmup {} from {}", w.schedule, date_text(w.start_day))
+            });
             line(format!(
-                "source {}: address {} helo_name {}",
+                "source {}: address {} helo_name {}{warmup}",
                 s.name, s.address, s.helo_name
+            ));
+        }
+        for w in self.egress.warmups.values() {
+            line(format!(
+                "warmup {}: daily {:?} at {}; held by a day over {:.1}% deferred (at least {} replies)",
+                w.name,
+                w.daily,
+                w.providers.join(", "),
+                f64::from(w.hold_deferral_bp) / 100.0,
+                w.hold_min_attempts
             ));
         }
         for (name, p) in &self.egress.pools {

@@ -48,6 +48,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     tenants: BTreeMap<String, egress::RawTenant>,
     #[serde(default)]
+    warmup: BTreeMap<String, egress::RawWarmup>,
+    #[serde(default)]
     rules: Vec<rules::RawRule>,
 }
 
@@ -117,6 +119,7 @@ struct RawDelivery {
     paused: Option<bool>,
     allow_private_destinations: Option<bool>,
     default_rules: Option<bool>,
+    gateway_priority: Option<bool>,
     tls: Option<String>,
     recipients_per_transaction: Option<u32>,
     throttle_cut: Option<f64>,
@@ -290,6 +293,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
             .ip_connection_limit
             .unwrap_or(crate::delivery::endpoints::IP_CONNECTION_LIMIT),
         pipeline_transactions: raw.delivery.pipeline_transactions.unwrap_or(true),
+        gateway_priority: raw.delivery.gateway_priority.unwrap_or(true),
         chunking: raw.delivery.chunking.unwrap_or(true),
         paused: raw.delivery.paused.unwrap_or(false),
         allow_private_destinations: raw.delivery.allow_private_destinations.unwrap_or(false),
@@ -603,7 +607,14 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         &providers,
         &err,
     )?;
-    let egress = egress::validate_egress(raw.sources, raw.pools, raw.tenants, &helo_name, &err)?;
+    let egress = egress::validate_egress(
+        raw.sources,
+        raw.pools,
+        raw.tenants,
+        (raw.warmup, &providers),
+        &helo_name,
+        &err,
+    )?;
     let mut users = Vec::new();
     for (i, u) in raw.users.into_iter().enumerate() {
         crate::gateway::password::check_hash(&u.password_hash)

@@ -581,3 +581,53 @@ fn rules_configured_and_shipped() {
     let c = Config::parse("[delivery]\ndefault_rules = false\n", "t").unwrap();
     assert!(c.rules.is_empty());
 }
+
+#[test]
+fn warmup_schedules_and_their_errors() {
+    let base =
+        "[providers.y]\nmx_suffixes = [\".y.test\"]\n[providers.g]\nmx_suffixes = [\".g.test\"]\n";
+    let c = Config::parse(
+        &format!(
+            "{base}[warmup.fresh]\ndaily = [50, 100, 500]\n\
+             [sources.a]\naddress = \"192.0.2.11\"\nwarmup = \"fresh\"\nwarmup_start = \"2026-12-01\"\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    let w = &c.egress.warmups["fresh"];
+    // Every provider by default; 5% over at least 20 attempts holds.
+    assert_eq!(w.providers, ["g", "y"]);
+    assert_eq!((w.hold_deferral_bp, w.hold_min_attempts), (500, 20));
+    let sw = c.egress.sources[0].warmup.as_ref().unwrap();
+    assert_eq!(sw.schedule, "fresh");
+    assert_eq!(crate::config::date_text(sw.start_day), "2026-12-01");
+    let bad = |extra: &str, want: &str| {
+        let e = Config::parse(&format!("{base}{extra}"), "t").unwrap_err().0;
+        assert!(e.contains(want), "{e} (wanted {want})");
+    };
+    let source = "[sources.a]\naddress = \"192.0.2.11\"\n";
+    bad(
+        &format!("{source}warmup = \"nope\"\nwarmup_start = \"2026-12-01\"\n"),
+        "sources.a.warmup: unknown warm-up schedule \"nope\"",
+    );
+    bad(
+        &format!("[warmup.w]\ndaily = [1]\n{source}warmup = \"w\"\n"),
+        "sources.a.warmup_start",
+    );
+    bad(
+        &format!(
+            "[warmup.w]\ndaily = [1]\n{source}warmup = \"w\"\nwarmup_start = \"2026-02-30\"\n"
+        ),
+        "YYYY-MM-DD",
+    );
+    bad("[warmup.w]\ndaily = []\n", "warmup.w.daily: 1 to 366");
+    bad("[warmup.w]\ndaily = [10, 0]\n", "got 0");
+    bad(
+        "[warmup.w]\ndaily = [10]\nproviders = [\"x\"]\n",
+        "unknown provider \"x\"",
+    );
+    bad(
+        "[warmup.w]\ndaily = [10]\nhold_deferral_rate = 5\n",
+        "between 0 and 1",
+    );
+}

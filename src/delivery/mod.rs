@@ -27,3 +27,4 @@ pub mod scope;
 pub mod shares;
 pub mod throttle;
 pub mod tls;
+pub mod warmup;

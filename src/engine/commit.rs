@@ -80,8 +80,28 @@ pub(super) async fn maintenance(shard: Rc<Shard>) {
                 shard.shared.fail(e);
                 return;
             }
+            if shard.id == 0 {
+                save_warmup(&shard).await;
+            }
         }
         sleep(SPARE_CHECK_INTERVAL).await;
+    }
+}
+
+/// Writes the warm-up counts if they changed (every `MAINTENANCE_INTERVAL`, which
+/// `WARMUP_SAVE_INTERVAL` states). A failed write is retried at the next turn: the counts
+/// stay in memory, and only a crash before a write succeeds forgets them.
+async fn save_warmup(shard: &Rc<Shard>) {
+    let Some(bytes) = shard.shared.warmup.take_dirty() else {
+        return;
+    };
+    let dir = shard.shared.config().engine.data_dir.clone();
+    let saved = glommio::executor()
+        .spawn_blocking(move || crate::delivery::warmup::save(&dir, &bytes))
+        .await;
+    if let Err(e) = saved {
+        shard.shared.warmup.mark_dirty();
+        tracing::warn!("warm-up counts: cannot save: {e}; retrying");
     }
 }
 

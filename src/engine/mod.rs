@@ -183,6 +183,8 @@ pub struct Shared {
     pub paces: Arc<crate::delivery::pace::SharedPaces>,
     /// Reply rules' counts and firings (`delivery::rules`).
     pub rules: Arc<crate::delivery::rules::RuleBook>,
+    /// Warm-up caps' counts (`delivery::warmup`), saved by shard 0's maintenance.
+    pub warmup: Arc<crate::delivery::warmup::WarmBook>,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -353,10 +355,17 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
             holds.bounces.len()
         );
     }
+    let warmup = crate::delivery::warmup::WarmBook::load(data_dir).map_err(EngineError::Storage)?;
+    warmup.configure(
+        &config.egress,
+        &config.providers,
+        crate::gateway::limits::utc_day(crate::clock::system().unix_ms()),
+    );
     let shared = Arc::new(Shared {
         admin: admin::AdminShared::new(shards, holds),
         paces: Arc::default(),
         rules: Arc::default(),
+        warmup: Arc::new(warmup),
         config: Mutex::new(Arc::new(config)),
         generation: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -452,6 +461,11 @@ impl Engine {
                 }
                 let old = self.shared.config();
                 let later = old.restart_only_changes(&new);
+                self.shared.warmup.configure(
+                    &new.egress,
+                    &new.providers,
+                    crate::gateway::limits::utc_day(self.shared.clock.unix_ms()),
+                );
                 if !later.is_empty() {
                     tracing::warn!("reload: {} take effect at the next start", later.join(", "));
                 }
@@ -476,6 +490,13 @@ impl Engine {
             .flatten()
         {
             server.stop();
+        }
+        // The last outcomes' warm-up counts (shard 0's maintenance saved the rest).
+        if let Some(bytes) = self.shared.warmup.take_dirty() {
+            let dir = self.shared.config().engine.data_dir.clone();
+            if let Err(e) = crate::delivery::warmup::save(&dir, &bytes) {
+                tracing::warn!("warm-up counts: cannot save at exit: {e}");
+            }
         }
         let fatal = self.shared.fatal.lock().expect("fatal lock").take();
         if self.shared.internal.load(Ordering::SeqCst) || crashed.is_some() {
@@ -941,7 +962,8 @@ fn open_shard(
     )
     .with_suppressions(&shared.suppressions)
     .with_paces(&shared.paces)
-    .with_rules(&shared.rules);
+    .with_rules(&shared.rules)
+    .with_warmup(&shared.warmup);
     let gateway_counts = gateway::DailyCounts::open(config, id)?;
     let (sync_kick, kick_rx) = local_channel::new_bounded(1);
     let (commit_urgent, commit_urgent_rx) = local_channel::new_bounded(1);

@@ -53,6 +53,8 @@ pub struct MessageInfo {
     pub tenant: Box<str>,
     /// The pool its recipients leave from; empty for the system's address.
     pub pool: Box<str>,
+    /// Transactional (`record::MESSAGE_PRIORITY`): ahead of campaign mail in its scope.
+    pub priority: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

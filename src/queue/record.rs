@@ -195,6 +195,9 @@ pub const MESSAGE_RET_HDRS: u8 = 4;
 /// Set by the codec when the record names a pool (`[pools]`): its name follows the body.
 /// Records written before pools existed have no such field and decode with `pool` empty.
 pub const MESSAGE_POOL: u8 = 8;
+/// Transactional mail (the gateway's, and the notifications it causes): in its scope it
+/// goes ahead of campaign mail (`schedule::lanes`). Older records have it clear.
+pub const MESSAGE_PRIORITY: u8 = 16;
 
 /// A template and its envelope: stored once per batch per shard.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -177,6 +177,7 @@ impl Replay {
                                 campaign: m.campaign.into(),
                                 tenant: m.tenant.into(),
                                 pool: m.pool.into(),
+                                priority: m.flags & crate::queue::record::MESSAGE_PRIORITY != 0,
                             },
                         );
                         if c.batch_id != COMPACTION_BATCH_ID {

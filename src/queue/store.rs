@@ -456,6 +456,7 @@ impl ShardQueue {
                         campaign: chunk.message.campaign.as_str().into(),
                         tenant: chunk.message.tenant.as_str().into(),
                         pool: chunk.message.pool.as_str().into(),
+                        priority: chunk.message.flags & crate::queue::record::MESSAGE_PRIORITY != 0,
                     },
                 );
                 self.index

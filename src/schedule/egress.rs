@@ -11,6 +11,7 @@ use crate::admin::holds::Holds;
 use crate::config::Egress;
 use crate::delivery::rules::Firings;
 use crate::delivery::scope::{sourced_key, NextHop, Scope};
+use crate::delivery::warmup::WarmView;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -89,14 +90,41 @@ impl super::Home {
         });
         self.firings = firings;
     }
+
+    /// The warm-up book every shard shares (a new home's is its own).
+    pub fn set_warm_book(&mut self, book: Arc<crate::delivery::warmup::WarmBook>) {
+        self.warm_view = book.view().1;
+        self.warm = book;
+    }
+
+    /// True when no source is under a warm-up schedule.
+    pub fn warm_is_empty(&self) -> bool {
+        self.warm_view.is_empty()
+    }
+
+    /// True when `scope`'s outcomes settle warm-up counts.
+    pub fn warm_tracks(&self, scope: &str) -> bool {
+        self.warm_view.tracks(scope)
+    }
+
+    /// Warm-up's view changed (a source full for today, or a new day): recipients held for
+    /// want of a source are routed again, and so are those waiting for the credit of a
+    /// source now full.
+    pub fn set_warm(&mut self, view: Arc<crate::delivery::warmup::WarmView>) {
+        self.release_held();
+        let v = Arc::clone(&view);
+        self.reroute_pending(|k| v.is_full_key(k));
+        self.warm_view = view;
+    }
 }
 
 /// The source a recipient numbered `seq` of a message with `pool` leaves from, routed to
-/// `base`.
+/// `base`. Sources at their warm-up cap for today are left out as suspended ones are.
 pub(super) fn choose(
     egress: &Egress,
     holds: &Holds,
     (firings, now_unix_ms): (&Firings, u64),
+    warm: &WarmView,
     pool: &str,
     base: &Scope,
     seq: u64,
@@ -121,6 +149,9 @@ pub(super) fn choose(
             && (holds.source_suspension(name).is_some()
                 || holds.sourced_scope_suspension(&base.key, name).is_some())
         {
+            return 0;
+        }
+        if warm.is_full(&base.key, name) {
             return 0;
         }
         let back = if rules {
@@ -180,7 +211,15 @@ mod tests {
         let mut sourced = Sourced::default();
         let mut n = [0; 4];
         for seq in 0..40_000 {
-            match choose(&e, holds, (&Firings::default(), 0), pool, &b, seq) {
+            match choose(
+                &e,
+                holds,
+                (&Firings::default(), 0),
+                &WarmView::default(),
+                pool,
+                &b,
+                seq,
+            ) {
                 Sourcing::Source(i) => {
                     // The scope is made on first use, as the home does.
                     let key = sourced.scope(&e, &b, i).key.clone();
@@ -231,7 +270,15 @@ mod tests {
         let e = Egress::default();
         let h = Holds::default();
         assert!(matches!(
-            choose(&e, &h, (&Firings::default(), 0), "default", &base(), 1),
+            choose(
+                &e,
+                &h,
+                (&Firings::default(), 0),
+                &WarmView::default(),
+                "default",
+                &base(),
+                1
+            ),
             Sourcing::System
         ));
     }

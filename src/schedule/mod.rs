@@ -7,6 +7,7 @@
 //! allows and sends the demand messages. Every method takes `now`; the queue's index is read, never changed.
 
 mod egress;
+pub mod lanes;
 pub mod operator;
 
 pub use operator::{admin_bounce, Matched};
@@ -86,6 +87,9 @@ pub struct Taken {
     /// The scope's hosts, for a recipient whose own route has gone from the cache.
     pub fallback_hosts: Arc<[NextHop]>,
     pub seqs: Vec<u64>,
+    /// Of them, counted against the scope's warm-up cap (`delivery::warmup`): those not
+    /// sent go back to the book (`WarmBook::settle`).
+    pub reserved: u64,
 }
 
 /// A home's queues, for a status snapshot.
@@ -142,6 +146,10 @@ pub struct Home {
     /// Reply rules' firings in force (`delivery::rules`): suspended sources are left out
     /// of routing, and come back over their ramp.
     firings: Arc<crate::delivery::rules::Firings>,
+    /// Warm-up caps (`delivery::warmup`): counted as credit is taken; full sources are left
+    /// out of routing.
+    warm: Arc<crate::delivery::warmup::WarmBook>,
+    warm_view: Arc<crate::delivery::warmup::WarmView>,
 }
 
 impl Default for Home {
@@ -162,6 +170,8 @@ impl Default for Home {
             egress: Arc::default(),
             sourced: egress::Sourced::default(),
             firings: Arc::default(),
+            warm: Arc::default(),
+            warm_view: Arc::default(),
         }
     }
 }
@@ -303,7 +313,8 @@ impl Home {
                 Some(Route::Scope(scope, owner)) if !self.egress.is_empty() => {
                     let pool = index.messages.get(&e.message_seq).map_or("", |m| &m.pool);
                     let rules = (&*self.firings, now_unix_ms);
-                    match egress::choose(&self.egress, &self.holds, rules, pool, scope, seq) {
+                    let warm = &*self.warm_view;
+                    match egress::choose(&self.egress, &self.holds, rules, warm, pool, scope, seq) {
                         egress::Sourcing::System
                             if self.firings.suspended(&scope.key, now_unix_ms).is_some() =>
                         {
@@ -496,7 +507,10 @@ impl Home {
     /// The owner of `scope` granted `n`: takes up to `n` of its waiting recipients, in the
     /// order they were routed. `None` when nothing waits for it here any more, or while `draining`: the
     /// credit goes back to the owner unused.
-    pub fn take_credit(&mut self, scope: &str, n: u32, draining: bool) -> Option<Taken> {
+    /// A scope under a warm-up cap gets only what its cap has room for on `day`; once it is
+    /// full, the rest of its recipients here go back to be routed to the pool's other
+    /// sources.
+    pub fn take_credit(&mut self, scope: &str, n: u32, draining: bool, day: u64) -> Option<Taken> {
         // The owner took this credit off its view of our demand; so do we.
         if let Some((view, _)) = self.announced.get_mut(scope) {
             *view = view.saturating_sub(n);
@@ -509,12 +523,30 @@ impl Home {
             *changed = true;
             self.changed.push(scope.to_string());
         }
-        let take = (n as usize).min(q.len());
-        Some(Taken {
+        let mut take = (n as usize).min(q.len());
+        let mut reserved = 0;
+        let mut rest = Vec::new();
+        if self.warm_view.is_capped(scope) {
+            reserved = self.warm.reserve(scope, take as u64, day);
+            if reserved < take as u64 {
+                take = reserved as usize;
+                rest = q.drain(take..).collect();
+            }
+        }
+        let taken = Taken {
             owner: *owner,
             fallback_hosts: Arc::clone(&pending_scope.hosts),
             seqs: q.drain(..take).collect(),
-        })
+            reserved,
+        };
+        if !rest.is_empty() {
+            // Full for today: routed again, with the view that says so.
+            for seq in rest.into_iter().rev() {
+                self.ready.push_front(seq);
+            }
+            self.warm_view = self.warm.view().1;
+        }
+        Some(taken)
     }
 }
 
@@ -660,7 +692,7 @@ mod tests {
         assert_eq!(again.len(), 1, "re-announced while recipients wait");
         // Credit takes them in the order they were routed (those of the route resolved
         // last went to the front); the owner's view drops with it.
-        let taken = home.take_credit("s", 2, false).unwrap();
+        let taken = home.take_credit("s", 2, false, 0).unwrap();
         assert_eq!(taken.owner, 1);
         assert_eq!(taken.seqs, [first + 2, first]);
         assert_eq!(&*taken.fallback_hosts, &*scope("s").hosts);
@@ -669,15 +701,18 @@ mod tests {
             "view 3 - 2 = 1 = count"
         );
         assert!(
-            home.take_credit("s", 5, true).is_none(),
+            home.take_credit("s", 5, true, 0).is_none(),
             "draining: handed back"
         );
-        assert_eq!(home.take_credit("s", 5, false).unwrap().seqs, [first + 1]);
+        assert_eq!(
+            home.take_credit("s", 5, false, 0).unwrap().seqs,
+            [first + 1]
+        );
         // Nothing waits, and the owner's view (less the credit it gave) is already 0: nothing
         // to say, and the scope is forgotten.
         assert!(home.announce(t0 + DEMAND_REFRESH).is_empty());
         assert!(
-            home.take_credit("s", 1, false).is_none(),
+            home.take_credit("s", 1, false, 0).is_none(),
             "forgotten: handed back"
         );
     }
@@ -706,7 +741,7 @@ mod tests {
         assert_eq!(home.announce(t0)[0].2, 1);
         home.tick(&q.index, 10_000, t0);
         assert_eq!(
-            home.take_credit("s", 9, false).unwrap().seqs,
+            home.take_credit("s", 9, false, 0).unwrap().seqs,
             [first + 1, first]
         );
     }

@@ -73,6 +73,7 @@ impl<L: LogSink> Core<L> {
     pub fn tick(&mut self) {
         let now = self.clock.now();
         self.rules_tick(now);
+        self.warm_tick();
         if !self.config.delivery.paused && !self.closing {
             let Tick {
                 decided,
@@ -130,8 +131,17 @@ impl<L: LogSink> Core<L> {
     /// Renders up to `n` waiting recipients of `scope` and sends them to its owner; with
     /// nothing here any more, or draining, the credit goes back unused.
     pub(super) fn on_credit(&mut self, scope: String, n: u32) {
-        let (owner, msgs) = match self.home.take_credit(&scope, n, self.closing) {
-            Some(taken) => (taken.owner, self.prepare(taken)),
+        let day = self.utc_day();
+        let (owner, msgs) = match self.home.take_credit(&scope, n, self.closing, day) {
+            Some(taken) => {
+                let (owner, reserved) = (taken.owner, taken.reserved);
+                let msgs = self.prepare(taken);
+                if reserved > 0 {
+                    let sent: usize = msgs.iter().map(|m| m.rcpts.len()).sum();
+                    self.warm_unused(&scope, reserved, sent as u64);
+                }
+                (owner, msgs)
+            }
             None => (self.id, Vec::new()),
         };
         let home = self.id;

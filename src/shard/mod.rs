@@ -29,6 +29,7 @@ mod rules;
 mod send;
 #[cfg(test)]
 mod tests;
+mod warmup;
 
 pub use commit::Committed;
 pub use home::{route_by_dns, route_statically};
@@ -312,6 +313,10 @@ pub struct Core<L> {
     rules_generation_seen: u64,
     last_rules_tick: Instant,
     rules_looked_unix_ms: u64,
+    /// Warm-up counts every shard shares; the view's generation and the UTC day last seen.
+    warmbook: Arc<crate::delivery::warmup::WarmBook>,
+    warm_generation_seen: u64,
+    warm_day: u64,
     effects: Vec<Effect>,
 }
 
@@ -367,6 +372,9 @@ impl<L: LogSink> Core<L> {
             rules_generation_seen: 0,
             last_rules_tick: now,
             rules_looked_unix_ms: 0,
+            warmbook: Arc::default(),
+            warm_generation_seen: 0,
+            warm_day: 0,
             effects: Vec::new(),
         }
     }

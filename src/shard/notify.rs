@@ -156,7 +156,8 @@ impl<L: LogSink> Core<L> {
         let spec = MessageSpec {
             batch_id,
             created_unix_ms: now,
-            flags: MESSAGE_VERBATIM,
+            // A report is transactional: ahead of campaign mail.
+            flags: MESSAGE_VERBATIM | crate::queue::record::MESSAGE_PRIORITY,
             sender: String::new(),
             campaign: String::new(),
             tenant: m.tenant.to_string(),

@@ -20,6 +20,7 @@ pub fn retry_policy(config: &Config) -> RetryPolicy {
 impl<L: LogSink> Core<L> {
     /// Results from an owner, for recipients of this home.
     pub(super) fn on_outcomes(&mut self, items: Vec<OutcomeItem>, scope: &str) {
+        self.warm_outcomes(scope, &items);
         for item in items {
             let outcome = match &item.result {
                 ItemResult::Smtp(result) => {

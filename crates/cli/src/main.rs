@@ -117,6 +117,13 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sources under a warm-up schedule: per provider, today's step, cap and counts
+    Warmup {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// End a reply rule's suspension or cap on a scope (provider@source) now; it comes back
     /// over the rule's ramp
     Lift {
@@ -232,6 +239,7 @@ fn main() -> ExitCode {
             QueueCommand::Bounce(t) => queue_act("bounce", &t),
             QueueCommand::Retry(t) => queue_act("retry", &t),
             QueueCommand::Rules { config, json } => queue::rules(&config.config, json),
+            QueueCommand::Warmup { config, json } => queue::warmup(&config.config, json),
             QueueCommand::Lift {
                 scope,
                 config,

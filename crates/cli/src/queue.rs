@@ -143,6 +143,22 @@ pub fn rules(path: &Path, json: bool) -> ExitCode {
     )
 }
 
+/// Every source under a warm-up schedule, at every provider, today.
+pub fn warmup(path: &Path, json: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    call(
+        &config,
+        "GET",
+        "/api/v1/warmup",
+        None,
+        json,
+        spate::admin::text::warmup,
+    )
+}
+
 /// Ends a firing on a scope now.
 pub fn lift(path: &Path, scope: &str, json: bool) -> ExitCode {
     let config = match load(path) {

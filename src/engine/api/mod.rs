@@ -122,6 +122,7 @@ impl Handler for Api {
                     &self.shared.counters,
                     &|key| self.achieved(key),
                     &self.rules_seen(),
+                    &self.warmup_status(),
                 );
                 Response::new(200, crate::admin::metrics::CONTENT_TYPE, text)
             }
@@ -144,6 +145,7 @@ impl Handler for Api {
             }
             "/api/v1/inject" if post => self.inject(&config, req, body, peer),
             "/api/v1/rules" if get => Response::json(200, self.rules_json(&config).to_string()),
+            "/api/v1/warmup" if get => Response::json(200, self.warmup_json().to_string()),
             "/api/v1/rules/lift" if post => match read_json(req, body) {
                 Ok(v) => self.lift(&config, &v, peer),
                 Err(r) => r,
@@ -197,6 +199,7 @@ impl Handler for Api {
             | "/api/v1/inject"
             | "/api/v1/rules"
             | "/api/v1/rules/lift"
+            | "/api/v1/warmup"
             | "/api/v1/suppression/add"
             | "/api/v1/suppression/remove"
             | "/api/v1/suppression/check"
@@ -380,6 +383,21 @@ impl Api {
             "campaigns": campaigns,
             "holds": &*holds,
             "rules": self.rules_json(config)["firings"].clone(),
+            "warmup": self.warmup_json()["sources"].clone(),
+        })
+    }
+
+    /// Every warming source at every provider, today.
+    fn warmup_status(&self) -> Vec<crate::delivery::warmup::WarmStatus> {
+        let day = crate::gateway::limits::utc_day(self.now());
+        self.shared.warmup.status(day)
+    }
+
+    fn warmup_json(&self) -> Value {
+        let day = crate::gateway::limits::utc_day(self.now());
+        json!({
+            "day": crate::config::date_text(day),
+            "sources": self.warmup_status(),
         })
     }
 

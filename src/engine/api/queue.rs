@@ -297,8 +297,23 @@ impl Api {
         let in_flight: u64 = parts.iter().map(|p| p.in_flight).sum();
         let held: u64 = parts.iter().map(|p| p.state.held).sum();
         let next_due = parts.iter().filter_map(|p| p.next_due_unix_ms).min();
+        // Sources that may send no more to this provider today (warm-up).
+        let warm_full: Vec<String> = match scope.as_deref() {
+            Some(s) => {
+                let base = crate::delivery::scope::split_key(s).0;
+                let day = crate::gateway::limits::utc_day(self.now());
+                self.shared
+                    .warmup
+                    .status(day)
+                    .into_iter()
+                    .filter(|w| w.provider == base && w.state != "warming" && w.state != "warm")
+                    .map(|w| w.source)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let constraint = why_constraint(
-            &holds,
+            (&holds, &warm_full),
             &parts,
             found.as_ref(),
             &domain,
@@ -472,7 +487,7 @@ impl Api {
 
 /// What a domain's (or one recipient's) mail waits for, most binding first.
 fn why_constraint(
-    holds: &Holds,
+    (holds, warm_full): (&Holds, &[String]),
     parts: &[crate::shard::DomainWhy],
     recipient: Option<&crate::shard::RecipientWhy>,
     domain: &str,
@@ -498,6 +513,17 @@ fn why_constraint(
     // A reply rule on the scope (or on a source of it) explains more than its symptoms.
     if let Some(c @ Constraint::Rule { .. }) = view.map(|v| view::scope_constraint(v, holds)) {
         return c;
+    }
+    // Held with no operator's suspension: its pool's sources are full for today.
+    let held = match recipient {
+        Some(r) => r.state == "held",
+        // (A domain's: only when no operator holds anything that could hold it.)
+        None => parts.iter().any(|p| p.state.held > 0) && holds.suspended.is_empty(),
+    };
+    if held && !warm_full.is_empty() {
+        return Constraint::Warmup {
+            sources: warm_full.to_vec(),
+        };
     }
     let last_failure = view
         .and_then(|v| v.notes.last_failure.clone())

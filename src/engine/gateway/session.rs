@@ -417,6 +417,13 @@ impl Session {
         } else {
             (0, Vec::new(), Vec::new())
         };
+        // Transactional: ahead of campaign mail in its scope, unless the configuration says
+        // otherwise.
+        let flags = if self.shard.config.borrow().delivery.gateway_priority {
+            flags | crate::queue::record::MESSAGE_PRIORITY
+        } else {
+            flags
+        };
         // The user's pool, else its tenant's, else the default (validated with the
         // configuration, so a pool named here exists).
         let explicit = user.and_then(|u| u.pool.as_deref());
