@@ -140,6 +140,8 @@ struct Receiver {
     /// Accepted since the day began (`allowance`), and deferred for it.
     today: u64,
     today_deferred: u64,
+    /// When each recipient was first accepted.
+    first_accepted: HashMap<String, Instant>,
 }
 
 impl Receiver {
@@ -164,6 +166,7 @@ impl Receiver {
             allowance: None,
             today: 0,
             today_deferred: 0,
+            first_accepted: HashMap::new(),
         }
     }
 
@@ -220,6 +223,7 @@ impl Receiver {
         } else {
             self.tokens -= 1.0;
             self.today += 1;
+            self.first_accepted.entry(rcpt.to_string()).or_insert(now);
             *self.accepted.entry(rcpt.to_string()).or_default() += 1;
             self.accepted_at.push_back(now);
             Reply::new(250, "2.0.0 Ok: queued")
@@ -480,6 +484,11 @@ impl Sim {
     /// receiver accepting `rate` messages a second (pushback beyond), and `recipients` to
     /// send. For the throttle's closed loop.
     fn steady(seed: u64, rate: f64, recipients: usize) -> Sim {
+        Sim::steady_capped(seed, rate, recipients, None)
+    }
+
+    /// `steady`, the scope with a configured `max_message_rate` of `max_rate` if given.
+    fn steady_capped(seed: u64, rate: f64, recipients: usize, max_rate: Option<f64>) -> Sim {
         let mut sim = Sim::new(seed);
         let now = sim.clock.now();
         sim.timers.clear();
@@ -493,7 +502,7 @@ impl Sim {
             connection_limit: 40,
             max_per_connection: 1_000,
             tls: TlsPolicy::Opportunistic,
-            max_rate: None,
+            max_rate,
             controller: Default::default(),
             provider_rate: None,
         };
@@ -1427,7 +1436,9 @@ impl Sim {
             let (from, to) = (i / 2 / self.n, i / 2 % self.n);
             for m in ch {
                 match m {
-                    Msg::Credit { scope, n } => *outstanding.entry((from, scope)).or_default() += n,
+                    Msg::Credit { scope, n, .. } => {
+                        *outstanding.entry((from, scope)).or_default() += n
+                    }
                     Msg::Prepared { scope, granted, .. } => {
                         *outstanding.entry((to, scope)).or_default() += granted
                     }
@@ -1694,11 +1705,16 @@ impl Sim {
 
     /// Adds a batch of `count` recipients to the provider, fed from now.
     fn add_day_batch(&mut self, day: usize, count: usize) {
-        let id = 1_000 + self.batches.len() as u64;
-        let mut chunks = Vec::new();
         let rcpts: Vec<String> = (0..count)
             .map(|i| format!("d{day}r{i}@isp.example"))
             .collect();
+        self.add_batch(rcpts, "t", &format!("day{day}"), 0);
+    }
+
+    /// Adds a batch of `rcpts` of `tenant`'s `campaign` (message `flags`), fed from now.
+    fn add_batch(&mut self, rcpts: Vec<String>, tenant: &str, campaign: &str, flags: u8) {
+        let id = 1_000 + self.batches.len() as u64;
+        let mut chunks = Vec::new();
         for home in 0..self.n {
             let mine: Vec<String> = rcpts.iter().skip(home).step_by(self.n).cloned().collect();
             for part in mine.chunks(64) {
@@ -1708,10 +1724,10 @@ impl Sim {
         let spec = Arc::new(MessageSpec {
             batch_id: id,
             created_unix_ms: self.clock.unix_ms(),
-            flags: 0,
+            flags,
             sender: "news@sender.example".into(),
-            campaign: format!("day{day}"),
-            tenant: "t".into(),
+            campaign: campaign.into(),
+            tenant: tenant.into(),
             var_names: vec!["to".into()],
             body: b"From: news@sender.example\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nhi\r\n"
                 .to_vec(),
@@ -1924,4 +1940,87 @@ fn a_new_source_follows_its_warm_up_holds_when_deferred_and_spills_to_the_warm_o
     );
     // Nothing lost: every recipient delivered once.
     sim.end_checks().unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Fair shares.
+
+#[test]
+fn a_small_campaign_gets_its_fair_share_beside_a_big_one_and_transactional_mail_goes_first() {
+    // One provider paced at 200/s (the receiver would take more); a big campaign of tenant
+    // "t" from the start (fed in by 13 s, as this shell's intake goes), a small one of
+    // tenant "small" at 20 s, and transactional mail (the gateway's flag) at 22 s and 23 s.
+    const RATE: f64 = 200.0;
+    const SMALL: usize = 500;
+    let mut sim = Sim::steady_capped(42, 1_000.0, 20_000, Some(RATE));
+    let start = sim.started;
+    let mut small_at = None;
+    let mut urgent_at = Vec::new();
+    let small: Vec<String> = (0..SMALL).map(|i| format!("s{i}@steady.example")).collect();
+    let result = (|| loop {
+        let t = sim.clock.now().duration_since(start);
+        if small_at.is_none() && t >= Duration::from_secs(20) {
+            small_at = Some(sim.clock.now());
+            sim.add_batch(small.clone(), "small", "little", 0);
+        }
+        for (i, at) in [22u64, 23].iter().enumerate() {
+            if urgent_at.len() == i && t >= Duration::from_secs(*at) {
+                urgent_at.push(sim.clock.now());
+                let rcpts = (0..3).map(|j| format!("u{i}x{j}@steady.example")).collect();
+                sim.add_batch(rcpts, "app", "", spate::queue::record::MESSAGE_PRIORITY);
+            }
+        }
+        let r = &sim.receivers["steady"];
+        let done = small.iter().all(|s| r.first_accepted.contains_key(s))
+            && urgent_at.len() == 2
+            && (0..2).all(|i| {
+                (0..3).all(|j| {
+                    r.first_accepted
+                        .contains_key(&format!("u{i}x{j}@steady.example"))
+                })
+            });
+        if done || t > Duration::from_secs(90) {
+            return Ok::<(), String>(());
+        }
+        sim.step()?;
+    })();
+    result.unwrap_or_else(|e| panic!("{e}"));
+    let r = &sim.receivers["steady"];
+    let small_at = small_at.expect("the small campaign was fed");
+    let last = small
+        .iter()
+        .map(|s| {
+            *r.first_accepted
+                .get(s)
+                .unwrap_or_else(|| panic!("{s} not delivered"))
+        })
+        .max()
+        .unwrap();
+    let took = last.duration_since(small_at).as_secs_f64();
+    // Two tenants share the scope's 200/s: the small one's fair share is 100/s.
+    let ideal = SMALL as f64 / (RATE / 2.0);
+    let big_during = r
+        .first_accepted
+        .iter()
+        .filter(|(k, t)| k.starts_with('r') && **t >= small_at && **t <= last)
+        .count();
+    println!(
+        "small campaign: {SMALL} in {took:.2} s (fair-share ideal {ideal:.2} s, {:.0}% of it); the big one delivered {big_during} meanwhile",
+        took / ideal * 100.0
+    );
+    assert!(
+        took <= ideal * 1.2,
+        "{took:.2} s against an ideal of {ideal:.2} s"
+    );
+    // And the big one was not stopped for it: about its half meanwhile.
+    assert!(big_during as f64 >= 0.8 * took * RATE / 2.0, "{big_during}");
+    for (i, at) in urgent_at.iter().enumerate() {
+        let latest = (0..3)
+            .map(|j| r.first_accepted[&format!("u{i}x{j}@steady.example")])
+            .max()
+            .unwrap();
+        let waited = latest.duration_since(*at).as_secs_f64();
+        println!("transactional batch {i}: delivered {waited:.3} s after it was queued");
+        assert!(waited < 1.0, "{waited:.3} s");
+    }
 }

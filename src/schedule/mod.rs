@@ -124,9 +124,9 @@ pub struct Home {
     /// Both hold only domains in `resolving`, so `RESOLVING_MAX` bounds them.
     quiet_retries: BinaryHeap<Reverse<(Instant, Box<str>)>>,
     failures: HashMap<Box<str>, u32>,
-    /// Routed recipients per scope, waiting for credit: (scope, owner, sequence numbers,
-    /// changed since the last announcement).
-    pending: HashMap<String, (Scope, usize, VecDeque<u64>, bool)>,
+    /// Routed recipients per scope, waiting for credit: (scope, owner, their lanes (fair
+    /// shares, transactional mail first), changed since the last announcement).
+    pending: HashMap<String, (Scope, usize, lanes::Lanes, bool)>,
     /// The scopes marked changed in `pending`: an announcement looks at these, not at every
     /// scope waiting here (tens of thousands in a long tail).
     changed: Vec<String>,
@@ -150,6 +150,36 @@ pub struct Home {
     /// out of routing.
     warm: Arc<crate::delivery::warmup::WarmBook>,
     warm_view: Arc<crate::delivery::warmup::WarmView>,
+    /// Which scopes one shard sends for, whichever home their recipients wait at.
+    paced: PacedOwners,
+}
+
+/// Paced scopes (a provider with a `max_message_rate`, or any scope at an egress source)
+/// have one owner shard, by a hash of their key: every home's recipients of the scope wait
+/// in their own lanes, and that owner's credit goes round the homes, so the scope's rate is
+/// shared fairly between senders across the whole engine (`lanes`), and one pace and one
+/// throttle hold it. Other scopes are sent by each home's own shard, over its share of the
+/// scope's connections (`delivery::shares`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PacedOwners {
+    pub shards: usize,
+    /// Providers with a `max_message_rate`.
+    pub providers: std::collections::HashSet<String>,
+}
+
+impl PacedOwners {
+    /// The shard that sends `key`'s mail, routed by the shard `routing`.
+    pub fn owner(&self, key: &str, routing: usize) -> usize {
+        if self.shards <= 1 {
+            return routing;
+        }
+        let (base, source) = crate::delivery::scope::split_key(key);
+        if source.is_some() || self.providers.contains(base) {
+            (crate::hash::stable_hash(key.as_bytes()) % self.shards as u64) as usize
+        } else {
+            routing
+        }
+    }
 }
 
 impl Default for Home {
@@ -172,6 +202,7 @@ impl Default for Home {
             firings: Arc::default(),
             warm: Arc::default(),
             warm_view: Arc::default(),
+            paced: PacedOwners::default(),
         }
     }
 }
@@ -191,7 +222,7 @@ impl Home {
     fn reroute_pending(&mut self, pick: impl Fn(&str) -> bool) {
         let mut seqs: Vec<u64> = Vec::new();
         for (key, p) in self.pending.iter_mut().filter(|(k, _)| pick(k)) {
-            seqs.extend(std::mem::take(&mut p.2));
+            seqs.extend(p.2.drain());
             if !p.3 {
                 p.3 = true;
                 self.changed.push(key.clone());
@@ -200,6 +231,11 @@ impl Home {
         for seq in seqs.into_iter().rev() {
             self.ready.push_front(seq);
         }
+    }
+
+    /// Which scopes have one owner shard (a new configuration's).
+    pub fn set_paced(&mut self, paced: PacedOwners) {
+        self.paced = paced;
     }
 
     /// After recovery: everything live is waiting or deferred.
@@ -367,20 +403,39 @@ impl Home {
                         _ => self.held.push(seq),
                     }
                 }
-                Some((scope, owner)) => match self.pending.get_mut(&scope.key) {
-                    Some(entry) => {
-                        entry.2.push_back(seq);
-                        if !entry.3 {
-                            entry.3 = true;
+                Some((scope, owner)) => {
+                    // Its lane: transactional, or its tenant's and campaign's.
+                    let class = match index.messages.get(&e.message_seq) {
+                        Some(m) if m.priority => lanes::Class::Priority,
+                        Some(m) => lanes::Class::Campaign {
+                            tenant: &m.tenant,
+                            campaign: &m.campaign,
+                            weight: self.egress.tenant_weight(&m.tenant),
+                        },
+                        None => lanes::Class::Campaign {
+                            tenant: "",
+                            campaign: "",
+                            weight: 1,
+                        },
+                    };
+                    match self.pending.get_mut(&scope.key) {
+                        Some(entry) => {
+                            entry.2.push(seq, class);
+                            if !entry.3 {
+                                entry.3 = true;
+                                self.changed.push(scope.key.clone());
+                            }
+                        }
+                        None => {
+                            let mut q = lanes::Lanes::default();
+                            q.push(seq, class);
+                            let owner = self.paced.owner(&scope.key, owner);
+                            let entry = (scope.clone(), owner, q, true);
+                            self.pending.insert(scope.key.clone(), entry);
                             self.changed.push(scope.key.clone());
                         }
                     }
-                    None => {
-                        let entry = (scope.clone(), owner, VecDeque::from([seq]), true);
-                        self.pending.insert(scope.key.clone(), entry);
-                        self.changed.push(scope.key.clone());
-                    }
-                },
+                }
                 None => {
                     // Lookups in flight: domains waiting for a quiet retry hold no socket.
                     let in_flight = self
@@ -456,7 +511,7 @@ impl Home {
         let announced = &mut self.announced;
         // One scope: its count goes to its owner when the owner's view differs or is old.
         // Keys are cloned only for what is sent or removed, not for every scope looked at.
-        let mut visit = |key: &String, entry: &mut (Scope, usize, VecDeque<u64>, bool)| {
+        let mut visit = |key: &String, entry: &mut (Scope, usize, lanes::Lanes, bool)| {
             let (scope, owner, q, changed) = entry;
             *changed = false;
             let count = q.len() as u32;
@@ -525,18 +580,21 @@ impl Home {
         }
         let mut take = (n as usize).min(q.len());
         let mut reserved = 0;
-        let mut rest = Vec::new();
+        let mut full = false;
         if self.warm_view.is_capped(scope) {
             reserved = self.warm.reserve(scope, take as u64, day);
             if reserved < take as u64 {
                 take = reserved as usize;
-                rest = q.drain(take..).collect();
+                full = true;
             }
         }
+        let mut seqs = Vec::with_capacity(take);
+        q.take(take, &mut seqs);
+        let rest = if full { q.drain() } else { Vec::new() };
         let taken = Taken {
             owner: *owner,
             fallback_hosts: Arc::clone(&pending_scope.hosts),
-            seqs: q.drain(..take).collect(),
+            seqs,
             reserved,
         };
         if !rest.is_empty() {

@@ -130,19 +130,20 @@ impl<L: LogSink> Core<L> {
 
     /// Renders up to `n` waiting recipients of `scope` and sends them to its owner; with
     /// nothing here any more, or draining, the credit goes back unused.
-    pub(super) fn on_credit(&mut self, scope: String, n: u32) {
+    /// The messages go back to the shard that granted the credit, `owner`.
+    pub(super) fn on_credit(&mut self, scope: String, n: u32, owner: usize) {
         let day = self.utc_day();
-        let (owner, msgs) = match self.home.take_credit(&scope, n, self.closing, day) {
+        let msgs = match self.home.take_credit(&scope, n, self.closing, day) {
             Some(taken) => {
-                let (owner, reserved) = (taken.owner, taken.reserved);
+                let reserved = taken.reserved;
                 let msgs = self.prepare(taken);
                 if reserved > 0 {
                     let sent: usize = msgs.iter().map(|m| m.rcpts.len()).sum();
                     self.warm_unused(&scope, reserved, sent as u64);
                 }
-                (owner, msgs)
+                msgs
             }
-            None => (self.id, Vec::new()),
+            None => Vec::new(),
         };
         let home = self.id;
         let prepared = Msg::Prepared {

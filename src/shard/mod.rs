@@ -187,8 +187,9 @@ pub enum Msg {
         home: usize,
         count: u32,
     },
-    /// Owner to home: send up to `n` messages for `scope`.
-    Credit { scope: String, n: u32 },
+    /// Owner to home: send up to `n` messages for `scope` (to `owner`, the shard that
+    /// granted it: a scope's owner can change with a reload while credit is out).
+    Credit { scope: String, n: u32, owner: usize },
     /// Home to owner: rendered messages for `granted` credit (possibly fewer, none when the
     /// credit is handed back).
     Prepared {
@@ -320,6 +321,19 @@ pub struct Core<L> {
     effects: Vec<Effect>,
 }
 
+/// The scopes one shard sends for (`schedule::PacedOwners`) under `config`.
+fn paced_owners(config: &Config, shards: usize) -> crate::schedule::PacedOwners {
+    crate::schedule::PacedOwners {
+        shards,
+        providers: config
+            .providers
+            .iter()
+            .filter(|(_, p)| p.max_message_rate.is_some())
+            .map(|(k, _)| k.clone())
+            .collect(),
+    }
+}
+
 /// Bytes of learnt suppression entries a core holds for its shell to write.
 pub const LEARNT_BYTES_MAX: usize = 1 << 20;
 
@@ -340,6 +354,7 @@ impl<L: LogSink> Core<L> {
         let mut home = Home::default();
         home.load(&queue.index);
         home.set_egress(Arc::new(config.egress.clone()));
+        home.set_paced(paced_owners(&config, shards));
         let now = clock.now();
         Core {
             id,
@@ -415,6 +430,7 @@ impl<L: LogSink> Core<L> {
         self.owner
             .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
         self.home.set_egress(Arc::new(config.egress.clone()));
+        self.home.set_paced(paced_owners(&config, self.shards));
         self.config = config;
     }
 
@@ -431,7 +447,7 @@ impl<L: LogSink> Core<L> {
     pub fn on_message(&mut self, msg: Msg) {
         match msg {
             Msg::Demand { scope, home, count } => self.on_demand(scope, home, count),
-            Msg::Credit { scope, n } => self.on_credit(scope, n),
+            Msg::Credit { scope, n, owner } => self.on_credit(scope, n, owner),
             Msg::Prepared {
                 scope,
                 home,

@@ -284,7 +284,8 @@ impl<L: LogSink> Core<L> {
         self.owner.grant(scope, &mut credits);
         for (home, n) in credits {
             let scope = scope.to_string();
-            self.send(home, Msg::Credit { scope, n });
+            let owner = self.id;
+            self.send(home, Msg::Credit { scope, n, owner });
         }
     }
 
@@ -297,7 +298,8 @@ impl<L: LogSink> Core<L> {
         let mut credits = Vec::new();
         self.owner.grant_waiting(&mut credits);
         for (scope, home, n) in credits {
-            self.send(home, Msg::Credit { scope, n });
+            let owner = self.id;
+            self.send(home, Msg::Credit { scope, n, owner });
         }
         for scope in self.owner.spawn_starved() {
             self.effects.push(Effect::SpawnWorker {

@@ -259,6 +259,7 @@ fn a_draining_home_hands_credit_back_unused() {
     f.core.on_message(Msg::Credit {
         scope: "site:mx.d.example".into(),
         n: 5,
+        owner: 0,
     });
     let effects = f.core.take_effects();
     assert!(

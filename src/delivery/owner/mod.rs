@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 /// credit round trip (within the shard now, through its outbox); every one is a rendered message in memory, so more only
 /// costs memory (16 held 540 MiB of 100 KiB messages in the standard scenario, 4 hold 200).
 pub const WINDOW_PER_CONNECTION: u32 = 4;
+/// A paced scope keeps at most this long of its pace ready or promised (`room`).
+pub const PACED_WINDOW: Duration = Duration::from_millis(250);
 /// Most messages granted to one home at once (recipients of one pickup message that share a
 /// transaction must come in one grant).
 pub const CREDIT_BATCH_MAX: u32 = 16;
@@ -231,8 +233,15 @@ impl<M> OwnerScope<M> {
     }
 
     /// Credit this scope can still give: its window less what waits here or is promised.
+    /// A paced scope's window is also at most `PACED_WINDOW` of its pace: what is rendered
+    /// here has left its home's lanes, so a deeper window would only delay mail that comes
+    /// first there (transactional mail, a tenant's fair share) behind it.
     fn room(&self) -> u32 {
-        let window = self.limits.connection_limit * WINDOW_PER_CONNECTION;
+        let mut window = self.limits.connection_limit * WINDOW_PER_CONNECTION;
+        if let Some(interval) = self.throttle.interval() {
+            let paced = PACED_WINDOW.as_secs_f64() / interval.as_secs_f64().max(1e-9);
+            window = window.min((paced as u32).max(CREDIT_BATCH_MAX));
+        }
         let promised: u32 = self.credit_out.iter().sum();
         window.saturating_sub(self.ready.len() as u32 + promised)
     }
