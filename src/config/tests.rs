@@ -631,3 +631,22 @@ fn warmup_schedules_and_their_errors() {
         "between 0 and 1",
     );
 }
+
+#[test]
+fn tenant_weights_and_gateway_priority() {
+    let c = Config::parse("[tenants.gold]\nweight = 3\n[tenants.plain]\n", "t").unwrap();
+    assert_eq!(c.egress.tenant_weight("gold"), 3);
+    assert_eq!(c.egress.tenant_weight("plain"), 1);
+    assert_eq!(c.egress.tenant_weight("unknown"), 1);
+    // Tenants alone do not make sources: mail still leaves from the system's address.
+    assert!(c.egress.is_empty());
+    assert!(c.delivery.gateway_priority);
+    let c = Config::parse("[delivery]\ngateway_priority = false\n", "t").unwrap();
+    assert!(!c.delivery.gateway_priority);
+    for bad in ["0", "1001"] {
+        let e = Config::parse(&format!("[tenants.x]\nweight = {bad}\n"), "t")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("tenants.x.weight: a weight is 1 to 1000"), "{e}");
+    }
+}

@@ -7,9 +7,10 @@
 //! `connection_limit` between the shards that have recipients for it.
 //!
 //! A scope with a `max_message_rate` is paced, and a pace cannot be split exactly (two
-//! shards pacing halves each send their first message at once): it is held by one shard at a
-//! time, all its connections with it, and the turn moves every `PACED_TURN` while other
-//! shards wait for it. The pace moves with the turn (`Pace`: the throttle, adaptive limit
+//! shards pacing halves each send their first message at once): it has one owner shard
+//! (`schedule::PacedOwners`), which sends every home's recipients of it. Should two shards
+//! still have its mail (a reload changed its owner), it is held by one of them at a time, all
+//! its connections with it, and the turn moves every `PACED_TURN` while the other waits. The pace moves with the turn (`Pace`: the throttle, adaptive limit
 //! included, and the time of the next send), so the scope's messages follow one pace
 //! whichever shard sends them. A scope at an egress source (`yahoo@mta1`) is paced the same
 //! way: its receiver counts that one address, and one throttle learns its rate. Any other

@@ -14,9 +14,11 @@
 //!   it implies.
 //! - [`postfix`]: a private Postfix instance on loopback (the harness's baseline, a test's
 //!   real receiver).
+//! - [`arrivals`]: later campaigns and gateway mail during a run, and how they fared.
 //! - [`run`]: one whole run of a scenario with its report (the demo and the harness).
 //! - [`demo`]: `spate demo`, a campaign on this machine with no setup.
 
+pub mod arrivals;
 pub mod campaign;
 pub mod demo;
 pub mod dns;

@@ -124,6 +124,10 @@ pub struct RunReport {
     pub dns_queries: u64,
     pub timed_out: bool,
     pub providers: Vec<ProviderReport>,
+    /// Later campaigns (`[[arrival]]`) and gateway mail (`[gateway]`), if the scenario has
+    /// them.
+    pub arrivals: Vec<crate::arrivals::ArrivalReport>,
+    pub gateway: Option<crate::arrivals::GatewayReport>,
     pub samples: Vec<Sample>,
 }
 
@@ -301,7 +305,20 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
     let sink = Sink::start(profile)?;
     let dns = DnsResponder::start("127.0.0.1:0".parse().expect("address"), zone)?;
     let port = options.external.as_ref().map_or(sink.port, |e| e.port);
-    let config_text = s.engine_config(base, dns.addr, port);
+    let mut config_text = s.engine_config(base, dns.addr, port);
+    // Gateway mail: a loopback listener relaying for loopback clients, on a free port.
+    let gateway_addr = match &s.gateway {
+        Some(_) => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            drop(l);
+            config_text.push_str(&format!(
+                "\n[[listeners]]\nlisten = \"{addr}\"\ntls = \"none\"\nrelay_networks = [\"127.0.0.0/8\"]\n"
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
     let config_path = base.join("spate.toml");
     std::fs::write(&config_path, &config_text).map_err(|e| io(&config_path, e))?;
     let config = spate::config::Config::parse(&config_text, &config_path.display().to_string())
@@ -370,6 +387,11 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
         return Err(io(&incoming, e));
     }
 
+    let gateway = match (&s.gateway, gateway_addr) {
+        (Some(g), Some(addr)) => Some(crate::arrivals::start_gateway(g.clone(), addr)),
+        _ => None,
+    };
+    let mut arrivals: Vec<(crate::arrivals::Arrival, u64)> = Vec::new();
     let mut follower = LogFollower {
         path: log_path,
         offset: 0,
@@ -405,10 +427,30 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             engine_rss_bytes: rss,
             engine_rss_anon_bytes: anon,
         };
+        for a in s.arrivals.iter().skip(arrivals.len()) {
+            if started.elapsed().as_secs_f64() < a.at_s {
+                break;
+            }
+            let name = format!("{}.jsonl", a.campaign);
+            crate::arrivals::write_batch(a, &tmp.join(&name)).map_err(|e| io(&tmp, e))?;
+            std::fs::rename(tmp.join(&name), incoming.join(&name)).map_err(|e| io(&incoming, e))?;
+            arrivals.push((a.clone(), unix_us() / 1000));
+        }
+        // Later batches and gateway mail count once all of them are in.
+        let gateway_done = gateway.as_ref().is_none_or(|(h, _)| h.is_finished());
+        let extra = if arrivals.len() == s.arrivals.len() && gateway_done {
+            let sent = gateway.as_ref().map_or(0, |(_, sent)| {
+                sent.lock().expect("gateway log").len() as u64
+            });
+            arrivals.iter().map(|(a, _)| a.recipients).sum::<u64>() + sent
+        } else {
+            u64::MAX / 2
+        };
         let finals = ["Delivery", "Bounce", "Expiration"]
             .iter()
             .map(|t| follower.count(t))
-            .sum::<u64>();
+            .sum::<u64>()
+            .saturating_sub(extra.min(u64::MAX / 2));
         if options.live {
             let notes = capture
                 .as_ref()
@@ -503,6 +545,17 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |&us| us as f64 / 1000.0)
     };
+    let sent = gateway.map(|(h, sent)| {
+        let _ = h.join();
+        std::mem::take(&mut *sent.lock().expect("gateway log"))
+    });
+    let extras = arrivals.iter().map(|(a, _)| a.recipients).sum::<u64>()
+        + sent.as_ref().map_or(0, |s| s.len() as u64);
+    let (arrival_reports, gateway_report) = if arrivals.is_empty() && sent.is_none() {
+        (Vec::new(), None)
+    } else {
+        crate::arrivals::analyse(&follower.path, &arrivals, sent.as_deref())?
+    };
     let delivered = follower.count("Delivery");
     let bounced = follower.count("Bounce");
     let expired = follower.count("Expiration");
@@ -522,7 +575,7 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
         transient_failures: follower.count("TransientFailure"),
         received_unique: unique,
         duplicates,
-        missing: valid.saturating_sub(unique + bounced + expired),
+        missing: (valid + extras).saturating_sub(unique + bounced + expired),
         delivered_per_s: delivered as f64 / elapsed.max(1e-9),
         first_delivery_ms: latencies.first().map_or(0.0, |&us| us as f64 / 1000.0),
         latency: Latency {
@@ -539,6 +592,8 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
         dns_queries,
         timed_out,
         providers,
+        arrivals: arrival_reports,
+        gateway: gateway_report,
         samples,
     })
 }
@@ -717,6 +772,28 @@ impl RunReport {
                     s.ip, s.accepted, s.throttled
                 ));
             }
+        }
+        if !self.arrivals.is_empty() {
+            m.push_str("\n| later campaign | tenant | recipients | landed at | delivered | took | fair-share ideal | of ideal |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+            for a in &self.arrivals {
+                m.push_str(&format!(
+                    "| {} | {} | {} | {:.0} s | {} | {:.2} s | {:.2} s | {:.0}% |\n",
+                    a.campaign,
+                    a.tenant,
+                    a.recipients,
+                    a.at_s,
+                    a.delivered,
+                    a.took_s,
+                    a.ideal_s,
+                    a.took_s / a.ideal_s.max(1e-9) * 100.0
+                ));
+            }
+        }
+        if let Some(g) = &self.gateway {
+            m.push_str(&format!(
+                "\nGateway (transactional) mail: {} submitted, {} delivered; from the 250 after its data to its delivery: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms.\n",
+                g.submitted, g.delivered, g.p50_ms, g.p99_ms, g.max_ms
+            ));
         }
         m.push_str(if self.complete() {
             "\nEvery valid recipient reached its final outcome; the receipt log shows each delivered one exactly as often as the delivery log.\n"

@@ -46,6 +46,12 @@ pub struct Scenario {
     pub tls_key: Option<std::path::PathBuf>,
     #[serde(rename = "provider")]
     pub providers: Vec<ProviderProfile>,
+    /// Later campaign batches, dropped during the run (`arrivals`).
+    #[serde(default, rename = "arrival")]
+    pub arrivals: Vec<crate::arrivals::Arrival>,
+    /// Transactional mail through the SMTP gateway during the run (`arrivals`).
+    #[serde(default)]
+    pub gateway: Option<crate::arrivals::GatewayLoad>,
 }
 
 fn default_name() -> String {
