@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 pub const WINDOW_PER_CONNECTION: u32 = 4;
 /// A paced scope keeps at most this long of its pace ready or promised (`room`).
 pub const PACED_WINDOW: Duration = Duration::from_millis(250);
+/// A paced scope's window is never below this many messages, however slow its pace.
+pub const PACED_WINDOW_MIN: u32 = 4;
 /// Most messages granted to one home at once (recipients of one pickup message that share a
 /// transaction must come in one grant).
 pub const CREDIT_BATCH_MAX: u32 = 16;
@@ -240,7 +242,7 @@ impl<M> OwnerScope<M> {
         let mut window = self.limits.connection_limit * WINDOW_PER_CONNECTION;
         if let Some(interval) = self.throttle.interval() {
             let paced = PACED_WINDOW.as_secs_f64() / interval.as_secs_f64().max(1e-9);
-            window = window.min((paced as u32).max(CREDIT_BATCH_MAX));
+            window = window.min((paced as u32).max(PACED_WINDOW_MIN));
         }
         let promised: u32 = self.credit_out.iter().sum();
         window.saturating_sub(self.ready.len() as u32 + promised)
