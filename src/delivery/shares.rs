@@ -8,7 +8,7 @@
 //!
 //! A scope with a `max_message_rate` is paced, and a pace cannot be split exactly (two
 //! shards pacing halves each send their first message at once): it has one owner shard
-//! (`schedule::PacedOwners`), which sends every home's recipients of it. Should two shards
+//! (`schedule::ScopeOwners`), which sends every home's recipients of it. Should two shards
 //! still have its mail (a reload changed its owner), it is held by one of them at a time, all
 //! its connections with it, and the turn moves every `PACED_TURN` while the other waits. The pace moves with the turn (`Pace`: the throttle, adaptive limit
 //! included, and the time of the next send), so the scope's messages follow one pace

@@ -2,9 +2,12 @@
 //!
 //! The configured `max_message_rate` is a ceiling. Beneath it the receiver decides: when it
 //! pushes back (421, or a 4xx whose text says rate limit, as Gmail's 4.7.28 and Yahoo's TSS04
-//! do) the scope eases off at once to 70% of the rate the receiver was actually accepting
-//! (multiplicative decrease, at most every 250 ms, measured on what the receiver accepted
-//! since the previous cut, so the replies already in flight do not collapse it), then ramps back up every second it goes without pushback: by a tenth of the
+//! do) the scope eases off at once to 90% of the rate the receiver was actually accepting,
+//! and to 70% if it pushes back again within a second of that cut (multiplicative decrease,
+//! a third as deep after a calm spell: most pushback is a receiver's limit just passed; at
+//! most every 250 ms, measured on what the receiver accepted since the previous cut, so the
+//! replies already in flight do not collapse it), then ramps back up every second it goes
+//! without pushback: by a tenth of the
 //! rate it was cut from until it is back there, then by a tenth of itself, so a receiver that
 //! has recovered is found again within tens of seconds. After a minute without pushback the
 //! adaptive limit is lifted.
@@ -23,6 +26,13 @@ pub const INCREASE: f64 = 0.1;
 /// since the last cut, short enough that a receiver that drops its rate tenfold is matched
 /// within a second.
 pub const DECREASE_HOLD: Duration = Duration::from_millis(250);
+/// The first cut after a calm spell: a third as deep as `cut` (0.9 for the default 0.7).
+pub fn first_cut(cut: f64) -> f64 {
+    1.0 - (1.0 - cut) / 3.0
+}
+
+/// Pushback this soon after a cut earns the full cut; later, a third of it (`first_cut`).
+const ESCALATE_WITHIN: Duration = Duration::from_secs(1);
 /// A cut this recent is the baseline for the next one; an older one is stale.
 const RECENT_CUT: Duration = Duration::from_secs(2);
 /// The adaptive limit is lifted after this long without pushback.
@@ -205,7 +215,18 @@ impl Throttle {
                     Some(r) => r,
                     None => observed,
                 };
-                let new = (base * self.controller.cut).max(RATE_MIN);
+                // The first cut after a calm spell is half as deep: most pushback is a
+                // receiver's brief limit just passed. Pushback again within `RECENT_CUT`
+                // says the limit is lower: the full cut.
+                let recent = self
+                    .last_decrease
+                    .is_some_and(|t| now.duration_since(t) < ESCALATE_WITHIN);
+                let cut = if recent {
+                    self.controller.cut
+                } else {
+                    first_cut(self.controller.cut)
+                };
+                let new = (base * cut).max(RATE_MIN);
                 self.cut_from = base.max(RATE_MIN);
                 self.limit = Some(new);
                 self.last_decrease = Some(now);
@@ -432,7 +453,16 @@ mod tests {
             );
         }
         assert_eq!(t.rate().unwrap(), after_first, "held for DECREASE_HOLD");
-        assert!(after_first <= 500.0 * DECREASE + 1e-9);
+        // The first cut after a calm spell is a third as deep.
+        assert!((after_first - 500.0 * first_cut(DECREASE)).abs() < 1e-9);
+        // Pushback again within a second (on a message paced after the cut): the full cut.
+        let again = now + Duration::from_millis(400);
+        t.record(0, false, again, again);
+        assert!(matches!(
+            t.record(0, true, again, again),
+            Change::Decreased(_)
+        ));
+        assert!(t.rate().unwrap() <= after_first * DECREASE + 1e-9);
     }
 
     #[test]
@@ -449,12 +479,20 @@ mod tests {
         t.record(1000, false, half, half);
         let now = start + Duration::from_millis(1000);
         t.tick(now);
-        assert_eq!(t.record(0, true, now, now), Change::Decreased(500.0));
-        // One quiet second adds 30% of the rate cut from.
+        // A third of the cut at first (to 5/6), then, pushed back again within a second,
+        // the whole cut of what the receiver took meanwhile (250 in 500 ms: 500/s).
+        let Change::Decreased(first) = t.record(0, true, now, now) else {
+            panic!("no cut");
+        };
+        assert!((first - 1000.0 * first_cut(0.5)).abs() < 1e-6, "{first}");
+        let soon = now + Duration::from_millis(500);
+        t.record(250, false, soon, soon);
+        assert_eq!(t.record(0, true, soon, soon), Change::Decreased(250.0));
+        // A window's second adds 30% of the rate cut from (500/s): 400.
         let later = now + Duration::from_millis(1000);
         t.tick(later);
         assert!(
-            (t.adaptive_limit().unwrap() - 800.0).abs() < 1e-6,
+            (t.adaptive_limit().unwrap() - 400.0).abs() < 1e-6,
             "{:?}",
             t.adaptive_limit()
         );

@@ -151,23 +151,25 @@ pub struct Home {
     warm: Arc<crate::delivery::warmup::WarmBook>,
     warm_view: Arc<crate::delivery::warmup::WarmView>,
     /// Which scopes one shard sends for, whichever home their recipients wait at.
-    paced: PacedOwners,
+    owners: ScopeOwners,
 }
 
-/// Paced scopes (a provider with a `max_message_rate`, or any scope at an egress source)
-/// have one owner shard, by a hash of their key: every home's recipients of the scope wait
-/// in their own lanes, and that owner's credit goes round the homes, so the scope's rate is
-/// shared fairly between senders across the whole engine (`lanes`), and one pace and one
-/// throttle hold it. Other scopes are sent by each home's own shard, over its share of the
-/// scope's connections (`delivery::shares`).
+/// A provider's scopes (every `[providers.NAME]`, at any egress source) and any scope at an
+/// egress source have one owner shard, by a hash of their key: every home's recipients of
+/// the scope wait in their own lanes, and that owner's credit goes round the homes, so the
+/// scope's rate is shared fairly between senders across the whole engine (`lanes`), and one
+/// throttle learns what the receiver takes (split between shards, a throttle with a small
+/// share cut from the little it got through: docs/throttling.md). Other scopes (sites, the
+/// long tail) are sent by each home's own shard, over its share of the scope's connections
+/// (`delivery::shares`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PacedOwners {
+pub struct ScopeOwners {
     pub shards: usize,
-    /// Providers with a `max_message_rate`.
+    /// The configured providers.
     pub providers: std::collections::HashSet<String>,
 }
 
-impl PacedOwners {
+impl ScopeOwners {
     /// The shard that sends `key`'s mail, routed by the shard `routing`.
     pub fn owner(&self, key: &str, routing: usize) -> usize {
         if self.shards <= 1 {
@@ -202,7 +204,7 @@ impl Default for Home {
             firings: Arc::default(),
             warm: Arc::default(),
             warm_view: Arc::default(),
-            paced: PacedOwners::default(),
+            owners: ScopeOwners::default(),
         }
     }
 }
@@ -234,8 +236,8 @@ impl Home {
     }
 
     /// Which scopes have one owner shard (a new configuration's).
-    pub fn set_paced(&mut self, paced: PacedOwners) {
-        self.paced = paced;
+    pub fn set_owners(&mut self, owners: ScopeOwners) {
+        self.owners = owners;
     }
 
     /// After recovery: everything live is waiting or deferred.
@@ -429,7 +431,7 @@ impl Home {
                         None => {
                             let mut q = lanes::Lanes::default();
                             q.push(seq, class);
-                            let owner = self.paced.owner(&scope.key, owner);
+                            let owner = self.owners.owner(&scope.key, owner);
                             let entry = (scope.clone(), owner, q, true);
                             self.pending.insert(scope.key.clone(), entry);
                             self.changed.push(scope.key.clone());

@@ -321,16 +321,11 @@ pub struct Core<L> {
     effects: Vec<Effect>,
 }
 
-/// The scopes one shard sends for (`schedule::PacedOwners`) under `config`.
-fn paced_owners(config: &Config, shards: usize) -> crate::schedule::PacedOwners {
-    crate::schedule::PacedOwners {
+/// The scopes one shard sends for (`schedule::ScopeOwners`) under `config`.
+fn scope_owners(config: &Config, shards: usize) -> crate::schedule::ScopeOwners {
+    crate::schedule::ScopeOwners {
         shards,
-        providers: config
-            .providers
-            .iter()
-            .filter(|(_, p)| p.max_message_rate.is_some())
-            .map(|(k, _)| k.clone())
-            .collect(),
+        providers: config.providers.keys().cloned().collect(),
     }
 }
 
@@ -354,7 +349,7 @@ impl<L: LogSink> Core<L> {
         let mut home = Home::default();
         home.load(&queue.index);
         home.set_egress(Arc::new(config.egress.clone()));
-        home.set_paced(paced_owners(&config, shards));
+        home.set_owners(scope_owners(&config, shards));
         let now = clock.now();
         Core {
             id,
@@ -430,7 +425,7 @@ impl<L: LogSink> Core<L> {
         self.owner
             .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
         self.home.set_egress(Arc::new(config.egress.clone()));
-        self.home.set_paced(paced_owners(&config, self.shards));
+        self.home.set_owners(scope_owners(&config, self.shards));
         self.config = config;
     }
 
