@@ -650,3 +650,29 @@ fn tenant_weights_and_gateway_priority() {
         assert!(e.contains("tenants.x.weight: a weight is 1 to 1000"), "{e}");
     }
 }
+
+#[test]
+fn sources_and_rules_have_bounds() {
+    let mut text = String::new();
+    for i in 0..=crate::config::SOURCES_MAX {
+        text.push_str(&format!(
+            "[sources.s{i}]\naddress = \"10.{}.{}.1\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let e = Config::parse(&text, "t").unwrap_err().0;
+    assert!(e.contains("at most 256 sources, got 257"), "{e}");
+    let mut text = String::new();
+    for i in 0..=super::rules::RULES_MAX {
+        text.push_str(&format!(
+            "[[rules]]\nname = \"r{i}\"\nmatch = \"x\"\naction = \"suspend\"\n"
+        ));
+    }
+    let e = Config::parse(&text, "t").unwrap_err().0;
+    assert!(e.contains("at most 200 rules, got 201"), "{e}");
+    // A pattern whose compiled form passes the size limit is refused with its rule's name.
+    let huge = "[[rules]]\nname = \"big\"\nmatch = \"(?:a{1000}){1000}\"\naction = \"suspend\"\n";
+    let e = Config::parse(huge, "t").unwrap_err().0;
+    assert!(e.contains("rules[0]") || e.contains("big"), "{e}");
+}

@@ -525,4 +525,52 @@ mod tests {
         );
         assert_eq!(first("450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages"), None);
     }
+
+    #[test]
+    fn counts_and_firings_stay_within_their_bounds() {
+        let book = RuleBook::default();
+        // Threshold 2: each scope's first match is a count, never a firing.
+        let counting = [rule(2, Action::Suspend)];
+        for n in 0..COUNTED_MAX as u64 + 50 {
+            let scope = format!("ms@s{n}");
+            assert!(
+                !book
+                    .observe(&counting, &scope, "550 banned", n)
+                    .unwrap()
+                    .fired
+            );
+        }
+        assert_eq!(book.lock().counts.len(), COUNTED_MAX);
+        // The oldest went: the newest scope's second match fires, the first scope's counts
+        // again from one.
+        let last = format!("ms@s{}", COUNTED_MAX as u64 + 49);
+        assert!(
+            book.observe(&counting, &last, "550 banned", 20_000)
+                .unwrap()
+                .fired
+        );
+        assert!(
+            !book
+                .observe(&counting, "ms@s0", "550 banned", 20_001)
+                .unwrap()
+                .fired
+        );
+        // Threshold 1: every scope fires; the firing ending soonest goes first.
+        let book = RuleBook::default();
+        let firing = [rule(1, Action::Suspend)];
+        for n in 0..FIRINGS_MAX as u64 + 50 {
+            let scope = format!("ms@f{n}");
+            assert!(
+                book.observe(&firing, &scope, "550 banned", n)
+                    .unwrap()
+                    .fired
+            );
+        }
+        let inner = book.lock();
+        assert_eq!(inner.firings.len(), FIRINGS_MAX);
+        assert!(!inner.firings.contains_key("ms@f0"));
+        assert!(inner
+            .firings
+            .contains_key(&format!("ms@f{}", FIRINGS_MAX as u64 + 49)));
+    }
 }
