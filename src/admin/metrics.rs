@@ -493,33 +493,6 @@ fn scope_families(o: &mut Out, scopes: &[ScopeView], holds: &Holds, rules: &Rule
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut s = String::new();
-        escape_label("a\"b\\c\nd\te", &mut s);
-        assert_eq!(s, "a\\\"b\\\\c\\nd e");
-    }
-
-    #[test]
-    fn the_tail_folds_into_other() {
-        let all: Vec<ScopeView> = (0..5)
-            .map(|i| ScopeView {
-                key: format!("site:{i}"),
-                waiting: 10 - i,
-                ..Default::default()
-            })
-            .collect();
-        let top = top_scopes(all, 2);
-        assert_eq!(top.len(), 3);
-        assert_eq!(top[2].key, OTHER);
-        assert_eq!(top[2].waiting, 8 + 7 + 6);
-    }
-}
-
 /// Each warming source at each provider: today's cap and counts, its held days.
 fn warmup_families(o: &mut Out, warmup: &[WarmStatus]) {
     o.family(
@@ -560,4 +533,31 @@ fn warmup_families(o: &mut Out, warmup: &[WarmStatus]) {
 
 fn warm_labels(w: &WarmStatus) -> [(&str, &str); 2] {
     [("source", &w.source), ("provider", &w.provider)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = String::new();
+        escape_label("a\"b\\c\nd\te", &mut s);
+        assert_eq!(s, "a\\\"b\\\\c\\nd e");
+    }
+
+    #[test]
+    fn the_tail_folds_into_other() {
+        let all: Vec<ScopeView> = (0..5)
+            .map(|i| ScopeView {
+                key: format!("site:{i}"),
+                waiting: 10 - i,
+                ..Default::default()
+            })
+            .collect();
+        let top = top_scopes(all, 2);
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[2].key, OTHER);
+        assert_eq!(top[2].waiting, 8 + 7 + 6);
+    }
 }
