@@ -215,9 +215,9 @@ impl Throttle {
                     Some(r) => r,
                     None => observed,
                 };
-                // The first cut after a calm spell is half as deep: most pushback is a
-                // receiver's brief limit just passed. Pushback again within `RECENT_CUT`
-                // says the limit is lower: the full cut.
+                // The first cut after a calm spell is a third as deep (`first_cut`): most
+                // pushback is a receiver's brief limit just passed. Pushback again within
+                // `ESCALATE_WITHIN` of a cut says the limit is lower: the full cut.
                 let recent = self
                     .last_decrease
                     .is_some_and(|t| now.duration_since(t) < ESCALATE_WITHIN);

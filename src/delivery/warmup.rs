@@ -120,7 +120,21 @@ impl Entry {
     /// rate passed the schedule's), and days without counts in between count as steps.
     /// Returns a line for the log when the day held.
     fn roll(&mut self, day: u64) -> Option<String> {
-        if self.counts.day >= day {
+        if self.counts.day == day {
+            return None;
+        }
+        if self.counts.day > day {
+            // A day ahead at most: a clock a little behind another's across midnight, the
+            // counts stay. Further: the counts were made under a clock far ahead (corrected
+            // since): they start again from today, judging nothing.
+            if self.counts.day > day + 1 {
+                self.counts = Counts {
+                    day,
+                    held_days: self.counts.held_days,
+                    last_held_day: self.counts.last_held_day,
+                    ..Counts::default()
+                };
+            }
             return None;
         }
         let c = &self.counts;
@@ -163,6 +177,9 @@ pub struct WarmView {
     tracked: HashSet<String>,
     /// Those with a cap today.
     capped: HashSet<String>,
+    /// Counts the times a source could take mail again (a new day, a reload, a full source
+    /// with room again): routing releases what it held when this moves.
+    pub freed: u64,
 }
 
 impl WarmView {
@@ -234,6 +251,8 @@ pub struct WarmBook {
     inner: Mutex<Inner>,
     generation: AtomicU64,
     dirty: AtomicBool,
+    /// True while some source is under a schedule.
+    any: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +263,7 @@ struct Inner {
     view: Arc<WarmView>,
     /// The day the view was made for.
     day: u64,
+    freed: u64,
 }
 
 impl WarmBook {
@@ -275,7 +295,12 @@ impl WarmBook {
     pub fn configure(&self, egress: &Egress, providers: &BTreeMap<String, Provider>, day: u64) {
         let mut inner = self.lock();
         let Inner { entries, stash, .. } = &mut *inner;
+        // Recipients in flight stay counted against the caps of the sources that remain.
+        let mut reserved: HashMap<String, u64> = HashMap::new();
         for (key, e) in std::mem::take(entries) {
+            if e.reserved > 0 {
+                reserved.insert(key.clone(), e.reserved);
+            }
             stash.insert(key, e.counts);
         }
         for s in &egress.sources {
@@ -291,6 +316,7 @@ impl WarmBook {
             {
                 let key = crate::delivery::scope::sourced_key(provider, &s.name);
                 let counts = stash.remove(&key).unwrap_or_default();
+                let reserved = reserved.get(&key).copied().unwrap_or(0);
                 entries.insert(
                     key,
                     Entry {
@@ -301,7 +327,7 @@ impl WarmBook {
                         hold_bp: schedule.hold_deferral_bp,
                         hold_min_attempts: schedule.hold_min_attempts,
                         counts,
-                        reserved: 0,
+                        reserved,
                         full: false,
                     },
                 );
@@ -312,9 +338,35 @@ impl WarmBook {
         while stash.len() > crate::config::SOURCES_MAX * 64 {
             stash.pop_first();
         }
-        Self::roll_locked(&mut inner, day);
+        self.any.store(!inner.entries.is_empty(), Ordering::Release);
+        for note in Self::roll_locked(&mut inner, day) {
+            tracing::warn!("{note}");
+        }
+        inner.freed += 1;
+        inner.day = day;
         self.publish(&mut inner, day);
         self.dirty.store(true, Ordering::Release);
+    }
+
+    /// True while some source is under a schedule.
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
+    /// Every scope's counts moved on to `day` if the book's day is behind it (or far ahead
+    /// of it: a clock corrected backwards), and a new view for it.
+    fn advance(&self, inner: &mut Inner, day: u64) -> bool {
+        if !(day > inner.day || inner.day > day + 1) {
+            return false;
+        }
+        for note in Self::roll_locked(inner, day) {
+            tracing::warn!("{note}");
+        }
+        inner.freed += 1;
+        inner.day = day;
+        self.publish(inner, day);
+        self.dirty.store(true, Ordering::Release);
+        true
     }
 
     /// Counts rolled on to `day`; lines for the log (days that held).
@@ -326,7 +378,7 @@ impl WarmBook {
             .collect()
     }
 
-    /// A new view when what routing reads changed (or `force`).
+    /// A new view of `day` (the book's, `inner.day`, unless an entry is a day ahead).
     fn publish(&self, inner: &mut Inner, day: u64) {
         let mut view = WarmView::default();
         for (key, e) in &mut inner.entries {
@@ -334,7 +386,11 @@ impl WarmBook {
             if e.cap(day).is_some() {
                 view.capped.insert(key.clone());
             }
-            e.full = e.is_full(day);
+            let full = e.is_full(day);
+            if e.full && !full {
+                inner.freed += 1;
+            }
+            e.full = full;
             if e.full {
                 view.full
                     .entry(e.provider.clone())
@@ -342,19 +398,18 @@ impl WarmBook {
                     .push(e.source.clone());
             }
         }
+        view.freed = inner.freed;
         inner.view = Arc::new(view);
-        inner.day = day;
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Publishes anew if the scope `key`'s fullness changed since the view was made, or the
     /// day did.
     fn republish_if_changed(&self, inner: &mut Inner, key: &str, day: u64) {
-        let changed = inner.day != day
-            || inner
-                .entries
-                .get(key)
-                .is_some_and(|e| e.full != e.is_full(day));
+        let changed = inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.full != e.is_full(day));
         if changed {
             self.publish(inner, day);
         }
@@ -364,15 +419,7 @@ impl WarmBook {
     /// other calls roll too). True if the view changed.
     pub fn roll(&self, day: u64) -> bool {
         let mut inner = self.lock();
-        if inner.day >= day {
-            return false;
-        }
-        for note in Self::roll_locked(&mut inner, day) {
-            tracing::warn!("{note}");
-        }
-        self.publish(&mut inner, day);
-        self.dirty.store(true, Ordering::Release);
-        true
+        self.advance(&mut inner, day)
     }
 
     pub fn generation(&self) -> u64 {
@@ -389,11 +436,7 @@ impl WarmBook {
     /// may go. Fewer than `n` makes the scope full (a new view).
     pub fn reserve(&self, key: &str, n: u64, day: u64) -> u64 {
         let mut inner = self.lock();
-        if inner.day < day {
-            for note in Self::roll_locked(&mut inner, day) {
-                tracing::warn!("{note}");
-            }
-        }
+        self.advance(&mut inner, day);
         let Some(e) = inner.entries.get_mut(key) else {
             return n;
         };
@@ -430,6 +473,7 @@ impl WarmBook {
             return;
         }
         let mut inner = self.lock();
+        self.advance(&mut inner, day);
         let Some(e) = inner.entries.get_mut(key) else {
             return;
         };
@@ -444,10 +488,8 @@ impl WarmBook {
 
     /// Every (provider, source) under a schedule, on `day`.
     pub fn status(&self, day: u64) -> Vec<WarmStatus> {
-        if self.lock().day < day {
-            self.roll(day);
-        }
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.advance(&mut inner, day);
         inner
             .entries
             .values()
@@ -712,5 +754,42 @@ mod tests {
         assert!(WarmBook::load(dir.path())
             .unwrap_err()
             .contains("warmup.json"));
+    }
+
+    #[test]
+    fn a_reload_keeps_what_is_in_flight_and_a_new_day_rolls_every_source() {
+        let c = config(&crate::config::date_text(DAY0));
+        let b = book(DAY0);
+        assert_eq!(b.reserve("yahoo@new", 10, DAY0), 10);
+        // A reload while all ten are in flight: still full.
+        b.configure(&c.egress, &c.providers, DAY0);
+        assert_eq!(b.reserve("yahoo@new", 5, DAY0), 0);
+        // An outcome after midnight rolls the whole book, not only its own scope: the view
+        // is the new day's, the day's freeing counted.
+        let freed = b.view().1.freed;
+        b.settle(
+            "gmail@new",
+            Settle {
+                attempts: 1,
+                delivered: 1,
+                ..Settle::default()
+            },
+            DAY0 + 1,
+        );
+        let (_, v) = b.view();
+        assert!(v.freed > freed);
+        assert_eq!(b.status(DAY0 + 1)[0].cap, Some(20));
+    }
+
+    #[test]
+    fn counts_made_under_a_clock_far_ahead_start_again() {
+        let b = book(DAY0);
+        // A clock two days ahead (step 2 of the table: 40), then corrected.
+        assert_eq!(deliver(&b, 100, DAY0 + 2), 40);
+        assert!(b.view().1.is_full("yahoo", "new"));
+        assert!(b.roll(DAY0));
+        assert!(!b.view().1.is_full("yahoo", "new"));
+        assert_eq!(b.status(DAY0)[0].delivered_today, 0);
+        assert_eq!(deliver(&b, 100, DAY0), 10);
     }
 }

@@ -97,21 +97,20 @@ impl super::Home {
         self.warm = book;
     }
 
-    /// True when no source is under a warm-up schedule.
-    pub fn warm_is_empty(&self) -> bool {
-        self.warm_view.is_empty()
-    }
-
     /// True when `scope`'s outcomes settle warm-up counts.
     pub fn warm_tracks(&self, scope: &str) -> bool {
         self.warm_view.tracks(scope)
     }
 
-    /// Warm-up's view changed (a source full for today, or a new day): recipients held for
-    /// want of a source are routed again, and so are those waiting for the credit of a
-    /// source now full.
-    pub fn set_warm(&mut self, view: Arc<crate::delivery::warmup::WarmView>) {
-        self.release_held();
+    /// Warm-up's view changed (a source full for today, or a new day): recipients waiting
+    /// for the credit of a source now full are routed again, and, when `release`, so are
+    /// those held for want of a source (the shard releases them only when a source could
+    /// take mail again, and at most every `WARM_RELEASE_EVERY`: near a cap a source flips
+    /// between full and not with every outcome).
+    pub fn set_warm(&mut self, view: Arc<crate::delivery::warmup::WarmView>, release: bool) {
+        if release {
+            self.release_held();
+        }
         let v = Arc::clone(&view);
         self.reroute_pending(|k| v.is_full_key(k));
         self.warm_view = view;

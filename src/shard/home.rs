@@ -73,7 +73,7 @@ impl<L: LogSink> Core<L> {
     pub fn tick(&mut self) {
         let now = self.clock.now();
         self.rules_tick(now);
-        self.warm_tick();
+        self.warm_tick(now);
         if !self.config.delivery.paused && !self.closing {
             let Tick {
                 decided,
@@ -136,8 +136,12 @@ impl<L: LogSink> Core<L> {
         let msgs = match self.home.take_credit(&scope, n, self.closing, day) {
             Some(taken) => {
                 let reserved = taken.reserved;
-                let msgs = self.prepare(taken);
+                let mut msgs = self.prepare(taken);
                 if reserved > 0 {
+                    // Every recipient taken was counted (fewer taken than counted: none).
+                    for m in &mut msgs {
+                        m.warm_reserved = true;
+                    }
                     let sent: usize = msgs.iter().map(|m| m.rcpts.len()).sum();
                     self.warm_unused(&scope, reserved, sent as u64);
                 }
@@ -260,6 +264,7 @@ impl<L: LogSink> Core<L> {
             message_id,
             group: rendering.verbatim.then_some((r.message_seq, e.domain)),
             hosts,
+            warm_reserved: false,
         }))
     }
 

@@ -147,6 +147,8 @@ pub struct Prepared {
     /// The destination's hosts (MX or route), in the order to try; shared, not copied,
     /// per message.
     pub hosts: Arc<[NextHop]>,
+    /// Its recipients are counted against their source's warm-up cap (`delivery::warmup`).
+    pub warm_reserved: bool,
 }
 
 impl crate::delivery::owner::Recipients for Prepared {
@@ -168,6 +170,8 @@ pub struct OutcomeItem {
     pub mx: String,
     pub ip: String,
     pub tls: String,
+    /// Its recipient was counted against its source's warm-up cap.
+    pub warm_reserved: bool,
 }
 
 /// What happened to one recipient on the owner: the receiver's answer, or a decision made
@@ -318,6 +322,9 @@ pub struct Core<L> {
     warmbook: Arc<crate::delivery::warmup::WarmBook>,
     warm_generation_seen: u64,
     warm_day: u64,
+    warm_freed_seen: u64,
+    warm_release_pending: bool,
+    warm_release_at: Instant,
     effects: Vec<Effect>,
 }
 
@@ -385,6 +392,9 @@ impl<L: LogSink> Core<L> {
             warmbook: Arc::default(),
             warm_generation_seen: 0,
             warm_day: 0,
+            warm_freed_seen: 0,
+            warm_release_pending: false,
+            warm_release_at: now,
             effects: Vec::new(),
         }
     }

@@ -36,6 +36,8 @@ pub struct RecipientWhy {
     pub attempts: u8,
     pub campaign: String,
     pub tenant: String,
+    /// The pool its message names (empty: its tenant's or the default).
+    pub pool: String,
     pub queued_unix_ms: u64,
 }
 
@@ -121,6 +123,7 @@ impl<L: LogSink> Core<L> {
                 attempts: e.attempts,
                 campaign: m.map(|m| m.campaign.to_string()).unwrap_or_default(),
                 tenant: m.map(|m| m.tenant.to_string()).unwrap_or_default(),
+                pool: m.map(|m| m.pool.to_string()).unwrap_or_default(),
                 queued_unix_ms: m.map_or(0, |m| m.created_unix_ms),
             });
         }

@@ -523,6 +523,7 @@ impl<L: LogSink> Core<L> {
                 mx: mx.to_string(),
                 ip: ip.to_string(),
                 tls: tls.to_string(),
+                warm_reserved: msg.warm_reserved,
             })
             .collect();
         let scope = scope.to_string();

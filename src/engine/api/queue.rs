@@ -297,7 +297,31 @@ impl Api {
         let in_flight: u64 = parts.iter().map(|p| p.in_flight).sum();
         let held: u64 = parts.iter().map(|p| p.state.held).sum();
         let next_due = parts.iter().filter_map(|p| p.next_due_unix_ms).min();
-        // Sources that may send no more to this provider today (warm-up).
+        // The sources the recipient's pool may use (all of them for a domain), and those
+        // of them that may send no more to this provider today (warm-up).
+        let pool_sources: Vec<String> = {
+            let pool = found.as_ref().map_or("", |r| r.pool.as_str());
+            let p = config.egress.pools.get(pool).or_else(|| {
+                config
+                    .egress
+                    .pools
+                    .get(crate::config::DEFAULT_POOL)
+                    .filter(|_| found.is_some())
+            });
+            match p {
+                Some(p) => p
+                    .members
+                    .iter()
+                    .map(|&(i, _)| config.egress.sources[i].name.clone())
+                    .collect(),
+                None => config
+                    .egress
+                    .sources
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+            }
+        };
         let warm_full: Vec<String> = match scope.as_deref() {
             Some(s) => {
                 let base = crate::delivery::scope::split_key(s).0;
@@ -306,14 +330,22 @@ impl Api {
                     .warmup
                     .status(day)
                     .into_iter()
-                    .filter(|w| w.provider == base && w.state != "warming" && w.state != "warm")
-                    .map(|w| w.source)
+                    .filter(|w| w.provider == base && pool_sources.contains(&w.source))
+                    .filter(|w| w.state != "warming" && w.state != "warm")
+                    .map(|w| match w.state {
+                        "not started" => format!("{} (starts {})", w.source, w.schedule_start),
+                        _ => w.source,
+                    })
                     .collect()
             }
             None => Vec::new(),
         };
+        // An operator's suspension of one of those sources explains a hold first.
+        let source_hold = pool_sources
+            .iter()
+            .find_map(|n| holds.source_suspension(n).cloned());
         let constraint = why_constraint(
-            (&holds, &warm_full),
+            (&holds, &warm_full, source_hold.as_ref()),
             &parts,
             found.as_ref(),
             &domain,
@@ -487,7 +519,7 @@ impl Api {
 
 /// What a domain's (or one recipient's) mail waits for, most binding first.
 fn why_constraint(
-    (holds, warm_full): (&Holds, &[String]),
+    (holds, warm_full, source_hold): (&Holds, &[String], Option<&Rule>),
     parts: &[crate::shard::DomainWhy],
     recipient: Option<&crate::shard::RecipientWhy>,
     domain: &str,
@@ -514,12 +546,19 @@ fn why_constraint(
     if let Some(c @ Constraint::Rule { .. }) = view.map(|v| view::scope_constraint(v, holds)) {
         return c;
     }
-    // Held with no operator's suspension: its pool's sources are full for today.
+    // Held: an operator's suspension of its pool's sources, else their warm-up caps.
     let held = match recipient {
         Some(r) => r.state == "held",
         // (A domain's: only when no operator holds anything that could hold it.)
         None => parts.iter().any(|p| p.state.held > 0) && holds.suspended.is_empty(),
     };
+    if let (true, Some(rule)) = (held, source_hold) {
+        return Constraint::Suspended {
+            target: rule.target.to_string(),
+            since_unix_ms: rule.at_unix_ms,
+            reason: rule.reason.clone(),
+        };
+    }
     if held && !warm_full.is_empty() {
         return Constraint::Warmup {
             sources: warm_full.to_vec(),
