@@ -43,6 +43,7 @@ pub mod admin;
 pub mod bounded;
 pub mod buffers;
 pub mod clock;
+pub mod cluster;
 pub mod compliance;
 pub mod config;
 pub mod delivery;

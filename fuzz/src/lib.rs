@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod intake;
 pub mod queue;
 pub mod reply;
+pub mod resp;
 pub mod sender;
 pub mod server;
 pub mod session;
@@ -47,6 +48,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: &[(&str, Check)] = &[
     ("reply", reply::check_raw),
     ("reply_alphabet", reply::check_alphabet),
+    ("resp", resp::check),
     ("session", session::check),
     ("smtp_server", server::check),
     ("data_writer", data_writer::check),
