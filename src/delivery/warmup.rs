@@ -403,8 +403,8 @@ impl WarmBook {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Publishes anew if the scope `key`'s fullness changed since the view was made, or the
-    /// day did.
+    /// Publishes anew if the scope `key`'s fullness changed since the view was made (a new
+    /// day is `advance`'s).
     fn republish_if_changed(&self, inner: &mut Inner, key: &str, day: u64) {
         let changed = inner
             .entries
@@ -415,8 +415,8 @@ impl WarmBook {
         }
     }
 
-    /// A new UTC day: every scope's counts move on to it (called by one shard's tick; the
-    /// other calls roll too). True if the view changed.
+    /// A new UTC day: every scope's counts move on to it (each shard's tick calls it when
+    /// its day changes; the first does the work). True if the view changed.
     pub fn roll(&self, day: u64) -> bool {
         let mut inner = self.lock();
         self.advance(&mut inner, day)
