@@ -519,14 +519,7 @@ impl Sim {
         let rcpts: Vec<String> = (0..recipients)
             .map(|i| format!("r{i}@steady.example"))
             .collect();
-        let mut chunks = Vec::new();
-        for home in 0..sim.n {
-            let mine: Vec<String> = rcpts.iter().skip(home).step_by(sim.n).cloned().collect();
-            for part in mine.chunks(64) {
-                chunks.push((home, part.to_vec(), false));
-            }
-        }
-        sim.batches[0].chunks = chunks;
+        sim.batches[0].chunks = home_chunks(&rcpts, sim.n);
         sim.batches.truncate(1);
         sim.feed_at = (0, 0);
         sim.start();
@@ -1494,6 +1487,18 @@ impl Sim {
     }
 }
 
+/// `rcpts` dealt round the `n` homes, in chunks of at most 64 (as intake cuts them).
+fn home_chunks(rcpts: &[String], n: usize) -> Vec<(usize, Vec<String>, bool)> {
+    let mut chunks = Vec::new();
+    for home in 0..n {
+        let mine: Vec<String> = rcpts.iter().skip(home).step_by(n).cloned().collect();
+        for part in mine.chunks(64) {
+            chunks.push((home, part.to_vec(), false));
+        }
+    }
+    chunks
+}
+
 /// The higher of two rate limits in force, `None` being no limit at all.
 fn max_rate(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a?.max(b?))
@@ -1714,13 +1719,7 @@ impl Sim {
     /// Adds a batch of `rcpts` of `tenant`'s `campaign` (message `flags`), fed from now.
     fn add_batch(&mut self, rcpts: Vec<String>, tenant: &str, campaign: &str, flags: u8) {
         let id = 1_000 + self.batches.len() as u64;
-        let mut chunks = Vec::new();
-        for home in 0..self.n {
-            let mine: Vec<String> = rcpts.iter().skip(home).step_by(self.n).cloned().collect();
-            for part in mine.chunks(64) {
-                chunks.push((home, part.to_vec(), false));
-            }
-        }
+        let chunks = home_chunks(&rcpts, self.n);
         let spec = Arc::new(MessageSpec {
             batch_id: id,
             created_unix_ms: self.clock.unix_ms(),

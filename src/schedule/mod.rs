@@ -9,8 +9,10 @@
 mod egress;
 pub mod lanes;
 pub mod operator;
+mod owners;
 
 pub use operator::{admin_bounce, Matched};
+pub use owners::ScopeOwners;
 
 use crate::admin::holds::{Holds, Verdict as HoldVerdict};
 use crate::bounded::ExpiringMap;
@@ -152,36 +154,6 @@ pub struct Home {
     warm_view: Arc<crate::delivery::warmup::WarmView>,
     /// Which scopes one shard sends for, whichever home their recipients wait at.
     owners: ScopeOwners,
-}
-
-/// A provider's scopes (every `[providers.NAME]`, at any egress source) and any scope at an
-/// egress source have one owner shard, by a hash of their key: every home's recipients of
-/// the scope wait in their own lanes, and that owner's credit goes round the homes, so the
-/// scope's rate is shared fairly between senders across the whole engine (`lanes`), and one
-/// throttle learns what the receiver takes (split between shards, a throttle with a small
-/// share cut from the little it got through: docs/throttling.md). Other scopes (sites, the
-/// long tail) are sent by each home's own shard, over its share of the scope's connections
-/// (`delivery::shares`).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ScopeOwners {
-    pub shards: usize,
-    /// The configured providers.
-    pub providers: std::collections::HashSet<String>,
-}
-
-impl ScopeOwners {
-    /// The shard that sends `key`'s mail, routed by the shard `routing`.
-    pub fn owner(&self, key: &str, routing: usize) -> usize {
-        if self.shards <= 1 {
-            return routing;
-        }
-        let (base, source) = crate::delivery::scope::split_key(key);
-        if source.is_some() || self.providers.contains(base) {
-            (crate::hash::stable_hash(key.as_bytes()) % self.shards as u64) as usize
-        } else {
-            routing
-        }
-    }
 }
 
 impl Default for Home {

@@ -328,14 +328,6 @@ pub struct Core<L> {
     effects: Vec<Effect>,
 }
 
-/// The scopes one shard sends for (`schedule::ScopeOwners`) under `config`.
-fn scope_owners(config: &Config, shards: usize) -> crate::schedule::ScopeOwners {
-    crate::schedule::ScopeOwners {
-        shards,
-        providers: config.providers.keys().cloned().collect(),
-    }
-}
-
 /// Bytes of learnt suppression entries a core holds for its shell to write.
 pub const LEARNT_BYTES_MAX: usize = 1 << 20;
 
@@ -356,7 +348,7 @@ impl<L: LogSink> Core<L> {
         let mut home = Home::default();
         home.load(&queue.index);
         home.set_egress(Arc::new(config.egress.clone()));
-        home.set_owners(scope_owners(&config, shards));
+        home.set_owners(crate::schedule::ScopeOwners::new(&config, shards));
         let now = clock.now();
         Core {
             id,
@@ -435,7 +427,8 @@ impl<L: LogSink> Core<L> {
         self.owner
             .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
         self.home.set_egress(Arc::new(config.egress.clone()));
-        self.home.set_owners(scope_owners(&config, self.shards));
+        self.home
+            .set_owners(crate::schedule::ScopeOwners::new(&config, self.shards));
         self.config = config;
     }
 

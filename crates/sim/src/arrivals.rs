@@ -60,6 +60,55 @@ pub struct GatewayReport {
     pub max_ms: f64,
 }
 
+/// Drops into `incoming` (staged in `tmp`) the batches of `all` due `now_s` seconds into
+/// the run and not dropped yet; `dropped` holds each dropped one with when it landed.
+pub fn drop_due(
+    all: &[Arrival],
+    now_s: f64,
+    (tmp, incoming): (&Path, &Path),
+    dropped: &mut Vec<(Arrival, u64)>,
+) -> Result<(), String> {
+    for a in all.iter().skip(dropped.len()) {
+        if now_s < a.at_s {
+            break;
+        }
+        let name = format!("{}.jsonl", a.campaign);
+        write_batch(a, &tmp.join(&name)).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(tmp.join(&name), incoming.join(&name))
+            .map_err(|e| format!("{}: {e}", incoming.display()))?;
+        dropped.push((a.clone(), crate::run::unix_us() / 1000));
+    }
+    Ok(())
+}
+
+/// The report's lines for the later campaigns and the gateway's mail (none without them).
+pub fn markdown(arrivals: &[ArrivalReport], gateway: Option<&GatewayReport>) -> String {
+    let mut m = String::new();
+    if !arrivals.is_empty() {
+        m.push_str("\n| later campaign | tenant | recipients | landed at | delivered | took | fair-share ideal | of ideal |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for a in arrivals {
+            m.push_str(&format!(
+                "| {} | {} | {} | {:.0} s | {} | {:.2} s | {:.2} s | {:.0}% |\n",
+                a.campaign,
+                a.tenant,
+                a.recipients,
+                a.at_s,
+                a.delivered,
+                a.took_s,
+                a.ideal_s,
+                a.took_s / a.ideal_s.max(1e-9) * 100.0
+            ));
+        }
+    }
+    if let Some(g) = gateway {
+        m.push_str(&format!(
+            "\nGateway (transactional) mail: {} submitted, {} delivered; from the 250 after its data to its delivery: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms.\n",
+            g.submitted, g.delivered, g.p50_ms, g.p99_ms, g.max_ms
+        ));
+    }
+    m
+}
+
 /// The batch file of `a`.
 pub fn write_batch(a: &Arrival, path: &Path) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);

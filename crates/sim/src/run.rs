@@ -427,15 +427,8 @@ pub fn run(options: RunOptions, out: &mut dyn Write) -> Result<RunReport, String
             engine_rss_bytes: rss,
             engine_rss_anon_bytes: anon,
         };
-        for a in s.arrivals.iter().skip(arrivals.len()) {
-            if started.elapsed().as_secs_f64() < a.at_s {
-                break;
-            }
-            let name = format!("{}.jsonl", a.campaign);
-            crate::arrivals::write_batch(a, &tmp.join(&name)).map_err(|e| io(&tmp, e))?;
-            std::fs::rename(tmp.join(&name), incoming.join(&name)).map_err(|e| io(&incoming, e))?;
-            arrivals.push((a.clone(), unix_us() / 1000));
-        }
+        let now_s = started.elapsed().as_secs_f64();
+        crate::arrivals::drop_due(&s.arrivals, now_s, (&tmp, &incoming), &mut arrivals)?;
         // Later batches and gateway mail count once all of them are in.
         let gateway_done = gateway.as_ref().is_none_or(|(h, _)| h.is_finished());
         let extra = if arrivals.len() == s.arrivals.len() && gateway_done {
@@ -773,28 +766,10 @@ impl RunReport {
                 ));
             }
         }
-        if !self.arrivals.is_empty() {
-            m.push_str("\n| later campaign | tenant | recipients | landed at | delivered | took | fair-share ideal | of ideal |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-            for a in &self.arrivals {
-                m.push_str(&format!(
-                    "| {} | {} | {} | {:.0} s | {} | {:.2} s | {:.2} s | {:.0}% |\n",
-                    a.campaign,
-                    a.tenant,
-                    a.recipients,
-                    a.at_s,
-                    a.delivered,
-                    a.took_s,
-                    a.ideal_s,
-                    a.took_s / a.ideal_s.max(1e-9) * 100.0
-                ));
-            }
-        }
-        if let Some(g) = &self.gateway {
-            m.push_str(&format!(
-                "\nGateway (transactional) mail: {} submitted, {} delivered; from the 250 after its data to its delivery: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms.\n",
-                g.submitted, g.delivered, g.p50_ms, g.p99_ms, g.max_ms
-            ));
-        }
+        m.push_str(&crate::arrivals::markdown(
+            &self.arrivals,
+            self.gateway.as_ref(),
+        ));
         m.push_str(if self.complete() {
             "\nEvery valid recipient reached its final outcome; the receipt log shows each delivered one exactly as often as the delivery log.\n"
         } else {
