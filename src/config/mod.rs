@@ -11,6 +11,7 @@
 //! values written as text (rates, durations, sizes, addresses).
 
 mod admin;
+pub mod cluster;
 mod egress;
 mod raw;
 mod rules;
@@ -71,6 +72,8 @@ pub struct Config {
     pub suppression: Suppression,
     pub unsubscribe: Unsubscribe,
     pub checks: Checks,
+    /// `[cluster]`: the Redis this node shares provider-wide limits through, if any.
+    pub cluster: Option<cluster::Cluster>,
 }
 
 #[derive(Debug, Clone)]
@@ -551,6 +554,30 @@ impl Config {
             self.spool.scan_interval.as_millis()
         ));
         line(format!("log: {}", self.log.dir.display()));
+        if let Some(c) = &self.cluster {
+            line(format!(
+                "cluster: node {} on {}://{}:{}/{} (lease {}, fallback_share {}, key_prefix {}; password {}) (startup-only)",
+                c.node,
+                if c.tls { "rediss" } else { "redis" },
+                c.host,
+                c.port,
+                c.db,
+                duration_text(c.lease),
+                c.fallback_share,
+                c.key_prefix,
+                if c.password.is_some() { "set" } else { "none" }
+            ));
+            for name in self.providers.keys() {
+                let t = crate::cluster::totals(self, name);
+                if t.rate.is_some() || t.conns.is_some() {
+                    line(format!(
+                        "cluster: {name} shared across nodes: rate {}, connections {}",
+                        t.rate.map_or("-".into(), |r| format!("{r}/s")),
+                        t.conns.map_or("-".into(), |c| c.to_string())
+                    ));
+                }
+            }
+        }
         let ns: Vec<String> = self.dns.nameservers.iter().map(|a| a.to_string()).collect();
         line(format!("dns: nameservers [{}]", ns.join(", ")));
         line(format!(
@@ -695,6 +722,8 @@ impl Config {
             ),
             // Bound, with their TLS settings and relay_networks, when the engine starts.
             (self.listeners != new.listeners, "listeners"),
+            // The node joins its cluster (and its threads connect) when the engine starts.
+            (self.cluster != new.cluster, "cluster"),
             (
                 old_rt.spin_before_park != new_rt.spin_before_park,
                 "engine.spin_before_park",

@@ -3,7 +3,7 @@
 
 use super::units::{duration_text, parse_socket_addr, resolv_conf_nameservers, system_hostname};
 use super::*;
-use super::{admin, egress, rules, sender};
+use super::{admin, cluster, egress, rules, sender};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -51,6 +51,7 @@ pub(super) struct RawConfig {
     warmup: BTreeMap<String, egress::RawWarmup>,
     #[serde(default)]
     rules: Vec<rules::RawRule>,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize, Default)]
@@ -404,6 +405,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
     }
 
     let admin = admin::validate_admin(raw.admin, &err)?;
+    let cluster = cluster::validate_cluster(raw.cluster, &err)?;
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -707,6 +709,7 @@ pub(super) fn validate(raw: RawConfig, source: &str) -> Result<Config, ConfigErr
         suppression,
         unsubscribe,
         checks,
+        cluster,
     })
 }
 

@@ -238,6 +238,34 @@ impl Throttle {
         change
     }
 
+    /// A cut another node of the cluster made on this provider (`crate::cluster`): the same
+    /// share off the rate in force here (or what was accepted, with none), as a cut of its
+    /// own, climbing back the same way. At most one cut per `DECREASE_HOLD`, whoever made it:
+    /// nodes that see the same pushback at once do not cut twice.
+    pub fn follow(&mut self, factor: f64, now: Instant) -> Change {
+        let held = self
+            .last_decrease
+            .is_some_and(|t| now.duration_since(t) < DECREASE_HOLD);
+        if held || !(factor > 0.0 && factor < 1.0) {
+            return Change::None;
+        }
+        let so_far = now.duration_since(self.window_start).as_secs_f64().max(0.1);
+        let accepted = self.accepted_rate.max(self.window_accepted as f64 / so_far);
+        let base = match self.rate() {
+            Some(r) if r > 0.0 => r,
+            _ if accepted > 0.0 => accepted,
+            _ => return Change::None,
+        };
+        let new = (base * factor).max(RATE_MIN);
+        self.cut_from = base.max(RATE_MIN);
+        self.limit = Some(new);
+        self.last_decrease = Some(now);
+        self.last_pushback = Some(now);
+        self.since_cut = 0;
+        self.since_cut_attempts = 0;
+        Change::Decreased(new)
+    }
+
     /// Closes finished windows: measures the accepted rate and ramps back up.
     pub fn tick(&mut self, now: Instant) -> Change {
         let elapsed = now.duration_since(self.window_start);

@@ -185,6 +185,8 @@ pub struct Shared {
     pub rules: Arc<crate::delivery::rules::RuleBook>,
     /// Warm-up caps' counts (`delivery::warmup`), saved by shard 0's maintenance.
     pub warmup: Arc<crate::delivery::warmup::WarmBook>,
+    /// `[cluster]`: the leases and cuts this node shares with the others through Redis.
+    pub cluster: Option<Arc<crate::cluster::Shared>>,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -285,6 +287,9 @@ enum CtlMsg {
 /// A running engine; `wait` blocks until it stops.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The cluster's threads (`[cluster]`), stopped once the shards have: the leases are
+    /// given back then.
+    cluster_node: Option<crate::cluster::node::Node>,
     /// The admin API and the one-click endpoint, stopped once the shards have.
     admin: Option<crate::admin::server::Server>,
     one_click: Option<crate::admin::server::Server>,
@@ -361,7 +366,18 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         &config.providers,
         crate::gateway::limits::utc_day(crate::clock::system().unix_ms()),
     );
+    // A node whose name another live process holds is refused before anything starts.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let cluster = Arc::new(crate::cluster::Shared::new(c.clone(), shards));
+            crate::cluster::node::register(&cluster)
+                .map_err(|taken| EngineError::Config(ConfigError(taken.0)))?;
+            Some(cluster)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        cluster,
         admin: admin::AdminShared::new(shards, holds),
         paces: Arc::default(),
         rules: Arc::default(),
@@ -386,6 +402,17 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     // Before any shard starts: a port that cannot be had refuses the start cleanly.
     let admin_server = admin::start_server(&shared)?;
     let one_click = unsubscribe::start_server(&shared)?;
+    let cluster_node = match &shared.cluster {
+        Some(c) => {
+            let engine = Arc::clone(&shared);
+            let config = Arc::new(move || engine.config());
+            let node = crate::cluster::node::start(Arc::clone(c), config).map_err(|e| {
+                EngineError::Unavailable(format!("cluster: cannot start its threads: {e}"))
+            })?;
+            Some(node)
+        }
+        None => None,
+    };
     let data_mesh = MeshBuilder::<DataMsg, Full>::full(shards, DATA_CHANNEL_CHUNKS);
     let ctl_mesh = MeshBuilder::<CtlMsg, Full>::full(shards, CONTROL_CHANNEL_MESSAGES);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -408,6 +435,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     }
     Ok(Engine {
         shared,
+        cluster_node,
         admin: Some(admin_server),
         one_click,
         handles,
@@ -484,6 +512,9 @@ impl Engine {
             if h.join().is_err() {
                 crashed = Some(id);
             }
+        }
+        if let Some(node) = self.cluster_node.take() {
+            node.stop();
         }
         for mut server in [self.admin.take(), self.one_click.take()]
             .into_iter()
@@ -962,6 +993,7 @@ fn open_shard(
     )
     .with_suppressions(&shared.suppressions)
     .with_paces(&shared.paces)
+    .with_cluster(shared.cluster.as_ref())
     .with_rules(&shared.rules)
     .with_warmup(&shared.warmup);
     let gateway_counts = gateway::DailyCounts::open(config, id)?;

@@ -74,6 +74,7 @@ impl<L: LogSink> Core<L> {
         let now = self.clock.now();
         self.rules_tick(now);
         self.warm_tick(now);
+        self.cluster_tick(now);
         if !self.config.delivery.paused && !self.closing {
             let Tick {
                 decided,

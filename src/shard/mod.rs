@@ -20,6 +20,7 @@
 //! notifications a gateway message's sender gets back; `commit` the queue's glue (append,
 //! group commit, compaction).
 
+mod cluster;
 mod commit;
 mod home;
 mod notify;
@@ -325,6 +326,11 @@ pub struct Core<L> {
     warm_freed_seen: u64,
     warm_release_pending: bool,
     warm_release_at: Instant,
+    /// The cluster's shared state (`crate::cluster`), with what this core last saw of it.
+    cluster: Option<Arc<crate::cluster::Shared>>,
+    cluster_generation_seen: u64,
+    cluster_cut_seen: u64,
+    last_cluster_report: Instant,
     effects: Vec<Effect>,
 }
 
@@ -387,6 +393,10 @@ impl<L: LogSink> Core<L> {
             warm_freed_seen: 0,
             warm_release_pending: false,
             warm_release_at: now,
+            cluster: None,
+            cluster_generation_seen: 0,
+            cluster_cut_seen: 0,
+            last_cluster_report: now,
             effects: Vec::new(),
         }
     }
@@ -402,6 +412,13 @@ impl<L: LogSink> Core<L> {
     /// are its own).
     pub fn with_paces(mut self, paces: &Arc<crate::delivery::pace::SharedPaces>) -> Self {
         self.owner.share_paces(Arc::clone(paces));
+        self
+    }
+
+    /// The cluster this node belongs to (`[cluster]`): its leases bound the providers'
+    /// shared limits here, and this core's throttle cuts reach the other nodes.
+    pub fn with_cluster(mut self, cluster: Option<&Arc<crate::cluster::Shared>>) -> Self {
+        self.cluster = cluster.cloned();
         self
     }
 
@@ -424,8 +441,11 @@ impl<L: LogSink> Core<L> {
     pub fn reconfigure(&mut self, config: Arc<Config>) {
         let now = self.clock.now();
         let shares = &self.shares;
-        self.owner
-            .reconfigure(|key| share_limits(&config, key, shares.granted(key)), now);
+        let cluster = self.cluster.as_deref();
+        self.owner.reconfigure(
+            |key| share_limits(&config, cluster, key, shares.granted(key), now),
+            now,
+        );
         self.home.set_egress(Arc::new(config.egress.clone()));
         self.home
             .set_owners(crate::schedule::ScopeOwners::new(&config, self.shards));

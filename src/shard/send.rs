@@ -43,8 +43,20 @@ pub fn scope_limits(config: &Config, scope_key: &str) -> ScopeLimits {
 /// This shard's share of a scope's limits: `granted` of its connections (never more than
 /// the configuration in force allows). The rate is the scope's: a paced scope is held by one
 /// shard at a time (`delivery::shares`).
-pub fn share_limits(config: &Config, scope_key: &str, granted: u32) -> ScopeLimits {
-    let full = scope_limits(config, scope_key);
+pub fn share_limits(
+    config: &Config,
+    cluster: Option<&crate::cluster::Shared>,
+    scope_key: &str,
+    granted: u32,
+    now: Instant,
+) -> ScopeLimits {
+    let full = super::cluster::leased(
+        cluster,
+        config,
+        scope_key,
+        scope_limits(config, scope_key),
+        now,
+    );
     ScopeLimits {
         connection_limit: granted.min(full.connection_limit),
         ..full
@@ -52,8 +64,19 @@ pub fn share_limits(config: &Config, scope_key: &str, granted: u32) -> ScopeLimi
 }
 
 /// A scope's limits as its coordinator splits them.
-fn share_limit(config: &Config, scope_key: &str) -> shares::Limit {
-    let full = scope_limits(config, scope_key);
+fn share_limit(
+    config: &Config,
+    cluster: Option<&crate::cluster::Shared>,
+    scope_key: &str,
+    now: Instant,
+) -> shares::Limit {
+    let full = super::cluster::leased(
+        cluster,
+        config,
+        scope_key,
+        scope_limits(config, scope_key),
+        now,
+    );
     let base = crate::delivery::scope::split_key(scope_key).0;
     shares::Limit {
         connections: full.connection_limit,
@@ -62,10 +85,16 @@ fn share_limit(config: &Config, scope_key: &str) -> shares::Limit {
         // rate; throttles on several shards pushing against one address's limit take turns
         // being cut and leave a tenth of it unused.
         paced: full.max_rate.is_some() || crate::delivery::scope::split_key(scope_key).1.is_some(),
-        group: config
-            .providers
-            .get(base)
-            .and_then(|p| p.provider_connection_limit),
+        group: super::cluster::leased_group(
+            cluster,
+            config,
+            scope_key,
+            config
+                .providers
+                .get(base)
+                .and_then(|p| p.provider_connection_limit),
+            now,
+        ),
     }
 }
 
@@ -90,7 +119,7 @@ impl<L: LogSink> Core<L> {
     /// A home's demand for `scope` changed.
     pub(super) fn on_demand(&mut self, scope: Scope, home: usize, count: u32) {
         let key = scope.key.clone();
-        let limits = share_limits(&self.config, &key, self.shares.granted(&key));
+        let limits = self.limits_of(&key);
         let now = self.clock.now();
         let preconnect = self
             .owner
@@ -147,7 +176,12 @@ impl<L: LogSink> Core<L> {
 
     /// As the coordinator of `scope`: a shard's report, and the grants it changes.
     pub(super) fn on_share(&mut self, scope: String, shard: usize, report: shares::Report) {
-        let limit = share_limit(&self.config, &scope);
+        let limit = share_limit(
+            &self.config,
+            self.cluster.as_deref(),
+            &scope,
+            self.clock.now(),
+        );
         let mut grants = Vec::new();
         self.ledger
             .report(&scope, shard, report, limit, self.clock.now(), &mut grants);
@@ -192,7 +226,8 @@ impl<L: LogSink> Core<L> {
                 if let Some(pace) = pace {
                     self.owner.adopt_pace(&scope, pace);
                 }
-                let limits = share_limits(&self.config, &scope, n);
+                let now = self.clock.now();
+                let limits = share_limits(&self.config, self.cluster.as_deref(), &scope, n, now);
                 let now = self.clock.now();
                 let (preconnect, spawn) = self.owner.relimit(&scope, limits, now, self.closing);
                 for _ in 0..spawn {
@@ -241,8 +276,12 @@ impl<L: LogSink> Core<L> {
         }
         let mut grants = Vec::new();
         let config = &self.config;
-        self.ledger
-            .tick(|key| share_limit(config, key), now, &mut grants);
+        let cluster = self.cluster.as_deref();
+        self.ledger.tick(
+            |key| share_limit(config, cluster, key, now),
+            now,
+            &mut grants,
+        );
         self.send_grants(grants);
     }
 
@@ -267,11 +306,34 @@ impl<L: LogSink> Core<L> {
     /// left with nothing to send must not keep the turn from a shard that has some (they
     /// held it for the rest of the turn, up to `PACED_TURN`, sending nothing).
     fn wants(&self, scope: &str) -> bool {
-        if share_limit(&self.config, scope).paced {
+        if share_limit(
+            &self.config,
+            self.cluster.as_deref(),
+            scope,
+            self.clock.now(),
+        )
+        .paced
+        {
             self.owner.has_mail(scope)
         } else {
             self.owner.is_busy(scope)
         }
+    }
+
+    /// `key`'s limits here: this shard's share of the configuration's, within this node's
+    /// cluster lease.
+    pub(super) fn limits_of(&self, key: &str) -> ScopeLimits {
+        share_limits(
+            &self.config,
+            self.cluster.as_deref(),
+            key,
+            self.shares.granted(key),
+            self.clock.now(),
+        )
+    }
+
+    pub(super) fn grant_scope(&mut self, scope: &str) {
+        self.grant(scope);
     }
 
     /// Hands out `scope`'s credit where its window has room, round-robin over homes.
@@ -550,6 +612,7 @@ impl<L: LogSink> Core<L> {
                 }
             }
         }
+        let before = self.owner.rate(key);
         let change = self.owner.record_results(
             key,
             accepted,
@@ -565,6 +628,9 @@ impl<L: LogSink> Core<L> {
             pushback.is_some(),
             change,
         );
+        if let Change::Decreased(rate) = change {
+            self.cluster_cut(key, before, rate);
+        }
         match change {
             Change::Decreased(rate) => tracing::warn!(
                 "{key}: receiver pushed back ({}); easing off to {rate:.0} messages/s",

@@ -286,6 +286,7 @@ pub fn is_file(p: &Path) -> bool {
 
 pub mod dnsmasq;
 pub mod hostile;
+pub mod redis;
 pub mod rng;
 pub mod sink;
 pub mod tmpfs;

@@ -75,6 +75,10 @@ pub struct Received {
     pub by_client: HashMap<std::net::IpAddr, (usize, std::collections::BTreeSet<String>)>,
     /// Client addresses whose recipients get Microsoft's "banned sending IP" (550 5.7.606).
     pub blocked: std::collections::HashSet<std::net::IpAddr>,
+    /// Clients whose recipients get a rate-limit deferral (450 4.7.28, pushback) for now.
+    pub pushback: std::collections::HashSet<std::net::IpAddr>,
+    /// When each RCPT was answered, from which client (the first `RCPT_TIMES_MAX`).
+    pub rcpt_times: Vec<(std::time::Instant, Option<std::net::IpAddr>)>,
 }
 
 pub struct Sink {
@@ -349,6 +353,9 @@ fn serve(
     }
 }
 
+/// RCPT times a sink keeps at most (a test's memory stays bounded).
+pub const RCPT_TIMES_MAX: usize = 1_000_000;
+
 /// The scripted answer to `RCPT TO:<to>`, counting the attempt.
 fn rcpt(
     to: &str,
@@ -363,6 +370,15 @@ fn rcpt(
             return (
                 550,
                 "5.7.606 Access denied, banned sending IP. To request removal from this list please visit https://sender.office.com/",
+            );
+        }
+        if got.rcpt_times.len() < RCPT_TIMES_MAX {
+            got.rcpt_times.push((std::time::Instant::now(), client));
+        }
+        if client.is_some_and(|c| got.pushback.contains(&c)) {
+            return (
+                450,
+                "4.7.28 Our system has detected an unusual rate of mail from your IP; rate limited",
             );
         }
         let n = got.rcpt_attempts.entry(to.to_string()).or_default();

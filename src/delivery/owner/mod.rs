@@ -224,6 +224,13 @@ impl<M> OwnerScope<M> {
         self.set_limits(self.limits, now);
     }
 
+    /// Paced at nothing: this node's lease of a cluster-wide rate is empty for now
+    /// (`crate::cluster`); messages wait here until it is not.
+    fn shut(&self) -> bool {
+        self.throttle.rate().is_some_and(|r| r <= 0.0)
+            || self.limits.provider_rate.is_some_and(|r| r <= 0.0)
+    }
+
     /// Nothing wanted, promised, waiting or sending.
     fn is_idle(&self) -> bool {
         self.workers == 0
@@ -829,7 +836,7 @@ impl<M: Recipients> Owner<M> {
         // before taking another message, so the scope comes down to its limit as the
         // connections finish what they are sending.
         let excess = s.workers > s.conn_cap;
-        let msg = if stop || excess {
+        let msg = if stop || excess || s.shut() {
             None
         } else {
             s.ready.pop_front()
@@ -875,7 +882,7 @@ impl<M: Recipients> Owner<M> {
     /// its cap). Never counts the worker out; `take` does that once nothing is in flight.
     pub fn take_now(&mut self, key: &str, now: Instant) -> Option<M> {
         let s = self.scopes.get_mut(key)?;
-        if s.workers > s.conn_cap {
+        if s.workers > s.conn_cap || s.shut() {
             return None;
         }
         let interval = s.throttle.interval();
@@ -951,6 +958,30 @@ impl<M: Recipients> Owner<M> {
             Change::Cleared => n.throttled_since = None,
             _ => {}
         }
+    }
+
+    /// The rate `key` is paced at now, if it is paced.
+    pub fn rate(&self, key: &str) -> Option<f64> {
+        self.scopes.get(key)?.throttle.rate()
+    }
+
+    /// Another node's cut on `key`'s provider (`Throttle::follow`).
+    pub fn follow_cut(&mut self, key: &str, factor: f64, now: Instant) -> Change {
+        match self.scopes.get_mut(key) {
+            Some(s) => s.throttle.follow(factor, now),
+            None => Change::None,
+        }
+    }
+
+    /// Every scope here with the recipients it has here or on their way (demand announced,
+    /// credit out, messages ready).
+    pub fn loads(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.scopes.iter().map(|(k, s)| {
+            let n = s.ready.len() as u64
+                + s.credit_out.iter().map(|&c| u64::from(c)).sum::<u64>()
+                + s.demand.iter().map(|&d| u64::from(d)).sum::<u64>();
+            (k.as_str(), n)
+        })
     }
 
     /// `accepted` recipients, and whether the receiver pushed back. Says when the throttle

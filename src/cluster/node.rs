@@ -1,0 +1,437 @@
+//! The node's threads: one renews its leases every `TICK` and publishes its shards' cuts;
+//! one listens for the other nodes' cuts. Both reconnect on their own (every
+//! `RECONNECT_EVERY`) and never block a shard: while Redis cannot be reached, each lease runs
+//! out at its end and the shards fall back to `fallback_share` (`Shared::part`).
+
+use super::client::{printable, Conn};
+use super::resp::Value;
+use super::{lock, totals, Cut, Lease, Shared};
+use crate::config::Config;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const RENEW_SCRIPT: &str = include_str!("renew.lua");
+const LEAVE_SCRIPT: &str = "for i = 4, #ARGV do redis.call('HDEL', ARGV[1] .. ':lease:' .. ARGV[i], ARGV[2]) end \
+if redis.call('GET', ARGV[1] .. ':node:' .. ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[1] .. ':node:' .. ARGV[2]) end \
+return 0";
+/// A lost connection is tried again after this long.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// A node with this many recipients waiting for a provider asks for a rate that would send
+/// them within 1/`WANT_HORIZON` of a second (and never more than the total).
+const WANT_HORIZON: f64 = 4.0;
+/// Recipients a connection is asked for per this many waiting.
+const RECIPIENTS_PER_CONNECTION: u64 = 8;
+
+/// The running threads; `stop` ends them (leases given back if Redis can be reached).
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub fn stop(mut self) {
+        self.shared.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why a node cannot join: its name is held by another live process.
+#[derive(Debug)]
+pub struct NameTaken(pub String);
+
+/// Checks at start that no other live process holds this node's name (Redis unreachable:
+/// not known, the node starts on its fallback shares and checks when Redis returns).
+pub fn register(shared: &Shared) -> Result<(), NameTaken> {
+    let mut conn = match Conn::open(&shared.config, &shared.traffic) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                "cluster: {e}; starting on fallback shares ({} of each shared limit) until Redis answers",
+                shared.config.fallback_share
+            );
+            note_failure(shared, e);
+            return Ok(());
+        }
+    };
+    let mut sha = None;
+    match renew_call(&mut conn, shared, &mut sha, &[]) {
+        Ok(Renewed::Taken(holder)) => Err(NameTaken(format!(
+            "cluster.node {:?} is live in the cluster (held by {holder}; a stopped node's name lapses within {:?})",
+            shared.config.node,
+            shared.config.lease * 3
+        ))),
+        Ok(Renewed::Leases(..)) => Ok(()),
+        Err(e) => {
+            tracing::warn!("cluster: {e}; starting on fallback shares until Redis answers");
+            note_failure(shared, e);
+            Ok(())
+        }
+    }
+}
+
+/// Starts the threads. `config` gives the configuration in force (a reload changes it).
+pub fn start(
+    shared: Arc<Shared>,
+    config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
+) -> std::io::Result<Node> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    *lock(&shared.wake) = Some(tx);
+    let renewing = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("cluster-renew".into())
+            .spawn(move || renew_loop(&shared, &*config, &rx))?
+    };
+    let listening = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("cluster-listen".into())
+            .spawn(move || listen_loop(&shared))?
+    };
+    Ok(Node {
+        shared,
+        threads: vec![renewing, listening],
+    })
+}
+
+/// One shared provider as this node asks for it.
+struct Ask {
+    provider: String,
+    rate_total: u64,
+    conns_total: u64,
+    rate_want: u64,
+    conns_want: u64,
+}
+
+enum Renewed {
+    /// Per ask, in order: (rate milli-messages/s, connections).
+    Leases(Vec<(u64, u64)>),
+    Taken(String),
+}
+
+fn asks(config: &Config, wants: &HashMap<String, u64>) -> Vec<Ask> {
+    let mut out = Vec::new();
+    for name in config.providers.keys() {
+        let t = totals(config, name);
+        if t.rate.is_none() && t.conns.is_none() {
+            continue;
+        }
+        let waiting = wants.get(name).copied().unwrap_or(0);
+        let rate_total = t.rate.map_or(0, |r| (r * 1000.0).round().max(1.0) as u64);
+        let conns_total = t.conns.map_or(0, u64::from);
+        let (rate_want, conns_want) = if waiting == 0 {
+            (0, 0)
+        } else {
+            let rate = (waiting as f64 * WANT_HORIZON * 1000.0).min(rate_total as f64) as u64;
+            let conns = waiting
+                .div_ceil(RECIPIENTS_PER_CONNECTION)
+                .clamp(1, conns_total.max(1));
+            (rate.max(1000.min(rate_total)), conns)
+        };
+        out.push(Ask {
+            provider: name.clone(),
+            rate_total,
+            conns_total,
+            rate_want,
+            conns_want,
+        });
+    }
+    out
+}
+
+fn renew_call(
+    conn: &mut Conn,
+    shared: &Shared,
+    sha: &mut Option<String>,
+    asks: &[Ask],
+) -> Result<Renewed, String> {
+    let c = &shared.config;
+    let lease_ms = c.lease.as_millis().to_string();
+    let fallback = ((c.fallback_share * 1000.0).round() as u64).to_string();
+    let n = asks.len().to_string();
+    let nums: Vec<[String; 4]> = asks
+        .iter()
+        .map(|a| {
+            [
+                a.rate_total.to_string(),
+                a.conns_total.to_string(),
+                a.rate_want.to_string(),
+                a.conns_want.to_string(),
+            ]
+        })
+        .collect();
+    let mut argv: Vec<&[u8]> = vec![
+        c.key_prefix.as_bytes(),
+        c.node.as_bytes(),
+        shared.instance.as_bytes(),
+        lease_ms.as_bytes(),
+        fallback.as_bytes(),
+        n.as_bytes(),
+    ];
+    for (a, nums) in asks.iter().zip(&nums) {
+        argv.push(a.provider.as_bytes());
+        argv.extend(nums.iter().map(|s| s.as_bytes()));
+    }
+    let reply = eval(conn, sha, RENEW_SCRIPT, &argv)?;
+    let Value::Array(items) = reply else {
+        return Err(format!("redis: the renewal answered {reply:?}"));
+    };
+    let status = items.first().and_then(Value::as_i64);
+    if status == Some(-1) {
+        let holder = match items.get(2) {
+            Some(Value::Bulk(b)) => printable(&String::from_utf8_lossy(b)),
+            _ => "another process".into(),
+        };
+        return Ok(Renewed::Taken(holder));
+    }
+    if status != Some(0) || items.len() != 2 + 2 * asks.len() {
+        return Err("redis: the renewal's answer has the wrong shape".into());
+    }
+    let mut leases = Vec::with_capacity(asks.len());
+    for pair in items[2..].chunks(2) {
+        let rate = pair[0].as_i64().filter(|&v| v >= 0);
+        let conns = pair[1].as_i64().filter(|&v| v >= 0);
+        match (rate, conns) {
+            (Some(r), Some(c)) => leases.push((r as u64, c as u64)),
+            _ => return Err("redis: the renewal's answer has a bad number".into()),
+        }
+    }
+    Ok(Renewed::Leases(leases))
+}
+
+/// Runs a script by its digest, loading it first if this Redis does not have it.
+fn eval(
+    conn: &mut Conn,
+    sha: &mut Option<String>,
+    script: &str,
+    argv: &[&[u8]],
+) -> Result<Value, String> {
+    for _ in 0..2 {
+        let digest = match sha.as_ref() {
+            Some(s) => s.clone(),
+            None => match conn.call(&[b"SCRIPT", b"LOAD", script.as_bytes()])? {
+                Value::Bulk(b) => {
+                    let s = String::from_utf8_lossy(&b).into_owned();
+                    *sha = Some(s.clone());
+                    s
+                }
+                other => return Err(format!("redis SCRIPT LOAD answered {other:?}")),
+            },
+        };
+        let mut args: Vec<&[u8]> = vec![b"EVALSHA", digest.as_bytes(), b"0"];
+        args.extend_from_slice(argv);
+        match conn.call(&args)? {
+            Value::Error(e) if e.starts_with("NOSCRIPT") => *sha = None,
+            Value::Error(e) => return Err(format!("redis script: {}", printable(&e))),
+            v => return Ok(v),
+        }
+    }
+    Err("redis keeps forgetting the script".into())
+}
+
+fn renew_loop(
+    shared: &Shared,
+    config: &dyn Fn() -> Arc<Config>,
+    wake: &std::sync::mpsc::Receiver<()>,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut sha = None;
+    let mut next_try = Instant::now();
+    let mut taken_logged = false;
+    while !shared.stopping() {
+        let started = Instant::now();
+        if conn.is_none() && started >= next_try {
+            match Conn::open(&shared.config, &shared.traffic) {
+                Ok(c) => {
+                    conn = Some(c);
+                    sha = None;
+                }
+                Err(e) => {
+                    note_failure(shared, e);
+                    next_try = started + RECONNECT_EVERY;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            let config = config();
+            let asks = asks(&config, &shared.wants());
+            let result =
+                publish_cuts(c, shared).and_then(|()| renew_call(c, shared, &mut sha, &asks));
+            match result {
+                Ok(Renewed::Leases(granted)) => {
+                    taken_logged = false;
+                    note_renewed(shared);
+                    let until = started + shared.config.lease;
+                    let new: HashMap<String, Lease> = asks
+                        .iter()
+                        .zip(granted)
+                        .map(|(a, (rate, conns))| {
+                            let lease = Lease {
+                                rate: (a.rate_total > 0).then(|| rate as f64 / 1000.0),
+                                conns: (a.conns_total > 0).then_some(conns as u32),
+                                until,
+                            };
+                            (a.provider.clone(), lease)
+                        })
+                        .collect();
+                    set_leases(shared, new);
+                }
+                Ok(Renewed::Taken(holder)) => {
+                    // Another process took the name while Redis was away: this node stays
+                    // on its fallback shares until the name is free.
+                    if !taken_logged {
+                        tracing::error!(
+                            "cluster: node name {:?} is held by {holder}; running on fallback shares",
+                            shared.config.node
+                        );
+                        taken_logged = true;
+                    }
+                    lock(&shared.status).name_taken = true;
+                    set_leases(shared, HashMap::new());
+                }
+                Err(e) => {
+                    conn = None;
+                    note_failure(shared, e);
+                    next_try = Instant::now() + RECONNECT_EVERY;
+                }
+            }
+        }
+        lapse_leases(shared, Instant::now());
+        let _ = wake.recv_timeout(super::TICK.saturating_sub(started.elapsed()));
+    }
+    if let Some(mut c) = conn {
+        leave(&mut c, shared, config);
+    }
+}
+
+/// Gives this node's leases and name back at a clean stop, so the others take its share at
+/// once and a restart is not refused.
+fn leave(conn: &mut Conn, shared: &Shared, config: &dyn Fn() -> Arc<Config>) {
+    let c = &shared.config;
+    let config = config();
+    let mut argv: Vec<&[u8]> = vec![
+        c.key_prefix.as_bytes(),
+        c.node.as_bytes(),
+        shared.instance.as_bytes(),
+    ];
+    argv.extend(config.providers.keys().map(|p| p.as_bytes()));
+    let mut args: Vec<&[u8]> = vec![b"EVAL", LEAVE_SCRIPT.as_bytes(), b"0"];
+    args.extend(argv);
+    if let Err(e) = conn.call(&args) {
+        tracing::warn!("cluster: could not give the leases back ({e}); they lapse on their own");
+    }
+}
+
+fn publish_cuts(conn: &mut Conn, shared: &Shared) -> Result<(), String> {
+    let cuts = std::mem::take(&mut *lock(&shared.cuts_out));
+    let channel = format!("{}:cuts", shared.config.key_prefix);
+    for cut in &cuts {
+        let text = cut.encode();
+        conn.call(&[b"PUBLISH", channel.as_bytes(), text.as_bytes()])?;
+    }
+    if !cuts.is_empty() {
+        lock(&shared.status).cuts_published += cuts.len() as u64;
+    }
+    Ok(())
+}
+
+/// Takes the new leases; the shards re-limit when one changed enough to matter.
+fn set_leases(shared: &Shared, new: HashMap<String, Lease>) {
+    let mut leases = lock(&shared.leases);
+    let changed = new.len() != leases.len()
+        || new.iter().any(|(k, l)| match leases.get(k) {
+            None => true,
+            Some(old) => differs(old, l),
+        });
+    *leases = new;
+    drop(leases);
+    if changed {
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A lease that ran out (Redis silent for its whole length) gives way to the fallback.
+fn lapse_leases(shared: &Shared, now: Instant) {
+    let mut leases = lock(&shared.leases);
+    let before = leases.len();
+    leases.retain(|_, l| l.until > now);
+    let lapsed = leases.len() != before;
+    drop(leases);
+    if lapsed {
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A change worth re-limiting for: a connection, a rate to or from zero, or 1% of it.
+fn differs(a: &Lease, b: &Lease) -> bool {
+    let rate = match (a.rate, b.rate) {
+        (Some(x), Some(y)) => (x == 0.0) != (y == 0.0) || (x - y).abs() > 0.01 * x.max(y),
+        (x, y) => x.is_some() != y.is_some(),
+    };
+    rate || a.conns != b.conns
+}
+
+fn note_renewed(shared: &Shared) {
+    let mut s = lock(&shared.status);
+    if let Some(since) = s.degraded_since_ms.take() {
+        let secs = crate::clock::system().unix_ms().saturating_sub(since) as f64 / 1000.0;
+        tracing::info!("cluster: Redis answers again after {secs:.1} s; leases renewed");
+    }
+    s.connected = true;
+    s.name_taken = false;
+    s.renewals += 1;
+}
+
+fn note_failure(shared: &Shared, e: String) {
+    let mut s = lock(&shared.status);
+    if s.degraded_since_ms.is_none() {
+        tracing::warn!(
+            "cluster: {e}; each lease runs out at its end, then this node sends at its fallback share ({})",
+            shared.config.fallback_share
+        );
+        s.degraded_since_ms = Some(crate::clock::system().unix_ms());
+    }
+    s.connected = false;
+    s.failures += 1;
+    s.last_error = Some(e);
+}
+
+fn listen_loop(shared: &Shared) {
+    let channel = format!("{}:cuts", shared.config.key_prefix);
+    while !shared.stopping() {
+        if let Ok(mut conn) = Conn::open(&shared.config, &shared.traffic) {
+            if conn.send(&[b"SUBSCRIBE", channel.as_bytes()]).is_ok() {
+                listen(&mut conn, shared);
+            }
+        }
+        let until = Instant::now() + RECONNECT_EVERY;
+        while !shared.stopping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn listen(conn: &mut Conn, shared: &Shared) {
+    while !shared.stopping() {
+        match conn.read_reply_within(Duration::from_millis(200)) {
+            Ok(None) => {}
+            Ok(Some(Value::Array(items))) => {
+                if let [Value::Bulk(kind), _, Value::Bulk(payload)] = items.as_slice() {
+                    if kind == b"message" {
+                        match Cut::decode(payload) {
+                            Some(cut) if cut.node != shared.config.node => shared.received_cut(cut),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return,
+        }
+    }
+}
