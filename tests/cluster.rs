@@ -17,6 +17,13 @@ use std::time::{Duration, Instant};
 /// The provider's total rate across the nodes.
 const RATE: f64 = 200.0;
 const NODES: usize = 3;
+/// Each node's share of the limits while Redis cannot be reached: three of them send 75% of
+/// the total then, so the outage shows in the receiver's figures.
+const FALLBACK: f64 = 0.25;
+
+/// The tests of this file run one at a time: each runs three engines on a 2-core machine,
+/// and their rates are what is measured.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn source(i: usize) -> IpAddr {
     format!("127.0.0.{}", 71 + i).parse().unwrap()
@@ -52,7 +59,7 @@ impl Cluster {
                  provider_max_message_rate = \"{}/s\"\nprovider_connection_limit = 9\n\
                  [sources.n{i}]\naddress = \"{}\"\n\
                  [pools.default]\nsources = [\"n{i}\"]\n\
-                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = 0.33\n",
+                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = {FALLBACK}\n",
                 dns.addr,
                 sink.addr.port(),
                 RATE as u64,
@@ -62,14 +69,25 @@ impl Cluster {
             envs.push(Env::new(1, "", &extra));
         }
         let engines = envs.iter().map(|e| Some(e.start())).collect();
-        Some(Cluster {
+        let c = Cluster {
             envs,
             engines,
             sink,
             redis,
             _dns: dns,
             _dir: dir,
-        })
+        };
+        for node in 0..NODES {
+            wait_until(
+                Duration::from_secs(30),
+                "every node renews its leases",
+                || {
+                    c.envs[node].path("data/admin/listen").exists()
+                        && c.metric(node, "spate_cluster_renewals_total") >= 1.0
+                },
+            );
+        }
+        Some(c)
     }
 
     fn drop_campaign(&self, node: usize, n: usize) {
@@ -102,6 +120,41 @@ impl Cluster {
         (all, per)
     }
 
+    /// The receiver's rate in [from, to): in all, and per node.
+    fn rate(&self, from: Instant, to: Instant) -> (f64, Vec<f64>) {
+        let secs = to.duration_since(from).as_secs_f64();
+        let (all, per) = self.attempts(from, to);
+        (
+            all as f64 / secs,
+            per.iter().map(|&n| n as f64 / secs).collect(),
+        )
+    }
+
+    /// One sample of a node's `/metrics` (its value, summed over label sets).
+    fn metric(&self, node: usize, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.envs[node].path("data/admin/listen")).unwrap();
+        let addr = addr
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     fn stop(mut self) {
         for e in self.engines.iter_mut() {
             if let Some(e) = e.take() {
@@ -116,21 +169,64 @@ impl Cluster {
 /// RATE (and at least 90% of it) while all three send, each about a third.
 #[test]
 fn three_nodes_share_one_providers_rate() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some(c) = Cluster::start() else {
         return;
     };
     for i in 0..NODES {
         c.drop_campaign(i, 1_500);
     }
+    // A second process with a live node's name is refused at start, saying why.
+    let twin = Env::new(
+        1,
+        "",
+        &format!("[cluster]\nredis = \"{}\"\nnode = \"n1\"\n", c.redis.url()),
+    );
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&twin.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = child.try_wait().unwrap();
+    while status.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        status = child.try_wait().unwrap();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("a second process with a live node's name was not refused");
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.unwrap().code(), Some(78), "{err}");
+    assert!(err.contains("\"n1\" is live in the cluster"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     // Past the first lease periods (grants held at the fallback shares while the nodes
     // register), then 8 s of steady sending.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(6));
     let from = Instant::now();
     std::thread::sleep(Duration::from_secs(8));
     let to = Instant::now();
     let (all, per) = c.attempts(from, to);
     let rate = all as f64 / to.duration_since(from).as_secs_f64();
     eprintln!("cluster of {NODES}: {rate:.1}/s of {RATE}/s in all; per node {per:?}");
+    // What the cluster costs in Redis traffic, per message delivered so far.
+    let delivered: usize = c.sink.received.lock().unwrap().deliveries.values().sum();
+    let (mut commands, mut bytes) = (0.0, 0.0);
+    for node in 0..NODES {
+        commands += c.metric(node, "spate_cluster_redis_commands_total");
+        bytes += c.metric(node, "spate_cluster_redis_bytes_total");
+    }
+    eprintln!(
+        "redis traffic: {commands} commands and {bytes} bytes for {delivered} messages: {:.3} commands and {:.1} bytes a message",
+        commands / delivered as f64,
+        bytes / delivered as f64
+    );
     assert!(
         rate <= RATE * 1.03,
         "{rate:.1}/s is past the total {RATE}/s"
@@ -143,5 +239,163 @@ fn three_nodes_share_one_providers_rate() {
             "node {i} had {share:.2} of the attempts: {per:?}"
         );
     }
+    c.stop();
+}
+
+/// Pushback seen by one node slows the other two: they follow its cut. How long that took,
+/// from the cutting node's decision to the others' shards following it, is reported (each
+/// node's `/metrics`); what is asserted is that they followed and sent slower after it.
+#[test]
+fn pushback_on_one_node_slows_all() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    for i in 0..NODES {
+        c.drop_campaign(i, 3_000);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let t = Instant::now();
+    let (_, before) = c.rate(t - Duration::from_secs(2), t);
+    // Node 0's address is rate limited for 400 ms.
+    c.sink.received.lock().unwrap().pushback.insert(source(0));
+    std::thread::sleep(Duration::from_millis(400));
+    c.sink.received.lock().unwrap().pushback.clear();
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (_, after) = c.rate(
+        t + Duration::from_millis(500),
+        t + Duration::from_millis(1_500),
+    );
+    let mut lags = Vec::new();
+    for node in 1..NODES {
+        let followed = c.metric(node, "spate_cluster_cuts_followed_total");
+        let max = c.metric(node, "spate_cluster_cut_lag_seconds_max");
+        let sum = c.metric(node, "spate_cluster_cut_lag_seconds_sum");
+        assert!(followed >= 1.0, "node {node} followed no cut");
+        lags.push(format!(
+            "node {node}: {followed} cuts followed, lag mean {:.1} ms, max {:.1} ms",
+            sum / followed * 1000.0,
+            max * 1000.0
+        ));
+    }
+    assert!(c.metric(0, "spate_cluster_cuts_published_total") >= 1.0);
+    eprintln!(
+        "pushback at node 0: per-node rates {before:.1?} before, {after:.1?} in the second after; {}",
+        lags.join("; ")
+    );
+    for node in 1..NODES {
+        assert!(
+            after[node] < before[node] * 0.95,
+            "node {node} did not slow down: {:.1}/s before, {:.1}/s after",
+            before[node],
+            after[node]
+        );
+    }
+    c.stop();
+}
+
+/// `kill -9` of one node: its leases lapse (a lease period) and the other two take up its
+/// share; the receiver sees nearly the whole rate again from them.
+#[test]
+fn a_killed_nodes_share_goes_to_the_others() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    for i in 0..NODES {
+        c.drop_campaign(i, 3_000);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let killed = Instant::now();
+    c.engines[0].take().unwrap().kill9();
+    std::thread::sleep(Duration::from_secs(8));
+    let (total, per) = c.rate(
+        killed + Duration::from_secs(3),
+        killed + Duration::from_secs(8),
+    );
+    // When the two others first reached 90% of the total together, in 250-ms steps of a 1-s
+    // window: reported.
+    let mut took = None;
+    for step in 0..28 {
+        let from = killed + Duration::from_millis(250 * step);
+        let (r, _) = c.rate(from, from + Duration::from_secs(1));
+        if r >= RATE * 0.9 {
+            took = Some(Duration::from_millis(250 * step + 1000));
+            break;
+        }
+    }
+    eprintln!(
+        "kill -9 of node 0: the others at {total:.1}/s ({per:.1?}) from 3 s to 8 s after; 90% of {RATE}/s again within {took:?}"
+    );
+    assert!(per[0] == 0.0, "the killed node still sent: {per:?}");
+    assert!(
+        total >= RATE * 0.9,
+        "{total:.1}/s: the others did not take up its share"
+    );
+    assert!(total <= RATE * 1.03, "{total:.1}/s is past {RATE}/s");
+    c.stop();
+}
+
+/// Redis stopped for 30 s (and back empty: no persistence): every node falls back to its
+/// share, keeps sending within it and says so; within seconds of Redis's return they are
+/// at the full rate again; every recipient is delivered once.
+#[test]
+fn a_redis_outage_holds_the_fallback_shares_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    let per_node = 3_500;
+    for i in 0..NODES {
+        c.drop_campaign(i, per_node);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let down = Instant::now();
+    c.redis.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    let (outage, outage_per) = c.rate(
+        down + Duration::from_secs(5),
+        down + Duration::from_secs(30),
+    );
+    for node in 0..NODES {
+        assert_eq!(c.metric(node, "spate_cluster_degraded"), 1.0, "node {node}");
+    }
+    let back = Instant::now();
+    c.redis.restart();
+    std::thread::sleep(Duration::from_secs(10));
+    let (after, after_per) = c.rate(
+        back + Duration::from_secs(5),
+        back + Duration::from_secs(10),
+    );
+    eprintln!(
+        "redis down 30 s: {outage:.1}/s ({outage_per:.1?}) during it (fallback {FALLBACK} of {RATE}/s each); {after:.1}/s ({after_per:.1?}) from 5 s to 10 s after its return"
+    );
+    let fallback_sum = RATE * FALLBACK * NODES as f64;
+    assert!(
+        outage <= fallback_sum * 1.03,
+        "{outage:.1}/s is past the fallback shares"
+    );
+    assert!(
+        outage >= fallback_sum * 0.9,
+        "{outage:.1}/s: the nodes stalled"
+    );
+    assert!(after >= RATE * 0.9, "{after:.1}/s: not back to full speed");
+    assert!(after <= RATE * 1.03, "{after:.1}/s is past {RATE}/s");
+    for node in 0..NODES {
+        assert_eq!(c.metric(node, "spate_cluster_degraded"), 0.0, "node {node}");
+    }
+    for (i, env) in c.envs.iter().enumerate() {
+        wait_final(
+            env,
+            c.engines[i].as_ref().unwrap(),
+            per_node,
+            Duration::from_secs(120),
+        );
+    }
+    let got = c.sink.received.lock().unwrap();
+    let delivered: usize = got.deliveries.values().sum();
+    assert_eq!(delivered, per_node * NODES, "every recipient once");
+    assert!(got.deliveries.values().all(|&n| n == 1));
+    drop(got);
     c.stop();
 }

@@ -535,6 +535,143 @@ fn warm_labels(w: &WarmStatus) -> [(&str, &str); 2] {
     [("source", &w.source), ("provider", &w.provider)]
 }
 
+/// This node's standing in its cluster (`[cluster]`): appended to `/metrics` by a node that
+/// has one. The leases are this node's parts of each shared provider limit now (its
+/// fallback shares while it holds no lease).
+pub fn cluster_text(c: &crate::cluster::Shared, config: &Config) -> String {
+    let mut o = Out {
+        text: String::with_capacity(2048),
+    };
+    let st = c.status();
+    let node = [("node", c.config.node.as_str())];
+    let gauges: [(&str, &str, f64); 3] = [
+        (
+            "spate_cluster_connected",
+            "1 while this node's last renewal reached Redis",
+            f64::from(u8::from(st.connected)),
+        ),
+        (
+            "spate_cluster_degraded",
+            "1 while Redis cannot be reached: leases run out, then fallback shares apply",
+            f64::from(u8::from(st.degraded_since_ms.is_some())),
+        ),
+        (
+            "spate_cluster_name_taken",
+            "1 while another live process holds this node's name (fallback shares apply)",
+            f64::from(u8::from(st.name_taken)),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        o.family(name, "gauge", help);
+        o.sample(name, &node, v);
+    }
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "spate_cluster_renewals_total",
+            "lease renewals Redis answered",
+            st.renewals,
+        ),
+        (
+            "spate_cluster_failures_total",
+            "calls to Redis that failed",
+            st.failures,
+        ),
+        (
+            "spate_cluster_cuts_published_total",
+            "throttle cuts this node told the others of",
+            st.cuts_published,
+        ),
+        (
+            "spate_cluster_cuts_followed_total",
+            "other nodes' throttle cuts this node followed",
+            st.cuts_followed,
+        ),
+        (
+            "spate_cluster_redis_commands_total",
+            "commands sent to Redis (renewals, publications, subscriptions, AUTH)",
+            c.traffic
+                .commands
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        o.family(name, "counter", help);
+        o.sample(name, &node, v as f64);
+    }
+    o.family(
+        "spate_cluster_redis_bytes_total",
+        "counter",
+        "bytes exchanged with Redis",
+    );
+    for (dir, v) in [("out", &c.traffic.bytes_out), ("in", &c.traffic.bytes_in)] {
+        let v = v.load(std::sync::atomic::Ordering::Relaxed);
+        o.sample(
+            "spate_cluster_redis_bytes_total",
+            &[("node", c.config.node.as_str()), ("direction", dir)],
+            v as f64,
+        );
+    }
+    o.family(
+        "spate_cluster_cut_lag_seconds",
+        "summary",
+        "from another node's cut to a shard here following it (same-clock nodes)",
+    );
+    o.sample(
+        "spate_cluster_cut_lag_seconds_sum",
+        &node,
+        st.cut_lag_ms_sum as f64 / 1000.0,
+    );
+    o.sample(
+        "spate_cluster_cut_lag_seconds_count",
+        &node,
+        st.cuts_followed as f64,
+    );
+    o.family(
+        "spate_cluster_cut_lag_seconds_max",
+        "gauge",
+        "the longest such lag so far",
+    );
+    o.sample(
+        "spate_cluster_cut_lag_seconds_max",
+        &node,
+        st.cut_lag_ms_max as f64 / 1000.0,
+    );
+    let now = std::time::Instant::now();
+    o.family(
+        "spate_cluster_lease_rate",
+        "gauge",
+        "messages/s of a provider's shared rate this node may send now",
+    );
+    let mut conns = Vec::new();
+    for name in config.providers.keys() {
+        let t = crate::cluster::totals(config, name);
+        let part = c.part(name, t, now);
+        if let Some(r) = part.rate {
+            o.sample(
+                "spate_cluster_lease_rate",
+                &[("node", c.config.node.as_str()), ("provider", name)],
+                r,
+            );
+        }
+        if let Some(n) = part.conns {
+            conns.push((name, n));
+        }
+    }
+    o.family(
+        "spate_cluster_lease_connections",
+        "gauge",
+        "connections of a provider's shared limit this node may hold now",
+    );
+    for (name, n) in conns {
+        o.sample(
+            "spate_cluster_lease_connections",
+            &[("node", c.config.node.as_str()), ("provider", name)],
+            f64::from(n),
+        );
+    }
+    o.text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

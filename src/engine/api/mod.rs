@@ -124,6 +124,10 @@ impl Handler for Api {
                     &self.rules_seen(),
                     &self.warmup_status(),
                 );
+                let mut text = text;
+                if let Some(c) = &self.shared.cluster {
+                    text.push_str(&crate::admin::metrics::cluster_text(c, &config));
+                }
                 Response::new(200, crate::admin::metrics::CONTENT_TYPE, text)
             }
             "/api/v1/status" if get => Response::json(200, self.status(&config).to_string()),
