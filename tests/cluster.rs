@@ -40,9 +40,14 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Option<Cluster> {
-        use spate_sim::dns::{DnsResponder, Zone};
         let dir = tempfile::tempdir().unwrap();
         let redis = Redis::start(dir.path())?;
+        Cluster::start_on(dir, redis, "")
+    }
+
+    /// Three nodes on `redis`; `cluster_keys` are added to their `[cluster]` sections.
+    fn start_on(dir: tempfile::TempDir, redis: Redis, cluster_keys: &str) -> Option<Cluster> {
+        use spate_sim::dns::{DnsResponder, Zone};
         let mut zone = Zone::default();
         zone.mx
             .insert("isp.test".into(), vec![(10, "mx.isp.test".into())]);
@@ -59,7 +64,7 @@ impl Cluster {
                  provider_max_message_rate = \"{}/s\"\nprovider_connection_limit = 9\n\
                  [sources.n{i}]\naddress = \"{}\"\n\
                  [pools.default]\nsources = [\"n{i}\"]\n\
-                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = {FALLBACK}\n",
+                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = {FALLBACK}\n{cluster_keys}\n",
                 dns.addr,
                 sink.addr.port(),
                 RATE as u64,
@@ -398,4 +403,54 @@ fn a_redis_outage_holds_the_fallback_shares_and_loses_nothing() {
     assert!(got.deliveries.values().all(|&n| n == 1));
     drop(got);
     c.stop();
+}
+
+/// A failover: the master is killed and its replica promoted (as Sentinel would, here by
+/// hand). The nodes find the new master among `failover`; leases it had not received may be
+/// lost or doubled for at most one lease period, so the receiver may see up to twice the
+/// total for that long; then the total holds again.
+#[test]
+fn a_promoted_replica_takes_over_the_leases() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some(master) = Redis::start(dir.path()) else {
+        return;
+    };
+    let replica = Redis::start_replica(dir.path(), Some(master.port)).unwrap();
+    let failover = format!("failover = [\"{}\"]", replica.url());
+    let mut c = Cluster::start_on(dir, master, &failover).unwrap();
+    for i in 0..NODES {
+        c.drop_campaign(i, 3_000);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let killed = Instant::now();
+    c.redis.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let promoted = replica.command("REPLICAOF NO ONE").unwrap_or_default();
+    assert!(promoted.starts_with("+OK"), "{promoted}");
+    std::thread::sleep(Duration::from_secs(9));
+    let lease = Duration::from_secs(2);
+    let (during, _) = c.rate(killed, killed + lease);
+    let (after, per) = c.rate(
+        killed + lease + Duration::from_secs(2),
+        killed + Duration::from_secs(9),
+    );
+    eprintln!(
+        "failover: {during:.1}/s in the lease period after the master died, {after:.1}/s ({per:.1?}) from 4 s to 9 s after"
+    );
+    assert!(during <= RATE * 2.0, "{during:.1}/s: more than doubled");
+    assert!(after <= RATE * 1.03, "{after:.1}/s is past {RATE}/s");
+    assert!(
+        after >= RATE * 0.9,
+        "{after:.1}/s: the nodes did not find the new master"
+    );
+    for node in 0..NODES {
+        assert_eq!(
+            c.metric(node, "spate_cluster_connected"),
+            1.0,
+            "node {node}"
+        );
+    }
+    c.stop();
+    drop(replica);
 }

@@ -34,12 +34,42 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, authenticates and selects the configured database.
-    pub fn open(c: &Cluster, traffic: &Arc<Traffic>) -> Result<Conn, String> {
-        let addrs = (c.host.as_str(), c.port)
+    /// Connects to the first server that answers as the master (`cluster.redis`, then
+    /// `cluster.failover` in order), authenticated, its database selected.
+    pub fn open_master(c: &Cluster, traffic: &Arc<Traffic>) -> Result<Conn, String> {
+        let mut why = Vec::new();
+        for (host, port) in c.servers() {
+            match Conn::open(c, host, port, traffic).and_then(|mut conn| {
+                if c.failover.is_empty() {
+                    return Ok(conn);
+                }
+                match conn.call(&[b"ROLE"])? {
+                    Value::Array(items)
+                        if matches!(items.first(), Some(Value::Bulk(r)) if r == b"master") =>
+                    {
+                        Ok(conn)
+                    }
+                    _ => Err(format!("redis {host}:{port}: not the master")),
+                }
+            }) {
+                Ok(conn) => return Ok(conn),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(why.join("; "))
+    }
+
+    /// Connects to `host:port`, authenticates and selects the configured database.
+    pub fn open(
+        c: &Cluster,
+        host: &str,
+        port: u16,
+        traffic: &Arc<Traffic>,
+    ) -> Result<Conn, String> {
+        let addrs = (host, port)
             .to_socket_addrs()
-            .map_err(|e| format!("redis {}:{}: {e}", c.host, c.port))?;
-        let mut last = format!("redis {}:{}: no address", c.host, c.port);
+            .map_err(|e| format!("redis {host}:{port}: {e}"))?;
+        let mut last = format!("redis {host}:{port}: no address");
         let mut tcp = None;
         for a in addrs {
             match TcpStream::connect_timeout(&a, IO_TIMEOUT) {
@@ -59,8 +89,8 @@ impl Conn {
         let plain = tcp.try_clone().map_err(|e| e.to_string())?;
         let stream: Box<dyn Stream> = if c.tls {
             let config = tls_config(c)?;
-            let name = rustls::pki_types::ServerName::try_from(c.host.clone())
-                .map_err(|e| format!("redis host {:?}: {e}", c.host))?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("redis host {host:?}: {e}"))?;
             let session = rustls::ClientConnection::new(config, name)
                 .map_err(|e| format!("redis TLS: {e}"))?;
             Box::new(rustls::StreamOwned::new(session, plain))

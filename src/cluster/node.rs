@@ -47,7 +47,7 @@ pub struct NameTaken(pub String);
 /// Checks at start that no other live process holds this node's name (Redis unreachable:
 /// not known, the node starts on its fallback shares and checks when Redis returns).
 pub fn register(shared: &Shared) -> Result<(), NameTaken> {
-    let mut conn = match Conn::open(&shared.config, &shared.traffic) {
+    let mut conn = match Conn::open_master(&shared.config, &shared.traffic) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(
@@ -246,7 +246,7 @@ fn renew_loop(
     while !shared.stopping() {
         let started = Instant::now();
         if conn.is_none() && started >= next_try {
-            match Conn::open(&shared.config, &shared.traffic) {
+            match Conn::open_master(&shared.config, &shared.traffic) {
                 Ok(c) => {
                     conn = Some(c);
                     sha = None;
@@ -404,7 +404,7 @@ fn note_failure(shared: &Shared, e: String) {
 fn listen_loop(shared: &Shared) {
     let channel = format!("{}:cuts", shared.config.key_prefix);
     while !shared.stopping() {
-        if let Ok(mut conn) = Conn::open(&shared.config, &shared.traffic) {
+        if let Ok(mut conn) = Conn::open_master(&shared.config, &shared.traffic) {
             if conn.send(&[b"SUBSCRIBE", channel.as_bytes()]).is_ok() {
                 listen(&mut conn, shared);
             }

@@ -14,6 +14,7 @@ type Err<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCluster {
     pub(super) redis: Option<String>,
+    pub(super) failover: Option<Vec<String>>,
     pub(super) node: Option<String>,
     pub(super) password: Option<String>,
     pub(super) tls_ca_file: Option<PathBuf>,
@@ -31,6 +32,8 @@ pub const LEASE_MAX: Duration = Duration::from_secs(30);
 /// Each node's share of every shared limit while Redis cannot be reached. A third suits three
 /// nodes; with more nodes operators set 1/N (or less) to keep the sum within the limit.
 pub const DEFAULT_FALLBACK_SHARE: f64 = 0.25;
+/// Replicas `failover` may list at most.
+pub const FAILOVER_MAX: usize = 8;
 /// A node's name: letters, digits, `.`, `_`, `-`, at most this long.
 pub const NODE_NAME_MAX: usize = 64;
 
@@ -41,6 +44,9 @@ pub struct Cluster {
     /// Host name (or address) and port of the Redis server.
     pub host: String,
     pub port: u16,
+    /// Its replicas, tried in order when it does not answer or is no longer the master
+    /// (a replica promoted by Sentinel or by hand): `(host, port)`.
+    pub failover: Vec<(String, u16)>,
     /// `rediss://`: TLS to Redis, verified against `tls_ca_file` (or the public roots).
     pub tls: bool,
     pub tls_ca_file: Option<PathBuf>,
@@ -89,6 +95,25 @@ pub(super) fn validate_cluster(
         }
         (a, b) => a.or(b),
     };
+    let mut failover = Vec::new();
+    for (i, url) in raw.failover.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("cluster.failover[{i}]");
+        let f = parse_redis_url(&url).map_err(|m| err(&field, m))?;
+        if f.tls != parsed.tls || f.username.is_some() || f.password.is_some() || f.db != parsed.db
+        {
+            return Err(err(
+                &field,
+                "must have cluster.redis's scheme and database, and no credentials of its own (they come from cluster.redis or cluster.password)".into(),
+            ));
+        }
+        failover.push((f.host, f.port));
+    }
+    if failover.len() > FAILOVER_MAX {
+        return Err(err(
+            "cluster.failover",
+            format!("at most {FAILOVER_MAX} servers, got {}", failover.len()),
+        ));
+    }
     if raw.tls_ca_file.is_some() && !parsed.tls {
         return Err(err(
             "cluster.tls_ca_file",
@@ -126,6 +151,7 @@ pub(super) fn validate_cluster(
         node,
         host: parsed.host,
         port: parsed.port,
+        failover,
         tls: parsed.tls,
         tls_ca_file: raw.tls_ca_file,
         username: parsed.username,
@@ -135,6 +161,14 @@ pub(super) fn validate_cluster(
         fallback_share,
         key_prefix,
     }))
+}
+
+impl Cluster {
+    /// The servers to try, the configured one first.
+    pub fn servers(&self) -> impl Iterator<Item = (&str, u16)> {
+        std::iter::once((self.host.as_str(), self.port))
+            .chain(self.failover.iter().map(|(h, p)| (h.as_str(), *p)))
+    }
 }
 
 struct RedisUrl {

@@ -12,11 +12,18 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: std::path::PathBuf,
+    /// `--replicaof 127.0.0.1 PORT`: a replica of another test server.
+    replica_of: Option<u16>,
 }
 
 impl Redis {
     /// `None` (the test skips) only outside CI when redis-server is not installed.
     pub fn start(dir: &std::path::Path) -> Option<Redis> {
+        Redis::start_replica(dir, None)
+    }
+
+    /// A server replicating `master`'s port (`None`: a master of its own).
+    pub fn start_replica(dir: &std::path::Path, replica_of: Option<u16>) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -39,6 +46,7 @@ impl Redis {
             child: None,
             port,
             dir: dir.to_path_buf(),
+            replica_of,
         };
         r.restart();
         Some(r)
@@ -51,8 +59,13 @@ impl Redis {
     /// Starts it (again, on the same port, empty) and waits until it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("redis-{}.log", self.port))).unwrap();
+        let replica: Vec<String> = match self.replica_of {
+            Some(m) => vec!["--replicaof".into(), "127.0.0.1".into(), m.to_string()],
+            None => vec![],
+        };
         let child = Command::new("redis-server")
+            .args(&replica)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -64,6 +77,8 @@ impl Redis {
                 "no",
                 "--dir",
                 self.dir.to_str().unwrap(),
+                "--dbfilename",
+                &format!("dump-{}.rdb", self.port),
             ])
             .stdout(log)
             .stderr(Stdio::null())
