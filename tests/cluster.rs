@@ -137,6 +137,16 @@ impl Cluster {
 
     /// One sample of a node's `/metrics` (its value, summed over label sets).
     fn metric(&self, node: usize, name: &str) -> f64 {
+        let reply = self.get(node, "/metrics");
+        reply
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// A node's admin API answer to `GET path` (head and body).
+    fn get(&self, node: usize, path: &str) -> String {
         use std::io::{Read, Write};
         let addr = std::fs::read_to_string(self.envs[node].path("data/admin/listen")).unwrap();
         let addr = addr
@@ -148,16 +158,31 @@ impl Cluster {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
         reply
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
+    }
+
+    /// `spate ARGS -c CONFIG` for a node, which must succeed.
+    fn cli(&self, node: usize, args: &[&str]) {
+        let config = self.envs[node].config.to_str().unwrap().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-c", &config]);
+        let (code, out, err) = self.envs[node].run_cli(&all);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+
+    /// Whether a node's holds suspend `target` now.
+    fn suspends(&self, node: usize, target: &str) -> bool {
+        let reply = self.get(node, "/api/v1/holds");
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["suspended"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["target"] == target))
     }
 
     fn stop(mut self) {
@@ -453,4 +478,89 @@ fn a_promoted_replica_takes_over_the_leases() {
     }
     c.stop();
     drop(replica);
+}
+
+/// An operator's suspension of the provider at one node holds on every node (they stop
+/// sending to it within a second or so), and a resume at another node lifts it everywhere;
+/// each node's audit file says the cluster changed its holds.
+#[test]
+fn a_suspension_at_one_node_holds_on_all() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    for i in 0..NODES {
+        c.drop_campaign(i, 3_000);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let cli = |node: usize, args: &[&str]| c.cli(node, args);
+    cli(0, &["queue", "suspend", "isp"]);
+    let suspended = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let (held, held_per) = c.rate(
+        suspended + Duration::from_secs(1),
+        suspended + Duration::from_secs(3),
+    );
+    cli(2, &["queue", "resume", "isp"]);
+    let resumed = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let (back, back_per) = c.rate(
+        resumed + Duration::from_secs(2),
+        resumed + Duration::from_secs(4),
+    );
+    eprintln!(
+        "suspend at node 0: {held:.1}/s ({held_per:.1?}) from 1 s to 3 s after; resume at node 2: {back:.1}/s ({back_per:.1?}) from 2 s to 4 s after"
+    );
+    assert_eq!(
+        held, 0.0,
+        "a node sent while the provider was suspended: {held_per:?}"
+    );
+    assert!(
+        back >= RATE * 0.8,
+        "{back:.1}/s after the resume: {back_per:?}"
+    );
+    for node in 1..NODES {
+        let audit = std::fs::read_to_string(c.envs[node].path("log/admin.jsonl")).unwrap();
+        assert!(audit.contains("cluster-sync"), "node {node}: {audit}");
+    }
+    c.stop();
+}
+
+/// A node that was stopped while the cluster's holds changed takes the cluster's when it
+/// rejoins: its own file's stale suspension is dropped, not spread back to the others.
+#[test]
+fn a_rejoining_node_takes_the_clusters_holds() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    // Past the first two lease periods of Redis's state, in which a node that comes takes
+    // part in the union of the nodes' holds (Redis's state is new).
+    std::thread::sleep(Duration::from_secs(5));
+    c.cli(0, &["queue", "suspend", "domain:old.test"]);
+    wait_until(
+        Duration::from_secs(10),
+        "every node has the suspension",
+        || (0..NODES).all(|n| c.suspends(n, "domain:old.test")),
+    );
+    let stopped = c.engines[1].take().unwrap().stop(Duration::from_secs(30));
+    assert!(stopped.success());
+    c.cli(2, &["queue", "resume", "domain:old.test"]);
+    c.cli(2, &["queue", "suspend", "domain:new.test"]);
+    wait_until(Duration::from_secs(10), "the others resumed", || {
+        !c.suspends(0, "domain:old.test") && c.suspends(0, "domain:new.test")
+    });
+    c.engines[1] = Some(c.envs[1].start());
+    wait_until(
+        Duration::from_secs(10),
+        "the rejoined node has the cluster's holds",
+        || !c.suspends(1, "domain:old.test") && c.suspends(1, "domain:new.test"),
+    );
+    // And it did not spread its stale suspension back.
+    std::thread::sleep(Duration::from_secs(3));
+    for node in 0..NODES {
+        assert!(!c.suspends(node, "domain:old.test"), "node {node}");
+        assert!(c.suspends(node, "domain:new.test"), "node {node}");
+    }
+    c.stop();
 }

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod node;
 pub mod resp;
+pub mod state;
 
 use crate::config::cluster::Cluster;
 use crate::config::Config;
@@ -85,10 +86,10 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// The message published: `node provider factor_milli at_ms`.
+    /// The message published: `cut node provider factor_milli at_ms`.
     pub fn encode(&self) -> String {
         format!(
-            "{} {} {} {}",
+            "cut {} {} {} {}",
             self.node,
             self.provider,
             (self.factor * 1000.0).round() as u64,
@@ -99,7 +100,7 @@ impl Cut {
     /// A published message, or `None` if it is not one (it came from outside: bounded,
     /// checked, never trusted further than a share of a rate).
     pub fn decode(bytes: &[u8]) -> Option<Cut> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = std::str::from_utf8(bytes).ok()?.strip_prefix("cut ")?;
         let mut parts = text.split(' ');
         let node = parts.next()?;
         let provider = parts.next()?;
@@ -121,6 +122,21 @@ impl Cut {
             at_ms,
         })
     }
+}
+
+/// What the node's threads read and change of the engine besides leases (the engine
+/// implements it): the operators' holds and the reply rules' firings, shared through Redis
+/// (`state`).
+pub trait Hooks: Send + Sync {
+    /// The configuration in force (a reload changes it).
+    fn config(&self) -> Arc<Config>;
+    /// The holds in force, with their generation.
+    fn holds(&self) -> (u64, Arc<crate::admin::holds::Holds>);
+    /// Puts `new` in force (durably, as an operator's change is, and in the audit file) if
+    /// the holds are still at `generation`; false if they changed since (an operator's own
+    /// change wins: it is shared at the next sync).
+    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> bool;
+    fn rules(&self) -> &crate::delivery::rules::RuleBook;
 }
 
 /// How this node stands with the cluster, for `/metrics`, the page and `queue summary`.
@@ -158,6 +174,8 @@ pub struct Shared {
     status: Mutex<Status>,
     pub traffic: Arc<client::Traffic>,
     stop: AtomicBool,
+    /// Another node changed the shared holds or firings: read them at the next tick.
+    sync_asked: AtomicBool,
     /// Wakes the renewing thread early (a cut to publish, a stop).
     wake: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -182,6 +200,7 @@ impl Shared {
             status: Mutex::default(),
             traffic: Arc::default(),
             stop: AtomicBool::new(false),
+            sync_asked: AtomicBool::new(false),
             wake: Mutex::new(None),
         }
     }
@@ -293,6 +312,14 @@ impl Shared {
         v
     }
 
+    /// Another node said the shared state changed.
+    fn ask_sync(&self) {
+        self.sync_asked.store(true, Ordering::SeqCst);
+        if let Some(w) = lock(&self.wake).as_ref() {
+            let _ = w.send(());
+        }
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = lock(&self.wake).as_ref() {
@@ -323,13 +350,14 @@ mod tests {
         };
         assert_eq!(Cut::decode(c.encode().as_bytes()), Some(c));
         for bad in [
-            &b"mta1 yahoo 0 1"[..],
-            b"mta1 yahoo 1000 1",
-            b"mta1 yahoo 900",
-            b"mta1 yahoo 900 1 extra",
-            b" yahoo 900 1",
-            b"mta1 yahoo -5 1",
-            b"\xff\xfe yahoo 900 1",
+            &b"cut mta1 yahoo 0 1"[..],
+            b"mta1 yahoo 900 1",
+            b"cut mta1 yahoo 1000 1",
+            b"cut mta1 yahoo 900",
+            b"cut mta1 yahoo 900 1 extra",
+            b"cut  yahoo 900 1",
+            b"cut mta1 yahoo -5 1",
+            b"cut \xff\xfe yahoo 900 1",
         ] {
             assert_eq!(Cut::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -5,9 +5,9 @@
 
 use super::client::{printable, Conn};
 use super::resp::Value;
-use super::{lock, totals, Cut, Lease, Shared};
+use super::{lock, totals, Cut, Hooks, Lease, Shared};
 use crate::config::Config;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -74,18 +74,15 @@ pub fn register(shared: &Shared) -> Result<(), NameTaken> {
     }
 }
 
-/// Starts the threads. `config` gives the configuration in force (a reload changes it).
-pub fn start(
-    shared: Arc<Shared>,
-    config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
-) -> std::io::Result<Node> {
+/// Starts the threads; `hooks` are the engine's side.
+pub fn start(shared: Arc<Shared>, hooks: Arc<dyn Hooks>) -> std::io::Result<Node> {
     let (tx, rx) = std::sync::mpsc::channel();
     *lock(&shared.wake) = Some(tx);
     let renewing = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("cluster-renew".into())
-            .spawn(move || renew_loop(&shared, &*config, &rx))?
+            .spawn(move || renew_loop(&shared, &*hooks, &rx))?
     };
     let listening = {
         let shared = Arc::clone(&shared);
@@ -109,8 +106,9 @@ struct Ask {
 }
 
 enum Renewed {
-    /// Per ask, in order: (rate milli-messages/s, connections).
-    Leases(Vec<(u64, u64)>),
+    /// The epoch of Redis's state (when it began, its ms), whether that was within the
+    /// last two lease periods, and per ask, in order: (rate milli-messages/s, connections).
+    Leases(u64, bool, Vec<(u64, u64)>),
     Taken(String),
 }
 
@@ -189,11 +187,15 @@ fn renew_call(
         };
         return Ok(Renewed::Taken(holder));
     }
-    if status != Some(0) || items.len() != 2 + 2 * asks.len() {
+    let epoch = items.get(2).and_then(Value::as_i64).filter(|&e| e >= 0);
+    let (Some(0), Some(epoch)) = (status, epoch) else {
+        return Err("redis: the renewal's answer has the wrong shape".into());
+    };
+    if items.len() != 3 + 2 * asks.len() {
         return Err("redis: the renewal's answer has the wrong shape".into());
     }
     let mut leases = Vec::with_capacity(asks.len());
-    for pair in items[2..].chunks(2) {
+    for pair in items[3..].chunks(2) {
         let rate = pair[0].as_i64().filter(|&v| v >= 0);
         let conns = pair[1].as_i64().filter(|&v| v >= 0);
         match (rate, conns) {
@@ -201,7 +203,9 @@ fn renew_call(
             _ => return Err("redis: the renewal's answer has a bad number".into()),
         }
     }
-    Ok(Renewed::Leases(leases))
+    let now = items.get(1).and_then(Value::as_i64).unwrap_or(0);
+    let young = now.saturating_sub(epoch) < 2 * c.lease.as_millis() as i64;
+    Ok(Renewed::Leases(epoch as u64, young, leases))
 }
 
 /// Runs a script by its digest, loading it first if this Redis does not have it.
@@ -234,15 +238,12 @@ fn eval(
     Err("redis keeps forgetting the script".into())
 }
 
-fn renew_loop(
-    shared: &Shared,
-    config: &dyn Fn() -> Arc<Config>,
-    wake: &std::sync::mpsc::Receiver<()>,
-) {
+fn renew_loop(shared: &Shared, hooks: &dyn Hooks, wake: &std::sync::mpsc::Receiver<()>) {
     let mut conn: Option<Conn> = None;
     let mut sha = None;
     let mut next_try = Instant::now();
     let mut taken_logged = false;
+    let mut sync = Sync::default();
     while !shared.stopping() {
         let started = Instant::now();
         if conn.is_none() && started >= next_try {
@@ -258,13 +259,19 @@ fn renew_loop(
             }
         }
         if let Some(c) = conn.as_mut() {
-            let config = config();
+            let config = hooks.config();
             let asks = asks(&config, &shared.wants());
             let result =
                 publish_cuts(c, shared).and_then(|()| renew_call(c, shared, &mut sha, &asks));
             match result {
-                Ok(Renewed::Leases(granted)) => {
+                Ok(Renewed::Leases(epoch, young, granted)) => {
                     taken_logged = false;
+                    if let Err(e) = sync.run(c, shared, hooks, epoch, young) {
+                        conn = None;
+                        note_failure(shared, e);
+                        next_try = Instant::now() + RECONNECT_EVERY;
+                        continue;
+                    }
                     note_renewed(shared);
                     let until = started + shared.config.lease;
                     let new: HashMap<String, Lease> = asks
@@ -305,15 +312,14 @@ fn renew_loop(
         let _ = wake.recv_timeout(super::TICK.saturating_sub(started.elapsed()));
     }
     if let Some(mut c) = conn {
-        leave(&mut c, shared, config);
+        leave(&mut c, shared, &hooks.config());
     }
 }
 
 /// Gives this node's leases and name back at a clean stop, so the others take its share at
 /// once and a restart is not refused.
-fn leave(conn: &mut Conn, shared: &Shared, config: &dyn Fn() -> Arc<Config>) {
+fn leave(conn: &mut Conn, shared: &Shared, config: &Config) {
     let c = &shared.config;
-    let config = config();
     let mut argv: Vec<&[u8]> = vec![
         c.key_prefix.as_bytes(),
         c.node.as_bytes(),
@@ -329,7 +335,7 @@ fn leave(conn: &mut Conn, shared: &Shared, config: &dyn Fn() -> Arc<Config>) {
 
 fn publish_cuts(conn: &mut Conn, shared: &Shared) -> Result<(), String> {
     let cuts = std::mem::take(&mut *lock(&shared.cuts_out));
-    let channel = format!("{}:cuts", shared.config.key_prefix);
+    let channel = events_channel(shared);
     for cut in &cuts {
         let text = cut.encode();
         conn.call(&[b"PUBLISH", channel.as_bytes(), text.as_bytes()])?;
@@ -402,7 +408,7 @@ fn note_failure(shared: &Shared, e: String) {
 }
 
 fn listen_loop(shared: &Shared) {
-    let channel = format!("{}:cuts", shared.config.key_prefix);
+    let channel = events_channel(shared);
     while !shared.stopping() {
         if let Ok(mut conn) = Conn::open_master(&shared.config, &shared.traffic) {
             if conn.send(&[b"SUBSCRIBE", channel.as_bytes()]).is_ok() {
@@ -423,9 +429,17 @@ fn listen(conn: &mut Conn, shared: &Shared) {
             Ok(Some(Value::Array(items))) => {
                 if let [Value::Bulk(kind), _, Value::Bulk(payload)] = items.as_slice() {
                     if kind == b"message" {
-                        match Cut::decode(payload) {
-                            Some(cut) if cut.node != shared.config.node => shared.received_cut(cut),
-                            _ => {}
+                        if payload.starts_with(b"sync ") {
+                            if payload[5..] != *shared.config.node.as_bytes() {
+                                shared.ask_sync();
+                            }
+                        } else {
+                            match Cut::decode(payload) {
+                                Some(cut) if cut.node != shared.config.node => {
+                                    shared.received_cut(cut)
+                                }
+                                _ => {}
+                            }
                         }
                     }
                 }
@@ -433,5 +447,173 @@ fn listen(conn: &mut Conn, shared: &Shared) {
             Ok(Some(_)) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// The channel every node publishes its cuts and its "sync" notes on.
+fn events_channel(shared: &Shared) -> String {
+    format!("{}:events", shared.config.key_prefix)
+}
+
+/// The shared holds and firings are read again at least this often (a note that they
+/// changed can be missed while the listening connection is down).
+pub const STATE_SYNC_EVERY: Duration = Duration::from_secs(2);
+/// Fields read per HSCAN call (each reply stays far below the codec's bound).
+const SCAN_COUNT: &str = "200";
+/// Fields of a shared hash read at most (its items are bounded where they are made).
+const SCAN_FIELDS_MAX: usize = 50_000;
+
+/// What this node last wrote of the shared state, and when it last read it.
+#[derive(Default)]
+struct Sync {
+    epoch: Option<u64>,
+    holds_generation: Option<u64>,
+    holds: BTreeMap<String, String>,
+    firings: BTreeMap<String, String>,
+    last_read: Option<Instant>,
+}
+
+impl Sync {
+    /// Writes this node's changes to the shared holds and firings, then reads the others'
+    /// when asked to or due. All of this node's are written when Redis's state is new (it
+    /// began within two lease periods, or since this node last saw it: a restart that lost
+    /// it), so the cluster's is the union of the nodes'; a node that joins a cluster whose
+    /// state is older takes the cluster's instead (its own file may be days old).
+    fn run(
+        &mut self,
+        conn: &mut Conn,
+        shared: &Shared,
+        hooks: &dyn Hooks,
+        epoch: u64,
+        young: bool,
+    ) -> Result<(), String> {
+        let prefix = &shared.config.key_prefix;
+        let holds_key = format!("{prefix}:holds");
+        let firings_key = format!("{prefix}:firings");
+        let new_epoch = self.epoch != Some(epoch);
+        let fresh = new_epoch && (young || self.epoch.is_some());
+        // Joining an established cluster: this node's holds are not written, the cluster's
+        // are read and put in force below.
+        let joining = new_epoch && !fresh;
+        let now_ms = crate::clock::system().unix_ms();
+        let (generation, holds) = hooks.holds();
+        let mut wrote = false;
+        if !joining && (fresh || self.holds_generation != Some(generation)) {
+            let local = super::state::shared_holds(&holds);
+            for (field, value) in &local {
+                if fresh || self.holds.get(field) != Some(value) {
+                    conn.call(&[
+                        b"HSET",
+                        holds_key.as_bytes(),
+                        field.as_bytes(),
+                        value.as_bytes(),
+                    ])?;
+                    wrote = true;
+                }
+            }
+            if !fresh {
+                for field in self.holds.keys().filter(|f| !local.contains_key(*f)) {
+                    conn.call(&[b"HDEL", holds_key.as_bytes(), field.as_bytes()])?;
+                    wrote = true;
+                }
+            }
+            self.holds = local;
+            self.holds_generation = Some(generation);
+        }
+        let local = hooks.rules().shared(now_ms);
+        for (scope, value) in &local {
+            if fresh || self.firings.get(scope) != Some(value) {
+                conn.call(&[
+                    b"HSET",
+                    firings_key.as_bytes(),
+                    scope.as_bytes(),
+                    value.as_bytes(),
+                ])?;
+                wrote = true;
+            }
+        }
+        self.firings = local;
+        self.epoch = Some(epoch);
+        if wrote {
+            let note = format!("sync {}", shared.config.node);
+            conn.call(&[
+                b"PUBLISH",
+                events_channel(shared).as_bytes(),
+                note.as_bytes(),
+            ])?;
+        }
+        let asked = shared.sync_asked.swap(false, Ordering::SeqCst);
+        let due = self
+            .last_read
+            .is_none_or(|t| t.elapsed() >= STATE_SYNC_EVERY);
+        if !(asked || due || new_epoch) {
+            return Ok(());
+        }
+        self.last_read = Some(Instant::now());
+        // Holds: the cluster's as Redis has them, this node's own kept.
+        let remote = scan_hash(conn, &holds_key)?;
+        let config = hooks.config();
+        let cutoff = now_ms.saturating_sub(config.delivery.max_age.as_millis() as u64);
+        let merged = super::state::merge_holds(&holds, &remote, cutoff);
+        let merged_shared = super::state::shared_holds(&merged);
+        if merged_shared == super::state::shared_holds(&holds) {
+            self.holds = merged_shared;
+            self.holds_generation = Some(generation);
+        } else if hooks.set_holds(generation, merged) {
+            let (generation, _) = hooks.holds();
+            self.holds = merged_shared;
+            self.holds_generation = Some(generation);
+        }
+        // Firings: the newer wins, a lift is taken; those over are cleared from Redis.
+        let remote = scan_hash(conn, &firings_key)?;
+        let mut firings = Vec::new();
+        for (scope, value) in &remote {
+            match super::state::decode_firing(scope, value) {
+                Some(f) if now_ms < f.until_unix_ms.saturating_add(f.ramp_ms) => firings.push(f),
+                _ => {
+                    conn.call(&[b"HDEL", firings_key.as_bytes(), scope.as_bytes()])?;
+                }
+            }
+        }
+        if hooks.rules().merge_remote(firings, &config.rules, now_ms) {
+            self.firings = hooks.rules().shared(now_ms);
+        }
+        Ok(())
+    }
+}
+
+/// Every field of a hash, by HSCAN (bounded replies), at most `SCAN_FIELDS_MAX`.
+fn scan_hash(conn: &mut Conn, key: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        let reply = conn.call(&[
+            b"HSCAN",
+            key.as_bytes(),
+            &cursor,
+            b"COUNT",
+            SCAN_COUNT.as_bytes(),
+        ])?;
+        let Value::Array(items) = reply else {
+            return Err(format!("redis HSCAN {key} answered {reply:?}"));
+        };
+        let (Some(Value::Bulk(next)), Some(Value::Array(pairs))) = (items.first(), items.get(1))
+        else {
+            return Err(format!("redis HSCAN {key}: an answer of the wrong shape"));
+        };
+        for pair in pairs.chunks(2) {
+            if let [Value::Bulk(f), Value::Bulk(v)] = pair {
+                if out.len() < SCAN_FIELDS_MAX {
+                    out.insert(
+                        String::from_utf8_lossy(f).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    );
+                }
+            }
+        }
+        if next.as_slice() == b"0" || out.len() >= SCAN_FIELDS_MAX {
+            return Ok(out);
+        }
+        cursor = next.clone();
     }
 }

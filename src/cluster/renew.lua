@@ -5,7 +5,7 @@
 -- ARGV: prefix, node, instance, lease_ms, fallback_milli, n, then per scope five values:
 --   scope, rate_total (milli-messages/s, 0: not shared), conns_total (0: not shared),
 --   rate_want (milli-messages/s), conns_want.
--- Returns {status, now_ms, rate_1, conns_1, rate_2, conns_2, ...}: status 0, or -1 with the
+-- Returns {status, now_ms, epoch_ms, rate_1, conns_1, rate_2, conns_2, ...}: status 0, or -1 with the
 -- instance that holds this node's name as a third item (the node is refused).
 --
 -- Each scope's hash holds one field per node: "rate,conns,expiry_ms,rate_want,conns_want,
@@ -53,7 +53,7 @@ local function fair(total, wants, mine)
   return mine
 end
 
-local out = {0, now}
+local out = {0, now, epoch}
 for i = 0, n - 1 do
   local b = 7 + i * 5
   local scope = ARGV[b]

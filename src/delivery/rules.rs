@@ -358,6 +358,63 @@ impl RuleBook {
         true
     }
 
+    /// The firings on scopes the cluster shares (`cluster::state::shared_scope`), as its
+    /// hash holds them: scope to encoded firing.
+    pub fn shared(&self, now_unix_ms: u64) -> std::collections::BTreeMap<String, String> {
+        let inner = self.lock();
+        inner
+            .firings
+            .values()
+            .filter(|f| crate::cluster::state::shared_scope(&f.scope) && !f.over(now_unix_ms))
+            .map(|f| (f.scope.clone(), crate::cluster::state::encode_firing(f)))
+            .collect()
+    }
+
+    /// Other nodes' firings: one of a rule configured here (its action as configured here)
+    /// is taken when this node has none on the scope or an older one; one lifted there (the
+    /// same firing, ending sooner) is lifted here. True if anything changed.
+    pub fn merge_remote(
+        &self,
+        remote: Vec<crate::cluster::state::RemoteFiring>,
+        rules: &[Arc<Rule>],
+        now_unix_ms: u64,
+    ) -> bool {
+        let mut inner = self.lock();
+        let mut changed = false;
+        for r in remote {
+            let Some(rule) = rules.iter().find(|x| x.name == r.rule) else {
+                continue;
+            };
+            let firing = Firing {
+                rule: r.rule,
+                scope: r.scope.clone(),
+                action: rule.action,
+                since_unix_ms: r.since_unix_ms,
+                until_unix_ms: r.until_unix_ms,
+                ramp_ms: r.ramp_ms,
+                reply: r.reply,
+            };
+            if rule.action == Action::Bounce || firing.over(now_unix_ms) {
+                continue;
+            }
+            let take = match inner.firings.get(&r.scope) {
+                None => inner.firings.len() < FIRINGS_MAX,
+                Some(l) if l.rule == firing.rule && l.since_unix_ms == firing.since_unix_ms => {
+                    firing.until_unix_ms < l.until_unix_ms
+                }
+                Some(l) => firing.since_unix_ms > l.since_unix_ms,
+            };
+            if take {
+                inner.firings.insert(r.scope, firing);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish(&mut inner);
+        }
+        changed
+    }
+
     /// Forgets firings whose duration and ramp are over, and the states of rules that are
     /// no longer configured; a change is published.
     pub fn expire(&self, rules: &[Arc<Rule>], now_unix_ms: u64) {
@@ -430,6 +487,51 @@ mod tests {
             ramp: Duration::from_secs(100),
             shipped: false,
         })
+    }
+
+    /// The cluster's firings: another node's on a shared scope is taken, a lift of it too;
+    /// an older one, one of a rule not configured here and one on a scope at a source are
+    /// not; what this node shares leaves its own sources' firings out.
+    #[test]
+    fn other_nodes_firings_merge_by_age_and_lift() {
+        use crate::cluster::state::{decode_firing, encode_firing};
+        let book = RuleBook::default();
+        let rules = [rule(1, Action::Suspend)];
+        assert!(book.observe(&rules, "ms", "550 banned", 1_000).unwrap().new);
+        assert!(
+            book.observe(&rules, "ms@a", "550 banned", 1_000)
+                .unwrap()
+                .new
+        );
+        let shared = book.shared(2_000);
+        assert_eq!(shared.keys().collect::<Vec<_>>(), ["ms"]);
+        let remote = |scope: &str, rule: &str, since: u64, until: u64| {
+            let f = Firing {
+                rule: rule.into(),
+                scope: scope.into(),
+                action: Action::Suspend,
+                since_unix_ms: since,
+                until_unix_ms: until,
+                ramp_ms: 100_000,
+                reply: "550 banned".into(),
+            };
+            decode_firing(scope, &encode_firing(&f))
+        };
+        // Older, or of a rule this node does not have: nothing changes.
+        let older = remote("ms", "r", 500, 100_500).unwrap();
+        let unknown = remote("ms2", "other", 1_500, 101_500).unwrap();
+        assert!(!book.merge_remote(vec![older, unknown], &rules, 2_000));
+        assert!(remote("ms@b", "r", 1_500, 101_500).is_none());
+        // The same firing lifted there (ending now): lifted here.
+        let lifted = remote("ms", "r", 1_000, 3_000).unwrap();
+        assert!(book.merge_remote(vec![lifted], &rules, 3_000));
+        let (_, f) = book.snapshot();
+        assert!(!f.get("ms").unwrap().active(3_000));
+        // A newer one on a scope this node had none on: taken, with this node's action.
+        let new = remote("site:mx.example", "r", 4_000, 104_000).unwrap();
+        assert!(book.merge_remote(vec![new], &rules, 5_000));
+        let (_, f) = book.snapshot();
+        assert_eq!(f.suspended("site:mx.example", 5_000).unwrap().rule, "r");
     }
 
     #[test]

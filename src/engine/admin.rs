@@ -143,6 +143,32 @@ impl AdminShared {
         Ok(true)
     }
 
+    /// The holds in force and their generation (it changes with them).
+    pub fn holds_generation(&self) -> (u64, Arc<Holds>) {
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            self.holds_generation.load(Ordering::SeqCst),
+            Arc::clone(&holds),
+        )
+    }
+
+    /// Puts `new` in force as `change_holds` does, if the holds are still at `generation`
+    /// (the cluster's view of them, `cluster::Hooks::set_holds`).
+    pub fn replace_holds(
+        &self,
+        config: &Config,
+        action: &Audit<'_>,
+        generation: u64,
+        new: Holds,
+    ) -> Result<bool, String> {
+        self.change_holds(config, action, |_| {
+            if self.holds_generation.load(Ordering::SeqCst) != generation {
+                return Err("changed meanwhile".into());
+            }
+            Ok(Some(new))
+        })
+    }
+
     /// Bounces older than the queue's `max_age` can match nothing still queued: dropped.
     pub fn expire_bounces(&self, config: &Config, now_unix_ms: u64) {
         let before = now_unix_ms.saturating_sub(config.delivery.max_age.as_millis() as u64);

@@ -298,6 +298,43 @@ pub struct Engine {
     config_path: Option<PathBuf>,
 }
 
+/// The engine's side of the cluster's threads (`cluster::Hooks`).
+struct ClusterHooks(Arc<Shared>);
+
+impl crate::cluster::Hooks for ClusterHooks {
+    fn config(&self) -> Arc<Config> {
+        self.0.config()
+    }
+
+    fn holds(&self) -> (u64, Arc<crate::admin::holds::Holds>) {
+        self.0.admin.holds_generation()
+    }
+
+    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> bool {
+        let config = self.0.config();
+        let audit = admin::Audit {
+            action: "cluster-sync",
+            target: "",
+            reason: "the cluster's suspensions and bounces, as another node changed them",
+            client: "cluster",
+            at_unix_ms: self.0.clock.unix_ms(),
+        };
+        match self.0.admin.replace_holds(&config, &audit, generation, new) {
+            Ok(changed) => changed,
+            Err(e) => {
+                if e != "changed meanwhile" {
+                    tracing::warn!("cluster: the shared holds could not be put in force: {e}");
+                }
+                false
+            }
+        }
+    }
+
+    fn rules(&self) -> &crate::delivery::rules::RuleBook {
+        &self.0.rules
+    }
+}
+
 /// Validates the environment and starts the shards.
 pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, EngineError> {
     let shards = config.engine.shards;
@@ -404,9 +441,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     let one_click = unsubscribe::start_server(&shared)?;
     let cluster_node = match &shared.cluster {
         Some(c) => {
-            let engine = Arc::clone(&shared);
-            let config = Arc::new(move || engine.config());
-            let node = crate::cluster::node::start(Arc::clone(c), config).map_err(|e| {
+            let hooks = Arc::new(ClusterHooks(Arc::clone(&shared)));
+            let node = crate::cluster::node::start(Arc::clone(c), hooks).map_err(|e| {
                 EngineError::Unavailable(format!("cluster: cannot start its threads: {e}"))
             })?;
             Some(node)
