@@ -51,10 +51,16 @@ impl Cluster {
         let mut zone = Zone::default();
         zone.mx
             .insert("isp.test".into(), vec![(10, "mx.isp.test".into())]);
+        zone.mx
+            .insert("gone.test".into(), vec![(10, "mx.isp.test".into())]);
         zone.hosts
             .insert("mx.isp.test".into(), vec!["127.0.0.1".parse().unwrap()]);
         let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-        let sink = Sink::start(HashMap::new());
+        // gone.test's mailboxes do not exist (550 5.1.1): a node learns each as a bad mailbox.
+        let sink = Sink::start(HashMap::from([(
+            "gone.test".to_string(),
+            common::sink::Behaviour::UnknownUser,
+        )]));
         let mut envs = Vec::new();
         for i in 0..NODES {
             let extra = format!(
@@ -173,6 +179,17 @@ impl Cluster {
         all.extend(["-c", &config]);
         let (code, out, err) = self.envs[node].run_cli(&all);
         assert_eq!(code, 0, "{out}{err}");
+    }
+
+    /// Whether a node's suppression table holds `address` now (for every tenant).
+    fn suppressed(&self, node: usize, address: &str) -> bool {
+        let reply = self.get(
+            node,
+            &format!("/api/v1/suppression/check?address={address}&tenant="),
+        );
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v["suppressed"] == true
     }
 
     /// Whether a node's holds suspend `target` now.
@@ -562,5 +579,53 @@ fn a_rejoining_node_takes_the_clusters_holds() {
         assert!(!c.suspends(node, "domain:old.test"), "node {node}");
         assert!(c.suspends(node, "domain:new.test"), "node {node}");
     }
+    c.stop();
+}
+
+/// Suppressions made at one node hold on every node: an operator's entry, and a bad mailbox
+/// another node learnt from a 550 5.1.1. Each node keeps the others' in its own store, so
+/// they survive its restart.
+#[test]
+fn suppressions_reach_every_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut c) = Cluster::start() else {
+        return;
+    };
+    c.cli(0, &["suppression", "add", "opted@isp.test"]);
+    c.envs[1].drop_input(
+        "gone.jsonl",
+        format!(
+            "{}\n{{\"to\":\"nobody@gone.test\"}}\n",
+            serde_json::json!({
+                "campaign": "g", "tenant": "acme", "from": "bounces@acme.example",
+                "template": "From: Acme <news@acme.example>\r\nTo: {{ to }}\r\nSubject: hi\r\n\r\nHello\r\n"
+            })
+        )
+        .as_bytes(),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "every node suppresses both",
+        || {
+            (0..NODES)
+                .all(|n| c.suppressed(n, "opted@isp.test") && c.suppressed(n, "nobody@gone.test"))
+        },
+    );
+    // Node 2 keeps them through a restart (in its added-cluster.log).
+    let stopped = c.engines[2].take().unwrap().stop(Duration::from_secs(30));
+    assert!(stopped.success());
+    let file =
+        std::fs::read_to_string(c.envs[2].path("data/suppression/added-cluster.log")).unwrap();
+    assert!(
+        file.contains("opted@isp.test") && file.contains("nobody@gone.test"),
+        "{file}"
+    );
+    c.engines[2] = Some(c.envs[2].start());
+    assert!(c.suppressed(2, "opted@isp.test") && c.suppressed(2, "nobody@gone.test"));
+    // A removal at another node reaches it too.
+    c.cli(1, &["suppression", "remove", "opted@isp.test"]);
+    wait_until(Duration::from_secs(20), "every node removed it", || {
+        (0..NODES).all(|n| !c.suppressed(n, "opted@isp.test"))
+    });
     c.stop();
 }

@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod alloc;
 pub mod chunks;
+pub mod cluster_state;
 pub mod data_writer;
 pub mod dns;
 pub mod gateway;
@@ -49,6 +50,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("reply", reply::check_raw),
     ("reply_alphabet", reply::check_alphabet),
     ("resp", resp::check),
+    ("cluster_state", cluster_state::check),
     ("session", session::check),
     ("smtp_server", server::check),
     ("data_writer", data_writer::check),

@@ -129,6 +129,31 @@ impl Conn {
         self.read_reply()
     }
 
+    /// Sends `commands` in one write and reads their replies, in order (pipelining: one
+    /// round trip for all of them).
+    pub fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Result<Vec<Value>, String> {
+        self.out.clear();
+        for c in commands {
+            let args: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+            encode_command(&args, &mut self.out);
+        }
+        self.stream
+            .write_all(&self.out)
+            .and_then(|_| self.stream.flush())
+            .map_err(|e| format!("redis write: {e}"))?;
+        self.traffic
+            .commands
+            .fetch_add(commands.len() as u64, Ordering::Relaxed);
+        self.traffic
+            .bytes_out
+            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.read_reply()?);
+        }
+        Ok(replies)
+    }
+
     /// Sends one command without waiting (SUBSCRIBE's confirmations arrive as replies).
     pub fn send(&mut self, args: &[&[u8]]) -> Result<(), String> {
         self.out.clear();

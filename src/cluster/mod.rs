@@ -137,6 +137,9 @@ pub trait Hooks: Send + Sync {
     /// change wins: it is shared at the next sync).
     fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> bool;
     fn rules(&self) -> &crate::delivery::rules::RuleBook;
+    /// The suppression table every shard checks (`made_here` entries to share, the others'
+    /// to apply).
+    fn suppressions(&self) -> &crate::suppression::Suppressions;
 }
 
 /// How this node stands with the cluster, for `/metrics`, the page and `queue summary`.

@@ -471,6 +471,8 @@ struct Sync {
     holds: BTreeMap<String, String>,
     firings: BTreeMap<String, String>,
     last_read: Option<Instant>,
+    /// The last suppression entry read from the stream (its id).
+    supp_cursor: Vec<u8>,
 }
 
 impl Sync {
@@ -495,6 +497,7 @@ impl Sync {
         // Joining an established cluster: this node's holds are not written, the cluster's
         // are read and put in force below.
         let joining = new_epoch && !fresh;
+        self.suppressions(conn, shared, hooks, new_epoch, joining)?;
         let now_ms = crate::clock::system().unix_ms();
         let (generation, holds) = hooks.holds();
         let mut wrote = false;
@@ -580,6 +583,193 @@ impl Sync {
         }
         Ok(())
     }
+}
+
+/// Suppression entries read from the stream per call at most.
+const SUPP_READ_MAX: usize = 1000;
+/// Entries shared per tick at most (the rest wait for the next).
+const SUPP_WRITE_MAX: usize = 2000;
+/// The stream keeps about this many entries (`XADD MAXLEN ~`): a node away for longer than
+/// it takes the cluster to make this many misses the older bad-mailbox entries (it learns
+/// them from its own refusals); operators' entries and unsubscribes are also in the opt-out
+/// hash, which it reads when it joins.
+pub const SUPP_STREAM_MAX: &str = "100000";
+
+impl Sync {
+    /// Suppression entries: this node's new ones to the stream (and operators' entries,
+    /// unsubscribes and removals to the opt-out hash), then the others' from the stream,
+    /// applied here and written to this node's `added-cluster.log`. A node that joins reads
+    /// the opt-out hash whole; when Redis's state is new, every node writes its opt-outs
+    /// back into it.
+    fn suppressions(
+        &mut self,
+        conn: &mut Conn,
+        shared: &Shared,
+        hooks: &dyn Hooks,
+        new_epoch: bool,
+        joining: bool,
+    ) -> Result<(), String> {
+        use crate::suppression::{store, Source};
+        let prefix = &shared.config.key_prefix;
+        let stream = format!("{prefix}:supp").into_bytes();
+        let optouts = format!("{prefix}:optouts").into_bytes();
+        let supp = hooks.suppressions();
+        let config = hooks.config();
+        let opt_out = |e: &store::Entry| {
+            matches!(
+                e.source,
+                Source::Manual { .. } | Source::Unsubscribe { .. } | Source::Removed { .. }
+            )
+        };
+        let hset = |e: &store::Entry| -> Vec<Vec<u8>> {
+            let mut line = Vec::new();
+            e.encode(&mut line);
+            line.pop();
+            vec![
+                b"HSET".to_vec(),
+                optouts.clone(),
+                format!("{}\t{}", e.tenant, e.entry.to_ascii_lowercase()).into_bytes(),
+                line,
+            ]
+        };
+        let mut learnt = Vec::new();
+        if new_epoch {
+            if joining {
+                // From the stream's end on; the opt-outs so far from the hash.
+                let last = conn.call(&[b"XREVRANGE", &stream, b"+", b"-", b"COUNT", b"1"])?;
+                self.supp_cursor = match last {
+                    Value::Array(items) => match items.first() {
+                        Some(Value::Array(entry)) => match entry.first() {
+                            Some(Value::Bulk(id)) => id.clone(),
+                            _ => b"0-0".to_vec(),
+                        },
+                        _ => b"0-0".to_vec(),
+                    },
+                    _ => b"0-0".to_vec(),
+                };
+                let all = scan_hash(conn, &String::from_utf8_lossy(&optouts))?;
+                for line in all.values() {
+                    if let Some(e) = remote_entry(line.as_bytes()) {
+                        supp.apply(&e);
+                        e.encode(&mut learnt);
+                    }
+                }
+            } else {
+                // Redis's state is new: this node's opt-outs go back into the hash.
+                self.supp_cursor = b"0-0".to_vec();
+                let today = crate::suppression::day_of(crate::clock::system().unix_ms());
+                let stored = store::read_dir(&config.engine.data_dir)?;
+                let days = config.suppression.bad_mailbox_expire.as_secs() / 86_400;
+                let mine: Vec<Vec<Vec<u8>>> = store::in_force(&stored, today, days)
+                    .iter()
+                    .filter(|e| opt_out(e))
+                    .map(hset)
+                    .collect();
+                for chunk in mine.chunks(SUPP_WRITE_MAX) {
+                    conn.pipeline(chunk)?;
+                }
+            }
+        }
+        // This node's new entries.
+        let made = supp.take_shared(SUPP_WRITE_MAX);
+        if !made.is_empty() {
+            let mut commands = Vec::with_capacity(made.len() * 2);
+            for e in &made {
+                let mut line = Vec::new();
+                e.encode(&mut line);
+                line.pop();
+                commands.push(vec![
+                    b"XADD".to_vec(),
+                    stream.clone(),
+                    b"MAXLEN".to_vec(),
+                    b"~".to_vec(),
+                    SUPP_STREAM_MAX.as_bytes().to_vec(),
+                    b"*".to_vec(),
+                    b"n".to_vec(),
+                    shared.config.node.as_bytes().to_vec(),
+                    b"e".to_vec(),
+                    line,
+                ]);
+                if opt_out(e) {
+                    commands.push(hset(e));
+                }
+            }
+            conn.pipeline(&commands)?;
+        }
+        // The others' new entries.
+        let reply = conn.call(&[
+            b"XREAD",
+            b"COUNT",
+            SUPP_READ_MAX.to_string().as_bytes(),
+            b"STREAMS",
+            &stream,
+            &self.supp_cursor,
+        ])?;
+        for (id, node, line) in stream_entries(&reply) {
+            self.supp_cursor = id;
+            if node == shared.config.node.as_bytes() {
+                continue;
+            }
+            if let Some(e) = remote_entry(&line) {
+                supp.apply(&e);
+                e.encode(&mut learnt);
+            }
+        }
+        if !learnt.is_empty() {
+            let path = store::cluster_file(&config.engine.data_dir);
+            if let Err(e) = store::append_durably(&path, &learnt) {
+                // In force here all the same; lost at a restart unless learnt again.
+                tracing::warn!("cluster: {}: {e}", path.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Another node's suppression entry, if it is one a node here could have made: a valid
+/// address or `@domain`, a valid tenant, a known kind.
+pub fn remote_entry(line: &[u8]) -> Option<crate::suppression::store::Entry> {
+    use crate::suppression::{manage, store, Source};
+    let e = store::Entry::decode(line)?;
+    manage::check_tenant(&e.tenant).ok()?;
+    let entry = manage::parse_entry(&e.entry).ok()?;
+    if matches!(e.source, Source::File(_)) {
+        return None;
+    }
+    Some(store::Entry { entry, ..e })
+}
+
+/// (id, node, line) of each entry of an XREAD reply for one stream.
+pub fn stream_entries(reply: &Value) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = reply else {
+        return out;
+    };
+    for s in streams {
+        let Value::Array(parts) = s else { continue };
+        let Some(Value::Array(entries)) = parts.get(1) else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(e) = entry else { continue };
+            let (Some(Value::Bulk(id)), Some(Value::Array(fields))) = (e.first(), e.get(1)) else {
+                continue;
+            };
+            let mut node = Vec::new();
+            let mut line = Vec::new();
+            for pair in fields.chunks(2) {
+                if let [Value::Bulk(k), Value::Bulk(v)] = pair {
+                    match k.as_slice() {
+                        b"n" => node = v.clone(),
+                        b"e" => line = v.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            out.push((id.clone(), node, line));
+        }
+    }
+    out
 }
 
 /// Every field of a hash, by HSCAN (bounded replies), at most `SCAN_FIELDS_MAX`.

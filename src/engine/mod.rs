@@ -333,6 +333,10 @@ impl crate::cluster::Hooks for ClusterHooks {
     fn rules(&self) -> &crate::delivery::rules::RuleBook {
         &self.0.rules
     }
+
+    fn suppressions(&self) -> &crate::suppression::Suppressions {
+        &self.0.suppressions
+    }
 }
 
 /// Validates the environment and starts the shards.
@@ -441,6 +445,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     let one_click = unsubscribe::start_server(&shared)?;
     let cluster_node = match &shared.cluster {
         Some(c) => {
+            shared.suppressions.share_from_now();
             let hooks = Arc::new(ClusterHooks(Arc::clone(&shared)));
             let node = crate::cluster::node::start(Arc::clone(c), hooks).map_err(|e| {
                 EngineError::Unavailable(format!("cluster: cannot start its threads: {e}"))

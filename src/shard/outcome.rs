@@ -218,14 +218,15 @@ impl<L: LogSink> Core<L> {
             day: crate::suppression::day_of(now_unix_ms),
         };
         self.suppressions.add("", rcpt, source.clone());
+        let entry = crate::suppression::store::Entry {
+            tenant: String::new(),
+            entry: rcpt.to_string(),
+            source,
+            at_unix_ms: 0,
+        };
         if self.learnt.len() < super::LEARNT_BYTES_MAX {
-            crate::suppression::store::Entry {
-                tenant: String::new(),
-                entry: rcpt.to_string(),
-                source,
-                at_unix_ms: 0,
-            }
-            .encode(&mut self.learnt);
+            entry.encode(&mut self.learnt);
         }
+        self.suppressions.made_here(entry);
     }
 }

@@ -53,6 +53,7 @@ pub fn add(
     append(config, &e)?;
     if let Some(s) = live {
         s.add(tenant, &entry, source);
+        s.made_here(e);
     }
     Ok(entry)
 }
@@ -78,16 +79,16 @@ pub fn remove(
         }
         Some(_) => {}
     }
-    append(
-        config,
-        &Entry {
-            tenant: tenant.to_string(),
-            entry: entry.clone(),
-            source: Source::Removed { day },
-            at_unix_ms: now_unix_ms,
-        },
-    )?;
-    live.remove(tenant, &entry, day)
+    let removal = Entry {
+        tenant: tenant.to_string(),
+        entry: entry.clone(),
+        source: Source::Removed { day },
+        at_unix_ms: now_unix_ms,
+    };
+    append(config, &removal)?;
+    let removed = live.remove(tenant, &entry, day)?;
+    live.made_here(removal);
+    Ok(removed)
 }
 
 /// The table as the engine would build it at start (files and store), for a stopped

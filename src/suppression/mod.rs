@@ -165,7 +165,15 @@ pub struct Suppressions {
     /// Store entries added while the files are being read again, applied to the new table.
     pending: Mutex<Option<Vec<(u64, u32)>>>,
     bad_mailbox_expire_days: AtomicU64,
+    /// With `[cluster]`: entries made here (learnt, an operator's, an unsubscribe), for the
+    /// cluster's thread to share (`take_shared`); `None` without a cluster.
+    outbox: Mutex<Option<std::collections::VecDeque<store::Entry>>>,
 }
+
+/// Entries waiting to be shared at most (Redis away a long time); past it the oldest go, and
+/// the other nodes learn those from their own refusals, operators' entries being in the
+/// cluster's opt-out hash once written.
+pub const OUTBOX_MAX: usize = 100_000;
 
 /// A shard's view of the table: the one it last saw, taken again when it changes.
 pub struct Reader {
@@ -187,6 +195,7 @@ impl Suppressions {
             files: Mutex::new(Arc::new(Vec::new())),
             pending: Mutex::new(None),
             bad_mailbox_expire_days: AtomicU64::new(DEFAULT_BAD_MAILBOX_EXPIRE_DAYS),
+            outbox: Mutex::new(None),
         })
     }
 
@@ -223,6 +232,37 @@ impl Suppressions {
     fn key(&self, tenant: &str, entry: &[u8]) -> u64 {
         // A key of 0 marks an empty slot.
         self.hasher.hash_one((tenant.as_bytes(), entry)).max(1)
+    }
+
+    /// From now on, entries made here are kept for the cluster to share.
+    pub fn share_from_now(&self) {
+        let mut out = self.outbox.lock().expect("suppression lock");
+        if out.is_none() {
+            *out = Some(Default::default());
+        }
+    }
+
+    /// An entry made here (`manage::add`, `manage::remove`, a learnt bad mailbox): kept for
+    /// the cluster, if there is one.
+    pub fn made_here(&self, e: store::Entry) {
+        if let Some(out) = self.outbox.lock().expect("suppression lock").as_mut() {
+            if out.len() >= OUTBOX_MAX {
+                out.pop_front();
+            }
+            out.push_back(e);
+        }
+    }
+
+    /// The entries made here since the last call, oldest first, at most `max`.
+    pub fn take_shared(&self, max: usize) -> Vec<store::Entry> {
+        let mut out = self.outbox.lock().expect("suppression lock");
+        match out.as_mut() {
+            Some(q) => {
+                let n = q.len().min(max);
+                q.drain(..n).collect()
+            }
+            None => Vec::new(),
+        }
     }
 
     /// Entries in the table now.

@@ -78,7 +78,8 @@ impl Entry {
         );
     }
 
-    fn decode(line: &[u8]) -> Option<Entry> {
+    /// One line (without its line feed), or `None` if it is not an entry.
+    pub fn decode(line: &[u8]) -> Option<Entry> {
         if line.len() > LINE_BYTES_MAX {
             return None;
         }
@@ -119,6 +120,11 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 /// Shard `shard`'s file.
 pub fn file(data_dir: &Path, shard: usize) -> PathBuf {
     dir(data_dir).join(format!("added-{shard}.log"))
+}
+
+/// The file of the entries other nodes of the cluster made (`crate::cluster`).
+pub fn cluster_file(data_dir: &Path) -> PathBuf {
+    dir(data_dir).join("added-cluster.log")
 }
 
 /// The file of operators' entries and removals and of one-click unsubscribes.
