@@ -262,6 +262,18 @@ fn three_nodes_share_one_providers_rate() {
     let (all, per) = c.attempts(from, to);
     let rate = all as f64 / to.duration_since(from).as_secs_f64();
     eprintln!("cluster of {NODES}: {rate:.1}/s of {RATE}/s in all; per node {per:?}");
+    // Any node's status shows the cluster: the three nodes' leases on the provider, within
+    // the total, and `/metrics` the same.
+    let reply = c.get(2, "/api/v1/status");
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let peers = v["cluster"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), NODES, "{peers:?}");
+    let leased: f64 = peers.iter().map(|p| p["rate"].as_f64().unwrap()).sum();
+    assert!((RATE * 0.9..=RATE + 0.01).contains(&leased), "{peers:?}");
+    assert_eq!(v["cluster"]["connected"], true);
+    let metric = c.metric(2, "spate_cluster_peer_lease_rate");
+    assert!((RATE * 0.9..=RATE + 0.01).contains(&metric), "{metric}");
     // What the cluster costs in Redis traffic, per message delivered so far.
     let delivered: usize = c.sink.received.lock().unwrap().deliveries.values().sum();
     let (mut commands, mut bytes) = (0.0, 0.0);

@@ -669,6 +669,45 @@ pub fn cluster_text(c: &crate::cluster::Shared, config: &Config) -> String {
             f64::from(n),
         );
     }
+    // Every node's leases as this node last read them from Redis: the cluster at a glance
+    // from any one node.
+    let peers = c.peers();
+    o.family(
+        "spate_cluster_peer_lease_rate",
+        "gauge",
+        "messages/s of a provider's shared rate each live node holds (as last read from Redis)",
+    );
+    for p in &peers {
+        if let Some(r) = p.rate {
+            o.sample(
+                "spate_cluster_peer_lease_rate",
+                &[
+                    ("node", c.config.node.as_str()),
+                    ("peer", &p.node),
+                    ("provider", &p.provider),
+                ],
+                r,
+            );
+        }
+    }
+    o.family(
+        "spate_cluster_peer_lease_connections",
+        "gauge",
+        "connections of a provider's shared limit each live node holds (as last read from Redis)",
+    );
+    for p in &peers {
+        if let Some(n) = p.connections {
+            o.sample(
+                "spate_cluster_peer_lease_connections",
+                &[
+                    ("node", c.config.node.as_str()),
+                    ("peer", &p.node),
+                    ("provider", &p.provider),
+                ],
+                f64::from(n),
+            );
+        }
+    }
     o.text
 }
 

@@ -161,6 +161,20 @@ pub struct Status {
     pub cuts_published: u64,
 }
 
+/// One node's lease on one provider as Redis held it at the last look (every
+/// `node::STATE_SYNC_EVERY`): the cluster view of the status page and `/metrics`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PeerLease {
+    pub node: String,
+    pub provider: String,
+    /// Messages a second, if the provider's rate is shared.
+    pub rate: Option<f64>,
+    pub connections: Option<u32>,
+    /// What the node asked for (messages a second; connections).
+    pub wants_rate: Option<f64>,
+    pub wants_connections: Option<u32>,
+}
+
 /// What the cluster's threads and the shards exchange.
 pub struct Shared {
     pub config: Cluster,
@@ -175,6 +189,8 @@ pub struct Shared {
     cuts_in: Mutex<VecDeque<(u64, Cut)>>,
     cuts_seq: AtomicU64,
     status: Mutex<Status>,
+    /// Every node's leases, as last read.
+    peers: Mutex<Vec<PeerLease>>,
     pub traffic: Arc<client::Traffic>,
     stop: AtomicBool,
     /// Another node changed the shared holds or firings: read them at the next tick.
@@ -201,6 +217,7 @@ impl Shared {
             cuts_in: Mutex::default(),
             cuts_seq: AtomicU64::new(0),
             status: Mutex::default(),
+            peers: Mutex::default(),
             traffic: Arc::default(),
             stop: AtomicBool::new(false),
             sync_asked: AtomicBool::new(false),
@@ -321,6 +338,53 @@ impl Shared {
         if let Some(w) = lock(&self.wake).as_ref() {
             let _ = w.send(());
         }
+    }
+
+    /// Every node's leases, as last read from Redis (empty before the first look).
+    pub fn peers(&self) -> Vec<PeerLease> {
+        lock(&self.peers).clone()
+    }
+
+    fn set_peers(&self, peers: Vec<PeerLease>) {
+        *lock(&self.peers) = peers;
+    }
+
+    /// The cluster's part of `/api/v1/status` (and the page's Cluster table).
+    pub fn status_json(&self, config: &Config) -> serde_json::Value {
+        let st = self.status();
+        let now = Instant::now();
+        let leases: Vec<serde_json::Value> = config
+            .providers
+            .keys()
+            .filter_map(|name| {
+                let t = totals(config, name);
+                if t == Totals::default() {
+                    return None;
+                }
+                let part = self.part(name, t, now);
+                Some(serde_json::json!({
+                    "provider": name,
+                    "rate": part.rate,
+                    "connections": part.conns,
+                    "total_rate": t.rate,
+                    "total_connections": t.conns,
+                }))
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.config.node,
+            "connected": st.connected,
+            "degraded_since": st.degraded_since_ms,
+            "last_error": st.last_error,
+            "name_taken": st.name_taken,
+            "fallback_share": self.config.fallback_share,
+            "leases": leases,
+            "peers": self.peers(),
+            "cuts_published": st.cuts_published,
+            "cuts_followed": st.cuts_followed,
+            "cut_lag_ms_max": st.cut_lag_ms_max,
+            "redis_commands": self.traffic.commands.load(Ordering::Relaxed),
+        })
     }
 
     pub fn stop(&self) {

@@ -471,8 +471,9 @@ struct Sync {
     holds: BTreeMap<String, String>,
     firings: BTreeMap<String, String>,
     last_read: Option<Instant>,
-    /// The last suppression entry read from the stream (its id).
+    /// The last suppression entry read from the stream (its id), and when.
     supp_cursor: Vec<u8>,
+    supp_read: Option<Instant>,
 }
 
 impl Sync {
@@ -553,6 +554,7 @@ impl Sync {
             return Ok(());
         }
         self.last_read = Some(Instant::now());
+        read_peers(conn, shared, &hooks.config(), now_ms)?;
         // Holds: the cluster's as Redis has them, this node's own kept.
         let remote = scan_hash(conn, &holds_key)?;
         let config = hooks.config();
@@ -585,8 +587,11 @@ impl Sync {
     }
 }
 
+/// How often a node reads the others' suppression entries (an entry reaches every node
+/// within this and a tick).
+pub const SUPP_READ_EVERY: Duration = Duration::from_millis(500);
 /// Suppression entries read from the stream per call at most.
-const SUPP_READ_MAX: usize = 1000;
+const SUPP_READ_MAX: usize = 4000;
 /// Entries shared per tick at most (the rest wait for the next).
 const SUPP_WRITE_MAX: usize = 2000;
 /// The stream keeps about this many entries (`XADD MAXLEN ~`): a node away for longer than
@@ -696,7 +701,14 @@ impl Sync {
             }
             conn.pipeline(&commands)?;
         }
-        // The others' new entries.
+        // The others' new entries, every `SUPP_READ_EVERY` (or at once after a join).
+        if self
+            .supp_read
+            .is_some_and(|t| t.elapsed() < SUPP_READ_EVERY && !new_epoch)
+        {
+            return Ok(());
+        }
+        self.supp_read = Some(Instant::now());
         let reply = conn.call(&[
             b"XREAD",
             b"COUNT",
@@ -770,6 +782,44 @@ pub fn stream_entries(reply: &Value) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Every node's leases on this node's shared providers, for the cluster view.
+fn read_peers(
+    conn: &mut Conn,
+    shared: &Shared,
+    config: &Config,
+    now_ms: u64,
+) -> Result<(), String> {
+    let mut peers = Vec::new();
+    for name in config.providers.keys() {
+        if totals(config, name) == super::Totals::default() {
+            continue;
+        }
+        let key = format!("{}:lease:{name}", shared.config.key_prefix);
+        for (node, value) in scan_hash(conn, &key)? {
+            let v: Vec<u64> = value.split(',').filter_map(|x| x.parse().ok()).collect();
+            let [rate, conns, until, want_rate, want_conns, rate_total, conns_total] = v[..] else {
+                continue;
+            };
+            if until <= now_ms || node.len() > super::super::config::cluster::NODE_NAME_MAX {
+                continue;
+            }
+            let milli = |x: u64| x as f64 / 1000.0;
+            peers.push(super::PeerLease {
+                node,
+                provider: name.clone(),
+                rate: (rate_total > 0).then(|| milli(rate)),
+                connections: (conns_total > 0).then_some(conns.min(u64::from(u32::MAX)) as u32),
+                wants_rate: (rate_total > 0).then(|| milli(want_rate)),
+                wants_connections: (conns_total > 0)
+                    .then_some(want_conns.min(u64::from(u32::MAX)) as u32),
+            });
+        }
+    }
+    peers.sort_by(|a, b| (&a.provider, &a.node).cmp(&(&b.provider, &b.node)));
+    shared.set_peers(peers);
+    Ok(())
 }
 
 /// Every field of a hash, by HSCAN (bounded replies), at most `SCAN_FIELDS_MAX`.

@@ -388,6 +388,7 @@ impl Api {
             "holds": &*holds,
             "rules": self.rules_json(config)["firings"].clone(),
             "warmup": self.warmup_json()["sources"].clone(),
+            "cluster": self.shared.cluster.as_ref().map(|c| c.status_json(config)),
         })
     }
 
