@@ -42,11 +42,17 @@ impl Cluster {
     fn start() -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let redis = Redis::start(dir.path())?;
-        Cluster::start_on(dir, redis, "")
+        Cluster::start_on(dir, redis, "", &|_| String::new())
     }
 
-    /// Three nodes on `redis`; `cluster_keys` are added to their `[cluster]` sections.
-    fn start_on(dir: tempfile::TempDir, redis: Redis, cluster_keys: &str) -> Option<Cluster> {
+    /// Three nodes on `redis`; `cluster_keys` are added to their `[cluster]` sections and
+    /// `node_extra(i)` to node i's configuration.
+    fn start_on(
+        dir: tempfile::TempDir,
+        redis: Redis,
+        cluster_keys: &str,
+        node_extra: &dyn Fn(usize) -> String,
+    ) -> Option<Cluster> {
         use spate_sim::dns::{DnsResponder, Zone};
         let mut zone = Zone::default();
         zone.mx
@@ -70,12 +76,13 @@ impl Cluster {
                  provider_max_message_rate = \"{}/s\"\nprovider_connection_limit = 9\n\
                  [sources.n{i}]\naddress = \"{}\"\n\
                  [pools.default]\nsources = [\"n{i}\"]\n\
-                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = {FALLBACK}\n{cluster_keys}\n",
+                 [cluster]\nredis = \"{}\"\nnode = \"n{i}\"\nfallback_share = {FALLBACK}\n{cluster_keys}\n{}",
                 dns.addr,
                 sink.addr.port(),
                 RATE as u64,
                 source(i),
-                redis.url()
+                redis.url(),
+                node_extra(i)
             );
             envs.push(Env::new(1, "", &extra));
         }
@@ -472,7 +479,7 @@ fn a_promoted_replica_takes_over_the_leases() {
     };
     let replica = Redis::start_replica(dir.path(), Some(master.port)).unwrap();
     let failover = format!("failover = [\"{}\"]", replica.url());
-    let mut c = Cluster::start_on(dir, master, &failover).unwrap();
+    let mut c = Cluster::start_on(dir, master, &failover, &|_| String::new()).unwrap();
     for i in 0..NODES {
         c.drop_campaign(i, 3_000);
     }
@@ -639,5 +646,102 @@ fn suppressions_reach_every_node() {
     wait_until(Duration::from_secs(20), "every node removed it", || {
         (0..NODES).all(|n| !c.suppressed(n, "opted@isp.test"))
     });
+    c.stop();
+}
+
+/// A gateway user's daily limit holds across the nodes: what one node accepted counts at
+/// the others (read from Redis every 500 ms).
+#[test]
+fn a_users_daily_limit_holds_across_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let ports: Vec<u16> = (0..NODES)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let hash = spate::gateway::password::hash("s3cret").unwrap();
+    let extra = |i: usize| {
+        format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:{}\"\ntls = \"none\"\n\
+             [[users]]\nname = \"app\"\npassword_hash = \"{hash}\"\nallowed_from = [\"@acme.example\"]\ndaily_limit = 6\n",
+            ports[i]
+        )
+    };
+    let c = Cluster::start_on(dir, redis, "", &extra).unwrap();
+    let session = |node: usize, rcpts: &[&str]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[node])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut commands =
+            "EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\nMAIL FROM:<news@acme.example>\r\n"
+                .to_string();
+        for r in rcpts {
+            commands.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        commands.push_str("RSET\r\nQUIT\r\n");
+        s.write_all(commands.as_bytes()).unwrap();
+        let mut replies = String::new();
+        let mut buf = [0u8; 4096];
+        while !replies.contains("\r\n221 ") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {replies}");
+            replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        replies
+    };
+    // Whole transactions, so the counts are of accepted messages: DATA after the RCPTs.
+    let send = |node: usize, rcpts: &[&str]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[node])).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut commands =
+            "EHLO c\r\nAUTH PLAIN AGFwcABzM2NyZXQ=\r\nMAIL FROM:<news@acme.example>\r\n"
+                .to_string();
+        for r in rcpts {
+            commands.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        commands.push_str("DATA\r\n");
+        s.write_all(commands.as_bytes()).unwrap();
+        let mut replies = String::new();
+        let mut buf = [0u8; 4096];
+        while !replies.contains("\r\n354 ") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {replies}");
+            replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        s.write_all(b"Subject: n\r\nFrom: news@acme.example\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+            .unwrap();
+        while !replies.contains("\r\n221 ") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {replies}");
+            replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        replies
+    };
+    for node in 0..NODES {
+        wait_until(Duration::from_secs(20), "the listener", || {
+            std::net::TcpStream::connect(("127.0.0.1", ports[node])).is_ok()
+        });
+    }
+    let first = send(0, &["a@isp.test", "b@isp.test", "c@isp.test"]);
+    assert!(first.contains("250 2.0.0 OK: queued as"), "{first}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = send(1, &["d@isp.test", "e@isp.test", "f@isp.test"]);
+    assert!(second.contains("250 2.0.0 OK: queued as"), "{second}");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Six accepted across nodes 0 and 1: node 2 refuses the seventh.
+    let third = session(2, &["g@isp.test"]);
+    assert!(
+        third.contains("452 4.5.3 Daily limit of 6 recipients reached"),
+        "{third}"
+    );
     c.stop();
 }

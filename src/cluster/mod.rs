@@ -140,6 +140,10 @@ pub trait Hooks: Send + Sync {
     /// The suppression table every shard checks (`made_here` entries to share, the others'
     /// to apply).
     fn suppressions(&self) -> &crate::suppression::Suppressions;
+    /// Each gateway user with a daily limit: recipients this node accepted for it on `day`.
+    fn daily_counts(&self, day: u64) -> Vec<(String, u64)>;
+    /// What the other nodes accepted for `user` on `day`, as just read.
+    fn set_daily_others(&self, user: &str, day: u64, n: u64);
 }
 
 /// How this node stands with the cluster, for `/metrics`, the page and `queue summary`.

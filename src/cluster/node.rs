@@ -474,6 +474,11 @@ struct Sync {
     /// The last suppression entry read from the stream (its id), and when.
     supp_cursor: Vec<u8>,
     supp_read: Option<Instant>,
+    /// Gateway users' daily counts as last written (the day, user to count), and when the
+    /// others' were last read.
+    daily_day: u64,
+    daily_written: HashMap<String, u64>,
+    daily_read: Option<Instant>,
 }
 
 impl Sync {
@@ -499,6 +504,7 @@ impl Sync {
         // are read and put in force below.
         let joining = new_epoch && !fresh;
         self.suppressions(conn, shared, hooks, new_epoch, joining)?;
+        self.daily(conn, shared, hooks, new_epoch)?;
         let now_ms = crate::clock::system().unix_ms();
         let (generation, holds) = hooks.holds();
         let mut wrote = false;
@@ -733,6 +739,78 @@ impl Sync {
                 // In force here all the same; lost at a restart unless learnt again.
                 tracing::warn!("cluster: {}: {e}", path.display());
             }
+        }
+        Ok(())
+    }
+}
+
+impl Sync {
+    /// Gateway users' daily counts: this node's, written to the day's hash when they change
+    /// (all of them when Redis's state is new); the others', summed per user, every
+    /// `SUPP_READ_EVERY`. A user's limit then holds across the cluster within what the nodes
+    /// accept between two reads.
+    fn daily(
+        &mut self,
+        conn: &mut Conn,
+        shared: &Shared,
+        hooks: &dyn Hooks,
+        new_epoch: bool,
+    ) -> Result<(), String> {
+        let now_ms = crate::clock::system().unix_ms();
+        let day = crate::gateway::limits::utc_day(now_ms);
+        let counts = hooks.daily_counts(day);
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{}:daily:{day}", shared.config.key_prefix).into_bytes();
+        if day != self.daily_day || new_epoch {
+            self.daily_day = day;
+            self.daily_written.clear();
+        }
+        let node = &shared.config.node;
+        let mut commands = Vec::new();
+        for (user, n) in &counts {
+            if self.daily_written.get(user) != Some(n) {
+                commands.push(vec![
+                    b"HSET".to_vec(),
+                    key.clone(),
+                    format!("{user}\t{node}").into_bytes(),
+                    n.to_string().into_bytes(),
+                ]);
+                self.daily_written.insert(user.clone(), *n);
+            }
+        }
+        if !commands.is_empty() {
+            // Two days: yesterday's stays readable past midnight, then goes.
+            commands.push(vec![
+                b"PEXPIRE".to_vec(),
+                key.clone(),
+                b"172800000".to_vec(),
+            ]);
+            conn.pipeline(&commands)?;
+        }
+        if self
+            .daily_read
+            .is_some_and(|t| t.elapsed() < SUPP_READ_EVERY && !new_epoch)
+        {
+            return Ok(());
+        }
+        self.daily_read = Some(Instant::now());
+        let all = scan_hash(conn, &String::from_utf8_lossy(&key))?;
+        let mut others: HashMap<&str, u64> = counts.iter().map(|(u, _)| (u.as_str(), 0)).collect();
+        for (field, value) in &all {
+            let Some((user, who)) = field.split_once('\t') else {
+                continue;
+            };
+            if who == node.as_str() {
+                continue;
+            }
+            if let (Some(sum), Ok(n)) = (others.get_mut(user), value.parse::<u64>()) {
+                *sum = sum.saturating_add(n);
+            }
+        }
+        for (user, n) in others {
+            hooks.set_daily_others(user, day, n);
         }
         Ok(())
     }

@@ -337,6 +337,27 @@ impl crate::cluster::Hooks for ClusterHooks {
     fn suppressions(&self) -> &crate::suppression::Suppressions {
         &self.0.suppressions
     }
+
+    fn daily_counts(&self, day: u64) -> Vec<(String, u64)> {
+        self.0
+            .config()
+            .users
+            .iter()
+            .filter(|u| u.daily_limit.is_some())
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    self.0.gateway.user(&u.name).accepted_on(day),
+                )
+            })
+            .collect()
+    }
+
+    fn set_daily_others(&self, user: &str, day: u64, n: u64) {
+        if self.0.config().users.iter().any(|u| u.name == user) {
+            self.0.gateway.user(user).set_others(day, n);
+        }
+    }
 }
 
 /// Validates the environment and starts the shards.

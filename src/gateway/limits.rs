@@ -56,6 +56,9 @@ pub struct UserCounter {
     reserved: AtomicU64,
     /// The rate limit's state (GCRA): when, in µs since the epoch, the bucket is empty again.
     rate_tat_us: AtomicU64,
+    /// With `[cluster]`: (UTC day << `ACCEPTED_BITS`) | what the other nodes accepted for
+    /// this user that day, as last read from Redis (`set_others`).
+    others_accepted: AtomicU64,
 }
 
 impl UserCounter {
@@ -67,6 +70,24 @@ impl UserCounter {
         } else {
             0
         }
+    }
+
+    /// What the other nodes of the cluster accepted for this user on `day`, as last read.
+    pub fn others_on(&self, day: u64) -> u64 {
+        let v = self.others_accepted.load(Ordering::Acquire);
+        if v >> ACCEPTED_BITS == day {
+            v & ACCEPTED_MASK
+        } else {
+            0
+        }
+    }
+
+    /// The other nodes' count for `day`, as just read from Redis.
+    pub fn set_others(&self, day: u64, n: u64) {
+        self.others_accepted.store(
+            (day << ACCEPTED_BITS) | n.min(ACCEPTED_MASK),
+            Ordering::Release,
+        );
     }
 
     /// Takes one recipient at RCPT, if the user's limits allow it; `release` or `accept`
@@ -81,7 +102,8 @@ impl UserCounter {
             // Added first, checked after: two shards racing for the last one cannot both
             // get it (one may be refused needlessly, never both let through).
             let reserved = self.reserved.fetch_add(1, Ordering::AcqRel) + 1;
-            if self.accepted_on(utc_day(now_unix_ms)) + reserved > limit {
+            let day = utc_day(now_unix_ms);
+            if self.accepted_on(day) + self.others_on(day) + reserved > limit {
                 self.reserved.fetch_sub(1, Ordering::AcqRel);
                 return Err(LimitHit::Daily(limit));
             }

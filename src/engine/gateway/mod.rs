@@ -131,7 +131,7 @@ impl GatewayShared {
     }
 
     /// `user`'s counter (one per name that ever authenticated: bounded by `[[users]]`).
-    fn user(&self, user: &str) -> Arc<UserCounter> {
+    pub fn user(&self, user: &str) -> Arc<UserCounter> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(users.entry(user.to_string()).or_default())
     }
