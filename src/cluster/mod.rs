@@ -133,9 +133,9 @@ pub trait Hooks: Send + Sync {
     /// The holds in force, with their generation.
     fn holds(&self) -> (u64, Arc<crate::admin::holds::Holds>);
     /// Puts `new` in force (durably, as an operator's change is, and in the audit file) if
-    /// the holds are still at `generation`; false if they changed since (an operator's own
-    /// change wins: it is shared at the next sync).
-    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> bool;
+    /// the holds are still at `generation`, and says their new generation; `None` if they
+    /// changed since (an operator's own change wins: it is shared at the next sync).
+    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> Option<u64>;
     fn rules(&self) -> &crate::delivery::rules::RuleBook;
     /// The suppression table every shard checks (`made_here` entries to share, the others'
     /// to apply).
@@ -200,7 +200,7 @@ pub struct Shared {
     /// Another node changed the shared holds or firings: read them at the next tick.
     sync_asked: AtomicBool,
     /// Wakes the renewing thread early (a cut to publish, a stop).
-    wake: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 impl Shared {
@@ -237,13 +237,30 @@ impl Shared {
     /// else the fallback share (before the first lease, and through an outage).
     pub fn part(&self, provider: &str, totals: Totals, now: Instant) -> Totals {
         let lease = lock(&self.leases).get(provider).copied();
+        let fallback = self.fallback(totals);
         match lease {
+            // A limit the lease does not cover (shared since a reload, not yet renewed): its
+            // fallback share.
             Some(l) if l.until > now => Totals {
-                rate: totals.rate.map(|t| l.rate.unwrap_or(t).min(t)),
-                conns: totals.conns.map(|t| l.conns.unwrap_or(t).min(t)),
+                rate: totals
+                    .rate
+                    .map(|t| l.rate.map_or(fallback.rate.unwrap_or(t), |r| r.min(t))),
+                conns: totals
+                    .conns
+                    .map(|t| l.conns.map_or(fallback.conns.unwrap_or(t), |c| c.min(t))),
             },
-            _ => self.fallback(totals),
+            _ => fallback,
         }
+    }
+
+    /// When the next lease in force runs out (after `now`), if any: a shard re-limits then
+    /// even if the renewing thread is held up.
+    pub fn next_lapse(&self, now: Instant) -> Option<Instant> {
+        lock(&self.leases)
+            .values()
+            .map(|l| l.until)
+            .filter(|&u| u > now)
+            .min()
     }
 
     /// `fallback_share` of each total (at least one connection).
@@ -288,7 +305,7 @@ impl Shared {
         }
         drop(out);
         if let Some(w) = lock(&self.wake).as_ref() {
-            let _ = w.send(());
+            let _ = w.try_send(());
         }
     }
 
@@ -340,7 +357,7 @@ impl Shared {
     fn ask_sync(&self) {
         self.sync_asked.store(true, Ordering::SeqCst);
         if let Some(w) = lock(&self.wake).as_ref() {
-            let _ = w.send(());
+            let _ = w.try_send(());
         }
     }
 
@@ -394,7 +411,7 @@ impl Shared {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = lock(&self.wake).as_ref() {
-            let _ = w.send(());
+            let _ = w.try_send(());
         }
     }
 

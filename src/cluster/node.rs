@@ -59,24 +59,46 @@ pub fn register(shared: &Shared) -> Result<(), NameTaken> {
         }
     };
     let mut sha = None;
-    match renew_call(&mut conn, shared, &mut sha, &[]) {
-        Ok(Renewed::Taken(holder)) => Err(NameTaken(format!(
-            "cluster.node {:?} is live in the cluster (held by {holder}; a stopped node's name lapses within {:?})",
-            shared.config.node,
-            shared.config.lease * 3
-        ))),
-        Ok(Renewed::Leases(..)) => Ok(()),
-        Err(e) => {
-            tracing::warn!("cluster: {e}; starting on fallback shares until Redis answers");
-            note_failure(shared, e);
-            Ok(())
+    // A node restarted after a crash finds its own name still held by its dead process for
+    // up to three lease periods: it waits that long (a supervisor's restart must not be
+    // refused), then gives up on a name some live process keeps renewing.
+    let lapse = shared.config.lease * 3;
+    let deadline = Instant::now() + lapse + shared.config.lease;
+    let mut said = false;
+    loop {
+        match renew_call(&mut conn, shared, &mut sha, &[]) {
+            Ok(Renewed::Taken(holder)) if Instant::now() < deadline => {
+                if !said {
+                    tracing::warn!(
+                        "cluster: node name {:?} is held by {holder}; waiting up to {:?} for it to lapse",
+                        shared.config.node,
+                        lapse
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Ok(Renewed::Taken(holder)) => {
+                return Err(NameTaken(format!(
+                    "cluster.node {:?} is live in the cluster (held by {holder}, renewed for {:?}, past a dead process's lapse)",
+                    shared.config.node,
+                    lapse + shared.config.lease
+                )))
+            }
+            Ok(Renewed::Leases(..)) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("cluster: {e}; starting on fallback shares until Redis answers");
+                note_failure(shared, e);
+                return Ok(());
+            }
         }
     }
 }
 
 /// Starts the threads; `hooks` are the engine's side.
 pub fn start(shared: Arc<Shared>, hooks: Arc<dyn Hooks>) -> std::io::Result<Node> {
-    let (tx, rx) = std::sync::mpsc::channel();
+    // One wake-up pending at most: a flood of notes costs nothing more than one.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     *lock(&shared.wake) = Some(tx);
     let renewing = {
         let shared = Arc::clone(&shared);
@@ -266,13 +288,9 @@ fn renew_loop(shared: &Shared, hooks: &dyn Hooks, wake: &std::sync::mpsc::Receiv
             match result {
                 Ok(Renewed::Leases(epoch, young, granted)) => {
                     taken_logged = false;
-                    if let Err(e) = sync.run(c, shared, hooks, epoch, young) {
-                        conn = None;
-                        note_failure(shared, e);
-                        next_try = Instant::now() + RECONNECT_EVERY;
-                        continue;
-                    }
                     note_renewed(shared);
+                    // In force at once: Redis counts a lowered grant for the others from now
+                    // (after a short grace, `renew.lua`), so nothing else may come first.
                     let until = started + shared.config.lease;
                     let new: HashMap<String, Lease> = asks
                         .iter()
@@ -287,6 +305,13 @@ fn renew_loop(shared: &Shared, hooks: &dyn Hooks, wake: &std::sync::mpsc::Receiv
                         })
                         .collect();
                     set_leases(shared, new);
+                    if let Err(e) = sync.run(c, shared, hooks, epoch, young) {
+                        // The leases stand (they were granted); the shared state waits for
+                        // the next connection.
+                        conn = None;
+                        note_failure(shared, e);
+                        next_try = Instant::now() + RECONNECT_EVERY;
+                    }
                 }
                 Ok(Renewed::Taken(holder)) => {
                     // Another process took the name while Redis was away: this node stays
@@ -302,16 +327,27 @@ fn renew_loop(shared: &Shared, hooks: &dyn Hooks, wake: &std::sync::mpsc::Receiv
                     set_leases(shared, HashMap::new());
                 }
                 Err(e) => {
+                    // A renewal that failed may have been granted less in Redis than this
+                    // node holds: the fallback share from now, not the old lease to its end.
                     conn = None;
+                    set_leases(shared, HashMap::new());
                     note_failure(shared, e);
                     next_try = Instant::now() + RECONNECT_EVERY;
                 }
             }
+        } else if !lock(&shared.leases).is_empty() {
+            // Not connected: no lease can be trusted to its end either.
+            set_leases(shared, HashMap::new());
         }
         lapse_leases(shared, Instant::now());
         let _ = wake.recv_timeout(super::TICK.saturating_sub(started.elapsed()));
+        while wake.try_recv().is_ok() {}
     }
     if let Some(mut c) = conn {
+        // The last entries made here (unsubscribes taken during the drain) go out first.
+        if let Err(e) = sync.flush_suppressions(&mut c, shared, hooks) {
+            tracing::warn!("cluster: the last suppression entries were not shared: {e}");
+        }
         leave(&mut c, shared, &hooks.config());
     }
 }
@@ -373,13 +409,16 @@ fn lapse_leases(shared: &Shared, now: Instant) {
     }
 }
 
-/// A change worth re-limiting for: a connection, a rate to or from zero, or 1% of it.
-fn differs(a: &Lease, b: &Lease) -> bool {
-    let rate = match (a.rate, b.rate) {
-        (Some(x), Some(y)) => (x == 0.0) != (y == 0.0) || (x - y).abs() > 0.01 * x.max(y),
+/// A change from `old` to `new` worth re-limiting for: any decrease (the shards must not go
+/// on at more than they hold), a connection, a rate from zero, or a rise of 1%. A smaller
+/// rise waits for the next one that is not (the shards read `part` at their next demand
+/// anyway).
+fn differs(old: &Lease, new: &Lease) -> bool {
+    let rate = match (old.rate, new.rate) {
+        (Some(x), Some(y)) => y < x || (x == 0.0 && y > 0.0) || y > x * 1.01,
         (x, y) => x.is_some() != y.is_some(),
     };
-    rate || a.conns != b.conns
+    rate || old.conns != new.conns
 }
 
 fn note_renewed(shared: &Shared) {
@@ -501,7 +540,8 @@ impl Sync {
         let new_epoch = self.epoch != Some(epoch);
         let fresh = new_epoch && (young || self.epoch.is_some());
         // Joining an established cluster: this node's holds are not written, the cluster's
-        // are read and put in force below.
+        // are read and put in force below. The epoch counts as seen only once all of this
+        // succeeded: a failure half way joins again at the next tick, it never writes.
         let joining = new_epoch && !fresh;
         self.suppressions(conn, shared, hooks, new_epoch, joining)?;
         self.daily(conn, shared, hooks, new_epoch)?;
@@ -512,18 +552,21 @@ impl Sync {
             let local = super::state::shared_holds(&holds);
             for (field, value) in &local {
                 if fresh || self.holds.get(field) != Some(value) {
-                    conn.call(&[
-                        b"HSET",
-                        holds_key.as_bytes(),
-                        field.as_bytes(),
-                        value.as_bytes(),
-                    ])?;
+                    call_ok(
+                        conn,
+                        &[
+                            b"HSET",
+                            holds_key.as_bytes(),
+                            field.as_bytes(),
+                            value.as_bytes(),
+                        ],
+                    )?;
                     wrote = true;
                 }
             }
             if !fresh {
                 for field in self.holds.keys().filter(|f| !local.contains_key(*f)) {
-                    conn.call(&[b"HDEL", holds_key.as_bytes(), field.as_bytes()])?;
+                    call_ok(conn, &[b"HDEL", holds_key.as_bytes(), field.as_bytes()])?;
                     wrote = true;
                 }
             }
@@ -533,24 +576,29 @@ impl Sync {
         let local = hooks.rules().shared(now_ms);
         for (scope, value) in &local {
             if fresh || self.firings.get(scope) != Some(value) {
-                conn.call(&[
-                    b"HSET",
-                    firings_key.as_bytes(),
-                    scope.as_bytes(),
-                    value.as_bytes(),
-                ])?;
+                call_ok(
+                    conn,
+                    &[
+                        b"HSET",
+                        firings_key.as_bytes(),
+                        scope.as_bytes(),
+                        value.as_bytes(),
+                    ],
+                )?;
                 wrote = true;
             }
         }
         self.firings = local;
-        self.epoch = Some(epoch);
         if wrote {
             let note = format!("sync {}", shared.config.node);
-            conn.call(&[
-                b"PUBLISH",
-                events_channel(shared).as_bytes(),
-                note.as_bytes(),
-            ])?;
+            call_ok(
+                conn,
+                &[
+                    b"PUBLISH",
+                    events_channel(shared).as_bytes(),
+                    note.as_bytes(),
+                ],
+            )?;
         }
         let asked = shared.sync_asked.swap(false, Ordering::SeqCst);
         let due = self
@@ -567,37 +615,58 @@ impl Sync {
         let cutoff = now_ms.saturating_sub(config.delivery.max_age.as_millis() as u64);
         let merged = super::state::merge_holds(&holds, &remote, cutoff);
         let merged_shared = super::state::shared_holds(&merged);
-        if merged_shared == super::state::shared_holds(&holds) {
+        let settled = if merged_shared == super::state::shared_holds(&holds) {
             self.holds = merged_shared;
             self.holds_generation = Some(generation);
-        } else if hooks.set_holds(generation, merged) {
-            let (generation, _) = hooks.holds();
+            true
+        } else if let Some(generation) = hooks.set_holds(generation, merged) {
             self.holds = merged_shared;
             self.holds_generation = Some(generation);
-        }
+            true
+        } else {
+            false
+        };
         // Firings: the newer wins, a lift is taken; those over are cleared from Redis.
         let remote = scan_hash(conn, &firings_key)?;
         let mut firings = Vec::new();
         for (scope, value) in &remote {
             match super::state::decode_firing(scope, value) {
                 Some(f) if now_ms < f.until_unix_ms.saturating_add(f.ramp_ms) => firings.push(f),
-                _ => {
-                    conn.call(&[b"HDEL", firings_key.as_bytes(), scope.as_bytes()])?;
-                }
+                _ => call_ok(conn, &[b"HDEL", firings_key.as_bytes(), scope.as_bytes()])?,
             }
         }
         if hooks.rules().merge_remote(firings, &config.rules, now_ms) {
             self.firings = hooks.rules().shared(now_ms);
         }
+        if settled {
+            self.epoch = Some(epoch);
+        }
         Ok(())
     }
+}
+
+/// A command whose error reply (`-OOM`, `-READONLY`, ...) is a failure like a lost
+/// connection: what it was to write is written again after the reconnection.
+fn call_ok(conn: &mut Conn, args: &[&[u8]]) -> Result<(), String> {
+    match conn.call(args)? {
+        Value::Error(e) => Err(format!("redis: {}", printable(&e))),
+        _ => Ok(()),
+    }
+}
+
+/// As `call_ok`, for a pipeline.
+fn pipeline_ok(conn: &mut Conn, commands: &[Vec<Vec<u8>>]) -> Result<(), String> {
+    for reply in conn.pipeline(commands)? {
+        if let Value::Error(e) = reply {
+            return Err(format!("redis: {}", printable(&e)));
+        }
+    }
+    Ok(())
 }
 
 /// How often a node reads the others' suppression entries (an entry reaches every node
 /// within this and a tick).
 pub const SUPP_READ_EVERY: Duration = Duration::from_millis(500);
-/// Suppression entries read from the stream per call at most.
-const SUPP_READ_MAX: usize = 4000;
 /// Entries shared per tick at most (the rest wait for the next).
 const SUPP_WRITE_MAX: usize = 2000;
 /// The stream keeps about this many entries (`XADD MAXLEN ~`): a node away for longer than
@@ -620,33 +689,15 @@ impl Sync {
         new_epoch: bool,
         joining: bool,
     ) -> Result<(), String> {
-        use crate::suppression::{store, Source};
+        use crate::suppression::store;
         let prefix = &shared.config.key_prefix;
         let stream = format!("{prefix}:supp").into_bytes();
         let optouts = format!("{prefix}:optouts").into_bytes();
         let supp = hooks.suppressions();
         let config = hooks.config();
-        let opt_out = |e: &store::Entry| {
-            matches!(
-                e.source,
-                Source::Manual { .. } | Source::Unsubscribe { .. } | Source::Removed { .. }
-            )
-        };
-        let hset = |e: &store::Entry| -> Vec<Vec<u8>> {
-            let mut line = Vec::new();
-            e.encode(&mut line);
-            line.pop();
-            vec![
-                b"HSET".to_vec(),
-                optouts.clone(),
-                format!("{}\t{}", e.tenant, e.entry.to_ascii_lowercase()).into_bytes(),
-                line,
-            ]
-        };
-        let mut learnt = Vec::new();
         if new_epoch {
             if joining {
-                // From the stream's end on; the opt-outs so far from the hash.
+                // From the stream's end on; the opt-outs so far from the hash, page by page.
                 let last = conn.call(&[b"XREVRANGE", &stream, b"+", b"-", b"COUNT", b"1"])?;
                 self.supp_cursor = match last {
                     Value::Array(items) => match items.first() {
@@ -658,55 +709,46 @@ impl Sync {
                     },
                     _ => b"0-0".to_vec(),
                 };
-                let all = scan_hash(conn, &String::from_utf8_lossy(&optouts))?;
-                for line in all.values() {
-                    if let Some(e) = remote_entry(line.as_bytes()) {
-                        supp.apply(&e);
-                        e.encode(&mut learnt);
+                let path = store::cluster_file(&config.engine.data_dir);
+                scan_hash_pages(conn, &optouts, |page| {
+                    let mut learnt = Vec::new();
+                    for (_, line) in page {
+                        if let Some(e) = remote_entry(line) {
+                            supp.apply(&e);
+                            e.encode(&mut learnt);
+                        }
+                    }
+                    keep_learnt(&path, &learnt);
+                })?;
+                // This node's opt-outs the cluster has never had (made while it was away
+                // from Redis, or in its last moments): shared now.
+                for e in local_opt_outs(&config)?.chunks(500) {
+                    let mut command = vec![b"HMGET".to_vec(), optouts.clone()];
+                    command.extend(e.iter().map(opt_out_field));
+                    let Value::Array(found) =
+                        conn.call(&command.iter().map(Vec::as_slice).collect::<Vec<_>>())?
+                    else {
+                        return Err("redis: HMGET answered something else".into());
+                    };
+                    for (e, v) in e.iter().zip(found) {
+                        if v == Value::Nil {
+                            supp.made_here(e.clone());
+                        }
                     }
                 }
             } else {
                 // Redis's state is new: this node's opt-outs go back into the hash.
                 self.supp_cursor = b"0-0".to_vec();
-                let today = crate::suppression::day_of(crate::clock::system().unix_ms());
-                let stored = store::read_dir(&config.engine.data_dir)?;
-                let days = config.suppression.bad_mailbox_expire.as_secs() / 86_400;
-                let mine: Vec<Vec<Vec<u8>>> = store::in_force(&stored, today, days)
+                let mine: Vec<Vec<Vec<u8>>> = local_opt_outs(&config)?
                     .iter()
-                    .filter(|e| opt_out(e))
-                    .map(hset)
+                    .map(|e| hset(&optouts, e))
                     .collect();
                 for chunk in mine.chunks(SUPP_WRITE_MAX) {
-                    conn.pipeline(chunk)?;
+                    pipeline_ok(conn, chunk)?;
                 }
             }
         }
-        // This node's new entries.
-        let made = supp.take_shared(SUPP_WRITE_MAX);
-        if !made.is_empty() {
-            let mut commands = Vec::with_capacity(made.len() * 2);
-            for e in &made {
-                let mut line = Vec::new();
-                e.encode(&mut line);
-                line.pop();
-                commands.push(vec![
-                    b"XADD".to_vec(),
-                    stream.clone(),
-                    b"MAXLEN".to_vec(),
-                    b"~".to_vec(),
-                    SUPP_STREAM_MAX.as_bytes().to_vec(),
-                    b"*".to_vec(),
-                    b"n".to_vec(),
-                    shared.config.node.as_bytes().to_vec(),
-                    b"e".to_vec(),
-                    line,
-                ]);
-                if opt_out(e) {
-                    commands.push(hset(e));
-                }
-            }
-            conn.pipeline(&commands)?;
-        }
+        self.write_suppressions(conn, shared, hooks)?;
         // The others' new entries, every `SUPP_READ_EVERY` (or at once after a join).
         if self
             .supp_read
@@ -715,32 +757,140 @@ impl Sync {
             return Ok(());
         }
         self.supp_read = Some(Instant::now());
-        let reply = conn.call(&[
-            b"XREAD",
-            b"COUNT",
-            SUPP_READ_MAX.to_string().as_bytes(),
-            b"STREAMS",
-            &stream,
-            &self.supp_cursor,
-        ])?;
-        for (id, node, line) in stream_entries(&reply) {
-            self.supp_cursor = id;
-            if node == shared.config.node.as_bytes() {
-                continue;
+        let path = store::cluster_file(&config.engine.data_dir);
+        for _ in 0..SUPP_READS_MAX {
+            let reply = conn.call(&[
+                b"XREAD",
+                b"COUNT",
+                SUPP_READ_COUNT.to_string().as_bytes(),
+                b"STREAMS",
+                &stream,
+                &self.supp_cursor,
+            ])?;
+            let entries = stream_entries(&reply);
+            let full = entries.len() >= SUPP_READ_COUNT;
+            let mut learnt = Vec::new();
+            for (id, node, line) in entries {
+                self.supp_cursor = id;
+                if node == shared.config.node.as_bytes() {
+                    continue;
+                }
+                if let Some(e) = remote_entry(&line) {
+                    supp.apply(&e);
+                    e.encode(&mut learnt);
+                }
             }
-            if let Some(e) = remote_entry(&line) {
-                supp.apply(&e);
-                e.encode(&mut learnt);
-            }
-        }
-        if !learnt.is_empty() {
-            let path = store::cluster_file(&config.engine.data_dir);
-            if let Err(e) = store::append_durably(&path, &learnt) {
-                // In force here all the same; lost at a restart unless learnt again.
-                tracing::warn!("cluster: {}: {e}", path.display());
+            keep_learnt(&path, &learnt);
+            if !full {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// This node's new suppression entries to the stream (and opt-outs to the hash); taken
+    /// out of the outbox only once Redis has them.
+    fn write_suppressions(
+        &mut self,
+        conn: &mut Conn,
+        shared: &Shared,
+        hooks: &dyn Hooks,
+    ) -> Result<usize, String> {
+        let prefix = &shared.config.key_prefix;
+        let stream = format!("{prefix}:supp").into_bytes();
+        let optouts = format!("{prefix}:optouts").into_bytes();
+        let supp = hooks.suppressions();
+        let made = supp.to_share(SUPP_WRITE_MAX);
+        if made.is_empty() {
+            return Ok(0);
+        }
+        let mut commands = Vec::with_capacity(made.len() * 2);
+        for e in &made {
+            let mut line = Vec::new();
+            e.encode(&mut line);
+            line.pop();
+            commands.push(vec![
+                b"XADD".to_vec(),
+                stream.clone(),
+                b"MAXLEN".to_vec(),
+                b"~".to_vec(),
+                SUPP_STREAM_MAX.as_bytes().to_vec(),
+                b"*".to_vec(),
+                b"n".to_vec(),
+                shared.config.node.as_bytes().to_vec(),
+                b"e".to_vec(),
+                line,
+            ]);
+            if is_opt_out(e) {
+                commands.push(hset(&optouts, e));
+            }
+        }
+        pipeline_ok(conn, &commands)?;
+        supp.shared(made.len());
+        Ok(made.len())
+    }
+
+    /// At a clean stop: every entry still waiting goes out (unsubscribes taken during the
+    /// drain), within a bound.
+    fn flush_suppressions(
+        &mut self,
+        conn: &mut Conn,
+        shared: &Shared,
+        hooks: &dyn Hooks,
+    ) -> Result<(), String> {
+        for _ in 0..50 {
+            if self.write_suppressions(conn, shared, hooks)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads per `SUPP_READ_EVERY` at most, of `SUPP_READ_COUNT` entries each (each reply stays
+/// within the codec's bound: entries are at most 4 KiB).
+const SUPP_READS_MAX: usize = 20;
+const SUPP_READ_COUNT: usize = 200;
+
+fn is_opt_out(e: &crate::suppression::store::Entry) -> bool {
+    use crate::suppression::Source;
+    matches!(
+        e.source,
+        Source::Manual { .. } | Source::Unsubscribe { .. } | Source::Removed { .. }
+    )
+}
+
+fn opt_out_field(e: &crate::suppression::store::Entry) -> Vec<u8> {
+    format!("{}\t{}", e.tenant, e.entry.to_ascii_lowercase()).into_bytes()
+}
+
+fn hset(optouts: &[u8], e: &crate::suppression::store::Entry) -> Vec<Vec<u8>> {
+    let mut line = Vec::new();
+    e.encode(&mut line);
+    line.pop();
+    vec![b"HSET".to_vec(), optouts.to_vec(), opt_out_field(e), line]
+}
+
+/// This node's opt-outs in force (its store: its own and those it learnt from the others).
+fn local_opt_outs(config: &Config) -> Result<Vec<crate::suppression::store::Entry>, String> {
+    use crate::suppression::store;
+    let today = crate::suppression::day_of(crate::clock::system().unix_ms());
+    let stored = store::read_dir(&config.engine.data_dir)?;
+    let days = config.suppression.bad_mailbox_expire.as_secs() / 86_400;
+    Ok(store::in_force(&stored, today, days)
+        .into_iter()
+        .filter(is_opt_out)
+        .collect())
+}
+
+/// Other nodes' entries, durably in this node's `added-cluster.log`.
+fn keep_learnt(path: &std::path::Path, learnt: &[u8]) {
+    if learnt.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::suppression::store::append_durably(path, learnt) {
+        // In force here all the same; lost at a restart unless learnt again.
+        tracing::warn!("cluster: {}: {e}", path.display());
     }
 }
 
@@ -769,6 +919,7 @@ impl Sync {
         }
         let node = &shared.config.node;
         let mut commands = Vec::new();
+        let mut written = Vec::new();
         for (user, n) in &counts {
             if self.daily_written.get(user) != Some(n) {
                 commands.push(vec![
@@ -777,7 +928,7 @@ impl Sync {
                     format!("{user}\t{node}").into_bytes(),
                     n.to_string().into_bytes(),
                 ]);
-                self.daily_written.insert(user.clone(), *n);
+                written.push((user.clone(), *n));
             }
         }
         if !commands.is_empty() {
@@ -787,7 +938,9 @@ impl Sync {
                 key.clone(),
                 b"172800000".to_vec(),
             ]);
-            conn.pipeline(&commands)?;
+            pipeline_ok(conn, &commands)?;
+            // Only once Redis has them: a failed write is written again next time.
+            self.daily_written.extend(written);
         }
         if self
             .daily_read
@@ -877,7 +1030,8 @@ fn read_peers(
         let key = format!("{}:lease:{name}", shared.config.key_prefix);
         for (node, value) in scan_hash(conn, &key)? {
             let v: Vec<u64> = value.split(',').filter_map(|x| x.parse().ok()).collect();
-            let [rate, conns, until, want_rate, want_conns, rate_total, conns_total] = v[..] else {
+            let [rate, conns, until, want_rate, want_conns, rate_total, conns_total, ..] = v[..]
+            else {
                 continue;
             };
             if until <= now_ms || node.len() > super::super::config::cluster::NODE_NAME_MAX {
@@ -898,6 +1052,38 @@ fn read_peers(
     peers.sort_by(|a, b| (&a.provider, &a.node).cmp(&(&b.provider, &b.node)));
     shared.set_peers(peers);
     Ok(())
+}
+
+/// Every field of a hash, by HSCAN, a page at a time to `each` (no bound on the hash: only
+/// a page is held at once).
+fn scan_hash_pages(
+    conn: &mut Conn,
+    key: &[u8],
+    mut each: impl FnMut(&[(Vec<u8>, Vec<u8>)]),
+) -> Result<(), String> {
+    let mut cursor = b"0".to_vec();
+    loop {
+        let reply = conn.call(&[b"HSCAN", key, &cursor, b"COUNT", SCAN_COUNT.as_bytes()])?;
+        let Value::Array(items) = reply else {
+            return Err("redis HSCAN answered something else".into());
+        };
+        let (Some(Value::Bulk(next)), Some(Value::Array(pairs))) = (items.first(), items.get(1))
+        else {
+            return Err("redis HSCAN: an answer of the wrong shape".into());
+        };
+        let page: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .chunks(2)
+            .filter_map(|p| match p {
+                [Value::Bulk(f), Value::Bulk(v)] => Some((f.clone(), v.clone())),
+                _ => None,
+            })
+            .collect();
+        each(&page);
+        if next.as_slice() == b"0" {
+            return Ok(());
+        }
+        cursor = next.clone();
+    }
 }
 
 /// Every field of a hash, by HSCAN (bounded replies), at most `SCAN_FIELDS_MAX`.

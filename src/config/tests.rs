@@ -192,6 +192,36 @@ fn bad_values_name_their_field() {
             "admin.cert",
         ),
         ("[admin]\nmetrics_scopes = 5000\n", "admin.metrics_scopes"),
+        ("[cluster]\nnode = \"a\"\n", "cluster.redis"),
+        ("[cluster]\nredis = \"redis://h\"\n", "cluster.node"),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a b\"\n",
+            "cluster.node",
+        ),
+        (
+            "[cluster]\nredis = \"http://h\"\nnode = \"a\"\n",
+            "cluster.redis",
+        ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nfailover = [\"rediss://r\"]\n",
+            "cluster.failover[0]",
+        ),
+        (
+            "[cluster]\nredis = \"redis://:pw@h\"\nnode = \"a\"\npassword = \"x\"\n",
+            "cluster.password",
+        ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\ntls_ca_file = \"/x.pem\"\n",
+            "cluster.tls_ca_file",
+        ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nlease = \"100ms\"\n",
+            "cluster.lease",
+        ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nfallback_share = 0.0\n",
+            "cluster.fallback_share",
+        ),
         ("[sources.a]\naddress = \"nope\"\n", "sources.a.address"),
         ("[sources.a]\naddress = \"0.0.0.0\"\n", "sources.a.address"),
         ("[sources.\"a b\"]\naddress = \"127.0.0.2\"\n", "sources.a b"),

@@ -397,14 +397,29 @@ impl RuleBook {
             if rule.action == Action::Bounce || firing.over(now_unix_ms) {
                 continue;
             }
+            let lifted = !firing.active(now_unix_ms);
             let take = match inner.firings.get(&r.scope) {
                 None => inner.firings.len() < FIRINGS_MAX,
                 Some(l) if l.rule == firing.rule && l.since_unix_ms == firing.since_unix_ms => {
                     firing.until_unix_ms < l.until_unix_ms
                 }
+                // Lifted there after this one began (a lift of another node's firing of the
+                // same scope): lifted here too, from then.
+                Some(l) if lifted && firing.until_unix_ms > l.since_unix_ms => {
+                    firing.until_unix_ms < l.until_unix_ms
+                }
                 Some(l) => firing.since_unix_ms > l.since_unix_ms,
             };
             if take {
+                if lifted {
+                    if let Some(l) = inner.firings.get_mut(&r.scope) {
+                        if l.since_unix_ms > firing.since_unix_ms {
+                            l.until_unix_ms = firing.until_unix_ms;
+                            changed = true;
+                            continue;
+                        }
+                    }
+                }
                 inner.firings.insert(r.scope, firing);
                 changed = true;
             }
@@ -527,6 +542,20 @@ mod tests {
         assert!(book.merge_remote(vec![lifted], &rules, 3_000));
         let (_, f) = book.snapshot();
         assert!(!f.get("ms").unwrap().active(3_000));
+        // Another node's older firing of the scope, lifted there after this node's own
+        // began: lifted here too (this node's firing, ending then).
+        let other = RuleBook::default();
+        assert!(
+            other
+                .observe(&rules, "ms", "550 banned", 6_000)
+                .unwrap()
+                .new
+        );
+        let lifted_there = remote("ms", "r", 5_000, 7_000).unwrap();
+        assert!(other.merge_remote(vec![lifted_there], &rules, 7_000));
+        let (_, f) = other.snapshot();
+        assert!(!f.get("ms").unwrap().active(7_000));
+        assert_eq!(f.get("ms").unwrap().since_unix_ms, 6_000);
         // A newer one on a scope this node had none on: taken, with this node's action.
         let new = remote("site:mx.example", "r", 4_000, 104_000).unwrap();
         assert!(book.merge_remote(vec![new], &rules, 5_000));

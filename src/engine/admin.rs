@@ -153,20 +153,30 @@ impl AdminShared {
     }
 
     /// Puts `new` in force as `change_holds` does, if the holds are still at `generation`
-    /// (the cluster's view of them, `cluster::Hooks::set_holds`).
+    /// (the cluster's view of them, `cluster::Hooks::set_holds`): the new generation, read
+    /// under the same lock (an operator's change right after it is a later one); `None` if
+    /// the holds changed meanwhile.
     pub fn replace_holds(
         &self,
         config: &Config,
         action: &Audit<'_>,
         generation: u64,
         new: Holds,
-    ) -> Result<bool, String> {
-        self.change_holds(config, action, |_| {
-            if self.holds_generation.load(Ordering::SeqCst) != generation {
-                return Err("changed meanwhile".into());
-            }
-            Ok(Some(new))
-        })
+    ) -> Result<Option<u64>, String> {
+        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.holds_generation.load(Ordering::SeqCst) != generation {
+            return Ok(None);
+        }
+        new.save(&config.engine.data_dir).map_err(|e| {
+            format!(
+                "{}: {e}",
+                crate::admin::holds::holds_path(&config.engine.data_dir).display()
+            )
+        })?;
+        *self.holds.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        let generation = self.holds_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        action.write(config, "done");
+        Ok(Some(generation))
     }
 
     /// Bounces older than the queue's `max_age` can match nothing still queued: dropped.

@@ -310,7 +310,7 @@ impl crate::cluster::Hooks for ClusterHooks {
         self.0.admin.holds_generation()
     }
 
-    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> bool {
+    fn set_holds(&self, generation: u64, new: crate::admin::holds::Holds) -> Option<u64> {
         let config = self.0.config();
         let audit = admin::Audit {
             action: "cluster-sync",
@@ -320,12 +320,10 @@ impl crate::cluster::Hooks for ClusterHooks {
             at_unix_ms: self.0.clock.unix_ms(),
         };
         match self.0.admin.replace_holds(&config, &audit, generation, new) {
-            Ok(changed) => changed,
+            Ok(generation) => generation,
             Err(e) => {
-                if e != "changed meanwhile" {
-                    tracing::warn!("cluster: the shared holds could not be put in force: {e}");
-                }
-                false
+                tracing::warn!("cluster: the shared holds could not be put in force: {e}");
+                None
             }
         }
     }
@@ -575,14 +573,16 @@ impl Engine {
                 crashed = Some(id);
             }
         }
-        if let Some(node) = self.cluster_node.take() {
-            node.stop();
-        }
         for mut server in [self.admin.take(), self.one_click.take()]
             .into_iter()
             .flatten()
         {
             server.stop();
+        }
+        // After the servers: an unsubscribe taken until then is shared before the node
+        // leaves the cluster.
+        if let Some(node) = self.cluster_node.take() {
+            node.stop();
         }
         // The last outcomes' warm-up counts (shard 0's maintenance saved the rest).
         if let Some(bytes) = self.shared.warmup.take_dirty() {

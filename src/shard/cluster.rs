@@ -75,9 +75,11 @@ impl<L: LogSink> Core<L> {
             return;
         };
         let generation = cluster.generation();
-        if generation != self.cluster_generation_seen {
+        let lapsed = self.cluster_lapse.is_some_and(|t| now >= t);
+        if generation != self.cluster_generation_seen || lapsed {
             self.cluster_generation_seen = generation;
             self.cluster_relimit(now);
+            self.cluster_lapse = cluster.next_lapse(now);
         }
         let (cuts, last) = cluster.cuts_since(self.cluster_cut_seen);
         self.cluster_cut_seen = last;

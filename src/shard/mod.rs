@@ -330,6 +330,9 @@ pub struct Core<L> {
     cluster: Option<Arc<crate::cluster::Shared>>,
     cluster_generation_seen: u64,
     cluster_cut_seen: u64,
+    /// When this node's next lease runs out: its scopes re-limit then (to the fallback
+    /// share) even if the renewing thread is held up.
+    cluster_lapse: Option<Instant>,
     last_cluster_report: Instant,
     effects: Vec<Effect>,
 }
@@ -396,6 +399,7 @@ impl<L: LogSink> Core<L> {
             cluster: None,
             cluster_generation_seen: 0,
             cluster_cut_seen: 0,
+            cluster_lapse: None,
             last_cluster_report: now,
             effects: Vec::new(),
         }

@@ -253,15 +253,22 @@ impl Suppressions {
         }
     }
 
-    /// The entries made here since the last call, oldest first, at most `max`.
-    pub fn take_shared(&self, max: usize) -> Vec<store::Entry> {
-        let mut out = self.outbox.lock().expect("suppression lock");
-        match out.as_mut() {
-            Some(q) => {
-                let n = q.len().min(max);
-                q.drain(..n).collect()
-            }
-            None => Vec::new(),
+    /// The oldest entries made here not yet shared, at most `max`; `shared` takes them out
+    /// once they are written (a failed write keeps them for the next).
+    pub fn to_share(&self, max: usize) -> Vec<store::Entry> {
+        let out = self.outbox.lock().expect("suppression lock");
+        out.as_ref()
+            .map(|q| q.iter().take(max).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The first `n` entries of `to_share` were written. (Only the cluster's thread takes
+    /// them out; new ones go to the back, and the front is dropped only when full, which
+    /// `n` then overcounts by at most what was dropped: those are lost either way.)
+    pub fn shared(&self, n: usize) {
+        if let Some(q) = self.outbox.lock().expect("suppression lock").as_mut() {
+            let n = n.min(q.len());
+            q.drain(..n);
         }
     }
 
