@@ -5,7 +5,7 @@
 //! - 0: a pub/sub message (`cluster::Cut::decode`);
 //! - 1: a scope line, then a firing's value (`cluster::state::decode_firing`);
 //! - 2: hash fields, one `FIELD\tVALUE` a line (`cluster::state::merge_holds`);
-//! - 3: a Redis server's bytes, as replies to XREAD (`cluster::node::stream_entries`,
+//! - 3: a Redis server's bytes, as replies to XREAD (`cluster::sync::stream_entries`,
 //!   `remote_entry`).
 //!
 //! Properties: it never panics; a decoded cut has a factor in (0.1, 1) and re-encodes to
@@ -16,7 +16,7 @@
 
 use spate::admin::holds::{Holds, RULES_MAX};
 use spate::cluster::state::{decode_firing, merge_holds, shared_holds, shared_target};
-use spate::cluster::{node, resp, Cut};
+use spate::cluster::{resp, sync, Cut};
 use std::collections::BTreeMap;
 
 pub fn check(input: &[u8]) {
@@ -59,8 +59,8 @@ pub fn check(input: &[u8]) {
             let mut parser = resp::Parser::new();
             parser.push(rest);
             while let Ok(Some(reply)) = parser.next_reply() {
-                for (_, _, line) in node::stream_entries(&reply) {
-                    if let Some(e) = node::remote_entry(&line) {
+                for (_, _, line) in sync::stream_entries(&reply) {
+                    if let Some(e) = sync::remote_entry(&line) {
                         assert!(spate::suppression::manage::parse_entry(&e.entry).is_ok());
                         assert!(spate::suppression::manage::check_tenant(&e.tenant).is_ok());
                     }

@@ -1,4 +1,4 @@
-//! Cluster mode (issue 15, in progress): several nodes sharing provider-wide limits through
+//! Cluster mode: several nodes sharing provider-wide limits through
 //! Redis (`[cluster] redis`, `node` in INTERFACE.md). docs/cluster.md has the design and
 //! each failure mode.
 //!
@@ -8,6 +8,9 @@
 //! - [`node`]: the node's two threads, never a shard's executor: one renews this node's
 //!   leases every `TICK` (one script call for every shared limit, `renew.lua`) and publishes
 //!   the throttle cuts its shards make; one listens for the other nodes' cuts.
+//! - [`sync`]: the rest of what the nodes share (holds, firings, suppressions, daily counts),
+//!   kept in step by the renewing thread.
+//! - [`state`]: holds and firings as stored in Redis, and merged back.
 //! - [`Shared`] (here): what those threads and the shards exchange, under short locks.
 //!
 //! What is shared: each provider's provider-wide limits, `max_message_rate` and
@@ -22,6 +25,7 @@ pub mod client;
 pub mod node;
 pub mod resp;
 pub mod state;
+pub mod sync;
 
 use crate::config::cluster::Cluster;
 use crate::config::Config;
