@@ -47,6 +47,7 @@ fn chunk(batch_id: u64, chunk_no: u32, message: &Arc<MessageSpec>) -> Chunk {
         message: Arc::clone(message),
         tails,
         ends,
+        retry: Vec::new(),
     }
 }
 
@@ -67,6 +68,7 @@ fn append(c: &mut Criterion) {
                 message: Arc::clone(&m),
                 tails: template.tails.clone(),
                 ends: template.ends.clone(),
+                retry: Vec::new(),
             },
             |mut ch| {
                 n += 1;
@@ -105,6 +107,7 @@ fn group_commit(c: &mut Criterion) {
                         message: Arc::clone(&ch.message),
                         tails: ch.tails.clone(),
                         ends: ch.ends.clone(),
+                        retry: Vec::new(),
                     };
                     q.append_chunk(&ch).unwrap();
                 }

@@ -23,6 +23,9 @@ pub enum EventType {
     /// A check before sending failed with `warn` (`[checks]`); the campaign goes out. No
     /// recipient: the reason is in `response`.
     Check,
+    /// Handed to another node of the cluster (`spate drain`), which carries on with it; the
+    /// node is in `response`.
+    Transferred,
 }
 
 impl EventType {
@@ -35,6 +38,7 @@ impl EventType {
             EventType::Expiration => "Expiration",
             EventType::Rejected => "Rejected",
             EventType::Check => "Check",
+            EventType::Transferred => "Transferred",
         }
     }
 }

@@ -14,6 +14,7 @@
 use crate::address::parse_address;
 use crate::queue::record::{RecipientPayload, MESSAGE_VERBATIM};
 use crate::queue::store::{Chunk, MessageSpec};
+use crate::queue::transfer::Retry;
 use crate::smtp::data::LINE_OCTETS_MAX;
 use crate::template::Template;
 use serde::Deserialize;
@@ -53,6 +54,9 @@ pub enum InputKind {
     Batch,
     /// `NAME.eml`: PowerMTA-style pickup message.
     Pickup,
+    /// `transfer-<id>.xfer`: queue records another node of the cluster hands over
+    /// (`crate::queue::transfer`), through its admin API.
+    Transfer,
 }
 
 /// The input kind from a spool file name, or `None` for an unknown extension.
@@ -61,6 +65,8 @@ pub fn input_kind(name: &str) -> Option<InputKind> {
         Some(InputKind::Batch)
     } else if name.ends_with(".eml") {
         Some(InputKind::Pickup)
+    } else if name.ends_with(".xfer") {
+        Some(InputKind::Transfer)
     } else {
         None
     }
@@ -177,6 +183,12 @@ pub struct Parser<'a> {
     rules: crate::compliance::Rules,
     /// Checks that failed with `warn`, for the delivery log.
     warnings: Vec<String>,
+    /// A transfer's recipients still to read.
+    transfer: Option<crate::queue::transfer::Recipients<'a>>,
+    /// The transfer recipient just accepted: its encoded tail and retry state.
+    transferred: Option<(&'a [u8], Retry)>,
+    /// The node a transfer comes from.
+    source_node: String,
 }
 
 #[derive(Default)]
@@ -184,6 +196,7 @@ struct ChunkBuilder {
     next_chunk_no: u32,
     tails: Vec<u8>,
     ends: Vec<u32>,
+    retry: Vec<Retry>,
 }
 
 impl<'a> Parser<'a> {
@@ -243,6 +256,9 @@ impl<'a> Parser<'a> {
             suppression: None,
             rules: rules.clone(),
             warnings: Vec::new(),
+            transfer: None,
+            transferred: None,
+            source_node: String::new(),
         };
         // Editors and export tools on Windows put a UTF-8 byte order mark first.
         if bytes.starts_with(b"\xEF\xBB\xBF") {
@@ -251,6 +267,7 @@ impl<'a> Parser<'a> {
         match kind {
             InputKind::Batch => parser.open_batch(batch_id, now_unix_ms, egress)?,
             InputKind::Pickup => parser.open_pickup(batch_id, now_unix_ms, egress)?,
+            InputKind::Transfer => parser.open_transfer(batch_id, egress)?,
         }
         Ok(parser)
     }
@@ -311,6 +328,9 @@ impl<'a> Parser<'a> {
             suppression: None,
             rules: crate::compliance::Rules::none(),
             warnings: Vec::new(),
+            transfer: None,
+            transferred: None,
+            source_node: String::new(),
         })
     }
 
@@ -327,6 +347,11 @@ impl<'a> Parser<'a> {
 
     pub fn message(&self) -> &Arc<MessageSpec> {
         &self.message
+    }
+
+    /// The node a transfer comes from (empty for other inputs).
+    pub fn source_node(&self) -> &str {
+        &self.source_node
     }
 
     /// Next line without its line ending, or `None` at the end.
@@ -408,6 +433,105 @@ impl<'a> Parser<'a> {
         });
         self.template = template;
         Ok(())
+    }
+
+    /// A transfer from another node: its message as that node queued it (its template or
+    /// verbatim body, envelope, labels, creation time and flags), checked as an input of
+    /// this node would be; refused whole if the file is damaged or names a pool this node
+    /// lacks. Its batch id is the transfer's own, which its spool name carries.
+    fn open_transfer(
+        &mut self,
+        batch_id: u64,
+        egress: &crate::config::Egress,
+    ) -> Result<(), FileError> {
+        let (header, m, recipients) =
+            crate::queue::transfer::open(self.bytes).map_err(|e| file_error(None, e))?;
+        if header.id != batch_id {
+            return Err(file_error(
+                None,
+                format!(
+                    "transfer {:016x} under the name of transfer {batch_id:016x}",
+                    header.id
+                ),
+            ));
+        }
+        if !m.sender.is_empty() {
+            let sender = parse_address(m.sender)
+                .map_err(|e| file_error(None, format!("transfer sender: {e}")))?;
+            if sender.to_addr_string() != m.sender {
+                return Err(file_error(None, "transfer sender is not in its plain form"));
+            }
+        }
+        check_label("campaign", m.campaign)?;
+        check_label("tenant", m.tenant)?;
+        if !m.pool.is_empty() {
+            egress
+                .pool_for(Some(m.pool), m.tenant)
+                .map_err(|e| file_error(None, format!("transfer pool: {e} on this node")))?;
+        }
+        if m.body.len() > MESSAGE_BYTES_MAX {
+            return Err(file_error(
+                None,
+                format!("message is over the {MESSAGE_BYTES_MAX}-byte limit"),
+            ));
+        }
+        let var_names: Vec<String> = m.var_names.iter().map(|n| n.to_string()).collect();
+        if m.flags & MESSAGE_VERBATIM != 0 {
+            check_pickup_header(m.body, 1)?;
+        } else {
+            let template = Template::parse(m.body.to_vec())
+                .map_err(|e| file_error(None, format!("transfer template: {}", e.0)))?;
+            if template.var_names() != var_names.as_slice() {
+                return Err(file_error(
+                    None,
+                    "transfer template: its placeholders are not the message's names",
+                ));
+            }
+            self.template = template;
+        }
+        self.message = Arc::new(MessageSpec {
+            batch_id,
+            created_unix_ms: m.created_unix_ms,
+            flags: m.flags,
+            sender: m.sender.to_string(),
+            campaign: m.campaign.to_string(),
+            tenant: m.tenant.to_string(),
+            var_names,
+            body: m.body.to_vec(),
+            pool: m.pool.to_string(),
+        });
+        self.pos = self.bytes.len();
+        self.transfer = Some(recipients);
+        self.source_node = header.node.to_string();
+        Ok(())
+    }
+
+    /// A transfer's recipient, checked as a batch's would be; its record is kept as sent.
+    fn transfer_recipient(
+        &mut self,
+        r: crate::queue::transfer::TransferRecipient<'a>,
+    ) -> Result<String, Rejection> {
+        self.line_no += 1;
+        let reject = |reason: String| Rejection {
+            line: self.line_no,
+            recipient: r.recipient.to_string(),
+            reason,
+        };
+        let address = parse_address(r.recipient).map_err(|e| reject(e.0))?;
+        let rcpt = address.to_addr_string();
+        if rcpt != r.recipient {
+            return Err(reject("recipient is not in its plain form".into()));
+        }
+        if self.message.flags & MESSAGE_VERBATIM == 0 {
+            let values: Result<Vec<&str>, _> =
+                r.values.iter().map(|v| std::str::from_utf8(v)).collect();
+            let values = values.map_err(|_| reject("a value is not UTF-8".into()))?;
+            self.template
+                .check_values(&values)
+                .map_err(|e| reject(e.0))?;
+        }
+        self.transferred = Some((r.tail, r.retry));
+        Ok(rcpt)
     }
 
     fn open_pickup(
@@ -577,6 +701,20 @@ impl<'a> Parser<'a> {
                     Some(line) => Some(self.batch_recipient(line)),
                     None => None,
                 },
+                InputKind::Transfer => match self.transfer.as_mut().and_then(Iterator::next) {
+                    Some(Ok(r)) => Some(self.transfer_recipient(r)),
+                    // `open` read the whole file: a fault now is not one it saw.
+                    Some(Err(reason)) => {
+                        self.transfer = None;
+                        self.line_no += 1;
+                        Some(Err(Rejection {
+                            line: self.line_no,
+                            recipient: String::new(),
+                            reason,
+                        }))
+                    }
+                    None => None,
+                },
                 InputKind::Pickup => {
                     if let Some(values) = self.pickup_values.next() {
                         self.values = values;
@@ -660,26 +798,36 @@ impl<'a> Parser<'a> {
 
     /// Encodes an accepted recipient into its home builder; returns a chunk if that filled it.
     fn close_if_full(&mut self, rcpt: String) -> Option<Event> {
-        let home = match self.kind {
-            InputKind::Batch => {
-                let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
-                let h = crate::hash::stable_hash(domain.as_bytes());
-                if self.domain_counts.len() >= DOMAIN_COUNTS_MAX
-                    && !self.domain_counts.contains_key(&h)
-                {
-                    self.domain_counts.clear();
-                }
-                let seen = self.domain_counts.entry(h).or_insert(0);
-                let block = u64::from(*seen / DOMAIN_BLOCK);
-                *seen += 1;
-                let spread = self.message.batch_id.wrapping_add(h).wrapping_add(block);
-                (spread % self.shards as u64) as usize
+        // A pickup's or gateway message's recipients share one home (and transactions);
+        // a campaign's spread over the shards by domain.
+        let one_home = self.message.flags & MESSAGE_VERBATIM != 0;
+        let home = if one_home {
+            (self.message.batch_id % self.shards as u64) as usize
+        } else {
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            let h = crate::hash::stable_hash(domain.as_bytes());
+            if self.domain_counts.len() >= DOMAIN_COUNTS_MAX && !self.domain_counts.contains_key(&h)
+            {
+                self.domain_counts.clear();
             }
-            InputKind::Pickup => (self.message.batch_id % self.shards as u64) as usize,
+            let seen = self.domain_counts.entry(h).or_insert(0);
+            let block = u64::from(*seen / DOMAIN_BLOCK);
+            *seen += 1;
+            let spread = self.message.batch_id.wrapping_add(h).wrapping_add(block);
+            (spread % self.shards as u64) as usize
         };
+        let transferred = self.transferred.take();
         let b = &mut self.builders[home];
-        let values: Vec<&[u8]> = self.values.iter().map(String::as_bytes).collect();
-        RecipientPayload::encode_tail(&rcpt, &values, &mut b.tails);
+        match transferred {
+            Some((tail, retry)) => {
+                b.tails.extend_from_slice(tail);
+                b.retry.push(retry);
+            }
+            None => {
+                let values: Vec<&[u8]> = self.values.iter().map(String::as_bytes).collect();
+                RecipientPayload::encode_tail(&rcpt, &values, &mut b.tails);
+            }
+        }
         b.ends.push(b.tails.len() as u32);
         // A home's first chunk is small, so the first recipients are durable (and can be
         // sent) within a millisecond or two of parsing, not after a whole chunk is parsed.
@@ -702,6 +850,7 @@ impl<'a> Parser<'a> {
             message: Arc::clone(&self.message),
             tails: std::mem::take(&mut b.tails),
             ends: std::mem::take(&mut b.ends),
+            retry: std::mem::take(&mut b.retry),
         };
         b.next_chunk_no += 1;
         Event::Chunk { home, chunk }

@@ -59,18 +59,24 @@ impl Cluster {
             .insert("isp.test".into(), vec![(10, "mx.isp.test".into())]);
         zone.mx
             .insert("gone.test".into(), vec![(10, "mx.isp.test".into())]);
+        zone.mx
+            .insert("later.test".into(), vec![(10, "mx.isp.test".into())]);
         zone.hosts
             .insert("mx.isp.test".into(), vec!["127.0.0.1".parse().unwrap()]);
         let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-        // gone.test's mailboxes do not exist (550 5.1.1): a node learns each as a bad mailbox.
-        let sink = Sink::start(HashMap::from([(
-            "gone.test".to_string(),
-            common::sink::Behaviour::UnknownUser,
-        )]));
+        // gone.test's mailboxes do not exist (550 5.1.1): a node learns each as a bad mailbox;
+        // later.test defers each recipient once (450), so it has a retry state.
+        let sink = Sink::start(HashMap::from([
+            (
+                "gone.test".to_string(),
+                common::sink::Behaviour::UnknownUser,
+            ),
+            ("later.test".to_string(), common::sink::Behaviour::DeferOnce),
+        ]));
         let mut envs = Vec::new();
         for i in 0..NODES {
             let extra = format!(
-                "[delivery]\nallow_private_destinations = true\n\
+                "[delivery]\nallow_private_destinations = true\nretry_first = \"15s\"\n\
                  [dns]\nnameservers = [\"{}\"]\n[smtp]\nport = {}\n\
                  [providers.isp]\nmx_suffixes = [\"mx.isp.test\"]\nconnection_limit = 4\n\
                  provider_max_message_rate = \"{}/s\"\nprovider_connection_limit = 9\n\
@@ -177,6 +183,35 @@ impl Cluster {
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
         reply
+    }
+
+    /// `POST path` to a node's admin API with `token`: the status and the body.
+    fn post(&self, node: usize, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.envs[node].path("data/admin/listen")).unwrap();
+        let addr = addr
+            .trim()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        let status = reply
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
     }
 
     /// `spate ARGS -c CONFIG` for a node, which must succeed.
@@ -767,4 +802,227 @@ fn a_crashed_node_restarted_at_once_rejoins() {
     eprintln!("restarted after kill -9: running after {waited:?}");
     assert!(stderr.contains("waiting up to"), "{stderr}");
     c.stop();
+}
+
+/// `spate drain --to`: node 0, stopped half way through its campaign (some recipients
+/// delivered, some deferred once, the rest not yet tried), hands what it still holds to
+/// node 1, which delivers every one of them exactly once; the deferred ones keep their
+/// attempts and are not retried before their time. A transfer sent twice is queued once,
+/// and the endpoint wants the cluster's secret.
+#[test]
+fn a_drained_nodes_queue_is_delivered_once_by_another() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let secret = "drain-secret-0123456789";
+    let Some(mut c) = Cluster::start_on(dir, redis, &format!("secret = \"{secret}\"\n"), &|_| {
+        String::new()
+    }) else {
+        return;
+    };
+    // Node 0's campaigns: 40 recipients that are deferred once, then 3,000 others, of which
+    // it sends a few hundred before it is stopped.
+    let (later, plain) = (40, 3_000);
+    let campaign = |name: &str, lines: &mut dyn Iterator<Item = String>| {
+        let mut s = format!(
+            "{}\n",
+            serde_json::json!({
+                "campaign": name, "tenant": "acme", "from": "bounces@acme.example",
+                "template": "From: Acme <news@acme.example>\r\nTo: {{ to }}\r\nSubject: hi {{ name }}\r\n\r\nHello {{ name }}\r\n"
+            })
+        );
+        for l in lines {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    };
+    let first = campaign(
+        "c0a",
+        &mut (0..later)
+            .map(|i| format!("{{\"to\":\"w{i}@later.test\",\"vars\":{{\"name\":\"W{i}\"}}}}")),
+    );
+    c.envs[0].drop_input("c0a.jsonl", first.as_bytes());
+    wait_until(Duration::from_secs(60), "node 0 deferred each once", || {
+        c.envs[0].count_events("TransientFailure") >= later
+    });
+    let second = campaign(
+        "c0b",
+        &mut (0..plain)
+            .map(|i| format!("{{\"to\":\"r{i}.n0@isp.test\",\"vars\":{{\"name\":\"R{i}\"}}}}")),
+    );
+    c.envs[0].drop_input("c0b.jsonl", second.as_bytes());
+    wait_until(Duration::from_secs(60), "node 0 is part way", || {
+        c.envs[0].count_events("Delivery") >= 300
+    });
+    let stopping = Instant::now();
+    let status = c.engines[0].take().unwrap().stop(Duration::from_secs(30));
+    eprintln!("node 0 stopped in {:?}", stopping.elapsed());
+    assert!(status.success(), "{status:?}");
+    let first_tries: HashMap<String, u64> = c.envs[0]
+        .log_records()
+        .iter()
+        .filter(|r| r["type"] == "TransientFailure")
+        .map(|r| (r["recipient"].as_str().unwrap().to_string(), ts_ms(r)))
+        .collect();
+    let delivered_at_0 = c.envs[0]
+        .log_records()
+        .iter()
+        .filter(|r| r["type"] == "Delivery")
+        .count();
+    assert!(
+        delivered_at_0 < later + plain,
+        "node 0 finished before it was stopped"
+    );
+
+    let config = c.envs[0].config.to_str().unwrap().to_string();
+    let started = Instant::now();
+    let (code, out, err) = c.envs[0].run_cli(&["drain", "--to", "n1", "-c", &config, "--json"]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let moved = report["transferred"].as_u64().unwrap() as usize;
+    eprintln!(
+        "drain: {moved} recipients to n1 in {} transfers, {took:?}; {delivered_at_0} delivered by node 0 before",
+        report["transfers"]
+    );
+    assert_eq!(moved, later + plain - delivered_at_0, "{report}");
+    assert_eq!(report["left"], 0);
+    // Node 0's log: every recipient it did not deliver, Transferred to n1.
+    let transferred: Vec<serde_json::Value> = c.envs[0]
+        .log_records()
+        .into_iter()
+        .filter(|r| r["type"] == "Transferred")
+        .collect();
+    assert_eq!(transferred.len(), moved);
+    assert!(transferred[0]["response"]
+        .as_str()
+        .unwrap()
+        .contains("node n1"));
+    // Run again: nothing is left to move.
+    let (code, out, err) = c.envs[0].run_cli(&["drain", "--to", "n1", "-c", &config, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"transferred\":0"), "{out}");
+
+    // Node 1 delivers all of them, once each.
+    let total = later + plain;
+    wait_until(
+        Duration::from_secs(90),
+        "every recipient of node 0 delivered",
+        || {
+            let got = c.sink.received.lock().unwrap();
+            got.deliveries
+                .keys()
+                .filter(|r| r.ends_with("@later.test") || r.ends_with(".n0@isp.test"))
+                .count()
+                >= total
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    {
+        let got = c.sink.received.lock().unwrap();
+        for i in 0..later {
+            assert_eq!(got.deliveries.get(&format!("w{i}@later.test")), Some(&1));
+        }
+        for i in 0..plain {
+            assert_eq!(got.deliveries.get(&format!("r{i}.n0@isp.test")), Some(&1));
+        }
+        // The message is the one node 0 queued, values and all.
+        assert!(got.bodies["w3@later.test"].contains("Hello W3"));
+    }
+    // The deferred ones: their second attempt, not before their retry time (15 s less 10%
+    // of jitter, less the second the queue rounds a retry time down to).
+    let at_1: Vec<serde_json::Value> = c.envs[1]
+        .log_records()
+        .into_iter()
+        .filter(|r| r["type"] == "Delivery" && r["domain"] == "later.test")
+        .collect();
+    assert_eq!(at_1.len(), later, "node 1 delivered the deferred ones");
+    for r in &at_1 {
+        let rcpt = r["recipient"].as_str().unwrap();
+        assert_eq!(r["attempt"], 2, "{r}");
+        let first = first_tries[rcpt];
+        assert!(
+            ts_ms(r) >= first + 12_500,
+            "{rcpt} retried {} ms after its first try",
+            ts_ms(r) - first
+        );
+    }
+
+    // The endpoint itself: the secret is required; a transfer sent twice is queued once.
+    use spate::queue::record::{MessagePayload, RecipientPayload};
+    use spate::queue::transfer::{transfer_id, Retry, TransferWriter};
+    let mut message = Vec::new();
+    MessagePayload {
+        batch_id: 1,
+        created_unix_ms: 1_700_000_000_000,
+        flags: 0,
+        sender: "bounces@acme.example",
+        campaign: "hand",
+        tenant: "acme",
+        var_names: vec!["to"],
+        body: b"From: Acme <news@acme.example>\r\nTo: {{ to }}\r\nSubject: by hand\r\n\r\nHi\r\n",
+        pool: "",
+    }
+    .encode(&mut message);
+    let mut w = TransferWriter::new("n9", 0, &message);
+    let mut rcpt = Vec::new();
+    RecipientPayload {
+        message_seq: 0,
+        recipient: "twice@isp.test",
+        values: vec![b"twice@isp.test"],
+    }
+    .encode(&mut rcpt);
+    w.push(&rcpt, Retry::default());
+    let bytes = w.finish(transfer_id("n9", 0, 1, 2, 1));
+    let (status, _) = c.post(
+        1,
+        "/api/v1/cluster/transfer",
+        "wrong-secret-0123456789",
+        &bytes,
+    );
+    assert_eq!(status, 401);
+    let (status, body) = c.post(1, "/api/v1/cluster/transfer", secret, &bytes);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"already\":false"), "{body}");
+    let (status, body) = c.post(1, "/api/v1/cluster/transfer", secret, &bytes);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"already\":true"), "{body}");
+    wait_until(
+        Duration::from_secs(30),
+        "the hand-made transfer delivered",
+        || {
+            c.sink
+                .received
+                .lock()
+                .unwrap()
+                .deliveries
+                .contains_key("twice@isp.test")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.sink.received.lock().unwrap().deliveries["twice@isp.test"],
+        1
+    );
+    c.stop();
+}
+
+/// A delivery-log record's time (`2026-11-29T15:44:14.123Z`) in Unix ms.
+fn ts_ms(r: &serde_json::Value) -> u64 {
+    let ts = r["ts"].as_str().unwrap();
+    let n = |a: usize, b: usize| ts[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19);
+    (secs * 1000 + n(20, 23)) as u64
 }

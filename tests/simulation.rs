@@ -814,6 +814,7 @@ impl Sim {
             message: Arc::clone(&batch.spec),
             tails,
             ends,
+            retry: Vec::new(),
         };
         self.shards[home].core.append(home, chunk);
         self.effects(home)?;

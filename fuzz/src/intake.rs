@@ -182,6 +182,7 @@ fn parse(file: &[u8], kind: InputKind, batch_id: u64, shards: usize) -> Result<P
                 assert_eq!(n, accepted, "recipients of home {home}")
             }
             InputKind::Pickup => assert_eq!(n, 0, "recipients of home {home}"),
+            InputKind::Transfer => unreachable!("the transfer target checks transfers"),
         }
     }
     if kind == InputKind::Pickup {
@@ -226,6 +227,7 @@ fn check_message(m: &spate::queue::store::MessageSpec, kind: InputKind) -> Optio
             }
             None
         }
+        InputKind::Transfer => unreachable!("the transfer target checks transfers"),
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`intake`]: `intake::Parser` on `.jsonl` batches and `.eml` pickup messages.
 //! - [`template`]: `template::Template` parsing, value checks and rendering.
 //! - [`queue`]: the queue record codec and recovery (`Replay` over segment bytes).
+//! - [`transfer`]: the transfer files nodes hand each other (`spate drain`) and their intake.
 //! - [`dns`]: `dns::message::parse_response` and `dns::mx::plan`.
 //! - [`gateway`]: `gateway::proxy::parse` and the DSN parameters in `dsn::build`.
 //! - [`admin`]: the admin API's request heads, percent-decoding and operator targets.
@@ -40,6 +41,7 @@ pub mod sender;
 pub mod server;
 pub mod session;
 pub mod template;
+pub mod transfer;
 
 /// A target's properties: panics if one does not hold for this input.
 pub type Check = fn(&[u8]);
@@ -65,4 +67,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("gateway", gateway::check),
     ("sender", sender::check),
     ("admin", admin::check),
+    ("transfer", transfer::check),
 ];

@@ -68,34 +68,72 @@ pub fn request(
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let (addr, https) = endpoint(config);
+    let cert = if https {
+        Some(config.admin.cert.as_deref().ok_or_else(|| {
+            ClientError::Other("the engine serves HTTPS but [admin] cert is not set here".into())
+        })?)
+    } else {
+        None
+    };
+    let to = Peer {
+        addr,
+        host: &addr.to_string(),
+        pinned: cert,
+        token: config.admin.token.as_deref(),
+        what: "the engine's admin API",
+    };
+    request_at(&to, method, path_and_query, body, "application/json")
+}
+
+/// Where `request_at` goes, and as whom.
+pub struct Peer<'a> {
+    pub addr: SocketAddr,
+    /// The `Host` field.
+    pub host: &'a str,
+    /// HTTPS, accepting exactly this certificate; plain HTTP without it.
+    pub pinned: Option<&'a std::path::Path>,
+    pub token: Option<&'a str>,
+    /// What it is, for error messages.
+    pub what: &'a str,
+}
+
+/// One request to an admin API (this engine's or, for `spate drain`, another node's).
+pub fn request_at(
+    to: &Peer<'_>,
+    method: &str,
+    path_and_query: &str,
+    body: Option<&[u8]>,
+    content_type: &str,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let addr = to.addr;
+    let what = to.what;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| ClientError::NotRunning(format!("the engine's admin API on {addr}: {e}")))?;
+        .map_err(|e| ClientError::NotRunning(format!("{what} on {addr}: {e}")))?;
     let _ = tcp.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let mut head =
-        format!("{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = &config.admin.token {
+    let mut head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        to.host
+    );
+    if let Some(t) = to.token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     let body = body.unwrap_or_default();
     head.push_str(&format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     ));
-    let mut stream: Box<dyn ReadWrite> = if https {
-        let cert = config.admin.cert.as_ref().ok_or_else(|| {
-            ClientError::Other("the engine serves HTTPS but [admin] cert is not set here".into())
-        })?;
-        let tls = pinned_client(cert).map_err(ClientError::Other)?;
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let conn = rustls::ClientConnection::new(tls, name)
-            .map_err(|e| ClientError::Other(e.to_string()))?;
-        Box::new(rustls::StreamOwned::new(conn, tcp))
-    } else {
-        Box::new(tcp)
+    let mut stream: Box<dyn ReadWrite> = match to.pinned {
+        Some(cert) => {
+            let tls = pinned_client(cert).map_err(ClientError::Other)?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = rustls::ClientConnection::new(tls, name)
+                .map_err(|e| ClientError::Other(e.to_string()))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+        None => Box::new(tcp),
     };
-    let io =
-        |e: std::io::Error| ClientError::Other(format!("the engine's admin API on {addr}: {e}"));
+    let io = |e: std::io::Error| ClientError::Other(format!("{what} on {addr}: {e}"));
     stream.write_all(head.as_bytes()).map_err(io)?;
     stream.write_all(body).map_err(io)?;
     stream.flush().map_err(io)?;
@@ -185,7 +223,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
-                "not the certificate of [admin] cert".into(),
+                "not the pinned certificate ([admin] cert)".into(),
             ))
         }
     }

@@ -22,7 +22,9 @@
 //! same share. Sites (destinations of no provider) are not shared.
 
 pub mod client;
+pub mod drain;
 pub mod node;
+pub mod received;
 pub mod resp;
 pub mod state;
 pub mod sync;
@@ -205,6 +207,8 @@ pub struct Shared {
     sync_asked: AtomicBool,
     /// Wakes the renewing thread early (a cut to publish, a stop).
     wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// Where the other nodes reach this node's admin API (`spate drain`), once it listens.
+    advertised: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -230,7 +234,17 @@ impl Shared {
             stop: AtomicBool::new(false),
             sync_asked: AtomicBool::new(false),
             wake: Mutex::new(None),
+            advertised: Mutex::new(None),
         }
+    }
+
+    /// The admin API's address the other nodes are told (in Redis, `<prefix>:admin`).
+    pub fn set_advertised(&self, url: Option<String>) {
+        *lock(&self.advertised) = url;
+    }
+
+    pub fn advertised(&self) -> Option<String> {
+        lock(&self.advertised).clone()
     }
 
     pub fn generation(&self) -> u64 {

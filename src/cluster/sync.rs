@@ -38,6 +38,8 @@ pub(super) struct Sync {
     daily_day: u64,
     daily_written: HashMap<String, u64>,
     daily_read: Option<Instant>,
+    /// This node's admin address as last written to `<prefix>:admin`.
+    advertised: Option<String>,
 }
 
 impl Sync {
@@ -64,6 +66,16 @@ impl Sync {
         // succeeded: a failure half way joins again at the next tick, it never writes.
         let joining = new_epoch && !fresh;
         self.suppressions(conn, shared, hooks, new_epoch, joining)?;
+        // Where the others reach this node (`spate drain --to`): again in a new state.
+        let advertised = shared.advertised();
+        if new_epoch || advertised != self.advertised {
+            if let Some(url) = &advertised {
+                let key = format!("{prefix}:admin");
+                let node = shared.config.node.as_bytes();
+                call_ok(conn, &[b"HSET", key.as_bytes(), node, url.as_bytes()])?;
+            }
+            self.advertised = advertised;
+        }
         self.daily(conn, shared, hooks, new_epoch)?;
         let now_ms = crate::clock::system().unix_ms();
         let (generation, holds) = hooks.holds();

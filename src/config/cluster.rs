@@ -21,6 +21,8 @@ pub(super) struct RawCluster {
     pub(super) lease: Option<String>,
     pub(super) fallback_share: Option<f64>,
     pub(super) key_prefix: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) advertise: Option<String>,
 }
 
 /// How long a node's leases last unless renewed (renewed every `cluster::TICK`): what a dead
@@ -36,6 +38,8 @@ pub const DEFAULT_FALLBACK_SHARE: f64 = 0.25;
 pub const FAILOVER_MAX: usize = 8;
 /// A node's name: letters, digits, `.`, `_`, `-`, at most this long.
 pub const NODE_NAME_MAX: usize = 64;
+/// The shortest `secret` taken: the node-to-node endpoint is as strong as it.
+pub const SECRET_MIN: usize = 16;
 
 /// Where the shared state lives and how this node joins it.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +63,12 @@ pub struct Cluster {
     pub fallback_share: f64,
     /// Every key and channel this cluster uses starts with it (several clusters, one Redis).
     pub key_prefix: String,
+    /// The token nodes present to each other's node-to-node endpoint (`spate drain`); the
+    /// same on every node. Without it this node takes no transfers.
+    pub secret: Option<String>,
+    /// Where the other nodes reach this node's admin API (`http://10.0.0.2:8026`); by default
+    /// the address it listens on, unless that is unspecified (0.0.0.0, ::).
+    pub advertise: Option<String>,
 }
 
 pub(super) fn validate_cluster(
@@ -147,7 +157,20 @@ pub(super) fn validate_cluster(
             format!("must be 1 to 64 printable characters, got {key_prefix:?}"),
         ));
     }
+    if let Some(secret) = &raw.secret {
+        if secret.len() < SECRET_MIN || secret.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(err(
+                "cluster.secret",
+                format!("must be at least {SECRET_MIN} printable characters without spaces"),
+            ));
+        }
+    }
+    if let Some(url) = &raw.advertise {
+        parse_advertise(url).map_err(|m| err("cluster.advertise", m))?;
+    }
     Ok(Some(Cluster {
+        secret: raw.secret,
+        advertise: raw.advertise,
         node,
         host: parsed.host,
         port: parsed.port,
@@ -169,6 +192,38 @@ impl Cluster {
         std::iter::once((self.host.as_str(), self.port))
             .chain(self.failover.iter().map(|(h, p)| (h.as_str(), *p)))
     }
+}
+
+/// `http://host:port` or `https://host:port` (no path): whether TLS, and the host and
+/// port.
+pub fn parse_advertise(url: &str) -> Result<(bool, String, u16), String> {
+    let bad =
+        |why: &str| format!("{why}: expected http://host:port or https://host:port, got {url:?}");
+    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(bad("not an http:// or https:// URL"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => return Err(bad("no port")),
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains('/') || host.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(bad("no host"));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| bad("bad port"))?;
+    Ok((https, host.to_string(), port))
 }
 
 struct RedisUrl {
@@ -261,6 +316,23 @@ mod tests {
         let u = parse_redis_url("redis://:pw@[::1]").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 6379));
         assert_eq!((u.username, u.password.as_deref()), (None, Some("pw")));
+        assert_eq!(
+            parse_advertise("http://10.0.0.2:8026/").unwrap(),
+            (false, "10.0.0.2".into(), 8026)
+        );
+        assert_eq!(
+            parse_advertise("https://[::1]:443").unwrap(),
+            (true, "::1".into(), 443)
+        );
+        for bad in [
+            "10.0.0.2:8026",
+            "http://h",
+            "http://:80",
+            "http://h:0",
+            "ftp://h:1",
+        ] {
+            assert!(parse_advertise(bad).is_err(), "{bad}");
+        }
         for bad in [
             "http://x",
             "redis://",

@@ -222,6 +222,14 @@ fn bad_values_name_their_field() {
             "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nfallback_share = 0.0\n",
             "cluster.fallback_share",
         ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nsecret = \"short\"\n",
+            "cluster.secret",
+        ),
+        (
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\"\nadvertise = \"10.0.0.2:8026\"\n",
+            "cluster.advertise",
+        ),
         ("[sources.a]\naddress = \"nope\"\n", "sources.a.address"),
         ("[sources.a]\naddress = \"0.0.0.0\"\n", "sources.a.address"),
         ("[sources.\"a b\"]\naddress = \"127.0.0.2\"\n", "sources.a b"),

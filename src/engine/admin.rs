@@ -284,6 +284,21 @@ pub(super) fn start_server(
         if https { "s" } else { "" },
         server.local_addr
     );
+    if let Some(c) = &shared.cluster {
+        // The other nodes reach this one here (`spate drain --to`); an unspecified address
+        // is no address for them.
+        let advertised = c.config.advertise.clone().or_else(|| {
+            (!server.local_addr.ip().is_unspecified())
+                .then(|| url.trim_end_matches('/').to_string())
+        });
+        if advertised.is_none() && c.config.secret.is_some() {
+            tracing::warn!(
+                "cluster: admin.listen {} is no address for the other nodes; set cluster.advertise to take transfers",
+                a.listen
+            );
+        }
+        c.set_advertised(advertised);
+    }
     let dir = config.engine.data_dir.join("admin");
     let written = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("listen.tmp"), format!("{url}\n")))

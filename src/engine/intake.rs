@@ -87,7 +87,10 @@ pub(super) async fn intake_loop(shard: &Rc<Shard>) {
                 if shard.shared.stopping() {
                     break;
                 }
-                let batch_id = shard.next_batch_id();
+                // A transfer's id is its own, from its name: sent again, it is the same
+                // batch, and the queue's de-duplication sees it.
+                let batch_id = crate::queue::transfer::id_from_name(&name)
+                    .unwrap_or_else(|| shard.next_batch_id());
                 let (spool, file) = (shard.spool.clone(), name.clone());
                 let claimed = glommio::executor()
                     .spawn_blocking(move || spool.claim(&file, batch_id))
@@ -126,7 +129,7 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
         refuse(
             shard,
             &c,
-            "unknown input type: expected NAME.jsonl or NAME.eml",
+            "unknown input type: expected NAME.jsonl or NAME.eml (or a cluster transfer, transfer-ID.xfer)",
         )
         .await;
         return Ok(());
@@ -197,6 +200,24 @@ pub(super) async fn process_claim(shard: &Rc<Shard>, c: Claimed) -> Result<(), I
     let result = feed_chunks(shard, &mut parser, &message, &ack_rx).await;
     shard.acks.borrow_mut().remove(&c.batch_id);
     let (queued, rejected) = result?;
+    if kind == crate::intake::InputKind::Transfer {
+        // Before the release: a sending node that asks again from now on is told it is here.
+        let (transfers, node, id) = (
+            Arc::clone(&shard.shared.transfers),
+            parser.source_node().to_string(),
+            c.batch_id,
+        );
+        let now = shard.shared.clock.unix_ms();
+        let recorded = glommio::executor()
+            .spawn_blocking(move || transfers.record(id, &node, queued + rejected, now))
+            .await;
+        if let Err(e) = recorded {
+            shard
+                .shared
+                .fail(format!("{}: {e}", crate::cluster::received::RECEIVED_FILE));
+            return Err(Interrupted::Failed);
+        }
+    }
 
     // A reload announced while this batch was read applies to its release: an operator who
     // turns `keep_done` on and then drops a batch finds it in done/.

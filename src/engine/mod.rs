@@ -187,6 +187,8 @@ pub struct Shared {
     pub warmup: Arc<crate::delivery::warmup::WarmBook>,
     /// `[cluster]`: the leases and cuts this node shares with the others through Redis.
     pub cluster: Option<Arc<crate::cluster::Shared>>,
+    /// The transfers from other nodes this node has queued (`spate drain`).
+    pub transfers: Arc<crate::cluster::received::Received>,
 }
 
 /// The suppression files and the learnt store, read before any shard starts. A file that
@@ -436,8 +438,19 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
         }
         None => None,
     };
+    let transfers =
+        crate::cluster::received::Received::open(data_dir, crate::clock::system().unix_ms())
+            .map_err(|e| {
+                EngineError::Storage(format!(
+                    "{}: {e}",
+                    data_dir
+                        .join(crate::cluster::received::RECEIVED_FILE)
+                        .display()
+                ))
+            })?;
     let shared = Arc::new(Shared {
         cluster,
+        transfers: Arc::new(transfers),
         admin: admin::AdminShared::new(shards, holds),
         paces: Arc::default(),
         rules: Arc::default(),

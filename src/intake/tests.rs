@@ -387,3 +387,93 @@ fn suppressed_recipients_are_refused_on_their_own_line_and_the_rest_go_on() {
     assert_eq!(queued, 1);
     assert_eq!(rejected[0].0, 2, "the receiver's own line");
 }
+
+/// A transfer of a campaign message from another node: two good recipients (one deferred
+/// there) and one whose value would change the message's header.
+fn transfer_bytes(id: u64, pool: &str) -> Vec<u8> {
+    use crate::queue::record::{MessagePayload, RecipientPayload};
+    use crate::queue::transfer::{Retry, TransferWriter};
+    let template = b"From: Acme <news@acme.example>\r\nTo: {{ to }}\r\nSubject: Hi {{ first_name }}\r\n\r\nHello {{ first_name }}!\r\n";
+    let names = Template::parse(template.to_vec()).unwrap().var_names().to_vec();
+    let mut message = Vec::new();
+    MessagePayload {
+        batch_id: 99,
+        created_unix_ms: 1_700_000_000_000,
+        flags: 0,
+        sender: "bounces@acme.example",
+        campaign: "spring-sale",
+        tenant: "acme",
+        var_names: names.iter().map(String::as_str).collect(),
+        body: template,
+        pool,
+    }
+    .encode(&mut message);
+    let mut w = TransferWriter::new("mta1", 2, &message);
+    let mut push = |to: &str, first: &str, retry: Retry| {
+        let values: Vec<&[u8]> = names
+            .iter()
+            .map(|n| if n == "to" { to.as_bytes() } else { first.as_bytes() })
+            .collect();
+        let mut p = Vec::new();
+        RecipientPayload {
+            message_seq: 5,
+            recipient: to,
+            values,
+        }
+        .encode(&mut p);
+        w.push(&p, retry);
+    };
+    push("ann@example.com", "Ann", Retry::default());
+    push(
+        "bob@example.org",
+        "Bob",
+        Retry {
+            attempts: 2,
+            due_unix_ms: 1_700_000_900_000,
+        },
+    );
+    push("eve@example.net", "Eve\r\nBcc: x@evil.example", Retry::default());
+    w.finish(id)
+}
+
+#[test]
+fn a_transfer_keeps_its_message_and_retry_state_and_checks_each_recipient() {
+    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 6, 3);
+    let bytes = transfer_bytes(id, "");
+    let mut p = Parser::open(&bytes, InputKind::Transfer, id, 1, 5).unwrap();
+    assert_eq!(p.source_node(), "mta1");
+    assert_eq!(p.message().created_unix_ms, 1_700_000_000_000, "its first time kept");
+    assert_eq!(p.message().batch_id, id);
+    let (mut chunks, mut rejections) = (Vec::new(), Vec::new());
+    while let Some(e) = p.next_event() {
+        match e {
+            Event::Chunk { chunk, .. } => chunks.push(chunk),
+            Event::Rejected(r) => rejections.push(r),
+        }
+    }
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert_eq!(rejections[0].recipient, "eve@example.net");
+    assert_eq!(chunks.len(), 1);
+    let c = &chunks[0];
+    assert_eq!(c.len(), 2);
+    assert_eq!(c.retry[0], crate::queue::transfer::Retry::default());
+    assert_eq!(c.retry[1].attempts, 2);
+    assert_eq!(c.retry[1].due_unix_ms, 1_700_000_900_000);
+    let rcpts: Vec<&str> = c
+        .recipients()
+        .map(|t| Reader::new(t).str16().unwrap())
+        .collect();
+    assert_eq!(rcpts, ["ann@example.com", "bob@example.org"]);
+}
+
+#[test]
+fn a_transfer_under_another_name_or_naming_an_unknown_pool_is_refused() {
+    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 6, 3);
+    let bytes = transfer_bytes(id, "");
+    let e = Parser::open(&bytes, InputKind::Transfer, id ^ 1, 1, 5).err().unwrap();
+    assert!(e.reason.contains("under the name"), "{e}");
+    let bytes = transfer_bytes(id, "warm");
+    let e = Parser::open(&bytes, InputKind::Transfer, id, 1, 5).err().unwrap();
+    assert!(e.reason.contains("pool"), "{e}");
+    assert!(Parser::open(b"SPATEXF1junk", InputKind::Transfer, id, 1, 5).is_err());
+}

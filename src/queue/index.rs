@@ -202,7 +202,8 @@ impl Index {
             OutcomeState::Delivered
             | OutcomeState::Bounced
             | OutcomeState::Expired
-            | OutcomeState::Moved => {
+            | OutcomeState::Moved
+            | OutcomeState::Transferred => {
                 *e = VACANT;
                 let counts = &mut self.domain_counts[domain];
                 counts.queued -= 1;

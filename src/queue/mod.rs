@@ -7,6 +7,7 @@
 //! - `store`: one shard's queue: opening and recovery, chunk appends with commit records,
 //!   outcomes, group-commit sync jobs, spare segments.
 //! - `compaction`: reclaiming finished segments and copying stragglers forward.
+//! - `transfer`: the file a node's queued recipients move to another node in (`spate drain`).
 //!
 //! Read-only views of the queue files (for `spate queue summary`) are in `crate::summary`.
 
@@ -16,3 +17,4 @@ pub mod record;
 pub mod replay;
 pub mod segment;
 pub mod store;
+pub mod transfer;

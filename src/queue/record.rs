@@ -60,7 +60,7 @@ pub enum Frame<'a> {
     Invalid(&'static str),
 }
 
-pub fn record_len(payload_len: usize) -> usize {
+pub const fn record_len(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + payload_len
 }
 
@@ -243,6 +243,9 @@ pub enum OutcomeState {
     Deferred = 4,
     /// Copied forward by compaction; the copy carries on (final for this record only).
     Moved = 5,
+    /// Handed to another node of the cluster (`spate drain`), which queued it durably and
+    /// carries on with it (final here).
+    Transferred = 6,
 }
 
 impl OutcomeState {
@@ -251,7 +254,8 @@ impl OutcomeState {
             OutcomeState::Delivered
             | OutcomeState::Bounced
             | OutcomeState::Expired
-            | OutcomeState::Moved => true,
+            | OutcomeState::Moved
+            | OutcomeState::Transferred => true,
             OutcomeState::Deferred => false,
         }
     }
@@ -493,6 +497,7 @@ impl OutcomePayload {
             3 => OutcomeState::Expired,
             4 => OutcomeState::Deferred,
             5 => OutcomeState::Moved,
+            6 => OutcomeState::Transferred,
             _ => return Err(PayloadError("unknown outcome state")),
         };
         let p = OutcomePayload {

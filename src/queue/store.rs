@@ -114,6 +114,9 @@ pub struct Chunk {
     pub tails: Vec<u8>,
     /// End offset of each recipient's tail in `tails`.
     pub ends: Vec<u32>,
+    /// Each recipient's retry state, for recipients another node tried before (a transfer,
+    /// `crate::queue::transfer`); empty for new mail.
+    pub retry: Vec<super::transfer::Retry>,
 }
 
 impl Chunk {
@@ -495,9 +498,24 @@ impl ShardQueue {
         self.write_record(Kind::Commit, &commit.encode());
         self.index
             .note_chunk(chunk.batch_id, chunk.chunk_no, first_seq);
+        // Recipients tried before on another node keep their attempts and next retry: a
+        // Deferred outcome each, written and synced with the group commit that acknowledges
+        // the chunk (recovery applies it like any other).
+        let first_recipient_seq = first_seq + u64::from(known_message.is_none());
+        for (i, r) in chunk.retry.iter().enumerate() {
+            if r.attempts > 0 {
+                self.append_outcome(OutcomePayload {
+                    recipient_seq: first_recipient_seq + i as u64,
+                    state: super::record::OutcomeState::Deferred,
+                    attempts: r.attempts,
+                    due_unix_ms: r.due_unix_ms,
+                    ts_unix_ms: commit.committed_unix_ms,
+                })?;
+            }
+        }
         Ok(ChunkAppend::Appended {
             first_seq,
-            first_recipient_seq: first_seq + u64::from(known_message.is_none()),
+            first_recipient_seq,
             recipients: chunk.len() as u32,
         })
     }
@@ -736,6 +754,7 @@ mod tests {
             message: message(batch_id),
             tails,
             ends,
+            retry: Vec::new(),
         }
     }
 
@@ -792,6 +811,7 @@ mod tests {
                 message: message(100 + wave),
                 tails,
                 ends,
+                retry: Vec::new(),
             };
             let ChunkAppend::Appended {
                 first_recipient_seq,

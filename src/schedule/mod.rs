@@ -655,6 +655,7 @@ mod tests {
             }),
             tails,
             ends,
+            retry: Vec::new(),
         };
         let ChunkAppend::Appended {
             first_recipient_seq,

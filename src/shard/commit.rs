@@ -122,7 +122,14 @@ impl<L: LogSink> Core<L> {
             // recipients to the scheduler.
             if let Some(first) = first {
                 queued += u64::from(recipients);
-                self.home.add_ready(first..first + u64::from(recipients));
+                let seqs = first..first + u64::from(recipients);
+                if chunk.retry.is_empty() {
+                    self.home.add_ready(seqs);
+                } else {
+                    // A transfer's: those tried before wait for their retry time.
+                    let seqs: Vec<u64> = seqs.collect();
+                    self.home.requeue_moved(&self.queue.index, &seqs);
+                }
             }
             acks.push(Committed {
                 claimer,

@@ -58,7 +58,7 @@ impl<L: LogSink> Core<L> {
         let action = match state {
             OutcomeState::Bounced | OutcomeState::Expired => Action::Failed,
             OutcomeState::Delivered => Action::Relayed,
-            OutcomeState::Deferred | OutcomeState::Moved => return,
+            OutcomeState::Deferred | OutcomeState::Moved | OutcomeState::Transferred => return,
         };
         let Ok(recipient) = self.queue.payload_at(seq, e.offset) else {
             return;
@@ -174,6 +174,7 @@ impl<L: LogSink> Core<L> {
             message: Arc::new(spec),
             ends: vec![tails.len() as u32],
             tails,
+            retry: Vec::new(),
         };
         self.append_report(chunk);
     }

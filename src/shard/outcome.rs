@@ -184,7 +184,8 @@ impl<L: LogSink> Core<L> {
             OutcomeState::Delivered
             | OutcomeState::Bounced
             | OutcomeState::Expired
-            | OutcomeState::Moved => {
+            | OutcomeState::Moved
+            | OutcomeState::Transferred => {
                 let c = &self.counters;
                 c.live_recipients.fetch_sub(1, Ordering::Relaxed);
                 match state {

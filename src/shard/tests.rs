@@ -88,6 +88,7 @@ fn chunk(rcpts: &[&str]) -> Chunk {
         }),
         tails,
         ends,
+        retry: Vec::new(),
     }
 }
 

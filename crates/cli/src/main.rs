@@ -85,6 +85,18 @@ enum Command {
     /// Read a password on stdin (not echoed on a terminal) and print a password_hash for
     /// [[users]]
     HashPassword,
+    /// Hand this stopped node's queued recipients to another node of the cluster (with
+    /// their retry state), to retire this one
+    Drain {
+        /// The node of the cluster ([cluster] node) that takes them
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of the lines
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +307,9 @@ fn main() -> ExitCode {
                 Err(e) => ExitCode::from(report(&e)),
             }
         }
+        Command::Drain { to, config, json } => {
+            with_config(&config.config, |config, _| drain(&config, &to, json))
+        }
         Command::HashPassword => match password::read()
             .and_then(|p| spate::gateway::password::hash(&p).map_err(|e| format!("spate: {e}")))
         {
@@ -307,6 +322,50 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// `spate drain`: exit 0 when nothing is left here, 1 when the other node refused some
+/// (they stay here, with the reasons printed).
+fn drain(config: &Config, to: &str, json: bool) -> Result<(), u8> {
+    let mut say = |line: &str| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    let r = spate::cluster::drain::drain(config, to, &mut say).map_err(|e| {
+        eprintln!("spate: {e}");
+        e.code
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "to": to, "transferred": r.transferred, "transfers": r.transfers,
+                "already_there": r.already, "left": r.left, "refused": r.refused,
+                "spool_files": r.spool_files,
+            })
+        );
+    } else {
+        println!(
+            "{} recipients transferred to {to} in {} transfers ({} it had already); {} left here",
+            r.transferred, r.transfers, r.already, r.left
+        );
+        for why in &r.refused {
+            println!("refused: {why}");
+        }
+        if r.spool_files > 0 {
+            println!(
+                "{} files are still in {}/incoming: move them to {to}'s spool",
+                r.spool_files,
+                config.spool.dir.display()
+            );
+        }
+    }
+    if r.refused.is_empty() && r.left == 0 {
+        Ok(())
+    } else {
+        Err(1)
     }
 }
 

@@ -58,18 +58,9 @@ impl Api {
         };
         // Queued once the file has left incoming/ and its claim: deleted (or in done/)
         // after every recipient's group commit, or in bad/ with the reason.
-        let incoming = spool.join("incoming");
-        let claimed_suffix = format!(".{name}");
         let deadline = std::time::Instant::now() + INJECT_WAIT_MAX;
         loop {
-            let waiting = incoming.join(&name).exists()
-                || std::fs::read_dir(incoming.join(crate::spool::CLAIMED_DIR))
-                    .map(|d| {
-                        d.flatten()
-                            .any(|e| e.file_name().to_string_lossy().ends_with(&claimed_suffix))
-                    })
-                    .unwrap_or(false);
-            if !waiting {
+            if !in_spool(spool, &name) {
                 break;
             }
             if self.shared.stopping() {
@@ -104,6 +95,154 @@ impl Api {
         self.shared.admin.audit(config, &audit, "queued");
         Response::json(200, json!({"name": name, "queued": true}).to_string())
     }
+}
+
+/// True while `name` waits in the spool's `incoming/` or is claimed there (being queued).
+fn in_spool(spool: &std::path::Path, name: &str) -> bool {
+    let incoming = spool.join("incoming");
+    let claimed_suffix = format!(".{name}");
+    incoming.join(name).exists()
+        || std::fs::read_dir(incoming.join(crate::spool::CLAIMED_DIR))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(&claimed_suffix))
+            })
+            .unwrap_or(false)
+}
+
+impl Api {
+    /// `POST /api/v1/cluster/transfer`: another node's queued recipients (`spate drain`), a
+    /// transfer file (`crate::queue::transfer`), authenticated by `[cluster] secret`. Put in
+    /// the spool under its id and answered once queued durably: 200 (also when this node
+    /// queued that id before), 422 with the reason when refused (the sender keeps those
+    /// recipients), 503/504 when it could not be queued now (the sender tries again).
+    pub(super) fn transfer(
+        &self,
+        config: &Config,
+        req: &Request,
+        body: &mut dyn Read,
+        peer: SocketAddr,
+    ) -> Response {
+        use crate::queue::transfer::{self, TRANSFER_BYTES_MAX, TRANSFER_MAGIC};
+        let Some(secret) = config.cluster.as_ref().and_then(|c| c.secret.as_deref()) else {
+            return Response::error(
+                404,
+                "this node takes no transfers ([cluster] secret is not set)",
+            );
+        };
+        if !bearer_matches(req.authorization.as_deref(), secret) {
+            let mut r = Response::error(401, "the cluster's secret is required ([cluster] secret)");
+            r.fields.push("WWW-Authenticate: Bearer".into());
+            return r;
+        }
+        if req.content_length < 16 || req.content_length > TRANSFER_BYTES_MAX as u64 {
+            return Response::error(
+                413,
+                &format!("a transfer is 16 to {TRANSFER_BYTES_MAX} bytes"),
+            );
+        }
+        if self.shared.stopping() {
+            return Response::error(503, "the engine is stopping");
+        }
+        let mut head = [0u8; 16];
+        if let Err(e) = body.read_exact(&mut head) {
+            return Response::error(400, &format!("the transfer was not read: {e}"));
+        }
+        let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        if head[..8] != TRANSFER_MAGIC || !transfer::is_transfer(id) {
+            return Response::error(400, "not a transfer (bad magic or id)");
+        }
+        // One transfer at a time: two deliveries of one id never both reach the spool.
+        let _one = self.transferring.lock().unwrap_or_else(|e| e.into_inner());
+        let name = transfer::spool_name(id);
+        let queued = |already: bool| {
+            Response::json(
+                200,
+                json!({"id": format!("{id:016x}"), "queued": true, "already": already}).to_string(),
+            )
+        };
+        if self.shared.transfers.contains(id) {
+            return queued(true);
+        }
+        let spool = &config.spool.dir;
+        if !in_spool(spool, &name) {
+            let tmp = spool.join("tmp").join(&name);
+            let written = (|| -> std::io::Result<()> {
+                use std::io::Write;
+                std::fs::create_dir_all(spool.join("tmp"))?;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&head)?;
+                let rest = req.content_length - 16;
+                let copied = std::io::copy(&mut body.take(rest), &mut f)?;
+                if copied != rest {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the peer sent {} of {} bytes",
+                            copied + 16,
+                            req.content_length
+                        ),
+                    ));
+                }
+                f.sync_data()?;
+                std::fs::rename(&tmp, spool.join("incoming").join(&name))
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Response::error(400, &format!("the transfer was not taken: {e}"));
+            }
+        }
+        let client = peer.to_string();
+        let audit = Audit {
+            action: "transfer",
+            target: &name,
+            reason: "",
+            client: &client,
+            at_unix_ms: self.now(),
+        };
+        let deadline = std::time::Instant::now() + INJECT_WAIT_MAX;
+        while in_spool(spool, &name) {
+            if self.shared.stopping()
+                || std::time::Instant::now() >= deadline
+                || self.shared.failed()
+            {
+                self.shared
+                    .admin
+                    .audit(config, &audit, "not queued in time");
+                return Response::error(
+                    503,
+                    &format!("{name}: not queued yet; it stays in this node's spool (send it again later)"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.shared.transfers.contains(id) {
+            self.shared.admin.audit(config, &audit, "queued");
+            return queued(false);
+        }
+        let reason = std::fs::read_to_string(spool.join("bad").join(format!("{name}.err")))
+            .unwrap_or_else(|_| "refused (see this node's log)".into());
+        self.shared.admin.audit(config, &audit, "refused");
+        Response::json(
+            422,
+            json!({"id": format!("{id:016x}"), "queued": false, "error": reason.trim_end()})
+                .to_string(),
+        )
+    }
+}
+
+/// `Authorization: Bearer <want>`, compared in constant time.
+fn bearer_matches(authorization: Option<&[u8]>, want: &str) -> bool {
+    let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = want.as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The store's entries as `suppression list --json` prints them.

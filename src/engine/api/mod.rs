@@ -42,6 +42,8 @@ pub(super) struct Api {
     history: Mutex<History>,
     /// Names of injected batches, unique per engine run.
     injected: AtomicU64,
+    /// Held while a transfer from another node is put in the spool and queued.
+    transferring: Mutex<()>,
 }
 
 impl Api {
@@ -51,6 +53,7 @@ impl Api {
             shared,
             history: Mutex::new(History::default()),
             injected: AtomicU64::new(0),
+            transferring: Mutex::new(()),
         }
     }
 
@@ -93,6 +96,15 @@ const ACHIEVED_SAMPLES: usize = 3;
 impl Handler for Api {
     fn handle(&self, req: &Request, body: &mut dyn Read, peer: SocketAddr) -> Response {
         let config = self.shared.config();
+        // Node to node: the cluster's secret, from whichever address the other node has.
+        if req.path == "/api/v1/cluster/transfer" {
+            if req.method != Method::Post {
+                let mut r = Response::error(405, "method not allowed");
+                r.fields.push("Allow: POST".into());
+                return r;
+            }
+            return self.transfer(&config, req, body, peer);
+        }
         // Without a token, loopback is the only protection: a web page the operator visits
         // must not reach the API through the browser (a form posting a bounce, a name of its
         // own resolving to 127.0.0.1). A token it cannot send.
