@@ -890,6 +890,10 @@ fn a_drained_nodes_queue_is_delivered_once_by_another() {
     );
     assert_eq!(moved, later + plain - delivered_at_0, "{report}");
     assert_eq!(report["left"], 0);
+    assert!(
+        !c.envs[0].path("data/drain-unfinished").exists(),
+        "a finished drain leaves the node startable"
+    );
     // Node 0's log: every recipient it did not deliver, Transferred to n1.
     let transferred: Vec<serde_json::Value> = c.envs[0]
         .log_records()
@@ -976,7 +980,7 @@ fn a_drained_nodes_queue_is_delivered_once_by_another() {
     }
     .encode(&mut rcpt);
     w.push(&rcpt, Retry::default());
-    let bytes = w.finish(transfer_id("n9", 0, 1, 2, 1));
+    let bytes = w.finish(transfer_id("n9", 0, 1, 1, 1_700_000_000_000, 0));
     let (status, _) = c.post(
         1,
         "/api/v1/cluster/transfer",

@@ -82,7 +82,7 @@ pub fn check(input: &[u8]) {
     if written.is_empty() {
         return;
     }
-    let id = transfer::transfer_id("n1", 0, 9, 10, written.len() as u32);
+    let id = transfer::transfer_id("n1", 0, 9, 1, 1_700_000_000_000, written.len() as u64);
     let bytes = w.finish(id);
     let (_, _, recipients) = transfer::open(&bytes).expect("a written transfer opens");
     let read: Vec<(String, Retry)> = recipients

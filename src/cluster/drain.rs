@@ -20,7 +20,7 @@ use crate::delivery_log::{DeliveryLog, EventType, LogRecord};
 use crate::queue::index::Entry;
 use crate::queue::record::{MessagePayload, OutcomePayload, OutcomeState, RecipientPayload};
 use crate::queue::store::ShardQueue;
-use crate::queue::transfer::{transfer_id, Retry, TransferWriter};
+use crate::queue::transfer::{transfer_id, Retry, TransferWriter, TRANSFER_WINDOW};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -32,6 +32,39 @@ pub const TRANSFER_PATH: &str = "/api/v1/cluster/transfer";
 /// Tries of one transfer the other node could not take now (503, 504, no answer), with
 /// waits of 1, 2, 4, ... s between them.
 pub const SEND_TRIES: u32 = 5;
+
+/// In the data directory while a drain may have handed recipients to another node that
+/// this node does not yet count as final: the engine does not start with it (it would
+/// deliver them too). Holds the other node's name.
+pub const DRAIN_MARKER: &str = "drain-unfinished";
+
+/// At the engine's start: refused while a drain is unfinished.
+pub fn check_unfinished(data_dir: &Path) -> Result<(), String> {
+    let path = data_dir.join(DRAIN_MARKER);
+    match std::fs::read_to_string(&path) {
+        Ok(to) => {
+            let to = crate::smtp::reply::printable(to.trim());
+            Err(format!(
+                "a drain to node {to} did not finish ({}): run `spate drain --to {to}` again; to send this queue from here instead, delete that file (what {to} already took would then be delivered twice)",
+                path.display()
+            ))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+fn write_marker(data_dir: &Path, to: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(data_dir.join(DRAIN_MARKER))?;
+    f.write_all(format!("{to}\n").as_bytes())?;
+    f.sync_all()?;
+    crate::queue::segment::sync_dir(data_dir)
+}
+
+fn remove_marker(data_dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(data_dir.join(DRAIN_MARKER))?;
+    crate::queue::segment::sync_dir(data_dir)
+}
 
 /// Why a drain did not run, or stopped; its exit code.
 #[derive(Debug)]
@@ -119,6 +152,19 @@ pub fn drain(
     }
     let spool_files = spool.candidates().map_or(0, |c| c.len());
     let target = find_node(cluster, to)?;
+    if let Ok(before) = std::fs::read_to_string(data_dir.join(DRAIN_MARKER)) {
+        if before.trim() != to {
+            return Err(fail(
+                69,
+                format!(
+                    "a drain to node {} did not finish: run it again with --to {} first",
+                    crate::smtp::reply::printable(before.trim()),
+                    crate::smtp::reply::printable(before.trim())
+                ),
+            ));
+        }
+    }
+    write_marker(data_dir, to).map_err(|e| fail(74, format!("{}: {e}", data_dir.display())))?;
     say(&format!("draining to node {to} at {}", target.url));
     let mut log = DeliveryLog::open(&config.log.dir)
         .map_err(|e| fail(74, format!("{}: {e}", config.log.dir.display())))?;
@@ -141,6 +187,9 @@ pub fn drain(
         ));
         shard += 1;
     }
+    // Every transfer was answered (taken or refused) and what was taken is final here: the
+    // engine may start again. Any error above leaves the marker.
+    remove_marker(data_dir).map_err(|e| fail(74, format!("{}: {e}", data_dir.display())))?;
     Ok(report)
 }
 
@@ -218,34 +267,59 @@ fn drain_shard(
     let storage = |e: crate::queue::store::QueueError| fail(74, e.to_string());
     let (mut queue, _) =
         ShardQueue::open(dir, shard, config.queue.segment_bytes).map_err(storage)?;
-    // Per message, its live recipients in queue order (the order that makes the ids).
-    let mut by_message: std::collections::BTreeMap<u64, Vec<(u64, Entry)>> = Default::default();
-    for (seq, e) in queue.index.live_entries() {
-        by_message.entry(e.message_seq).or_default().push((seq, *e));
-    }
     let node = &config.cluster.as_ref().expect("checked by drain").node;
-    for (message_seq, recipients) in by_message {
-        let Some(info) = queue.index.messages.get(&message_seq) else {
+    // Per message and sequence window, its live recipients in queue order: a transfer each.
+    let mut parts: std::collections::BTreeMap<(u64, u64), Vec<(u64, Entry)>> = Default::default();
+    for (seq, e) in queue.index.live_entries() {
+        parts
+            .entry((e.message_seq, seq / TRANSFER_WINDOW))
+            .or_default()
+            .push((seq, *e));
+    }
+    // The message of the parts in hand (parts come in message order).
+    let mut message: Option<Message> = None;
+    for ((message_seq, window), recipients) in parts {
+        if message.as_ref().is_none_or(|m| m.seq != message_seq) {
+            let Some(info) = queue.index.messages.get(&message_seq) else {
+                continue;
+            };
+            let payload = queue
+                .payload_at(message_seq, info.offset)
+                .map_err(storage)?;
+            let m = MessagePayload::decode(&payload).map_err(|e| {
+                fail(
+                    74,
+                    format!("{}: message record {message_seq}: {e}", dir.display()),
+                )
+            })?;
+            message = Some(Message {
+                seq: message_seq,
+                batch_id: m.batch_id,
+                created_unix_ms: m.created_unix_ms,
+                labels: Labels {
+                    sender: m.sender.to_string(),
+                    campaign: m.campaign.to_string(),
+                    tenant: m.tenant.to_string(),
+                },
+                payload,
+            });
+        }
+        let Some(m) = &message else {
             continue;
         };
-        let message = queue
-            .payload_at(message_seq, info.offset)
-            .map_err(storage)?;
-        let m = MessagePayload::decode(&message).map_err(|e| {
-            fail(
-                74,
-                format!("{}: message record {message_seq}: {e}", dir.display()),
-            )
-        })?;
-        let labels = Labels {
-            sender: m.sender.to_string(),
-            campaign: m.campaign.to_string(),
-            tenant: m.tenant.to_string(),
-        };
-        let mut part = TransferWriter::new(node, shard, &message);
-        let mut seqs = Vec::new();
-        for (i, (seq, e)) in recipients.iter().enumerate() {
-            let payload = queue.payload_at(*seq, e.offset).map_err(storage)?;
+        let (payload, labels) = (&m.payload, &m.labels);
+        let id = transfer_id(
+            node,
+            shard,
+            message_seq,
+            m.batch_id,
+            m.created_unix_ms,
+            window,
+        );
+        let mut part = TransferWriter::new(node, shard, payload);
+        let mut seqs = Vec::with_capacity(recipients.len());
+        for (seq, e) in &recipients {
+            let record = queue.payload_at(*seq, e.offset).map_err(storage)?;
             let retry = Retry {
                 attempts: u16::from(e.attempts),
                 due_unix_ms: if e.state == crate::queue::index::EntryState::Deferred {
@@ -254,31 +328,34 @@ fn drain_shard(
                     0
                 },
             };
-            part.push(&payload, retry);
+            part.push(&record, retry);
             seqs.push(*seq);
-            if part.full() || i + 1 == recipients.len() {
-                let id = transfer_id(node, shard, message_seq, seqs[0], seqs.len() as u32);
-                let bytes =
-                    std::mem::replace(&mut part, TransferWriter::new(node, shard, &message))
-                        .finish(id);
-                match send(target, secret, config.admin.cert.as_deref(), &bytes)? {
-                    Sent::Queued { already } => {
-                        record(&mut queue, log, &seqs, &labels, target, id)?;
-                        report.transferred += seqs.len() as u64;
-                        report.transfers += 1;
-                        report.already += u64::from(already);
-                    }
-                    Sent::Refused(why) => {
-                        report
-                            .refused
-                            .push(format!("{} recipients: {why}", seqs.len()));
-                    }
-                }
-                seqs.clear();
+        }
+        let bytes = part.finish(id);
+        match send(target, secret, config.admin.cert.as_deref(), &bytes)? {
+            Sent::Queued { already } => {
+                record(&mut queue, log, &seqs, labels, target, id)?;
+                report.transferred += seqs.len() as u64;
+                report.transfers += 1;
+                report.already += u64::from(already);
+            }
+            Sent::Refused(why) => {
+                report
+                    .refused
+                    .push(format!("{} recipients: {why}", seqs.len()));
             }
         }
     }
     Ok(queue.index.live())
+}
+
+/// A message record and what its recipients' transfers need of it.
+struct Message {
+    seq: u64,
+    batch_id: u64,
+    created_unix_ms: u64,
+    labels: Labels,
+    payload: Vec<u8>,
 }
 
 struct Labels {
@@ -418,4 +495,20 @@ fn record(
         .write_held_outcomes()
         .and_then(|()| queue.sync_now())
         .map_err(|e| fail(74, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_drain_keeps_the_engine_from_starting_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_unfinished(dir.path()).is_ok());
+        write_marker(dir.path(), "mta2").unwrap();
+        let why = check_unfinished(dir.path()).unwrap_err();
+        assert!(why.contains("spate drain --to mta2"), "{why}");
+        remove_marker(dir.path()).unwrap();
+        assert!(check_unfinished(dir.path()).is_ok());
+    }
 }

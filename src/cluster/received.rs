@@ -58,6 +58,9 @@ impl Received {
             f.write_all(kept.as_bytes())?;
             f.sync_data()?;
             std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                crate::queue::segment::sync_dir(dir)?;
+            }
         }
         Ok(Received {
             path,
@@ -72,12 +75,19 @@ impl Received {
     /// Notes a transfer as queued, durably. Blocking (an fsync).
     pub fn record(&self, id: u64, node: &str, recipients: u64, now_unix_ms: u64) -> io::Result<()> {
         let line = format!("{id:016x} {now_unix_ms} {node} {recipients}\n");
+        let created = !self.path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
         f.write_all(line.as_bytes())?;
         f.sync_data()?;
+        if created {
+            // The file's name, too, must outlive a power loss.
+            if let Some(dir) = self.path.parent() {
+                crate::queue::segment::sync_dir(dir)?;
+            }
+        }
         self.lock().insert(id, now_unix_ms);
         Ok(())
     }

@@ -556,7 +556,7 @@ impl Config {
         line(format!("log: {}", self.log.dir.display()));
         if let Some(c) = &self.cluster {
             line(format!(
-                "cluster: node {} on {}://{}:{}/{} (lease {}, fallback_share {}, key_prefix {}; password {}) (startup-only)",
+                "cluster: node {} on {}://{}:{}/{} (lease {}, fallback_share {}, key_prefix {}; password {}; transfers {}, advertised as {}) (startup-only)",
                 c.node,
                 if c.tls { "rediss" } else { "redis" },
                 c.host,
@@ -565,7 +565,13 @@ impl Config {
                 duration_text(c.lease),
                 c.fallback_share,
                 c.key_prefix,
-                if c.password.is_some() { "set" } else { "none" }
+                if c.password.is_some() { "set" } else { "none" },
+                if c.secret.is_some() {
+                    "taken (secret set)"
+                } else {
+                    "refused (no secret)"
+                },
+                c.advertise.as_deref().unwrap_or("the admin API's address")
             ));
             for name in self.providers.keys() {
                 let t = crate::cluster::totals(self, name);

@@ -370,6 +370,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     std::fs::create_dir_all(data_dir)
         .map_err(|e| EngineError::Storage(format!("{}: cannot create: {e}", data_dir.display())))?;
     let lock = lock_data_dir(data_dir)?;
+    crate::cluster::drain::check_unfinished(data_dir)
+        .map_err(|m| EngineError::Config(ConfigError(m)))?;
     check_shard_count(&config)?;
     for dir in [&config.spool.dir, &config.log.dir] {
         std::fs::create_dir_all(dir)

@@ -394,7 +394,10 @@ fn transfer_bytes(id: u64, pool: &str) -> Vec<u8> {
     use crate::queue::record::{MessagePayload, RecipientPayload};
     use crate::queue::transfer::{Retry, TransferWriter};
     let template = b"From: Acme <news@acme.example>\r\nTo: {{ to }}\r\nSubject: Hi {{ first_name }}\r\n\r\nHello {{ first_name }}!\r\n";
-    let names = Template::parse(template.to_vec()).unwrap().var_names().to_vec();
+    let names = Template::parse(template.to_vec())
+        .unwrap()
+        .var_names()
+        .to_vec();
     let mut message = Vec::new();
     MessagePayload {
         batch_id: 99,
@@ -412,7 +415,13 @@ fn transfer_bytes(id: u64, pool: &str) -> Vec<u8> {
     let mut push = |to: &str, first: &str, retry: Retry| {
         let values: Vec<&[u8]> = names
             .iter()
-            .map(|n| if n == "to" { to.as_bytes() } else { first.as_bytes() })
+            .map(|n| {
+                if n == "to" {
+                    to.as_bytes()
+                } else {
+                    first.as_bytes()
+                }
+            })
             .collect();
         let mut p = Vec::new();
         RecipientPayload {
@@ -432,17 +441,25 @@ fn transfer_bytes(id: u64, pool: &str) -> Vec<u8> {
             due_unix_ms: 1_700_000_900_000,
         },
     );
-    push("eve@example.net", "Eve\r\nBcc: x@evil.example", Retry::default());
+    push(
+        "eve@example.net",
+        "Eve\r\nBcc: x@evil.example",
+        Retry::default(),
+    );
     w.finish(id)
 }
 
 #[test]
 fn a_transfer_keeps_its_message_and_retry_state_and_checks_each_recipient() {
-    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 6, 3);
+    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 99, 1_700_000_000_000, 0);
     let bytes = transfer_bytes(id, "");
     let mut p = Parser::open(&bytes, InputKind::Transfer, id, 1, 5).unwrap();
     assert_eq!(p.source_node(), "mta1");
-    assert_eq!(p.message().created_unix_ms, 1_700_000_000_000, "its first time kept");
+    assert_eq!(
+        p.message().created_unix_ms,
+        1_700_000_000_000,
+        "its first time kept"
+    );
     assert_eq!(p.message().batch_id, id);
     let (mut chunks, mut rejections) = (Vec::new(), Vec::new());
     while let Some(e) = p.next_event() {
@@ -468,12 +485,16 @@ fn a_transfer_keeps_its_message_and_retry_state_and_checks_each_recipient() {
 
 #[test]
 fn a_transfer_under_another_name_or_naming_an_unknown_pool_is_refused() {
-    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 6, 3);
+    let id = crate::queue::transfer::transfer_id("mta1", 2, 5, 99, 1_700_000_000_000, 0);
     let bytes = transfer_bytes(id, "");
-    let e = Parser::open(&bytes, InputKind::Transfer, id ^ 1, 1, 5).err().unwrap();
+    let e = Parser::open(&bytes, InputKind::Transfer, id ^ 1, 1, 5)
+        .err()
+        .unwrap();
     assert!(e.reason.contains("under the name"), "{e}");
     let bytes = transfer_bytes(id, "warm");
-    let e = Parser::open(&bytes, InputKind::Transfer, id, 1, 5).err().unwrap();
+    let e = Parser::open(&bytes, InputKind::Transfer, id, 1, 5)
+        .err()
+        .unwrap();
     assert!(e.reason.contains("pool"), "{e}");
     assert!(Parser::open(b"SPATEXF1junk", InputKind::Transfer, id, 1, 5).is_err());
 }

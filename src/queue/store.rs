@@ -410,7 +410,9 @@ impl ShardQueue {
             0
         };
         let recipients = chunk.tails.len() + chunk.len() * record_len(8);
-        message + recipients + record_len(COMMIT_PAYLOAD_BYTES)
+        let retries = chunk.retry.iter().filter(|r| r.attempts > 0).count()
+            * record_len(super::record::OUTCOME_PAYLOAD_BYTES);
+        message + recipients + retries + record_len(COMMIT_PAYLOAD_BYTES)
     }
 
     /// Appends one chunk: its message record (the first time this shard sees the batch), its
@@ -487,6 +489,23 @@ impl ShardQueue {
             self.index
                 .add_recipient(seq, offset as u32, message_seq, rcpt);
         }
+        // Recipients tried before on another node keep their attempts and next retry: a
+        // Deferred outcome each, inside the chunk (before its commit, as compaction writes
+        // its markers), so recovery keeps them exactly when it keeps the chunk.
+        let first_recipient_seq = first_seq + u64::from(known_message.is_none());
+        for (i, r) in chunk.retry.iter().enumerate() {
+            if r.attempts > 0 {
+                let o = OutcomePayload {
+                    recipient_seq: first_recipient_seq + i as u64,
+                    state: super::record::OutcomeState::Deferred,
+                    attempts: r.attempts,
+                    due_unix_ms: r.due_unix_ms,
+                    ts_unix_ms: chunk.message.created_unix_ms,
+                };
+                self.write_record(Kind::Outcome, &o.encode());
+                self.index.apply_outcome(&o);
+            }
+        }
         let records = (self.next_seq - first_seq) as u32;
         let commit = CommitPayload {
             batch_id: chunk.batch_id,
@@ -498,21 +517,6 @@ impl ShardQueue {
         self.write_record(Kind::Commit, &commit.encode());
         self.index
             .note_chunk(chunk.batch_id, chunk.chunk_no, first_seq);
-        // Recipients tried before on another node keep their attempts and next retry: a
-        // Deferred outcome each, written and synced with the group commit that acknowledges
-        // the chunk (recovery applies it like any other).
-        let first_recipient_seq = first_seq + u64::from(known_message.is_none());
-        for (i, r) in chunk.retry.iter().enumerate() {
-            if r.attempts > 0 {
-                self.append_outcome(OutcomePayload {
-                    recipient_seq: first_recipient_seq + i as u64,
-                    state: super::record::OutcomeState::Deferred,
-                    attempts: r.attempts,
-                    due_unix_ms: r.due_unix_ms,
-                    ts_unix_ms: commit.committed_unix_ms,
-                })?;
-            }
-        }
         Ok(ChunkAppend::Appended {
             first_seq,
             first_recipient_seq,

@@ -21,18 +21,22 @@ pub const TRANSFER_MAGIC: [u8; 8] = *b"SPATEXF1";
 /// Set in every transfer's batch id: never a clock-made id (nanoseconds since 1970 stay
 /// below it until 2116) nor a notification's (bit 63).
 pub const TRANSFER_BATCH_BIT: u64 = 1 << 62;
-/// A transfer closes at this many recipients...
-pub const TRANSFER_RECIPIENTS_MAX: usize = 10_000;
-/// ...or once its recipient records reach this many bytes.
-pub const TRANSFER_RECIPIENT_BYTES_MAX: usize = 16 << 20;
+/// A transfer holds the live recipients of one message whose sequence numbers fall in one
+/// window of this many: what is in a transfer depends only on where its recipients are in
+/// the queue, so a drain run again makes the same transfers (less the recipients already
+/// final), with the same ids.
+pub const TRANSFER_WINDOW: u64 = 1024;
+pub const TRANSFER_RECIPIENTS_MAX: usize = TRANSFER_WINDOW as usize;
+/// Bound on one recipient's record in a transfer (an intake recipient line is at most
+/// 64 KiB; its values, encoded, stay below this).
+pub const RECIPIENT_RECORD_BYTES_MAX: usize = 96 << 10;
 /// Bound on a whole transfer file: header, the message record, the recipients' records
-/// (the last one may cross `TRANSFER_RECIPIENT_BYTES_MAX` by one record) and their retry
-/// records.
-pub const TRANSFER_BYTES_MAX: usize = 64
+/// and their retry records.
+pub const TRANSFER_BYTES_MAX: usize = 128
     + record_len(PAYLOAD_BYTES_MAX)
-    + TRANSFER_RECIPIENT_BYTES_MAX
-    + record_len(PAYLOAD_BYTES_MAX)
-    + TRANSFER_RECIPIENTS_MAX * record_len(super::record::OUTCOME_PAYLOAD_BYTES);
+    + TRANSFER_RECIPIENTS_MAX
+        * (record_len(RECIPIENT_RECORD_BYTES_MAX)
+            + record_len(super::record::OUTCOME_PAYLOAD_BYTES));
 
 /// The spool name of a transfer, from its id.
 pub fn spool_name(id: u64) -> String {
@@ -54,17 +58,28 @@ pub fn is_transfer(batch_id: u64) -> bool {
     batch_id & TRANSFER_BATCH_BIT != 0 && batch_id & (1 << 63) == 0
 }
 
-/// The id of the transfer of a message's recipients from `first_seq` on (`count` of them),
-/// made from where they were: the same part of the same queue gets the same id when a drain
-/// is run again after it was cut short, so the receiving node can tell it already has it.
-pub fn transfer_id(node: &str, shard: u32, message_seq: u64, first_seq: u64, count: u32) -> u64 {
-    let mut key = Vec::with_capacity(node.len() + 32);
+/// The id of the transfer of a message's recipients in sequence window `window`
+/// (`seq / TRANSFER_WINDOW`), made from where they are: the same window of the same message
+/// gets the same id when a drain is run again after it was cut short, so the receiving node
+/// can tell it already has it. The message's batch id and creation time are in it too: a
+/// node rebuilt under the same name, whose new queue numbers its records from the start
+/// again, makes other ids.
+pub fn transfer_id(
+    node: &str,
+    shard: u32,
+    message_seq: u64,
+    message_batch_id: u64,
+    message_created_unix_ms: u64,
+    window: u64,
+) -> u64 {
+    let mut key = Vec::with_capacity(node.len() + 48);
     key.extend_from_slice(node.as_bytes());
     key.push(0);
     key.extend_from_slice(&shard.to_le_bytes());
     key.extend_from_slice(&message_seq.to_le_bytes());
-    key.extend_from_slice(&first_seq.to_le_bytes());
-    key.extend_from_slice(&count.to_le_bytes());
+    key.extend_from_slice(&message_batch_id.to_le_bytes());
+    key.extend_from_slice(&message_created_unix_ms.to_le_bytes());
+    key.extend_from_slice(&window.to_le_bytes());
     let h = crate::hash::stable_hash(&key);
     TRANSFER_BATCH_BIT | (h & (TRANSFER_BATCH_BIT - 1))
 }
@@ -90,7 +105,6 @@ pub struct Retry {
 pub struct TransferWriter {
     buf: Vec<u8>,
     count: u32,
-    recipient_bytes: usize,
     scratch: Vec<u8>,
 }
 
@@ -111,7 +125,6 @@ impl TransferWriter {
         let mut t = TransferWriter {
             buf,
             count: 0,
-            recipient_bytes: 0,
             scratch: Vec::new(),
         };
         t.record(0, Kind::Message, message);
@@ -134,7 +147,6 @@ impl TransferWriter {
         payload.extend_from_slice(&0u64.to_le_bytes());
         payload.extend_from_slice(recipient_payload.get(8..).unwrap_or_default());
         self.record(seq, Kind::Recipient, &payload);
-        self.recipient_bytes += record_len(payload.len());
         self.scratch = payload;
         if retry.attempts > 0 {
             let o = OutcomePayload {
@@ -154,12 +166,6 @@ impl TransferWriter {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
-    }
-
-    /// True once another recipient would pass the bounds.
-    pub fn full(&self) -> bool {
-        self.count as usize >= TRANSFER_RECIPIENTS_MAX
-            || self.recipient_bytes >= TRANSFER_RECIPIENT_BYTES_MAX
     }
 
     pub fn finish(mut self, id: u64) -> Vec<u8> {
@@ -273,6 +279,12 @@ impl<'a> Iterator for Recipients<'a> {
             Frame::End => return fault("zeroed bytes".into()),
             Frame::Invalid(why) => return fault(why.into()),
         };
+        if rec.payload.len() > RECIPIENT_RECORD_BYTES_MAX {
+            return fault(format!(
+                "a record of {} bytes, over the {RECIPIENT_RECORD_BYTES_MAX}-byte bound",
+                rec.payload.len()
+            ));
+        }
         if rec.kind != Kind::Recipient || rec.seq != self.seen + 1 {
             return fault(format!(
                 "a {:?} record numbered {} where recipient {} was due",
@@ -356,7 +368,7 @@ mod tests {
     }
 
     fn two() -> Vec<u8> {
-        let id = transfer_id("mta1", 0, 5, 6, 2);
+        let id = transfer_id("mta1", 0, 5, 7, 1_700_000_000_000, 0);
         let mut w = TransferWriter::new("mta1", 0, &message());
         w.push(&recipient("a@example.net", "Ann"), Retry::default());
         w.push(
@@ -416,10 +428,12 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_names_carry_them() {
-        let id = transfer_id("mta1", 1, 10, 11, 500);
-        assert_eq!(id, transfer_id("mta1", 1, 10, 11, 500));
-        assert_ne!(id, transfer_id("mta2", 1, 10, 11, 500));
-        assert_ne!(id, transfer_id("mta1", 1, 10, 12, 500));
+        let id = transfer_id("mta1", 1, 10, 7, 1_700_000_000_000, 3);
+        assert_eq!(id, transfer_id("mta1", 1, 10, 7, 1_700_000_000_000, 3));
+        assert_ne!(id, transfer_id("mta2", 1, 10, 7, 1_700_000_000_000, 3));
+        assert_ne!(id, transfer_id("mta1", 1, 10, 7, 1_700_000_000_000, 4));
+        assert_ne!(id, transfer_id("mta1", 1, 10, 8, 1_700_000_000_000, 3));
+        assert_ne!(id, transfer_id("mta1", 1, 10, 7, 1_700_000_000_001, 3));
         assert_eq!(id_from_name(&spool_name(id)), Some(id));
         assert_eq!(id_from_name("transfer-0000000000000001.xfer"), None);
         assert_eq!(id_from_name("transfer-zz.xfer"), None);

@@ -161,11 +161,15 @@ impl Api {
                 json!({"id": format!("{id:016x}"), "queued": true, "already": already}).to_string(),
             )
         };
-        if self.shared.transfers.contains(id) {
+        // In the spool first, then noted: the intake notes an id before it releases the
+        // file, so a transfer that is in neither was never queued (the other order has a
+        // gap in which it is in neither while being released).
+        let spool = &config.spool.dir;
+        let waiting = in_spool(spool, &name);
+        if !waiting && self.shared.transfers.contains(id) {
             return queued(true);
         }
-        let spool = &config.spool.dir;
-        if !in_spool(spool, &name) {
+        if !waiting {
             let tmp = spool.join("tmp").join(&name);
             let written = (|| -> std::io::Result<()> {
                 use std::io::Write;
@@ -220,8 +224,8 @@ impl Api {
             self.shared.admin.audit(config, &audit, "queued");
             return queued(false);
         }
-        let reason = std::fs::read_to_string(spool.join("bad").join(format!("{name}.err")))
-            .unwrap_or_else(|_| "refused (see this node's log)".into());
+        let reason = newest_reason(&spool.join("bad"), &name)
+            .unwrap_or_else(|| "refused (see this node's log)".into());
         self.shared.admin.audit(config, &audit, "refused");
         Response::json(
             422,
@@ -229,6 +233,21 @@ impl Api {
                 .to_string(),
         )
     }
+}
+
+/// The reason of the latest refusal of `name` in `bad/` (a name refused before is kept
+/// under a new one, `move_unique`).
+fn newest_reason(bad: &std::path::Path, name: &str) -> Option<String> {
+    let newest = std::fs::read_dir(bad)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(name) && n.ends_with(".err")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()?;
+    std::fs::read_to_string(newest.1).ok()
 }
 
 /// `Authorization: Bearer <want>`, compared in constant time.
