@@ -297,6 +297,23 @@ fn three_nodes_share_one_providers_rate() {
     // line, last.
     let last = err.trim().lines().last().unwrap_or("");
     assert!(last.contains("\"n1\" is live in the cluster"), "{err}");
+    // A node of another name sending from node 0's address is refused too (a sending
+    // address is one node's: its warm-up counts and own limits are counted there).
+    let thief = Env::new(
+        1,
+        "",
+        &format!(
+            "[sources.s]\naddress = \"{}\"\n[pools.default]\nsources = [\"s\"]\n[cluster]\nredis = \"{}\"\nnode = \"n9\"\n",
+            source(0),
+            c.redis.url()
+        ),
+    );
+    let (code, err) = run_expecting_refusal(&thief.config);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains(&format!("source address {} is node n0's", source(0))),
+        "{err}"
+    );
     // Past the first lease periods (grants held at the fallback shares while the nodes
     // register), then 8 s of steady sending.
     std::thread::sleep(Duration::from_secs(6));
@@ -1029,4 +1046,31 @@ fn ts_ms(r: &serde_json::Value) -> u64 {
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19);
     (secs * 1000 + n(20, 23)) as u64
+}
+
+/// `spate run -c config`, which is expected to exit (refused) within 30 s: its exit code
+/// and stderr. Killed (and the test failed) if it keeps running.
+fn run_expecting_refusal(config: &std::path::Path) -> (i32, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = child.try_wait().unwrap();
+    while status.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        status = child.try_wait().unwrap();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{} was not refused", config.display());
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.unwrap().code().unwrap_or(-1), err)
 }

@@ -209,6 +209,8 @@ pub struct Shared {
     wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// Where the other nodes reach this node's admin API (`spate drain`), once it listens.
     advertised: Mutex<Option<String>>,
+    /// This node's sending addresses (`[sources]`), each one node's in the cluster.
+    sources: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -235,7 +237,17 @@ impl Shared {
             sync_asked: AtomicBool::new(false),
             wake: Mutex::new(None),
             advertised: Mutex::new(None),
+            sources: Mutex::default(),
         }
+    }
+
+    /// This node's sending addresses, claimed in Redis at its start and in a new state.
+    pub fn set_sources(&self, sources: Vec<String>) {
+        *lock(&self.sources) = sources;
+    }
+
+    pub fn sources(&self) -> Vec<String> {
+        lock(&self.sources).clone()
     }
 
     /// The admin API's address the other nodes are told (in Redis, `<prefix>:admin`).

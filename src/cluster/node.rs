@@ -18,6 +18,18 @@ const RENEW_SCRIPT: &str = include_str!("renew.lua");
 const LEAVE_SCRIPT: &str = "for i = 4, #ARGV do redis.call('HDEL', ARGV[1] .. ':lease:' .. ARGV[i], ARGV[2]) end \
 if redis.call('GET', ARGV[1] .. ':node:' .. ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[1] .. ':node:' .. ARGV[2]) end \
 return 0";
+/// Claims this node's sending addresses in `<prefix>:sources` (address to node): refused,
+/// with the addresses and their holders, when a live node holds one; else each is this
+/// node's and its own old claims are dropped. ARGV: prefix, node, addresses.
+const SOURCES_SCRIPT: &str = "local key = ARGV[1] .. ':sources' local taken = {} \
+for i = 3, #ARGV do local h = redis.call('HGET', key, ARGV[i]) \
+if h and h ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':node:' .. h) == 1 then \
+table.insert(taken, ARGV[i]) table.insert(taken, h) end end \
+if #taken > 0 then return taken end \
+local mine = {} for i = 3, #ARGV do mine[ARGV[i]] = true redis.call('HSET', key, ARGV[i], ARGV[2]) end \
+local all = redis.call('HGETALL', key) \
+for i = 1, #all, 2 do if all[i + 1] == ARGV[2] and not mine[all[i]] then redis.call('HDEL', key, all[i]) end end \
+return taken";
 /// A lost connection is tried again after this long.
 pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// A node with this many recipients waiting for a provider asks for a rate that would send
@@ -86,7 +98,23 @@ pub fn register(shared: &Shared) -> Result<(), NameTaken> {
                     lapse + shared.config.lease
                 )))
             }
-            Ok(Renewed::Leases(..)) => return Ok(()),
+            Ok(Renewed::Leases(..)) => {
+                return match claim_sources(&mut conn, shared) {
+                    Ok(taken) if taken.is_empty() => Ok(()),
+                    Ok(taken) => {
+                        // The name goes back at once: fixed, the node starts again at once.
+                        leave(&mut conn, shared, &[]);
+                        let (address, holder) = &taken[0];
+                        Err(NameTaken(format!(
+                            "source address {address} is node {holder}'s, which is live in the cluster: a sending address belongs to one node (its warm-up counts and its own limits are that node's)"
+                        )))
+                    }
+                    Err(e) => {
+                        tracing::warn!("cluster: {e}; this node's source addresses are not checked");
+                        Ok(())
+                    }
+                };
+            }
             Err(e) => {
                 tracing::warn!("cluster: {e}; starting on fallback shares until Redis answers");
                 note_failure(shared, e);
@@ -231,6 +259,42 @@ fn renew_call(
     Ok(Renewed::Leases(epoch as u64, young, leases))
 }
 
+/// This node's sending addresses claimed (`SOURCES_SCRIPT`): the ones a live other node
+/// holds, with it (then none is claimed).
+pub(super) fn claim_sources(
+    conn: &mut Conn,
+    shared: &Shared,
+) -> Result<Vec<(String, String)>, String> {
+    let sources = shared.sources();
+    let c = &shared.config;
+    let mut args: Vec<&[u8]> = vec![
+        b"EVAL",
+        SOURCES_SCRIPT.as_bytes(),
+        b"0",
+        c.key_prefix.as_bytes(),
+        c.node.as_bytes(),
+    ];
+    args.extend(sources.iter().map(|s| s.as_bytes()));
+    match conn.call(&args)? {
+        Value::Array(items) => {
+            let text: Vec<String> = items
+                .iter()
+                .map(|v| match v {
+                    Value::Bulk(b) => printable(&String::from_utf8_lossy(b)),
+                    _ => String::new(),
+                })
+                .collect();
+            Ok(text
+                .chunks(2)
+                .filter(|p| p.len() == 2)
+                .map(|p| (p[0].clone(), p[1].clone()))
+                .collect())
+        }
+        Value::Error(e) => Err(format!("redis: {}", printable(&e))),
+        other => Err(format!("redis: the source claim answered {other:?}")),
+    }
+}
+
 /// Runs a script by its digest, loading it first if this Redis does not have it.
 fn eval(
     conn: &mut Conn,
@@ -349,20 +413,22 @@ fn renew_loop(shared: &Shared, hooks: &dyn Hooks, wake: &std::sync::mpsc::Receiv
         if let Err(e) = sync.flush_suppressions(&mut c, shared, hooks) {
             tracing::warn!("cluster: the last suppression entries were not shared: {e}");
         }
-        leave(&mut c, shared, &hooks.config());
+        let config = hooks.config();
+        let providers: Vec<&str> = config.providers.keys().map(String::as_str).collect();
+        leave(&mut c, shared, &providers);
     }
 }
 
 /// Gives this node's leases and name back at a clean stop, so the others take its share at
 /// once and a restart is not refused.
-fn leave(conn: &mut Conn, shared: &Shared, config: &Config) {
+fn leave(conn: &mut Conn, shared: &Shared, providers: &[&str]) {
     let c = &shared.config;
     let mut argv: Vec<&[u8]> = vec![
         c.key_prefix.as_bytes(),
         c.node.as_bytes(),
         shared.instance.as_bytes(),
     ];
-    argv.extend(config.providers.keys().map(|p| p.as_bytes()));
+    argv.extend(providers.iter().map(|p| p.as_bytes()));
     let mut args: Vec<&[u8]> = vec![b"EVAL", LEAVE_SCRIPT.as_bytes(), b"0"];
     args.extend(argv);
     if let Err(e) = conn.call(&args) {

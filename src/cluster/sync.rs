@@ -40,6 +40,8 @@ pub(super) struct Sync {
     daily_read: Option<Instant>,
     /// This node's admin address as last written to `<prefix>:admin`.
     advertised: Option<String>,
+    /// The state (epoch) this node's sending addresses were last claimed in.
+    sources_epoch: Option<u64>,
 }
 
 impl Sync {
@@ -65,6 +67,17 @@ impl Sync {
         // are read and put in force below. The epoch counts as seen only once all of this
         // succeeded: a failure half way joins again at the next tick, it never writes.
         let joining = new_epoch && !fresh;
+        if new_epoch && self.sources_epoch != Some(epoch) {
+            // Redis's state is new (or this node's first sync): its sending addresses are
+            // claimed again; a live node holding one now can only be reported.
+            let taken = super::node::claim_sources(conn, shared)?;
+            self.sources_epoch = Some(epoch);
+            for (address, holder) in &taken {
+                tracing::error!(
+                    "cluster: source address {address} is also node {holder}'s: a sending address belongs to one node; stop one of them"
+                );
+            }
+        }
         self.suppressions(conn, shared, hooks, new_epoch, joining)?;
         // Where the others reach this node (`spate drain --to`): again in a new state.
         let advertised = shared.advertised();

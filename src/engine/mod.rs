@@ -434,6 +434,14 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     let cluster = match &config.cluster {
         Some(c) => {
             let cluster = Arc::new(crate::cluster::Shared::new(c.clone(), shards));
+            cluster.set_sources(
+                config
+                    .egress
+                    .sources
+                    .iter()
+                    .map(|s| s.address.to_string())
+                    .collect(),
+            );
             crate::cluster::node::register(&cluster)
                 .map_err(|taken| EngineError::Config(ConfigError(taken.0)))?;
             Some(cluster)
