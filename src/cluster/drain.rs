@@ -121,6 +121,21 @@ pub fn drain(
             "cluster.secret is not set: nodes take transfers only with it",
         ));
     };
+    let name_max = crate::config::cluster::NODE_NAME_MAX;
+    if to.is_empty()
+        || to.len() > name_max
+        || !to
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(fail(
+            64,
+            format!(
+                "--to {}: not a node name (1 to {name_max} letters, digits, '.', '_' or '-')",
+                crate::smtp::reply::printable(to)
+            ),
+        ));
+    }
     if to == cluster.node {
         return Err(fail(78, format!("--to {to}: that is this node")));
     }
