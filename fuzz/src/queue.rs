@@ -276,9 +276,18 @@ impl Written {
                     ts_unix_ms: 1,
                 };
                 let seq = self.record(Kind::Outcome, &outcome.encode());
-                // The store writes outcomes between chunks; one inside a chunk (compaction's
-                // Moved markers) is damage to this model.
-                if self.pending.is_empty() && state == OutcomeState::Moved {
+                // The store writes outcomes between chunks, and inside an intake chunk only
+                // the Deferred states of its own recipients (a transfer's retry states);
+                // any other inside a chunk (compaction's Moved markers) is damage to this
+                // model.
+                let own_deferral = state == OutcomeState::Deferred
+                    && self
+                        .pending
+                        .iter()
+                        .any(|&(_, r)| r == Some(recipient_seq));
+                if own_deferral {
+                    self.pending.push((seq, None));
+                } else if self.pending.is_empty() && state == OutcomeState::Moved {
                     // Compaction writes Moved inside its chunk, after the recipient's copy;
                     // alone, it leaves the domain's slot taken (the copy would have reused it).
                     self.damaged = true;

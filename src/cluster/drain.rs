@@ -49,15 +49,22 @@ pub fn check_unfinished(data_dir: &Path) -> Result<(), String> {
                 path.display()
             ))
         }
-        Err(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "{}: {e} (a drain may not have finished: it must be readable)",
+            path.display()
+        )),
     }
 }
 
 fn write_marker(data_dir: &Path, to: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(data_dir.join(DRAIN_MARKER))?;
+    // Whole or not at all: written aside, then renamed into place.
+    let tmp = data_dir.join(format!("{DRAIN_MARKER}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
     f.write_all(format!("{to}\n").as_bytes())?;
     f.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(DRAIN_MARKER))?;
     crate::queue::segment::sync_dir(data_dir)
 }
 
@@ -167,6 +174,15 @@ pub fn drain(
     }
     let spool_files = spool.candidates().map_or(0, |c| c.len());
     let target = find_node(cluster, to)?;
+    if target.https && config.admin.cert.is_none() {
+        return Err(fail(
+            78,
+            format!(
+                "node {to} serves HTTPS ({}): set [admin] cert here to the certificate it shows",
+                target.url
+            ),
+        ));
+    }
     if let Ok(before) = std::fs::read_to_string(data_dir.join(DRAIN_MARKER)) {
         if before.trim() != to {
             return Err(fail(

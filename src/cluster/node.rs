@@ -18,15 +18,15 @@ const RENEW_SCRIPT: &str = include_str!("renew.lua");
 const LEAVE_SCRIPT: &str = "for i = 4, #ARGV do redis.call('HDEL', ARGV[1] .. ':lease:' .. ARGV[i], ARGV[2]) end \
 if redis.call('GET', ARGV[1] .. ':node:' .. ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[1] .. ':node:' .. ARGV[2]) end \
 return 0";
-/// Claims this node's sending addresses in `<prefix>:sources` (address to node): refused,
-/// with the addresses and their holders, when a live node holds one; else each is this
-/// node's and its own old claims are dropped. ARGV: prefix, node, addresses.
-const SOURCES_SCRIPT: &str = "local key = ARGV[1] .. ':sources' local taken = {} \
+/// Claims this node's sending addresses in `<prefix>:sources` (address to node): each one
+/// no live other node holds becomes this node's, and this node's old claims on addresses it
+/// no longer has are dropped; returns the addresses a live other node holds, each with its
+/// holder. ARGV: prefix, node, addresses.
+const SOURCES_SCRIPT: &str = "local key = ARGV[1] .. ':sources' local taken = {} local mine = {} \
 for i = 3, #ARGV do local h = redis.call('HGET', key, ARGV[i]) \
 if h and h ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':node:' .. h) == 1 then \
-table.insert(taken, ARGV[i]) table.insert(taken, h) end end \
-if #taken > 0 then return taken end \
-local mine = {} for i = 3, #ARGV do mine[ARGV[i]] = true redis.call('HSET', key, ARGV[i], ARGV[2]) end \
+table.insert(taken, ARGV[i]) table.insert(taken, h) \
+else mine[ARGV[i]] = true redis.call('HSET', key, ARGV[i], ARGV[2]) end end \
 local all = redis.call('HGETALL', key) \
 for i = 1, #all, 2 do if all[i + 1] == ARGV[2] and not mine[all[i]] then redis.call('HDEL', key, all[i]) end end \
 return taken";

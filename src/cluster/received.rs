@@ -22,6 +22,8 @@ pub struct Received {
     path: PathBuf,
     /// Id to when it was queued (Unix ms).
     ids: Mutex<HashMap<u64, u64>>,
+    /// The directory was synced after the file's creation (by this process).
+    dir_synced: std::sync::atomic::AtomicBool,
 }
 
 impl Received {
@@ -65,6 +67,7 @@ impl Received {
         Ok(Received {
             path,
             ids: Mutex::new(ids),
+            dir_synced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -75,18 +78,20 @@ impl Received {
     /// Notes a transfer as queued, durably. Blocking (an fsync).
     pub fn record(&self, id: u64, node: &str, recipients: u64, now_unix_ms: u64) -> io::Result<()> {
         let line = format!("{id:016x} {now_unix_ms} {node} {recipients}\n");
-        let created = !self.path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
         f.write_all(line.as_bytes())?;
         f.sync_data()?;
-        if created {
-            // The file's name, too, must outlive a power loss.
+        // The file's name, too, must outlive a power loss: its directory is synced once per
+        // process (it may have just been created, by this call or another one).
+        if !self.dir_synced.load(std::sync::atomic::Ordering::Acquire) {
             if let Some(dir) = self.path.parent() {
                 crate::queue::segment::sync_dir(dir)?;
             }
+            self.dir_synced
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.lock().insert(id, now_unix_ms);
         Ok(())

@@ -40,8 +40,10 @@ pub(super) struct Sync {
     daily_read: Option<Instant>,
     /// This node's admin address as last written to `<prefix>:admin`.
     advertised: Option<String>,
-    /// The state (epoch) this node's sending addresses were last claimed in.
-    sources_epoch: Option<u64>,
+    /// The state (epoch) and the addresses this node last claimed, and those a live other
+    /// node held then.
+    sources_claimed: Option<(u64, Vec<String>)>,
+    sources_taken: Vec<(String, String)>,
 }
 
 impl Sync {
@@ -67,16 +69,27 @@ impl Sync {
         // are read and put in force below. The epoch counts as seen only once all of this
         // succeeded: a failure half way joins again at the next tick, it never writes.
         let joining = new_epoch && !fresh;
-        if new_epoch && self.sources_epoch != Some(epoch) {
-            // Redis's state is new (or this node's first sync): its sending addresses are
-            // claimed again; a live node holding one now can only be reported.
+        // This node's sending addresses, claimed again in a new state (Redis restarted, or
+        // this node's first sync), after a reload that changed them, and while a live node
+        // holds one of them (running, the clash can only be reported, once per change).
+        let sources = shared.sources();
+        let claimed = (epoch, sources);
+        let changed = self.sources_claimed.as_ref() != Some(&claimed);
+        let retry = !self.sources_taken.is_empty()
+            && self
+                .last_read
+                .is_none_or(|t| t.elapsed() >= STATE_SYNC_EVERY);
+        if changed || retry {
             let taken = super::node::claim_sources(conn, shared)?;
-            self.sources_epoch = Some(epoch);
-            for (address, holder) in &taken {
-                tracing::error!(
-                    "cluster: source address {address} is also node {holder}'s: a sending address belongs to one node; stop one of them"
-                );
+            if taken != self.sources_taken {
+                for (address, holder) in &taken {
+                    tracing::error!(
+                        "cluster: source address {address} is also node {holder}'s: a sending address belongs to one node; stop one of them or change its address"
+                    );
+                }
             }
+            self.sources_taken = taken;
+            self.sources_claimed = Some(claimed);
         }
         self.suppressions(conn, shared, hooks, new_epoch, joining)?;
         // Where the others reach this node (`spate drain --to`): again in a new state.

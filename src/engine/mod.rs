@@ -191,6 +191,16 @@ pub struct Shared {
     pub transfers: Arc<crate::cluster::received::Received>,
 }
 
+/// This node's sending addresses (`[sources]`), as the cluster claims them.
+fn source_addresses(config: &Config) -> Vec<String> {
+    config
+        .egress
+        .sources
+        .iter()
+        .map(|s| s.address.to_string())
+        .collect()
+}
+
 /// The suppression files and the learnt store, read before any shard starts. A file that
 /// cannot be read is a configuration error; a store that cannot be, a storage one.
 fn open_suppressions(
@@ -434,14 +444,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Engine, Eng
     let cluster = match &config.cluster {
         Some(c) => {
             let cluster = Arc::new(crate::cluster::Shared::new(c.clone(), shards));
-            cluster.set_sources(
-                config
-                    .egress
-                    .sources
-                    .iter()
-                    .map(|s| s.address.to_string())
-                    .collect(),
-            );
+            cluster.set_sources(source_addresses(&config));
             crate::cluster::node::register(&cluster)
                 .map_err(|taken| EngineError::Config(ConfigError(taken.0)))?;
             Some(cluster)
@@ -579,6 +582,11 @@ impl Engine {
                 );
                 if !later.is_empty() {
                     tracing::warn!("reload: {} take effect at the next start", later.join(", "));
+                }
+                if let Some(c) = &self.shared.cluster {
+                    // New sending addresses are claimed at the next renewal (a clash found
+                    // then is logged: the node is running).
+                    c.set_sources(source_addresses(&new));
                 }
                 *self.shared.config.lock().expect("config lock") = Arc::new(new);
                 self.shared.generation.fetch_add(1, Ordering::SeqCst);

@@ -404,7 +404,9 @@ impl ShardQueue {
                     + 2
                     + names
                     + 4
-                    + m.body.len(),
+                    + m.body.len()
+                    // A pool's name follows the body (`MESSAGE_POOL`).
+                    + if m.pool.is_empty() { 0 } else { 2 + m.pool.len() },
             )
         } else {
             0
@@ -442,6 +444,7 @@ impl ShardQueue {
             }
         }
         let first_seq = self.next_seq;
+        let start_offset = self.active().write_offset;
         let message_seq = match known_message {
             Some(seq) => seq,
             None => {
@@ -515,6 +518,11 @@ impl ShardQueue {
             committed_unix_ms: chunk.message.created_unix_ms.max(self.clock.unix_ms()),
         };
         self.write_record(Kind::Commit, &commit.encode());
+        debug_assert_eq!(
+            self.active().write_offset - start_offset,
+            need,
+            "chunk_bytes is what a chunk takes"
+        );
         self.index
             .note_chunk(chunk.batch_id, chunk.chunk_no, first_seq);
         Ok(ChunkAppend::Appended {
@@ -793,6 +801,61 @@ mod tests {
             .position(|d| &**d == "d0.example")
             .unwrap();
         assert_eq!(q.index.domain_counts[d0].queued, 34 + 17 + 3);
+    }
+
+    /// A transfer's chunk (a pooled message, retry states for some recipients) takes exactly
+    /// the bytes `chunk_bytes` says (a chunk that just fits a segment's end must not run
+    /// past it), and its recipients come back from the files deferred as they were.
+    #[test]
+    fn a_chunk_with_a_pool_and_retry_states_takes_what_it_says_and_keeps_them() {
+        use crate::queue::transfer::Retry;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, _) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        let mut c = chunk(5, 0, 4);
+        let m = message(5);
+        c.message = Arc::new(MessageSpec {
+            batch_id: m.batch_id,
+            created_unix_ms: m.created_unix_ms,
+            flags: m.flags,
+            sender: m.sender.clone(),
+            campaign: m.campaign.clone(),
+            tenant: m.tenant.clone(),
+            var_names: m.var_names.clone(),
+            body: m.body.clone(),
+            pool: "warm-pool".into(),
+        });
+        c.retry = vec![
+            Retry::default(),
+            Retry {
+                attempts: 3,
+                due_unix_ms: 4_000_000_000_000,
+            },
+            Retry::default(),
+            Retry {
+                attempts: 1,
+                due_unix_ms: 4_000_000_500_000,
+            },
+        ];
+        let need = q.chunk_bytes(&c, true);
+        let before = q.active().write_offset;
+        let ChunkAppend::Appended {
+            first_recipient_seq: first,
+            ..
+        } = q.append_chunk(&c).unwrap()
+        else {
+            panic!("appended")
+        };
+        assert_eq!(q.active().write_offset - before, need);
+        q.sync_now().unwrap();
+        drop(q);
+        let (q, report) = ShardQueue::open(dir.path(), 0, SEG).unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        let e = |i: u64| *q.index.entry(first + i).unwrap();
+        assert_eq!(e(0).state, EntryState::Waiting);
+        assert_eq!((e(1).state, e(1).attempts), (EntryState::Deferred, 3));
+        assert_eq!(e(1).due_unix_s, 4_000_000_000);
+        assert_eq!((e(3).state, e(3).attempts), (EntryState::Deferred, 1));
+        assert_eq!(e(3).due_unix_s, 4_000_000_500);
     }
 
     /// The domain table holds the domains with live recipients: a stream of campaigns to new

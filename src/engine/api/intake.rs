@@ -154,6 +154,8 @@ impl Api {
         }
         // One transfer at a time: two deliveries of one id never both reach the spool.
         let _one = self.transferring.lock().unwrap_or_else(|e| e.into_inner());
+        // A little before now: file times may be coarser than the clock.
+        let started = std::time::SystemTime::now() - Duration::from_secs(1);
         let name = transfer::spool_name(id);
         let queued = |already: bool| {
             Response::json(
@@ -224,8 +226,16 @@ impl Api {
             self.shared.admin.audit(config, &audit, "queued");
             return queued(false);
         }
-        let reason = newest_reason(&spool.join("bad"), &name)
-            .unwrap_or_else(|| "refused (see this node's log)".into());
+        // Refused: the input is moved to bad/ before its reason is written beside it.
+        let mut reason = None;
+        for _ in 0..100 {
+            reason = newest_reason(&spool.join("bad"), &name, started);
+            if reason.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let reason = reason.unwrap_or_else(|| "refused (see this node's log)".into());
         self.shared.admin.audit(config, &audit, "refused");
         Response::json(
             422,
@@ -236,8 +246,12 @@ impl Api {
 }
 
 /// The reason of the latest refusal of `name` in `bad/` (a name refused before is kept
-/// under a new one, `move_unique`).
-fn newest_reason(bad: &std::path::Path, name: &str) -> Option<String> {
+/// under a new one, `move_unique`), if it was written since `since`.
+fn newest_reason(
+    bad: &std::path::Path,
+    name: &str,
+    since: std::time::SystemTime,
+) -> Option<String> {
     let newest = std::fs::read_dir(bad)
         .ok()?
         .flatten()
@@ -247,6 +261,9 @@ fn newest_reason(bad: &std::path::Path, name: &str) -> Option<String> {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max()?;
+    if newest.0 < since {
+        return None;
+    }
     std::fs::read_to_string(newest.1).ok()
 }
 
