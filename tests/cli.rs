@@ -245,3 +245,62 @@ fn the_packaged_unit_logrotate_and_example_configuration_hold_together() {
         );
     }
 }
+
+/// `spate drain` refuses what it cannot do, one line each, before it touches anything: no
+/// cluster (78), no secret (78), a name that is no node's (64), this node itself (78).
+#[test]
+fn drain_refuses_what_it_cannot_do() {
+    let plain = common::Env::new(1, "", "");
+    let config = plain.config.to_str().unwrap().to_string();
+    let (code, _, err) = spate(&["drain", "--to", "b", "-c", &config]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("needs [cluster]"), "{err}");
+    // Redis on a closed loopback port: every refusal below comes before any connection.
+    let cluster = "[cluster]\nredis = \"redis://127.0.0.1:9\"\nnode = \"a\"\n";
+    let no_secret = common::Env::new(1, "", cluster);
+    let config = no_secret.config.to_str().unwrap().to_string();
+    let (code, _, err) = spate(&["drain", "--to", "b", "-c", &config]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("cluster.secret is not set"), "{err}");
+    let env = common::Env::new(1, "", &format!("{cluster}secret = \"0123456789abcdef0\"\n"));
+    let config = env.config.to_str().unwrap().to_string();
+    let (code, _, err) = spate(&["drain", "--to", "b c", "-c", &config]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not a node name"), "{err}");
+    let (code, _, err) = spate(&["drain", "--to", "a", "-c", &config]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("that is this node"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A node whose drain did not finish does not start (it would send what the other node may
+/// have), and says how to go on.
+#[test]
+fn an_unfinished_drain_keeps_the_engine_from_starting() {
+    let env = common::Env::new(1, "", "");
+    std::fs::create_dir_all(env.data_dir()).unwrap();
+    std::fs::write(env.data_dir().join("drain-unfinished"), "mta2\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut status = child.try_wait().unwrap();
+    while status.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        status = child.try_wait().unwrap();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the engine started with an unfinished drain");
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.unwrap().code(), Some(78), "{err}");
+    assert!(err.contains("spate drain --to mta2"), "{err}");
+}

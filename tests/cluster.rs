@@ -271,28 +271,8 @@ fn three_nodes_share_one_providers_rate() {
         "",
         &format!("[cluster]\nredis = \"{}\"\nnode = \"n1\"\n", c.redis.url()),
     );
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&twin.config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut status = child.try_wait().unwrap();
-    while status.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        status = child.try_wait().unwrap();
-    }
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("a second process with a live node's name was not refused");
-    }
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert_eq!(status.unwrap().code(), Some(78), "{err}");
+    let (code, err) = run_expecting_refusal(&twin.config);
+    assert_eq!(code, 78, "{err}");
     // It waited for the name to lapse (a crashed node's would have), then said why, in one
     // line, last.
     let last = err.trim().lines().last().unwrap_or("");

@@ -128,18 +128,13 @@ pub fn drain(
             "cluster.secret is not set: nodes take transfers only with it",
         ));
     };
-    let name_max = crate::config::cluster::NODE_NAME_MAX;
-    if to.is_empty()
-        || to.len() > name_max
-        || !to
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !crate::config::cluster::is_node_name(to) {
         return Err(fail(
             64,
             format!(
-                "--to {}: not a node name (1 to {name_max} letters, digits, '.', '_' or '-')",
-                crate::smtp::reply::printable(to)
+                "--to {}: not a node name (1 to {} letters, digits, '.', '_' or '-')",
+                crate::smtp::reply::printable(to),
+                crate::config::cluster::NODE_NAME_MAX
             ),
         ));
     }
@@ -348,7 +343,8 @@ fn drain_shard(
             window,
         );
         let mut part = TransferWriter::new(node, shard, payload);
-        let mut seqs = Vec::with_capacity(recipients.len());
+        // Each recipient's place, address and attempts, for its release once sent.
+        let mut sent = Vec::with_capacity(recipients.len());
         for (seq, e) in &recipients {
             let record = queue.payload_at(*seq, e.offset).map_err(storage)?;
             let retry = Retry {
@@ -360,20 +356,23 @@ fn drain_shard(
                 },
             };
             part.push(&record, retry);
-            seqs.push(*seq);
+            let rcpt = RecipientPayload::decode_recipient(&record)
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default();
+            sent.push((*seq, rcpt, e.attempts));
         }
         let bytes = part.finish(id);
         match send(target, secret, config.admin.cert.as_deref(), &bytes)? {
             Sent::Queued { already } => {
-                record(&mut queue, log, &seqs, labels, target, id)?;
-                report.transferred += seqs.len() as u64;
+                record(&mut queue, log, &sent, labels, target, id)?;
+                report.transferred += sent.len() as u64;
                 report.transfers += 1;
                 report.already += u64::from(already);
             }
             Sent::Refused(why) => {
                 report
                     .refused
-                    .push(format!("{} recipients: {why}", seqs.len()));
+                    .push(format!("{} recipients: {why}", sent.len()));
             }
         }
     }
@@ -479,27 +478,18 @@ fn send(
 fn record(
     queue: &mut ShardQueue,
     log: &mut DeliveryLog,
-    seqs: &[u64],
+    sent: &[(u64, String, u8)],
     labels: &Labels,
     target: &Target,
     id: u64,
 ) -> Result<(), DrainError> {
     let now = crate::clock::system().unix_ms();
     let response = format!("transferred to node {} (transfer {id:016x})", target.node);
-    for &seq in seqs {
-        let Some(e) = queue.index.entry(seq).copied() else {
-            continue;
-        };
-        let payload = queue
-            .payload_at(seq, e.offset)
-            .map_err(|e| fail(74, e.to_string()))?;
-        let rcpt = RecipientPayload::decode_recipient(&payload)
-            .map(|(_, r)| r.to_string())
-            .unwrap_or_default();
+    for (seq, rcpt, attempts) in sent {
         log.append(&LogRecord {
             ts_unix_ms: now,
             event: Some(EventType::Transferred),
-            recipient: &rcpt,
+            recipient: rcpt,
             sender: &labels.sender,
             campaign: &labels.campaign,
             tenant: &labels.tenant,
@@ -510,9 +500,9 @@ fn record(
         .map_err(|e| fail(74, format!("delivery log: {e}")))?;
         queue
             .append_outcome(OutcomePayload {
-                recipient_seq: seq,
+                recipient_seq: *seq,
                 state: OutcomeState::Transferred,
-                attempts: u16::from(e.attempts),
+                attempts: u16::from(*attempts),
                 due_unix_ms: 0,
                 ts_unix_ms: now,
             })

@@ -84,12 +84,7 @@ pub(super) fn validate_cluster(
     let node = raw
         .node
         .ok_or_else(|| err("cluster.node", "required in [cluster]".into()))?;
-    if node.is_empty()
-        || node.len() > NODE_NAME_MAX
-        || !node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !is_node_name(&node) {
         return Err(err(
             "cluster.node",
             format!("must be 1 to {NODE_NAME_MAX} letters, digits, '.', '_' or '-', got {node:?}"),
@@ -184,6 +179,15 @@ pub(super) fn validate_cluster(
         fallback_share,
         key_prefix,
     }))
+}
+
+/// 1 to `NODE_NAME_MAX` letters, digits, `.`, `_` or `-`.
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NODE_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl Cluster {

@@ -214,20 +214,26 @@ impl Admin {
     /// The request's `Authorization` is acceptable: no token configured (loopback only), or
     /// `Bearer <token>`, compared in constant time.
     pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
-            return false;
-        };
-        let want = token.as_bytes();
-        given.len() == want.len()
-            && given
-                .iter()
-                .zip(want)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        match &self.token {
+            Some(token) => bearer_matches(authorization, token),
+            None => true,
+        }
     }
+}
+
+/// `Authorization: Bearer <want>`, compared in constant time (the admin token, and the
+/// cluster's secret at the node-to-node endpoint).
+pub fn bearer_matches(authorization: Option<&[u8]>, want: &str) -> bool {
+    let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = want.as_bytes();
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// (extension) The listener of the RFC 8058 one-click endpoint: it serves `[unsubscribe]

@@ -26,26 +26,7 @@ impl Api {
         let n = self.injected.fetch_add(1, Ordering::Relaxed);
         let name = format!("api-{}-{n}.jsonl", self.now());
         let spool = &config.spool.dir;
-        let tmp = spool.join("tmp").join(&name);
-        let written = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            std::fs::create_dir_all(spool.join("tmp"))?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            let copied = std::io::copy(&mut body.take(req.content_length), &mut f)?;
-            if copied != req.content_length {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the client sent {copied} of {} bytes", req.content_length),
-                ));
-            }
-            f.flush()?;
-            std::fs::rename(&tmp, spool.join("incoming").join(&name))
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = into_spool(spool, &name, &[], body, req.content_length) {
             return Response::error(400, &format!("the batch was not taken: {e}"));
         }
         let client = peer.to_string();
@@ -97,6 +78,46 @@ impl Api {
     }
 }
 
+/// Writes `head` and then `len` bytes of `body` to `spool/tmp/NAME`, synced, and renames it
+/// into `incoming/`, as producers do; on an error nothing is left behind.
+fn into_spool(
+    spool: &std::path::Path,
+    name: &str,
+    head: &[u8],
+    body: &mut dyn Read,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = spool.join("tmp").join(name);
+    let written = (|| {
+        std::fs::create_dir_all(spool.join("tmp"))?;
+        // A leftover of an attempt cut short (or anything planted there) is replaced.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(head)?;
+        let copied = std::io::copy(&mut body.take(len), &mut f)?;
+        if copied != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the client sent {} of {} bytes",
+                    head.len() as u64 + copied,
+                    head.len() as u64 + len
+                ),
+            ));
+        }
+        f.sync_data()?;
+        std::fs::rename(&tmp, spool.join("incoming").join(name))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// True while `name` waits in the spool's `incoming/` or is claimed there (being queued).
 fn in_spool(spool: &std::path::Path, name: &str) -> bool {
     let incoming = spool.join("incoming");
@@ -130,7 +151,7 @@ impl Api {
                 "this node takes no transfers ([cluster] secret is not set)",
             );
         };
-        if !bearer_matches(req.authorization.as_deref(), secret) {
+        if !crate::config::bearer_matches(req.authorization.as_deref(), secret) {
             let mut r = Response::error(401, "the cluster's secret is required ([cluster] secret)");
             r.fields.push("WWW-Authenticate: Bearer".into());
             return r;
@@ -172,29 +193,7 @@ impl Api {
             return queued(true);
         }
         if !waiting {
-            let tmp = spool.join("tmp").join(&name);
-            let written = (|| -> std::io::Result<()> {
-                use std::io::Write;
-                std::fs::create_dir_all(spool.join("tmp"))?;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&head)?;
-                let rest = req.content_length - 16;
-                let copied = std::io::copy(&mut body.take(rest), &mut f)?;
-                if copied != rest {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the peer sent {} of {} bytes",
-                            copied + 16,
-                            req.content_length
-                        ),
-                    ));
-                }
-                f.sync_data()?;
-                std::fs::rename(&tmp, spool.join("incoming").join(&name))
-            })();
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
+            if let Err(e) = into_spool(spool, &name, &head, body, req.content_length - 16) {
                 return Response::error(400, &format!("the transfer was not taken: {e}"));
             }
         }
@@ -265,20 +264,6 @@ fn newest_reason(
         return None;
     }
     std::fs::read_to_string(newest.1).ok()
-}
-
-/// `Authorization: Bearer <want>`, compared in constant time.
-fn bearer_matches(authorization: Option<&[u8]>, want: &str) -> bool {
-    let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
-        return false;
-    };
-    let want = want.as_bytes();
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 /// The store's entries as `suppression list --json` prints them.
